@@ -1,0 +1,142 @@
+"""The one configuration object every block, the runtime and the scripts are built from."""
+
+from dataclasses import dataclass
+
+__all__ = ["AcceleratorConfig"]
+
+# Field widths in the 128-bit instruction word (see hw/isa.py) bound these parameters.
+_MAX_ARRAY_DIM = 128  # rows/cols; STORE.n_cols is 8 bits
+_MAX_DEPTH = 1 << 16  # buffer addresses and row counts are 16 bits
+_MAX_MEM_BYTES = 1 << 32  # memory addresses are 32 bits
+_MAX_MEM_WIDTH = 64
+
+
+def _clog2(n: int) -> int:
+    return max(0, (n - 1).bit_length())
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceleratorConfig:
+    """Parameters of one Serrano accelerator instance.
+
+    All derived widths and sizes are properties, so a configuration is fully described by the
+    fields below.
+
+    Parameters
+    ----------
+    rows : int
+        Height of the systolic array: the K extent of one weight tile (1..128).
+    cols : int
+        Width of the systolic array: the N extent of one weight tile (1..128).
+    act_depth : int
+        Activation buffer entries; one entry holds ``rows`` int8 values (one K slice of one
+        activation row).
+    wgt_depth : int
+        Weight buffer entries; one entry holds ``cols`` int8 values (one row of a weight tile).
+        A tile occupies ``rows`` consecutive entries. Must hold at least one tile.
+    acc_depth : int
+        Accumulator buffer entries; one entry holds ``cols`` int32 values.
+    param_depth : int
+        Output-parameter buffer entries; one entry holds the parameters of ``cols`` output
+        columns (``isa.OutputParams``, 12 bytes each).
+    mem_width : int
+        External memory port width in bytes per cycle; a power of two (1..64).
+    mem_bytes : int
+        Size of the external memory address space in bytes; a multiple of ``mem_width``, at
+        most 2**32. Accesses beyond it are rejected with ``ErrorCode.MEM_RANGE``.
+    """
+
+    rows: int = 8
+    cols: int = 8
+    act_depth: int = 2048
+    wgt_depth: int | None = None
+    acc_depth: int = 1024
+    param_depth: int = 16
+    mem_width: int = 8
+    mem_bytes: int = 1 << 24
+
+    def __post_init__(self) -> None:
+        def check_int(name: str, value: object, lo: int, hi: int) -> None:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            if not lo <= value <= hi:
+                raise ValueError(f"{name} must be between {lo} and {hi}, not {value!r}")
+
+        check_int("rows", self.rows, 1, _MAX_ARRAY_DIM)
+        check_int("cols", self.cols, 1, _MAX_ARRAY_DIM)
+        if self.wgt_depth is None:
+            # Frozen dataclass: the documented default (4 tiles) is filled in once, here.
+            object.__setattr__(self, "wgt_depth", 4 * self.rows)
+        check_int("act_depth", self.act_depth, 1, _MAX_DEPTH)
+        check_int("wgt_depth", self.wgt_depth, 1, _MAX_DEPTH)
+        check_int("acc_depth", self.acc_depth, 1, _MAX_DEPTH)
+        check_int("param_depth", self.param_depth, 1, _MAX_DEPTH)
+        check_int("mem_width", self.mem_width, 1, _MAX_MEM_WIDTH)
+        if self.mem_width & (self.mem_width - 1):
+            raise ValueError(f"mem_width must be a power of two, not {self.mem_width!r}")
+        check_int("mem_bytes", self.mem_bytes, 1, _MAX_MEM_BYTES)
+        if self.mem_bytes % self.mem_width:
+            raise ValueError(
+                f"mem_bytes must be a multiple of mem_width ({self.mem_width}), "
+                f"not {self.mem_bytes!r}")
+        if self.wgt_depth < self.rows:
+            raise ValueError(
+                f"wgt_depth must hold at least one weight tile ({self.rows} entries), "
+                f"not {self.wgt_depth!r}")
+
+    # ---- derived widths ------------------------------------------------------------------
+    @property
+    def psum_width(self) -> int:
+        """Width of a partial sum inside the array: an int8 x int8 product needs 16 bits
+        (-128 * -128 = 2**14 still fits) and each of ``rows`` additions may add one bit."""
+        return 16 + _clog2(self.rows)
+
+    @property
+    def act_entry_bytes(self) -> int:
+        return self.rows
+
+    @property
+    def wgt_entry_bytes(self) -> int:
+        return self.cols
+
+    @property
+    def param_entry_bytes(self) -> int:
+        from .isa import OUTPUT_PARAMS_BYTES
+        return OUTPUT_PARAMS_BYTES * self.cols
+
+    @property
+    def acc_entry_bytes(self) -> int:
+        return 4 * self.cols
+
+    @property
+    def max_entry_bytes(self) -> int:
+        """Widest buffer entry the load unit assembles."""
+        return max(self.act_entry_bytes, self.wgt_entry_bytes, self.param_entry_bytes)
+
+    @property
+    def mem_words(self) -> int:
+        return self.mem_bytes // self.mem_width
+
+    @property
+    def mem_addr_width(self) -> int:
+        """Width of the word address on the memory port."""
+        return max(1, _clog2(self.mem_words))
+
+    @property
+    def mem_lane_bits(self) -> int:
+        """Bits of a byte address that select the byte lane within a memory word."""
+        return _clog2(self.mem_width)
+
+    @property
+    def wgt_tiles(self) -> int:
+        return self.wgt_depth // self.rows
+
+    @property
+    def peak_macs_per_cycle(self) -> int:
+        return self.rows * self.cols
+
+    def describe(self) -> str:
+        return (f"{self.rows}x{self.cols} array, act {self.act_depth} x {self.rows} B, "
+                f"wgt {self.wgt_depth} x {self.cols} B, acc {self.acc_depth} x {self.cols} x "
+                f"int32, params {self.param_depth}, memory {self.mem_width} B/cycle, "
+                f"{self.mem_bytes} B")

@@ -1,0 +1,360 @@
+"""The Serrano instruction set: the single definition of every encoding.
+
+The hardware decoder, the assembler (``sim.asm``), the golden model (``sim.golden``) and the
+documentation generator (``scripts/gen_isa_doc.py`` -> ``docs/isa.md``) all import this module.
+Nothing else in the project spells out a field offset, an opcode value or an error code.
+
+Every instruction is one 128-bit word. Bits [7:0] hold the opcode; the rest is laid out by the
+opcode's ``Struct`` below (fields are packed from bit 0 upwards in declaration order). Reserved
+fields must be zero; a nonzero reserved field is rejected with ``ErrorCode.BAD_FIELD`` so that
+later versions can give those bits a meaning without old hardware silently misreading them.
+"""
+
+from amaranth import unsigned, signed
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = [
+    "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "ErrorCode",
+    "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "INSTR_LAYOUTS",
+    "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
+    "mem_request_layout", "MemoryPortSignature",
+    "encode", "decode", "instruction_checks", "mem_extent_end", "store_row_bytes",
+    "COUNTER_WIDTH", "FIELD_DOCS", "OPCODE_DOCS", "ERROR_DOCS",
+]
+
+INSTR_WIDTH = 128
+
+
+class Opcode(enum.Enum, shape=8):
+    """Instruction opcodes. 0x06-0x0F are reserved for matrix/control instructions and
+    0x10-0x1F for vector operations (element-wise ops on accumulator rows); every value not
+    listed here is rejected with ``ErrorCode.BAD_OPCODE``."""
+    NOP = 0x00
+    LOAD = 0x01
+    MATMUL = 0x02
+    STORE = 0x03
+    FENCE = 0x04
+    HALT = 0x05
+
+
+class LoadTarget(enum.Enum, shape=2):
+    """Which on-chip buffer a LOAD writes."""
+    ACT = 0
+    WGT = 1
+    PARAM = 2
+
+
+class StoreMode(enum.Enum, shape=2):
+    """How a STORE turns accumulator rows into memory bytes."""
+    REQUANT = 0  # output stage: bias, requantize, zero point, clamp -> int8
+    RAW = 1      # int32, little-endian, no output stage
+
+
+class ErrorCode(enum.Enum, shape=4):
+    """Error codes reported in ``Status.error``. Checks run in this order; the first failing
+    one is reported."""
+    NONE = 0
+    BAD_OPCODE = 1
+    BAD_FIELD = 2
+    BAD_SIZE = 3
+    BUF_RANGE = 4
+    MEM_RANGE = 5
+
+
+class Header(data.Struct):
+    opcode: Opcode
+    rest: unsigned(INSTR_WIDTH - 8)
+
+
+class LoadInstr(data.Struct):
+    opcode: Opcode
+    target: LoadTarget
+    reserved0: unsigned(6)
+    buf_addr: unsigned(16)
+    n_rows: unsigned(16)
+    row_bytes: unsigned(16)
+    mem_addr: unsigned(32)
+    mem_stride: unsigned(24)
+    reserved1: unsigned(8)
+
+
+class MatmulInstr(data.Struct):
+    opcode: Opcode
+    accumulate: unsigned(1)
+    reserved0: unsigned(7)
+    act_addr: unsigned(16)
+    n_rows: unsigned(16)
+    wgt_addr: unsigned(16)
+    acc_addr: unsigned(16)
+    reserved1: unsigned(48)
+
+
+class StoreInstr(data.Struct):
+    opcode: Opcode
+    mode: StoreMode
+    reserved0: unsigned(6)
+    acc_addr: unsigned(16)
+    n_rows: unsigned(16)
+    n_cols: unsigned(8)
+    param_addr: unsigned(16)
+    mem_addr: unsigned(32)
+    mem_stride: unsigned(24)
+
+
+class ControlInstr(data.Struct):
+    """NOP, FENCE and HALT carry no operands."""
+    opcode: Opcode
+    reserved0: unsigned(INSTR_WIDTH - 8)
+
+
+INSTR_LAYOUTS: dict[Opcode, type[data.Struct]] = {
+    Opcode.NOP: ControlInstr,
+    Opcode.LOAD: LoadInstr,
+    Opcode.MATMUL: MatmulInstr,
+    Opcode.STORE: StoreInstr,
+    Opcode.FENCE: ControlInstr,
+    Opcode.HALT: ControlInstr,
+}
+
+for _layout in INSTR_LAYOUTS.values():
+    assert data.Layout.cast(_layout).size == INSTR_WIDTH, _layout
+
+
+class OutputParams(data.Struct):
+    """Output-stage parameters of one output column, as stored in memory (little-endian,
+    12 bytes) and in the parameter buffer. ``numerics.md`` defines the arithmetic."""
+    bias: signed(32)
+    multiplier: signed(32)
+    shift: signed(8)       # TFLite convention: > 0 left shift, < 0 right shift; [-31, 30]
+    zero_point: signed(8)  # output zero point
+    lo: signed(8)          # clamp bounds; ReLU is lo = zero_point
+    hi: signed(8)
+
+
+OUTPUT_PARAMS_BYTES = data.Layout.cast(OutputParams).size // 8
+
+
+class Status(data.Struct):
+    """Host-visible status word."""
+    busy: unsigned(1)          # a program has started and has not finished
+    done: unsigned(1)          # HALT retired, or an error stopped the program
+    error: ErrorCode
+    reserved0: unsigned(2)
+    fault_index: unsigned(32)  # index (from 0) of the instruction that faulted
+
+
+COUNTER_WIDTH = 48
+
+
+class Counters(data.Struct):
+    """Performance counters, cleared by ``clear``; they count from the cycle the first
+    instruction word is accepted until ``done`` rises."""
+    cycles: unsigned(COUNTER_WIDTH)
+    array_busy: unsigned(COUNTER_WIDTH)      # cycles an activation vector entered the array
+    instructions: unsigned(COUNTER_WIDTH)    # instructions retired by the decoder
+    dispatch_stall: unsigned(COUNTER_WIDTH)  # decoder held an instruction it could not issue
+    load_stall: unsigned(COUNTER_WIDTH)      # load unit waited for the memory port
+    exec_stall: unsigned(COUNTER_WIDTH)      # execute unit held work but issued no vector
+    store_stall: unsigned(COUNTER_WIDTH)     # store unit waited for the memory port
+
+
+def mem_request_layout(config) -> data.StructLayout:
+    """One memory request: a read (``write = 0``) or a masked write of one memory word."""
+    return data.StructLayout({
+        "addr": unsigned(config.mem_addr_width),  # word address (byte address // mem_width)
+        "write": unsigned(1),
+        "mask": unsigned(config.mem_width),        # byte enables, writes only
+        "data": unsigned(8 * config.mem_width),    # write data, byte i in bits [8i+7:8i]
+    })
+
+
+class MemoryPortSignature(wiring.Signature):
+    """The accelerator's external memory port (initiator side).
+
+    ``req`` carries requests; ``resp`` returns the data of reads, one word per read, in the
+    order the reads were accepted. Writes have no response. The memory must apply requests in
+    the order it accepts them, and a read returns the memory contents as of the cycle it was
+    accepted. Both streams use valid/ready handshakes; the accelerator always keeps
+    ``resp.ready`` high.
+    """
+
+    def __init__(self, config):
+        super().__init__({
+            "req": Out(stream.Signature(mem_request_layout(config))),
+            "resp": In(stream.Signature(8 * config.mem_width)),
+        })
+
+
+# ---- host-side encoding ----------------------------------------------------------------------
+
+def encode(opcode: Opcode, **fields: int) -> int:
+    """Encode one instruction word. Unnamed fields are zero.
+
+    >>> hex(encode(Opcode.HALT))
+    '0x5'
+    """
+    layout = data.Layout.cast(INSTR_LAYOUTS[opcode])
+    names = {name for name, _ in layout}
+    unknown = set(fields) - names
+    if unknown:
+        raise ValueError(f"{opcode.name} has no field(s) {sorted(unknown)}; "
+                         f"fields are {sorted(names - {'opcode'})}")
+    init = {"opcode": opcode}
+    for name, value in fields.items():
+        field = layout[name]
+        shape = field.shape
+        if isinstance(shape, type) and issubclass(shape, enum.Enum):
+            value = shape(value)
+        else:
+            s = unsigned(field.width) if not getattr(shape, "signed", False) else shape
+            lo, hi = (-(1 << (s.width - 1)), (1 << (s.width - 1)) - 1) if s.signed \
+                else (0, (1 << s.width) - 1)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{opcode.name}.{name} must be an integer in [{lo}, {hi}], "
+                                 f"not {value!r}")
+        init[name] = value
+    return layout.const(init).as_value().value
+
+
+def decode(word: int) -> tuple[int, dict[str, int]]:
+    """Decode one instruction word into ``(opcode value, {field: int})``.
+
+    An opcode outside ``Opcode`` decodes with an empty field dict; the caller reports
+    ``ErrorCode.BAD_OPCODE``. Enum fields decode to their integer value (which may be outside
+    the enum: that is ``ErrorCode.BAD_FIELD``).
+    """
+    if not 0 <= word < (1 << INSTR_WIDTH):
+        raise ValueError(f"instruction word must fit in {INSTR_WIDTH} bits, not {word!r}")
+    opcode = word & 0xFF
+    try:
+        layout = data.Layout.cast(INSTR_LAYOUTS[Opcode(opcode)])
+    except ValueError:
+        return opcode, {}
+    fields = {}
+    for name, field in layout:
+        if name == "opcode":
+            continue
+        fields[name] = (word >> field.offset) & ((1 << field.width) - 1)
+    return opcode, fields
+
+
+# ---- documentation (read by scripts/gen_isa_doc.py) -----------------------------------------
+
+OPCODE_DOCS = {
+    Opcode.NOP: "Does nothing; retires immediately.",
+    Opcode.LOAD: (
+        "Copies a 2-D strided tile from memory into a buffer: row *i* (0 <= i < `n_rows`) is "
+        "the `row_bytes` bytes at `mem_addr + i * mem_stride`, written to entry `buf_addr + i` "
+        "of the `target` buffer; entry bytes beyond `row_bytes` are zero-filled. Runs in the "
+        "load unit."),
+    Opcode.MATMUL: (
+        "Streams activation entries `act_addr .. act_addr + n_rows - 1` through the array "
+        "against the weight tile in weight entries `wgt_addr .. wgt_addr + rows - 1` (entry "
+        "`wgt_addr + k` holds row *k* of the tile). Result row *i* goes to accumulator entry "
+        "`acc_addr + i`: overwritten (`accumulate = 0`) or added into with int32 wrap-around "
+        "(`accumulate = 1`). Runs in the execute unit; the next tile's weights are preloaded "
+        "while the current one streams."),
+    Opcode.STORE: (
+        "Writes accumulator entries `acc_addr .. acc_addr + n_rows - 1` to memory: entry "
+        "`acc_addr + i`, columns 0 .. `n_cols - 1`, goes to `mem_addr + i * mem_stride`. "
+        "`mode = REQUANT` passes each value through the output stage with the column "
+        "parameters in parameter entry `param_addr` and writes int8 bytes; `mode = RAW` writes "
+        "int32 little-endian (4 bytes per column). Runs in the store unit."),
+    Opcode.FENCE: "Waits until every unit is idle and every memory write has been accepted.",
+    Opcode.HALT: "Waits like FENCE, then sets `Status.done`; the program is over.",
+}
+
+FIELD_DOCS = {
+    "target": "buffer written: ACT (entry = `rows` int8), WGT (entry = `cols` int8), "
+              "PARAM (entry = `cols` x OutputParams)",
+    "buf_addr": "first buffer entry written",
+    "n_rows": "number of rows (entries / activation vectors); 1 or more",
+    "row_bytes": "bytes per row, 1 .. entry size of the target buffer",
+    "mem_addr": "byte address of the first row in memory; any alignment",
+    "mem_stride": "byte distance between consecutive rows in memory (0 allowed)",
+    "accumulate": "0: overwrite accumulator entries; 1: add into them",
+    "act_addr": "first activation entry streamed",
+    "wgt_addr": "first of the `rows` weight entries holding the tile",
+    "acc_addr": "first accumulator entry",
+    "mode": "REQUANT (int8 through the output stage) or RAW (int32)",
+    "n_cols": "columns stored per row, 1 .. `cols`",
+    "param_addr": "parameter entry used in REQUANT mode (ignored, but not checked, in RAW mode)",
+    "reserved0": "must be zero",
+    "reserved1": "must be zero",
+}
+
+ERROR_DOCS = {
+    ErrorCode.NONE: "no error",
+    ErrorCode.BAD_OPCODE: "opcode not in the table",
+    ErrorCode.BAD_FIELD: "a reserved field is nonzero, or `target`/`mode` has an unassigned value",
+    ErrorCode.BAD_SIZE: "`n_rows` is 0, `row_bytes` is 0 or larger than the target entry, or "
+                        "`n_cols` is 0 or larger than `cols`",
+    ErrorCode.BUF_RANGE: "a buffer range runs past the end of its buffer",
+    ErrorCode.MEM_RANGE: "the memory range `mem_addr .. mem_addr + (n_rows - 1) * mem_stride + "
+                         "row length` runs past `mem_bytes`",
+}
+
+
+# ---- validity rules (one definition for the decoder and the golden model) -------------------
+
+def _py_mux(sel, a, b):
+    return a if sel else b
+
+
+def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux) -> list:
+    """The ordered error checks of one instruction.
+
+    Returns ``[(ErrorCode, condition), ...]``; the first true condition is the instruction's
+    error. ``f`` maps field names to operands and ``mux(sel, a, b)`` selects between two
+    operands. With plain ``int`` fields and the default ``mux`` the conditions are Python
+    bools (the golden model); with Amaranth values and ``amaranth.hdl.Mux`` they are
+    single-bit values (the hardware decoder). Only operators that both support are used.
+    """
+    c = config
+    if opcode == Opcode.LOAD:
+        t = f["target"]
+        is_act = t == LoadTarget.ACT.value
+        is_wgt = t == LoadTarget.WGT.value
+        entry_bytes = mux(is_act, c.act_entry_bytes,
+                          mux(is_wgt, c.wgt_entry_bytes, c.param_entry_bytes))
+        depth = mux(is_act, c.act_depth, mux(is_wgt, c.wgt_depth, c.param_depth))
+        return [
+            (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["reserved1"] != 0) | (t == 3)),
+            (ErrorCode.BAD_SIZE,
+             (f["n_rows"] == 0) | (f["row_bytes"] == 0) | (f["row_bytes"] > entry_bytes)),
+            (ErrorCode.BUF_RANGE, f["buf_addr"] + f["n_rows"] > depth),
+            (ErrorCode.MEM_RANGE, mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
+                                                 f["row_bytes"]) > c.mem_bytes),
+        ]
+    if opcode == Opcode.MATMUL:
+        return [
+            (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["reserved1"] != 0)),
+            (ErrorCode.BAD_SIZE, f["n_rows"] == 0),
+            (ErrorCode.BUF_RANGE, (f["act_addr"] + f["n_rows"] > c.act_depth) |
+                                  (f["wgt_addr"] + c.rows > c.wgt_depth) |
+                                  (f["acc_addr"] + f["n_rows"] > c.acc_depth)),
+        ]
+    if opcode == Opcode.STORE:
+        raw = f["mode"] == StoreMode.RAW.value
+        return [
+            (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["mode"] > StoreMode.RAW.value)),
+            (ErrorCode.BAD_SIZE, (f["n_rows"] == 0) | (f["n_cols"] == 0) |
+                                 (f["n_cols"] > c.cols)),
+            (ErrorCode.BUF_RANGE, (f["acc_addr"] + f["n_rows"] > c.acc_depth) |
+                                  ((raw == 0) & (f["param_addr"] >= c.param_depth))),
+            (ErrorCode.MEM_RANGE, mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
+                                                 store_row_bytes(f["n_cols"], raw, mux))
+             > c.mem_bytes),
+        ]
+    return [(ErrorCode.BAD_FIELD, f["reserved0"] != 0)]
+
+
+def mem_extent_end(mem_addr, n_rows, stride, row_bytes):
+    """One past the last byte a strided access touches (for ``n_rows >= 1``)."""
+    return mem_addr + (n_rows - 1) * stride + row_bytes
+
+
+def store_row_bytes(n_cols, raw, mux=_py_mux):
+    """Bytes one STORE row occupies in memory: 1 per column (REQUANT) or 4 (RAW)."""
+    return mux(raw, n_cols * 4, n_cols)
