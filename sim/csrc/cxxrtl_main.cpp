@@ -1,0 +1,137 @@
+// Serrano compiled simulation, CXXRTL engine: adapts the `cxxrtl_design::p_top` class written
+// by Yosys `write_cxxrtl` to the run loop in harness.h and exports the C entry point that
+// sim/compiled.py calls through ctypes.
+//
+// serrano_config.h is generated per configuration by sim/compiled.py (widths and bit offsets
+// from hw/isa.py, SERRANO_TRACE). CXXRTL names a port `p_` + the RTLIL name with `_` doubled:
+// Amaranth's `instr__payload` becomes `p_instr____payload`.
+
+#include "serrano_config.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <fstream>
+#include <memory>
+
+#include "top.h"
+#if SERRANO_TRACE
+#include <cxxrtl/cxxrtl_vcd.h>
+#endif
+
+#include "harness.h"
+
+namespace {
+
+using cxxrtl::value;
+using cxxrtl::wire;
+
+// Inputs are value<N>; an output is value<N> when combinational and wire<N> when it is a
+// register (read its current value). Chunks are 32-bit, like the harness's word arrays.
+static_assert(sizeof(cxxrtl::chunk_t) == 4, "CXXRTL chunks are expected to be 32-bit");
+
+template <size_t N>
+inline void put(value<N> &port, const uint32_t *w) {
+    for (size_t i = 0; i < value<N>::chunks; i++)
+        port.data[i] = w[i];
+    port.data[value<N>::chunks - 1] &= value<N>::msb_mask;
+}
+template <size_t N>
+inline void get(const value<N> &port, uint32_t *w) {
+    for (size_t i = 0; i < value<N>::chunks; i++)
+        w[i] = port.data[i];
+}
+template <size_t N>
+inline void get(const wire<N> &port, uint32_t *w) {
+    get(port.curr, w);
+}
+template <size_t N>
+inline bool bit(const value<N> &port, unsigned off) {
+    return (port.data[off / 32] >> (off % 32)) & 1u;
+}
+template <size_t N>
+inline bool bit(const wire<N> &port, unsigned off) {
+    return bit(port.curr, off);
+}
+
+class Model {
+public:
+    void reset_inputs() {
+        static const uint32_t zero[SERRANO_INSTR_WORDS > SERRANO_RESP_WORDS
+                                   ? SERRANO_INSTR_WORDS : SERRANO_RESP_WORDS] = {0};
+        top.p_clk.set<bool>(false);
+        top.p_rst.set<bool>(false);
+        top.p_clear.set<bool>(false);
+        top.p_mem____req____ready.set<bool>(true);
+        put(top.p_instr____payload, zero);
+        top.p_instr____valid.set<bool>(false);
+        put(top.p_mem____resp____payload, zero);
+        top.p_mem____resp____valid.set<bool>(false);
+        top.step();
+    }
+    void drive(const uint32_t *instr, bool instr_valid, const uint32_t *resp, bool resp_valid) {
+        top.p_clk.set<bool>(false);
+        put(top.p_instr____payload, instr);
+        top.p_instr____valid.set<bool>(instr_valid);
+        put(top.p_mem____resp____payload, resp);
+        top.p_mem____resp____valid.set<bool>(resp_valid);
+        top.step();
+    }
+    bool instr_ready() { return bit(top.p_instr____ready, 0); }
+    bool req_valid() { return bit(top.p_mem____req____valid, 0); }
+    void req_payload(uint32_t *w) { get(top.p_mem____req____payload, w); }
+    bool status_bit(unsigned off) { return bit(top.p_status, off); }
+    void status(uint32_t *w) { get(top.p_status, w); }
+    void counters(uint32_t *w) { get(top.p_counters, w); }
+    void posedge() {
+        top.p_clk.set<bool>(true);
+        top.step();
+    }
+
+#if SERRANO_TRACE
+    void trace_open(const char *path) {
+        cxxrtl::debug_items items;
+        top.debug_info(&items, nullptr, "top ");
+        vcd.timescale(1, "ns");
+        vcd.add_without_memories(items);
+        file.open(path, std::ios::out | std::ios::trunc);
+    }
+    void trace_dump(uint64_t time) {
+        vcd.sample(time);
+        if (vcd.buffer.size() > (1u << 20)) {
+            file << vcd.buffer;
+            vcd.buffer.clear();
+        }
+    }
+    void trace_close() {
+        file << vcd.buffer;
+        vcd.buffer.clear();
+        file.close();
+    }
+#else
+    void trace_open(const char *) {}
+    void trace_dump(uint64_t) {}
+    void trace_close() {}
+#endif
+
+private:
+    cxxrtl_design::p_top top;
+#if SERRANO_TRACE
+    cxxrtl::vcd_writer vcd;
+    std::ofstream file;
+#endif
+};
+
+}  // namespace
+
+SERRANO_EXPORT int serrano_run(const uint32_t *words, uint64_t n_words, uint8_t *image,
+                               uint64_t image_len, unsigned latency, uint64_t max_cycles,
+                               const char *trace_path, uint32_t *status_out,
+                               uint32_t *counters_out, uint64_t *cycles_out) {
+    // The design object is large for big arrays; keep it off the stack.
+    std::unique_ptr<Model> model(new Model);
+    return serrano::run(*model, words, n_words, image, image_len, latency, max_cycles,
+                        trace_path, status_out, counters_out, cycles_out);
+}
+
+SERRANO_EXPORT const char *serrano_engine() { return "cxxrtl"; }
+SERRANO_EXPORT int serrano_has_trace() { return SERRANO_TRACE; }

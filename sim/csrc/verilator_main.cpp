@@ -1,0 +1,130 @@
+// Serrano compiled simulation, Verilator engine: adapts the Verilated `Vtop` class to the
+// run loop in harness.h and exports the C entry point sim/compiled.py calls through ctypes.
+//
+// serrano_config.h is generated per configuration by sim/compiled.py. It defines the widths and
+// bit offsets (from hw/isa.py), SERRANO_TRACE, and the Verilated names of the top-level ports
+// (Amaranth flattens `instr.payload` to `instr__payload`; Verilator escapes `__` as `___05F`).
+
+#include "serrano_config.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "Vtop.h"
+#include "verilated.h"
+#if SERRANO_TRACE
+#include "verilated_vcd_c.h"
+#endif
+
+#include "harness.h"
+
+namespace {
+
+// Top-level ports are CData/SData/IData/QData up to 64 bits and VlWide<N> above.
+template <class T>
+inline void put(T &port, const uint32_t *w, unsigned nwords) {
+    uint64_t v = w[0];
+    if (nwords > 1)
+        v |= (uint64_t)w[1] << 32;
+    port = (T)v;
+}
+template <std::size_t N>
+inline void put(VlWide<N> &port, const uint32_t *w, unsigned) {
+    for (std::size_t i = 0; i < N; i++)
+        port.at(i) = w[i];
+}
+template <class T>
+inline void get(const T &port, uint32_t *w, unsigned nwords) {
+    const uint64_t v = port;
+    w[0] = (uint32_t)v;
+    if (nwords > 1)
+        w[1] = (uint32_t)(v >> 32);
+}
+template <std::size_t N>
+inline void get(const VlWide<N> &port, uint32_t *w, unsigned) {
+    for (std::size_t i = 0; i < N; i++)
+        w[i] = port.at(i);
+}
+template <class T>
+inline bool bit(const T &port, unsigned off) {
+    return ((uint64_t)port >> off) & 1u;
+}
+template <std::size_t N>
+inline bool bit(const VlWide<N> &port, unsigned off) {
+    return (port.at(off / 32) >> (off % 32)) & 1u;
+}
+
+class Model {
+public:
+    Model() : ctx(new VerilatedContext), top(new Vtop(ctx.get(), "top")) {}
+    ~Model() { top->final(); }
+
+    void reset_inputs() {
+        static const uint32_t zero[SERRANO_INSTR_WORDS > SERRANO_RESP_WORDS
+                                   ? SERRANO_INSTR_WORDS : SERRANO_RESP_WORDS] = {0};
+        top->clk = 0;
+        top->rst = 0;
+        top->clear = 0;
+        top->mem___05Freq___05Fready = 1;
+        put(top->instr___05Fpayload, zero, SERRANO_INSTR_WORDS);
+        top->instr___05Fvalid = 0;
+        put(top->mem___05Fresp___05Fpayload, zero, SERRANO_RESP_WORDS);
+        top->mem___05Fresp___05Fvalid = 0;
+        top->eval();
+    }
+    void drive(const uint32_t *instr, bool instr_valid, const uint32_t *resp, bool resp_valid) {
+        top->clk = 0;
+        put(top->instr___05Fpayload, instr, SERRANO_INSTR_WORDS);
+        top->instr___05Fvalid = instr_valid;
+        put(top->mem___05Fresp___05Fpayload, resp, SERRANO_RESP_WORDS);
+        top->mem___05Fresp___05Fvalid = resp_valid;
+        top->eval();
+    }
+    bool instr_ready() { return top->instr___05Fready; }
+    bool req_valid() { return top->mem___05Freq___05Fvalid; }
+    void req_payload(uint32_t *w) { get(top->mem___05Freq___05Fpayload, w, SERRANO_REQ_WORDS); }
+    bool status_bit(unsigned off) { return bit(top->status, off); }
+    void status(uint32_t *w) { get(top->status, w, SERRANO_STATUS_WORDS); }
+    void counters(uint32_t *w) { get(top->counters, w, SERRANO_COUNTERS_WORDS); }
+    void posedge() {
+        top->clk = 1;
+        top->eval();
+    }
+
+#if SERRANO_TRACE
+    void trace_open(const char *path) {
+        ctx->traceEverOn(true);
+        trace.reset(new VerilatedVcdC);
+        top->trace(trace.get(), 99);
+        trace->open(path);
+    }
+    void trace_dump(uint64_t time) { trace->dump(time); }
+    void trace_close() { trace->close(); }
+#else
+    void trace_open(const char *) {}
+    void trace_dump(uint64_t) {}
+    void trace_close() {}
+#endif
+
+private:
+    std::unique_ptr<VerilatedContext> ctx;
+    std::unique_ptr<Vtop> top;
+#if SERRANO_TRACE
+    std::unique_ptr<VerilatedVcdC> trace;
+#endif
+};
+
+}  // namespace
+
+SERRANO_EXPORT int serrano_run(const uint32_t *words, uint64_t n_words, uint8_t *image,
+                               uint64_t image_len, unsigned latency, uint64_t max_cycles,
+                               const char *trace_path, uint32_t *status_out,
+                               uint32_t *counters_out, uint64_t *cycles_out) {
+    Model model;
+    return serrano::run(model, words, n_words, image, image_len, latency, max_cycles,
+                        trace_path, status_out, counters_out, cycles_out);
+}
+
+SERRANO_EXPORT const char *serrano_engine() { return "verilator"; }
+SERRANO_EXPORT int serrano_has_trace() { return SERRANO_TRACE; }
