@@ -1,0 +1,182 @@
+"""The golden model: a numpy interpreter of the Serrano ISA, bit-exact with the hardware.
+
+It has no notion of time. Instructions run one after another in program order, which is the
+semantics the hardware guarantees (its scoreboard stalls dispatch on every buffer or memory
+range conflict), so the final memory and buffer contents of any program are the same here
+and on the cycle-accurate backends.
+"""
+
+from typing import Sequence
+
+import numpy as np
+
+from hw import isa
+from hw.config import AcceleratorConfig
+from hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
+
+from . import numerics
+from .asm import unpack_output_params
+from .backend import RunResult, RunStatus
+
+__all__ = ["GoldenBackend"]
+
+
+class GoldenBackend:
+    """Instruction-level reference model implementing :class:`sim.backend.Backend`.
+
+    The four on-chip buffers are numpy arrays that start all-zero and, like the hardware's
+    SRAMs, keep their contents from one :meth:`run` to the next:
+
+    - ``act``: ``int8[act_depth, rows]``
+    - ``wgt``: ``int8[wgt_depth, cols]``
+    - ``param``: ``uint8[param_depth, cols * OUTPUT_PARAMS_BYTES]`` (raw ``OutputParams``)
+    - ``acc``: ``int32[acc_depth, cols]``
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        The instance being modelled.
+    """
+
+    name = "golden"
+
+    def __init__(self, config: AcceleratorConfig | None = None):
+        if config is None:
+            config = AcceleratorConfig()
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
+        self.config = config
+        c = config
+        self.act = np.zeros((c.act_depth, c.rows), dtype=np.int8)
+        self.wgt = np.zeros((c.wgt_depth, c.cols), dtype=np.int8)
+        self.param = np.zeros((c.param_depth, c.param_entry_bytes), dtype=np.uint8)
+        self.acc = np.zeros((c.acc_depth, c.cols), dtype=np.int32)
+
+    # ------------------------------------------------------------------------------------------
+    def run(self, words: Sequence[int], memory: np.ndarray, *,
+            max_cycles: int | None = None) -> RunResult:
+        """Execute ``words`` against a copy of ``memory`` (``max_cycles`` is ignored: the
+        model takes no time). Bytes past the end of ``memory`` read as zero and writes to
+        them are dropped, as the backend contract specifies."""
+        mem = _check_memory(memory, self.config)
+        retired = 0
+        status = RunStatus(done=False, error=ErrorCode.NONE, fault_index=0)
+        for index, word in enumerate(words):
+            if isinstance(word, np.integer):
+                word = int(word)
+            if not isinstance(word, int) or isinstance(word, bool):
+                raise TypeError(f"instruction word {index} must be an int, not {word!r}")
+            opcode, fields = isa.decode(word)
+            try:
+                op = Opcode(opcode)
+            except ValueError:
+                status = RunStatus(done=True, error=ErrorCode.BAD_OPCODE, fault_index=index)
+                break
+            error = ErrorCode.NONE
+            for code, failed in isa.instruction_checks(op, fields, self.config):
+                if failed:
+                    error = code
+                    break
+            if error != ErrorCode.NONE:
+                status = RunStatus(done=True, error=error, fault_index=index)
+                break
+            if op == Opcode.LOAD:
+                self._load(mem, **fields)
+            elif op == Opcode.MATMUL:
+                self._matmul(**fields)
+            elif op == Opcode.STORE:
+                self._store(mem, **fields)
+            retired += 1
+            if op == Opcode.HALT:
+                status = RunStatus(done=True, error=ErrorCode.NONE, fault_index=0)
+                break
+        return RunResult(memory=mem, status=status, counters={"instructions": retired})
+
+    # ------------------------------------------------------------------------------------------
+    def _load(self, mem: np.ndarray, *, target: int, buf_addr: int, n_rows: int,
+              row_bytes: int, mem_addr: int, mem_stride: int, **_reserved) -> None:
+        rows = _read_rows(mem, mem_addr, n_rows, mem_stride, row_bytes)
+        t = LoadTarget(target)
+        buf = {LoadTarget.ACT: self.act, LoadTarget.WGT: self.wgt,
+               LoadTarget.PARAM: self.param}[t]
+        entries = buf[buf_addr:buf_addr + n_rows]
+        entries_bytes = entries.view(np.uint8)
+        entries_bytes[:, :row_bytes] = rows
+        entries_bytes[:, row_bytes:] = 0
+
+    def _matmul(self, *, act_addr: int, n_rows: int, wgt_addr: int, acc_addr: int,
+                accumulate: int, **_reserved) -> None:
+        rows = self.config.rows
+        a = self.act[act_addr:act_addr + n_rows].astype(np.int32)
+        w = self.wgt[wgt_addr:wgt_addr + rows].astype(np.int32)
+        # |sum| <= rows * 2**14 <= 2**21: the product itself cannot wrap; the add can.
+        prod = a @ w
+        dst = self.acc[acc_addr:acc_addr + n_rows]
+        if accumulate:
+            dst += prod  # int32 array arithmetic wraps modulo 2**32 silently
+        else:
+            dst[...] = prod
+
+    def _store(self, mem: np.ndarray, *, mode: int, acc_addr: int, n_rows: int, n_cols: int,
+               param_addr: int, mem_addr: int, mem_stride: int, **_reserved) -> None:
+        vals = self.acc[acc_addr:acc_addr + n_rows, :n_cols]
+        if StoreMode(mode) == StoreMode.RAW:
+            out = np.ascontiguousarray(vals, dtype="<i4").view(np.uint8)
+        else:
+            p = unpack_output_params(self.param[param_addr])[:n_cols]
+            # The 8-bit shift field holds more than numerics.md defines; the hardware
+            # saturates it into [SHIFT_MIN, SHIFT_MAX] (hw/output_stage.py), so do we.
+            shift = np.clip(p["shift"].astype(np.int32), numerics.SHIFT_MIN,
+                            numerics.SHIFT_MAX)
+            y = numerics.output_stage(vals, p["bias"].astype(np.int32),
+                                      p["multiplier"].astype(np.int32), shift,
+                                      p["zero_point"].astype(np.int32),
+                                      p["lo"].astype(np.int32), p["hi"].astype(np.int32))
+            out = np.ascontiguousarray(y, dtype=np.int8).view(np.uint8)
+        _write_rows(mem, mem_addr, mem_stride, out.reshape(n_rows, -1))
+
+
+# ---- memory helpers ------------------------------------------------------------------------
+
+def _check_memory(memory, config: AcceleratorConfig) -> np.ndarray:
+    if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8:
+        raise TypeError("memory must be a numpy uint8 array, not "
+                        f"{getattr(memory, 'dtype', type(memory).__name__)}")
+    if memory.ndim != 1:
+        raise ValueError(f"memory must be 1-D, not shape {memory.shape}")
+    if memory.size > config.mem_bytes:
+        raise ValueError(f"memory image ({memory.size} bytes) is larger than mem_bytes "
+                         f"({config.mem_bytes})")
+    return memory.copy()
+
+
+def _row_index(mem_addr: int, n_rows: int, stride: int, row_bytes: int) -> np.ndarray:
+    return (mem_addr + stride * np.arange(n_rows, dtype=np.int64))[:, None] + \
+        np.arange(row_bytes, dtype=np.int64)[None, :]
+
+
+def _read_rows(mem: np.ndarray, mem_addr: int, n_rows: int, stride: int,
+               row_bytes: int) -> np.ndarray:
+    """``uint8[n_rows, row_bytes]``; bytes past the end of the image read as zero."""
+    if isa.mem_extent_end(mem_addr, n_rows, stride, row_bytes) <= mem.size:
+        view = np.lib.stride_tricks.as_strided(mem[mem_addr:], shape=(n_rows, row_bytes),
+                                               strides=(stride, 1), writeable=False)
+        return view.copy()
+    idx = _row_index(mem_addr, n_rows, stride, row_bytes)
+    inside = idx < mem.size
+    return np.where(inside, mem[np.where(inside, idx, 0)], 0).astype(np.uint8)
+
+
+def _write_rows(mem: np.ndarray, mem_addr: int, stride: int, rows: np.ndarray) -> None:
+    """Write rows in order (a later row wins where rows overlap); bytes past the end of the
+    image are dropped."""
+    n_rows, row_bytes = rows.shape
+    idx = _row_index(mem_addr, n_rows, stride, row_bytes).reshape(-1)
+    vals = rows.reshape(-1)
+    if n_rows > 1 and stride < row_bytes:
+        # Overlapping rows: keep the last write of every byte (fancy-index assignment does
+        # not promise an order for repeated indices).
+        rev_unique, rev_first = np.unique(idx[::-1], return_index=True)
+        idx, vals = rev_unique, vals[::-1][rev_first]
+    inside = idx < mem.size
+    mem[idx[inside]] = vals[inside]
