@@ -1,0 +1,168 @@
+"""Weight-stationary systolic array with double-buffered weights."""
+
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AcceleratorConfig
+
+__all__ = ["ProcessingElement", "SystolicArray"]
+
+
+class ProcessingElement(wiring.Component):
+    """One multiply-accumulate cell.
+
+    Activations move right and partial sums move down, one cell per cycle. The cell holds two
+    weights: ``active`` (used by the multiplier) and ``shadow`` (the next tile's weight, shifted
+    in from above while the current tile computes). A ``swap`` flag travels right one cycle
+    *ahead* of the first activation of a new tile; the cell copies ``shadow`` into ``active``
+    when it sees the flag, so that activation and every later one use the new weight while the
+    one before it still used the old weight. No multiplexer sits in front of the multiplier.
+
+    The product is registered before it is added (``prod`` then ``psum_out``): a DSP-friendly
+    two-stage cell. Because activations reach cell (r, c) one cycle after cell (r - 1, c), the
+    extra stage needs no extra skew: ``psum_out`` of the cell above is ready exactly when this
+    cell's product is.
+
+    Parameters
+    ----------
+    psum_width : int
+        Width of the partial sums entering and leaving the cell.
+    """
+
+    def __init__(self, psum_width: int):
+        self._psum_width = psum_width
+        super().__init__({
+            "a_in": In(signed(8)),
+            "a_out": Out(signed(8)),
+            "swap_in": In(1),
+            "swap_out": Out(1),
+            "w_in": In(signed(8)),
+            "w_shift": In(1),
+            "w_out": Out(signed(8)),
+            "psum_in": In(signed(psum_width)),
+            "psum_out": Out(signed(psum_width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+
+        shadow = Signal(signed(8))
+        active = Signal(signed(8))
+        prod = Signal(signed(16))
+
+        m.d.comb += self.w_out.eq(shadow)
+
+        m.d.sync += [
+            self.a_out.eq(self.a_in),
+            self.swap_out.eq(self.swap_in),
+            prod.eq(self.a_in * active),
+            self.psum_out.eq(self.psum_in + prod),
+        ]
+        with m.If(self.w_shift):
+            m.d.sync += shadow.eq(self.w_in)
+        with m.If(self.swap_in):
+            m.d.sync += active.eq(shadow)
+
+        return m
+
+
+class SystolicArray(wiring.Component):
+    """A ``rows x cols`` weight-stationary array with input skew and output de-skew inside.
+
+    Timing contract (all in cycles at the array's ports; the execute unit follows it):
+
+    - A vector ``a`` (``rows`` int8, element k multiplies weight row k) presented in cycle
+      *t* yields ``out`` (``cols`` partial sums, ``out[n] = sum_k a[k] * W[k][n]``) in cycle
+      *t + latency*. Every cycle may carry a vector.
+    - ``swap`` high together with a vector makes that vector the first one of a new weight
+      tile: it and all later vectors use the tile most recently shifted in.
+    - A tile is shifted in through ``w``/``w_shift``: one tile row per cycle, row
+      ``rows - 1`` first and row 0 last (``rows`` cycles; the cycles need not be contiguous).
+      The first row may be presented no earlier than ``preload_gap`` cycles after the
+      ``swap`` vector of the tile currently in use, and the next ``swap`` vector no earlier
+      than one cycle after the last row.
+
+    So tiles stream back to back when each tile is used for at least ``2 * rows`` vectors.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        self._config = config
+        super().__init__({
+            "a": In(data.ArrayLayout(signed(8), config.rows)),
+            "swap": In(1),
+            "w": In(data.ArrayLayout(signed(8), config.cols)),
+            "w_shift": In(1),
+            "out": Out(data.ArrayLayout(signed(config.psum_width), config.cols)),
+        })
+
+    @property
+    def latency(self) -> int:
+        """Cycles from a vector at ``a`` to its result at ``out``: ``rows + 1`` of skew and
+        vertical travel, one product register, ``cols - 1`` of horizontal travel and de-skew."""
+        return self._config.rows + self._config.cols + 1
+
+    @property
+    def preload_gap(self) -> int:
+        """Minimum cycles between a ``swap`` vector and the next tile's first weight row: the
+        bottom cell of each column copies its shadow weight ``rows - 1`` cycles after the top
+        one, and a shift must not overwrite a shadow weight before it has been copied."""
+        return self._config.rows
+
+    def elaborate(self, platform):
+        m = Module()
+        rows, cols = self._config.rows, self._config.cols
+
+        pe = [[ProcessingElement(self._config.psum_width) for _ in range(cols)]
+              for _ in range(rows)]
+        for r in range(rows):
+            for c in range(cols):
+                m.submodules[f"pe_{r}_{c}"] = pe[r][c]
+
+        # Row r's activation is delayed r + 1 cycles and its swap flag r cycles, so the flag
+        # reaches every cell one cycle before the activation it belongs to.
+        for r in range(rows):
+            a, swap = self.a[r], self.swap
+            for stage in range(r + 1):
+                a_q = Signal(signed(8), name=f"a_skew_{r}_{stage}")
+                m.d.sync += a_q.eq(a)
+                a = a_q
+            for stage in range(r):
+                swap_q = Signal(name=f"swap_skew_{r}_{stage}")
+                m.d.sync += swap_q.eq(swap)
+                swap = swap_q
+            m.d.comb += [pe[r][0].a_in.eq(a), pe[r][0].swap_in.eq(swap)]
+            for c in range(1, cols):
+                m.d.comb += [pe[r][c].a_in.eq(pe[r][c - 1].a_out),
+                             pe[r][c].swap_in.eq(pe[r][c - 1].swap_out)]
+
+        # Column c's weights are delayed c cycles: they follow the activation wavefront, so a
+        # column may start shifting as soon as its own cells have copied their shadows.
+        for c in range(cols):
+            w, shift = self.w[c], self.w_shift
+            for stage in range(c):
+                w_q = Signal(signed(8), name=f"w_skew_{c}_{stage}")
+                shift_q = Signal(name=f"w_shift_skew_{c}_{stage}")
+                m.d.sync += [w_q.eq(w), shift_q.eq(shift)]
+                w, shift = w_q, shift_q
+            m.d.comb += [pe[0][c].w_in.eq(w), pe[0][c].psum_in.eq(0)]
+            for r in range(rows):
+                m.d.comb += pe[r][c].w_shift.eq(shift)
+                if r > 0:
+                    m.d.comb += [pe[r][c].w_in.eq(pe[r - 1][c].w_out),
+                                 pe[r][c].psum_in.eq(pe[r - 1][c].psum_out)]
+
+            # Column c's result leaves the bottom c cycles after column 0's; delay the earlier
+            # columns so the whole result vector appears in one cycle.
+            psum = pe[rows - 1][c].psum_out
+            for stage in range(cols - 1 - c):
+                psum_q = Signal(signed(self._config.psum_width), name=f"deskew_{c}_{stage}")
+                m.d.sync += psum_q.eq(psum)
+                psum = psum_q
+            m.d.comb += self.out[c].eq(psum)
+
+        return m

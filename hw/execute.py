@@ -1,0 +1,211 @@
+"""Execute unit: runs MATMUL instructions on the systolic array."""
+
+from amaranth import *
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .array import SystolicArray
+from .buffers import _addr_width
+from .config import AcceleratorConfig
+from .footprint import RangeLayout
+
+__all__ = ["MatmulCmd", "ExecuteUnit"]
+
+
+def MatmulCmd(config: AcceleratorConfig) -> data.StructLayout:
+    """A decoded MATMUL as the decoder hands it to the execute unit."""
+    return data.StructLayout({
+        "act_addr": unsigned(16),
+        "n_rows": unsigned(16),
+        "wgt_addr": unsigned(16),
+        "acc_addr": unsigned(16),
+        "accumulate": unsigned(1),
+    })
+
+
+class ExecuteUnit(wiring.Component):
+    """Two-stage in-order MATMUL engine around a :class:`SystolicArray`.
+
+    Stage *preload* takes a MATMUL from ``cmd`` and shifts its weight tile from the weight
+    buffer into the array's shadow registers, as early as the array's timing contract allows
+    (``SystolicArray.preload_gap`` cycles after the current tile's first vector). Stage
+    *stream* then reads one activation entry per cycle and feeds it to the array, the first
+    one with ``swap``; a tag (accumulator address, accumulate flag) travels beside each vector
+    for ``SystolicArray.latency`` cycles and meets its result at the array's output, which
+    goes to the accumulator buffer. So consecutive MATMULs stream back to back whenever each
+    streams at least ``2 * rows`` vectors.
+
+    Footprint outputs tell the decoder what the unit will still read or write:
+    ``fp_pre_*`` for the instruction in the preload stage, ``fp_stream_act`` for the one
+    streaming, and ``fp_acc_hull`` for every accumulator row written by an instruction that
+    has entered the stream stage and whose results may still be in flight.
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        self._config = config
+        self.array = SystolicArray(config)
+        c = config
+        super().__init__({
+            "cmd": In(stream.Signature(MatmulCmd(config))),
+            "act_rd": In(memory.ReadPort.Signature(
+                addr_width=_addr_width(c.act_depth),
+                shape=data.ArrayLayout(signed(8), c.rows))),
+            "wgt_rd": In(memory.ReadPort.Signature(
+                addr_width=_addr_width(c.wgt_depth),
+                shape=data.ArrayLayout(signed(8), c.cols))),
+            "upd_valid": Out(1),
+            "upd_addr": Out(_addr_width(c.acc_depth)),
+            "upd_accumulate": Out(1),
+            "upd_data": Out(data.ArrayLayout(signed(c.psum_width), c.cols)),
+            "committed": In(1),
+            "busy": Out(1),
+            "vector_issued": Out(1),  # a vector entered the array this cycle
+            "stalled": Out(1),        # holds work but issued no vector this cycle
+            "fp_pre_act": Out(RangeLayout(17)),
+            "fp_pre_wgt": Out(RangeLayout(17)),
+            "fp_pre_acc": Out(RangeLayout(17)),
+            "fp_stream_act": Out(RangeLayout(17)),
+            "fp_acc_hull": Out(RangeLayout(17)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        rows = self._config.rows
+        array = self.array
+
+        m.submodules.array = array
+
+        # ---- preload stage ------------------------------------------------------------
+        pre_valid = Signal()
+        pre = Signal(MatmulCmd(self._config))
+        pre_count = Signal(range(rows + 1))  # weight rows read so far
+        pre_done = Signal()
+        pre_ready = Signal()  # all weight rows read (or the last one is being read)
+        # Cycles since the current tile's swap vector was read, saturating. Its weight rows
+        # reach the array one cycle after they are read, like the vectors.
+        since_swap = Signal(range(array.preload_gap + 1), init=array.preload_gap)
+
+        # ---- stream stage -------------------------------------------------------------
+        st_valid = Signal()
+        st = Signal(MatmulCmd(self._config))
+        st_count = Signal(16)  # vectors read so far
+        st_last = Signal()
+        take = Signal()        # preload stage hands its instruction to the stream stage
+
+        # ---- vectors in flight (read issued, accumulator not yet written) --------------
+        inflight = Signal(range(array.latency + 4))
+        hull = Signal(RangeLayout(17))
+
+        weight_read = Signal()
+        vector_read = Signal()
+        swap_read = Signal()
+
+        # Registered read strobes and tags: buffer read data arrives one cycle after the read.
+        w_valid = Signal()
+        tag_layout = data.StructLayout({"valid": 1, "swap": 1, "addr": unsigned(16),
+                                        "accumulate": 1})
+        vec = Signal(tag_layout)
+
+        m.d.comb += [
+            vector_read.eq(st_valid),
+            swap_read.eq(vector_read & (st_count == 0)),
+            st_last.eq(st_count == st.n_rows - 1),
+            # A shift may not overwrite a shadow weight that the tile now swapping in has not
+            # copied yet: preload_gap cycles must separate the swap vector and the first row.
+            weight_read.eq(pre_valid & ~pre_done & ~swap_read
+                           & (since_swap >= array.preload_gap - 1)),
+            pre_ready.eq(pre_done | (weight_read & (pre_count == rows - 1))),
+            # The stream stage frees up in the cycle it reads its last vector; the new tile's
+            # swap vector is read in the next cycle, after its last weight row was read.
+            take.eq(pre_valid & pre_ready & (~st_valid | st_last)),
+            self.cmd.ready.eq(~pre_valid | take),
+
+            self.wgt_rd.en.eq(weight_read),
+            self.wgt_rd.addr.eq(pre.wgt_addr + rows - 1 - pre_count),
+            self.act_rd.en.eq(vector_read),
+            self.act_rd.addr.eq(st.act_addr + st_count),
+
+            array.a.eq(self.act_rd.data),
+            array.swap.eq(vec.valid & vec.swap),
+            array.w.eq(self.wgt_rd.data),
+            array.w_shift.eq(w_valid),
+
+            self.vector_issued.eq(vec.valid),
+            self.stalled.eq((pre_valid | st_valid) & ~vec.valid),
+            self.busy.eq(pre_valid | st_valid | (inflight != 0)),
+
+            self.fp_pre_act.valid.eq(pre_valid),
+            self.fp_pre_act.lo.eq(pre.act_addr),
+            self.fp_pre_act.hi.eq(pre.act_addr + pre.n_rows),
+            self.fp_pre_wgt.valid.eq(pre_valid & ~pre_done),
+            self.fp_pre_wgt.lo.eq(pre.wgt_addr),
+            self.fp_pre_wgt.hi.eq(pre.wgt_addr + rows),
+            self.fp_pre_acc.valid.eq(pre_valid),
+            self.fp_pre_acc.lo.eq(pre.acc_addr),
+            self.fp_pre_acc.hi.eq(pre.acc_addr + pre.n_rows),
+            self.fp_stream_act.valid.eq(st_valid),
+            self.fp_stream_act.lo.eq(st.act_addr),
+            self.fp_stream_act.hi.eq(st.act_addr + st.n_rows),
+            self.fp_acc_hull.eq(hull),
+        ]
+
+        m.d.sync += [
+            w_valid.eq(weight_read),
+            vec.valid.eq(vector_read),
+            vec.swap.eq(swap_read),
+            vec.addr.eq(st.acc_addr + st_count),
+            vec.accumulate.eq(st.accumulate),
+        ]
+
+        with m.If(swap_read):
+            m.d.sync += since_swap.eq(0)
+        with m.Elif(since_swap != array.preload_gap):
+            m.d.sync += since_swap.eq(since_swap + 1)
+
+        # Preload stage.
+        with m.If(weight_read):
+            m.d.sync += pre_count.eq(pre_count + 1)
+            with m.If(pre_count == rows - 1):
+                m.d.sync += pre_done.eq(1)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload),
+                         pre_count.eq(0), pre_done.eq(0)]
+        with m.Elif(take):
+            m.d.sync += pre_valid.eq(0)
+
+        # Stream stage.
+        with m.If(take):
+            m.d.sync += [st_valid.eq(1), st.eq(pre), st_count.eq(0)]
+        with m.Elif(vector_read):
+            m.d.sync += st_count.eq(st_count + 1)
+            with m.If(st_last):
+                m.d.sync += st_valid.eq(0)
+
+        # Accumulator rows that may still be written: grow on every hand-off, forget once
+        # nothing is in flight.
+        m.d.sync += inflight.eq(inflight + vector_read - self.committed)
+        with m.If(take):
+            with m.If(hull.valid):
+                m.d.sync += [hull.lo.eq(Mux(pre.acc_addr < hull.lo, pre.acc_addr, hull.lo)),
+                             hull.hi.eq(Mux(pre.acc_addr + pre.n_rows > hull.hi,
+                                            pre.acc_addr + pre.n_rows, hull.hi))]
+            with m.Else():
+                m.d.sync += [hull.valid.eq(1), hull.lo.eq(pre.acc_addr),
+                             hull.hi.eq(pre.acc_addr + pre.n_rows)]
+        with m.Elif(~st_valid & (inflight == 0)):
+            m.d.sync += hull.valid.eq(0)
+
+        # ---- result tags travel beside each vector and meet its result ------------------
+        t = vec
+        for stage in range(array.latency):
+            t_q = Signal(tag_layout, name=f"tag_{stage}")
+            m.d.sync += t_q.eq(t)
+            t = t_q
+        m.d.comb += [
+            self.upd_valid.eq(t.valid),
+            self.upd_addr.eq(t.addr),
+            self.upd_accumulate.eq(t.accumulate),
+            self.upd_data.eq(array.out),
+        ]
+
+        return m

@@ -1,0 +1,140 @@
+"""The Serrano accelerator top level."""
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import isa
+from .buffers import AccumulatorBuffer, Buffer
+from .config import AcceleratorConfig
+from .decoder import Decoder
+from .execute import ExecuteUnit
+from .loadstore import LoadUnit, StoreUnit
+
+__all__ = ["MemoryArbiter", "Accelerator"]
+
+
+class MemoryArbiter(wiring.Component):
+    """Shares the memory request stream between the load and the store unit.
+
+    Round robin: when both want the port, the one not granted last time goes first, so
+    neither loads under compute nor stores of finished results can starve the other.
+    Combinational: no added latency.
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        req = stream.Signature(isa.mem_request_layout(config))
+        super().__init__({"load": In(req), "store": In(req), "out": Out(req)})
+
+    def elaborate(self, platform):
+        m = Module()
+        last_store = Signal()
+        pick_store = Signal()
+        m.d.comb += [
+            pick_store.eq(self.store.valid & (~self.load.valid | ~last_store)),
+            self.out.valid.eq(self.load.valid | self.store.valid),
+            self.out.payload.eq(Mux(pick_store, self.store.payload, self.load.payload)),
+            self.store.ready.eq(pick_store & self.out.ready),
+            self.load.ready.eq(~pick_store & self.out.ready),
+        ]
+        with m.If(self.out.valid & self.out.ready):
+            m.d.sync += last_store.eq(pick_store)
+        return m
+
+
+class Accelerator(wiring.Component):
+    """One Serrano accelerator: decoder, load/execute/store units, systolic array, buffers.
+
+    Ports are described in ``docs/architecture.md``: ``instr`` (128-bit instruction words),
+    ``mem`` (memory port), ``clear`` (soft reset of control state; buffer contents are kept),
+    ``status`` and ``counters``.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    """
+
+    def __init__(self, config: AcceleratorConfig = AcceleratorConfig()):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "instr": In(stream.Signature(isa.INSTR_WIDTH)),
+            "mem": Out(isa.MemoryPortSignature(config)),
+            "clear": In(1),
+            "status": Out(isa.Status),
+            "counters": Out(isa.Counters),
+        })
+
+    @property
+    def config(self) -> AcceleratorConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+
+        decoder = Decoder(cfg)
+        load = LoadUnit(cfg)
+        execute = ExecuteUnit(cfg)
+        store = StoreUnit(cfg)
+        arbiter = MemoryArbiter(cfg)
+        act_buf = Buffer(data.ArrayLayout(signed(8), cfg.rows), cfg.act_depth)
+        wgt_buf = Buffer(data.ArrayLayout(signed(8), cfg.cols), cfg.wgt_depth)
+        param_buf = Buffer(data.ArrayLayout(isa.OutputParams, cfg.cols), cfg.param_depth)
+        acc_buf = AccumulatorBuffer(cfg)
+
+        # `clear` resets every register of the control path; memories keep their contents.
+        with_clear = ResetInserter(self.clear)
+        m.submodules.decoder = with_clear(decoder)
+        m.submodules.load = with_clear(load)
+        m.submodules.execute = with_clear(execute)
+        m.submodules.store = with_clear(store)
+        m.submodules.arbiter = with_clear(arbiter)
+        m.submodules.act_buf = act_buf
+        m.submodules.wgt_buf = wgt_buf
+        m.submodules.param_buf = param_buf
+        m.submodules.acc_buf = with_clear(acc_buf)
+
+        wiring.connect(m, wiring.flipped(self.instr), decoder.instr)
+        wiring.connect(m, decoder.load_cmd, load.cmd)
+        wiring.connect(m, decoder.exec_cmd, execute.cmd)
+        wiring.connect(m, decoder.store_cmd, store.cmd)
+
+        wiring.connect(m, load.act_wr, act_buf.write)
+        wiring.connect(m, load.wgt_wr, wgt_buf.write)
+        wiring.connect(m, load.param_wr, param_buf.write)
+        wiring.connect(m, execute.act_rd, act_buf.read)
+        wiring.connect(m, execute.wgt_rd, wgt_buf.read)
+        wiring.connect(m, store.param_rd, param_buf.read)
+        wiring.connect(m, store.acc_rd, acc_buf.read)
+
+        wiring.connect(m, load.mem_req, arbiter.load)
+        wiring.connect(m, store.mem_req, arbiter.store)
+        wiring.connect(m, arbiter.out, wiring.flipped(self.mem.req))
+        wiring.connect(m, wiring.flipped(self.mem.resp), load.mem_resp)
+
+        m.d.comb += [
+            acc_buf.upd_valid.eq(execute.upd_valid),
+            acc_buf.upd_addr.eq(execute.upd_addr),
+            acc_buf.upd_accumulate.eq(execute.upd_accumulate),
+            acc_buf.upd_data.eq(execute.upd_data),
+            execute.committed.eq(acc_buf.committed),
+
+            decoder.load_busy.eq(load.busy),
+            decoder.exec_busy.eq(execute.busy),
+            decoder.store_busy.eq(store.busy),
+            decoder.fp_pre_act.eq(execute.fp_pre_act),
+            decoder.fp_pre_wgt.eq(execute.fp_pre_wgt),
+            decoder.fp_pre_acc.eq(execute.fp_pre_acc),
+            decoder.fp_stream_act.eq(execute.fp_stream_act),
+            decoder.fp_acc_hull.eq(execute.fp_acc_hull),
+            decoder.array_busy.eq(execute.vector_issued),
+            decoder.load_stall.eq(load.stalled),
+            decoder.exec_stall.eq(execute.stalled),
+            decoder.store_stall.eq(store.stalled),
+
+            self.status.eq(decoder.status),
+            self.counters.eq(decoder.counters),
+        ]
+        return m

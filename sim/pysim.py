@@ -1,0 +1,204 @@
+"""Cycle-accurate execution in Amaranth's simulator.
+
+The harness implements the simulation memory model of ``docs/architecture.md`` exactly; the
+compiled backend (``sim.compiled``) implements the same model in C++, so both report the same
+cycle counts for the same program.
+"""
+
+import os
+import time
+from collections import deque
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from amaranth.lib import data
+from amaranth.sim import Simulator
+
+from hw import isa
+from hw.config import AcceleratorConfig
+from hw.top import Accelerator
+
+from .backend import RunResult, RunStatus, SimulationTimeout
+
+__all__ = ["PysimBackend", "DEFAULT_MEM_LATENCY"]
+
+DEFAULT_MEM_LATENCY = 2
+DEFAULT_MAX_CYCLES = 2_000_000
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _field_decoder(layout) -> dict[str, tuple[int, int]]:
+    return {name: (f.offset, (1 << f.width) - 1) for name, f in data.Layout.cast(layout)}
+
+
+def _vcd_path(vcd) -> Path | None:
+    """``vcd`` argument or ``SERRANO_VCD`` environment variable -> waveform path or None."""
+    if vcd is None:
+        vcd = os.environ.get("SERRANO_VCD") or None
+    if vcd in (None, False, "0", ""):
+        return None
+    if vcd in (True, "1"):
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return _PROJECT_ROOT / "build" / "waves" / f"pysim-{stamp}-{os.getpid()}.vcd"
+    return Path(vcd)
+
+
+class PysimBackend:
+    """Runs programs on :class:`hw.top.Accelerator` in ``amaranth.sim``.
+
+    Every :meth:`run` simulates a freshly reset accelerator (zeroed buffers), feeds the
+    instruction words back to back, serves the memory port from the memory image with a fixed
+    read latency, and stops at ``status.done`` (or at ``status.idle`` once every word was
+    accepted, for a program without HALT).
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+    mem_latency : int
+        Cycles from a read's acceptance to its data on ``mem.resp`` (>= 1).
+    vcd : path, bool or None
+        Write a waveform of each run: a path, ``True`` for ``build/waves/pysim-*.vcd``, or
+        ``None`` to follow the ``SERRANO_VCD`` environment variable (``1`` or a path).
+    """
+
+    name = "pysim"
+
+    def __init__(self, config: AcceleratorConfig, *, mem_latency: int = DEFAULT_MEM_LATENCY,
+                 vcd=None):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        if isinstance(mem_latency, bool) or not isinstance(mem_latency, int) or mem_latency < 1:
+            raise ValueError(f"mem_latency must be an integer >= 1, not {mem_latency!r}")
+        self.config = config
+        self.mem_latency = mem_latency
+        self.vcd = vcd
+        self.last_vcd: Path | None = None
+        self.last_wall_seconds: float = 0.0
+
+    def run(self, words: Sequence[int], memory: np.ndarray, *,
+            max_cycles: int | None = None) -> RunResult:
+        cfg = self.config
+        words = [int(w) for w in words]
+        for i, w in enumerate(words):
+            if not 0 <= w < (1 << isa.INSTR_WIDTH):
+                raise ValueError(f"words[{i}] must fit in {isa.INSTR_WIDTH} bits, not {w!r}")
+        memory = np.asarray(memory)
+        if memory.dtype != np.uint8 or memory.ndim != 1:
+            raise TypeError(f"memory must be a 1-D numpy.uint8 array, not {memory.dtype} "
+                            f"with shape {memory.shape}")
+        if memory.size > cfg.mem_bytes:
+            raise ValueError(f"memory image has {memory.size} bytes, more than "
+                             f"config.mem_bytes = {cfg.mem_bytes}")
+        budget = DEFAULT_MAX_CYCLES if max_cycles is None else int(max_cycles)
+
+        W = cfg.mem_width
+        size = memory.size
+        # Round up to whole words; the tail past the image reads as zero, writes are dropped.
+        padded = -(-size // W) * W
+        mem = bytearray(padded)
+        mem[:size] = memory.tobytes()
+        latency = self.mem_latency
+
+        dut = Accelerator(cfg)
+        req_fields = _field_decoder(isa.mem_request_layout(cfg))
+        st_fields = _field_decoder(isa.Status)
+        ctr_fields = _field_decoder(isa.Counters)
+        a_off, a_mask = req_fields["addr"]
+        w_off, _ = req_fields["write"]
+        m_off, m_mask = req_fields["mask"]
+        d_off, d_mask = req_fields["data"]
+        done_off, _ = st_fields["done"]
+        idle_off, _ = st_fields["idle"]
+
+        out: dict = {}
+
+        async def bench(ctx):
+            instr_valid, instr_payload, instr_ready = (
+                dut.instr.valid, dut.instr.payload, dut.instr.ready)
+            req_valid, req_payload = dut.mem.req.valid, dut.mem.req.payload.as_value()
+            resp_valid, resp_payload = dut.mem.resp.valid, dut.mem.resp.payload
+            status = dut.status.as_value()
+            n = len(words)
+            i = 0
+            cycle = 0
+            responses: deque = deque()
+            offered = -1
+            resp_on = False
+            ctx.set(dut.mem.req.ready, 1)
+            while True:
+                if i < n:
+                    if offered != i:
+                        ctx.set(instr_payload, words[i])
+                        ctx.set(instr_valid, 1)
+                        offered = i
+                elif offered != n:
+                    ctx.set(instr_valid, 0)
+                    offered = n
+                if responses and responses[0][0] == cycle:
+                    ctx.set(resp_payload, responses.popleft()[1])
+                    ctx.set(resp_valid, 1)
+                    resp_on = True
+                elif resp_on:
+                    ctx.set(resp_valid, 0)
+                    resp_on = False
+
+                st = ctx.get(status)
+                if (st >> done_off) & 1 or (i >= n and (st >> idle_off) & 1):
+                    break
+                if cycle >= budget:
+                    out["timeout"] = cycle
+                    return
+
+                if ctx.get(req_valid):
+                    req = ctx.get(req_payload)
+                    byte = ((req >> a_off) & a_mask) * W
+                    if (req >> w_off) & 1:
+                        mask = (req >> m_off) & m_mask
+                        wdata = (req >> d_off) & d_mask
+                        for b in range(W):
+                            if (mask >> b) & 1 and byte + b < size:
+                                mem[byte + b] = (wdata >> (8 * b)) & 0xFF
+                    else:
+                        word = int.from_bytes(mem[byte:byte + W], "little") if byte < padded else 0
+                        responses.append((cycle + latency, word))
+                if i < n and ctx.get(instr_ready):
+                    i += 1
+                await ctx.tick()
+                cycle += 1
+
+            out["status"] = st
+            out["counters"] = ctx.get(dut.counters.as_value())
+            out["cycle"] = cycle
+
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        sim.add_testbench(bench)
+        start = time.perf_counter()
+        vcd_path = _vcd_path(self.vcd)
+        self.last_vcd = vcd_path
+        if vcd_path is not None:
+            vcd_path.parent.mkdir(parents=True, exist_ok=True)
+            with sim.write_vcd(str(vcd_path)):
+                sim.run()
+        else:
+            sim.run()
+        self.last_wall_seconds = time.perf_counter() - start
+
+        if "timeout" in out:
+            raise SimulationTimeout(
+                f"program of {len(words)} words did not finish within {budget} cycles "
+                f"(pysim, {cfg.rows}x{cfg.cols}); raise max_cycles if it is merely long")
+
+        st = out["status"]
+
+        def field(value: int, fields: dict, name: str) -> int:
+            off, mask = fields[name]
+            return (value >> off) & mask
+
+        status = RunStatus(done=bool(field(st, st_fields, "done")),
+                           error=isa.ErrorCode(field(st, st_fields, "error")),
+                           fault_index=field(st, st_fields, "fault_index"))
+        counters = {name: field(out["counters"], ctr_fields, name) for name in ctr_fields}
+        result = np.frombuffer(bytes(mem[:size]), dtype=np.uint8).copy()
+        return RunResult(memory=result, status=status, counters=counters)
