@@ -40,7 +40,8 @@ class Backend(Protocol):
 
     def run(self, words: Sequence[int], memory: np.ndarray, *,
             max_cycles: int | None = None) -> RunResult:
-        """Run ``words`` (ints, 128-bit instruction words) against a copy of ``memory``
+        """Run ``words`` (ints, 128-bit instruction words) on a freshly reset accelerator
+        (every buffer zero; nothing carries over from an earlier run) against a copy of ``memory``
         (``numpy.uint8``, at most ``config.mem_bytes`` long; the backend treats bytes past its
         end as zero and returns an array of the same length). Raises ``SimulationTimeout``
         when ``max_cycles`` runs out (cycle-accurate backends)."""
