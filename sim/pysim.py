@@ -78,26 +78,35 @@ class PysimBackend:
 
     def run(self, words: Sequence[int], memory: np.ndarray, *,
             max_cycles: int | None = None) -> RunResult:
-        cfg = self.config
-        words = [int(w) for w in words]
-        for i, w in enumerate(words):
-            if not 0 <= w < (1 << isa.INSTR_WIDTH):
-                raise ValueError(f"words[{i}] must fit in {isa.INSTR_WIDTH} bits, not {w!r}")
-        memory = np.asarray(memory)
-        if memory.dtype != np.uint8 or memory.ndim != 1:
-            raise TypeError(f"memory must be a 1-D numpy.uint8 array, not {memory.dtype} "
-                            f"with shape {memory.shape}")
-        if memory.size > cfg.mem_bytes:
-            raise ValueError(f"memory image has {memory.size} bytes, more than "
-                             f"config.mem_bytes = {cfg.mem_bytes}")
-        budget = DEFAULT_MAX_CYCLES if max_cycles is None else int(max_cycles)
+        return self.run_sequence([(words, memory)], max_cycles=max_cycles)[0]
 
+    def run_sequence(self, programs: Sequence[tuple[Sequence[int], np.ndarray]], *,
+                     max_cycles: int | None = None) -> list[RunResult]:
+        """Run several programs on one accelerator, pulsing ``clear`` for one cycle between
+        them (buffer contents carry over, as they do in hardware). ``max_cycles`` applies to
+        each program."""
+        cfg = self.config
+        budget = DEFAULT_MAX_CYCLES if max_cycles is None else int(max_cycles)
         W = cfg.mem_width
-        size = memory.size
-        # Round up to whole words; the tail past the image reads as zero, writes are dropped.
-        padded = -(-size // W) * W
-        mem = bytearray(padded)
-        mem[:size] = memory.tobytes()
+        jobs = []
+        for words, memory in programs:
+            words = [int(w) for w in words]
+            for i, w in enumerate(words):
+                if not 0 <= w < (1 << isa.INSTR_WIDTH):
+                    raise ValueError(f"words[{i}] must fit in {isa.INSTR_WIDTH} bits, "
+                                     f"not {w!r}")
+            memory = np.asarray(memory)
+            if memory.dtype != np.uint8 or memory.ndim != 1:
+                raise TypeError(f"memory must be a 1-D numpy.uint8 array, not {memory.dtype} "
+                                f"with shape {memory.shape}")
+            if memory.size > cfg.mem_bytes:
+                raise ValueError(f"memory image has {memory.size} bytes, more than "
+                                 f"config.mem_bytes = {cfg.mem_bytes}")
+            # Whole words; the tail past the image reads as zero and writes there are dropped.
+            padded = -(-memory.size // W) * W
+            mem = bytearray(padded)
+            mem[:memory.size] = memory.tobytes()
+            jobs.append((words, mem, memory.size))
         latency = self.mem_latency
 
         dut = Accelerator(cfg)
@@ -111,7 +120,7 @@ class PysimBackend:
         done_off, _ = st_fields["done"]
         idle_off, _ = st_fields["idle"]
 
-        out: dict = {}
+        outs: list[dict] = []
 
         async def bench(ctx):
             instr_valid, instr_payload, instr_ready = (
@@ -119,57 +128,68 @@ class PysimBackend:
             req_valid, req_payload = dut.mem.req.valid, dut.mem.req.payload.as_value()
             resp_valid, resp_payload = dut.mem.resp.valid, dut.mem.resp.payload
             status = dut.status.as_value()
-            n = len(words)
-            i = 0
-            cycle = 0
-            responses: deque = deque()
-            offered = -1
-            resp_on = False
             ctx.set(dut.mem.req.ready, 1)
-            while True:
-                if i < n:
-                    if offered != i:
-                        ctx.set(instr_payload, words[i])
-                        ctx.set(instr_valid, 1)
-                        offered = i
-                elif offered != n:
-                    ctx.set(instr_valid, 0)
-                    offered = n
-                if responses and responses[0][0] == cycle:
-                    ctx.set(resp_payload, responses.popleft()[1])
-                    ctx.set(resp_valid, 1)
-                    resp_on = True
-                elif resp_on:
-                    ctx.set(resp_valid, 0)
-                    resp_on = False
+            for job, (words, mem, size) in enumerate(jobs):
+                if job:
+                    ctx.set(dut.clear, 1)
+                    await ctx.tick()
+                    ctx.set(dut.clear, 0)
+                out: dict = {}
+                outs.append(out)
+                padded = len(mem)
+                n = len(words)
+                i = 0
+                cycle = 0
+                responses: deque = deque()
+                offered = -1
+                resp_on = False
+                while True:
+                    if i < n:
+                        if offered != i:
+                            ctx.set(instr_payload, words[i])
+                            ctx.set(instr_valid, 1)
+                            offered = i
+                    elif offered != n:
+                        ctx.set(instr_valid, 0)
+                        offered = n
+                    if responses and responses[0][0] == cycle:
+                        ctx.set(resp_payload, responses.popleft()[1])
+                        ctx.set(resp_valid, 1)
+                        resp_on = True
+                    elif resp_on:
+                        ctx.set(resp_valid, 0)
+                        resp_on = False
 
-                st = ctx.get(status)
-                if (st >> done_off) & 1 or (i >= n and (st >> idle_off) & 1):
-                    break
-                if cycle >= budget:
-                    out["timeout"] = cycle
-                    return
+                    st = ctx.get(status)
+                    if (st >> done_off) & 1 or (i >= n and (st >> idle_off) & 1):
+                        break
+                    if cycle >= budget:
+                        out["timeout"] = cycle
+                        return
 
-                if ctx.get(req_valid):
-                    req = ctx.get(req_payload)
-                    byte = ((req >> a_off) & a_mask) * W
-                    if (req >> w_off) & 1:
-                        mask = (req >> m_off) & m_mask
-                        wdata = (req >> d_off) & d_mask
-                        for b in range(W):
-                            if (mask >> b) & 1 and byte + b < size:
-                                mem[byte + b] = (wdata >> (8 * b)) & 0xFF
-                    else:
-                        word = int.from_bytes(mem[byte:byte + W], "little") if byte < padded else 0
-                        responses.append((cycle + latency, word))
-                if i < n and ctx.get(instr_ready):
-                    i += 1
-                await ctx.tick()
-                cycle += 1
+                    if ctx.get(req_valid):
+                        req = ctx.get(req_payload)
+                        byte = ((req >> a_off) & a_mask) * W
+                        if (req >> w_off) & 1:
+                            mask = (req >> m_off) & m_mask
+                            wdata = (req >> d_off) & d_mask
+                            for b in range(W):
+                                if (mask >> b) & 1 and byte + b < size:
+                                    mem[byte + b] = (wdata >> (8 * b)) & 0xFF
+                        else:
+                            word = (int.from_bytes(mem[byte:byte + W], "little")
+                                    if byte < padded else 0)
+                            responses.append((cycle + latency, word))
+                    if i < n and ctx.get(instr_ready):
+                        i += 1
+                    await ctx.tick()
+                    cycle += 1
 
-            out["status"] = st
-            out["counters"] = ctx.get(dut.counters.as_value())
-            out["cycle"] = cycle
+                out["status"] = st
+                out["counters"] = ctx.get(dut.counters.as_value())
+                out["cycle"] = cycle
+                ctx.set(instr_valid, 0)
+                ctx.set(resp_valid, 0)
 
         sim = Simulator(dut)
         sim.add_clock(1e-8)
@@ -185,20 +205,21 @@ class PysimBackend:
             sim.run()
         self.last_wall_seconds = time.perf_counter() - start
 
-        if "timeout" in out:
-            raise SimulationTimeout(
-                f"program of {len(words)} words did not finish within {budget} cycles "
-                f"(pysim, {cfg.rows}x{cfg.cols}); raise max_cycles if it is merely long")
-
-        st = out["status"]
-
         def field(value: int, fields: dict, name: str) -> int:
             off, mask = fields[name]
             return (value >> off) & mask
 
-        status = RunStatus(done=bool(field(st, st_fields, "done")),
-                           error=isa.ErrorCode(field(st, st_fields, "error")),
-                           fault_index=field(st, st_fields, "fault_index"))
-        counters = {name: field(out["counters"], ctr_fields, name) for name in ctr_fields}
-        result = np.frombuffer(bytes(mem[:size]), dtype=np.uint8).copy()
-        return RunResult(memory=result, status=status, counters=counters)
+        results = []
+        for (words, mem, size), out in zip(jobs, outs):
+            if "timeout" in out:
+                raise SimulationTimeout(
+                    f"program of {len(words)} words did not finish within {budget} cycles "
+                    f"(pysim, {cfg.rows}x{cfg.cols}); raise max_cycles if it is merely long")
+            st = out["status"]
+            status = RunStatus(done=bool(field(st, st_fields, "done")),
+                               error=isa.ErrorCode(field(st, st_fields, "error")),
+                               fault_index=field(st, st_fields, "fault_index"))
+            counters = {name: field(out["counters"], ctr_fields, name) for name in ctr_fields}
+            result = np.frombuffer(bytes(mem[:size]), dtype=np.uint8).copy()
+            results.append(RunResult(memory=result, status=status, counters=counters))
+        return results

@@ -1,0 +1,100 @@
+"""Random instruction programs for cross-checking backends (valid and malformed)."""
+
+import numpy as np
+
+from hw import isa
+from hw.config import AcceleratorConfig
+from hw.isa import LoadTarget, Opcode, StoreMode, encode
+
+
+def patch_field(word: int, opcode: Opcode, name: str, value: int) -> int:
+    """Overwrite one field of an encoded word with raw bits (for malformed instructions that
+    ``isa.encode`` rightly refuses to build)."""
+    from amaranth.lib import data
+    field = data.Layout.cast(isa.INSTR_LAYOUTS[opcode])[name]
+    mask = ((1 << field.width) - 1) << field.offset
+    return (word & ~mask) | ((value << field.offset) & mask)
+
+
+def random_program(cfg: AcceleratorConfig, rng: np.random.Generator, *, length: int = 12,
+                   mem_size: int = 512, malformed: bool = False) -> tuple[list[int], np.ndarray]:
+    """A program of ``length`` random instructions plus HALT, and a random memory image.
+
+    Buffer and memory ranges are drawn from small spaces so that instructions in different
+    units overlap often (exercising the decoder's scoreboard) and stores overwrite bytes
+    that later loads read. With ``malformed``, one instruction somewhere is replaced by a
+    faulting one (every error code is reachable).
+    """
+    memory = rng.integers(0, 256, mem_size, dtype=np.uint8)
+    entry = {LoadTarget.ACT: cfg.act_entry_bytes, LoadTarget.WGT: cfg.wgt_entry_bytes,
+             LoadTarget.PARAM: cfg.param_entry_bytes}
+    depth = {LoadTarget.ACT: cfg.act_depth, LoadTarget.WGT: cfg.wgt_depth,
+             LoadTarget.PARAM: cfg.param_depth}
+
+    def span(limit: int) -> tuple[int, int]:
+        n = int(rng.integers(1, min(limit, 12) + 1))
+        return int(rng.integers(0, limit - n + 1)), n
+
+    def mem_range(n_rows: int, row_bytes: int) -> tuple[int, int]:
+        stride = int(rng.choice([0, row_bytes, row_bytes + int(rng.integers(0, 9))]))
+        extent = (n_rows - 1) * stride + row_bytes
+        if extent > mem_size:
+            stride = 0
+            extent = row_bytes
+        return int(rng.integers(0, mem_size - extent + 1)), stride
+
+    def valid_instruction() -> int:
+        kind = rng.choice(["load", "load", "load", "matmul", "matmul", "store", "store",
+                           "nop", "fence"])
+        if kind == "load":
+            target = LoadTarget(int(rng.integers(0, 3)))
+            buf_addr, n_rows = span(depth[target])
+            row_bytes = int(rng.integers(1, entry[target] + 1))
+            mem_addr, stride = mem_range(n_rows, row_bytes)
+            return encode(Opcode.LOAD, target=target.value, buf_addr=buf_addr, n_rows=n_rows,
+                          row_bytes=row_bytes, mem_addr=mem_addr, mem_stride=stride)
+        if kind == "matmul":
+            n_rows = int(rng.integers(1, min(cfg.act_depth, cfg.acc_depth, 12) + 1))
+            return encode(Opcode.MATMUL,
+                          act_addr=int(rng.integers(0, cfg.act_depth - n_rows + 1)),
+                          n_rows=n_rows,
+                          wgt_addr=int(rng.integers(0, cfg.wgt_depth - cfg.rows + 1)),
+                          acc_addr=int(rng.integers(0, cfg.acc_depth - n_rows + 1)),
+                          accumulate=int(rng.integers(0, 2)))
+        if kind == "store":
+            mode = StoreMode(int(rng.integers(0, 2)))
+            acc_addr, n_rows = span(cfg.acc_depth)
+            n_cols = int(rng.integers(1, cfg.cols + 1))
+            row = n_cols * (4 if mode == StoreMode.RAW else 1)
+            mem_addr, stride = mem_range(n_rows, row)
+            return encode(Opcode.STORE, mode=mode.value, acc_addr=acc_addr, n_rows=n_rows,
+                          n_cols=n_cols, param_addr=int(rng.integers(0, cfg.param_depth)),
+                          mem_addr=mem_addr, mem_stride=stride)
+        return encode(Opcode.NOP if kind == "nop" else Opcode.FENCE)
+
+    def faulting_instruction() -> int:
+        kind = rng.choice(["opcode", "reserved", "target", "size", "buffer", "memory",
+                           "store_cols", "store_param"])
+        if kind == "opcode":
+            return int(rng.choice([0x06, 0x10, 0x1F, 0xFF])) | (int(rng.integers(0, 1 << 60)) << 8)
+        if kind == "reserved":
+            return encode(Opcode.MATMUL, n_rows=1, reserved1=1)
+        if kind == "target":
+            return patch_field(encode(Opcode.LOAD, n_rows=1, row_bytes=1), Opcode.LOAD,
+                               "target", 3)
+        if kind == "size":
+            return encode(Opcode.LOAD, target=0, n_rows=0, row_bytes=1)
+        if kind == "buffer":
+            return encode(Opcode.MATMUL, act_addr=cfg.act_depth - 1, n_rows=2)
+        if kind == "store_cols":
+            return encode(Opcode.STORE, mode=0, n_rows=1, n_cols=cfg.cols + 1)
+        if kind == "store_param":
+            return encode(Opcode.STORE, mode=0, n_rows=1, n_cols=1, param_addr=cfg.param_depth)
+        return encode(Opcode.LOAD, target=0, n_rows=2, row_bytes=1,
+                      mem_addr=cfg.mem_bytes - 1, mem_stride=1)
+
+    words = [valid_instruction() for _ in range(length)]
+    if malformed:
+        words[int(rng.integers(0, length))] = faulting_instruction()
+    words.append(encode(Opcode.HALT))
+    return words, memory
