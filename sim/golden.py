@@ -163,8 +163,10 @@ def _read_rows(mem: np.ndarray, mem_addr: int, n_rows: int, stride: int,
                                                strides=(stride, 1), writeable=False)
         return view.copy()
     idx = _row_index(mem_addr, n_rows, stride, row_bytes)
+    out = np.zeros(idx.shape, dtype=np.uint8)
     inside = idx < mem.size
-    return np.where(inside, mem[np.where(inside, idx, 0)], 0).astype(np.uint8)
+    out[inside] = mem[idx[inside]]
+    return out
 
 
 def _write_rows(mem: np.ndarray, mem_addr: int, stride: int, rows: np.ndarray) -> None:
