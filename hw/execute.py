@@ -106,14 +106,16 @@ class ExecuteUnit(wiring.Component):
                                         "accumulate": 1})
         vec = Signal(tag_layout)
 
+        # With one row the gap is always met; no constant comparison in the netlist.
+        gap_ok = (since_swap >= array.preload_gap - 1) if array.preload_gap > 1 else C(1)
+
         m.d.comb += [
             vector_read.eq(st_valid),
             swap_read.eq(vector_read & (st_count == 0)),
             st_last.eq(st_count == st.n_rows - 1),
             # A shift may not overwrite a shadow weight that the tile now swapping in has not
             # copied yet: preload_gap cycles must separate the swap vector and the first row.
-            weight_read.eq(pre_valid & ~pre_done & ~swap_read
-                           & (since_swap >= array.preload_gap - 1)),
+            weight_read.eq(pre_valid & ~pre_done & ~swap_read & gap_ok),
             pre_ready.eq(pre_done | (weight_read & (pre_count == rows - 1))),
             # The stream stage frees up in the cycle it reads its last vector; the new tile's
             # swap vector is read in the next cycle, after its last weight row was read.
