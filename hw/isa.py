@@ -140,7 +140,8 @@ class Status(data.Struct):
     busy: unsigned(1)          # a program has started and has not finished
     done: unsigned(1)          # HALT retired, or an error stopped the program
     error: ErrorCode
-    reserved0: unsigned(2)
+    idle: unsigned(1)          # no instruction held by the decoder and every unit idle
+    reserved0: unsigned(1)
     fault_index: unsigned(32)  # index (from 0) of the instruction that faulted
 
 

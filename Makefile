@@ -1,0 +1,34 @@
+# Serrano: `make demo` and `make test` each create the venv and install the project first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-slow verilog bench docs clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,compiled,fpga]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -n auto tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow tests
+
+verilog: $(STAMP)
+	$(PY) scripts/generate.py --out build/verilog
+
+bench: $(STAMP)
+	$(PY) scripts/benchmark.py
+
+docs: $(STAMP)
+	$(PY) scripts/gen_isa_doc.py --out docs/isa.md
+
+clean:
+	rm -rf build/*/ $(VENV)
