@@ -43,12 +43,16 @@ from hw.config import AcceleratorConfig
 from sim.backend import RunResult, RunStatus, SimulationTimeout
 
 __all__ = ["CompiledBackend", "CompiledBackendUnavailable", "CompiledBuildError", "ENGINES",
-           "DEFAULT_ENGINE", "ModelBuild", "build_model", "check_prerequisites"]
+           "DEFAULT_ENGINE", "DEFAULT_MAX_CYCLES", "ModelBuild", "build_model", "check_prerequisites"]
 
 ENGINES = ("verilator", "cxxrtl")
 # Chosen on measured speed and build time: see scripts/bench_sim.py and the report in
 # docs (Verilator runs the default 8x8 accelerator several times faster than CXXRTL).
 DEFAULT_ENGINE = "verilator"
+
+# With max_cycles=None a run stops after this many cycles (about 15 minutes of a 1M cycles/s
+# model) instead of hanging; pysim's default is far lower because it is ~10^4 times slower.
+DEFAULT_MAX_CYCLES = 1_000_000_000
 
 _ROOT = Path(__file__).resolve().parents[1]
 _CSRC = Path(__file__).resolve().parent / "csrc"
@@ -149,7 +153,8 @@ class ModelBuild:
     trace: bool
     key: str
     cached: bool          # True: loaded from the cache, nothing was built
-    seconds: float        # wall time spent building (0.0 when cached)
+    seconds: float        # wall time spent building now (0.0 when cached)
+    built_seconds: float  # wall time the build took when it was made (recorded in the cache)
 
 
 def _config_header(config: AcceleratorConfig, trace: bool) -> str:
@@ -362,11 +367,20 @@ def build_model(config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE, trac
     key = _cache_key(config, engine, trace, [Path(p).resolve() for p in extra_sources])
     model_dir = build_dir / f"{engine}-{config.rows}x{config.cols}-{key}"
     lib = model_dir / "model.so"
+    timing = model_dir / "build_seconds"
+
+    def cached() -> ModelBuild:
+        try:
+            built = float(timing.read_text())
+        except (OSError, ValueError):
+            built = float("nan")
+        return ModelBuild(lib, engine, trace, key, cached=True, seconds=0.0, built_seconds=built)
+
     if lib.exists():
-        return ModelBuild(lib, engine, trace, key, cached=True, seconds=0.0)
+        return cached()
     with _locked(model_dir / ".lock"):
         if lib.exists():  # another process built it while we waited
-            return ModelBuild(lib, engine, trace, key, cached=True, seconds=0.0)
+            return cached()
         start = time.perf_counter()
         work = model_dir / "work"
         shutil.rmtree(work, ignore_errors=True)
@@ -381,11 +395,13 @@ def build_model(config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE, trac
         tmp = model_dir / f"model.so.tmp{os.getpid()}"
         builder = _build_verilator if engine == "verilator" else _build_cxxrtl
         builder(top, config, trace, tmp, work, build_dir, log)
-        os.replace(tmp, lib)  # atomic: a reader sees no library or a complete one
         seconds = time.perf_counter() - start
+        timing.write_text(f"{seconds:.3f}\n")
+        os.replace(tmp, lib)  # atomic: a reader sees no library or a complete one
         with open(log, "a") as f:
             f.write(f"# built in {seconds:.1f} s\n")
-    return ModelBuild(lib, engine, trace, key, cached=False, seconds=seconds)
+    return ModelBuild(lib, engine, trace, key, cached=False, seconds=seconds,
+                      built_seconds=seconds)
 
 
 # ---- the backend ----------------------------------------------------------------------------
@@ -483,8 +499,7 @@ class CompiledBackend:
             max_cycles: int | None = None) -> RunResult:
         """Run ``words`` against a copy of ``memory``; see ``sim.backend.Backend.run``.
 
-        ``max_cycles=None`` means no budget (a hung design then never returns: pass a budget
-        when running untrusted programs).
+        ``max_cycles=None`` means ``DEFAULT_MAX_CYCLES``.
         """
         if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
             raise TypeError("memory must be a 1-D numpy.uint8 array")
@@ -500,7 +515,7 @@ class CompiledBackend:
         status_words = (ctypes.c_uint32 * ((self._status_layout.size + 31) // 32))()
         counter_words = (ctypes.c_uint32 * ((self._counters_layout.size + 31) // 32))()
         cycles = ctypes.c_uint64()
-        budget = (1 << 64) - 1 if max_cycles is None else max_cycles
+        budget = DEFAULT_MAX_CYCLES if max_cycles is None else max_cycles
         trace = None if self.vcd is None else str(self.vcd).encode()
         if trace is not None:
             self.vcd.parent.mkdir(parents=True, exist_ok=True)
@@ -517,8 +532,9 @@ class CompiledBackend:
         self.last_cycles = cycles.value
         if end == _END_TIMEOUT:
             raise SimulationTimeout(
-                f"the program did not finish within max_cycles={max_cycles} cycles "
-                f"({self.build.engine} model)")
+                f"program of {len(words)} words did not finish within {budget} cycles "
+                f"({self.engine} model, {self.config.rows}x{self.config.cols}); raise "
+                f"max_cycles if it is merely long")
         status_bits = _join_words(status_words)
         counter_bits = _join_words(counter_words)
         status = {name: (status_bits >> f.offset) & ((1 << f.width) - 1)

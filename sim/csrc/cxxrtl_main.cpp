@@ -55,25 +55,26 @@ inline bool bit(const wire<N> &port, unsigned off) {
 
 class Model {
 public:
-    void reset_inputs() {
-        static const uint32_t zero[SERRANO_INSTR_WORDS > SERRANO_RESP_WORDS
-                                   ? SERRANO_INSTR_WORDS : SERRANO_RESP_WORDS] = {0};
+    void init() {
         top.p_clk.set<bool>(false);
         top.p_rst.set<bool>(false);
         top.p_clear.set<bool>(false);
         top.p_mem____req____ready.set<bool>(true);
-        put(top.p_instr____payload, zero);
         top.p_instr____valid.set<bool>(false);
-        put(top.p_mem____resp____payload, zero);
         top.p_mem____resp____valid.set<bool>(false);
-        top.step();
     }
-    void drive(const uint32_t *instr, bool instr_valid, const uint32_t *resp, bool resp_valid) {
+    void set_instr(const uint32_t *payload, bool valid) {
+        if (payload)
+            put(top.p_instr____payload, payload);
+        top.p_instr____valid.set<bool>(valid);
+    }
+    void set_resp(const uint32_t *payload, bool valid) {
+        if (payload)
+            put(top.p_mem____resp____payload, payload);
+        top.p_mem____resp____valid.set<bool>(valid);
+    }
+    void settle() {
         top.p_clk.set<bool>(false);
-        put(top.p_instr____payload, instr);
-        top.p_instr____valid.set<bool>(instr_valid);
-        put(top.p_mem____resp____payload, resp);
-        top.p_mem____resp____valid.set<bool>(resp_valid);
         top.step();
     }
     bool instr_ready() { return bit(top.p_instr____ready, 0); }

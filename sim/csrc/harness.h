@@ -6,9 +6,10 @@
 // sampled, when the run ends) mirrors that file.
 //
 // An engine file (verilator_main.cpp, cxxrtl_main.cpp) defines a `Model` class with:
-//   void reset_inputs();                           // all inputs 0, clk low, settle
-//   void drive(const uint32_t *instr, bool instr_valid,
-//              const uint32_t *resp, bool resp_valid);   // set inputs, clk low, settle
+//   void init();                                   // clk low, mem.req.ready 1, other inputs 0
+//   void set_instr(const uint32_t *payload, bool valid);  // payload nullptr: keep it
+//   void set_resp(const uint32_t *payload, bool valid);   // payload nullptr: keep it
+//   void settle();                                 // clk low, evaluate
 //   bool instr_ready(); bool req_valid();
 //   void req_payload(uint32_t *words);            // SERRANO_REQ_WORDS words
 //   bool status_bit(unsigned offset);
@@ -54,19 +55,37 @@ static inline uint32_t get_bit(const uint32_t *words, unsigned bit) {
     return (words[bit / 32] >> (bit % 32)) & 1u;
 }
 
-// Pending read responses: a read accepted in cycle t is presented in cycle t + latency, for
-// one cycle. At most one request is accepted per cycle, so a ring of `latency` slots indexed
-// by cycle modulo latency holds every response in flight.
-struct ReadPipe {
-    unsigned latency;
-    std::vector<uint8_t> valid;
-    std::vector<uint32_t> data;  // latency x SERRANO_RESP_WORDS
-
-    explicit ReadPipe(unsigned latency)
-        : latency(latency), valid(latency, 0), data((size_t)latency * SERRANO_RESP_WORDS, 0) {}
-    uint32_t *slot(uint64_t cycle) { return &data[(cycle % latency) * SERRANO_RESP_WORDS]; }
+// Pending read responses, in acceptance order (at most one request is accepted per cycle, so
+// at most `latency` are in flight): a read accepted in cycle t is presented in cycle
+// t + latency, for one cycle.
+struct Response {
+    uint64_t cycle;
+    uint32_t data[SERRANO_RESP_WORDS];
 };
 
+struct ResponseQueue {
+    std::vector<Response> ring;
+    size_t head = 0, count = 0;
+    explicit ResponseQueue(unsigned latency) : ring(latency + 1) {}
+    bool ready(uint64_t cycle) const { return count && ring[head].cycle == cycle; }
+    const Response &front() const { return ring[head]; }
+    void pop() { head = (head + 1) % ring.size(); count--; }
+    Response &push() {
+        Response &r = ring[(head + count) % ring.size()];
+        count++;
+        return r;
+    }
+};
+
+// Runs one program on a model fresh from construction (every register at its init value).
+// Mirrors PysimBackend.run_sequence for one program:
+//   * instruction word i is driven with valid = 1 until accepted; after the last word valid
+//     drops and the payload keeps its last value; a response payload likewise stays on the
+//     port after its valid cycle (inputs change only when pysim's testbench sets them);
+//   * the run ends, before the clock edge, in the first cycle with status.done, or with
+//     status.idle once every word was accepted; at cycle == max_cycles it times out;
+//   * the memory is the image padded to whole words: bytes past image_len read as zero and
+//     writes to them are dropped.
 template <class Model>
 int run(Model &model, const uint32_t *words, uint64_t n_words,
         uint8_t *image, uint64_t image_len, unsigned latency, uint64_t max_cycles,
@@ -74,83 +93,84 @@ int run(Model &model, const uint32_t *words, uint64_t n_words,
         uint64_t *cycles_out) {
     if (latency < 1 || image_len > (uint64_t)SERRANO_MEM_BYTES)
         return END_BAD_ARGS;
-    // The whole address space; calloc maps untouched pages lazily, so a large mem_bytes costs
-    // only what the program touches.
-    uint8_t *mem = (uint8_t *)calloc((size_t)SERRANO_MEM_BYTES, 1);
+    const uint64_t padded = (image_len + SERRANO_MEM_WIDTH - 1) / SERRANO_MEM_WIDTH
+                            * SERRANO_MEM_WIDTH;
+    uint8_t *mem = (uint8_t *)calloc((size_t)(padded ? padded : 1), 1);
     if (!mem)
         return END_NO_MEMORY;
     memcpy(mem, image, (size_t)image_len);
 
-    ReadPipe pipe(latency);
-    static const uint32_t zero_instr[SERRANO_INSTR_WORDS] = {0};
+    ResponseQueue responses(latency);
     uint32_t req[SERRANO_REQ_WORDS];
     const bool tracing = trace_path && trace_path[0];
     if (tracing)
         model.trace_open(trace_path);
 
     uint64_t next_word = 0;
+    uint64_t offered = UINT64_MAX;  // index of the word on the port; n_words: valid is low
+    bool resp_on = false;
     uint64_t cycle = 0;
     int end;
-    model.reset_inputs();
+    model.init();  // clk low, mem.req.ready high, every other input zero
     for (;;) {
-        // Cycle `cycle`: drive this cycle's inputs, let combinational logic settle, sample.
-        const bool instr_valid = next_word < n_words;
-        const uint32_t *instr = instr_valid ? &words[next_word * SERRANO_INSTR_WORDS]
-                                            : zero_instr;
-        const bool resp_valid = pipe.valid[cycle % latency] != 0;
-        model.drive(instr, instr_valid, pipe.slot(cycle), resp_valid);
+        // Cycle `cycle`: change this cycle's inputs, let combinational logic settle, sample.
+        if (next_word < n_words) {
+            if (offered != next_word) {
+                model.set_instr(&words[next_word * SERRANO_INSTR_WORDS], true);
+                offered = next_word;
+            }
+        } else if (offered != n_words) {
+            model.set_instr(nullptr, false);
+            offered = n_words;
+        }
+        if (responses.ready(cycle)) {
+            model.set_resp(responses.front().data, true);
+            responses.pop();
+            resp_on = true;
+        } else if (resp_on) {
+            model.set_resp(nullptr, false);
+            resp_on = false;
+        }
+        model.settle();
         if (tracing)
             model.trace_dump(2 * cycle);
-        if (model.status_bit(SERRANO_STATUS_DONE_OFFSET)) {
-            end = END_DONE;
-            break;
-        }
-        if (next_word == n_words && model.status_bit(SERRANO_STATUS_IDLE_OFFSET)) {
-            end = END_IDLE;
+        if (model.status_bit(SERRANO_STATUS_DONE_OFFSET) ||
+            (next_word >= n_words && model.status_bit(SERRANO_STATUS_IDLE_OFFSET))) {
+            end = model.status_bit(SERRANO_STATUS_DONE_OFFSET) ? END_DONE : END_IDLE;
             break;
         }
         if (cycle >= max_cycles) {
             end = END_TIMEOUT;
             break;
         }
-        const bool accept_instr = instr_valid && model.instr_ready();
-        const bool req_valid = model.req_valid();
-        if (req_valid)
-            model.req_payload(req);
 
-        // Clock edge: the design registers its inputs; the memory and the instruction source
-        // act on what they saw during the cycle.
+        // The memory and the instruction source act on what they saw during the cycle.
+        if (model.req_valid()) {
+            model.req_payload(req);
+            const uint64_t addr = get_bits(req, SERRANO_REQ_ADDR_OFFSET, SERRANO_REQ_ADDR_WIDTH);
+            const uint64_t base = addr * SERRANO_MEM_WIDTH;
+            if (get_bit(req, SERRANO_REQ_WRITE_OFFSET)) {
+                for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++) {
+                    if (get_bit(req, SERRANO_REQ_MASK_OFFSET + b) && base + b < image_len)
+                        mem[base + b] = (uint8_t)get_bits(req, SERRANO_REQ_DATA_OFFSET + 8 * b, 8);
+                }
+            } else {
+                Response &r = responses.push();
+                r.cycle = cycle + latency;
+                memset(r.data, 0, sizeof r.data);
+                if (base < padded) {
+                    for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++)
+                        r.data[b / 4] |= (uint32_t)mem[base + b] << (8 * (b % 4));
+                }
+            }
+        }
+        if (next_word < n_words && model.instr_ready())
+            next_word++;
+
+        // Clock edge.
         model.posedge();
         if (tracing)
             model.trace_dump(2 * cycle + 1);
-        pipe.valid[cycle % latency] = 0;
-        if (accept_instr)
-            next_word++;
-        if (req_valid) {
-            const uint64_t addr = get_bits(req, SERRANO_REQ_ADDR_OFFSET, SERRANO_REQ_ADDR_WIDTH);
-            const uint64_t base = addr * SERRANO_MEM_WIDTH;
-            // The port's address width can reach past mem_bytes when mem_words is not a power
-            // of two; such a word reads as zero and ignores writes (the decoder rejects any
-            // access that would reach it, so only a hardware bug gets here).
-            const bool in_range = base + SERRANO_MEM_WIDTH <= (uint64_t)SERRANO_MEM_BYTES;
-            if (get_bit(req, SERRANO_REQ_WRITE_OFFSET)) {
-                if (in_range) {
-                    for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++) {
-                        if (get_bit(req, SERRANO_REQ_MASK_OFFSET + b))
-                            mem[base + b] = (uint8_t)get_bits(
-                                req, SERRANO_REQ_DATA_OFFSET + 8 * b, 8);
-                    }
-                }
-            } else {
-                uint32_t *slot = pipe.slot(cycle);
-                memset(slot, 0, SERRANO_RESP_WORDS * sizeof(uint32_t));
-                if (in_range) {
-                    for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++)
-                        slot[b / 4] |= (uint32_t)mem[base + b] << (8 * (b % 4));
-                }
-                pipe.valid[cycle % latency] = 1;
-            }
-        }
         cycle++;
     }
     model.status(status_out);

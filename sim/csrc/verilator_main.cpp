@@ -60,25 +60,26 @@ public:
     Model() : ctx(new VerilatedContext), top(new Vtop(ctx.get(), "top")) {}
     ~Model() { top->final(); }
 
-    void reset_inputs() {
-        static const uint32_t zero[SERRANO_INSTR_WORDS > SERRANO_RESP_WORDS
-                                   ? SERRANO_INSTR_WORDS : SERRANO_RESP_WORDS] = {0};
+    void init() {
         top->clk = 0;
         top->rst = 0;
         top->clear = 0;
         top->mem___05Freq___05Fready = 1;
-        put(top->instr___05Fpayload, zero, SERRANO_INSTR_WORDS);
         top->instr___05Fvalid = 0;
-        put(top->mem___05Fresp___05Fpayload, zero, SERRANO_RESP_WORDS);
         top->mem___05Fresp___05Fvalid = 0;
-        top->eval();
     }
-    void drive(const uint32_t *instr, bool instr_valid, const uint32_t *resp, bool resp_valid) {
+    void set_instr(const uint32_t *payload, bool valid) {
+        if (payload)
+            put(top->instr___05Fpayload, payload, SERRANO_INSTR_WORDS);
+        top->instr___05Fvalid = valid;
+    }
+    void set_resp(const uint32_t *payload, bool valid) {
+        if (payload)
+            put(top->mem___05Fresp___05Fpayload, payload, SERRANO_RESP_WORDS);
+        top->mem___05Fresp___05Fvalid = valid;
+    }
+    void settle() {
         top->clk = 0;
-        put(top->instr___05Fpayload, instr, SERRANO_INSTR_WORDS);
-        top->instr___05Fvalid = instr_valid;
-        put(top->mem___05Fresp___05Fpayload, resp, SERRANO_RESP_WORDS);
-        top->mem___05Fresp___05Fvalid = resp_valid;
         top->eval();
     }
     bool instr_ready() { return top->instr___05Fready; }

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Simulation speed: the Amaranth simulator against the compiled models, on the same program.
+
+For each array shape, one int8 GEMM is compiled by the runtime (``sim.runtime.plan_gemm`` /
+``build_program``) and run
+
+* on every compiled engine asked for, to completion: simulated cycles per second of wall time
+  (the native run only; the model build is reported separately), result checked against numpy;
+* on the Amaranth simulator (``pysim``) for the first ``--pysim-cycles`` cycles of the same
+  program (the whole GEMM would take hours there): its cycles per second.
+
+It prints a table with cycles/s, the ratio to pysim and the model build time. ``--cold-build``
+builds every compiled model from scratch in a temporary directory so that the build time is
+measured rather than read from the cache.
+
+Examples::
+
+    python scripts/bench_sim.py                                  # 8x8 and 16x16, 256^3
+    python scripts/bench_sim.py --array 8x8 --engine verilator cxxrtl --cold-build
+    python scripts/bench_sim.py --backend compiled --size 512 512 512
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hw.config import AcceleratorConfig  # noqa: E402
+from sim.backend import SimulationTimeout  # noqa: E402
+from sim.runtime import build_program, pack_memory, plan_gemm, unpack_output  # noqa: E402
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"array must look like 8x8, not {text!r}") from None
+    return rows, cols
+
+
+def fmt_rate(rate: float) -> str:
+    if rate >= 1e6:
+        return f"{rate / 1e6:.2f} M"
+    if rate >= 1e3:
+        return f"{rate / 1e3:.1f} k"
+    return f"{rate:.0f} "
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--array", type=parse_array, action="append",
+                    help="array shape ROWSxCOLS (repeatable; default 8x8 and 16x16)")
+    ap.add_argument("--size", type=int, nargs=3, default=(256, 256, 256), metavar=("M", "K", "N"),
+                    help="GEMM size (default 256 256 256)")
+    ap.add_argument("--backend", choices=("all", "pysim", "compiled"), default="all",
+                    help="which simulators to run (default all)")
+    ap.add_argument("--engine", nargs="+", choices=("verilator", "cxxrtl"),
+                    default=["verilator"], help="compiled engines (default verilator)")
+    ap.add_argument("--pysim-cycles", type=int, default=400,
+                    help="cycles of the program pysim simulates (default 400)")
+    ap.add_argument("--mem-latency", type=int, default=2)
+    ap.add_argument("--cold-build", action="store_true",
+                    help="build compiled models from scratch (in a temporary directory) to "
+                         "measure the build time")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    arrays = args.array or [(8, 8), (16, 16)]
+    M, K, N = args.size
+
+    rows_out = []
+    for rows, cols in arrays:
+        config = AcceleratorConfig(rows=rows, cols=cols)
+        plan = plan_gemm(config, M, K, N)
+        rng = np.random.default_rng(args.seed)
+        x = rng.integers(-128, 128, size=(M, K), dtype=np.int8)
+        w = rng.integers(-128, 128, size=(K, N), dtype=np.int8)
+        words = build_program(plan)
+        memory = pack_memory(plan, x, w)
+        expected = x.astype(np.int32) @ w.astype(np.int32)
+        print(f"{rows}x{cols}: {M}x{K}x{N} GEMM, {len(words)} instructions, "
+              f"{len(memory)} B image, ideal {plan.ideal_cycles:.0f} cycles", flush=True)
+
+        pysim_rate = None
+        if args.backend in ("all", "pysim"):
+            from sim.pysim import PysimBackend
+            backend = PysimBackend(config, mem_latency=args.mem_latency)
+            start = time.perf_counter()
+            try:
+                backend.run(words, memory, max_cycles=args.pysim_cycles)
+                cycles = None  # finished inside the budget
+            except SimulationTimeout:
+                cycles = args.pysim_cycles
+            elapsed = time.perf_counter() - start
+            if cycles is None:
+                raise SystemExit("pysim finished the whole program: raise --size so that the "
+                                 "measurement is a partial run of a large program")
+            pysim_rate = cycles / elapsed
+            rows_out.append((f"{rows}x{cols}", "pysim", "-", cycles, elapsed, pysim_rate,
+                             "1x", "-"))
+            print(f"  pysim: {cycles} cycles in {elapsed:.1f} s", flush=True)
+
+        if args.backend in ("all", "compiled"):
+            from sim.compiled import CompiledBackend
+            for engine in args.engine:
+                tmp = None
+                build_dir = "build/compiled"
+                if args.cold_build:
+                    tmp = tempfile.mkdtemp(prefix="bench-cold-",
+                                           dir=Path(__file__).resolve().parents[1] / "build")
+                    build_dir = tmp
+                try:
+                    backend = CompiledBackend(config, engine=engine, mem_latency=args.mem_latency,
+                                              build_dir=build_dir)
+                    build = backend.build
+                    build_txt = (f"{build.seconds:.1f}" if not build.cached
+                                 else f"{build.built_seconds:.1f} (cached)")
+                    start = time.perf_counter()
+                    result = backend.run(words, memory)
+                    elapsed = time.perf_counter() - start
+                finally:
+                    if tmp is not None:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                if not result.status.ok:
+                    raise SystemExit(f"{engine}: program failed: {result.status}")
+                got = unpack_output(plan, result.memory)
+                if not np.array_equal(got, expected):
+                    raise SystemExit(f"{engine}: result differs from numpy")
+                cycles = backend.last_cycles
+                rate = cycles / elapsed
+                ratio = f"{rate / pysim_rate:,.0f}x" if pysim_rate else "-"
+                util = plan.ideal_cycles / result.counters["cycles"]
+                rows_out.append((f"{rows}x{cols}", engine, build_txt, cycles, elapsed, rate,
+                                 ratio, f"{util:.1%}"))
+                print(f"  {engine}: {cycles} cycles in {elapsed:.3f} s, build {build_txt} s, "
+                      f"result matches numpy", flush=True)
+
+    print()
+    head = ("array", "simulator", "build s", "cycles", "wall s", "cycles/s", "vs pysim",
+            "util")
+    print(f"{head[0]:<7} {head[1]:<10} {head[2]:>13} {head[3]:>10} {head[4]:>8} "
+          f"{head[5]:>10} {head[6]:>9} {head[7]:>6}")
+    for arr, sim, build_txt, cycles, elapsed, rate, ratio, util in rows_out:
+        print(f"{arr:<7} {sim:<10} {build_txt:>13} {cycles:>10} {elapsed:>8.2f} "
+              f"{fmt_rate(rate) + 'c/s':>10} {ratio:>9} {util:>6}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
