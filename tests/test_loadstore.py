@@ -1,11 +1,15 @@
-"""Load unit at block level: strided, unaligned rows into each buffer, memory backpressure."""
+"""Load and store units at block level: strided, unaligned rows, memory backpressure."""
 
 import numpy as np
 import pytest
+from amaranth import Elaboratable, Module, signed
+from amaranth.lib import data, memory, wiring
 
 from hw import isa
 from hw.config import AcceleratorConfig
-from hw.loadstore import LoadUnit
+from hw.loadstore import LoadUnit, StoreUnit
+from sim.asm import output_params_dtype, pack_output_params
+from sim.numerics import output_stage
 from simutil import simulate
 
 
@@ -99,3 +103,95 @@ def test_load_unit_assembles_unaligned_strided_rows(mem_width, backpressure):
     simulate(dut, bench, memory_model, max_cycles=20_000,
              name=f"load_w{mem_width}_{'bp' if backpressure else 'free'}")
     assert writes == expected
+
+
+class _StoreHarness(Elaboratable):
+    """A store unit reading preloaded accumulator and parameter memories."""
+
+    def __init__(self, cfg, acc_rows, param_entries):
+        self.store = StoreUnit(cfg)
+        self.acc = memory.Memory(shape=data.ArrayLayout(signed(32), cfg.cols),
+                                 depth=cfg.acc_depth, init=acc_rows)
+        self.params = memory.Memory(shape=data.ArrayLayout(isa.OutputParams, cfg.cols),
+                                    depth=cfg.param_depth, init=param_entries)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.store = self.store
+        m.submodules.acc = self.acc
+        m.submodules.params = self.params
+        wiring.connect(m, self.store.acc_rd, self.acc.read_port())
+        wiring.connect(m, self.store.param_rd, self.params.read_port())
+        return m
+
+
+@pytest.mark.parametrize("mem_width", [1, 4, 8])
+def test_store_unit_under_backpressure_writes_exactly_its_rows(mem_width):
+    cols = 3
+    cfg = AcceleratorConfig(rows=2, cols=cols, acc_depth=16, param_depth=2,
+                            mem_width=mem_width, mem_bytes=4096)
+    rng = np.random.default_rng(40 + mem_width)
+    acc = rng.integers(-2**31, 2**31, (16, cols), dtype=np.int64)
+    acc[0] = [-2**31, 2**31 - 1, 0]
+    params = pack_output_params(
+        bias=rng.integers(-1000, 1000, 2 * cols), multiplier=rng.integers(2**30, 2**31, 2 * cols),
+        shift=rng.integers(-31, 31, 2 * cols), zero_point=rng.integers(-128, 128, 2 * cols),
+        lo=-128, hi=127, cols=cols)
+    param_entries = [
+        [{name: int(v[name]) for name in ("bias", "multiplier", "shift", "zero_point", "lo", "hi")}
+         for v in params[e].view(output_params_dtype())] for e in range(2)]
+    dut = _StoreHarness(cfg, [list(map(int, r)) for r in acc], param_entries)
+    store = dut.store
+
+    memory_image = rng.integers(0, 256, 1024, dtype=np.uint8)
+    expected = memory_image.copy()
+    cmds = []
+    for raw, acc_addr, n_rows, n_cols, param_addr, mem_addr, stride in (
+            (1, 0, 5, 3, 0, 3, 17), (0, 2, 9, 2, 1, 301, 5), (0, 0, 16, 3, 0, 700, 3),
+            (1, 7, 1, 1, 0, 1020, 0), (0, 4, 3, 3, 1, 500, 0)):
+        cmds.append(dict(raw=raw, acc_addr=acc_addr, n_rows=n_rows, n_cols=n_cols,
+                         param_addr=param_addr, mem_addr=mem_addr, mem_stride=stride))
+        rows = acc[acc_addr:acc_addr + n_rows, :n_cols]
+        if raw:
+            out = rows.astype("<i4").view(np.uint8).reshape(n_rows, 4 * n_cols)
+        else:
+            p = params[param_addr].view(output_params_dtype())[:n_cols]
+            out = output_stage(rows.astype(np.int32), p["bias"], p["multiplier"], p["shift"],
+                               p["zero_point"], p["lo"], p["hi"]).view(np.uint8)
+        for i in range(n_rows):
+            start = mem_addr + i * stride
+            expected[start:start + out.shape[1]] = out[i]
+    finished = []
+
+    async def memory_model(ctx):
+        while not finished:
+            ready = int(rng.integers(0, 3) != 0)
+            ctx.set(store.mem_req.ready, ready)
+            if ready and ctx.get(store.mem_req.valid):
+                assert ctx.get(store.mem_req.payload.write) == 1
+                base = ctx.get(store.mem_req.payload.addr) * mem_width
+                mask = ctx.get(store.mem_req.payload.mask)
+                word = ctx.get(store.mem_req.payload.data)
+                for b in range(mem_width):
+                    if mask >> b & 1:
+                        memory_image[base + b] = (word >> 8 * b) & 0xFF
+            await ctx.tick()
+
+    async def bench(ctx):
+        for cmd in cmds:
+            for name, value in cmd.items():
+                ctx.set(getattr(store.cmd.payload, name), value)
+            ctx.set(store.cmd.valid, 1)
+            while True:
+                ready = ctx.get(store.cmd.ready)
+                await ctx.tick()
+                if ready:
+                    break
+            ctx.set(store.cmd.valid, 0)
+        await ctx.tick()
+        while ctx.get(store.busy):
+            await ctx.tick()
+        finished.append(True)
+
+    simulate(dut, bench, memory_model, max_cycles=5_000, name=f"store_w{mem_width}")
+    np.testing.assert_array_equal(memory_image, expected)
