@@ -22,8 +22,8 @@ from hw.isa import LoadTarget, Opcode, StoreMode
 from .asm import Program, disassemble, pack_output_params
 from .backend import Backend, RunResult
 
-__all__ = ["Accelerator", "Stats", "GemmPlan", "plan_gemm", "build_program", "BACKENDS",
-           "make_backend"]
+__all__ = ["Accelerator", "Stats", "GemmPlan", "plan_gemm", "build_program", "pack_memory",
+           "unpack_output", "BACKENDS", "make_backend", "cycle_accurate_backend"]
 
 BACKENDS = ("golden", "pysim", "compiled")
 COUNTER_NAMES = tuple(name for name, _ in data.Layout.cast(isa.Counters))
@@ -47,6 +47,27 @@ def make_backend(name: str, config: AcceleratorConfig, **options) -> Backend:
         from .compiled import CompiledBackend
         return CompiledBackend(config, **options)
     raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def cycle_accurate_backend(config: AcceleratorConfig,
+                           prefer: Sequence[str] = ("compiled", "pysim")) -> tuple[Backend, str]:
+    """The first backend of ``prefer`` that can be constructed for ``config`` and runs a
+    one-instruction program: ``(backend, note)``. Used by the scripts to fall back from the
+    compiled model (needs Verilator and a C++ compiler; builds on first use) to pysim."""
+    notes = []
+    halt = [isa.encode(Opcode.HALT)]
+    for name in prefer:
+        try:
+            backend = make_backend(name, config)
+            if not backend.run(halt, np.zeros(config.mem_width, np.uint8),
+                               max_cycles=10_000).status.ok:
+                raise RuntimeError("a HALT-only program did not complete")
+        except Exception as exc:  # noqa: BLE001 (any failure means: try the next one)
+            first_line = (str(exc).strip().splitlines() or [""])[0]
+            notes.append(f"{name} unavailable ({type(exc).__name__}: {first_line})")
+            continue
+        return backend, "; ".join(notes + [f"using {name}"])
+    raise RuntimeError("no cycle-accurate backend works: " + "; ".join(notes))
 
 
 # ---- statistics ------------------------------------------------------------------------------
@@ -287,7 +308,7 @@ def plan_gemm(config: AcceleratorConfig, M: int, K: int, N: int, *, requant: boo
         est_cycles=_estimate(c, M, K, N, chosen, mc, o_elem))
 
 
-def build_program(plan: GemmPlan) -> list[int]:
+def build_program(plan: GemmPlan, *, _store_delay: int = 1) -> list[int]:
     """Instruction words of a planned GEMM (see :class:`GemmPlan` for the schedule).
 
     Emission order, per step (one MATMUL of one (chunk, n, k)): the step's loads (parameter
@@ -353,7 +374,7 @@ def build_program(plan: GemmPlan) -> list[int]:
                     p.store(*pending.pop(0)[1])
                 p.matmul(act_addr, mc, wgt_addr, acc_base, k > 0)
                 step += 1
-            pending.append((step + 1, (acc_base, mc, nc,
+            pending.append((step + _store_delay, (acc_base, mc, nc,
                                        plan.o_base + m0 * plan.o_stride + n * plan.o_pitch,
                                        plan.o_stride, mode, param_addr)))
             tile_index += 1
