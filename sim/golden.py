@@ -24,8 +24,11 @@ __all__ = ["GoldenBackend"]
 class GoldenBackend:
     """Instruction-level reference model implementing :class:`sim.backend.Backend`.
 
-    The four on-chip buffers are numpy arrays that start all-zero and, like the hardware's
-    SRAMs, keep their contents from one :meth:`run` to the next:
+    The four on-chip buffers are numpy arrays. As the backend contract specifies, every
+    :meth:`run` starts from a reset accelerator with all-zero buffers; :meth:`run_sequence`
+    runs several programs on one accelerator, keeping buffer contents from one to the next
+    (the hardware's ``clear`` resets only control state), and :meth:`execute` runs on the
+    current contents without a reset:
 
     - ``act``: ``int8[act_depth, rows]``
     - ``wgt``: ``int8[wgt_depth, cols]``
@@ -46,7 +49,11 @@ class GoldenBackend:
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         self.config = config
-        c = config
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero every buffer (the state of a freshly reset accelerator)."""
+        c = self.config
         self.act = np.zeros((c.act_depth, c.rows), dtype=np.int8)
         self.wgt = np.zeros((c.wgt_depth, c.cols), dtype=np.int8)
         self.param = np.zeros((c.param_depth, c.param_entry_bytes), dtype=np.uint8)
@@ -55,9 +62,21 @@ class GoldenBackend:
     # ------------------------------------------------------------------------------------------
     def run(self, words: Sequence[int], memory: np.ndarray, *,
             max_cycles: int | None = None) -> RunResult:
-        """Execute ``words`` against a copy of ``memory`` (``max_cycles`` is ignored: the
-        model takes no time). Bytes past the end of ``memory`` read as zero and writes to
-        them are dropped, as the backend contract specifies."""
+        """Execute ``words`` on a freshly reset accelerator against a copy of ``memory``
+        (``max_cycles`` is ignored: the model takes no time). Bytes past the end of
+        ``memory`` read as zero and writes to them are dropped."""
+        self.reset()
+        return self.execute(words, memory)
+
+    def run_sequence(self, programs: Sequence[tuple[Sequence[int], np.ndarray]], *,
+                     max_cycles: int | None = None) -> list[RunResult]:
+        """Run several ``(words, memory)`` programs on one accelerator: reset once, then
+        buffer contents carry over from each program to the next, as across ``clear``."""
+        self.reset()
+        return [self.execute(words, memory) for words, memory in programs]
+
+    def execute(self, words: Sequence[int], memory: np.ndarray) -> RunResult:
+        """Execute ``words`` on the current buffer contents (no reset)."""
         mem = _check_memory(memory, self.config)
         retired = 0
         status = RunStatus(done=False, error=ErrorCode.NONE, fault_index=0)

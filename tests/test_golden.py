@@ -322,7 +322,7 @@ def test_nop_fence(make):
     assert r.status.fault_index == 0
 
 
-def test_buffers_persist_across_runs(make):
+def test_run_starts_fresh_and_run_sequence_keeps_buffers(make):
     backend = make()
     mem = np.zeros(128, np.uint8)
     mem[0:3] = i8([3, -4, 5]).view(np.uint8)
@@ -331,13 +331,20 @@ def test_buffers_persist_across_runs(make):
     p.load("act", 4, 1, 3, 0, 0)
     p.load("wgt", 0, 3, 4, 16, 4)
     p.halt()
-    run_ok(backend, p, mem)
     q = Program()
     q.matmul(4, 1, 0, 2, 0)
     q.store(2, 1, 3, 64, 0, "raw")
     q.halt()
-    r = run_ok(backend, q, np.zeros(128, np.uint8))
-    assert list(r.memory[64:76].view("<i4")) == [3, -4, 5]
+    if hasattr(backend, "run_sequence"):
+        first, second = backend.run_sequence([(p.words, mem), (q.words, np.zeros(128, np.uint8))],
+                                             max_cycles=100_000)
+        assert first.status.ok and second.status.ok
+        assert list(second.memory[64:76].view("<i4")) == [3, -4, 5]
+    # A plain run() starts from zeroed buffers: the same second program now computes zeros.
+    run_ok(backend, p, mem)
+    junk = np.full(128, 0x11, np.uint8)
+    r = run_ok(backend, q, junk)
+    assert list(r.memory[64:76].view("<i4")) == [0, 0, 0]
 
 
 @pytest.mark.parametrize("name", ["golden"])
@@ -484,6 +491,9 @@ def test_error_codes(make, case):
     p.store(0, 1, 1, 580, 0, "raw")     # never runs
     p.halt()
     r = backend.run(p.words, mem, max_cycles=200_000)
+    if golden:
+        # run() started from zero buffers and re-ran the setup: same contents as primed.
+        assert any(b.any() for b in before)
     assert r.status.done
     assert r.status.error == code, (case, r.status)
     assert r.status.fault_index == fault_at
@@ -749,7 +759,7 @@ def test_random_programs_match_reference(words, image, seed):
     ref.param = g.param.astype(int).tolist()
     ref.acc = g.acc.astype(int).tolist()
     mem = np.frombuffer(image, dtype=np.uint8).copy()
-    r = g.run(words, mem)
+    r = g.execute(words, mem)
     ref_mem, (done, err, fault), retired = ref.run(words, image)
     assert (r.status.done, r.status.error, r.status.fault_index) == (done, err, fault)
     assert r.counters == {"instructions": retired}
