@@ -162,9 +162,11 @@ class GemmPlan:
     entries.
 
     In both modes every step loads its weight tile into the next of ``wgt_slots`` rotating
-    slots, n-tile ``j`` accumulates into accumulator region ``j % acc_regions`` (``mc`` entries
-    each), and its STORE is issued two steps later, once the next n-tile's MATMULs are queued,
-    so that it drains under their compute.
+    slots and runs one MATMUL over the chunk's rows (``accumulate`` for k > 0). The
+    accumulator holds ``acc_regions`` regions of ``mc`` entries; consecutive n-tiles are
+    grouped ``store_group`` at a time, groups alternate between the two halves of the
+    regions, and a group's STOREs are spread over the next group's steps so that they run
+    under its compute (see :func:`build_program`).
 
     Memory image (byte offsets; all region bases and row strides are multiples of
     ``mem_width``): ``x`` rows at ``x_base + m * x_stride`` with k-tile ``k`` at ``+ k *
@@ -184,6 +186,7 @@ class GemmPlan:
     mc: int
     act_regions: int
     acc_regions: int
+    store_group: int
     wgt_slots: int
     params_resident: bool
     param_slots: int
@@ -272,7 +275,8 @@ def plan_gemm(config: AcceleratorConfig, M: int, K: int, N: int, *, requant: boo
             _estimate(c, M, K, N, k, _balanced(M, candidates[k]), o_elem), k != "resident"))
     mc = _balanced(M, candidates[chosen])
     act_regions = 1 if chosen == "resident" else (2 if 2 * mc <= c.act_depth else 1)
-    acc_regions = 2 if 2 * mc <= c.acc_depth else 1
+    acc_regions = min(c.acc_depth // mc, 16)
+    store_group = max(1, acc_regions // 2)
     params_resident = nt <= min(c.param_depth, (1 << 16) - 1)
     param_slots = min(2, c.param_depth)
 
@@ -300,7 +304,8 @@ def plan_gemm(config: AcceleratorConfig, M: int, K: int, N: int, *, requant: boo
                              f"(max {stride_max}): K or N too large")
     return GemmPlan(
         config=c, M=M, K=K, N=N, requant=requant, kt=kt, nt=nt, mode=chosen, mc=mc,
-        act_regions=act_regions, acc_regions=acc_regions, wgt_slots=c.wgt_tiles,
+        act_regions=act_regions, acc_regions=acc_regions, store_group=store_group,
+        wgt_slots=c.wgt_tiles,
         params_resident=params_resident, param_slots=param_slots,
         a_pitch=a_pitch, x_base=x_base, x_stride=x_stride, w_pitch=w_pitch,
         w_tile_bytes=w_tile_bytes, w_base=w_base, p_pitch=p_pitch, p_base=p_base,
@@ -308,13 +313,36 @@ def plan_gemm(config: AcceleratorConfig, M: int, K: int, N: int, *, requant: boo
         est_cycles=_estimate(c, M, K, N, chosen, mc, o_elem))
 
 
-def build_program(plan: GemmPlan, *, _store_delay: int = 1) -> list[int]:
+def _store_groups(n_tiles: int, group: int) -> list[int]:
+    """Sizes of the consecutive n-tile groups whose STOREs are issued together.
+
+    Full groups of ``group``, except that the sizes halve towards the end (..., 4, 2, 1):
+    the stores of the last group are exposed after the last MATMUL, and each group's stores
+    must fit under the next (smaller) group's compute."""
+    tail = []
+    g = 1
+    while g < group and sum(tail) + g <= n_tiles:
+        tail.append(g)
+        g *= 2
+    rest = n_tiles - sum(tail)
+    sizes = [group] * (rest // group)
+    if rest % group:
+        sizes.insert(0, rest % group)
+    return sizes + tail[::-1]
+
+
+def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int]:
     """Instruction words of a planned GEMM (see :class:`GemmPlan` for the schedule).
 
-    Emission order, per step (one MATMUL of one (chunk, n, k)): the step's loads (parameter
-    entry, activation k-tile, weight tile), then any STORE that became ready two steps
-    earlier, then the MATMUL. Delaying a STORE until the next n-tile's second MATMUL is
-    queued keeps the execute unit fed while the store waits for its accumulator rows.
+    Per step (one MATMUL of one (chunk, n, k)) the program holds the step's loads (parameter
+    entry, activation k-tile, weight tile), then any STORE due at this step, then the MATMUL.
+
+    STOREs are issued in groups: the n-tiles of one group accumulate into one half of the
+    accumulator regions, and their STOREs are spread over the next group's steps (the first
+    one just before that group's second MATMUL), which computes into the other half. The
+    hardware stalls a STORE while its rows may still be written by a MATMUL in flight, so
+    every group costs at most one pause of the execute unit instead of one per n-tile.
+    ``store_group`` overrides the group size (tests, measurements).
     """
     c = plan.config
     rows, cols = c.rows, c.cols
@@ -324,10 +352,31 @@ def build_program(plan: GemmPlan, *, _store_delay: int = 1) -> list[int]:
     mode = StoreMode.REQUANT if plan.requant else StoreMode.RAW
     param_bytes = isa.OUTPUT_PARAMS_BYTES * cols
 
+    group = plan.store_group if store_group is None else max(1, int(store_group))
+    group = min(group, max(1, plan.acc_regions // 2))
+    n_tiles = plan.chunks * nt
+    sizes = _store_groups(n_tiles, group)
+    # Accumulator base and STORE step of every global n-tile.
+    acc_of: list[int] = []
+    emit_at: list[float] = []
+    first = 0
+    for gi, size in enumerate(sizes):
+        half = gi % 2 if plan.acc_regions >= 2 else 0
+        for j in range(size):
+            region = (half * group + j) % plan.acc_regions
+            acc_of.append(region * mc_max)
+            if gi + 1 < len(sizes):
+                nxt_first, nxt_steps = (first + size) * kt, sizes[gi + 1] * kt
+                offset = min(nxt_steps - 1, 1 + (j * nxt_steps) // size)
+                emit_at.append(nxt_first + offset)
+            else:
+                emit_at.append(float("inf"))
+        first += size
+
     if plan.requant and plan.params_resident:
         p.load(prm, 0, nt, param_bytes, plan.p_base, plan.p_pitch)
 
-    pending: list[tuple[int, tuple]] = []  # (step index at which to emit, store args)
+    pending: list[tuple[float, tuple]] = []  # (step at which to emit, store args), in order
 
     def flush(conflicts) -> None:
         # Emit (in order) every pending STORE up to the last one that conflicts with the
@@ -339,13 +388,13 @@ def build_program(plan: GemmPlan, *, _store_delay: int = 1) -> list[int]:
     step = 0
     slot = 0
     act_region = 0
-    tile_index = 0  # global n-tile counter: accumulator region and streaming param slot
+    tile_index = 0  # global n-tile counter
     for m0 in range(0, plan.M, mc_max):
         mc = min(mc_max, plan.M - m0)
         x_row0 = plan.x_base + m0 * plan.x_stride
         for n in range(nt):
             nc = min(cols, N - n * cols)
-            acc_base = (tile_index % plan.acc_regions) * mc_max
+            acc_base = acc_of[tile_index]
             if plan.requant and not plan.params_resident:
                 param_addr = tile_index % plan.param_slots
             else:
@@ -369,14 +418,15 @@ def build_program(plan: GemmPlan, *, _store_delay: int = 1) -> list[int]:
                 # zero-filled activation bytes beyond kr, so they add nothing.
                 p.load(wgt, wgt_addr, kr, nc, plan.w_base + (n * kt + k) * plan.w_tile_bytes,
                        plan.w_pitch)
-                flush(lambda st: st[0] == acc_base)  # never overwrite unstored results
+                if k == 0:
+                    flush(lambda st: st[0] == acc_base)  # never overwrite unstored results
                 while pending and pending[0][0] <= step:
                     p.store(*pending.pop(0)[1])
                 p.matmul(act_addr, mc, wgt_addr, acc_base, k > 0)
                 step += 1
-            pending.append((step + _store_delay, (acc_base, mc, nc,
-                                       plan.o_base + m0 * plan.o_stride + n * plan.o_pitch,
-                                       plan.o_stride, mode, param_addr)))
+            pending.append((emit_at[tile_index], (
+                acc_base, mc, nc, plan.o_base + m0 * plan.o_stride + n * plan.o_pitch,
+                plan.o_stride, mode, param_addr)))
             tile_index += 1
     for _, args in pending:
         p.store(*args)

@@ -119,6 +119,7 @@ def test_m_larger_than_buffers_chunks():
     plan = acc.last_plan
     assert plan.mode == "resident" and plan.chunks > 1
     assert plan.mc * plan.acc_regions <= cfg.acc_depth
+    assert (plan.mc, plan.chunks, plan.acc_regions, plan.store_group) == (8, 13, 2, 1)
     assert plan.mc * plan.kt <= cfg.act_depth
 
 
@@ -251,17 +252,23 @@ def test_schedule_4x4_target_shape():
     assert len(wgt_loads) == len(matmuls) == 2 * 16 * 16
     assert all(m["n_rows"] == 128 >= 2 * C44.rows for m in matmuls)
     assert len(stores) == 2 * 16 and all(s["n_rows"] == 128 for s in stores)
-    # accumulator regions alternate per n-tile (double buffering)
-    assert [s["acc_addr"] for s in stores[:4]] == [0, 128, 0, 128]
+    # 8 accumulator regions of 128 rows; n-tiles grouped 4 at a time (the first group and
+    # the tail groups are smaller), groups alternating between the two halves
+    assert (plan.acc_regions, plan.store_group) == (8, 4)
+    mm_acc = [m["acc_addr"] for m in matmuls[::16]]       # one per n-tile
+    assert mm_acc[:6] == [0, 512, 640, 768, 896, 0]
+    assert len({s["acc_addr"] for s in stores}) == 8
     # rows of x and weight tiles are word-aligned in memory
     assert all(f["mem_addr"] % 4 == 0 and f["mem_stride"] % C44.mem_width == 0
                for f in act_loads)
     assert all(f["mem_addr"] % C44.mem_width == 0 for f in wgt_loads)
-    # the store of an n-tile is issued after the next n-tile's second MATMUL is loaded,
-    # right before that MATMUL
+    # the first group's store is issued right before the next group's second MATMUL
     first_store = ops.index(Opcode.STORE)
-    mm_before = ops[:first_store].count(Opcode.MATMUL)
-    assert mm_before == 17 and ops[first_store + 1] == Opcode.MATMUL
+    assert ops[:first_store].count(Opcode.MATMUL) == 17
+    assert ops[first_store + 1] == Opcode.MATMUL
+    # stores of a group are spread out: never two STOREs in a row before the tail
+    body = ops[:len(ops) - 4]
+    assert all(not (a == b == Opcode.STORE) for a, b in zip(body, body[1:]))
     # activation k-tile k is loaded just before its first MATMUL (n-tile 0)
     assert ops[:3] == [Opcode.LOAD, Opcode.LOAD, Opcode.MATMUL]
     assert plan.est_cycles < 1.1 * plan.ideal_cycles
