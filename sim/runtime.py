@@ -23,7 +23,8 @@ from .asm import Program, disassemble, pack_output_params
 from .backend import Backend, RunResult
 
 __all__ = ["Accelerator", "Stats", "GemmPlan", "plan_gemm", "build_program", "pack_memory",
-           "unpack_output", "BACKENDS", "make_backend", "cycle_accurate_backend"]
+           "unpack_output", "cycle_budget", "BACKENDS", "make_backend",
+           "cycle_accurate_backend"]
 
 BACKENDS = ("golden", "pysim", "compiled")
 COUNTER_NAMES = tuple(name for name, _ in data.Layout.cast(isa.Counters))
@@ -329,6 +330,22 @@ def _store_groups(n_tiles: int, group: int) -> list[int]:
     if rest % group:
         sizes.insert(0, rest % group)
     return sizes + tail[::-1]
+
+
+def cycle_budget(plan: GemmPlan, n_words: int) -> int:
+    """A cycle limit that a correct run of the plan never reaches (so that a hang fails
+    quickly): twice the time of executing every memory beat and every MATMUL one after
+    another, with a generous per-instruction allowance."""
+    c = plan.config
+    mw = c.mem_width
+    steps = plan.chunks * plan.kt * plan.nt
+    act_rows = plan.M * plan.kt * (1 if plan.mode == "resident" else plan.nt)
+    serial = (act_rows * (_beats(c.rows, mw) + 1)
+              + steps * c.rows * (_beats(c.cols, mw) + 1)
+              + plan.M * plan.nt * (_beats(c.cols * plan.o_elem, mw) + 1)
+              + plan.chunks * plan.nt * (_beats(isa.OUTPUT_PARAMS_BYTES * c.cols, mw) + 1)
+              + steps * (max(plan.mc, 2 * c.rows) + 2 * c.rows + c.cols + 16))
+    return 2 * serial + 64 * n_words + 10_000
 
 
 def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int]:
@@ -638,8 +655,7 @@ class Accelerator:
                   params: np.ndarray | None) -> np.ndarray:
         words = build_program(plan)
         memory = pack_memory(plan, x, w, params)
-        # A budget that a correct run never gets near, so that a hang fails quickly.
-        budget = 20 * plan.est_cycles + 20 * len(words) + 10_000
+        budget = cycle_budget(plan, len(words))
         result = self.backend.run(words, memory, max_cycles=budget)
         self.last_program = words
         self.last_plan = plan
