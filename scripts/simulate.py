@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.vcd is not None:
             if args.backend == "golden":
                 raise ValueError("--vcd needs a cycle-accurate backend (pysim or compiled)")
-            options["vcd"] = args.vcd if args.vcd is True else Path(args.vcd)
+            if args.vcd is True and args.backend == "compiled":
+                # the compiled backend wants a path; pysim picks its own name for True
+                options["vcd"] = Path("build/waves") / f"compiled-{time.strftime('%Y%m%d-%H%M%S')}.vcd"
+            else:
+                options["vcd"] = args.vcd if args.vcd is True else Path(args.vcd)
         acc = Accelerator(config, backend=args.backend, **options)
         for name in ("m", "k", "n"):
             if getattr(args, name) < 1:
@@ -61,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"plan   : {plan.describe()}")
     t0 = time.perf_counter()
     y = acc.matmul(x, w)
+    vcd = getattr(acc.backend, "last_vcd", None) or getattr(acc.backend, "vcd", None)
     wall = time.perf_counter() - t0
     if args.list:
         from sim.asm import listing
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"counters: {extra}")
     else:
         print("cycles : n/a (the golden model has no timing)")
+    if args.vcd is not None and vcd:
+        print(f"waveform: {vcd}")
     bad = np.argwhere(y != ref)
     if bad.size:
         i, j = bad[0]

@@ -430,3 +430,46 @@ def test_target_shape_on_pysim():
     print(f"4x4 256x64x64 on pysim: {s.cycles} cycles, utilization {100 * s.utilization:.1f} %")
     assert s.array_busy == s.ideal_cycles == 65536
     assert s.utilization >= 0.90
+
+
+# ---- scripts (golden backend: they exercise the plumbing, not the timing) ---------------------
+
+def _script(name: str):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_simulate_script(capsys, monkeypatch):
+    simulate = _script("simulate")
+    args = ["--rows", "3", "--cols", "5", "--m", "7", "--k", "11", "--n", "13",
+            "--backend", "golden"]
+    assert simulate.main(args) == 0
+    assert "matches numpy" in capsys.readouterr().out
+    assert simulate.main(["--m", "0", "--backend", "golden"]) == 2
+    # a wrong result is reported and fails the run
+    real = Accelerator.matmul
+    monkeypatch.setattr(Accelerator, "matmul", lambda self, x, w: real(self, x, w) + 1)
+    assert simulate.main(args) == 1
+    assert "MISMATCH" in capsys.readouterr().err
+
+
+def test_benchmark_script_quick(capsys):
+    assert _script("benchmark").main(["--quick", "--backend", "golden"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" OK ") == 3 and "FAIL" not in out
+
+
+def test_demo_script_golden(capsys, monkeypatch):
+    demo = _script("demo")
+    assert demo.main(["--skip-verilog", "--backend", "golden"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("bit-exact vs numpy integer reference: OK") == 2 and "PASSED" in out
+    real = Accelerator.linear
+    monkeypatch.setattr(Accelerator, "linear",
+                        lambda self, *a, **k: np.negative(real(self, *a, **k)))
+    assert demo.main(["--skip-verilog", "--backend", "golden"]) == 1
