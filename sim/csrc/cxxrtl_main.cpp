@@ -3,8 +3,8 @@
 // sim/compiled.py calls through ctypes.
 //
 // serrano_config.h is generated per configuration by sim/compiled.py (widths and bit offsets
-// from hw/isa.py, SERRANO_TRACE). CXXRTL names a port `p_` + the RTLIL name with `_` doubled:
-// Amaranth's `instr__payload` becomes `p_instr____payload`.
+// from hw/isa.py, SERRANO_TRACE). The design is sim.compiled.HarnessTop; CXXRTL names a port
+// `p_` + its name with `_` doubled (`instr_payload` becomes `p_instr__payload`).
 
 #include "serrano_config.h"
 
@@ -57,36 +57,41 @@ class Model {
 public:
     void init() {
         top.p_clk.set<bool>(false);
-        top.p_rst.set<bool>(false);
-        top.p_clear.set<bool>(false);
-        top.p_mem____req____ready.set<bool>(true);
-        top.p_instr____valid.set<bool>(false);
-        top.p_mem____resp____valid.set<bool>(false);
+        top.p_prime__clk.set<bool>(false);
+        top.p_instr__valid.set<bool>(false);
+        top.p_resp__valid.set<bool>(false);
+        top.step();
     }
     void set_instr(const uint32_t *payload, bool valid) {
         if (payload)
-            put(top.p_instr____payload, payload);
-        top.p_instr____valid.set<bool>(valid);
+            put(top.p_instr__payload, payload);
+        top.p_instr__valid.set<bool>(valid);
     }
     void set_resp(const uint32_t *payload, bool valid) {
         if (payload)
-            put(top.p_mem____resp____payload, payload);
-        top.p_mem____resp____valid.set<bool>(valid);
+            put(top.p_resp__payload, payload);
+        top.p_resp__valid.set<bool>(valid);
     }
-    void settle() {
-        top.p_clk.set<bool>(false);
+    void prime() {
+        top.p_prime__clk.set<bool>(true);
+        top.step();
+        top.p_prime__clk.set<bool>(false);
         top.step();
     }
-    bool instr_ready() { return bit(top.p_instr____ready, 0); }
-    bool req_valid() { return bit(top.p_mem____req____valid, 0); }
-    void req_payload(uint32_t *w) { get(top.p_mem____req____payload, w); }
-    bool status_bit(unsigned off) { return bit(top.p_status, off); }
-    void status(uint32_t *w) { get(top.p_status, w); }
-    void counters(uint32_t *w) { get(top.p_counters, w); }
     void posedge() {
         top.p_clk.set<bool>(true);
         top.step();
     }
+    void negedge() {
+        top.p_clk.set<bool>(false);
+        top.step();
+    }
+    bool instr_ready() { return bit(top.p_instr__ready, 0); }
+    bool req_valid() { return bit(top.p_req__valid, 0); }
+    void req_payload(uint32_t *w) { get(top.p_req__payload, w); }
+    bool status_bit(unsigned off) { return bit(top.p_status, off); }
+    void status(uint32_t *w) { get(top.p_status, w); }
+    void counters(uint32_t *w) { get(top.p_counters, w); }
 
 #if SERRANO_TRACE
     void trace_open(const char *path) {

@@ -1,20 +1,27 @@
 // Serrano compiled-simulation harness: the engine-independent run loop.
 //
 // This file implements docs/architecture.md, "Simulation memory model", in C++ so that a whole
-// program runs without returning to Python once per cycle. It must stay cycle-identical with
-// sim/pysim.py; every ordering decision below (when inputs are driven, when outputs are
-// sampled, when the run ends) mirrors that file.
+// program runs without returning to Python once per cycle. It is cycle-identical with
+// sim/pysim.py (PysimBackend.run_sequence, one program); every ordering decision below mirrors
+// that file.
+//
+// The compiled top level is not hw.top.Accelerator itself but `sim.compiled.HarnessTop`, which
+// instantiates it unchanged and registers its inputs (instruction stream, memory response):
+// the inputs of cycle t+1 are fully known before the clock edge that ends cycle t (the
+// instruction index moves on acceptance; a read response is due `latency` >= 1 cycles after
+// its request), so the harness writes them to `*_next` ports and they reach the accelerator at
+// that edge. The model then settles once per cycle, at the edge, instead of once for the
+// edge and again for the new inputs. Cycle 0's inputs are loaded with a separate clock
+// (`prime_clk`) that leaves the accelerator untouched.
 //
 // An engine file (verilator_main.cpp, cxxrtl_main.cpp) defines a `Model` class with:
-//   void init();                                   // clk low, mem.req.ready 1, other inputs 0
-//   void set_instr(const uint32_t *payload, bool valid);  // payload nullptr: keep it
-//   void set_resp(const uint32_t *payload, bool valid);   // payload nullptr: keep it
-//   void settle();                                 // clk low, evaluate
-//   bool instr_ready(); bool req_valid();
-//   void req_payload(uint32_t *words);            // SERRANO_REQ_WORDS words
-//   bool status_bit(unsigned offset);
-//   void status(uint32_t *words); void counters(uint32_t *words);
-//   void posedge();                                // clk high, settle
+//   void init();                                  // every input 0, clocks low, settle
+//   void set_instr(const uint32_t *payload, bool valid);  // next cycle's; nullptr keeps it
+//   void set_resp(const uint32_t *payload, bool valid);   // next cycle's; nullptr keeps it
+//   void prime();                                 // load the `*_next` inputs (cycle 0)
+//   void posedge(); void negedge();               // the clock edge ending a cycle, and after
+//   bool instr_ready(); bool req_valid(); void req_payload(uint32_t *words);
+//   bool status_bit(unsigned offset); void status(uint32_t *w); void counters(uint32_t *w);
 //   void trace_open(const char *path); void trace_dump(uint64_t time); void trace_close();
 // and includes this header after serrano_config.h (generated from hw/isa.py by
 // sim/compiled.py: widths and bit offsets, never spelled out by hand here).
@@ -77,11 +84,39 @@ struct ResponseQueue {
     }
 };
 
-// Runs one program on a model fresh from construction (every register at its init value).
-// Mirrors PysimBackend.run_sequence for one program:
-//   * instruction word i is driven with valid = 1 until accepted; after the last word valid
-//     drops and the payload keeps its last value; a response payload likewise stays on the
-//     port after its valid cycle (inputs change only when pysim's testbench sets them);
+// Inputs of one cycle, as pysim's testbench sets them: instruction word i is driven with
+// valid = 1 until accepted; after the last word valid drops and the payload keeps its last
+// value; a response payload likewise stays on the port after its valid cycle.
+struct InputSource {
+    const uint32_t *words;
+    uint64_t n_words;
+    uint64_t next_word = 0;
+    uint64_t offered = UINT64_MAX;  // index of the word on the port; n_words: valid is low
+    bool resp_on = false;
+
+    template <class Model>
+    void drive(Model &model, ResponseQueue &responses, uint64_t cycle) {
+        if (next_word < n_words) {
+            if (offered != next_word) {
+                model.set_instr(&words[next_word * SERRANO_INSTR_WORDS], true);
+                offered = next_word;
+            }
+        } else if (offered != n_words) {
+            model.set_instr(nullptr, false);
+            offered = n_words;
+        }
+        if (responses.ready(cycle)) {
+            model.set_resp(responses.front().data, true);
+            responses.pop();
+            resp_on = true;
+        } else if (resp_on) {
+            model.set_resp(nullptr, false);
+            resp_on = false;
+        }
+    }
+};
+
+// Runs one program on a model fresh from construction (every register at its init value):
 //   * the run ends, before the clock edge, in the first cycle with status.done, or with
 //     status.idle once every word was accepted; at cycle == max_cycles it times out;
 //   * the memory is the image padded to whole words: bytes past image_len read as zero and
@@ -101,42 +136,27 @@ int run(Model &model, const uint32_t *words, uint64_t n_words,
     memcpy(mem, image, (size_t)image_len);
 
     ResponseQueue responses(latency);
+    InputSource source{words, n_words};
     uint32_t req[SERRANO_REQ_WORDS];
     const bool tracing = trace_path && trace_path[0];
-    if (tracing)
-        model.trace_open(trace_path);
 
-    uint64_t next_word = 0;
-    uint64_t offered = UINT64_MAX;  // index of the word on the port; n_words: valid is low
-    bool resp_on = false;
     uint64_t cycle = 0;
     int end;
-    model.init();  // clk low, mem.req.ready high, every other input zero
+    model.init();
+    if (tracing)
+        model.trace_open(trace_path);
+    source.drive(model, responses, 0);
+    model.prime();
     for (;;) {
-        // Cycle `cycle`: change this cycle's inputs, let combinational logic settle, sample.
-        if (next_word < n_words) {
-            if (offered != next_word) {
-                model.set_instr(&words[next_word * SERRANO_INSTR_WORDS], true);
-                offered = next_word;
-            }
-        } else if (offered != n_words) {
-            model.set_instr(nullptr, false);
-            offered = n_words;
-        }
-        if (responses.ready(cycle)) {
-            model.set_resp(responses.front().data, true);
-            responses.pop();
-            resp_on = true;
-        } else if (resp_on) {
-            model.set_resp(nullptr, false);
-            resp_on = false;
-        }
-        model.settle();
+        // The model is settled for cycle `cycle`: sample.
         if (tracing)
             model.trace_dump(2 * cycle);
-        if (model.status_bit(SERRANO_STATUS_DONE_OFFSET) ||
-            (next_word >= n_words && model.status_bit(SERRANO_STATUS_IDLE_OFFSET))) {
-            end = model.status_bit(SERRANO_STATUS_DONE_OFFSET) ? END_DONE : END_IDLE;
+        if (model.status_bit(SERRANO_STATUS_DONE_OFFSET)) {
+            end = END_DONE;
+            break;
+        }
+        if (source.next_word >= n_words && model.status_bit(SERRANO_STATUS_IDLE_OFFSET)) {
+            end = END_IDLE;
             break;
         }
         if (cycle >= max_cycles) {
@@ -164,13 +184,15 @@ int run(Model &model, const uint32_t *words, uint64_t n_words,
                 }
             }
         }
-        if (next_word < n_words && model.instr_ready())
-            next_word++;
+        if (source.next_word < n_words && model.instr_ready())
+            source.next_word++;
 
-        // Clock edge.
+        // Next cycle's inputs, then the clock edge that applies them.
+        source.drive(model, responses, cycle + 1);
         model.posedge();
         if (tracing)
             model.trace_dump(2 * cycle + 1);
+        model.negedge();
         cycle++;
     }
     model.status(status_out);

@@ -1,9 +1,9 @@
 // Serrano compiled simulation, Verilator engine: adapts the Verilated `Vtop` class to the
 // run loop in harness.h and exports the C entry point sim/compiled.py calls through ctypes.
 //
-// serrano_config.h is generated per configuration by sim/compiled.py. It defines the widths and
-// bit offsets (from hw/isa.py), SERRANO_TRACE, and the Verilated names of the top-level ports
-// (Amaranth flattens `instr.payload` to `instr__payload`; Verilator escapes `__` as `___05F`).
+// serrano_config.h is generated per configuration by sim/compiled.py: widths and bit offsets
+// (from hw/isa.py) and SERRANO_TRACE. The Verilated top is sim.compiled.HarnessTop, whose port
+// names contain no `__` (which Verilator would escape as `___05F`).
 
 #include "serrano_config.h"
 
@@ -62,36 +62,41 @@ public:
 
     void init() {
         top->clk = 0;
-        top->rst = 0;
-        top->clear = 0;
-        top->mem___05Freq___05Fready = 1;
-        top->instr___05Fvalid = 0;
-        top->mem___05Fresp___05Fvalid = 0;
+        top->prime_clk = 0;
+        top->instr_valid = 0;
+        top->resp_valid = 0;
+        top->eval();
     }
     void set_instr(const uint32_t *payload, bool valid) {
         if (payload)
-            put(top->instr___05Fpayload, payload, SERRANO_INSTR_WORDS);
-        top->instr___05Fvalid = valid;
+            put(top->instr_payload, payload, SERRANO_INSTR_WORDS);
+        top->instr_valid = valid;
     }
     void set_resp(const uint32_t *payload, bool valid) {
         if (payload)
-            put(top->mem___05Fresp___05Fpayload, payload, SERRANO_RESP_WORDS);
-        top->mem___05Fresp___05Fvalid = valid;
+            put(top->resp_payload, payload, SERRANO_RESP_WORDS);
+        top->resp_valid = valid;
     }
-    void settle() {
-        top->clk = 0;
+    void prime() {
+        top->prime_clk = 1;
+        top->eval();
+        top->prime_clk = 0;
         top->eval();
     }
-    bool instr_ready() { return top->instr___05Fready; }
-    bool req_valid() { return top->mem___05Freq___05Fvalid; }
-    void req_payload(uint32_t *w) { get(top->mem___05Freq___05Fpayload, w, SERRANO_REQ_WORDS); }
-    bool status_bit(unsigned off) { return bit(top->status, off); }
-    void status(uint32_t *w) { get(top->status, w, SERRANO_STATUS_WORDS); }
-    void counters(uint32_t *w) { get(top->counters, w, SERRANO_COUNTERS_WORDS); }
     void posedge() {
         top->clk = 1;
         top->eval();
     }
+    void negedge() {
+        top->clk = 0;
+        top->eval();
+    }
+    bool instr_ready() { return top->instr_ready; }
+    bool req_valid() { return top->req_valid; }
+    void req_payload(uint32_t *w) { get(top->req_payload, w, SERRANO_REQ_WORDS); }
+    bool status_bit(unsigned off) { return bit(top->status, off); }
+    void status(uint32_t *w) { get(top->status, w, SERRANO_STATUS_WORDS); }
+    void counters(uint32_t *w) { get(top->counters, w, SERRANO_COUNTERS_WORDS); }
 
 #if SERRANO_TRACE
     void trace_open(const char *path) {
