@@ -156,8 +156,10 @@ class GemmPlan:
     Schedule modes
     --------------
     ``resident``: activations of one M-chunk (``mc`` rows x ``kt`` k-tiles) stay in the
-    activation buffer (k-tile ``k`` at entries ``k*mc ..``) across all n-tiles; they are
-    loaded during the chunk's first n-tile, each k-tile just before its first MATMUL.
+    activation buffer (k-tile ``k`` at entries ``k*mc ..``) across all n-tiles; each k-tile is
+    loaded just before its first MATMUL. The chunk's first few n-tiles run k-outer (k-tile
+    ``k`` of each of them in turn) when that is needed to keep the load unit, which also
+    loads every weight tile, ahead of the array (:func:`_lead_tiles`).
     ``streaming`` (when ``kt`` k-tiles of even a few rows do not fit): each (n, k) step
     reloads its activation k-tile into one of ``act_regions`` alternating regions of ``mc``
     entries.
@@ -348,11 +350,39 @@ def cycle_budget(plan: GemmPlan, n_words: int) -> int:
     return 2 * serial + 64 * n_words + 10_000
 
 
+def _lead_tiles(plan: GemmPlan, acc_bases: list[int], mc: int) -> int:
+    """How many of a chunk's first n-tiles to run k-outer (resident mode).
+
+    In the first n-tile every MATMUL needs a fresh activation k-tile as well as a weight
+    tile, and the load unit (which does both) falls behind the array whenever the two loads
+    take longer than the MATMUL streams. Sharing each activation load among ``p`` n-tiles
+    hides it once ``act_load + p * wgt_load <= p * mc``. The ``p`` n-tiles accumulate at the
+    same time, so they need distinct accumulator regions (and parameter slots)."""
+    c = plan.config
+    if plan.mode != "resident" or plan.kt == 1 or plan.nt == 1:
+        return 1
+    act_load = mc * _beats(c.rows, c.mem_width) + _MEM_INSTR_LATENCY
+    wgt_load = c.rows * _beats(c.cols, c.mem_width) + _MEM_INSTR_LATENCY
+    # Interleaved n-tiles finish together: leave at least one n-tile of the chunk after
+    # them, under which their STOREs can run (rather than against the next chunk's loads).
+    limit = min(plan.nt - 1, 4)
+    if plan.requant and not plan.params_resident:
+        limit = min(limit, plan.param_slots)
+    p = 1
+    while p < limit and act_load + p * wgt_load > p * mc and \
+            len(set(acc_bases[:p + 1])) == p + 1:
+        p += 1
+    return p
+
+
 def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int]:
     """Instruction words of a planned GEMM (see :class:`GemmPlan` for the schedule).
 
     Per step (one MATMUL of one (chunk, n, k)) the program holds the step's loads (parameter
-    entry, activation k-tile, weight tile), then any STORE due at this step, then the MATMUL.
+    entry, activation k-tile, weight tile), then at most one STORE that is due, then the
+    MATMUL. Program order is sequentially correct by construction: a STORE is only ever
+    delayed, and it is forced out before the first MATMUL that overwrites its accumulator
+    rows or the LOAD that overwrites its parameter entry.
 
     STOREs are issued in groups: the n-tiles of one group accumulate into one half of the
     accumulator regions, and their STOREs are spread over the next group's steps (the first
@@ -405,46 +435,58 @@ def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int
     step = 0
     slot = 0
     act_region = 0
-    tile_index = 0  # global n-tile counter
+    tile_base = 0  # global index of the chunk's first n-tile
     for m0 in range(0, plan.M, mc_max):
         mc = min(mc_max, plan.M - m0)
         x_row0 = plan.x_base + m0 * plan.x_stride
-        for n in range(nt):
+        lead = _lead_tiles(plan, acc_of[tile_base:tile_base + nt], mc)
+        # The chunk's first `lead` n-tiles run k-outer (k-tile k of each in turn), so that
+        # each activation k-tile load is shared by `lead` MATMULs; the rest run k-inner.
+        load_bound = (mc * _beats(rows, c.mem_width) + rows * _beats(cols, c.mem_width)
+                      + 2 * _MEM_INSTR_LATENCY) > mc
+        order = [(n, k) for k in range(kt) for n in range(lead)] + \
+                [(n, k) for n in range(lead, nt) for k in range(kt)]
+        for n, k in order:
+            tile_index = tile_base + n
             nc = min(cols, N - n * cols)
+            kr = min(rows, K - k * rows)
             acc_base = acc_of[tile_index]
             if plan.requant and not plan.params_resident:
                 param_addr = tile_index % plan.param_slots
             else:
                 param_addr = n if plan.requant else 0
-            for k in range(kt):
-                kr = min(rows, K - k * rows)
-                if k == 0 and plan.requant and not plan.params_resident:
-                    flush(lambda st: st[6] == param_addr)  # it still needs the old entry
-                    p.load(prm, param_addr, 1, param_bytes, plan.p_base + n * plan.p_pitch, 0)
-                if plan.mode == "resident":
-                    act_addr = k * mc_max
-                    if n == 0:
-                        p.load(act, act_addr, mc, kr, x_row0 + k * plan.a_pitch, plan.x_stride)
-                else:
-                    act_addr = act_region * mc_max
-                    act_region = (act_region + 1) % plan.act_regions
+            if k == 0 and plan.requant and not plan.params_resident:
+                flush(lambda st: st[6] == param_addr)  # it still needs the old entry
+                p.load(prm, param_addr, 1, param_bytes, plan.p_base + n * plan.p_pitch, 0)
+            if plan.mode == "resident":
+                act_addr = k * mc_max
+                if n == 0:
                     p.load(act, act_addr, mc, kr, x_row0 + k * plan.a_pitch, plan.x_stride)
-                wgt_addr = slot * rows
-                slot = (slot + 1) % plan.wgt_slots
-                # Weight rows beyond kr may hold a stale tile: they only ever meet the
-                # zero-filled activation bytes beyond kr, so they add nothing.
-                p.load(wgt, wgt_addr, kr, nc, plan.w_base + (n * kt + k) * plan.w_tile_bytes,
-                       plan.w_pitch)
-                if k == 0:
-                    flush(lambda st: st[0] == acc_base)  # never overwrite unstored results
-                while pending and pending[0][0] <= step:
-                    p.store(*pending.pop(0)[1])
-                p.matmul(act_addr, mc, wgt_addr, acc_base, k > 0)
-                step += 1
-            pending.append((emit_at[tile_index], (
-                acc_base, mc, nc, plan.o_base + m0 * plan.o_stride + n * plan.o_pitch,
-                plan.o_stride, mode, param_addr)))
-            tile_index += 1
+            else:
+                act_addr = act_region * mc_max
+                act_region = (act_region + 1) % plan.act_regions
+                p.load(act, act_addr, mc, kr, x_row0 + k * plan.a_pitch, plan.x_stride)
+            wgt_addr = slot * rows
+            slot = (slot + 1) % plan.wgt_slots
+            # Weight rows beyond kr may hold a stale tile: they only ever meet the
+            # zero-filled activation bytes beyond kr, so they add nothing.
+            p.load(wgt, wgt_addr, kr, nc, plan.w_base + (n * kt + k) * plan.w_tile_bytes,
+                   plan.w_pitch)
+            if k == 0:
+                flush(lambda st: st[0] == acc_base)  # never overwrite unstored results
+            # One due STORE per step, and none while the activation k-tiles stream in
+            # k-inner order: the load unit is the bottleneck there and a store would
+            # compete with it for the memory port.
+            heavy = plan.mode == "resident" and lead == 1 and n == 0 and load_bound
+            if pending and pending[0][0] <= step and not heavy:
+                p.store(*pending.pop(0)[1])
+            p.matmul(act_addr, mc, wgt_addr, acc_base, k > 0)
+            step += 1
+            if k == kt - 1:
+                pending.append((emit_at[tile_index], (
+                    acc_base, mc, nc, plan.o_base + m0 * plan.o_stride + n * plan.o_pitch,
+                    plan.o_stride, mode, param_addr)))
+        tile_base += nt
     for _, args in pending:
         p.store(*args)
     p.halt()
