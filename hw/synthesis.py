@@ -51,7 +51,7 @@ __all__ = [
     "preflight", "run_flow", "tool_path", "tool_versions",
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
-    "ICE40_DSP_RESTORE", "categorize",
+    "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
 ]
 
 RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
@@ -693,6 +693,33 @@ TOP = "serrano"   # name of the synthesized top module
 HIDE_BRACKET_WIRES = "rename -hide w:*]"
 
 
+def module_breakdown(stat: dict, core_module: str, kept: list[str],
+                     family: str) -> tuple[list[dict], dict[str, dict]]:
+    """Per-module lines (exclusive counts: each kept module's own cells, without the kept
+    modules inside it, so that the lines add up to the core's total) and their sums per
+    category. Instance names are relative to ``core_module``."""
+    modules = []
+    for name in kept + [core_module]:
+        if name not in stat["modules"]:
+            continue  # optimised away
+        own = {t: n for t, n in stat["modules"][name]["cells"].items()
+               if t.lstrip("\\") not in stat["modules"]}
+        if name == core_module:
+            instance, category = "(top-level glue)", "other"
+        else:
+            instance = name[len(core_module) + 1:]
+            category = categorize(instance.split(".")[-1])
+        modules.append({"instance": instance, "module": name, "category": category,
+                        **_kind_counts(own, family), "cells": own})
+    categories: dict[str, dict] = {}
+    for mod in modules:
+        cat = categories.setdefault(mod["category"], {})
+        for k, v in mod.items():
+            if isinstance(v, int):
+                cat[k] = cat.get(k, 0) + v
+    return modules, categories
+
+
 def _yosys_script(device: Device, keep: list[str]) -> str:
     lines = ["read_rtlil top.il", HIDE_BRACKET_WIRES]
     if device.family == "ice40":
@@ -822,25 +849,8 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
     memories = parse_memories(il_text, yosys_log, dev.family)
 
     core_module = f"{TOP}.core" if dev.family == "ice40" else TOP
-    modules = []
-    # Exclusive counts: each kept module's own cells, without the kept modules inside it,
-    # so that the lines add up to the core's total.
-    for name in [core_module] + _kept_modules(il_text, core_module):
-        if name not in stat["modules"]:
-            continue  # optimised away
-        own = {t: n for t, n in stat["modules"][name]["cells"].items()
-               if t.lstrip("\\") not in stat["modules"]}
-        instance = name[len(core_module) + 1:] if name != core_module else "(top-level glue)"
-        category = categorize(instance.split(".")[-1]) if name != core_module else "other"
-        modules.append({"instance": instance, "module": name, "category": category,
-                        **_kind_counts(own, dev.family), "cells": own})
-    modules.append(modules.pop(0))
-    categories: dict[str, dict] = {}
-    for mod in modules:
-        cat = categories.setdefault(mod["category"], {})
-        for k, v in mod.items():
-            if isinstance(v, int):
-                cat[k] = cat.get(k, 0) + v
+    modules, categories = module_breakdown(stat, core_module,
+                                           _kept_modules(il_text, core_module), dev.family)
 
     report: dict[str, Any] = {
         "design": {

