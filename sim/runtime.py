@@ -350,7 +350,7 @@ def cycle_budget(plan: GemmPlan, n_words: int) -> int:
     return 2 * serial + 64 * n_words + 10_000
 
 
-def _lead_tiles(plan: GemmPlan, acc_bases: list[int], mc: int) -> int:
+def _lead_tiles(plan: GemmPlan, acc_bases: list[int], mc: int, last_chunk: bool) -> int:
     """How many of a chunk's first n-tiles to run k-outer (resident mode).
 
     In the first n-tile every MATMUL needs a fresh activation k-tile as well as a weight
@@ -365,7 +365,13 @@ def _lead_tiles(plan: GemmPlan, acc_bases: list[int], mc: int) -> int:
     wgt_load = c.rows * _beats(c.cols, c.mem_width) + _MEM_INSTR_LATENCY
     # Interleaved n-tiles finish together: leave at least one n-tile of the chunk after
     # them, under which their STOREs can run (rather than against the next chunk's loads).
+    # In the last chunk all of them may interleave when the load stalls saved outweigh the
+    # STOREs then left exposed at the end.
     limit = min(plan.nt - 1, 4)
+    if last_chunk and plan.nt <= 4:
+        store = mc * _beats(c.cols * plan.o_elem, c.mem_width) + _MEM_INSTR_LATENCY
+        if plan.kt * max(0, act_load + wgt_load - mc) > (plan.nt - 1) * store:
+            limit = plan.nt
     if plan.requant and not plan.params_resident:
         limit = min(limit, plan.param_slots)
     p = 1
@@ -439,7 +445,8 @@ def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int
     for m0 in range(0, plan.M, mc_max):
         mc = min(mc_max, plan.M - m0)
         x_row0 = plan.x_base + m0 * plan.x_stride
-        lead = _lead_tiles(plan, acc_of[tile_base:tile_base + nt], mc)
+        lead = _lead_tiles(plan, acc_of[tile_base:tile_base + nt], mc,
+                           last_chunk=m0 + mc_max >= plan.M)
         # The chunk's first `lead` n-tiles run k-outer (k-tile k of each in turn), so that
         # each activation k-tile load is shared by `lead` MATMULs; the rest run k-inner.
         load_bound = (mc * _beats(rows, c.mem_width) + rows * _beats(cols, c.mem_width)
