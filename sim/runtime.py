@@ -8,7 +8,6 @@ hardware scoreboard gives every program sequential semantics, so any order compu
 result, and the golden model (which has no timing) checks exactly that.
 """
 
-import math
 from dataclasses import dataclass, field, fields as dc_fields
 from typing import Any, Sequence
 

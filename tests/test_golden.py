@@ -20,7 +20,7 @@ from hw import isa
 from hw.config import AcceleratorConfig
 from hw.isa import ErrorCode, Opcode
 from sim import numerics
-from sim.asm import Program, encode, pack_output_params
+from sim.asm import Program, pack_output_params
 from sim.golden import GoldenBackend
 from sim.runtime import make_backend
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from hw import isa
 from hw.config import AcceleratorConfig
-from hw.isa import Opcode, StoreMode
+from hw.isa import Opcode
 from sim import Accelerator, Stats, numerics
 from sim.asm import pack_output_params
 from sim.runtime import build_program, pack_memory, plan_gemm, unpack_output
