@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .config import AcceleratorConfig
 from .mult import MultiplierTarget
+from .uart import _checked
 from .synthesis import (DEVICES, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE, ICE40_DSP_RESTORE,
                         ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, DesignDoesNotFit, Design,
                         ToolError, _accepts_target, _config_buffers, _kept_modules,
@@ -54,6 +55,11 @@ def uart_divisor(clk_hz: float, baud: int) -> int:
     return divisor
 
 
+def _check_config(config) -> None:
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+
+
 class SharedMemory(wiring.Component):
     """On-chip memory of ``config.mem_bytes`` bytes shared by the host bridge and the
     accelerator, both through ``isa.MemoryPortSignature`` ports.
@@ -66,8 +72,7 @@ class SharedMemory(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig):
-        if not isinstance(config, AcceleratorConfig):
-            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        _checked(self, _check_config, config)
         self._config = config
         super().__init__({
             "host": In(isa.MemoryPortSignature(config)),
@@ -145,17 +150,20 @@ class BoardTop(wiring.Component):
 
     def __init__(self, config: AcceleratorConfig, *, clk_hz: float, baud: int = 115200,
                  target: MultiplierTarget | None = None, timeout_s: float = 0.05):
-        if not isinstance(config, AcceleratorConfig):
-            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-        if target is not None and not isinstance(target, MultiplierTarget):
-            raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
+        _checked(self, self._check, config, target)
         self._config = config
         self._clk_hz = clk_hz
         self._baud = baud
-        self._divisor = uart_divisor(clk_hz, baud)
+        self._divisor = _checked(self, uart_divisor, clk_hz, baud)
         self._timeout = max(int(clk_hz * timeout_s), 40 * self._divisor)
         self._target = target
         super().__init__()
+
+    @staticmethod
+    def _check(config, target) -> None:
+        _check_config(config)
+        if target is not None and not isinstance(target, MultiplierTarget):
+            raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
 
     @property
     def config(self) -> AcceleratorConfig:

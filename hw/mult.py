@@ -80,18 +80,25 @@ class Multiplier(wiring.Component):
 
     def __init__(self, kind: str = "generic", *, latency: int | None = None,
                  simulation: bool = False):
+        try:
+            self._check(kind, latency, simulation)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True   # a rejected object is not "unused" by mistake
+            raise
+        self._kind = kind
+        self._latency = _NATURAL_LATENCY[kind] if latency is None else latency
+        self._simulation = simulation
+        super().__init__()
+
+    @staticmethod
+    def _check(kind, latency, simulation) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-        if latency is None:
-            latency = _NATURAL_LATENCY[kind]
-        if isinstance(latency, bool) or not isinstance(latency, int) or latency < 1:
+        if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int)
+                                    or latency < 1):
             raise ValueError(f"latency must be a positive integer, not {latency!r}")
         if not isinstance(simulation, bool):
             raise TypeError(f"simulation must be a bool, not {simulation!r}")
-        self._kind = kind
-        self._latency = latency
-        self._simulation = simulation
-        super().__init__()
 
     @property
     def kind(self) -> str:

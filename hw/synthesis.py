@@ -52,6 +52,7 @@ __all__ = [
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
+    "sweep_point",
 ]
 
 RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
@@ -525,15 +526,22 @@ def parse_nextpnr_report(report: dict, family: str) -> dict:
         if bel in util:
             resources[kind] = {"used": util[bel]["used"], "available": util[bel]["available"],
                                "bel": bel}
+    # nextpnr-ice40 lists a combinational SB_MAC16 (clock input tied to 0) as a domain of
+    # its own, "$PACKER_GND_NET_$glb_clk": a constant, not a clock.
+    def constant(name: str | None) -> bool:
+        return bool(name) and ("$PACKER_GND_NET" in name or "$PACKER_VCC_NET" in name)
+
     clocks = []
     for clock, info in sorted(report.get("fmax", {}).items()):
+        if constant(clock):
+            continue
         clocks.append({"clock": clock, "achieved_mhz": round(info["achieved"], 2),
                        "constraint_mhz": round(info["constraint"], 2),
                        "met": info["achieved"] >= info["constraint"]})
     paths = []
     for cp in report.get("critical_paths", []):
         steps = cp.get("path", [])
-        if not steps:
+        if not steps or constant(cp.get("from")) or constant(cp.get("to")):
             continue
         first, last = steps[0]["from"], steps[-1]["to"]
         logic = sum(s["delay"] for s in steps if s.get("type") in ("logic", "clk-to-q",
@@ -1033,3 +1041,28 @@ def write_report_md(report: dict, path: "str | Path") -> None:
         lines.append("Run time: " + ", ".join(f"{k} {v:.1f} s" for k, v in rt.items()))
         lines.append("")
     Path(path).write_text("\n".join(lines))
+
+
+# ---- sweeps ----------------------------------------------------------------------------------
+
+def sweep_point(point: dict) -> dict:
+    """Run one point of a design-space sweep (in a Dask worker): ``point`` has ``device``,
+    ``block``, ``config`` (AcceleratorConfig keyword arguments), ``out_dir`` and optionally
+    ``freq_mhz``, ``pnr``. Returns ``{"status": "ok" | "does not fit" | "bad config" |
+    "tool error", "report": ... or None, "error": str, "runtime_s": float}``; never raises
+    for a point that merely fails."""
+    start = time.monotonic()
+    try:
+        config = AcceleratorConfig(**point["config"])
+        design = block_design(point.get("block", "accelerator"), config)
+        report = run_flow(design, point["device"], point["out_dir"],
+                          freq_mhz=point.get("freq_mhz"), pnr=point.get("pnr", True))
+        status, error = "ok", ""
+    except DesignDoesNotFit as exc:
+        report, status, error = None, "does not fit", str(exc)
+    except ValueError as exc:
+        report, status, error = None, "bad config", str(exc)
+    except ToolError as exc:
+        report, status, error = None, "tool error", str(exc).splitlines()[0]
+    return {"status": status, "report": report, "error": error,
+            "runtime_s": round(time.monotonic() - start, 1)}

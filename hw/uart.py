@@ -116,6 +116,16 @@ def info_bytes(config: AcceleratorConfig, clk_hz: int, baud: int) -> bytes:
     return value.to_bytes(INFO_BYTES, "little")
 
 
+def _checked(obj, check, *args):
+    """``check(*args)``; a rejected component is marked so that Amaranth does not also warn
+    that it was "created but never used"."""
+    try:
+        return check(*args)
+    except (TypeError, ValueError):
+        obj._MustUse__silence = True
+        raise
+
+
 def _check_divisor(divisor) -> int:
     if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < MIN_DIVISOR:
         raise ValueError(f"divisor (clock cycles per bit) must be an integer >= {MIN_DIVISOR}, "
@@ -144,7 +154,7 @@ class UARTRx(wiring.Component):
     overrun: Out(1)
 
     def __init__(self, divisor: int):
-        self._divisor = _check_divisor(divisor)
+        self._divisor = _checked(self, _check_divisor, divisor)
         super().__init__()
 
     def elaborate(self, platform):
@@ -205,7 +215,7 @@ class UARTTx(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, divisor: int):
-        self._divisor = _check_divisor(divisor)
+        self._divisor = _checked(self, _check_divisor, divisor)
         super().__init__()
 
     def elaborate(self, platform):
@@ -263,12 +273,7 @@ class Bridge(wiring.Component):
 
     def __init__(self, config: AcceleratorConfig, *, divisor: int, timeout: int = 1 << 20,
                  clk_hz: int = 0, baud: int = 0):
-        if not isinstance(config, AcceleratorConfig):
-            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-        _check_divisor(divisor)
-        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 20 * divisor:
-            raise ValueError(f"timeout must be an integer of at least two byte times "
-                             f"({20 * divisor} cycles), not {timeout!r}")
+        _checked(self, self._check, config, divisor, timeout)
         self._config = config
         self._divisor = divisor
         self._timeout = timeout
@@ -282,6 +287,15 @@ class Bridge(wiring.Component):
             "counters": In(isa.Counters),
             "mem": Out(isa.MemoryPortSignature(config)),
         })
+
+    @staticmethod
+    def _check(config, divisor, timeout) -> None:
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        _check_divisor(divisor)
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 20 * divisor:
+            raise ValueError(f"timeout must be an integer of at least two byte times "
+                             f"({20 * divisor} cycles), not {timeout!r}")
 
     @property
     def config(self) -> AcceleratorConfig:
