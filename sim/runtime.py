@@ -315,21 +315,25 @@ def plan_gemm(config: AcceleratorConfig, M: int, K: int, N: int, *, requant: boo
         est_cycles=_estimate(c, M, K, N, chosen, mc, o_elem))
 
 
-def _store_groups(n_tiles: int, group: int) -> list[int]:
+def _store_groups(n_tiles: int, group: int, store_ratio: float) -> list[int]:
     """Sizes of the consecutive n-tile groups whose STOREs are issued together.
 
-    Full groups of ``group``, except that the sizes halve towards the end (..., 4, 2, 1):
-    the stores of the last group are exposed after the last MATMUL, and each group's stores
-    must fit under the next (smaller) group's compute."""
-    tail = []
-    g = 1
-    while g < group and sum(tail) + g <= n_tiles:
-        tail.append(g)
-        g *= 2
+    A group's STOREs run under the next group's compute, so a group may hold at most
+    ``next size / store_ratio`` n-tiles (``store_ratio`` = one n-tile's STORE time over its
+    compute time, with a margin), and the last group (whose STOREs nothing hides) is a
+    single n-tile. Built from the end; full groups of ``group`` before that, with any
+    remainder first."""
+    tail = [1]
+    while sum(tail) < n_tiles and tail[-1] < group:
+        nxt = min(group, int(tail[-1] / store_ratio), n_tiles - sum(tail))
+        if nxt <= 1 and tail[-1] == 1:
+            break  # STOREs too slow to batch: one n-tile per group
+        tail.append(max(1, nxt))
+    size = tail[-1]
     rest = n_tiles - sum(tail)
-    sizes = [group] * (rest // group)
-    if rest % group:
-        sizes.insert(0, rest % group)
+    sizes = [size] * (rest // size)
+    if rest % size:
+        sizes.insert(0, rest % size)
     return sizes + tail[::-1]
 
 
@@ -347,6 +351,13 @@ def cycle_budget(plan: GemmPlan, n_words: int) -> int:
               + plan.chunks * plan.nt * (_beats(isa.OUTPUT_PARAMS_BYTES * c.cols, mw) + 1)
               + steps * (max(plan.mc, 2 * c.rows) + 2 * c.rows + c.cols + 16))
     return 2 * serial + 64 * n_words + 10_000
+
+
+def _store_ratio(plan: GemmPlan) -> float:
+    """One n-tile's STORE time over its compute time, with a 1.5x margin."""
+    c = plan.config
+    store = plan.mc * _beats(c.cols * plan.o_elem, c.mem_width) + _MEM_INSTR_LATENCY
+    return 1.5 * store / (plan.kt * max(plan.mc, 2 * c.rows))
 
 
 def _lead_tiles(plan: GemmPlan, acc_bases: list[int], mc: int, last_chunk: bool) -> int:
@@ -373,6 +384,8 @@ def _lead_tiles(plan: GemmPlan, acc_bases: list[int], mc: int, last_chunk: bool)
             limit = plan.nt
     if plan.requant and not plan.params_resident:
         limit = min(limit, plan.param_slots)
+    # ... and their STOREs come as a burst, which must drain before the next ones are due.
+    limit = min(limit, int(1 / _store_ratio(plan)))
     p = 1
     while p < limit and act_load + p * wgt_load > p * mc and \
             len(set(acc_bases[:p + 1])) == p + 1:
@@ -407,7 +420,7 @@ def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int
     group = plan.store_group if store_group is None else max(1, int(store_group))
     group = min(group, max(1, plan.acc_regions // 2))
     n_tiles = plan.chunks * nt
-    sizes = _store_groups(n_tiles, group)
+    sizes = _store_groups(n_tiles, group, _store_ratio(plan))
     # Accumulator base and STORE step of every global n-tile.
     acc_of: list[int] = []
     emit_at: list[float] = []

@@ -255,14 +255,15 @@ def test_schedule_4x4_target_shape():
     assert len(wgt_loads) == len(matmuls) == 2 * 16 * 16
     assert all(m["n_rows"] == 128 >= 2 * C44.rows for m in matmuls)
     assert len(stores) == 2 * 16 and all(s["n_rows"] == 128 for s in stores)
-    # 8 accumulator regions of 128 rows; n-tiles grouped 4 at a time (the first group and
-    # the tail groups are smaller), groups alternating between the two halves
+    # 8 accumulator regions of 128 rows; 32 n-tiles in STORE groups of 3, 4 x 7 and 1,
+    # groups alternating between the two halves of the regions
     assert (plan.acc_regions, plan.store_group) == (8, 4)
     starts = [m["acc_addr"] for m in matmuls if not m["accumulate"]]   # one per n-tile
-    assert starts[:6] == [0, 512, 640, 768, 896, 0]
+    assert starts[:8] == [0, 128, 256, 512, 640, 768, 896, 0]
+    assert starts[-1] == 0
     # each chunk's first n-tiles run k-outer, sharing every activation k-tile load
     lead = 2
-    assert [m["acc_addr"] for m in matmuls[:4]] == [0, 512, 0, 512]
+    assert [m["acc_addr"] for m in matmuls[:4]] == [0, 128, 0, 128]
     assert [m["act_addr"] for m in matmuls[:4]] == [0, 0, 128, 128]
     assert ops[:6] == [Opcode.LOAD, Opcode.LOAD, Opcode.MATMUL, Opcode.LOAD, Opcode.MATMUL,
                        Opcode.LOAD]
