@@ -189,33 +189,70 @@ class MemoryPortSignature(wiring.Signature):
 
 # ---- host-side encoding ----------------------------------------------------------------------
 
-def encode(opcode: Opcode, **fields: int) -> int:
+class _Field:
+    """Bit position and accepted range of one instruction field, read from its layout."""
+    __slots__ = ("offset", "width", "lo", "hi", "enum")
+
+    def __init__(self, offset: int, width: int, shape):
+        self.offset, self.width = offset, width
+        self.enum = shape if isinstance(shape, type) and issubclass(shape, enum.Enum) else None
+        is_signed = self.enum is None and getattr(shape, "signed", False)
+        self.lo, self.hi = ((-(1 << (width - 1)), (1 << (width - 1)) - 1) if is_signed
+                            else (0, (1 << width) - 1))
+
+
+_FIELDS = {op: {name: _Field(f.offset, f.width, f.shape)
+                for name, f in data.Layout.cast(layout) if name != "opcode"}
+           for op, layout in INSTR_LAYOUTS.items()}
+
+
+def _enum_value(enum_cls, name: str, value) -> int:
+    if isinstance(value, enum_cls):
+        return value.value
+    if isinstance(value, str):
+        try:
+            return enum_cls[value.upper()].value
+        except KeyError:
+            raise ValueError(f"{name} must be one of {[m.name for m in enum_cls]}, "
+                             f"not {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return enum_cls(value).value
+        except ValueError:
+            raise ValueError(f"{name} must be one of "
+                             f"{[(m.name, m.value) for m in enum_cls]}, not {value!r}") from None
+    raise ValueError(f"{name} must be a {enum_cls.__name__}, its name or value, not {value!r}")
+
+
+def encode(opcode: Opcode, **fields) -> int:
     """Encode one instruction word. Unnamed fields are zero.
+
+    Enum fields (``target``, ``mode``) take the member, its value or its name; other fields
+    take integers (numpy integers too) that fit the field. Raises ``ValueError`` naming the
+    field otherwise. Offsets come from the instruction ``Struct`` layouts, read once.
 
     >>> hex(encode(Opcode.HALT))
     '0x5'
     """
-    layout = data.Layout.cast(INSTR_LAYOUTS[opcode])
-    names = {name for name, _ in layout}
-    unknown = set(fields) - names
-    if unknown:
-        raise ValueError(f"{opcode.name} has no field(s) {sorted(unknown)}; "
-                         f"fields are {sorted(names - {'opcode'})}")
-    init = {"opcode": opcode}
+    opcode = Opcode(opcode)
+    infos = _FIELDS[opcode]
+    word = opcode.value
     for name, value in fields.items():
-        field = layout[name]
-        shape = field.shape
-        if isinstance(shape, type) and issubclass(shape, enum.Enum):
-            value = shape(value)
-        else:
-            s = unsigned(field.width) if not getattr(shape, "signed", False) else shape
-            lo, hi = (-(1 << (s.width - 1)), (1 << (s.width - 1)) - 1) if s.signed \
-                else (0, (1 << s.width) - 1)
-            if not isinstance(value, int) or not lo <= value <= hi:
-                raise ValueError(f"{opcode.name}.{name} must be an integer in [{lo}, {hi}], "
-                                 f"not {value!r}")
-        init[name] = value
-    return layout.const(init).as_value().value
+        info = infos.get(name)
+        if info is None:
+            raise ValueError(f"{opcode.name} has no field(s) [{name!r}]; "
+                             f"fields are {sorted(infos)}")
+        if info.enum is not None:
+            value = _enum_value(info.enum, name, value)
+        elif hasattr(value, "__index__") and not isinstance(value, int):
+            value = value.__index__()  # numpy integers and bools
+        if isinstance(value, bool):
+            value = int(value)
+        if not isinstance(value, int) or not info.lo <= value <= info.hi:
+            raise ValueError(f"{opcode.name}.{name} must be an integer in "
+                             f"[{info.lo}, {info.hi}], not {value!r}")
+        word |= (value & ((1 << info.width) - 1)) << info.offset
+    return word
 
 
 def decode(word: int) -> tuple[int, dict[str, int]]:

@@ -1,10 +1,7 @@
 """Assembler, disassembler and output-parameter packing for the Serrano ISA.
 
-Every encoding comes from :mod:`hw.isa`: field offsets and widths are read from the
-instruction ``Struct`` layouts there (``data.Layout.cast``), never spelled out here. The
-assembler composes words from those derived offsets because :func:`hw.isa.encode` builds an
-Amaranth constant per call (~0.1 ms), which would dominate the compile time of large GEMMs;
-``tests/test_asm.py`` checks that both produce identical words for every opcode.
+Every encoding comes from :mod:`hw.isa`: words are built by :func:`hw.isa.encode` (re-exported
+here), whose field offsets and widths are read from the instruction ``Struct`` layouts.
 
 Example
 -------
@@ -24,90 +21,12 @@ import numpy as np
 from amaranth.lib import data, enum
 
 from hw import isa
-from hw.isa import LoadTarget, Opcode, StoreMode
+from hw.isa import LoadTarget, Opcode, StoreMode, encode
 
 __all__ = [
     "Program", "encode", "disassemble", "listing",
     "output_params_dtype", "pack_output_params", "unpack_output_params",
 ]
-
-
-# ---- fast encoder derived from the isa layouts -------------------------------------------------
-
-class _FieldInfo:
-    __slots__ = ("name", "offset", "width", "lo", "hi", "enum")
-
-    def __init__(self, name: str, offset: int, width: int, lo: int, hi: int, enum_cls):
-        self.name, self.offset, self.width = name, offset, width
-        self.lo, self.hi, self.enum = lo, hi, enum_cls
-
-
-def _layout_fields(opcode: Opcode) -> dict[str, _FieldInfo]:
-    layout = data.Layout.cast(isa.INSTR_LAYOUTS[opcode])
-    fields = {}
-    for name, field in layout:
-        if name == "opcode":
-            continue
-        shape = field.shape
-        enum_cls = shape if isinstance(shape, type) and issubclass(shape, enum.Enum) else None
-        signed = enum_cls is None and getattr(shape, "signed", False)
-        width = field.width
-        lo, hi = ((-(1 << (width - 1)), (1 << (width - 1)) - 1) if signed
-                  else (0, (1 << width) - 1))
-        fields[name] = _FieldInfo(name, field.offset, width, lo, hi, enum_cls)
-    return fields
-
-
-_FIELDS: dict[Opcode, dict[str, _FieldInfo]] = {op: _layout_fields(op) for op in Opcode}
-# The opcode bits of every word: isa.encode with all fields zero.
-_BASE: dict[Opcode, int] = {op: isa.encode(op) for op in Opcode}
-
-
-def encode(opcode: Opcode, **fields) -> int:
-    """Encode one instruction word; same contract and result as :func:`hw.isa.encode`.
-
-    Enum fields (``target``, ``mode``) accept the enum member, its integer value or its name
-    (case-insensitive). Raises ``ValueError`` naming the field for an unknown field or a
-    value that does not fit.
-    """
-    opcode = Opcode(opcode)
-    infos = _FIELDS[opcode]
-    word = _BASE[opcode]
-    for name, value in fields.items():
-        info = infos.get(name)
-        if info is None:
-            raise ValueError(f"{opcode.name} has no field {name!r}; fields are "
-                             f"{sorted(infos)}")
-        if info.enum is not None:
-            value = _enum_value(info.enum, name, value)
-        elif isinstance(value, (bool, np.bool_)) and name == "accumulate":
-            value = int(value)
-        elif isinstance(value, np.integer):
-            value = int(value)
-        if not isinstance(value, int) or isinstance(value, bool) or \
-                not info.lo <= value <= info.hi:
-            raise ValueError(f"{opcode.name}.{name} must be an integer in "
-                             f"[{info.lo}, {info.hi}], not {value!r}")
-        word |= (value & ((1 << info.width) - 1)) << info.offset
-    return word
-
-
-def _enum_value(enum_cls, name: str, value) -> int:
-    if isinstance(value, enum_cls):
-        return value.value
-    if isinstance(value, str):
-        try:
-            return enum_cls[value.upper()].value
-        except KeyError:
-            raise ValueError(f"{name} must be one of {[m.name for m in enum_cls]}, "
-                             f"not {value!r}") from None
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        try:
-            return enum_cls(int(value)).value
-        except ValueError:
-            raise ValueError(f"{name} must be one of "
-                             f"{[(m.name, m.value) for m in enum_cls]}, not {value!r}") from None
-    raise ValueError(f"{name} must be a {enum_cls.__name__}, its name or value, not {value!r}")
 
 
 # ---- program builder -------------------------------------------------------------------------
@@ -153,13 +72,13 @@ class Program:
                                    mode=mode, param_addr=param_addr))
 
     def nop(self) -> int:
-        return self._append(_BASE[Opcode.NOP])
+        return self._append(encode(Opcode.NOP))
 
     def fence(self) -> int:
-        return self._append(_BASE[Opcode.FENCE])
+        return self._append(encode(Opcode.FENCE))
 
     def halt(self) -> int:
-        return self._append(_BASE[Opcode.HALT])
+        return self._append(encode(Opcode.HALT))
 
     def emit(self, word: int) -> int:
         """Append a raw 128-bit word (any bit pattern, e.g. a deliberately bad one)."""
@@ -212,7 +131,7 @@ def disassemble(word: int) -> str:
         return f".word 0x{word:032x}  ; bad opcode 0x{opcode:02x}"
     parts = [op.name]
     for name, value in fields.items():
-        info = _FIELDS[op][name]
+        info = isa._FIELDS[op][name]
         if name.startswith("reserved"):
             if value:
                 parts.append(f"{name}=0x{value:x}")
