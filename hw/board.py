@@ -64,16 +64,20 @@ class SharedMemory(wiring.Component):
     """On-chip memory of ``config.mem_bytes`` bytes shared by the host bridge and the
     accelerator, both through ``isa.MemoryPortSignature`` ports.
 
-    One request per cycle, single-ported (so that iCE40 maps it to SPRAM): the ``host`` port
+    ``ram_style`` becomes the memory's Yosys ``ram_style`` attribute: ``"huge"`` puts it in
+    iCE40 SPRAM (Yosys would otherwise pick block RAM, whatever the device holds).
+
+    One request per cycle, single-ported (so that iCE40 can use SPRAM): the ``host`` port
     has priority and is always ready; ``acc`` is ready when the host is not asking. A read
     accepted in cycle *t* returns its word on the initiator's ``resp`` in cycle *t + 1*;
     writes apply the byte mask. The read port is enabled only for reads, so a write never
     disturbs read data (the SPRAM's "no change" behaviour).
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, *, ram_style: str | None = None):
         _checked(self, _check_config, config)
         self._config = config
+        self._ram_style = ram_style
         super().__init__({
             "host": In(isa.MemoryPortSignature(config)),
             "acc": In(isa.MemoryPortSignature(config)),
@@ -86,8 +90,9 @@ class SharedMemory(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
+        attrs = {"ram_style": self._ram_style} if self._ram_style else None
         m.submodules.storage = mem = memory.Memory(
-            shape=8 * cfg.mem_width, depth=cfg.mem_words, init=[])
+            shape=8 * cfg.mem_width, depth=cfg.mem_words, init=[], attrs=attrs)
         wp = mem.write_port(granularity=8)
         rp = mem.read_port()
 
@@ -135,6 +140,8 @@ class BoardTop(wiring.Component):
         PE multipliers (passed to ``hw.top.Accelerator`` when it takes one).
     timeout_s : float
         Line silence after which the bridge drops a half-received command.
+    ram_style : str or None
+        Yosys ``ram_style`` of the on-chip memory (``"huge"``: iCE40 SPRAM).
 
     Attributes
     ----------
@@ -149,8 +156,10 @@ class BoardTop(wiring.Component):
     leds: Out(4)
 
     def __init__(self, config: AcceleratorConfig, *, clk_hz: float, baud: int = 115200,
-                 target: MultiplierTarget | None = None, timeout_s: float = 0.05):
+                 target: MultiplierTarget | None = None, timeout_s: float = 0.05,
+                 ram_style: str | None = None):
         _checked(self, self._check, config, target)
+        self._ram_style = ram_style
         self._config = config
         self._clk_hz = clk_hz
         self._baud = baud
@@ -193,7 +202,7 @@ class BoardTop(wiring.Component):
         m.submodules.bridge = bridge = Bridge(cfg, divisor=self._divisor,
                                               timeout=self._timeout,
                                               clk_hz=int(self._clk_hz), baud=self._baud)
-        m.submodules.memory = mem = SharedMemory(cfg)
+        m.submodules.memory = mem = SharedMemory(cfg, ram_style=self._ram_style)
 
         wiring.connect(m, bridge.instr, accel.instr)
         wiring.connect(m, bridge.mem, mem.host)
@@ -304,11 +313,12 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
     BoardSpec(
         "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz)", _icebreaker,
         "ice40-up5k",
-        # 5,280 LUTs: the control path (decoder, load/store units, output stage) takes ~4,000
-        # of them whatever the array size, and the output stage needs 4 of the 8 SB_MAC16 per
-        # column; the decoder 2. So: one column, two rows. 128 KiB of memory in the 4 SPRAMs.
+        # 5,280 logic cells: the control path (decoder, load/store units, output stage) needs
+        # ~6,000 of them whatever the array size (see docs/fpga.md: it does not fit yet), and
+        # the output stage takes 4 of the 8 SB_MAC16 per column, the decoder 2. So: one
+        # column, two rows, a 32-bit memory port. 128 KiB of memory in the 4 SPRAMs.
         AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
-                          mem_width=8, mem_bytes=128 * 1024),
+                          mem_width=4, mem_bytes=128 * 1024),
         bitstream="serrano.bin",
         program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
                 "build/icebreaker/serrano.bin)",
@@ -394,15 +404,17 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
                                                             cfg.mem_words)])
     preflight(mem_design, device, dsp_pes=dsp_pes)
 
-    # How many PEs get a DSP: what the rest of the accelerator leaves (one Yosys run of the
-    # core, plus one more when the first guess overflows).
-    if wired and device.family != "generic" and dsp_pes is None:
-        say(f"sizing the DSP budget: synthesizing the accelerator core for {device.name}")
-        core = run_flow(design, device, out / "core", pnr=False, timeout=timeout,
-                        check_fit=False)
+    # The accelerator core alone, synthesized first: a core that cannot fit fails here, in
+    # a minute, with its per-module report in out/core, instead of in place and route; and
+    # it sizes the DSP budget (how many PEs get a DSP: what the rest leaves).
+    say(f"synthesizing the accelerator core for {device.name} (fit check"
+        + (", DSP budget)" if wired and dsp_pes is None else ")"))
+    core = run_flow(design, device, out / "core", pnr=False, timeout=timeout, dsp_pes=dsp_pes)
+    if wired and dsp_pes is None:
         dsp_pes = core["design"]["multiplier"]["dsp_pes"]
     target = MultiplierTarget(family=device.family, dsp_pes=dsp_pes)
-    board_top = BoardTop(cfg, clk_hz=clk_hz, baud=baud, target=target)
+    board_top = BoardTop(cfg, clk_hz=clk_hz, baud=baud, target=target,
+                         ram_style="huge" if device.family == "ice40" else None)
 
     overrides: dict[str, Any] = {
         "script_after_read": _KEEP_MARKER,
@@ -425,6 +437,10 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         after_read.append(ICE40_DSP_HIDE)
         plan.add_file(ICE40_DSP_STUB_NAME, ICE40_DSP_STUB)
     after_read.append(f"hierarchy -top {BUILD_NAME}")
+    if device.family == "ice40":
+        # SPRAM has no initial contents: drop the memory's (all-zero) init so that it maps.
+        # The host zeroes it (FILL) before use; UARTBackend does.
+        after_read.append(f"delete {BUILD_NAME}.board.memory/t:$meminit_v2")
     if kept:
         after_read.append("setattr -mod -set keep_hierarchy 1 " + " ".join(kept))
     ys_name = f"{BUILD_NAME}.ys"

