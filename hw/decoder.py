@@ -54,7 +54,8 @@ class Decoder(wiring.Component):
             "fp_pre_wgt": In(fp),
             "fp_pre_acc": In(fp),
             "fp_stream_act": In(fp),
-            "fp_acc_hull": In(fp),
+            "fp_stream_acc": In(fp),
+            "fp_drain": In(data.ArrayLayout(fp, 2)),
             "array_busy": In(1),
             "load_stall": In(1),
             "exec_stall": In(1),
@@ -193,7 +194,8 @@ class Decoder(wiring.Component):
             (ld_is(Target.WGT) & overlaps(new_mm_wgt, ld_live)) |
             overlaps(new_mm_acc, st_acc_live))
         store_conflict = (
-            overlaps(new_st_acc, self.fp_pre_acc) | overlaps(new_st_acc, self.fp_acc_hull) |
+            overlaps(new_st_acc, self.fp_pre_acc) | overlaps(new_st_acc, self.fp_stream_acc) |
+            overlaps(new_st_acc, self.fp_drain[0]) | overlaps(new_st_acc, self.fp_drain[1]) |
             (~st_raw & ld_is(Target.PARAM) & overlaps(new_st_param, ld_live)) |
             overlaps(new_st_mem, ld_mem_live))
 

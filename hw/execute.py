@@ -36,9 +36,11 @@ class ExecuteUnit(wiring.Component):
     streams at least ``2 * rows`` vectors.
 
     Footprint outputs tell the decoder what the unit will still read or write:
-    ``fp_pre_*`` for the instruction in the preload stage, ``fp_stream_act`` for the one
-    streaming, and ``fp_acc_hull`` for every accumulator row written by an instruction that
-    has entered the stream stage and whose results may still be in flight.
+    ``fp_pre_*`` for the instruction in the preload stage, ``fp_stream_*`` for the one
+    streaming, and ``fp_drain``, the accumulator rows of instructions that have read their
+    last vector but whose last result is not yet written. The pipeline has a fixed length,
+    so a drain entry simply counts down ``drain_cycles``; two entries cover any mix of
+    instruction lengths (a third one is merged into the newer entry, conservatively).
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -65,8 +67,15 @@ class ExecuteUnit(wiring.Component):
             "fp_pre_wgt": Out(RangeLayout(17)),
             "fp_pre_acc": Out(RangeLayout(17)),
             "fp_stream_act": Out(RangeLayout(17)),
-            "fp_acc_hull": Out(RangeLayout(17)),
+            "fp_stream_acc": Out(RangeLayout(17)),
+            "fp_drain": Out(data.ArrayLayout(RangeLayout(17), 2)),
         })
+
+    @property
+    def drain_cycles(self) -> int:
+        """Cycles after an instruction's last vector read until its last accumulator write
+        has taken effect: one buffer read, the array, the accumulator's add, the write."""
+        return 1 + self.array.latency + 1 + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -94,7 +103,9 @@ class ExecuteUnit(wiring.Component):
 
         # ---- vectors in flight (read issued, accumulator not yet written) --------------
         inflight = Signal(range(array.latency + 4))
-        hull = Signal(RangeLayout(17))
+        drain = Signal(data.ArrayLayout(RangeLayout(17), 2))
+        drain_left = [Signal(range(self.drain_cycles + 1), name=f"drain_left_{i}")
+                      for i in range(2)]
 
         weight_read = Signal()
         vector_read = Signal()
@@ -148,7 +159,10 @@ class ExecuteUnit(wiring.Component):
             self.fp_stream_act.valid.eq(st_valid),
             self.fp_stream_act.lo.eq(st.act_addr),
             self.fp_stream_act.hi.eq(st.act_addr + st.n_rows),
-            self.fp_acc_hull.eq(hull),
+            self.fp_stream_acc.valid.eq(st_valid),
+            self.fp_stream_acc.lo.eq(st.acc_addr),
+            self.fp_stream_acc.hi.eq(st.acc_addr + st.n_rows),
+            self.fp_drain.eq(drain),
         ]
 
         m.d.sync += [
@@ -183,19 +197,27 @@ class ExecuteUnit(wiring.Component):
             with m.If(st_last):
                 m.d.sync += st_valid.eq(0)
 
-        # Accumulator rows that may still be written: grow on every hand-off, forget once
-        # nothing is in flight.
         m.d.sync += inflight.eq(inflight + vector_read - self.committed)
-        with m.If(take):
-            with m.If(hull.valid):
-                m.d.sync += [hull.lo.eq(Mux(pre.acc_addr < hull.lo, pre.acc_addr, hull.lo)),
-                             hull.hi.eq(Mux(pre.acc_addr + pre.n_rows > hull.hi,
-                                            pre.acc_addr + pre.n_rows, hull.hi))]
+
+        # Drain entries: count down, then forget.
+        for i in range(2):
+            with m.If(drain_left[i] != 0):
+                m.d.sync += drain_left[i].eq(drain_left[i] - 1)
             with m.Else():
-                m.d.sync += [hull.valid.eq(1), hull.lo.eq(pre.acc_addr),
-                             hull.hi.eq(pre.acc_addr + pre.n_rows)]
-        with m.Elif(~st_valid & (inflight == 0)):
-            m.d.sync += hull.valid.eq(0)
+                m.d.sync += drain[i].valid.eq(0)
+        with m.If(vector_read & st_last):
+            lo, hi = st.acc_addr, st.acc_addr + st.n_rows
+            free = [~drain[i].valid | (drain_left[i] == 0) for i in range(2)]
+            with m.If(free[0]):
+                m.d.sync += [drain[0].valid.eq(1), drain[0].lo.eq(lo), drain[0].hi.eq(hi),
+                             drain_left[0].eq(self.drain_cycles)]
+            with m.Elif(free[1]):
+                m.d.sync += [drain[1].valid.eq(1), drain[1].lo.eq(lo), drain[1].hi.eq(hi),
+                             drain_left[1].eq(self.drain_cycles)]
+            with m.Else():
+                m.d.sync += [drain[1].lo.eq(Mux(lo < drain[1].lo, lo, drain[1].lo)),
+                             drain[1].hi.eq(Mux(hi > drain[1].hi, hi, drain[1].hi)),
+                             drain_left[1].eq(self.drain_cycles)]
 
         # ---- result tags travel beside each vector and meet its result ------------------
         t = vec

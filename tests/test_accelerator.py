@@ -196,3 +196,26 @@ def test_load_waits_for_a_queued_matmul_that_reads_its_rows():
     ref = GoldenBackend(cfg).run(words, memory)
     hw = PysimBackend(cfg).run(words, memory, max_cycles=2_000)
     assert_same(hw, ref, "queued matmul vs load")
+
+
+@pytest.mark.parametrize("n_rows", [1, 2, 5])
+def test_store_waits_for_the_last_result_of_a_short_matmul(n_rows):
+    """RAW on the accumulator: a STORE right after a MATMUL shorter than the array's latency
+    must wait until that MATMUL's last result is written (the drain countdown)."""
+    cfg = AcceleratorConfig(rows=4, cols=4, act_depth=16, wgt_depth=8, acc_depth=16,
+                            param_depth=2, mem_width=8, mem_bytes=1024)
+    rng = np.random.default_rng(n_rows)
+    memory = rng.integers(0, 256, 1024, dtype=np.uint8)
+    words = [encode(Opcode.LOAD, target=LoadTarget.ACT.value, n_rows=16, row_bytes=4,
+                    mem_addr=0, mem_stride=4),
+             encode(Opcode.LOAD, target=LoadTarget.WGT.value, n_rows=8, row_bytes=4,
+                    mem_addr=64, mem_stride=4)]
+    for i in range(3):
+        words += [encode(Opcode.MATMUL, act_addr=i, n_rows=n_rows, wgt_addr=4 * (i % 2),
+                         acc_addr=4 * i, accumulate=i % 2),
+                  encode(Opcode.STORE, mode=StoreMode.RAW.value, acc_addr=4 * i,
+                         n_rows=n_rows, n_cols=4, mem_addr=512 + 128 * i, mem_stride=16)]
+    words.append(encode(Opcode.HALT))
+    ref = GoldenBackend(cfg).run(words, memory)
+    hw = PysimBackend(cfg).run(words, memory, max_cycles=3_000)
+    assert_same(hw, ref, f"short matmul ({n_rows} rows) then store")
