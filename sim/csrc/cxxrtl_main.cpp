@@ -60,6 +60,7 @@ public:
         top.p_prime__clk.set<bool>(false);
         top.p_instr__valid.set<bool>(false);
         top.p_resp__valid.set<bool>(false);
+        top.p_clear.set<bool>(false);
         top.step();
     }
     void set_instr(const uint32_t *payload, bool valid) {
@@ -72,6 +73,7 @@ public:
             put(top.p_resp__payload, payload);
         top.p_resp__valid.set<bool>(valid);
     }
+    void set_clear(bool clear) { top.p_clear.set<bool>(clear); }
     void prime() {
         top.p_prime__clk.set<bool>(true);
         top.step();
@@ -129,15 +131,4 @@ private:
 
 }  // namespace
 
-SERRANO_EXPORT int serrano_run(const uint32_t *words, uint64_t n_words, uint8_t *image,
-                               uint64_t image_len, unsigned latency, uint64_t max_cycles,
-                               const char *trace_path, uint32_t *status_out,
-                               uint32_t *counters_out, uint64_t *cycles_out) {
-    // The design object is large for big arrays; keep it off the stack.
-    std::unique_ptr<Model> model(new Model);
-    return serrano::run(*model, words, n_words, image, image_len, latency, max_cycles,
-                        trace_path, status_out, counters_out, cycles_out);
-}
-
-SERRANO_EXPORT const char *serrano_engine() { return "cxxrtl"; }
-SERRANO_EXPORT int serrano_has_trace() { return SERRANO_TRACE; }
+SERRANO_DEFINE_ENTRY_POINTS(Model, "cxxrtl")

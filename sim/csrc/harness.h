@@ -11,14 +11,16 @@
 // instruction index moves on acceptance; a read response is due `latency` >= 1 cycles after
 // its request), so the harness writes them to `*_next` ports and they reach the accelerator at
 // that edge. The model then settles once per cycle, at the edge, instead of once for the
-// edge and again for the new inputs. Cycle 0's inputs are loaded with a separate clock
-// (`prime_clk`) that leaves the accelerator untouched.
+// edge and again for the new inputs. Inputs that change without a clock edge (cycle 0, the
+// cycle `clear` is raised in) are applied with a separate clock (`prime_clk`) that leaves the
+// accelerator untouched.
 //
 // An engine file (verilator_main.cpp, cxxrtl_main.cpp) defines a `Model` class with:
 //   void init();                                  // every input 0, clocks low, settle
 //   void set_instr(const uint32_t *payload, bool valid);  // next cycle's; nullptr keeps it
 //   void set_resp(const uint32_t *payload, bool valid);   // next cycle's; nullptr keeps it
-//   void prime();                                 // load the `*_next` inputs (cycle 0)
+//   void set_clear(bool clear);                   // next cycle's
+//   void prime();                                 // apply the `*_next` inputs now, no edge
 //   void posedge(); void negedge();               // the clock edge ending a cycle, and after
 //   bool instr_ready(); bool req_valid(); void req_payload(uint32_t *words);
 //   bool status_bit(unsigned offset); void status(uint32_t *w); void counters(uint32_t *w);
@@ -116,94 +118,153 @@ struct InputSource {
     }
 };
 
-// Runs one program on a model fresh from construction (every register at its init value):
-//   * the run ends, before the clock edge, in the first cycle with status.done, or with
-//     status.idle once every word was accepted; at cycle == max_cycles it times out;
-//   * the memory is the image padded to whole words: bytes past image_len read as zero and
+// One accelerator and its waveform across the programs of a sequence (PysimBackend.run_sequence):
+// the first program starts from the model fresh from construction (every register at its
+// init value); before each later one, `clear` is pulsed as pysim does it: in the cycle the
+// previous program ended in, the inputs change to clear = 1, instr.valid = 0, resp.valid = 0,
+// and the next clock edge starts the new program's cycle 0. Each program:
+//   * ends, before the clock edge, in the first cycle with status.done, or with status.idle
+//     once every word was accepted; at cycle == max_cycles it times out (cycles count from
+//     the program's cycle 0);
+//   * sees the memory image padded to whole words: bytes past image_len read as zero and
 //     writes to them are dropped.
 template <class Model>
-int run(Model &model, const uint32_t *words, uint64_t n_words,
-        uint8_t *image, uint64_t image_len, unsigned latency, uint64_t max_cycles,
-        const char *trace_path, uint32_t *status_out, uint32_t *counters_out,
-        uint64_t *cycles_out) {
-    if (latency < 1 || image_len > (uint64_t)SERRANO_MEM_BYTES)
-        return END_BAD_ARGS;
-    const uint64_t padded = (image_len + SERRANO_MEM_WIDTH - 1) / SERRANO_MEM_WIDTH
-                            * SERRANO_MEM_WIDTH;
-    uint8_t *mem = (uint8_t *)calloc((size_t)(padded ? padded : 1), 1);
-    if (!mem)
-        return END_NO_MEMORY;
-    memcpy(mem, image, (size_t)image_len);
+struct Session {
+    Model model;
+    bool tracing = false;
+    bool started = false;
+    uint64_t time = 0;  // waveform time, in half cycles
 
-    ResponseQueue responses(latency);
-    InputSource source{words, n_words};
-    uint32_t req[SERRANO_REQ_WORDS];
-    const bool tracing = trace_path && trace_path[0];
-
-    uint64_t cycle = 0;
-    int end;
-    model.init();
-    if (tracing)
-        model.trace_open(trace_path);
-    source.drive(model, responses, 0);
-    model.prime();
-    for (;;) {
-        // The model is settled for cycle `cycle`: sample.
+    void open(const char *trace_path) {
+        model.init();
+        tracing = trace_path && trace_path[0];
         if (tracing)
-            model.trace_dump(2 * cycle);
-        if (model.status_bit(SERRANO_STATUS_DONE_OFFSET)) {
-            end = END_DONE;
-            break;
-        }
-        if (source.next_word >= n_words && model.status_bit(SERRANO_STATUS_IDLE_OFFSET)) {
-            end = END_IDLE;
-            break;
-        }
-        if (cycle >= max_cycles) {
-            end = END_TIMEOUT;
-            break;
+            model.trace_open(trace_path);
+    }
+    void close() {
+        if (tracing)
+            model.trace_close();
+    }
+    void dump() {
+        if (tracing)
+            model.trace_dump(time);
+        time++;
+    }
+
+    int run(const uint32_t *words, uint64_t n_words, uint8_t *image, uint64_t image_len,
+            unsigned latency, uint64_t max_cycles, uint32_t *status_out,
+            uint32_t *counters_out, uint64_t *cycles_out) {
+        if (latency < 1 || image_len > (uint64_t)SERRANO_MEM_BYTES)
+            return END_BAD_ARGS;
+        const uint64_t padded = (image_len + SERRANO_MEM_WIDTH - 1) / SERRANO_MEM_WIDTH
+                                * SERRANO_MEM_WIDTH;
+        uint8_t *mem = (uint8_t *)calloc((size_t)(padded ? padded : 1), 1);
+        if (!mem)
+            return END_NO_MEMORY;
+        memcpy(mem, image, (size_t)image_len);
+
+        ResponseQueue responses(latency);
+        InputSource source{words, n_words};
+        uint32_t req[SERRANO_REQ_WORDS];
+
+        if (!started) {
+            source.drive(model, responses, 0);
+            model.prime();
+            started = true;
+        } else {
+            model.set_instr(nullptr, false);
+            model.set_resp(nullptr, false);
+            model.set_clear(true);
+            model.prime();
+            dump();
+            model.set_clear(false);
+            source.drive(model, responses, 0);
+            model.posedge();
+            dump();
+            model.negedge();
         }
 
-        // The memory and the instruction source act on what they saw during the cycle.
-        if (model.req_valid()) {
-            model.req_payload(req);
-            const uint64_t addr = get_bits(req, SERRANO_REQ_ADDR_OFFSET, SERRANO_REQ_ADDR_WIDTH);
-            const uint64_t base = addr * SERRANO_MEM_WIDTH;
-            if (get_bit(req, SERRANO_REQ_WRITE_OFFSET)) {
-                for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++) {
-                    if (get_bit(req, SERRANO_REQ_MASK_OFFSET + b) && base + b < image_len)
-                        mem[base + b] = (uint8_t)get_bits(req, SERRANO_REQ_DATA_OFFSET + 8 * b, 8);
-                }
-            } else {
-                Response &r = responses.push();
-                r.cycle = cycle + latency;
-                memset(r.data, 0, sizeof r.data);
-                if (base < padded) {
-                    for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++)
-                        r.data[b / 4] |= (uint32_t)mem[base + b] << (8 * (b % 4));
+        uint64_t cycle = 0;
+        int end;
+        for (;;) {
+            // The model is settled for cycle `cycle`: sample.
+            dump();
+            if (model.status_bit(SERRANO_STATUS_DONE_OFFSET)) {
+                end = END_DONE;
+                break;
+            }
+            if (source.next_word >= n_words && model.status_bit(SERRANO_STATUS_IDLE_OFFSET)) {
+                end = END_IDLE;
+                break;
+            }
+            if (cycle >= max_cycles) {
+                end = END_TIMEOUT;
+                break;
+            }
+
+            // The memory and the instruction source act on what they saw during the cycle.
+            if (model.req_valid()) {
+                model.req_payload(req);
+                const uint64_t addr = get_bits(req, SERRANO_REQ_ADDR_OFFSET,
+                                               SERRANO_REQ_ADDR_WIDTH);
+                const uint64_t base = addr * SERRANO_MEM_WIDTH;
+                if (get_bit(req, SERRANO_REQ_WRITE_OFFSET)) {
+                    for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++) {
+                        if (get_bit(req, SERRANO_REQ_MASK_OFFSET + b) && base + b < image_len)
+                            mem[base + b] = (uint8_t)get_bits(
+                                req, SERRANO_REQ_DATA_OFFSET + 8 * b, 8);
+                    }
+                } else {
+                    Response &r = responses.push();
+                    r.cycle = cycle + latency;
+                    memset(r.data, 0, sizeof r.data);
+                    if (base < padded) {
+                        for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++)
+                            r.data[b / 4] |= (uint32_t)mem[base + b] << (8 * (b % 4));
+                    }
                 }
             }
-        }
-        if (source.next_word < n_words && model.instr_ready())
-            source.next_word++;
+            if (source.next_word < n_words && model.instr_ready())
+                source.next_word++;
 
-        // Next cycle's inputs, then the clock edge that applies them.
-        source.drive(model, responses, cycle + 1);
-        model.posedge();
-        if (tracing)
-            model.trace_dump(2 * cycle + 1);
-        model.negedge();
-        cycle++;
+            // Next cycle's inputs, then the clock edge that applies them.
+            source.drive(model, responses, cycle + 1);
+            model.posedge();
+            dump();
+            model.negedge();
+            cycle++;
+        }
+        model.status(status_out);
+        model.counters(counters_out);
+        *cycles_out = cycle;
+        memcpy(image, mem, (size_t)image_len);
+        free(mem);
+        return end;
     }
-    model.status(status_out);
-    model.counters(counters_out);
-    *cycles_out = cycle;
-    if (tracing)
-        model.trace_close();
-    memcpy(image, mem, (size_t)image_len);
-    free(mem);
-    return end;
-}
+};
+
+// The C entry points, instantiated by an engine file for its Model.
+#define SERRANO_DEFINE_ENTRY_POINTS(ModelClass, engine_name)                                   \
+    SERRANO_EXPORT void *serrano_open(const char *trace_path) {                                \
+        auto *session = new serrano::Session<ModelClass>();                                    \
+        session->open(trace_path);                                                             \
+        return session;                                                                        \
+    }                                                                                          \
+    SERRANO_EXPORT int serrano_run(void *handle, const uint32_t *words, uint64_t n_words,      \
+                                   uint8_t *image, uint64_t image_len, unsigned latency,       \
+                                   uint64_t max_cycles, uint32_t *status_out,                  \
+                                   uint32_t *counters_out, uint64_t *cycles_out) {             \
+        return static_cast<serrano::Session<ModelClass> *>(handle)->run(                       \
+            words, n_words, image, image_len, latency, max_cycles, status_out, counters_out,   \
+            cycles_out);                                                                       \
+    }                                                                                          \
+    SERRANO_EXPORT void serrano_close(void *handle) {                                          \
+        auto *session = static_cast<serrano::Session<ModelClass> *>(handle);                   \
+        session->close();                                                                      \
+        delete session;                                                                        \
+    }                                                                                          \
+    SERRANO_EXPORT const char *serrano_engine() { return engine_name; }                        \
+    SERRANO_EXPORT int serrano_has_trace() { return SERRANO_TRACE; }
 
 }  // namespace serrano
 

@@ -65,6 +65,7 @@ public:
         top->prime_clk = 0;
         top->instr_valid = 0;
         top->resp_valid = 0;
+        top->clear = 0;
         top->eval();
     }
     void set_instr(const uint32_t *payload, bool valid) {
@@ -77,6 +78,7 @@ public:
             put(top->resp_payload, payload, SERRANO_RESP_WORDS);
         top->resp_valid = valid;
     }
+    void set_clear(bool clear) { top->clear = clear; }
     void prime() {
         top->prime_clk = 1;
         top->eval();
@@ -123,14 +125,4 @@ private:
 
 }  // namespace
 
-SERRANO_EXPORT int serrano_run(const uint32_t *words, uint64_t n_words, uint8_t *image,
-                               uint64_t image_len, unsigned latency, uint64_t max_cycles,
-                               const char *trace_path, uint32_t *status_out,
-                               uint32_t *counters_out, uint64_t *cycles_out) {
-    Model model;
-    return serrano::run(model, words, n_words, image, image_len, latency, max_cycles,
-                        trace_path, status_out, counters_out, cycles_out);
-}
-
-SERRANO_EXPORT const char *serrano_engine() { return "verilator"; }
-SERRANO_EXPORT int serrano_has_trace() { return SERRANO_TRACE; }
+SERRANO_DEFINE_ENTRY_POINTS(Model, "verilator")
