@@ -8,12 +8,10 @@ bitstream and a report. Boards: ``icebreaker`` (iCE40UP5K), ``ulx3s-85f`` (LFE5U
 command is documented (``BOARDS[name].program``) and run separately.
 """
 
-import inspect
 import json
 import os
-import shlex
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,8 +24,8 @@ from . import isa
 from .config import AcceleratorConfig
 from .mult import MultiplierTarget
 from .uart import _checked
-from .synthesis import (DEVICES, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE, ICE40_DSP_RESTORE,
-                        ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, DesignDoesNotFit, Design,
+from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE, ICE40_DSP_RESTORE,
+                        ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, Design,
                         ToolError, _accepts_target, _config_buffers, _kept_modules,
                         module_breakdown, parse_memories, parse_nextpnr_report,
                         parse_yosys_stat, preflight, run_flow, tool_path, tool_versions,
@@ -419,7 +417,8 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     overrides: dict[str, Any] = {
         "script_after_read": _KEEP_MARKER,
         "script_after_synth": "tee -q -o stat.json stat -json",
-        "nextpnr_opts": f"--report {BUILD_NAME}.pnr.json --timing-allow-fail --seed {seed}",
+        "nextpnr_opts": f"--report {BUILD_NAME}.pnr.json --timing-allow-fail --seed {seed}"
+                        + (" " + " ".join(ECP5_ROUTER) if device.family == "ecp5" else ""),
     }
     if device.family == "ice40":
         overrides["synth_opts"] = "-dsp -spram"

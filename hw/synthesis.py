@@ -26,7 +26,6 @@ import importlib.metadata
 import inspect
 import json
 import math
-import os
 import re
 import shlex
 import shutil
@@ -52,7 +51,7 @@ __all__ = [
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
-    "sweep_point", "estimate_ice40_logic_cells",
+    "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER",
 ]
 
 RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
@@ -790,10 +789,15 @@ def _yosys_script(device: Device, keep: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# nextpnr-ecp5's default router (router1) needed over 20 minutes without converging on the
+# 8x8 board top (LFE5U-85F); router2 routes it in a fraction of that.
+ECP5_ROUTER = ("--router", "router2")
+
+
 def _pnr_argv(device: Device, freq_mhz: float, seed: int) -> list[str]:
     argv = [f"yowasp-nextpnr-{device.family}", *device.nextpnr_args]
     if device.family == "ecp5":
-        argv.append("--out-of-context")
+        argv += ["--out-of-context", *ECP5_ROUTER]
     else:
         argv.append("--pcf-allow-unconstrained")
     argv += ["--json", "netlist.json", "--report", "pnr.json", "--freq", f"{freq_mhz:g}",
@@ -1037,7 +1041,8 @@ def write_report_md(report: dict, path: "str | Path") -> None:
         lines += [head, "|---|---:|---:|---:|" + ("---:|" if has_core else "")]
         for k, v in res.items():
             pct = f"{v['percent']}" if "percent" in v else "-"
-            row = f"| {k} | {v['used']} | {v['available']} | {pct} |"
+            avail = "-" if v.get("available") is None else v["available"]
+            row = f"| {k} | {v['used']} | {avail} | {pct} |"
             if has_core:
                 row += f" {v.get('core', '-')} |"
             lines.append(row)

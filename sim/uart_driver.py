@@ -22,14 +22,14 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 from amaranth.lib import data
 
 from hw import isa
 from hw.config import AcceleratorConfig
-from hw.uart import (ARG_BYTES, COUNTER_BYTES, INFO_BYTES, INFO_MAGIC, INSTR_BYTES,
+from hw.uart import (COUNTER_BYTES, INFO_BYTES, INFO_MAGIC, INSTR_BYTES,
                      PROTOCOL_VERSION, STATUS_BYTES, BridgeFlags, BridgeInfo, Command, Reply)
 
 from .backend import RunResult, RunStatus, SimulationTimeout
