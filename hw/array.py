@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AcceleratorConfig
+from .mult import Multiplier, MultiplierTarget
 
 __all__ = ["ProcessingElement", "SystolicArray"]
 
@@ -19,19 +20,23 @@ class ProcessingElement(wiring.Component):
     when it sees the flag, so that activation and every later one use the new weight while the
     one before it still used the old weight. No multiplexer sits in front of the multiplier.
 
-    The product is registered before it is added (``prod`` then ``psum_out``): a DSP-friendly
-    two-stage cell. Because activations reach cell (r, c) one cycle after cell (r - 1, c), the
-    extra stage needs no extra skew: ``psum_out`` of the cell above is ready exactly when this
-    cell's product is.
+    The product comes from a pipelined multiplier (``hw.mult``: a registered ``a * w`` or a
+    hard DSP with its registers) ``multiplier.latency`` cycles after its operands, and is then
+    added to the partial sum. Activations reach cell (r, c) one cycle after cell (r - 1, c)
+    and every cell has the same multiplier latency, so ``psum_out`` of the cell above is ready
+    exactly when this cell's product is, whatever that latency: no extra skew.
 
     Parameters
     ----------
     psum_width : int
         Width of the partial sums entering and leaving the cell.
+    multiplier : Multiplier or None
+        The cell's multiplier; ``None`` is a plain registered ``a * w`` (latency 1).
     """
 
-    def __init__(self, psum_width: int):
+    def __init__(self, psum_width: int, multiplier: Multiplier | None = None):
         self._psum_width = psum_width
+        self.multiplier = Multiplier("generic") if multiplier is None else multiplier
         super().__init__({
             "a_in": In(signed(8)),
             "a_out": Out(signed(8)),
@@ -46,18 +51,23 @@ class ProcessingElement(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
+        m.submodules.mult = mult = self.multiplier
 
         shadow = Signal(signed(8))
         active = Signal(signed(8))
-        prod = Signal(signed(16))
 
-        m.d.comb += self.w_out.eq(shadow)
+        # The multiplier samples `active` in the same cycle as the activation it belongs to;
+        # the swap updated it one cycle earlier.
+        m.d.comb += [
+            mult.a.eq(self.a_in),
+            mult.b.eq(active),
+            self.w_out.eq(shadow),
+        ]
 
         m.d.sync += [
             self.a_out.eq(self.a_in),
             self.swap_out.eq(self.swap_in),
-            prod.eq(self.a_in * active),
-            self.psum_out.eq(self.psum_in + prod),
+            self.psum_out.eq(self.psum_in + mult.p),
         ]
         with m.If(self.w_shift):
             m.d.sync += shadow.eq(self.w_in)
@@ -88,10 +98,16 @@ class SystolicArray(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
+    target : MultiplierTarget or None
+        Which multiplier each PE gets (``hw.mult``); ``None``: a plain registered ``a * w``
+        everywhere, the portable choice.
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
+        if target is not None and not isinstance(target, MultiplierTarget):
+            raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
         self._config = config
+        self._target = MultiplierTarget() if target is None else target
         super().__init__({
             "a": In(data.ArrayLayout(signed(8), config.rows)),
             "swap": In(1),
@@ -103,8 +119,9 @@ class SystolicArray(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a vector at ``a`` to its result at ``out``: ``rows + 1`` of skew and
-        vertical travel, one product register, ``cols - 1`` of horizontal travel and de-skew."""
-        return self._config.rows + self._config.cols + 1
+        vertical travel, the multiplier's latency, ``cols - 1`` of horizontal travel and
+        de-skew."""
+        return self._config.rows + self._config.cols + self._target.pe_latency
 
     @property
     def preload_gap(self) -> int:
@@ -117,8 +134,8 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self._config.rows, self._config.cols
 
-        pe = [[ProcessingElement(self._config.psum_width) for _ in range(cols)]
-              for _ in range(rows)]
+        pe = [[ProcessingElement(self._config.psum_width, self._target.make(r * cols + c))
+               for c in range(cols)] for r in range(rows)]
         for r in range(rows):
             for c in range(cols):
                 m.submodules[f"pe_{r}_{c}"] = pe[r][c]

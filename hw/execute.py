@@ -8,6 +8,7 @@ from .array import SystolicArray
 from .buffers import _addr_width
 from .config import AcceleratorConfig
 from .footprint import RangeLayout
+from .mult import MultiplierTarget
 
 __all__ = ["MatmulCmd", "ExecuteUnit"]
 
@@ -43,9 +44,9 @@ class ExecuteUnit(wiring.Component):
     instruction lengths (a third one is merged into the newer entry, conservatively).
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
         self._config = config
-        self.array = SystolicArray(config)
+        self.array = SystolicArray(config, target)
         c = config
         super().__init__({
             "cmd": In(stream.Signature(MatmulCmd(config))),

@@ -10,6 +10,7 @@ from .config import AcceleratorConfig
 from .decoder import Decoder
 from .execute import ExecuteUnit
 from .loadstore import LoadUnit, StoreUnit
+from .mult import MultiplierTarget
 
 __all__ = ["MemoryArbiter", "Accelerator"]
 
@@ -52,12 +53,17 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
+    target : MultiplierTarget or None
+        PE multipliers for an FPGA family (``hw.mult``); ``None``: portable ``a * w``.
+        Timing adapts by itself (the array's ``latency`` grows with the multiplier's).
     """
 
-    def __init__(self, config: AcceleratorConfig = AcceleratorConfig()):
+    def __init__(self, config: AcceleratorConfig = AcceleratorConfig(),
+                 target: MultiplierTarget | None = None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         self._config = config
+        self._target = target
         super().__init__({
             "instr": In(stream.Signature(isa.INSTR_WIDTH)),
             "mem": Out(isa.MemoryPortSignature(config)),
@@ -76,7 +82,7 @@ class Accelerator(wiring.Component):
 
         decoder = Decoder(cfg)
         load = LoadUnit(cfg)
-        execute = ExecuteUnit(cfg)
+        execute = ExecuteUnit(cfg, self._target)
         store = StoreUnit(cfg)
         arbiter = MemoryArbiter(cfg)
         act_buf = Buffer(data.ArrayLayout(signed(8), cfg.rows), cfg.act_depth)

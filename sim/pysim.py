@@ -60,12 +60,14 @@ class PysimBackend:
     vcd : path, bool or None
         Write a waveform of each run: a path, ``True`` for ``build/waves/pysim-*.vcd``, or
         ``None`` to follow the ``SERRANO_VCD`` environment variable (``1`` or a path).
+    target : hw.mult.MultiplierTarget or None
+        PE multipliers of the simulated accelerator (vendor DSPs need ``simulation=True``).
     """
 
     name = "pysim"
 
     def __init__(self, config: AcceleratorConfig, *, mem_latency: int = DEFAULT_MEM_LATENCY,
-                 vcd=None):
+                 vcd=None, target=None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         if isinstance(mem_latency, bool) or not isinstance(mem_latency, int) or mem_latency < 1:
@@ -73,6 +75,7 @@ class PysimBackend:
         self.config = config
         self.mem_latency = mem_latency
         self.vcd = vcd
+        self.target = target
         self.last_vcd: Path | None = None
         self.last_wall_seconds: float = 0.0
 
@@ -109,7 +112,7 @@ class PysimBackend:
             jobs.append((words, mem, memory.size))
         latency = self.mem_latency
 
-        dut = Accelerator(cfg)
+        dut = Accelerator(cfg, self.target)
         req_fields = _field_decoder(isa.mem_request_layout(cfg))
         st_fields = _field_decoder(isa.Status)
         ctr_fields = _field_decoder(isa.Counters)

@@ -6,6 +6,7 @@ import pytest
 from hw import isa
 from hw.config import AcceleratorConfig
 from hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, encode
+from hw.mult import MultiplierTarget
 from sim.backend import SimulationTimeout
 from sim.golden import GoldenBackend
 from sim.pysim import PysimBackend
@@ -219,3 +220,15 @@ def test_store_waits_for_the_last_result_of_a_short_matmul(n_rows):
     ref = GoldenBackend(cfg).run(words, memory)
     hw = PysimBackend(cfg).run(words, memory, max_cycles=3_000)
     assert_same(hw, ref, f"short matmul ({n_rows} rows) then store")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fpga_multiplier_latency_changes_no_result(seed):
+    """With the ECP5 DSP model in the PEs (latency 4 instead of 1) the timing adapts by
+    itself: the same random programs give the golden model's results."""
+    cfg = CONFIGS["3x2_w8"]
+    target = MultiplierTarget(family="ecp5", dsp_pes=4, simulation=True)
+    words, memory = random_program(cfg, np.random.default_rng(100 + seed), length=14)
+    ref = GoldenBackend(cfg).run(words, memory)
+    hw = PysimBackend(cfg, target=target).run(words, memory, max_cycles=20_000)
+    assert_same(hw, ref, f"ecp5 target seed {seed}")

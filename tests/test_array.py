@@ -7,6 +7,7 @@ from amaranth.lib import data
 
 from hw.array import ProcessingElement, SystolicArray
 from hw.config import AcceleratorConfig
+from hw.mult import MultiplierTarget
 from simutil import simulate
 
 
@@ -69,11 +70,20 @@ def _schedule(rows: int, tiles: list, rng: np.random.Generator, gaps: bool):
     return cycles, expected
 
 
-@pytest.mark.parametrize("rows,cols", [(1, 1), (1, 5), (5, 1), (2, 3), (3, 2), (4, 4)])
-@pytest.mark.parametrize("gaps", [False, True])
-def test_array_streams_tiles_back_to_back(rows, cols, gaps):
+TARGETS = {
+    "ecp5": MultiplierTarget(family="ecp5", simulation=True),            # latency 4
+    "ice40_mixed": MultiplierTarget(family="ice40", dsp_pes=3, simulation=True),  # 3, DSP + LUT
+}
+
+
+@pytest.mark.parametrize("rows,cols,gaps,target", [
+    *[(r, c, g, None) for r, c in [(1, 1), (1, 5), (5, 1), (2, 3), (3, 2), (4, 4)]
+      for g in (False, True)],
+    (3, 2, True, "ecp5"), (2, 3, False, "ice40_mixed"), (1, 4, True, "ice40_mixed"),
+])
+def test_array_streams_tiles_back_to_back(rows, cols, gaps, target):
     cfg = AcceleratorConfig(rows=rows, cols=cols)
-    array = SystolicArray(cfg)
+    array = SystolicArray(cfg, TARGETS.get(target))
     rng = np.random.default_rng(rows * 100 + cols + gaps)
     lengths = [1, 2, rows, 2 * rows, 2 * rows + 3, 1, 7, 1]
     tiles = []
@@ -122,6 +132,7 @@ def test_array_latency_and_partial_sum_width_follow_the_config():
     Fragment.get(array, None)
     assert array.latency == 5 + 3 + 1
     assert array.preload_gap == 5
+    assert SystolicArray(cfg, TARGETS["ecp5"]).latency == 5 + 3 + 4
     assert cfg.psum_width == 16 + 3  # 5 products of up to 2**14 need 19 signed bits
     layout = data.Layout.cast(array.signature.members["out"].shape)
     assert layout.size == 3 * cfg.psum_width
