@@ -24,12 +24,12 @@ from . import isa
 from .config import AcceleratorConfig
 from .mult import MultiplierTarget
 from .uart import _checked
-from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE, ICE40_DSP_RESTORE,
-                        ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, Design,
+from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE,
+                        ICE40_DSP_RESTORE, ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, Design,
                         ToolError, _accepts_target, _config_buffers, _kept_modules,
-                        module_breakdown, parse_memories, parse_nextpnr_report,
-                        parse_yosys_stat, preflight, run_flow, tool_path, tool_versions,
-                        write_report_md)
+                        buffer_ram_style, module_breakdown, parse_memories,
+                        parse_nextpnr_report, parse_yosys_stat, preflight, run_flow,
+                        tool_path, tool_versions, write_report_md)
 
 __all__ = ["SharedMemory", "BoardTop", "PlatformTop", "BoardSpec", "BOARDS", "get_board",
            "build_board", "uart_divisor"]
@@ -442,6 +442,9 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         after_read.append(f"delete {BUILD_NAME}.board.memory/t:$meminit_v2")
     if kept:
         after_read.append("setattr -mod -set keep_hierarchy 1 " + " ".join(kept))
+    ram_style = buffer_ram_style(kept, f"{BUILD_NAME}.board")
+    if ram_style:
+        after_read.append(ram_style)
     ys_name = f"{BUILD_NAME}.ys"
     plan.files[ys_name] = plan.files[ys_name].replace(_KEEP_MARKER, "\n".join(after_read))
 

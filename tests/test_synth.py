@@ -497,8 +497,8 @@ def _check_accelerator(config, rep, device):
     assert mods["store.output_stage"]["category"] == "output stage"
     cats = rep["categories"]
     assert {"array", "buffers", "decoder", "load/store", "output stage"} <= set(cats)
-    # Every buffer in block RAM, none in flip-flops.
-    for name in ("act_buf", "acc_buf"):
+    # Every buffer in block RAM, none in flip-flops (or LUT RAM).
+    for name in ("act_buf", "wgt_buf", "param_buf", "acc_buf"):
         mems = [m for m in rep["memories"] if f".{name}." in m["path"]]
         assert mems and all(m["in_ram"] for m in mems), mems
     if mult["wired"]:
