@@ -132,7 +132,9 @@ def test_array_latency_and_partial_sum_width_follow_the_config():
     Fragment.get(array, None)
     assert array.latency == 5 + 3 + 1
     assert array.preload_gap == 5
-    assert SystolicArray(cfg, TARGETS["ecp5"]).latency == 5 + 3 + 4
+    ecp5_array = SystolicArray(cfg, TARGETS["ecp5"])
+    Fragment.get(ecp5_array, None)
+    assert ecp5_array.latency == 5 + 3 + 4
     assert cfg.psum_width == 16 + 3  # 5 products of up to 2**14 need 19 signed bits
     layout = data.Layout.cast(array.signature.members["out"].shape)
     assert layout.size == 3 * cfg.psum_width
