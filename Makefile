@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow verilog bench docs clean
+.PHONY: demo test test-slow verilog bench bench-sim docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ verilog: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/benchmark.py
+
+bench-sim: $(STAMP)
+	$(PY) scripts/bench_sim.py
 
 docs: $(STAMP)
 	$(PY) scripts/gen_isa_doc.py --out docs/isa.md

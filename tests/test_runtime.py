@@ -484,3 +484,18 @@ def test_demo_script_golden(capsys, monkeypatch):
     monkeypatch.setattr(Accelerator, "linear",
                         lambda self, *a, **k: np.negative(real(self, *a, **k)))
     assert demo.main(["--skip-verilog", "--backend", "golden"]) == 1
+
+
+def test_demo_large_gemm_step_on_the_compiled_backend(capsys, monkeypatch):
+    pytest.importorskip("sim.compiled")
+    demo = _script("demo")
+    args = ["--skip-verilog", "--backend", "compiled", "--rows", "2", "--cols", "2",
+            "--batch", "4", "--gemm", "16"]
+    assert demo.main(args) == 0
+    out = capsys.readouterr().out
+    assert "[GEMM 16x16x16]" in out and "bit-exact vs numpy: OK" in out
+    real = Accelerator.matmul
+    monkeypatch.setattr(Accelerator, "matmul",
+                        lambda self, *a, **k: real(self, *a, **k) + 1)
+    assert demo.main(args) == 1
+    assert "bit-exact vs numpy: MISMATCH" in capsys.readouterr().out
