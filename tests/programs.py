@@ -7,6 +7,20 @@ from hw.config import AcceleratorConfig
 from hw.isa import LoadTarget, Opcode, StoreMode, encode
 
 
+# Small buffers and memories: instructions collide often, so the scoreboard is exercised; and
+# memory widths from 1 to 16 bytes (8- to 128-bit memory words).
+SMALL_CONFIGS = {
+    "2x2_w4": AcceleratorConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=16,
+                                param_depth=2, mem_width=4, mem_bytes=1024),
+    "3x2_w8": AcceleratorConfig(rows=3, cols=2, act_depth=16, wgt_depth=6, acc_depth=16,
+                                param_depth=2, mem_width=8, mem_bytes=1024),
+    "1x3_w1": AcceleratorConfig(rows=1, cols=3, act_depth=8, wgt_depth=2, acc_depth=8,
+                                param_depth=2, mem_width=1, mem_bytes=1024),
+    "4x1_w16": AcceleratorConfig(rows=4, cols=1, act_depth=16, wgt_depth=8, acc_depth=16,
+                                 param_depth=2, mem_width=16, mem_bytes=1024),
+}
+
+
 def patch_field(word: int, opcode: Opcode, name: str, value: int) -> int:
     """Overwrite one field of an encoded word with raw bits (for malformed instructions that
     ``isa.encode`` rightly refuses to build)."""

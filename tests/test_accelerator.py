@@ -10,19 +10,8 @@ from hw.mult import MultiplierTarget
 from sim.backend import SimulationTimeout
 from sim.golden import GoldenBackend
 from sim.pysim import PysimBackend
-from programs import patch_field, random_program
+from programs import SMALL_CONFIGS as CONFIGS, patch_field, random_program
 
-# Small buffers and memories: instructions collide often, so the scoreboard is exercised.
-CONFIGS = {
-    "2x2_w4": AcceleratorConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=16,
-                                param_depth=2, mem_width=4, mem_bytes=1024),
-    "3x2_w8": AcceleratorConfig(rows=3, cols=2, act_depth=16, wgt_depth=6, acc_depth=16,
-                                param_depth=2, mem_width=8, mem_bytes=1024),
-    "1x3_w1": AcceleratorConfig(rows=1, cols=3, act_depth=8, wgt_depth=2, acc_depth=8,
-                                param_depth=2, mem_width=1, mem_bytes=1024),
-    "4x1_w16": AcceleratorConfig(rows=4, cols=1, act_depth=16, wgt_depth=8, acc_depth=16,
-                                 param_depth=2, mem_width=16, mem_bytes=1024),
-}
 
 
 def assert_same(hw, ref, what):

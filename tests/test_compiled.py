@@ -20,7 +20,7 @@ from sim.golden import GoldenBackend
 from sim.numerics import output_stage
 from sim.pysim import PysimBackend
 from sim.runtime import Accelerator, build_program, pack_memory, plan_gemm, unpack_output
-from programs import random_program
+from programs import SMALL_CONFIGS as CONFIGS, random_program
 
 needs_verilator = pytest.mark.skipif(
     bool(check_prerequisites("verilator")),
@@ -30,18 +30,6 @@ needs_cxxrtl = pytest.mark.skipif(
     bool(check_prerequisites("cxxrtl")),
     reason="CXXRTL prerequisites missing: " + "; ".join(check_prerequisites("cxxrtl")))
 
-# Small buffers and memories (instructions collide often, the scoreboard is exercised), and
-# memory widths from 1 to 16 bytes: 8- to 128-bit response payloads in the C++ harness.
-CONFIGS = {
-    "2x2_w4": AcceleratorConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=16,
-                                param_depth=2, mem_width=4, mem_bytes=1024),
-    "4x1_w16": AcceleratorConfig(rows=4, cols=1, act_depth=16, wgt_depth=8, acc_depth=16,
-                                 param_depth=2, mem_width=16, mem_bytes=1024),
-    "1x3_w1": AcceleratorConfig(rows=1, cols=3, act_depth=8, wgt_depth=2, acc_depth=8,
-                                param_depth=2, mem_width=1, mem_bytes=1024),
-    "3x2_w8": AcceleratorConfig(rows=3, cols=2, act_depth=16, wgt_depth=6, acc_depth=16,
-                                param_depth=2, mem_width=8, mem_bytes=1024),
-}
 DEFAULT_SUITE = ("2x2_w4", "4x1_w16")  # the others run with -m slow
 GEMM_CONFIG = AcceleratorConfig(rows=4, cols=4, act_depth=256, acc_depth=128, param_depth=4,
                                 mem_bytes=1 << 16)
