@@ -21,6 +21,22 @@ SMALL_CONFIGS = {
 }
 
 
+def gemm_program(cfg: AcceleratorConfig, x_addr: int, w_addr: int, out_addr: int, m: int, *,
+                 halt: bool = False) -> list[int]:
+    """One tile: x[m, rows] (row-major at x_addr) times w[rows, cols] (at w_addr), raw int32
+    rows of ``cols`` values stored at out_addr; HALT appended when ``halt``."""
+    words = [
+        encode(Opcode.LOAD, target=LoadTarget.ACT.value, n_rows=m, row_bytes=cfg.rows,
+               mem_addr=x_addr, mem_stride=cfg.rows),
+        encode(Opcode.LOAD, target=LoadTarget.WGT.value, n_rows=cfg.rows, row_bytes=cfg.cols,
+               mem_addr=w_addr, mem_stride=cfg.cols),
+        encode(Opcode.MATMUL, n_rows=m),
+        encode(Opcode.STORE, mode=StoreMode.RAW.value, n_rows=m, n_cols=cfg.cols,
+               mem_addr=out_addr, mem_stride=4 * cfg.cols),
+    ]
+    return words + [encode(Opcode.HALT)] if halt else words
+
+
 def patch_field(word: int, opcode: Opcode, name: str, value: int) -> int:
     """Overwrite one field of an encoded word with raw bits (for malformed instructions that
     ``isa.encode`` rightly refuses to build)."""

@@ -10,7 +10,7 @@ from hw.mult import MultiplierTarget
 from sim.backend import SimulationTimeout
 from sim.golden import GoldenBackend
 from sim.pysim import PysimBackend
-from programs import SMALL_CONFIGS as CONFIGS, patch_field, random_program
+from programs import SMALL_CONFIGS as CONFIGS, gemm_program, patch_field, random_program
 
 
 
@@ -34,18 +34,6 @@ def test_random_programs_match_golden(name, seed):
                                            else ref.status.fault_index)
 
 
-def _gemm_program(cfg, x_addr, w_addr, out_addr, m):
-    return [
-        encode(Opcode.LOAD, target=LoadTarget.ACT.value, n_rows=m, row_bytes=cfg.rows,
-               mem_addr=x_addr, mem_stride=cfg.rows),
-        encode(Opcode.LOAD, target=LoadTarget.WGT.value, n_rows=cfg.rows, row_bytes=cfg.cols,
-               mem_addr=w_addr, mem_stride=cfg.cols),
-        encode(Opcode.MATMUL, n_rows=m),
-        encode(Opcode.STORE, mode=StoreMode.RAW.value, n_rows=m, n_cols=cfg.cols,
-               mem_addr=out_addr, mem_stride=4 * cfg.cols),
-    ]
-
-
 FAULTS = {
     ErrorCode.BAD_OPCODE: 0x1234_0006,
     ErrorCode.BAD_FIELD: patch_field(encode(Opcode.STORE, n_rows=1, n_cols=1), Opcode.STORE,
@@ -67,7 +55,7 @@ def test_fault_has_no_side_effects_and_clear_recovers(code):
     w = rng.integers(-128, 128, (2, 2), dtype=np.int8)
     memory[0:10] = x.view(np.uint8).ravel()
     memory[64:68] = w.view(np.uint8).ravel()
-    good = _gemm_program(cfg, 0, 64, 128, 5)
+    good = gemm_program(cfg, 0, 64, 128, 5)
     # The fault sits after a complete GEMM and before a store that would overwrite 512..
     after = encode(Opcode.STORE, mode=StoreMode.RAW.value, n_rows=5, n_cols=2,
                    mem_addr=512, mem_stride=8)
@@ -93,7 +81,7 @@ def isa_status(code, index):
 def test_program_without_halt_ends_idle_and_not_done():
     cfg = CONFIGS["2x2_w4"]
     memory = np.arange(256, dtype=np.uint8)
-    words = _gemm_program(cfg, 0, 64, 128, 3)
+    words = gemm_program(cfg, 0, 64, 128, 3)
     ref = GoldenBackend(cfg).run(words, memory)
     hw = PysimBackend(cfg).run(words, memory, max_cycles=2_000)
     assert not hw.status.done and hw.status.error == ErrorCode.NONE
@@ -102,7 +90,7 @@ def test_program_without_halt_ends_idle_and_not_done():
 
 def test_cycle_budget_raises_instead_of_hanging():
     cfg = CONFIGS["2x2_w4"]
-    words = _gemm_program(cfg, 0, 64, 128, 16) + [encode(Opcode.HALT)]
+    words = gemm_program(cfg, 0, 64, 128, 16) + [encode(Opcode.HALT)]
     with pytest.raises(SimulationTimeout, match="did not finish within 20 cycles"):
         PysimBackend(cfg).run(words, np.zeros(256, np.uint8), max_cycles=20)
 
@@ -112,8 +100,8 @@ def test_buffers_survive_clear():
     cfg = CONFIGS["2x2_w4"]
     memory = np.zeros(512, np.uint8)
     memory[:8] = [1, 2, 3, 4, 5, 6, 7, 8]
-    load = _gemm_program(cfg, 0, 0, 256, 4)[:2] + [encode(Opcode.HALT)]
-    use = _gemm_program(cfg, 0, 0, 256, 4)[2:] + [encode(Opcode.HALT)]
+    load = gemm_program(cfg, 0, 0, 256, 4)[:2] + [encode(Opcode.HALT)]
+    use = gemm_program(cfg, 0, 0, 256, 4)[2:] + [encode(Opcode.HALT)]
     first, second = PysimBackend(cfg).run_sequence([(load, memory), (use, memory)])
     assert first.status.ok and second.status.ok
     x = memory[:8].astype(np.int32).reshape(4, 2)
@@ -150,7 +138,7 @@ def test_load_waits_for_a_store_to_the_memory_it_reads():
     memory = np.zeros(512, np.uint8)
     memory[0:8] = [1, 2, 3, 4, 5, 6, 7, 8]   # x rows: (1,2) (3,4) (5,6) (7,8)
     memory[64:68] = [1, 0, 0, 1]             # identity weights
-    words = _gemm_program(cfg, 0, 64, 128, 4) + [
+    words = gemm_program(cfg, 0, 64, 128, 4) + [
         # Overwrite x with its own int32 results' low bytes, then reload and multiply again.
         encode(Opcode.STORE, mode=StoreMode.RAW.value, n_rows=4, n_cols=2, mem_addr=0,
                mem_stride=2),

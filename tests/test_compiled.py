@@ -20,7 +20,7 @@ from sim.golden import GoldenBackend
 from sim.numerics import output_stage
 from sim.pysim import PysimBackend
 from sim.runtime import Accelerator, build_program, pack_memory, plan_gemm, unpack_output
-from programs import SMALL_CONFIGS as CONFIGS, random_program
+from programs import SMALL_CONFIGS as CONFIGS, gemm_program, random_program
 
 needs_verilator = pytest.mark.skipif(
     bool(check_prerequisites("verilator")),
@@ -55,17 +55,8 @@ def assert_identical(got, ref, what: str, *, counters: bool = True) -> None:
         assert got.counters == ref.counters, f"{what}: counters {got.counters} != {ref.counters}"
 
 
-def _gemm_words(cfg, x_addr, w_addr, out_addr, m, *, halt=True):
-    words = [
-        encode(Opcode.LOAD, target=LoadTarget.ACT.value, n_rows=m, row_bytes=cfg.rows,
-               mem_addr=x_addr, mem_stride=cfg.rows),
-        encode(Opcode.LOAD, target=LoadTarget.WGT.value, n_rows=cfg.rows, row_bytes=cfg.cols,
-               mem_addr=w_addr, mem_stride=cfg.cols),
-        encode(Opcode.MATMUL, n_rows=m),
-        encode(Opcode.STORE, mode=StoreMode.RAW.value, n_rows=m, n_cols=cfg.cols,
-               mem_addr=out_addr, mem_stride=4 * cfg.cols),
-    ]
-    return words + [encode(Opcode.HALT)] if halt else words
+def _gemm_words(cfg, x_addr, w_addr, out_addr, m, *, halt=True):  # HALT by default here
+    return gemm_program(cfg, x_addr, w_addr, out_addr, m, halt=halt)
 
 
 # ---- prerequisites and arguments --------------------------------------------------------------
