@@ -32,7 +32,7 @@ from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE
                         tool_path, tool_versions, write_report_md)
 
 __all__ = ["SharedMemory", "BoardTop", "PlatformTop", "BoardSpec", "BOARDS", "get_board",
-           "build_board", "uart_divisor"]
+           "build_board", "uart_divisor", "ecp5_pll_params"]
 
 BUILD_NAME = "serrano"
 _MAX_BAUD_ERROR = 0.02
@@ -220,14 +220,81 @@ class BoardTop(wiring.Component):
         return m
 
 
-class PlatformTop(Elaboratable):
-    """``BoardTop`` on a board: UART 0 and as many of its LEDs as the board has (up to 4)."""
+def ecp5_pll_params(f_in: float, f_out: float) -> dict:
+    """EHXPLLL dividers for ``f_out`` from ``f_in`` (Hz), feedback from CLKOP: the search of
+    Project Trellis' ``ecppll`` (PFD 3.125-400 MHz, VCO 400-800 MHz), closest output first.
+    Returns ``{"CLKI_DIV", "CLKFB_DIV", "CLKOP_DIV", "CLKOP_CPHASE", "f_out", "f_vco"}``;
+    ``f_out`` is the frequency actually made (the nearest one reachable)."""
+    best = None
+    for clki_div in range(1, 129):
+        f_pfd = f_in / clki_div
+        if not 3.125e6 <= f_pfd <= 400e6:
+            continue
+        for clkfb_div in range(1, 81):
+            fout = f_pfd * clkfb_div
+            for clkop_div in range(1, 129):
+                f_vco = fout * clkop_div
+                if not 400e6 <= f_vco <= 800e6:
+                    continue
+                # Closest output first, then the VCO nearest the middle of its range.
+                key = (round(abs(fout - f_out), 3), abs(f_vco - 600e6))
+                if best is None or key < best[0]:
+                    best = (key, clki_div, clkfb_div, clkop_div, fout, f_vco)
+    if best is None:
+        raise ValueError(f"no ECP5 PLL setting makes {f_out / 1e6:g} MHz from "
+                         f"{f_in / 1e6:g} MHz")
+    _, clki_div, clkfb_div, clkop_div, fout, f_vco = best
+    return {"CLKI_DIV": clki_div, "CLKFB_DIV": clkfb_div, "CLKOP_DIV": clkop_div,
+            "CLKOP_CPHASE": clkop_div // 2, "f_out": fout, "f_vco": f_vco}
 
-    def __init__(self, board_top: BoardTop):
+
+class PlatformTop(Elaboratable):
+    """``BoardTop`` on a board: UART 0 and as many of its LEDs as the board has (up to 4).
+
+    With ``sys_clk_hz`` the ``sync`` domain comes from a PLL (ECP5 EHXPLLL) fed by the board
+    clock, held in reset until the PLL locks; otherwise it is the board clock itself.
+    """
+
+    def __init__(self, board_top: BoardTop, *, sys_clk_hz: float | None = None):
         self.board_top = board_top
+        self.sys_clk_hz = sys_clk_hz
+
+    def _pll(self, m, platform):
+        from amaranth import ClockDomain, ClockSignal, Instance
+        from amaranth.lib import io
+        from amaranth.lib.cdc import ResetSynchronizer
+        if platform.family != "ecp5":
+            raise ValueError(f"a PLL is only implemented for ECP5, not {platform.family}")
+        f_in = platform.default_clk_frequency
+        params = ecp5_pll_params(f_in, self.sys_clk_hz)
+        pin = platform.request(platform.default_clk, dir="-")
+        m.submodules.clk_in = clk_in = io.Buffer("i", pin)
+        clk = Signal()
+        locked = Signal()
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=f"{f_in / 1e6:g}",
+            a_FREQUENCY_PIN_CLKOP=f"{params['f_out'] / 1e6:g}",
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD",
+            p_CLKI_DIV=params["CLKI_DIV"], p_CLKOP_ENABLE="ENABLED",
+            p_CLKOP_DIV=params["CLKOP_DIV"], p_CLKOP_CPHASE=params["CLKOP_CPHASE"],
+            p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP", p_CLKFB_DIV=params["CLKFB_DIV"],
+            i_RST=0, i_STDBY=0, i_CLKI=clk_in.i, o_CLKOP=clk, i_CLKFB=clk,
+            i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
+            i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += ClockSignal("sync").eq(clk)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        platform.add_clock_constraint(clk, params["f_out"])
 
     def elaborate(self, platform):
         m = Module()
+        if self.sys_clk_hz is not None:
+            self._pll(m, platform)
         m.submodules.board = top = self.board_top
         uart = platform.request("uart", 0)
         m.d.comb += [top.uart_rx.eq(uart.rx.i), uart.tx.o.eq(top.uart_tx)]
@@ -302,6 +369,7 @@ class BoardSpec:
     config: AcceleratorConfig
     baud: int = 115200
     bitstream: str = "serrano.bin"
+    sys_clk_hz: float | None = None   # run from a PLL at this frequency (ECP5 only)
     program: str = ""
     uart: str = ""
     notes: str = ""
@@ -330,12 +398,16 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
                 "build/ulx3s-85f/serrano.bit)",
         uart="the FT231X on the USB1 port (/dev/ttyUSB0 on Linux)"),
     BoardSpec(
-        "orangecrab-25f", "OrangeCrab r0.2 with LFE5U-25F (speed 8, 48 MHz)", _orangecrab_25f,
+        "orangecrab-25f", "OrangeCrab r0.2 with LFE5U-25F (speed 8, 48 MHz; design at 40 MHz "
+        "from the PLL)", _orangecrab_25f,
         "ecp5-25k",
         # 28 MULT18X18D: the output stage takes 4 per column, the decoder 2.
         AcceleratorConfig(rows=4, cols=3, act_depth=512, acc_depth=256, param_depth=16,
                           mem_width=8, mem_bytes=32 * 1024),
         bitstream="serrano.bit",
+        # The accelerator reached 46.9 MHz here (its decoder and output stage are single-cycle
+        # paths): 48 MHz fails, so the design runs at 40 MHz from the PLL.
+        sys_clk_hz=40e6,
         program="dfu-suffix -v 1209 -p 5af0 -a build/orangecrab-25f/serrano.bit && dfu-util "
                 "-D build/orangecrab-25f/serrano.bit   (bootloader mode: hold the button "
                 "while plugging in)",
@@ -385,7 +457,10 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     baud = spec.baud if baud is None else baud
     device = DEVICES[spec.device]
     platform = spec.platform()()
-    clk_hz = platform.default_clk_frequency
+    if spec.sys_clk_hz is not None:
+        clk_hz = ecp5_pll_params(platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
+    else:
+        clk_hz = platform.default_clk_frequency
     uart_divisor(clk_hz, baud)  # bad baud: error before any tool runs
     say = log or (lambda msg: None)
     out = Path(out_dir) if out_dir is not None else Path("build") / board
@@ -426,7 +501,8 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
                                            + overrides["script_after_synth"])
     say(f"elaborating the {spec.name} top ({cfg.rows}x{cfg.cols}, {cfg.mem_bytes} B memory, "
         f"{clk_hz / 1e6:g} MHz, {baud} baud)")
-    plan = platform.prepare(PlatformTop(board_top), name=BUILD_NAME, **overrides)
+    plan = platform.prepare(PlatformTop(board_top, sys_clk_hz=spec.sys_clk_hz),
+                            name=BUILD_NAME, **overrides)
     il_text = plan.files[f"{BUILD_NAME}.il"]
     il_text = il_text if isinstance(il_text, str) else il_text.decode()
     kept = sorted(set(_kept_modules(il_text, f"{BUILD_NAME}.board")

@@ -488,3 +488,19 @@ def test_build_icebreaker_bitstream(tmp_path):
     assert all(m["in_ram"] for m in rep["memories"] if m["bits"] >= 1024), rep["memories"]
     assert all(c["met"] for c in rep["timing"]["clocks"]), rep["timing"]
     assert json.loads((out / "report.json").read_text())["board"]["name"] == "icebreaker"
+
+
+@pytest.mark.parametrize("f_in,f_out", [(48, 40), (25, 50), (25, 75), (12, 33)])
+def test_ecp5_pll_matches_ecppll(f_in, f_out):
+    """The PLL settings agree with Project Trellis' ecppll (a pip tool: yowasp-ecppll)."""
+    import re
+    from hw.board import ecp5_pll_params
+    from hw.synthesis import tool_path
+    params = ecp5_pll_params(f_in * 1e6, f_out * 1e6)
+    out = subprocess.run([tool_path("yowasp-ecppll"), "-i", str(f_in), "-o", str(f_out)],
+                         capture_output=True, text=True, timeout=300).stdout
+    ref = {k: int(v) for k, v in re.findall(r"(Refclk|Feedback|clkout0) divisor: (\d+)", out)}
+    assert (params["CLKI_DIV"], params["CLKFB_DIV"], params["CLKOP_DIV"]) == \
+        (ref["Refclk"], ref["Feedback"], ref["clkout0"])
+    made = float(re.search(r"clkout0 frequency: ([\d.]+) MHz", out).group(1))
+    assert params["f_out"] == pytest.approx(made * 1e6, rel=1e-3)
