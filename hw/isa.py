@@ -126,7 +126,7 @@ class OutputParams(data.Struct):
     12 bytes) and in the parameter buffer. ``numerics.md`` defines the arithmetic."""
     bias: signed(32)
     multiplier: signed(32)
-    shift: signed(8)       # TFLite convention: > 0 left shift, < 0 right shift; [-31, 30]
+    shift: signed(8)       # TFLite convention: > 0 left, < 0 right shift; [-31, 30] (clamped)
     zero_point: signed(8)  # output zero point
     lo: signed(8)          # clamp bounds; ReLU is lo = zero_point
     hi: signed(8)
