@@ -269,8 +269,8 @@ class PlatformTop(Elaboratable):
         params = ecp5_pll_params(f_in, self.sys_clk_hz)
         pin = platform.request(platform.default_clk, dir="-")
         m.submodules.clk_in = clk_in = io.Buffer("i", pin)
-        clk = Signal()
-        locked = Signal()
+        clk = Signal(name="pll_clk")
+        locked = Signal(name="pll_locked")
         m.submodules.pll = Instance(
             "EHXPLLL",
             a_FREQUENCY_PIN_CLKI=f"{f_in / 1e6:g}",
@@ -289,7 +289,7 @@ class PlatformTop(Elaboratable):
         m.domains.sync = ClockDomain("sync")
         m.d.comb += ClockSignal("sync").eq(clk)
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
-        platform.add_clock_constraint(clk, params["f_out"])
+        # No constraint on `clk`: nextpnr derives the PLL output's from the board clock's.
 
     def elaborate(self, platform):
         m = Module()

@@ -51,7 +51,7 @@ __all__ = [
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
-    "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER", "buffer_ram_style",
+    "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER", "ROUTERS", "buffer_ram_style",
 ]
 
 RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
@@ -802,17 +802,23 @@ def _yosys_script(device: Device, keep: list[str], core: str = TOP) -> str:
     return "\n".join(lines) + "\n"
 
 
-# nextpnr-ecp5's default router (router1) needed over 20 minutes without converging on the
-# 8x8 board top (LFE5U-85F); router2 routes it in a fraction of that.
+# nextpnr's default router (router1) is the more timing-driven one (8x8 array on LFE5U-85F:
+# 240 MHz against router2's 191 MHz on the same netlist) and the flows' default; but it needed
+# over 20 minutes without converging on the 8x8 board top, which router2 routes in a fraction
+# of that: board builds on ECP5 use router2.
 ECP5_ROUTER = ("--router", "router2")
+ROUTERS = ("router1", "router2")
 
 
-def _pnr_argv(device: Device, freq_mhz: float, seed: int) -> list[str]:
+def _pnr_argv(device: Device, freq_mhz: float, seed: int,
+              router: str | None = None) -> list[str]:
     argv = [f"yowasp-nextpnr-{device.family}", *device.nextpnr_args]
     if device.family == "ecp5":
-        argv += ["--out-of-context", *ECP5_ROUTER]
+        argv.append("--out-of-context")
     else:
         argv.append("--pcf-allow-unconstrained")
+    if router is not None:
+        argv += ["--router", router]
     argv += ["--json", "netlist.json", "--report", "pnr.json", "--freq", f"{freq_mhz:g}",
              "--seed", str(seed), "--timing-allow-fail"]
     return argv
@@ -826,7 +832,7 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
              freq_mhz: float | None = None, pnr: bool = True, seed: int = 1,
              dsp_pes: int | None = None, keep_hierarchy: bool = True,
              timeout: float | None = 3600, check_fit: bool = True,
-             command_line: str | None = None,
+             command_line: str | None = None, router: str | None = None,
              log: Callable[[str], None] | None = None) -> dict:
     """Synthesize (and place and route) ``design`` for ``device``; write ``out_dir/report.json``
     and ``out_dir/report.md``; return the report.
@@ -837,6 +843,7 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
     or certainly cannot fit, ``DesignDoesNotFit`` after synthesis when it does not fit,
     ``ToolError`` when a tool fails. ``command_line`` (the invocation that generated the
     design, e.g. of ``scripts/synth.py``) is recorded as the first command of the report.
+    ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
     """
     dev = get_device(device)
     if not isinstance(design, Design):
@@ -848,6 +855,8 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
     if dsp_pes is not None and (isinstance(dsp_pes, bool) or not isinstance(dsp_pes, int)
                                 or dsp_pes < 0):
         raise ValueError(f"dsp_pes must be a non-negative integer, not {dsp_pes!r}")
+    if router is not None and router not in ROUTERS:
+        raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
     estimate = preflight(design, dev, dsp_pes=dsp_pes) if check_fit else {}
     say = log or (lambda msg: None)
     out = Path(out_dir)
@@ -971,7 +980,7 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         raise DesignDoesNotFit(f"{misfit} (report: {out / 'report.md'})")
 
     if dev.has_pnr and pnr:
-        argv = _pnr_argv(dev, freq_mhz, seed)
+        argv = _pnr_argv(dev, freq_mhz, seed, router)
         argv[0] = tool_path(argv[0])
         argv += ["--log", "nextpnr.log"]
         say(f"nextpnr: {design.name} on {dev.name} at {freq_mhz:g} MHz")

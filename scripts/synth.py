@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--flat", action="store_true",
                    help="flatten everything (no per-module breakdown)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
+    p.add_argument("--router", default=None, choices=("router1", "router2"),
+                   help="nextpnr router (default: nextpnr's, router1; router2 is faster on "
+                        "big designs but less timing-driven)")
     p.add_argument("--force", action="store_true",
                    help="skip the fit checks and run the tools anyway")
     p.add_argument("--list-devices", action="store_true", help="list devices and exit")
@@ -89,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         report = run_flow(design, args.device, args.out, freq_mhz=args.freq,
                           pnr=not args.no_pnr, seed=args.seed, dsp_pes=args.dsp_pes,
                           keep_hierarchy=not args.flat, check_fit=not args.force,
+                          router=args.router,
                           command_line=command, log=lambda msg: print(msg, flush=True))
     except DesignDoesNotFit as exc:
         print(f"error: does not fit: {exc}", file=sys.stderr)
