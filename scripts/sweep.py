@@ -184,7 +184,7 @@ def run_sweep(args: argparse.Namespace) -> list[dict]:
         client = Client(args.scheduler)
     else:
         cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address=":0")  # any free port: 8787 may be taken
         client = Client(cluster)
     rows = []
     try:

@@ -61,7 +61,7 @@ def test_sweep_on_existing_scheduler(tmp_path):
     sweep = _sweep_module()
     out = tmp_path / "sweep"
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster:
+                      dashboard_address=":0") as cluster:  # any free port: 8787 may be taken
         assert sweep.main(["--sizes", "1x1,2x1", "--devices", "generic", "--block", "array",
                            "--out", str(out), "--scheduler", cluster.scheduler_address,
                            "--no-progress"]) == 0
