@@ -392,7 +392,11 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
     BoardSpec(
         "ulx3s-85f", "Radiona ULX3S with LFE5U-85F (speed 6, 25 MHz)", _ulx3s_85f,
         "ecp5-85k",
-        AcceleratorConfig(rows=8, cols=8, mem_width=8, mem_bytes=128 * 1024),
+        # The default 8x8 array with half-size buffers and 64 KiB of memory: with the default
+        # buffers and 128 KiB (126 of the 208 block RAMs), nextpnr's router had not
+        # converged after an hour.
+        AcceleratorConfig(rows=8, cols=8, act_depth=1024, acc_depth=512, mem_width=8,
+                          mem_bytes=64 * 1024),
         bitstream="serrano.bit",
         program="openFPGALoader -b ulx3s build/ulx3s-85f/serrano.bit   (or: fujprog "
                 "build/ulx3s-85f/serrano.bit)",
