@@ -259,66 +259,85 @@ class Decoder(wiring.Component):
         mm = isa.MatmulInstr(de_word)
         sto = isa.StoreInstr(de_word)
 
-        def rng(lo, hi, width=17):
-            r = Signal(RangeLayout(width))
-            m.d.comb += [r.valid.eq(1), r.lo.eq(lo), r.hi.eq(hi)]
-            return r
-
-        def de_end_of(op, name):
-            return de_end[_END_SLOTS[op].index(name)]
-
-        new_ld_buf = rng(ld.buf_addr, de_end_of(Op.LOAD, "buf"))
-        new_ld_mem = rng(ld.mem_addr, de_mem_end, mem_bits)
-        new_st_mem = rng(sto.mem_addr, de_mem_end, mem_bits)
-        new_mm_act = rng(mm.act_addr, de_end_of(Op.MATMUL, "act"))
-        new_mm_wgt = rng(mm.wgt_addr, de_end_of(Op.MATMUL, "wgt"))
-        new_mm_acc = rng(mm.acc_addr, de_end_of(Op.MATMUL, "acc"))
-        new_st_acc = rng(sto.acc_addr, de_end_of(Op.STORE, "acc"))
-        new_st_param = rng(sto.param_addr, de_param_end)
         st_raw = sto.mode == isa.StoreMode.RAW
+        if cfg.overlap:
+            def rng(lo, hi, width=17):
+                r = Signal(RangeLayout(width))
+                m.d.comb += [r.valid.eq(1), r.lo.eq(lo), r.hi.eq(hi)]
+                return r
 
-        ld_live = Signal(RangeLayout(17))
-        ld_mem_live = Signal(RangeLayout(mem_bits))
-        st_acc_live = Signal(RangeLayout(17))
-        st_param_live = Signal(RangeLayout(17))
-        st_mem_live = Signal(RangeLayout(mem_bits))
-        m.d.comb += [
-            ld_live.eq(ld_buf), ld_live.valid.eq(ld_buf.valid & self.load_busy),
-            ld_mem_live.eq(ld_mem), ld_mem_live.valid.eq(ld_mem.valid & self.load_busy),
-            st_acc_live.eq(st_acc), st_acc_live.valid.eq(st_acc.valid & self.store_busy),
-            st_param_live.eq(st_param),
-            st_param_live.valid.eq(st_param.valid & self.store_busy),
-            st_mem_live.eq(st_mem), st_mem_live.valid.eq(st_mem.valid & self.store_busy),
-        ]
-        # Each pairwise overlap is registered, then combined: the compares and the OR tree
-        # behind them do not fit in one cycle together.
-        def ov(a, b, name):
-            r = Signal(name=f"ov_{name}")
-            m.d.sync += r.eq(overlaps(a, b))
-            return r
+            def de_end_of(op, name):
+                return de_end[_END_SLOTS[op].index(name)]
 
-        ld_target_q = Signal(Target)
-        m.d.sync += ld_target_q.eq(ld_target)
-        ld_is = lambda target: ld_target_q == target
-        load_conflict = Mux(
-            ld.target == Target.ACT,
-            ov(new_ld_buf, self.fp_pre_act, "ld_pre_act") |
-            ov(new_ld_buf, self.fp_stream_act, "ld_stream_act"),
-            Mux(ld.target == Target.WGT,
-                ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt"),
-                ov(new_ld_buf, st_param_live, "ld_st_param"))
-        ) | ov(new_ld_mem, st_mem_live, "ld_st_mem")
-        matmul_conflict = (
-            (ld_is(Target.ACT) & ov(new_mm_act, ld_live, "mm_act_ld")) |
-            (ld_is(Target.WGT) & ov(new_mm_wgt, ld_live, "mm_wgt_ld")) |
-            ov(new_mm_acc, st_acc_live, "mm_acc_st"))
-        store_conflict = (
-            ov(new_st_acc, self.fp_pre_acc, "st_pre_acc") |
-            ov(new_st_acc, self.fp_stream_acc, "st_stream_acc") |
-            ov(new_st_acc, self.fp_drain[0], "st_drain0") |
-            ov(new_st_acc, self.fp_drain[1], "st_drain1") |
-            (~st_raw & ld_is(Target.PARAM) & ov(new_st_param, ld_live, "st_param_ld")) |
-            ov(new_st_mem, ld_mem_live, "st_ld_mem"))
+            new_ld_buf = rng(ld.buf_addr, de_end_of(Op.LOAD, "buf"))
+            new_ld_mem = rng(ld.mem_addr, de_mem_end, mem_bits)
+            new_st_mem = rng(sto.mem_addr, de_mem_end, mem_bits)
+            new_mm_act = rng(mm.act_addr, de_end_of(Op.MATMUL, "act"))
+            new_mm_wgt = rng(mm.wgt_addr, de_end_of(Op.MATMUL, "wgt"))
+            new_mm_acc = rng(mm.acc_addr, de_end_of(Op.MATMUL, "acc"))
+            new_st_acc = rng(sto.acc_addr, de_end_of(Op.STORE, "acc"))
+            new_st_param = rng(sto.param_addr, de_param_end)
+
+            ld_live = Signal(RangeLayout(17))
+            ld_mem_live = Signal(RangeLayout(mem_bits))
+            st_acc_live = Signal(RangeLayout(17))
+            st_param_live = Signal(RangeLayout(17))
+            st_mem_live = Signal(RangeLayout(mem_bits))
+            m.d.comb += [
+                ld_live.eq(ld_buf), ld_live.valid.eq(ld_buf.valid & self.load_busy),
+                ld_mem_live.eq(ld_mem), ld_mem_live.valid.eq(ld_mem.valid & self.load_busy),
+                st_acc_live.eq(st_acc), st_acc_live.valid.eq(st_acc.valid & self.store_busy),
+                st_param_live.eq(st_param),
+                st_param_live.valid.eq(st_param.valid & self.store_busy),
+                st_mem_live.eq(st_mem), st_mem_live.valid.eq(st_mem.valid & self.store_busy),
+            ]
+            # Each pairwise overlap is registered, then combined: the compares and the OR tree
+            # behind them do not fit in one cycle together.
+            def ov(a, b, name):
+                r = Signal(name=f"ov_{name}")
+                m.d.sync += r.eq(overlaps(a, b))
+                return r
+
+            ld_target_q = Signal(Target)
+            m.d.sync += ld_target_q.eq(ld_target)
+            ld_is = lambda target: ld_target_q == target
+            load_conflict = Mux(
+                ld.target == Target.ACT,
+                ov(new_ld_buf, self.fp_pre_act, "ld_pre_act") |
+                ov(new_ld_buf, self.fp_stream_act, "ld_stream_act"),
+                Mux(ld.target == Target.WGT,
+                    ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt"),
+                    ov(new_ld_buf, st_param_live, "ld_st_param"))
+            ) | ov(new_ld_mem, st_mem_live, "ld_st_mem")
+            matmul_conflict = (
+                (ld_is(Target.ACT) & ov(new_mm_act, ld_live, "mm_act_ld")) |
+                (ld_is(Target.WGT) & ov(new_mm_wgt, ld_live, "mm_wgt_ld")) |
+                ov(new_mm_acc, st_acc_live, "mm_acc_st"))
+            store_conflict = (
+                ov(new_st_acc, self.fp_pre_acc, "st_pre_acc") |
+                ov(new_st_acc, self.fp_stream_acc, "st_stream_acc") |
+                ov(new_st_acc, self.fp_drain[0], "st_drain0") |
+                ov(new_st_acc, self.fp_drain[1], "st_drain1") |
+                (~st_raw & ld_is(Target.PARAM) & ov(new_st_param, ld_live, "st_param_ld")) |
+                ov(new_st_mem, ld_mem_live, "st_ld_mem"))
+            unit_conflict = ((de_is[Op.LOAD] & load_conflict) |
+                             (de_is[Op.MATMUL] & matmul_conflict) |
+                             (de_is[Op.STORE] & store_conflict))
+
+            # While a load or store unit is idle its footprint registers follow decode, so they
+            # hold the instruction it accepts (these units take a command only when idle:
+            # ``cmd.ready`` is ``~busy``). Enabling them by ``~busy`` rather than by the
+            # handshake keeps the issue decision off a hundred-odd clock enables.
+            with m.If(~self.load_busy):
+                m.d.sync += [ld_buf.eq(new_ld_buf), ld_target.eq(ld.target),
+                             ld_mem.eq(new_ld_mem)]
+            with m.If(~self.store_busy):
+                m.d.sync += [st_acc.eq(new_st_acc), st_mem.eq(new_st_mem),
+                             st_param.eq(new_st_param), st_param.valid.eq(~st_raw)]
+        else:
+            # Without overlap every instruction waits, like FENCE, until all units are idle.
+            unit_conflict = ((de_is[Op.LOAD] | de_is[Op.MATMUL] | de_is[Op.STORE]) &
+                             ~all_idle)
 
         m.d.comb += [
             all_idle.eq(~self.load_busy & ~self.exec_busy & ~self.store_busy),
@@ -350,9 +369,7 @@ class Decoder(wiring.Component):
         # and the verdict on it (decode refills only when empty, and waits de_wait cycles);
         # units finishing or footprints moving between execute stages merely make the
         # verdict conservative for two cycles.
-        m.d.comb += conflict.eq((de_is[Op.LOAD] & load_conflict) |
-                                (de_is[Op.MATMUL] & matmul_conflict) |
-                                (de_is[Op.STORE] & store_conflict))
+        m.d.comb += conflict.eq(unit_conflict)
         m.d.sync += conflict_q.eq(conflict)
 
         ok = de_valid & de_ready & ~de_fault & running
@@ -367,15 +384,6 @@ class Decoder(wiring.Component):
                      (ok & de_is[Op.NOP])),  # (anything else has faulted)
         ]
 
-        # While a load or store unit is idle its footprint registers follow decode, so they
-        # hold the instruction it accepts (these units take a command only when idle:
-        # ``cmd.ready`` is ``~busy``). Enabling them by ``~busy`` rather than by the
-        # handshake keeps the issue decision off a hundred-odd clock enables.
-        with m.If(~self.load_busy):
-            m.d.sync += [ld_buf.eq(new_ld_buf), ld_target.eq(ld.target), ld_mem.eq(new_ld_mem)]
-        with m.If(~self.store_busy):
-            m.d.sync += [st_acc.eq(new_st_acc), st_mem.eq(new_st_mem),
-                         st_param.eq(new_st_param), st_param.valid.eq(~st_raw)]
         with m.If(issue & de_is[Op.HALT]):
             m.d.sync += [halted.eq(1), running.eq(0)]
 
@@ -411,7 +419,9 @@ class Decoder(wiring.Component):
         }
         for name, term in increments.items():
             inc = Signal(name=f"inc_{name}")
-            m.d.sync += [inc.eq(counting & term), ctr[name].eq(ctr[name] + inc)]
+            count = Signal(cfg.counter_width, name=f"count_{name}")  # wraps; zero-extended
+            m.d.sync += [inc.eq(counting & term), count.eq(count + inc)]
+            m.d.comb += ctr[name].eq(count)
 
         return m
 

@@ -19,7 +19,8 @@ __all__ = [
     "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "INSTR_LAYOUTS",
     "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
     "mem_request_layout", "MemoryPortSignature",
-    "encode", "decode", "instruction_ends", "instruction_checks", "mem_extent_end", "store_row_bytes",
+    "encode", "decode", "instruction_ends", "instruction_checks", "mem_extent_end",
+    "store_row_bytes",
     "COUNTER_WIDTH", "FIELD_DOCS", "OPCODE_DOCS", "ERROR_DOCS",
 ]
 

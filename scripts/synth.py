@@ -32,6 +32,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--param-depth", type=int, default=None)
     p.add_argument("--mem-width", type=int, default=None)
     p.add_argument("--mem-bytes", type=int, default=None)
+    p.add_argument("--no-overlap", action="store_true",
+                   help="dispatch each instruction only when every unit is idle (smaller)")
+    p.add_argument("--counter-width", type=int, default=None,
+                   help="bits per performance counter, 16..48 (default 48)")
     p.add_argument("--device", default="ecp5-85k", metavar="DEVICE",
                    help=f"one of: {', '.join(DEVICES)} (default ecp5-85k)")
     p.add_argument("--block", default="accelerator", metavar="BLOCK",
@@ -61,6 +65,10 @@ def config_from_args(args: argparse.Namespace) -> AcceleratorConfig:
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
+    if args.no_overlap:
+        kwargs["overlap"] = False
+    if args.counter_width is not None:
+        kwargs["counter_width"] = args.counter_width
     return AcceleratorConfig(**kwargs)
 
 
