@@ -39,13 +39,16 @@ class ExecuteUnit(wiring.Component):
     Footprint outputs tell the decoder what the unit will still read or write:
     ``fp_pre_*`` for the instruction in the preload stage, ``fp_stream_*`` for the one
     streaming, and ``fp_drain``, the accumulator rows of instructions that have read their
-    last vector but whose last result is not yet written. The pipeline has a fixed length,
+    last vector but whose last result is not yet written (``acc_latency`` is the accumulator
+    buffer's, which the drain covers). The pipeline has a fixed length,
     so a drain entry simply counts down ``drain_cycles``; two entries cover any mix of
     instruction lengths (a third one is merged into the newer entry, conservatively).
     """
 
-    def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
+    def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None, *,
+                 acc_latency: int = 3):
         self._config = config
+        self._acc_latency = acc_latency
         self.array = SystolicArray(config, target)
         c = config
         super().__init__({
@@ -75,8 +78,9 @@ class ExecuteUnit(wiring.Component):
     @property
     def drain_cycles(self) -> int:
         """Cycles after an instruction's last vector read until its last accumulator write
-        has taken effect: one buffer read, the array, the accumulator's add, the write."""
-        return 1 + self.array.latency + 1 + 1
+        has taken effect: one buffer read, the array, the accumulator's read-modify-write
+        (``acc_latency``, the :class:`AccumulatorBuffer`'s), the write."""
+        return 1 + self.array.latency + self._acc_latency + 1
 
     def elaborate(self, platform):
         m = Module()
@@ -117,7 +121,7 @@ class ExecuteUnit(wiring.Component):
         take = Signal()        # preload stage hands its instruction to the stream stage
 
         # ---- vectors in flight (read issued, accumulator not yet written) --------------
-        inflight = Signal(range(array.latency + 4))
+        inflight = Signal(range(array.latency + self._acc_latency + 3))
         drain = Signal(data.ArrayLayout(RangeLayout(17), 2))
         drain_left = [Signal(range(self.drain_cycles + 1), name=f"drain_left_{i}")
                       for i in range(2)]

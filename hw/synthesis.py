@@ -283,6 +283,9 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
             from .execute import ExecuteUnit
             return ExecuteUnit(config) if not _accepts_target(ExecuteUnit) \
                 else ExecuteUnit(config, target=target)
+        if name == "acc_buf":
+            from .buffers import AccumulatorBuffer
+            return AccumulatorBuffer(config)
         if name == "output_stage":
             from amaranth import unsigned
             from .output_stage import OutputStage
@@ -296,13 +299,14 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
     return Design(name, build, n_pes=n_pes, config=config, wired=wired)
 
 
-BLOCKS = ("accelerator", "array", "decoder", "load", "store", "execute", "output_stage")
+BLOCKS = ("accelerator", "array", "decoder", "load", "store", "execute", "output_stage",
+          "acc_buf")
 
 
 def block_design(block: str, config: AcceleratorConfig) -> Design:
     """A :class:`Design` for one block of the accelerator (or the whole of it), synthesized
     on its own: ``accelerator``, ``array``, ``decoder``, ``load``, ``store``, ``execute``,
-    ``output_stage``."""
+    ``output_stage``, ``acc_buf`` (the accumulator buffer and its read-modify-write)."""
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}")
     if not isinstance(config, AcceleratorConfig):

@@ -80,15 +80,18 @@ class Accelerator(wiring.Component):
         m = Module()
         cfg = self._config
 
+        # The accumulator's pipelined read-modify-write costs registers that only fast
+        # fabrics need; iCE40 (40 MHz, 5k logic cells) takes the one-cycle version.
+        family = self._target.family if self._target is not None else "generic"
+        acc_buf = AccumulatorBuffer(cfg, pipelined=family != "ice40")
         decoder = Decoder(cfg, self._target)
         load = LoadUnit(cfg)
-        execute = ExecuteUnit(cfg, self._target)
+        execute = ExecuteUnit(cfg, self._target, acc_latency=acc_buf.latency)
         store = StoreUnit(cfg)
         arbiter = MemoryArbiter(cfg)
         act_buf = Buffer(data.ArrayLayout(signed(8), cfg.rows), cfg.act_depth)
         wgt_buf = Buffer(data.ArrayLayout(signed(8), cfg.cols), cfg.wgt_depth)
         param_buf = Buffer(data.ArrayLayout(isa.OutputParams, cfg.cols), cfg.param_depth)
-        acc_buf = AccumulatorBuffer(cfg)
 
         # `clear` resets every register of the control path; memories keep their contents.
         with_clear = ResetInserter(self.clear)

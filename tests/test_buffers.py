@@ -8,19 +8,24 @@ from hw.config import AcceleratorConfig
 from simutil import simulate
 
 
+@pytest.mark.parametrize("pipelined", [True, False])
 @pytest.mark.parametrize("cols", [1, 3])
-def test_accumulator_read_modify_write_back_to_back(cols):
+def test_accumulator_read_modify_write_back_to_back(cols, pipelined):
     cfg = AcceleratorConfig(rows=128, cols=cols, acc_depth=8)  # 23-bit partial sums
-    buf = AccumulatorBuffer(cfg)
+    buf = AccumulatorBuffer(cfg, pipelined=pipelined)
+    assert buf.latency == (3 if pipelined else 1)
     rng = np.random.default_rng(cols)
     lo, hi = -(1 << (cfg.psum_width - 1)), (1 << (cfg.psum_width - 1)) - 1
     updates = []
     # Same address many cycles in a row (transparency), with extreme values: 700 adds of the
     # largest partial sum wrap past 2**31.
     updates += [(3, 1, [hi] * cols)] * 700 + [(3, 1, [lo] * cols)] * 5
-    for _ in range(300):
-        updates.append((int(rng.integers(0, 8)), int(rng.integers(0, 2)),
-                        rng.integers(lo, hi + 1, cols).tolist()))
+    # Random entries out of a few, so that every forwarding distance (0-3 cycles between two
+    # updates of one entry) occurs, with and without idle cycles between them.
+    for _ in range(600):
+        updates.append((int(rng.integers(0, 3 if rng.random() < 0.5 else 8)),
+                        int(rng.random() < 0.8), rng.integers(lo, hi + 1, cols).tolist()))
+    gaps = [int(rng.choice([0, 0, 0, 1, 2, 3])) for _ in updates]
     model = np.zeros((8, cols), np.int64)
     for addr, accumulate, data in updates:
         model[addr] = (model[addr] if accumulate else 0) + np.array(data)
@@ -34,9 +39,10 @@ def test_accumulator_read_modify_write_back_to_back(cols):
             ctx.set(buf.upd_accumulate, accumulate)
             ctx.set(buf.upd_data, data)
             await ctx.tick()
-            if i % 37 == 0:  # idle cycles between some updates
+            if i >= 705 and gaps[i]:  # idle cycles between some updates
                 ctx.set(buf.upd_valid, 0)
-                await ctx.tick()
+                for _ in range(gaps[i]):
+                    await ctx.tick()
         ctx.set(buf.upd_valid, 0)
         for _ in range(buf.latency + 1):
             await ctx.tick()
@@ -46,6 +52,6 @@ def test_accumulator_read_modify_write_back_to_back(cols):
             await ctx.tick()
             got[addr] = [ctx.get(buf.read.data[c]) for c in range(cols)]
 
-    simulate(buf, bench, max_cycles=len(updates) * 2 + 100, name=f"acc_{cols}")
+    simulate(buf, bench, max_cycles=len(updates) * 4 + 100, name=f"acc_{cols}")
     for addr in range(8):
         np.testing.assert_array_equal(got[addr], model[addr], err_msg=f"entry {addr}")
