@@ -14,6 +14,13 @@ __all__ = ["LoadCmd", "StoreCmd", "LoadUnit", "StoreUnit"]
 _ADDR_BITS = 34  # byte addresses up to mem_bytes (<= 2**32) plus carry room
 
 
+def _at_least(value: Value, n: int) -> Value:
+    """``Cat(value >= i for i in range(n))`` as equality decoding (LUTs), not ``n`` carry-chain
+    comparators (what constant comparisons turn into on FPGAs with carry chains)."""
+    eq = [value == j for j in range(n)]
+    return Cat(C(1, 1) if i == 0 else ~Cat(*eq[:i]).any() for i in range(n))
+
+
 def LoadCmd() -> data.StructLayout:
     """A decoded LOAD as the decoder hands it to the load unit."""
     return data.StructLayout({
@@ -44,12 +51,27 @@ class LoadUnit(wiring.Component):
 
     Row *i* is ``row_bytes`` bytes at byte address ``mem_addr + i * mem_stride`` (any
     alignment); it becomes entry ``buf_addr + i`` with the bytes past ``row_bytes``
-    zero-filled. A request walker issues one word read per cycle while the port accepts;
-    a response walker, stepping through the same sequence, rotates each returned word by
-    the row's byte offset and merges its bytes into the entry being assembled, which is
-    written to the buffer in the cycle its last word arrives. Reads stay outstanding as
+    zero-filled. A request walker issues one word read per cycle while the port accepts; a
+    response walker, stepping through the same sequence of rows, tags each returned word with
+    its row offset and beat number; the word is rotated by the offset, its bytes merged into
+    the entry being assembled, and the entry written to the buffer. Reads stay outstanding as
     long as the memory likes (``mem_resp.ready`` is always high).
+
+    Contract (the decoder checks all of it before it issues a LOAD): ``1 <= n_rows``,
+    ``buf_addr + n_rows <= depth`` of the target buffer, ``1 <= row_bytes <=`` the target's
+    entry bytes, and the whole strided extent lies below ``mem_bytes``. Addresses are
+    therefore computed modulo ``mem_bytes`` (narrower than the command fields).
+
+    Timing: a command is taken one cycle after ``cmd.valid & cmd.ready`` (set-up cycle), the
+    first read is issued the cycle after that; a returned word is written into the entry
+    :attr:`resp_latency` cycles after it arrives, and a row is written to its buffer one
+    cycle after its last word was merged. ``busy`` (and ``~cmd.ready``) covers all of it, up
+    to and including the cycle of the last buffer write.
     """
+
+    #: Cycles from a word on ``mem_resp`` to the buffer write it completes (last word of a
+    #: row): input register, rotate, merge into the entry, write.
+    resp_latency = 3
 
     def __init__(self, config: AcceleratorConfig):
         self._config = config
@@ -71,111 +93,162 @@ class LoadUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        W, lb = self._config.mem_width, self._config.mem_lane_bits
-        n_chunks = -(-self._config.max_entry_bytes // W)
-        E = n_chunks * W
+        c = self._config
+        W, lb = c.mem_width, c.mem_lane_bits
+        n_chunks = -(-c.max_entry_bytes // W)
+        E = n_chunks * W                         # entry bytes assembled (>= every target's)
+        A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
+        depth = max(c.act_depth, c.wgt_depth, c.param_depth)
 
-        cmd = Signal(LoadCmd())
+        def lane(addr):                          # byte lane of a byte address
+            return addr[:lb] if lb else C(0, 1)
 
-        # Request walker.
-        rq_active = Signal()
-        rq_row = Signal(16)
-        rq_addr = Signal(_ADDR_BITS)  # byte address of the current row
-        rq_word = Signal(_ADDR_BITS)
-        rq_last_word = Signal(_ADDR_BITS)
-        rq_next_addr = Signal(_ADDR_BITS)
+        busy = Signal()
+        start = Signal()                         # set-up cycle after a command was taken
 
-        # Response walker.
-        rs_active = Signal()
-        rs_row = Signal(16)
-        rs_addr = Signal(_ADDR_BITS)
-        rs_beat = Signal(range(n_chunks + 2))
-        rs_last_beat = Signal(range(n_chunks + 2))
-        rs_next_addr = Signal(_ADDR_BITS)
-        rs_off = Signal(max(1, lb))
-        entry = Signal(8 * E)
-        entry_next = Signal(8 * E)
-        row_done = Signal()
-
-        def last_word(addr, row_bytes):
-            return (addr + row_bytes - 1) >> lb
-
-        def last_beat(addr, row_bytes):
-            return ((addr[:lb] if lb else 0) + row_bytes - 1) >> lb
-
+        # ---- command: narrowed copy ------------------------------------------------------
+        # While idle the registers follow the payload every cycle, so the (deep) handshake
+        # from the decoder only sets `start` and never enables a wide register bank.
+        c_target = Signal(isa.LoadTarget)
+        c_buf = Signal(_addr_width(depth))
+        c_rows = Signal(range(depth + 1))
+        c_rbm1 = Signal(range(max(2, E)))       # row_bytes - 1
+        c_addr = Signal(A)
+        c_stride = Signal(A)
+        p = self.cmd.payload
         m.d.comb += [
-            self.cmd.ready.eq(~rq_active & ~rs_active),
-            self.busy.eq(rq_active | rs_active),
+            self.busy.eq(busy),
+            self.cmd.ready.eq(~busy),
+        ]
+        m.d.sync += start.eq(self.cmd.valid & self.cmd.ready)
+        with m.If(~busy):
+            m.d.sync += [c_target.eq(p.target), c_buf.eq(p.buf_addr), c_rows.eq(p.n_rows),
+                         c_rbm1.eq(p.row_bytes - 1), c_addr.eq(p.mem_addr),
+                         c_stride.eq(p.mem_stride)]
 
-            rq_next_addr.eq(rq_addr + cmd.mem_stride),
+        def last_beat(off):                      # beats of a row at lane offset `off`, minus 1
+            return (off + c_rbm1) >> lb
+
+        # Bytes of the entry inside the row (the rest is zero-filled): fixed per command.
+        # Decoded as chunk x lane (q <= rbm1 iff chunk < hi, or chunk == hi and lane <= lo):
+        # E separate `rbm1 >= q` comparisons would each become a carry chain.
+        in_row = Signal(E)
+        hi, lo = c_rbm1 >> lb, lane(c_rbm1)
+        hi_ge, lo_ge = _at_least(hi, n_chunks + 1), _at_least(lo, W)
+        with m.If(start):
+            m.d.sync += [in_row[q].eq(hi_ge[q // W + 1] | ((hi == q // W) & lo_ge[q % W]))
+                         for q in range(E)]
+
+        # ---- request walker: one word read per accepted cycle -----------------------------
+        # Per row only `rq_next + stride` (one carry chain) and a small beat count are
+        # computed; the word address of the row's next beat is an incrementer.
+        rq_active = Signal()
+        rq_word = Signal(c.mem_addr_width)       # word address of the read on the port
+        rq_left = Signal(range(n_chunks + 1))    # reads of this row after the current one
+        rq_rows = Signal(range(depth + 1))       # rows not yet fully requested
+        rq_next = Signal(A)                      # byte address of the next row
+        m.d.comb += [
             self.mem_req.valid.eq(rq_active),
             self.mem_req.payload.addr.eq(rq_word),
             self.mem_req.payload.write.eq(0),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
+        ]
+        with m.If(start):
+            m.d.sync += [rq_active.eq(1), rq_word.eq(c_addr >> lb),
+                         rq_left.eq(last_beat(lane(c_addr))), rq_rows.eq(c_rows),
+                         rq_next.eq(c_addr + c_stride)]
+        with m.If(self.mem_req.valid & self.mem_req.ready):
+            with m.If(rq_left == 0):
+                with m.If(rq_rows == 1):
+                    m.d.sync += rq_active.eq(0)
+                m.d.sync += [rq_rows.eq(rq_rows - 1), rq_word.eq(rq_next >> lb),
+                             rq_left.eq(last_beat(lane(rq_next))),
+                             rq_next.eq(rq_next + c_stride)]
+            with m.Else():
+                m.d.sync += [rq_word.eq(rq_word + 1), rq_left.eq(rq_left - 1)]
 
-            self.mem_resp.ready.eq(1),
-            rs_next_addr.eq(rs_addr + cmd.mem_stride),
-            rs_off.eq(rs_addr[:lb] if lb else 0),
-            row_done.eq(self.mem_resp.valid & (rs_beat == rs_last_beat)),
+        # ---- stage 1: register the returned word ---------------------------------------
+        s1_valid = Signal()
+        s1_data = Signal(8 * W)
+        m.d.comb += self.mem_resp.ready.eq(1)
+        m.d.sync += [s1_valid.eq(self.mem_resp.valid), s1_data.eq(self.mem_resp.payload)]
+
+        # ---- response walker: describes the word in stage 1 ------------------------------
+        # It only needs the rows' lane offsets (lb-bit arithmetic), not their addresses.
+        rs_active = Signal()
+        rs_off = Signal(max(1, lb))              # lane offset of the current row
+        rs_off_next = Signal(max(1, lb))         # ... of the next row
+        rs_beat = Signal(range(n_chunks + 1))
+        rs_last = Signal(range(n_chunks + 1))    # beat number of the row's last word
+        rs_rows = Signal(range(depth + 1))       # rows not yet complete
+        rs_buf = Signal(_addr_width(depth))      # buffer entry of the current row
+        with m.If(start):
+            m.d.sync += [rs_active.eq(1), rs_off.eq(lane(c_addr)),
+                         rs_off_next.eq(lane(c_addr) + lane(c_stride)), rs_beat.eq(0),
+                         rs_last.eq(last_beat(lane(c_addr))), rs_rows.eq(c_rows),
+                         rs_buf.eq(c_buf)]
+        with m.If(s1_valid):
+            with m.If(rs_beat == rs_last):
+                with m.If(rs_rows == 1):
+                    m.d.sync += rs_active.eq(0)
+                m.d.sync += [rs_rows.eq(rs_rows - 1), rs_beat.eq(0), rs_off.eq(rs_off_next),
+                             rs_last.eq(last_beat(rs_off_next)),
+                             rs_off_next.eq(rs_off_next + lane(c_stride)),
+                             rs_buf.eq(rs_buf + 1)]
+            with m.Else():
+                m.d.sync += rs_beat.eq(rs_beat + 1)
+
+        # ---- stage 2: rotate the word, decode where its bytes go -------------------------
+        # After rotating, lane i holds byte (i + off) mod W of the word: row byte
+        # beat * W + i (chunk `beat`) if i + off < W, else the tail of chunk `beat - 1`.
+        # The decode is registered so that the merge below is one LUT per entry byte from
+        # registers with small fanout (sel: 2W bytes, low: n_chunks bytes).
+        s2_rot = Signal(8 * W)
+        s2_low = Signal(W)                       # lane i belongs to chunk `beat`
+        s2_sel = Signal(n_chunks + 1)            # one-hot beat number (zero: no word)
+        s2_last = Signal()                       # the word completes its row
+        s2_buf = Signal(_addr_width(depth))
+        off_ge = _at_least(rs_off, W + 1)
+        rot = s1_data
+        for b in range(lb):                      # log rotator: one 2:1 mux level per bit
+            k = 8 << b
+            rot = Mux(rs_off[b], Cat(rot[k:], rot[:k]), rot)
+        m.d.sync += [
+            s2_rot.eq(rot),
+            s2_low.eq(Cat(~off_ge[W - i] for i in range(W))),  # i + off < W
+            s2_sel.eq(Cat((s1_valid & (rs_beat == k)) for k in range(n_chunks + 1))),
+            s2_last.eq(s1_valid & (rs_beat == rs_last)),
+            s2_buf.eq(rs_buf),
         ]
 
-        # Rotate the returned word so that lane i holds byte (i + off) mod W of the word; that
-        # byte belongs to chunk rs_beat of the row if i < W - off, else to chunk rs_beat - 1
-        # (it was the tail of the previous word's row bytes).
-        beat = self.mem_resp.payload
-        rot = Signal(8 * W)
-        m.d.comb += rot.eq(Cat(beat, beat).bit_select(rs_off * 8, 8 * W))
+        # ---- stage 3: merge into the entry -----------------------------------------------
+        # Each entry byte has its own enable and synchronous clear (past the row: zero), so
+        # the entry maps to flip-flop CE/LSR pins with no per-bit logic.
+        entry = Signal(8 * E)
         for q in range(E):
             k, i = divmod(q, W)
-            low_lane = (rs_off + i) < W
-            mine = Mux(low_lane, rs_beat == k, rs_beat == k + 1) & (q < cmd.row_bytes)
-            kept = Mux(rs_beat == 0, 0, entry[8 * q:8 * q + 8])
-            m.d.comb += entry_next[8 * q:8 * q + 8].eq(Mux(mine, rot[8 * i:8 * i + 8], kept))
+            take = Mux(s2_low[i], s2_sel[k], s2_sel[k + 1])
+            with m.If(~in_row[q]):
+                m.d.sync += entry[8 * q:8 * q + 8].eq(0)
+            with m.Elif(take):
+                m.d.sync += entry[8 * q:8 * q + 8].eq(s2_rot[8 * i:8 * i + 8])
 
-        buf_addr = cmd.buf_addr + rs_row
+        # ---- stage 4: write the completed entry ----------------------------------------
+        wr_en = Signal()
+        wr_buf = Signal(_addr_width(depth))
+        m.d.sync += [wr_en.eq(s2_last), wr_buf.eq(s2_buf)]
         for port, target in ((self.act_wr, isa.LoadTarget.ACT),
                              (self.wgt_wr, isa.LoadTarget.WGT),
                              (self.param_wr, isa.LoadTarget.PARAM)):
             m.d.comb += [
-                port.addr.eq(buf_addr),
-                port.data.eq(entry_next[:len(port.data.as_value())]),
-                port.en.eq(row_done & (cmd.target == target)),
+                port.addr.eq(wr_buf),
+                port.data.eq(entry[:len(port.data.as_value())]),
+                port.en.eq(wr_en & (c_target == target)),
             ]
 
-        with m.If(self.cmd.valid & self.cmd.ready):
-            p = self.cmd.payload
-            m.d.sync += [
-                cmd.eq(p),
-                rq_active.eq(1), rq_row.eq(0), rq_addr.eq(p.mem_addr),
-                rq_word.eq(p.mem_addr >> lb), rq_last_word.eq(last_word(p.mem_addr, p.row_bytes)),
-                rs_active.eq(1), rs_row.eq(0), rs_addr.eq(p.mem_addr), rs_beat.eq(0),
-                rs_last_beat.eq(last_beat(p.mem_addr, p.row_bytes)),
-            ]
-
-        with m.If(self.mem_req.valid & self.mem_req.ready):
-            with m.If(rq_word == rq_last_word):
-                with m.If(rq_row == cmd.n_rows - 1):
-                    m.d.sync += rq_active.eq(0)
-                m.d.sync += [
-                    rq_row.eq(rq_row + 1), rq_addr.eq(rq_next_addr),
-                    rq_word.eq(rq_next_addr >> lb),
-                    rq_last_word.eq(last_word(rq_next_addr, cmd.row_bytes)),
-                ]
-            with m.Else():
-                m.d.sync += rq_word.eq(rq_word + 1)
-
-        with m.If(self.mem_resp.valid):
-            m.d.sync += entry.eq(entry_next)
-            with m.If(row_done):
-                with m.If(rs_row == cmd.n_rows - 1):
-                    m.d.sync += rs_active.eq(0)
-                m.d.sync += [
-                    rs_row.eq(rs_row + 1), rs_addr.eq(rs_next_addr), rs_beat.eq(0),
-                    rs_last_beat.eq(last_beat(rs_next_addr, cmd.row_bytes)),
-                ]
-            with m.Else():
-                m.d.sync += rs_beat.eq(rs_beat + 1)
-
+        # Busy until the last write: the walkers, then the last word in stage 2, then the
+        # write itself (stage 1 is covered by rs_active).
+        m.d.comb += busy.eq(start | rq_active | rs_active | s2_last | wr_en)
         return m
 
 

@@ -34,22 +34,12 @@ def _random_loads(cfg, rng, memory_size, count):
     return cmds, entry
 
 
-@pytest.mark.parametrize("mem_width", [1, 4, 8, 16])
-@pytest.mark.parametrize("backpressure", [False, True])
-def test_load_unit_assembles_unaligned_strided_rows(mem_width, backpressure):
-    cfg = AcceleratorConfig(rows=3, cols=5, act_depth=16, wgt_depth=16, param_depth=4,
-                            mem_width=mem_width, mem_bytes=4096)
+def _run_load(cfg, memory, cmds, *, backpressure, rng, max_cycles, name):
+    """Runs ``cmds`` through a load unit against ``memory``; returns the buffer writes it made
+    as ``(target, entry, bytes)`` and checks that every write happens while ``busy`` is high
+    (the decoder's scoreboard relies on it)."""
+    W = cfg.mem_width
     dut = LoadUnit(cfg)
-    rng = np.random.default_rng(mem_width * 2 + backpressure)
-    memory = rng.integers(0, 256, 1024, dtype=np.uint8)
-    cmds, entry = _random_loads(cfg, rng, memory.size, 12)
-    expected = []
-    for cmd in cmds:
-        for i in range(cmd["n_rows"]):
-            row = np.zeros(entry[cmd["target"]], np.uint8)
-            start = cmd["mem_addr"] + i * cmd["mem_stride"]
-            row[:cmd["row_bytes"]] = memory[start:start + cmd["row_bytes"]]
-            expected.append((cmd["target"], cmd["buf_addr"] + i, row.tobytes()))
     ports = {isa.LoadTarget.ACT: dut.act_wr, isa.LoadTarget.WGT: dut.wgt_wr,
              isa.LoadTarget.PARAM: dut.param_wr}
     writes = []
@@ -70,13 +60,14 @@ def test_load_unit_assembles_unaligned_strided_rows(mem_width, backpressure):
                 ctx.set(dut.mem_resp.valid, 0)
             if ready and ctx.get(dut.mem_req.valid):
                 assert ctx.get(dut.mem_req.payload.write) == 0
-                a = ctx.get(dut.mem_req.payload.addr) * mem_width
-                word = int.from_bytes(memory[a:a + mem_width].tobytes(), "little")
+                a = ctx.get(dut.mem_req.payload.addr) * W
+                word = int.from_bytes(memory[a:a + W].tobytes(), "little")
                 latency = int(rng.integers(1, 5)) if backpressure else 2
                 due = max(cycle + latency, pending[-1][0] + 1 if pending else 0)
                 pending.append((due, word))
             for target, port in ports.items():
                 if ctx.get(port.en):
+                    assert ctx.get(dut.busy), "buffer write after busy dropped"
                     nbytes = len(port.data.as_value()) // 8
                     value = ctx.get(port.data.as_value())
                     writes.append((target, ctx.get(port.addr), value.to_bytes(nbytes, "little")))
@@ -85,8 +76,8 @@ def test_load_unit_assembles_unaligned_strided_rows(mem_width, backpressure):
 
     async def bench(ctx):
         for cmd in cmds:
-            for name, value in cmd.items():
-                ctx.set(getattr(dut.cmd.payload, name), value)
+            for name_, value in cmd.items():
+                ctx.set(getattr(dut.cmd.payload, name_), value)
             ctx.set(dut.cmd.valid, 1)
             while True:  # the command is taken at the edge where valid and ready are high
                 ready = ctx.get(dut.cmd.ready)
@@ -100,9 +91,73 @@ def test_load_unit_assembles_unaligned_strided_rows(mem_width, backpressure):
         await ctx.tick()
         finished.append(True)
 
-    simulate(dut, bench, memory_model, max_cycles=20_000,
-             name=f"load_w{mem_width}_{'bp' if backpressure else 'free'}")
-    assert writes == expected
+    simulate(dut, bench, memory_model, max_cycles=max_cycles, name=name)
+    return writes
+
+
+def _expected_loads(memory, cmds, entry):
+    expected = []
+    for cmd in cmds:
+        for i in range(cmd["n_rows"]):
+            row = np.zeros(entry[cmd["target"]], np.uint8)
+            start = cmd["mem_addr"] + i * cmd["mem_stride"]
+            row[:cmd["row_bytes"]] = memory[start:start + cmd["row_bytes"]]
+            expected.append((cmd["target"], cmd["buf_addr"] + i, row.tobytes()))
+    return expected
+
+
+@pytest.mark.parametrize("mem_width", [1, 4, 8, 16])
+@pytest.mark.parametrize("backpressure", [False, True])
+def test_load_unit_assembles_unaligned_strided_rows(mem_width, backpressure):
+    cfg = AcceleratorConfig(rows=3, cols=5, act_depth=16, wgt_depth=16, param_depth=4,
+                            mem_width=mem_width, mem_bytes=4096)
+    rng = np.random.default_rng(mem_width * 2 + backpressure)
+    memory = rng.integers(0, 256, 1024, dtype=np.uint8)
+    cmds, entry = _random_loads(cfg, rng, memory.size, 12)
+    writes = _run_load(cfg, memory, cmds, backpressure=backpressure, rng=rng,
+                       max_cycles=20_000,
+                       name=f"load_w{mem_width}_{'bp' if backpressure else 'free'}")
+    assert writes == _expected_loads(memory, cmds, entry)
+
+
+@pytest.mark.parametrize("mem_width", [1, 2, 4, 8])
+@pytest.mark.parametrize("backpressure", [False, True])
+def test_load_unit_every_alignment_and_length(mem_width, backpressure):
+    """Every start lane, every row length up to the widest entry (parameters), strides that
+    keep, advance and wrap the lane offset from row to row; back-to-back commands."""
+    cfg = AcceleratorConfig(rows=2, cols=2, act_depth=8, wgt_depth=8, param_depth=8,
+                            mem_width=mem_width, mem_bytes=1024)
+    rng = np.random.default_rng(100 + mem_width * 2 + backpressure)
+    memory = rng.integers(0, 256, 1024, dtype=np.uint8)
+    entry = {isa.LoadTarget.ACT: cfg.act_entry_bytes, isa.LoadTarget.WGT: cfg.wgt_entry_bytes,
+             isa.LoadTarget.PARAM: cfg.param_entry_bytes}
+    cmds = []
+    for start in range(mem_width):
+        for row_bytes in range(1, cfg.param_entry_bytes + 1):
+            target = isa.LoadTarget.PARAM if row_bytes > 2 or start % 2 else isa.LoadTarget.ACT
+            stride = int(rng.choice([0, 1, row_bytes, mem_width + 1, 2 * mem_width - 1, 37]))
+            n_rows = int(rng.integers(1, 4))
+            cmds.append(dict(target=target, buf_addr=int(rng.integers(0, 8 - n_rows + 1)),
+                             n_rows=n_rows, row_bytes=min(row_bytes, entry[target]),
+                             mem_addr=64 * mem_width + start + 16 * int(rng.integers(0, 8)),
+                             mem_stride=stride))
+    writes = _run_load(cfg, memory, cmds, backpressure=backpressure, rng=rng,
+                       max_cycles=60_000, name=f"load_align_w{mem_width}")
+    assert writes == _expected_loads(memory, cmds, entry)
+
+
+def test_load_unit_streams_one_word_per_cycle():
+    """Without backpressure a long load takes one cycle per word read plus a fixed overhead
+    (set-up and the response pipeline): no bubbles between rows."""
+    cfg = AcceleratorConfig(rows=8, cols=8, act_depth=64, mem_width=8, mem_bytes=4096)
+    rng = np.random.default_rng(7)
+    memory = rng.integers(0, 256, 4096, dtype=np.uint8)
+    n_rows = 64
+    cmds = [dict(target=isa.LoadTarget.ACT, buf_addr=0, n_rows=n_rows, row_bytes=8,
+                 mem_addr=3, mem_stride=8)]  # every row straddles two words
+    writes = _run_load(cfg, memory, cmds, backpressure=False, rng=rng,
+                       max_cycles=2 * n_rows + 20, name="load_stream")
+    assert writes == _expected_loads(memory, cmds, {isa.LoadTarget.ACT: 8})
 
 
 class _StoreHarness(Elaboratable):
