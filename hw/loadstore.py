@@ -260,6 +260,11 @@ class StoreUnit(wiring.Component):
     row when the FIFO is sure to have room for it (credits), so memory backpressure never has
     to stall the output-stage pipeline. A writer takes each row, shifts it to the row's byte
     offset in memory and issues masked word writes, one per cycle while the port accepts.
+
+    Contract (checked by the decoder): ``1 <= n_rows``, ``1 <= n_cols <= cols``, and the
+    strided extent lies below ``mem_bytes`` (addresses are computed modulo ``mem_bytes``).
+    The write requests come from registers (``mem_req`` is a registered stream output).
+    Nothing here depends on the output stage's latency beyond :attr:`fifo_depth`.
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -286,47 +291,44 @@ class StoreUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cols, W, lb = self._config.cols, self._config.mem_width, self._config.mem_lane_bits
+        c = self._config
+        cols, W, lb = c.cols, c.mem_width, c.mem_lane_bits
         row_bytes_max = 4 * cols
         n_chunks = -(-row_bytes_max // W)
+        A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
+
+        def lane(addr):                          # byte lane of a byte address
+            return addr[:lb] if lb else C(0, 1)
 
         m.submodules.output_stage = ostage = self.output_stage
-        m.submodules.fifo = rows_fifo = fifo.SyncFIFOBuffered(width=8 * row_bytes_max,
+        m.submodules.fifo = rows_fifo = fifo.SyncFIFOBuffered(width=8 * n_chunks * W,
                                                               depth=self.fifo_depth)
 
         cmd = Signal(StoreCmd())
         params = Signal(data.ArrayLayout(isa.OutputParams, cols))
+        row_lm1 = Signal(range(row_bytes_max))  # bytes of a row in memory, minus 1
+        pending = Signal(16)                     # rows accepted but not completely written
+        take_cmd = Signal()
 
-        # Reader.
+        # ---- reader ------------------------------------------------------------------------
         rd_active = Signal()
         rd_first = Signal()  # first cycle after accept: parameter entry on param_rd.data
-        rd_count = Signal(16)
+        rd_left = Signal(16)                     # accumulator rows still to read
+        rd_addr = Signal(_addr_width(c.acc_depth))
         credits = Signal(range(self.fifo_depth + 1), init=self.fifo_depth)
         acc_read = Signal()
         acc_valid = Signal()
-
-        # Writer.
-        wr_active = Signal()
-        wr_rows = Signal(16)        # rows completely written
-        wr_next_addr = Signal(_ADDR_BITS)
-        wr_addr = Signal(_ADDR_BITS)
-        wr_beat = Signal(range(n_chunks + 2))
-        wr_last_beat = Signal(range(n_chunks + 2))
-        wr_len = Signal(range(row_bytes_max + 1))
-        rest = Signal(8 * n_chunks * W)  # row bytes not yet written, chunk wr_beat first
-        prev = Signal(8 * W)             # the previous chunk (its tail may belong here)
-        beat_done = Signal()
-        row_end = Signal()
         pop = Signal()
 
         m.d.comb += [
+            self.busy.eq(rd_active | (pending != 0)),
             self.cmd.ready.eq(~self.busy),
-            self.busy.eq(rd_active | wr_active | rows_fifo.r_rdy | (wr_rows != cmd.n_rows)),
+            take_cmd.eq(self.cmd.valid & self.cmd.ready),
 
             acc_read.eq(rd_active & ~rd_first & (credits != 0)),
             self.acc_rd.en.eq(acc_read),
-            self.acc_rd.addr.eq(cmd.acc_addr + rd_count),
-            self.param_rd.en.eq(self.cmd.valid & self.cmd.ready),
+            self.acc_rd.addr.eq(rd_addr),
+            self.param_rd.en.eq(take_cmd),
             self.param_rd.addr.eq(self.cmd.payload.param_addr),
 
             ostage.i_valid.eq(acc_valid),
@@ -340,56 +342,84 @@ class StoreUnit(wiring.Component):
         m.d.sync += acc_valid.eq(acc_read)
         m.d.sync += credits.eq(credits - acc_read + pop)
 
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [cmd.eq(self.cmd.payload), rd_active.eq(1), rd_first.eq(1),
-                         rd_count.eq(0), wr_rows.eq(0),
-                         wr_next_addr.eq(self.cmd.payload.mem_addr)]
+        with m.If(take_cmd):
+            p = self.cmd.payload
+            m.d.sync += [cmd.eq(p), rd_active.eq(1), rd_first.eq(1), rd_left.eq(p.n_rows),
+                         rd_addr.eq(p.acc_addr),
+                         row_lm1.eq(Mux(p.raw, p.n_cols * 4, p.n_cols) - 1)]
         with m.If(rd_first):
             m.d.sync += [params.eq(self.param_rd.data), rd_first.eq(0)]
         with m.If(acc_read):
-            m.d.sync += rd_count.eq(rd_count + 1)
-            with m.If(rd_count == cmd.n_rows - 1):
+            m.d.sync += [rd_left.eq(rd_left - 1), rd_addr.eq(rd_addr + 1)]
+            with m.If(rd_left == 1):
                 m.d.sync += rd_active.eq(0)
 
-        # Writer: lane b of beat j carries row byte j * W + b - off.
-        off = Signal(max(1, lb))
-        window_start = Signal(range(W + 1))
-        window = Signal(16 * W)
-        lane_byte = [Signal(signed(_ADDR_BITS), name=f"lane_byte_{b}") for b in range(W)]
+        # ---- writer: row generator -> registered request ----------------------------------
+        # Lane b of beat j carries row byte j * W + b - off. Everything per row (offset,
+        # beat count, first/last lane masks) is decoded when the row is popped, from
+        # registers, so a beat only shifts the row and selects lanes with registered masks.
+        g_active = Signal()                      # a row has beats left to generate
+        g_word = Signal(c.mem_addr_width)        # word address of the next beat
+        g_left = Signal(range(n_chunks + 1))     # beats after the next one
+        g_first = Signal()
+        g_off = Signal(max(1, lb))
+        g_head = Signal(W)                       # lanes written by the row's first beat
+        g_tail = Signal(W)                       # lanes written by the row's last beat
+        rest = Signal(8 * n_chunks * W)          # row bytes not yet sent, next chunk first
+        prev = Signal(8 * W)                     # the chunk before (its tail may belong here)
+        next_addr = Signal(A)                    # byte address of the next row
+
+        o_valid = Signal()
+        o_last = Signal()                        # the request is its row's last beat
+        advance = Signal()                       # the request register takes a new beat
+        g_step = Signal()
+        g_last = Signal()
+
         m.d.comb += [
-            off.eq(wr_addr[:lb] if lb else 0),
-            window_start.eq(W - off),
-            window.eq(Cat(prev, rest[:8 * W])),
-            self.mem_req.valid.eq(wr_active),
-            self.mem_req.payload.addr.eq((wr_addr >> lb) + wr_beat),
+            self.mem_req.valid.eq(o_valid),
             self.mem_req.payload.write.eq(1),
-            self.mem_req.payload.data.eq(window.bit_select(window_start * 8, 8 * W)),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
-            beat_done.eq(self.mem_req.valid & self.mem_req.ready),
-            row_end.eq(beat_done & (wr_beat == wr_last_beat)),
-            pop.eq(rows_fifo.r_rdy & (~wr_active | row_end)),
+            advance.eq(~o_valid | self.mem_req.ready),
+            g_last.eq(g_left == 0),
+            g_step.eq(g_active & advance),
+            pop.eq(rows_fifo.r_rdy & (~g_active | (g_step & g_last))),
             rows_fifo.r_en.eq(pop),
         ]
-        for b in range(W):
-            m.d.comb += [
-                lane_byte[b].eq(wr_beat * W + b - off),
-                self.mem_req.payload.mask[b].eq((lane_byte[b] >= 0) & (lane_byte[b] < wr_len)),
+
+        with m.If(advance):
+            m.d.sync += [o_valid.eq(g_active), o_last.eq(g_last)]
+        with m.If(g_step):
+            # (prev, chunk) shifted up by off bytes: its upper half is the beat's word.
+            window = Cat(prev, rest[:8 * W]) << Cat(C(0, 3), g_off)
+            m.d.sync += [
+                self.mem_req.payload.addr.eq(g_word),
+                self.mem_req.payload.data.eq(window[8 * W:16 * W]),
+                self.mem_req.payload.mask.eq((g_head | ~g_first.replicate(W)) &
+                                             (g_tail | ~g_last.replicate(W))),
+                g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_first.eq(0),
+                prev.eq(rest[:8 * W]), rest.eq(rest >> (8 * W)),
+            ]
+            with m.If(g_last):
+                m.d.sync += g_active.eq(0)
+
+        end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
+        off_ge = _at_least(lane(next_addr), W + 1)
+        m.d.comb += end.eq(lane(next_addr) + row_lm1)
+        with m.If(take_cmd):
+            m.d.sync += next_addr.eq(self.cmd.payload.mem_addr)
+        with m.If(pop):
+            m.d.sync += [
+                g_active.eq(1), g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
+                g_first.eq(1), g_off.eq(lane(next_addr)),
+                g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
+                g_tail.eq(_at_least(lane(end), W)),                  # lane b <= end lane
+                next_addr.eq(next_addr + cmd.mem_stride),
+                rest.eq(rows_fifo.r_data),
             ]
 
-        row_len = Mux(cmd.raw, cmd.n_cols * 4, cmd.n_cols)
-        with m.If(beat_done):
-            m.d.sync += [wr_beat.eq(wr_beat + 1), prev.eq(rest[:8 * W]),
-                         rest.eq(rest >> (8 * W))]
-        with m.If(row_end):
-            m.d.sync += [wr_active.eq(0), wr_rows.eq(wr_rows + 1)]
-        with m.If(pop):
-            next_off = wr_next_addr[:lb] if lb else 0
-            m.d.sync += [
-                wr_active.eq(1), wr_addr.eq(wr_next_addr),
-                wr_next_addr.eq(wr_next_addr + cmd.mem_stride),
-                wr_beat.eq(0), wr_len.eq(row_len),
-                wr_last_beat.eq((next_off + row_len - 1) >> lb),
-                rest.eq(rows_fifo.r_data), prev.eq(0),
-            ]
+        with m.If(take_cmd):
+            m.d.sync += pending.eq(self.cmd.payload.n_rows)
+        with m.Elif(o_valid & self.mem_req.ready & o_last):
+            m.d.sync += pending.eq(pending - 1)
 
         return m
