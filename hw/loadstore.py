@@ -106,24 +106,23 @@ class LoadUnit(wiring.Component):
         busy = Signal()
         start = Signal()                         # set-up cycle after a command was taken
 
-        # ---- command: narrowed copy ------------------------------------------------------
-        # While idle the registers follow the payload every cycle, so the (deep) handshake
-        # from the decoder only sets `start` and never enables a wide register bank.
+        # ---- command ---------------------------------------------------------------------
+        # While idle, the command registers below (and the walkers' start values) follow the
+        # payload every cycle, so the (deep) handshake from the decoder only sets `start`
+        # and never enables a wide register bank. In the set-up cycle (`start`) both walkers
+        # advance to the first row exactly as they advance from one row to the next.
         c_target = Signal(isa.LoadTarget)
-        c_buf = Signal(_addr_width(depth))
-        c_rows = Signal(range(depth + 1))
         c_rbm1 = Signal(range(max(2, E)))       # row_bytes - 1
-        c_addr = Signal(A)
         c_stride = Signal(A)
         p = self.cmd.payload
+        idle = ~busy
         m.d.comb += [
             self.busy.eq(busy),
-            self.cmd.ready.eq(~busy),
+            self.cmd.ready.eq(idle),
         ]
         m.d.sync += start.eq(self.cmd.valid & self.cmd.ready)
-        with m.If(~busy):
-            m.d.sync += [c_target.eq(p.target), c_buf.eq(p.buf_addr), c_rows.eq(p.n_rows),
-                         c_rbm1.eq(p.row_bytes - 1), c_addr.eq(p.mem_addr),
+        with m.If(idle):
+            m.d.sync += [c_target.eq(p.target), c_rbm1.eq(p.row_bytes - 1),
                          c_stride.eq(p.mem_stride)]
 
         def last_beat(off):                      # beats of a row at lane offset `off`, minus 1
@@ -153,19 +152,20 @@ class LoadUnit(wiring.Component):
             self.mem_req.payload.write.eq(0),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
         ]
+        rq_row_end = self.mem_req.valid & self.mem_req.ready & (rq_left == 0)
+        with m.If(idle):
+            m.d.sync += [rq_next.eq(p.mem_addr), rq_rows.eq(p.n_rows)]
+        with m.If(start | rq_row_end):
+            m.d.sync += [rq_word.eq(rq_next >> lb), rq_left.eq(last_beat(lane(rq_next))),
+                         rq_next.eq(rq_next + c_stride)]
+        with m.Elif(self.mem_req.valid & self.mem_req.ready):
+            m.d.sync += [rq_word.eq(rq_word + 1), rq_left.eq(rq_left - 1)]
         with m.If(start):
-            m.d.sync += [rq_active.eq(1), rq_word.eq(c_addr >> lb),
-                         rq_left.eq(last_beat(lane(c_addr))), rq_rows.eq(c_rows),
-                         rq_next.eq(c_addr + c_stride)]
-        with m.If(self.mem_req.valid & self.mem_req.ready):
-            with m.If(rq_left == 0):
-                with m.If(rq_rows == 1):
-                    m.d.sync += rq_active.eq(0)
-                m.d.sync += [rq_rows.eq(rq_rows - 1), rq_word.eq(rq_next >> lb),
-                             rq_left.eq(last_beat(lane(rq_next))),
-                             rq_next.eq(rq_next + c_stride)]
-            with m.Else():
-                m.d.sync += [rq_word.eq(rq_word + 1), rq_left.eq(rq_left - 1)]
+            m.d.sync += rq_active.eq(1)
+        with m.If(rq_row_end):
+            m.d.sync += rq_rows.eq(rq_rows - 1)
+            with m.If(rq_rows == 1):
+                m.d.sync += rq_active.eq(0)
 
         # ---- stage 1: register the returned word ---------------------------------------
         s1_valid = Signal()
@@ -182,21 +182,22 @@ class LoadUnit(wiring.Component):
         rs_last = Signal(range(n_chunks + 1))    # beat number of the row's last word
         rs_rows = Signal(range(depth + 1))       # rows not yet complete
         rs_buf = Signal(_addr_width(depth))      # buffer entry of the current row
+        rs_row_end = s1_valid & (rs_beat == rs_last)
+        with m.If(idle):
+            m.d.sync += [rs_off_next.eq(lane(p.mem_addr)), rs_rows.eq(p.n_rows),
+                         rs_buf.eq(p.buf_addr)]
+        with m.If(start | rs_row_end):
+            m.d.sync += [rs_beat.eq(0), rs_off.eq(rs_off_next),
+                         rs_last.eq(last_beat(rs_off_next)),
+                         rs_off_next.eq(rs_off_next + lane(c_stride))]
+        with m.Elif(s1_valid):
+            m.d.sync += rs_beat.eq(rs_beat + 1)
         with m.If(start):
-            m.d.sync += [rs_active.eq(1), rs_off.eq(lane(c_addr)),
-                         rs_off_next.eq(lane(c_addr) + lane(c_stride)), rs_beat.eq(0),
-                         rs_last.eq(last_beat(lane(c_addr))), rs_rows.eq(c_rows),
-                         rs_buf.eq(c_buf)]
-        with m.If(s1_valid):
-            with m.If(rs_beat == rs_last):
-                with m.If(rs_rows == 1):
-                    m.d.sync += rs_active.eq(0)
-                m.d.sync += [rs_rows.eq(rs_rows - 1), rs_beat.eq(0), rs_off.eq(rs_off_next),
-                             rs_last.eq(last_beat(rs_off_next)),
-                             rs_off_next.eq(rs_off_next + lane(c_stride)),
-                             rs_buf.eq(rs_buf + 1)]
-            with m.Else():
-                m.d.sync += rs_beat.eq(rs_beat + 1)
+            m.d.sync += rs_active.eq(1)
+        with m.If(rs_row_end):
+            m.d.sync += [rs_rows.eq(rs_rows - 1), rs_buf.eq(rs_buf + 1)]
+            with m.If(rs_rows == 1):
+                m.d.sync += rs_active.eq(0)
 
         # ---- stage 2: rotate the word, decode where its bytes go -------------------------
         # After rotating, lane i holds byte (i + off) mod W of the word: row byte
