@@ -52,7 +52,7 @@ class OutputStage(wiring.Component):
     o_tag : Out(tag_shape)
     """
 
-    _STAGES = 8
+    _STAGES = 9
 
     def __init__(self, config: AcceleratorConfig, tag_shape):
         if not isinstance(config, AcceleratorConfig):
@@ -152,10 +152,14 @@ class OutputStage(wiring.Component):
         # ---- stage 3: the 32x32 product as four partial products of 16-bit halves (signed
         # high, unsigned low), each small enough for one 18x18 DSP multiplier. A single `*`
         # of 32-bit operands maps on ECP5 to four combinational DSPs *plus* their fabric adders
-        # in one cycle (68 MHz); here each multiplier sits alone between registers, and the
-        # adders get cycles of their own. The saturating case is detected from the same
-        # registered operands, in parallel.
+        # in one cycle (68-76 MHz). Here each multiplier sits alone between registers and the
+        # adders get cycles of their own:
         #   a * b = hh * 2**32 + (lh + hl) * 2**16 + ll
+        # Yosys packs none of these registers into the ECP5 DSP, whose combinational delay
+        # (3.9 ns) plus the routing to and from fabric registers (~3.5 ns) is now this block's
+        # limit (~125 MHz). Register copies that drive only DSP inputs, and product registers
+        # that drive only other registers, gained 0.1 ns for ~1,900 flip-flops: not kept. The
+        # saturating case is detected from the same registered operands, in parallel.
         a_lo, a_hi = s2_a.as_unsigned()[:16], s2_a[16:].as_signed()
         b_lo, b_hi = s2_mul.as_unsigned()[:16], s2_mul[16:].as_signed()
         s3_llhi = reg(unsigned(16), "s3_llhi")  # ll >> 16: bits 0..15 of ll never matter
@@ -241,11 +245,29 @@ class OutputStage(wiring.Component):
         m.d.sync += s7_y.eq((Cat(s6_inc, s6_q).as_signed() + Cat(s6_inc, zp).as_signed())[1:33]
                             .as_signed())
 
-        # ---- stage 8: clamp. Its two 32-bit comparisons run in parallel (one carry chain
-        # deep) instead of a max()-then-min() chain; with lo > hi folded into lo in stage 1
-        # the result is the same (hi whenever max(y, lo) > hi).
+        # ---- stages 8-9: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded into lo
+        # in stage 1), so "y > hi" is "y above int8, or y in int8 and its low byte > hi" (the
+        # same for "y < lo"). Stage 8 computes both flags: a 25-bit all-zeros/all-ones
+        # reduction beside two 9-bit subtractions whose sign bits are the byte comparisons;
+        # stage 9 is the two muxes alone (outside int8 one flag is always set, so the low
+        # byte needs no saturation). A 32-bit compare after the 32-bit add in one cycle
+        # limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus the muxes
+        # to ~125 MHz.
         lo = delay(s1_lo, 1, 7, "lo")
         hi = delay(s1_hi, 1, 7, "hi")
-        s8_out = reg(signed(8), "s8_out")
-        m.d.sync += s8_out.eq(Mux(s7_y > hi, hi, Mux(s7_y < lo, lo, s7_y[:8].as_signed())))
-        m.d.comb += out.eq(s8_out)
+        top = s7_y.as_unsigned()[7:]
+        in_range = (top == 0) | (top == (1 << len(top)) - 1)
+        low = s7_y[:8].as_signed()
+        s8_y = reg(signed(8), "s8_y")
+        s8_gt = reg(1, "s8_gt")
+        s8_lt = reg(1, "s8_lt")
+        m.d.sync += [
+            s8_y.eq(low),
+            s8_gt.eq(Mux(in_range, (hi - low)[8], ~s7_y[31])),  # y > hi
+            s8_lt.eq(Mux(in_range, (low - lo)[8], s7_y[31])),   # y < lo
+        ]
+        lo8 = delay(lo, 7, 8, "lo")
+        hi8 = delay(hi, 7, 8, "hi")
+        s9_out = reg(signed(8), "s9_out")
+        m.d.sync += s9_out.eq(Mux(s8_gt, hi8, Mux(s8_lt, lo8, s8_y)))
+        m.d.comb += out.eq(s9_out)
