@@ -14,6 +14,13 @@ __all__ = ["LoadCmd", "StoreCmd", "LoadUnit", "StoreUnit"]
 _ADDR_BITS = 34  # byte addresses up to mem_bytes (<= 2**32) plus carry room
 
 
+def _at_least(value: Value, n: int) -> Value:
+    """``Cat(value >= i for i in range(n))`` as equality decoding (LUTs), not ``n`` carry-chain
+    comparators (what constant comparisons turn into on FPGAs with carry chains)."""
+    eq = [value == j for j in range(n)]
+    return Cat(C(1, 1) if i == 0 else ~Cat(*eq[:i]).any() for i in range(n))
+
+
 def LoadCmd() -> data.StructLayout:
     """A decoded LOAD as the decoder hands it to the load unit."""
     return data.StructLayout({
@@ -44,12 +51,27 @@ class LoadUnit(wiring.Component):
 
     Row *i* is ``row_bytes`` bytes at byte address ``mem_addr + i * mem_stride`` (any
     alignment); it becomes entry ``buf_addr + i`` with the bytes past ``row_bytes``
-    zero-filled. A request walker issues one word read per cycle while the port accepts;
-    a response walker, stepping through the same sequence, rotates each returned word by
-    the row's byte offset and merges its bytes into the entry being assembled, which is
-    written to the buffer in the cycle its last word arrives. Reads stay outstanding as
+    zero-filled. A request walker issues one word read per cycle while the port accepts; a
+    response walker, stepping through the same sequence of rows, tags each returned word with
+    its row offset and beat number; the word is rotated by the offset, its bytes merged into
+    the entry being assembled, and the entry written to the buffer. Reads stay outstanding as
     long as the memory likes (``mem_resp.ready`` is always high).
+
+    Contract (the decoder checks all of it before it issues a LOAD): ``1 <= n_rows``,
+    ``buf_addr + n_rows <= depth`` of the target buffer, ``1 <= row_bytes <=`` the target's
+    entry bytes, and the whole strided extent lies below ``mem_bytes``. Addresses are
+    therefore computed modulo ``mem_bytes`` (narrower than the command fields).
+
+    Timing: a command is taken one cycle after ``cmd.valid & cmd.ready`` (set-up cycle), the
+    first read is issued the cycle after that; a returned word is written into the entry
+    :attr:`resp_latency` cycles after it arrives, and a row is written to its buffer one
+    cycle after its last word was merged. ``busy`` (and ``~cmd.ready``) covers all of it, up
+    to and including the cycle of the last buffer write.
     """
+
+    #: Cycles from a word on ``mem_resp`` to the buffer write it completes (last word of a
+    #: row): input register, rotate, merge into the entry, write.
+    resp_latency = 3
 
     def __init__(self, config: AcceleratorConfig):
         self._config = config
@@ -71,111 +93,163 @@ class LoadUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        W, lb = self._config.mem_width, self._config.mem_lane_bits
-        n_chunks = -(-self._config.max_entry_bytes // W)
-        E = n_chunks * W
+        c = self._config
+        W, lb = c.mem_width, c.mem_lane_bits
+        n_chunks = -(-c.max_entry_bytes // W)
+        E = n_chunks * W                         # entry bytes assembled (>= every target's)
+        A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
+        depth = max(c.act_depth, c.wgt_depth, c.param_depth)
 
-        cmd = Signal(LoadCmd())
+        def lane(addr):                          # byte lane of a byte address
+            return addr[:lb] if lb else C(0, 1)
 
-        # Request walker.
-        rq_active = Signal()
-        rq_row = Signal(16)
-        rq_addr = Signal(_ADDR_BITS)  # byte address of the current row
-        rq_word = Signal(_ADDR_BITS)
-        rq_last_word = Signal(_ADDR_BITS)
-        rq_next_addr = Signal(_ADDR_BITS)
+        busy = Signal()
+        start = Signal()                         # set-up cycle after a command was taken
 
-        # Response walker.
-        rs_active = Signal()
-        rs_row = Signal(16)
-        rs_addr = Signal(_ADDR_BITS)
-        rs_beat = Signal(range(n_chunks + 2))
-        rs_last_beat = Signal(range(n_chunks + 2))
-        rs_next_addr = Signal(_ADDR_BITS)
-        rs_off = Signal(max(1, lb))
-        entry = Signal(8 * E)
-        entry_next = Signal(8 * E)
-        row_done = Signal()
-
-        def last_word(addr, row_bytes):
-            return (addr + row_bytes - 1) >> lb
-
-        def last_beat(addr, row_bytes):
-            return ((addr[:lb] if lb else 0) + row_bytes - 1) >> lb
-
+        # ---- command ---------------------------------------------------------------------
+        # While idle, the command registers below (and the walkers' start values) follow the
+        # payload every cycle, so the (deep) handshake from the decoder only sets `start`
+        # and never enables a wide register bank. In the set-up cycle (`start`) both walkers
+        # advance to the first row exactly as they advance from one row to the next.
+        c_target = Signal(isa.LoadTarget)
+        c_rbm1 = Signal(range(max(2, E)))       # row_bytes - 1
+        c_stride = Signal(A)
+        p = self.cmd.payload
+        idle = ~busy
         m.d.comb += [
-            self.cmd.ready.eq(~rq_active & ~rs_active),
-            self.busy.eq(rq_active | rs_active),
+            self.busy.eq(busy),
+            self.cmd.ready.eq(idle),
+        ]
+        m.d.sync += start.eq(self.cmd.valid & self.cmd.ready)
+        with m.If(idle):
+            m.d.sync += [c_target.eq(p.target), c_rbm1.eq(p.row_bytes - 1),
+                         c_stride.eq(p.mem_stride)]
 
-            rq_next_addr.eq(rq_addr + cmd.mem_stride),
+        def last_beat(off):                      # beats of a row at lane offset `off`, minus 1
+            return (off + c_rbm1) >> lb
+
+        # Bytes of the entry inside the row (the rest is zero-filled): fixed per command.
+        # Decoded as chunk x lane (q <= rbm1 iff chunk < hi, or chunk == hi and lane <= lo):
+        # E separate `rbm1 >= q` comparisons would each become a carry chain.
+        in_row = Signal(E)
+        hi, lo = c_rbm1 >> lb, lane(c_rbm1)
+        hi_ge, lo_ge = _at_least(hi, n_chunks + 1), _at_least(lo, W)
+        with m.If(start):
+            m.d.sync += [in_row[q].eq(hi_ge[q // W + 1] | ((hi == q // W) & lo_ge[q % W]))
+                         for q in range(E)]
+
+        # ---- request walker: one word read per accepted cycle -----------------------------
+        # Per row only `rq_next + stride` (one carry chain) and a small beat count are
+        # computed; the word address of the row's next beat is an incrementer.
+        rq_active = Signal()
+        rq_word = Signal(c.mem_addr_width)       # word address of the read on the port
+        rq_left = Signal(range(n_chunks + 1))    # reads of this row after the current one
+        rq_rows = Signal(range(depth + 1))       # rows not yet fully requested
+        rq_next = Signal(A)                      # byte address of the next row
+        m.d.comb += [
             self.mem_req.valid.eq(rq_active),
             self.mem_req.payload.addr.eq(rq_word),
             self.mem_req.payload.write.eq(0),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
+        ]
+        rq_row_end = self.mem_req.valid & self.mem_req.ready & (rq_left == 0)
+        with m.If(idle):
+            m.d.sync += [rq_next.eq(p.mem_addr), rq_rows.eq(p.n_rows)]
+        with m.If(start | rq_row_end):
+            m.d.sync += [rq_word.eq(rq_next >> lb), rq_left.eq(last_beat(lane(rq_next))),
+                         rq_next.eq(rq_next + c_stride)]
+        with m.Elif(self.mem_req.valid & self.mem_req.ready):
+            m.d.sync += [rq_word.eq(rq_word + 1), rq_left.eq(rq_left - 1)]
+        with m.If(start):
+            m.d.sync += rq_active.eq(1)
+        with m.If(rq_row_end):
+            m.d.sync += rq_rows.eq(rq_rows - 1)
+            with m.If(rq_rows == 1):
+                m.d.sync += rq_active.eq(0)
 
-            self.mem_resp.ready.eq(1),
-            rs_next_addr.eq(rs_addr + cmd.mem_stride),
-            rs_off.eq(rs_addr[:lb] if lb else 0),
-            row_done.eq(self.mem_resp.valid & (rs_beat == rs_last_beat)),
+        # ---- stage 1: register the returned word ---------------------------------------
+        s1_valid = Signal()
+        s1_data = Signal(8 * W)
+        m.d.comb += self.mem_resp.ready.eq(1)
+        m.d.sync += [s1_valid.eq(self.mem_resp.valid), s1_data.eq(self.mem_resp.payload)]
+
+        # ---- response walker: describes the word in stage 1 ------------------------------
+        # It only needs the rows' lane offsets (lb-bit arithmetic), not their addresses.
+        rs_active = Signal()
+        rs_off = Signal(max(1, lb))              # lane offset of the current row
+        rs_off_next = Signal(max(1, lb))         # ... of the next row
+        rs_beat = Signal(range(n_chunks + 1))
+        rs_last = Signal(range(n_chunks + 1))    # beat number of the row's last word
+        rs_rows = Signal(range(depth + 1))       # rows not yet complete
+        rs_buf = Signal(_addr_width(depth))      # buffer entry of the current row
+        rs_row_end = s1_valid & (rs_beat == rs_last)
+        with m.If(idle):
+            m.d.sync += [rs_off_next.eq(lane(p.mem_addr)), rs_rows.eq(p.n_rows),
+                         rs_buf.eq(p.buf_addr)]
+        with m.If(start | rs_row_end):
+            m.d.sync += [rs_beat.eq(0), rs_off.eq(rs_off_next),
+                         rs_last.eq(last_beat(rs_off_next)),
+                         rs_off_next.eq(rs_off_next + lane(c_stride))]
+        with m.Elif(s1_valid):
+            m.d.sync += rs_beat.eq(rs_beat + 1)
+        with m.If(start):
+            m.d.sync += rs_active.eq(1)
+        with m.If(rs_row_end):
+            m.d.sync += [rs_rows.eq(rs_rows - 1), rs_buf.eq(rs_buf + 1)]
+            with m.If(rs_rows == 1):
+                m.d.sync += rs_active.eq(0)
+
+        # ---- stage 2: rotate the word, decode where its bytes go -------------------------
+        # After rotating, lane i holds byte (i + off) mod W of the word: row byte
+        # beat * W + i (chunk `beat`) if i + off < W, else the tail of chunk `beat - 1`.
+        # The decode is registered so that the merge below is one LUT per entry byte from
+        # registers with small fanout (sel: 2W bytes, low: n_chunks bytes).
+        s2_rot = Signal(8 * W)
+        s2_low = Signal(W)                       # lane i belongs to chunk `beat`
+        s2_sel = Signal(n_chunks + 1)            # one-hot beat number (zero: no word)
+        s2_last = Signal()                       # the word completes its row
+        s2_buf = Signal(_addr_width(depth))
+        off_ge = _at_least(rs_off, W + 1)
+        rot = s1_data
+        for b in range(lb):                      # log rotator: one 2:1 mux level per bit
+            k = 8 << b
+            rot = Mux(rs_off[b], Cat(rot[k:], rot[:k]), rot)
+        m.d.sync += [
+            s2_rot.eq(rot),
+            s2_low.eq(Cat(~off_ge[W - i] for i in range(W))),  # i + off < W
+            s2_sel.eq(Cat((s1_valid & (rs_beat == k)) for k in range(n_chunks + 1))),
+            s2_last.eq(s1_valid & (rs_beat == rs_last)),
+            s2_buf.eq(rs_buf),
         ]
 
-        # Rotate the returned word so that lane i holds byte (i + off) mod W of the word; that
-        # byte belongs to chunk rs_beat of the row if i < W - off, else to chunk rs_beat - 1
-        # (it was the tail of the previous word's row bytes).
-        beat = self.mem_resp.payload
-        rot = Signal(8 * W)
-        m.d.comb += rot.eq(Cat(beat, beat).bit_select(rs_off * 8, 8 * W))
+        # ---- stage 3: merge into the entry -----------------------------------------------
+        # Each entry byte has its own enable and synchronous clear (past the row: zero), so
+        # the entry maps to flip-flop CE/LSR pins with no per-bit logic.
+        entry = Signal(8 * E)
         for q in range(E):
             k, i = divmod(q, W)
-            low_lane = (rs_off + i) < W
-            mine = Mux(low_lane, rs_beat == k, rs_beat == k + 1) & (q < cmd.row_bytes)
-            kept = Mux(rs_beat == 0, 0, entry[8 * q:8 * q + 8])
-            m.d.comb += entry_next[8 * q:8 * q + 8].eq(Mux(mine, rot[8 * i:8 * i + 8], kept))
+            take = Mux(s2_low[i], s2_sel[k], s2_sel[k + 1])
+            with m.If(~in_row[q]):
+                m.d.sync += entry[8 * q:8 * q + 8].eq(0)
+            with m.Elif(take):
+                m.d.sync += entry[8 * q:8 * q + 8].eq(s2_rot[8 * i:8 * i + 8])
 
-        buf_addr = cmd.buf_addr + rs_row
+        # ---- stage 4: write the completed entry ----------------------------------------
+        wr_en = Signal()
+        wr_buf = Signal(_addr_width(depth))
+        m.d.sync += [wr_en.eq(s2_last), wr_buf.eq(s2_buf)]
         for port, target in ((self.act_wr, isa.LoadTarget.ACT),
                              (self.wgt_wr, isa.LoadTarget.WGT),
                              (self.param_wr, isa.LoadTarget.PARAM)):
             m.d.comb += [
-                port.addr.eq(buf_addr),
-                port.data.eq(entry_next[:len(port.data.as_value())]),
-                port.en.eq(row_done & (cmd.target == target)),
+                port.addr.eq(wr_buf),
+                port.data.eq(entry[:len(port.data.as_value())]),
+                port.en.eq(wr_en & (c_target == target)),
             ]
 
-        with m.If(self.cmd.valid & self.cmd.ready):
-            p = self.cmd.payload
-            m.d.sync += [
-                cmd.eq(p),
-                rq_active.eq(1), rq_row.eq(0), rq_addr.eq(p.mem_addr),
-                rq_word.eq(p.mem_addr >> lb), rq_last_word.eq(last_word(p.mem_addr, p.row_bytes)),
-                rs_active.eq(1), rs_row.eq(0), rs_addr.eq(p.mem_addr), rs_beat.eq(0),
-                rs_last_beat.eq(last_beat(p.mem_addr, p.row_bytes)),
-            ]
-
-        with m.If(self.mem_req.valid & self.mem_req.ready):
-            with m.If(rq_word == rq_last_word):
-                with m.If(rq_row == cmd.n_rows - 1):
-                    m.d.sync += rq_active.eq(0)
-                m.d.sync += [
-                    rq_row.eq(rq_row + 1), rq_addr.eq(rq_next_addr),
-                    rq_word.eq(rq_next_addr >> lb),
-                    rq_last_word.eq(last_word(rq_next_addr, cmd.row_bytes)),
-                ]
-            with m.Else():
-                m.d.sync += rq_word.eq(rq_word + 1)
-
-        with m.If(self.mem_resp.valid):
-            m.d.sync += entry.eq(entry_next)
-            with m.If(row_done):
-                with m.If(rs_row == cmd.n_rows - 1):
-                    m.d.sync += rs_active.eq(0)
-                m.d.sync += [
-                    rs_row.eq(rs_row + 1), rs_addr.eq(rs_next_addr), rs_beat.eq(0),
-                    rs_last_beat.eq(last_beat(rs_next_addr, cmd.row_bytes)),
-                ]
-            with m.Else():
-                m.d.sync += rs_beat.eq(rs_beat + 1)
-
+        # Busy until the last write: the walkers, then the last word in stage 2, then the
+        # write itself (stage 1 is covered by rs_active).
+        m.d.comb += busy.eq(start | rq_active | rs_active | s2_last | wr_en)
         return m
 
 
@@ -187,6 +261,11 @@ class StoreUnit(wiring.Component):
     row when the FIFO is sure to have room for it (credits), so memory backpressure never has
     to stall the output-stage pipeline. A writer takes each row, shifts it to the row's byte
     offset in memory and issues masked word writes, one per cycle while the port accepts.
+
+    Contract (checked by the decoder): ``1 <= n_rows``, ``1 <= n_cols <= cols``, and the
+    strided extent lies below ``mem_bytes`` (addresses are computed modulo ``mem_bytes``).
+    The write requests come from registers (``mem_req`` is a registered stream output).
+    Nothing here depends on the output stage's latency beyond :attr:`fifo_depth`.
     """
 
     def __init__(self, config: AcceleratorConfig):
@@ -213,47 +292,44 @@ class StoreUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        cols, W, lb = self._config.cols, self._config.mem_width, self._config.mem_lane_bits
+        c = self._config
+        cols, W, lb = c.cols, c.mem_width, c.mem_lane_bits
         row_bytes_max = 4 * cols
         n_chunks = -(-row_bytes_max // W)
+        A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
+
+        def lane(addr):                          # byte lane of a byte address
+            return addr[:lb] if lb else C(0, 1)
 
         m.submodules.output_stage = ostage = self.output_stage
-        m.submodules.fifo = rows_fifo = fifo.SyncFIFOBuffered(width=8 * row_bytes_max,
+        m.submodules.fifo = rows_fifo = fifo.SyncFIFOBuffered(width=8 * n_chunks * W,
                                                               depth=self.fifo_depth)
 
         cmd = Signal(StoreCmd())
         params = Signal(data.ArrayLayout(isa.OutputParams, cols))
+        row_lm1 = Signal(range(row_bytes_max))  # bytes of a row in memory, minus 1
+        pending = Signal(16)                     # rows accepted but not completely written
+        take_cmd = Signal()
 
-        # Reader.
+        # ---- reader ------------------------------------------------------------------------
         rd_active = Signal()
         rd_first = Signal()  # first cycle after accept: parameter entry on param_rd.data
-        rd_count = Signal(16)
+        rd_left = Signal(16)                     # accumulator rows still to read
+        rd_addr = Signal(_addr_width(c.acc_depth))
         credits = Signal(range(self.fifo_depth + 1), init=self.fifo_depth)
         acc_read = Signal()
         acc_valid = Signal()
-
-        # Writer.
-        wr_active = Signal()
-        wr_rows = Signal(16)        # rows completely written
-        wr_next_addr = Signal(_ADDR_BITS)
-        wr_addr = Signal(_ADDR_BITS)
-        wr_beat = Signal(range(n_chunks + 2))
-        wr_last_beat = Signal(range(n_chunks + 2))
-        wr_len = Signal(range(row_bytes_max + 1))
-        rest = Signal(8 * n_chunks * W)  # row bytes not yet written, chunk wr_beat first
-        prev = Signal(8 * W)             # the previous chunk (its tail may belong here)
-        beat_done = Signal()
-        row_end = Signal()
         pop = Signal()
 
         m.d.comb += [
+            self.busy.eq(rd_active | (pending != 0)),
             self.cmd.ready.eq(~self.busy),
-            self.busy.eq(rd_active | wr_active | rows_fifo.r_rdy | (wr_rows != cmd.n_rows)),
+            take_cmd.eq(self.cmd.valid & self.cmd.ready),
 
             acc_read.eq(rd_active & ~rd_first & (credits != 0)),
             self.acc_rd.en.eq(acc_read),
-            self.acc_rd.addr.eq(cmd.acc_addr + rd_count),
-            self.param_rd.en.eq(self.cmd.valid & self.cmd.ready),
+            self.acc_rd.addr.eq(rd_addr),
+            self.param_rd.en.eq(take_cmd),
             self.param_rd.addr.eq(self.cmd.payload.param_addr),
 
             ostage.i_valid.eq(acc_valid),
@@ -267,56 +343,84 @@ class StoreUnit(wiring.Component):
         m.d.sync += acc_valid.eq(acc_read)
         m.d.sync += credits.eq(credits - acc_read + pop)
 
-        with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [cmd.eq(self.cmd.payload), rd_active.eq(1), rd_first.eq(1),
-                         rd_count.eq(0), wr_rows.eq(0),
-                         wr_next_addr.eq(self.cmd.payload.mem_addr)]
+        with m.If(take_cmd):
+            p = self.cmd.payload
+            m.d.sync += [cmd.eq(p), rd_active.eq(1), rd_first.eq(1), rd_left.eq(p.n_rows),
+                         rd_addr.eq(p.acc_addr),
+                         row_lm1.eq(Mux(p.raw, p.n_cols * 4, p.n_cols) - 1)]
         with m.If(rd_first):
             m.d.sync += [params.eq(self.param_rd.data), rd_first.eq(0)]
         with m.If(acc_read):
-            m.d.sync += rd_count.eq(rd_count + 1)
-            with m.If(rd_count == cmd.n_rows - 1):
+            m.d.sync += [rd_left.eq(rd_left - 1), rd_addr.eq(rd_addr + 1)]
+            with m.If(rd_left == 1):
                 m.d.sync += rd_active.eq(0)
 
-        # Writer: lane b of beat j carries row byte j * W + b - off.
-        off = Signal(max(1, lb))
-        window_start = Signal(range(W + 1))
-        window = Signal(16 * W)
-        lane_byte = [Signal(signed(_ADDR_BITS), name=f"lane_byte_{b}") for b in range(W)]
+        # ---- writer: row generator -> registered request ----------------------------------
+        # Lane b of beat j carries row byte j * W + b - off. Everything per row (offset,
+        # beat count, first/last lane masks) is decoded when the row is popped, from
+        # registers, so a beat only shifts the row and selects lanes with registered masks.
+        g_active = Signal()                      # a row has beats left to generate
+        g_word = Signal(c.mem_addr_width)        # word address of the next beat
+        g_left = Signal(range(n_chunks + 1))     # beats after the next one
+        g_first = Signal()
+        g_off = Signal(max(1, lb))
+        g_head = Signal(W)                       # lanes written by the row's first beat
+        g_tail = Signal(W)                       # lanes written by the row's last beat
+        rest = Signal(8 * n_chunks * W)          # row bytes not yet sent, next chunk first
+        prev = Signal(8 * W)                     # the chunk before (its tail may belong here)
+        next_addr = Signal(A)                    # byte address of the next row
+
+        o_valid = Signal()
+        o_last = Signal()                        # the request is its row's last beat
+        advance = Signal()                       # the request register takes a new beat
+        g_step = Signal()
+        g_last = Signal()
+
         m.d.comb += [
-            off.eq(wr_addr[:lb] if lb else 0),
-            window_start.eq(W - off),
-            window.eq(Cat(prev, rest[:8 * W])),
-            self.mem_req.valid.eq(wr_active),
-            self.mem_req.payload.addr.eq((wr_addr >> lb) + wr_beat),
+            self.mem_req.valid.eq(o_valid),
             self.mem_req.payload.write.eq(1),
-            self.mem_req.payload.data.eq(window.bit_select(window_start * 8, 8 * W)),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
-            beat_done.eq(self.mem_req.valid & self.mem_req.ready),
-            row_end.eq(beat_done & (wr_beat == wr_last_beat)),
-            pop.eq(rows_fifo.r_rdy & (~wr_active | row_end)),
+            advance.eq(~o_valid | self.mem_req.ready),
+            g_last.eq(g_left == 0),
+            g_step.eq(g_active & advance),
+            pop.eq(rows_fifo.r_rdy & (~g_active | (g_step & g_last))),
             rows_fifo.r_en.eq(pop),
         ]
-        for b in range(W):
-            m.d.comb += [
-                lane_byte[b].eq(wr_beat * W + b - off),
-                self.mem_req.payload.mask[b].eq((lane_byte[b] >= 0) & (lane_byte[b] < wr_len)),
+
+        with m.If(advance):
+            m.d.sync += [o_valid.eq(g_active), o_last.eq(g_last)]
+        with m.If(g_step):
+            # (prev, chunk) shifted up by off bytes: its upper half is the beat's word.
+            window = Cat(prev, rest[:8 * W]) << Cat(C(0, 3), g_off)
+            m.d.sync += [
+                self.mem_req.payload.addr.eq(g_word),
+                self.mem_req.payload.data.eq(window[8 * W:16 * W]),
+                self.mem_req.payload.mask.eq((g_head | ~g_first.replicate(W)) &
+                                             (g_tail | ~g_last.replicate(W))),
+                g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_first.eq(0),
+                prev.eq(rest[:8 * W]), rest.eq(rest >> (8 * W)),
+            ]
+            with m.If(g_last):
+                m.d.sync += g_active.eq(0)
+
+        end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
+        off_ge = _at_least(lane(next_addr), W + 1)
+        m.d.comb += end.eq(lane(next_addr) + row_lm1)
+        with m.If(take_cmd):
+            m.d.sync += next_addr.eq(self.cmd.payload.mem_addr)
+        with m.If(pop):
+            m.d.sync += [
+                g_active.eq(1), g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
+                g_first.eq(1), g_off.eq(lane(next_addr)),
+                g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
+                g_tail.eq(_at_least(lane(end), W)),                  # lane b <= end lane
+                next_addr.eq(next_addr + cmd.mem_stride),
+                rest.eq(rows_fifo.r_data),
             ]
 
-        row_len = Mux(cmd.raw, cmd.n_cols * 4, cmd.n_cols)
-        with m.If(beat_done):
-            m.d.sync += [wr_beat.eq(wr_beat + 1), prev.eq(rest[:8 * W]),
-                         rest.eq(rest >> (8 * W))]
-        with m.If(row_end):
-            m.d.sync += [wr_active.eq(0), wr_rows.eq(wr_rows + 1)]
-        with m.If(pop):
-            next_off = wr_next_addr[:lb] if lb else 0
-            m.d.sync += [
-                wr_active.eq(1), wr_addr.eq(wr_next_addr),
-                wr_next_addr.eq(wr_next_addr + cmd.mem_stride),
-                wr_beat.eq(0), wr_len.eq(row_len),
-                wr_last_beat.eq((next_off + row_len - 1) >> lb),
-                rest.eq(rows_fifo.r_data), prev.eq(0),
-            ]
+        with m.If(take_cmd):
+            m.d.sync += pending.eq(self.cmd.payload.n_rows)
+        with m.Elif(o_valid & self.mem_req.ready & o_last):
+            m.d.sync += pending.eq(pending - 1)
 
         return m

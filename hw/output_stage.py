@@ -1,6 +1,6 @@
 """The requantizing output stage: int32 accumulator rows to int8, one row per cycle."""
 
-from amaranth import Const, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
+from amaranth import C, Cat, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -52,7 +52,7 @@ class OutputStage(wiring.Component):
     o_tag : Out(tag_shape)
     """
 
-    _STAGES = 6
+    _STAGES = 9
 
     def __init__(self, config: AcceleratorConfig, tag_shape):
         if not isinstance(config, AcceleratorConfig):
@@ -119,7 +119,7 @@ class OutputStage(wiring.Component):
             return sig
 
         # ---- stage 1: one 32-bit carry chain (acc + bias) beside the shift decode, which
-        # saturates the 8-bit field into numerics.md's [-31, 30].
+        # saturates the 8-bit field into numerics.md's [-31, 30], and the clamp bounds.
         s1_x = reg(signed(32), "s1_x")
         s1_left = reg(unsigned(5), "s1_left")
         s1_right = reg(unsigned(5), "s1_right")
@@ -129,6 +129,9 @@ class OutputStage(wiring.Component):
             s1_left.eq(Mux(shift > _SHIFT_MAX, _SHIFT_MAX, Mux(shift < 0, 0, shift))[:5]),
             s1_right.eq(Mux(shift < _SHIFT_MIN, -_SHIFT_MIN, Mux(shift > 0, 0, -shift))[:5]),
         ]
+        # The clamp applies lo, then hi, so lo > hi gives hi. Folding that case into the bounds
+        # here (lo' = hi) leaves the final stage two comparisons and a mux, and carries 16 bits
+        # of bounds down the pipeline instead of 17.
         s1_mul = reg(signed(32), "s1_mul")
         s1_zp = reg(signed(8), "s1_zp")
         s1_lo = reg(signed(8), "s1_lo")
@@ -136,71 +139,135 @@ class OutputStage(wiring.Component):
         m.d.sync += [
             s1_mul.eq(params.multiplier),
             s1_zp.eq(params.zero_point),
-            s1_lo.eq(params.lo),
+            s1_lo.eq(Mux(params.lo > params.hi, params.hi, params.lo)),
             s1_hi.eq(params.hi),
         ]
 
         # ---- stage 2: the left barrel shift (5 mux levels) gets a cycle of its own so that
-        # the multiplier's operands come straight from registers.
+        # the multipliers' operands come straight from registers.
         s2_a = reg(signed(32), "s2_a")
         s2_mul = delay(s1_mul, 1, 2, "mul")
         m.d.sync += s2_a.eq((s1_x << s1_left)[:32].as_signed())  # wraps in int32
 
-        # ---- stage 3: the 32x32 product alone between registers, so synthesis can build it
-        # from DSP blocks with input and output registers. The saturating case is detected
-        # from the same registered operands, in parallel.
-        s3_prod = reg(signed(64), "s3_prod")
+        # ---- stage 3: the 32x32 product as four partial products of 16-bit halves (signed
+        # high, unsigned low), each small enough for one 18x18 DSP multiplier. A single `*`
+        # of 32-bit operands maps on ECP5 to four combinational DSPs *plus* their fabric adders
+        # in one cycle (68-76 MHz). Here each multiplier sits alone between registers and the
+        # adders get cycles of their own:
+        #   a * b = hh * 2**32 + (lh + hl) * 2**16 + ll
+        # Yosys packs none of these registers into the ECP5 DSP, whose combinational delay
+        # (3.9 ns) plus the routing to and from fabric registers (~3.5 ns) is now this block's
+        # limit (~125 MHz). Register copies that drive only DSP inputs, and product registers
+        # that drive only other registers, gained 0.1 ns for ~1,900 flip-flops: not kept. The
+        # saturating case is detected from the same registered operands, in parallel.
+        a_lo, a_hi = s2_a.as_unsigned()[:16], s2_a[16:].as_signed()
+        b_lo, b_hi = s2_mul.as_unsigned()[:16], s2_mul[16:].as_signed()
+        s3_llhi = reg(unsigned(16), "s3_llhi")  # ll >> 16: bits 0..15 of ll never matter
+        s3_lh = reg(signed(32), "s3_lh")        # |lh|, |hl| < 2**31, hh <= 2**30
+        s3_hl = reg(signed(32), "s3_hl")
+        s3_hh = reg(signed(32), "s3_hh")
         s3_sat = reg(1, "s3_sat")
         m.d.sync += [
-            s3_prod.eq(s2_a * s2_mul),
+            s3_llhi.eq((a_lo * b_lo)[16:]),
+            s3_lh.eq(a_lo * b_hi),
+            s3_hl.eq(a_hi * b_lo),
+            s3_hh.eq(a_hi * b_hi),
             s3_sat.eq((s2_a == _INT32_MIN) & (s2_mul == _INT32_MIN)),
         ]
 
-        # ---- stage 4: SaturatingRoundingDoublingHighMul's nudge and truncating division.
+        # ---- stages 4-5: SaturatingRoundingDoublingHighMul's nudge and truncating division.
         # For ab >= 0: trunc((ab + 2**30) / 2**31) = floor((ab + 2**30) / 2**31).
         # For ab < 0: trunc((ab + 1 - 2**30) / 2**31) = ceil(...)
         #   = floor((ab + 1 - 2**30 + 2**31 - 1) / 2**31) = floor((ab + 2**30) / 2**31).
         # Both signs are one floor of ab + 2**30, and since 2**30 only touches bits >= 30 that
-        # is ((ab >> 30) + 1) >> 1: a 34-bit incrementer instead of a sign-dependent nudge
-        # and two 64-bit adders. Only INT32_MIN**2 = 2**62 would overflow int32 here.
-        s4_h = reg(signed(32), "s4_h")
-        high = (((s3_prod >> 30) + 1) >> 1)[:32].as_signed()
-        m.d.sync += s4_h.eq(Mux(s3_sat, _INT32_MAX, high))
-        # RoundingDivideByPOT's masks are decoded here, beside the incrementer, rather than in
-        # stage 1: that pipelines 5 bits of shift amount instead of 62 bits of masks.
-        s3_right = delay(s1_right, 1, 3, "right")
-        s4_right = reg(unsigned(5), "s4_right")
-        s4_half = reg(unsigned(31), "s4_half")    # 2**(right-1) - 1: the bits below the round bit
-        s4_round = reg(unsigned(31), "s4_round")  # 2**(right-1): the round bit; 0 for right 0
-        mask = ((Const(1, 32) << s3_right) - 1)[:31]  # 2**right - 1, less bit 31 (unused)
+        # is ((ab >> 30) + 1) >> 1. With t = lh + hl + (ll >> 16), which is ab >> 16 less
+        # hh * 2**16 (the low 16 bits of ll produce no carry), ab >> 30 = hh * 4 + (t >> 14).
+        #
+        # Stage 4: t, three operands in one carry chain: a carry-save layer (one LUT level)
+        # turns them into two, t = s + 2c. Everything mod 2**34, where t fits (|t| < 2**33).
+        tw = 34
+        x3 = Signal(tw, name=f"c{n}_s4_lh_ext")
+        y3 = Signal(tw, name=f"c{n}_s4_hl_ext")
+        z3 = Signal(tw, name=f"c{n}_s4_llhi_ext")
+        m.d.comb += [x3.eq(s3_lh), y3.eq(s3_hl), z3.eq(s3_llhi)]  # sign-/zero-extending
+        csa_s = x3 ^ y3 ^ z3
+        csa_c = (x3 & y3) | (x3 & z3) | (y3 & z3)
+        s4_t = reg(signed(tw), "s4_t")
+        m.d.sync += s4_t.eq((csa_s + Cat(C(0, 1), csa_c[:tw - 1]))[:tw].as_signed())
+        s4_hh = delay(s3_hh, 3, 4, "hh")
+        s4_sat = delay(s3_sat, 3, 4, "sat")
+
+        # Stage 5: h = (p + q + 1) >> 1 with p = t >> 14, q = hh * 4, in one carry chain:
+        # (2p + 1) + (2q + 1) = 2 (p + q + 1), so the increment rides in on bit 0. Only
+        # INT32_MIN**2 = 2**62 overflows int32 here (h = 2**31 wraps to INT32_MIN); the
+        # saturation mux for it is folded into stage 6's shifter LUTs.
+        p = Signal(signed(34), name=f"c{n}_s5_p")
+        q = Signal(signed(34), name=f"c{n}_s5_q")
+        m.d.comb += [p.eq(s4_t >> 14), q.eq(s4_hh << 2)]
+        s5_h = reg(signed(32), "s5_h")
+        m.d.sync += s5_h.eq((Cat(C(1, 1), p).as_signed() + Cat(C(1, 1), q).as_signed())[2:34]
+                            .as_signed())
+        s5_sat = delay(s4_sat, 4, 5, "sat")
+
+        # RoundingDivideByPOT's masks are decoded here, beside the adders, rather than in
+        # stage 1: that pipelines 5 bits of shift amount instead of 62 bits of masks. Each mask
+        # bit is a compare of the 5-bit shift with a constant (one or two LUTs).
+        s4_right = delay(s1_right, 1, 4, "right")
+        s5_right = reg(unsigned(5), "s5_right")
+        s5_half = reg(unsigned(31), "s5_half")    # 2**(right-1) - 1: the bits below the round bit
+        s5_round = reg(unsigned(31), "s5_round")  # 2**(right-1): the round bit; 0 for right 0
         m.d.sync += [
-            s4_right.eq(s3_right),
-            s4_half.eq(mask >> 1),
-            s4_round.eq(mask ^ (mask >> 1)),
+            s5_right.eq(s4_right),
+            s5_half.eq(Cat(s4_right > i + 1 for i in range(31))),
+            s5_round.eq(Cat(s4_right == i + 1 for i in range(31))),
         ]
 
-        # ---- stage 5: RoundingDivideByPOT. "remainder > threshold" is, for x >= 0, "round bit
+        # ---- stage 6: RoundingDivideByPOT. "remainder > threshold" is, for x >= 0, "round bit
         # set" and, for x < 0, "round bit set and a lower bit set" (the threshold is one
         # higher). Those AND-reductions run beside the right barrel shift; the increment
-        # becomes the carry-in of the zero-point adder in stage 6 instead of a third adder.
-        s5_q = reg(signed(32), "s5_q")
-        s5_inc = reg(1, "s5_inc")
-        h_bits = s4_h.as_unsigned()[:31]
-        round_bit = (h_bits & s4_round).any()
-        sticky = (h_bits & s4_half).any()
+        # becomes the carry-in of the zero-point adder in stage 7 instead of a third adder.
+        h = Signal(signed(32), name=f"c{n}_s6_h")
+        m.d.comb += h.eq(Mux(s5_sat, _INT32_MAX, s5_h))
+        s6_q = reg(signed(32), "s6_q")
+        s6_inc = reg(1, "s6_inc")
+        h_bits = h.as_unsigned()[:31]
+        round_bit = (h_bits & s5_round).any()
+        sticky = (h_bits & s5_half).any()
         m.d.sync += [
-            s5_q.eq(s4_h >> s4_right),  # arithmetic: s4_h is signed
-            s5_inc.eq(round_bit & ((s4_h >= 0) | sticky)),
+            s6_q.eq(h >> s5_right),  # arithmetic: h is signed
+            s6_inc.eq(round_bit & ((h >= 0) | sticky)),
         ]
 
-        # ---- stage 6: zero point (int32 add, wraps) and clamp. The bound comparisons and
-        # lo > hi run in parallel instead of a max()-then-min() chain; the result is the same
-        # (hi whenever max(y, lo) > hi).
-        zp = delay(s1_zp, 1, 5, "zp")
-        lo = delay(s1_lo, 1, 5, "lo")
-        hi = delay(s1_hi, 1, 5, "hi")
-        y = (s5_q + zp + s5_inc)[:32].as_signed()
-        s6_out = reg(signed(8), "s6_out")
-        m.d.sync += s6_out.eq(Mux((y > hi) | (lo > hi), hi,
-                                  Mux(y < lo, lo, y[:8].as_signed())))
-        m.d.comb += out.eq(s6_out)
+        # ---- stage 7: zero point, an int32 add that wraps, with the rounding increment as
+        # its carry-in: (2q + inc) + (2zp + inc) = 2 (q + zp + inc).
+        zp = delay(s1_zp, 1, 6, "zp")
+        s7_y = reg(signed(32), "s7_y")
+        m.d.sync += s7_y.eq((Cat(s6_inc, s6_q).as_signed() + Cat(s6_inc, zp).as_signed())[1:33]
+                            .as_signed())
+
+        # ---- stages 8-9: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded into lo
+        # in stage 1), so "y > hi" is "y above int8, or y in int8 and its low byte > hi" (the
+        # same for "y < lo"). Stage 8 computes both flags: a 25-bit all-zeros/all-ones
+        # reduction beside two 9-bit subtractions whose sign bits are the byte comparisons;
+        # stage 9 is the two muxes alone (outside int8 one flag is always set, so the low
+        # byte needs no saturation). A 32-bit compare after the 32-bit add in one cycle
+        # limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus the muxes
+        # to ~125 MHz.
+        lo = delay(s1_lo, 1, 7, "lo")
+        hi = delay(s1_hi, 1, 7, "hi")
+        top = s7_y.as_unsigned()[7:]
+        in_range = (top == 0) | (top == (1 << len(top)) - 1)
+        low = s7_y[:8].as_signed()
+        s8_y = reg(signed(8), "s8_y")
+        s8_gt = reg(1, "s8_gt")
+        s8_lt = reg(1, "s8_lt")
+        m.d.sync += [
+            s8_y.eq(low),
+            s8_gt.eq(Mux(in_range, (hi - low)[8], ~s7_y[31])),  # y > hi
+            s8_lt.eq(Mux(in_range, (low - lo)[8], s7_y[31])),   # y < lo
+        ]
+        lo8 = delay(lo, 7, 8, "lo")
+        hi8 = delay(hi, 7, 8, "hi")
+        s9_out = reg(signed(8), "s9_out")
+        m.d.sync += s9_out.eq(Mux(s8_gt, hi8, Mux(s8_lt, lo8, s8_y)))
+        m.d.comb += out.eq(s9_out)
