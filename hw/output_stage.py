@@ -218,7 +218,8 @@ class OutputStage(wiring.Component):
         s5_round = reg(unsigned(31), "s5_round")  # 2**(right-1): the round bit; 0 for right 0
         m.d.sync += [
             s5_right.eq(s4_right),
-            s5_half.eq(Cat(s4_right > i + 1 for i in range(31))),
+            # (bit 30 would be "right > 31", never true of a 5-bit shift: a constant 0)
+            s5_half.eq(Cat(*(s4_right > i + 1 for i in range(30)), C(0, 1))),
             s5_round.eq(Cat(s4_right == i + 1 for i in range(31))),
         ]
 
