@@ -9,19 +9,33 @@ from .config import AcceleratorConfig
 from .execute import MatmulCmd
 from .footprint import RangeLayout, overlaps
 from .loadstore import LoadCmd, StoreCmd
+from .mult import Multiplier, MultiplierTarget
 
 __all__ = ["Decoder"]
 
-_MEM_BITS = 34
+# Which register of the check pipeline holds which of ``isa.instruction_ends`` (the memory
+# end has its own pipeline). Shared across opcodes: only one instruction is checked at a time.
+_END_SLOTS = {
+    isa.Opcode.LOAD: ("buf",),
+    isa.Opcode.MATMUL: ("act", "wgt", "acc"),
+    isa.Opcode.STORE: ("acc",),
+}
+_END_BITS = 17  # 16-bit address + 16-bit count (or + rows <= 128)
 
 
 class Decoder(wiring.Component):
     """Front end of the accelerator.
 
     Instruction words go through two registers: *fetch* (the raw word and its index) and
-    *decode* (the word, its error code and its memory extent; the checks are those of
-    ``isa.instruction_checks``, the same function the golden model runs). From *decode* an
-    instruction is dispatched to its unit when
+    *decode* (the word, its error code and the ends of its ranges). A word stays in *fetch*
+    for :attr:`check_cycles` cycles while a free-running pipeline computes the ends of its
+    ranges (``isa.instruction_ends``; the memory end ``mem_addr + (n_rows - 1) * stride +
+    row_bytes`` takes a multiply and two wide adds, one per cycle) and the ordered checks of
+    ``isa.instruction_checks``, the same function the golden model runs. Checking in place
+    instead of in a pipeline of word registers keeps the area small; it limits the decoder
+    to one instruction every ``check_cycles + 1`` cycles, far more than the units consume
+    (a MATMUL streams at least one vector per row). From *decode* an instruction is
+    dispatched to its unit when
 
     - the unit can take it (``*_cmd.ready``), and
     - no instruction still in flight in *another* unit touches an overlapping range of a
@@ -39,9 +53,17 @@ class Decoder(wiring.Component):
     over.
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
+        if target is not None and not isinstance(target, MultiplierTarget):
+            raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
         self._config = config
+        self._target = target or MultiplierTarget()
+        # On ECP5 the extent multiply uses registered MULT18X18Ds (inferred ones are
+        # combinational: 4.5 ns of a 6.7 ns cycle); elsewhere a plain registered product.
+        self._mult_kind = "ecp5" if self._target.family == "ecp5" else "generic"
+        self._mult_latency = 3 if self._mult_kind == "ecp5" else 1
         fp = RangeLayout(17)
+        self._mem_bits = config.mem_bytes.bit_length()
         super().__init__({
             "instr": In(stream.Signature(isa.INSTR_WIDTH)),
             "load_cmd": Out(stream.Signature(LoadCmd())),
@@ -64,6 +86,13 @@ class Decoder(wiring.Component):
             "counters": Out(isa.Counters),
         })
 
+    @property
+    def check_cycles(self) -> int:
+        """Cycles a word spends in *fetch* before it may move to *decode*: the depth of the
+        range-end pipeline (operands; the partial products' multiplier latency, 1, or 3 on
+        ECP5; their sum; the end)."""
+        return 3 + self._mult_latency
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
@@ -73,106 +102,186 @@ class Decoder(wiring.Component):
         accepted = Signal(32)  # words accepted so far: the index of the next one
         started = Signal()
         halted = Signal()
+        mem_bits = self._mem_bits
 
         fe_valid = Signal()
         fe_word = Signal(isa.INSTR_WIDTH)
         fe_index = Signal(32)
+        fe_age = Signal(range(self.check_cycles + 1))  # cycles since fe_word was loaded
         fe_error = Signal(isa.ErrorCode)
-        fe_mem_end = Signal(_MEM_BITS)
+
+        # The check pipeline: free-running registers, each a function of fe_word and the
+        # stage before; they describe fe_word once fe_age reaches their depth.
+        k1_end = [Signal(_END_BITS, name=f"k1_end{i}") for i in range(3)]
+        k1_n_rows = Signal(16)
+        k1_stride = Signal(24)
+        k1_addr_len = Signal(34)      # mem_addr + row length
+        k1_mem_op = Signal()
+        k2_base = Signal(signed(35))  # mem_addr + row length - stride
+        k2_mem_op = Signal()
+        k_prod = Signal(40)           # n_rows * stride, mult_latency + 2 cycles in
+        k3_error = Signal(isa.ErrorCode)  # first failing check other than MEM_RANGE
+        k_mem_end = Signal(signed(42))  # check_cycles in
 
         de_valid = Signal()
         de_word = Signal(isa.INSTR_WIDTH)
         de_index = Signal(32)
         de_error = Signal(isa.ErrorCode)
-        de_mem_end = Signal(_MEM_BITS)
+        de_end = [Signal(_END_BITS, name=f"de_end{i}") for i in range(3)]
+        de_mem_end = Signal(mem_bits)
+        de_param_end = Signal(17)
 
         # Footprints of the instruction each single-slot unit is working on.
         ld_buf = Signal(RangeLayout(17))
         ld_target = Signal(Target)
-        ld_mem = Signal(RangeLayout(_MEM_BITS))
+        ld_mem = Signal(RangeLayout(mem_bits))
         st_acc = Signal(RangeLayout(17))
         st_param = Signal(RangeLayout(17))
-        st_mem = Signal(RangeLayout(_MEM_BITS))
+        st_mem = Signal(RangeLayout(mem_bits))
 
         issue = Signal()      # the instruction in decode leaves it this cycle
-        can_issue = Signal()
+        conflict = Signal()   # the instruction in decode overlaps one in flight
+        conflict_q = Signal()
+        de_wait = Signal(range(3))  # cycles until conflict_q describes the word in decode
+        de_ready = Signal()
+        de_fault = Signal()
+        # The opcode in decode, one-hot, decoded as it enters: it steers the issue decision.
+        de_is = {op: Signal(name=f"de_is_{op.name.lower()}") for op in
+                 (Op.NOP, Op.LOAD, Op.MATMUL, Op.STORE, Op.FENCE, Op.HALT)}
         de_take = Signal()
         fe_take = Signal()
+        checked = Signal()    # fe_age == check_cycles, registered
         all_idle = Signal()
         fault = Signal()
 
         # ---- fetch: accept a word; discard words once the program is over ----------------
-        running = ~halted & (self.status.error == isa.ErrorCode.NONE)
+        # running == ~halted & (status.error == NONE), kept as a register of its own
+        # because it gates the issue decision and the fetch/decode enables.
+        running = Signal(init=1)
         m.d.comb += [
-            de_take.eq(~de_valid | issue),
-            fe_take.eq(~fe_valid | de_take),
+            # Decode refills only once empty, one cycle after an issue: the issue decision
+            # (the scoreboard's compares) then never drives the enables of the fetch and
+            # decode registers. The check pipeline limits throughput more than this bubble.
+            de_take.eq(~de_valid),
+            fe_take.eq(~fe_valid | (checked & de_take)),
             self.instr.ready.eq(~running | fe_take),
         ]
         word_in = self.instr.valid & self.instr.ready
         with m.If(word_in):
             m.d.sync += [accepted.eq(accepted + 1), started.eq(1)]
 
-        # ---- check: the same rules as the golden model ----------------------------------
+        # ---- check: the same rules as the golden model, over check_cycles cycles ----------
+        # One carry chain or one multiplier between registers per stage: the one-cycle
+        # version (a 16x24 multiply, two adds and a compare) limited the decoder to 45 MHz.
         opcode = fe_word[:8]
+        ld_view, st_view = isa.LoadInstr(fe_word), isa.StoreInstr(fe_word)
+        is_store = opcode == Op.STORE
+        st_row_bytes = isa.store_row_bytes(
+            st_view.n_cols, st_view.mode.as_value() == isa.StoreMode.RAW.value, Mux)
+        m.d.sync += [
+            k1_n_rows.eq(ld_view.n_rows),  # same position in LOAD and STORE
+            k1_stride.eq(Mux(is_store, st_view.mem_stride, ld_view.mem_stride)),
+            k1_addr_len.eq(Mux(is_store, st_view.mem_addr + st_row_bytes,
+                               ld_view.mem_addr + ld_view.row_bytes)),
+            k1_mem_op.eq((opcode == Op.LOAD) | is_store),
+            k2_base.eq(k1_addr_len - k1_stride),
+            k2_mem_op.eq(k1_mem_op),
+            # The stride is split so that each partial product fits one 18x18 DSP.
+            k_prod.eq(self._product(m, k1_n_rows, k1_stride[:17], "prod_lo") +
+                      (self._product(m, k1_n_rows, k1_stride[17:], "prod_hi") << 17)),
+            k_mem_end.eq(k_prod + k2_base),
+        ]
+        mem_range = isa.ErrorCode.MEM_RANGE
+        # Stage 1 registers the buffer ends; stage 2 every check condition of every opcode
+        # against them; stage 3 the first failing one for the opcode in fetch. MEM_RANGE,
+        # always the last check, is decided from k_mem_end when the word leaves fetch.
+        failed = {}
+        for op, layout in isa.INSTR_LAYOUTS.items():
+            view = layout(fe_word)
+            fields = {name: Value.cast(view[name])
+                      for name, _ in data.Layout.cast(layout) if name != "opcode"}
+            ends = isa.instruction_ends(op, fields, cfg, Mux)
+            with m.If(opcode == op):
+                for slot, name in enumerate(_END_SLOTS.get(op, ())):
+                    m.d.sync += k1_end[slot].eq(ends[name])
+            registered = {name: k1_end[_END_SLOTS[op].index(name)]
+                          for name in ends if name != "mem"}
+            checks = isa.instruction_checks(op, fields, cfg, Mux,
+                                            ends={**registered, "mem": Const(0)})
+            assert ("mem" in ends) == (checks[-1][0] == mem_range)
+            failed[op] = []
+            for code, cond in checks:
+                if code == mem_range:
+                    continue
+                bit = Signal(name=f"k2_{op.name.lower()}_{code.name.lower()}")
+                m.d.sync += bit.eq(cond)
+                failed[op].append((code, bit))
         with m.Switch(opcode):
-            for op, layout in isa.INSTR_LAYOUTS.items():
+            for op, conds in failed.items():
                 with m.Case(op):
-                    view = layout(fe_word)
-                    fields = {name: Value.cast(view[name])
-                              for name, _ in data.Layout.cast(layout) if name != "opcode"}
-                    checks = isa.instruction_checks(op, fields, cfg, Mux)
-                    for i, (code, cond) in enumerate(checks):
-                        with (m.If if i == 0 else m.Elif)(cond):
-                            m.d.comb += fe_error.eq(code)
-                    if op == Op.LOAD:
-                        m.d.comb += fe_mem_end.eq(isa.mem_extent_end(
-                            view.mem_addr, view.n_rows, view.mem_stride, view.row_bytes))
-                    elif op == Op.STORE:
-                        raw = view.mode.as_value() == isa.StoreMode.RAW.value
-                        m.d.comb += fe_mem_end.eq(isa.mem_extent_end(
-                            view.mem_addr, view.n_rows, view.mem_stride,
-                            isa.store_row_bytes(view.n_cols, raw, Mux)))
+                    with m.If(conds[0][1]):
+                        m.d.sync += k3_error.eq(conds[0][0])
+                    for code, bit in conds[1:]:
+                        with m.Elif(bit):
+                            m.d.sync += k3_error.eq(code)
+                    with m.Else():
+                        m.d.sync += k3_error.eq(isa.ErrorCode.NONE)
             with m.Default():
-                m.d.comb += fe_error.eq(isa.ErrorCode.BAD_OPCODE)
+                m.d.sync += k3_error.eq(isa.ErrorCode.BAD_OPCODE)
+        m.d.comb += fe_error.eq(Mux(
+            k3_error != isa.ErrorCode.NONE, k3_error,
+            Mux(k2_mem_op & (k_mem_end > cfg.mem_bytes), mem_range, isa.ErrorCode.NONE)))
 
         with m.If(fe_take):
             m.d.sync += [fe_valid.eq(word_in & running), fe_word.eq(self.instr.payload),
-                         fe_index.eq(accepted)]
+                         fe_index.eq(accepted), fe_age.eq(0), checked.eq(0)]
+        with m.Elif(~checked):
+            m.d.sync += [fe_age.eq(fe_age + 1),
+                         checked.eq(fe_age == self.check_cycles - 1)]
         with m.If(de_take):
-            m.d.sync += [de_valid.eq(fe_valid & running), de_word.eq(fe_word),
+            m.d.sync += de_wait.eq(2)
+        with m.Elif(de_wait != 0):
+            m.d.sync += de_wait.eq(de_wait - 1)
+        m.d.sync += de_ready.eq(~de_take & (de_wait <= 1))  # de_wait == 0, registered
+        with m.If(de_take):  # de_take and issue exclude each other (~de_valid vs de_valid)
+            m.d.sync += [de_valid.eq(fe_valid & checked & running), de_word.eq(fe_word),
                          de_index.eq(fe_index), de_error.eq(fe_error),
-                         de_mem_end.eq(fe_mem_end)]
+                         de_fault.eq(fe_error != isa.ErrorCode.NONE),
+                         de_param_end.eq(st_view.param_addr + 1),
+                         *[is_op.eq(opcode == op) for op, is_op in de_is.items()],
+                         de_mem_end.eq(k_mem_end[:mem_bits])]
+            m.d.sync += [de.eq(k1) for de, k1 in zip(de_end, k1_end)]
+        with m.If(issue):
+            m.d.sync += de_valid.eq(0)
 
         # ---- dispatch ------------------------------------------------------------------
         ld = isa.LoadInstr(de_word)
         mm = isa.MatmulInstr(de_word)
         sto = isa.StoreInstr(de_word)
-        de_op = de_word[:8]
 
-        def rng(lo, n, width=17):
+        def rng(lo, hi, width=17):
             r = Signal(RangeLayout(width))
-            m.d.comb += [r.valid.eq(1), r.lo.eq(lo), r.hi.eq(lo + n)]
+            m.d.comb += [r.valid.eq(1), r.lo.eq(lo), r.hi.eq(hi)]
             return r
 
-        new_ld_buf = rng(ld.buf_addr, ld.n_rows)
-        new_ld_mem = Signal(RangeLayout(_MEM_BITS))
-        new_st_mem = Signal(RangeLayout(_MEM_BITS))
-        m.d.comb += [
-            new_ld_mem.valid.eq(1), new_ld_mem.lo.eq(ld.mem_addr), new_ld_mem.hi.eq(de_mem_end),
-            new_st_mem.valid.eq(1), new_st_mem.lo.eq(sto.mem_addr), new_st_mem.hi.eq(de_mem_end),
-        ]
-        new_mm_act = rng(mm.act_addr, mm.n_rows)
-        new_mm_wgt = rng(mm.wgt_addr, cfg.rows)
-        new_mm_acc = rng(mm.acc_addr, mm.n_rows)
-        new_st_acc = rng(sto.acc_addr, sto.n_rows)
-        new_st_param = rng(sto.param_addr, 1)
+        def de_end_of(op, name):
+            return de_end[_END_SLOTS[op].index(name)]
+
+        new_ld_buf = rng(ld.buf_addr, de_end_of(Op.LOAD, "buf"))
+        new_ld_mem = rng(ld.mem_addr, de_mem_end, mem_bits)
+        new_st_mem = rng(sto.mem_addr, de_mem_end, mem_bits)
+        new_mm_act = rng(mm.act_addr, de_end_of(Op.MATMUL, "act"))
+        new_mm_wgt = rng(mm.wgt_addr, de_end_of(Op.MATMUL, "wgt"))
+        new_mm_acc = rng(mm.acc_addr, de_end_of(Op.MATMUL, "acc"))
+        new_st_acc = rng(sto.acc_addr, de_end_of(Op.STORE, "acc"))
+        new_st_param = rng(sto.param_addr, de_param_end)
         st_raw = sto.mode == isa.StoreMode.RAW
 
         ld_live = Signal(RangeLayout(17))
-        ld_mem_live = Signal(RangeLayout(_MEM_BITS))
+        ld_mem_live = Signal(RangeLayout(mem_bits))
         st_acc_live = Signal(RangeLayout(17))
         st_param_live = Signal(RangeLayout(17))
-        st_mem_live = Signal(RangeLayout(_MEM_BITS))
+        st_mem_live = Signal(RangeLayout(mem_bits))
         m.d.comb += [
             ld_live.eq(ld_buf), ld_live.valid.eq(ld_buf.valid & self.load_busy),
             ld_mem_live.eq(ld_mem), ld_mem_live.valid.eq(ld_mem.valid & self.load_busy),
@@ -181,27 +290,39 @@ class Decoder(wiring.Component):
             st_param_live.valid.eq(st_param.valid & self.store_busy),
             st_mem_live.eq(st_mem), st_mem_live.valid.eq(st_mem.valid & self.store_busy),
         ]
-        ld_is = lambda target: ld_target == target
+        # Each pairwise overlap is registered, then combined: the compares and the OR tree
+        # behind them do not fit in one cycle together.
+        def ov(a, b, name):
+            r = Signal(name=f"ov_{name}")
+            m.d.sync += r.eq(overlaps(a, b))
+            return r
 
+        ld_target_q = Signal(Target)
+        m.d.sync += ld_target_q.eq(ld_target)
+        ld_is = lambda target: ld_target_q == target
         load_conflict = Mux(
             ld.target == Target.ACT,
-            overlaps(new_ld_buf, self.fp_pre_act) | overlaps(new_ld_buf, self.fp_stream_act),
+            ov(new_ld_buf, self.fp_pre_act, "ld_pre_act") |
+            ov(new_ld_buf, self.fp_stream_act, "ld_stream_act"),
             Mux(ld.target == Target.WGT,
-                overlaps(new_ld_buf, self.fp_pre_wgt),
-                overlaps(new_ld_buf, st_param_live))) | overlaps(new_ld_mem, st_mem_live)
+                ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt"),
+                ov(new_ld_buf, st_param_live, "ld_st_param"))
+        ) | ov(new_ld_mem, st_mem_live, "ld_st_mem")
         matmul_conflict = (
-            (ld_is(Target.ACT) & overlaps(new_mm_act, ld_live)) |
-            (ld_is(Target.WGT) & overlaps(new_mm_wgt, ld_live)) |
-            overlaps(new_mm_acc, st_acc_live))
+            (ld_is(Target.ACT) & ov(new_mm_act, ld_live, "mm_act_ld")) |
+            (ld_is(Target.WGT) & ov(new_mm_wgt, ld_live, "mm_wgt_ld")) |
+            ov(new_mm_acc, st_acc_live, "mm_acc_st"))
         store_conflict = (
-            overlaps(new_st_acc, self.fp_pre_acc) | overlaps(new_st_acc, self.fp_stream_acc) |
-            overlaps(new_st_acc, self.fp_drain[0]) | overlaps(new_st_acc, self.fp_drain[1]) |
-            (~st_raw & ld_is(Target.PARAM) & overlaps(new_st_param, ld_live)) |
-            overlaps(new_st_mem, ld_mem_live))
+            ov(new_st_acc, self.fp_pre_acc, "st_pre_acc") |
+            ov(new_st_acc, self.fp_stream_acc, "st_stream_acc") |
+            ov(new_st_acc, self.fp_drain[0], "st_drain0") |
+            ov(new_st_acc, self.fp_drain[1], "st_drain1") |
+            (~st_raw & ld_is(Target.PARAM) & ov(new_st_param, ld_live, "st_param_ld")) |
+            ov(new_st_mem, ld_mem_live, "st_ld_mem"))
 
         m.d.comb += [
             all_idle.eq(~self.load_busy & ~self.exec_busy & ~self.store_busy),
-            fault.eq(de_valid & (de_error != isa.ErrorCode.NONE)),
+            fault.eq(de_valid & de_fault),
 
             self.load_cmd.payload.target.eq(ld.target),
             self.load_cmd.payload.buf_addr.eq(ld.buf_addr),
@@ -223,56 +344,86 @@ class Decoder(wiring.Component):
             self.store_cmd.payload.mem_stride.eq(sto.mem_stride),
         ]
 
-        ok = de_valid & ~fault & running
-        with m.Switch(de_op):
-            with m.Case(Op.LOAD):
-                m.d.comb += [can_issue.eq(~load_conflict),
-                             self.load_cmd.valid.eq(ok & ~load_conflict),
-                             issue.eq(self.load_cmd.valid & self.load_cmd.ready)]
-            with m.Case(Op.MATMUL):
-                m.d.comb += [can_issue.eq(~matmul_conflict),
-                             self.exec_cmd.valid.eq(ok & ~matmul_conflict),
-                             issue.eq(self.exec_cmd.valid & self.exec_cmd.ready)]
-            with m.Case(Op.STORE):
-                m.d.comb += [can_issue.eq(~store_conflict),
-                             self.store_cmd.valid.eq(ok & ~store_conflict),
-                             issue.eq(self.store_cmd.valid & self.store_cmd.ready)]
-            with m.Case(Op.FENCE, Op.HALT):
-                m.d.comb += [can_issue.eq(all_idle), issue.eq(ok & all_idle)]
-            with m.Default():  # NOP (anything else has faulted)
-                m.d.comb += [can_issue.eq(1), issue.eq(ok)]
+        # The scoreboard's verdict takes two register stages (overlaps, then their OR), so it
+        # describes the state of two cycles ago. That is safe because the only thing that
+        # creates a new conflict is a dispatch, and none happens between a refill of decode
+        # and the verdict on it (decode refills only when empty, and waits de_wait cycles);
+        # units finishing or footprints moving between execute stages merely make the
+        # verdict conservative for two cycles.
+        m.d.comb += conflict.eq((de_is[Op.LOAD] & load_conflict) |
+                                (de_is[Op.MATMUL] & matmul_conflict) |
+                                (de_is[Op.STORE] & store_conflict))
+        m.d.sync += conflict_q.eq(conflict)
 
-        with m.If(self.load_cmd.valid & self.load_cmd.ready):
+        ok = de_valid & de_ready & ~de_fault & running
+        m.d.comb += [
+            self.load_cmd.valid.eq(ok & de_is[Op.LOAD] & ~conflict_q),
+            self.exec_cmd.valid.eq(ok & de_is[Op.MATMUL] & ~conflict_q),
+            self.store_cmd.valid.eq(ok & de_is[Op.STORE] & ~conflict_q),
+            issue.eq((self.load_cmd.valid & self.load_cmd.ready) |
+                     (self.exec_cmd.valid & self.exec_cmd.ready) |
+                     (self.store_cmd.valid & self.store_cmd.ready) |
+                     (ok & (de_is[Op.FENCE] | de_is[Op.HALT]) & all_idle) |
+                     (ok & de_is[Op.NOP])),  # (anything else has faulted)
+        ]
+
+        # While a load or store unit is idle its footprint registers follow decode, so they
+        # hold the instruction it accepts (these units take a command only when idle:
+        # ``cmd.ready`` is ``~busy``). Enabling them by ``~busy`` rather than by the
+        # handshake keeps the issue decision off a hundred-odd clock enables.
+        with m.If(~self.load_busy):
             m.d.sync += [ld_buf.eq(new_ld_buf), ld_target.eq(ld.target), ld_mem.eq(new_ld_mem)]
-        with m.If(self.store_cmd.valid & self.store_cmd.ready):
+        with m.If(~self.store_busy):
             m.d.sync += [st_acc.eq(new_st_acc), st_mem.eq(new_st_mem),
                          st_param.eq(new_st_param), st_param.valid.eq(~st_raw)]
-        with m.If(issue & (de_op == Op.HALT)):
-            m.d.sync += halted.eq(1)
+        with m.If(issue & de_is[Op.HALT]):
+            m.d.sync += [halted.eq(1), running.eq(0)]
 
         # ---- status ----------------------------------------------------------------------
         with m.If(fault & running):
-            m.d.sync += [self.status.error.eq(de_error), self.status.fault_index.eq(de_index)]
+            m.d.sync += [self.status.error.eq(de_error), self.status.fault_index.eq(de_index),
+                         running.eq(0)]
+        # Status and counters are registered one cycle behind the state they describe: the
+        # counters add registered increments (an issue decision feeding a 48-bit carry chain
+        # does not fit in a cycle), and done/idle wait for the last increment to land, so a
+        # host that sees done (or idle) reads final counters.
         done = Signal()
-        m.d.comb += [
-            done.eq(halted | ((self.status.error != isa.ErrorCode.NONE) & all_idle)),
+        m.d.comb += done.eq(halted | ((self.status.error != isa.ErrorCode.NONE) & all_idle))
+        m.d.sync += [
             self.status.done.eq(done),
             self.status.busy.eq(started & ~done),
-            self.status.idle.eq(~fe_valid & ~de_valid & all_idle),
+            self.status.idle.eq(~fe_valid & ~de_valid & all_idle & ~word_in),
         ]
 
-        # ---- counters: from the first accepted word until done ---------------------------
-        counting = (started | word_in) & ~done
+        # ---- counters: from the cycle after the first accepted word until done ---------
+        # (``started`` rather than the accepting handshake, which is late in the cycle,
+        # gates the increments.)
+        counting = started & ~done
         ctr = self.counters
-        with m.If(counting):
-            m.d.sync += [
-                ctr.cycles.eq(ctr.cycles + 1),
-                ctr.array_busy.eq(ctr.array_busy + self.array_busy),
-                ctr.instructions.eq(ctr.instructions + (issue & running)),
-                ctr.dispatch_stall.eq(ctr.dispatch_stall + (ok & ~issue)),
-                ctr.load_stall.eq(ctr.load_stall + self.load_stall),
-                ctr.exec_stall.eq(ctr.exec_stall + self.exec_stall),
-                ctr.store_stall.eq(ctr.store_stall + self.store_stall),
-            ]
+        increments = {
+            "cycles": 1,
+            "array_busy": self.array_busy,
+            "instructions": issue & running,
+            "dispatch_stall": ok & ~issue,
+            "load_stall": self.load_stall,
+            "exec_stall": self.exec_stall,
+            "store_stall": self.store_stall,
+        }
+        for name, term in increments.items():
+            inc = Signal(name=f"inc_{name}")
+            m.d.sync += [inc.eq(counting & term), ctr[name].eq(ctr[name] + inc)]
 
         return m
+
+    def _product(self, m: Module, a: Value, b: Value, name: str) -> Value:
+        """``a * b`` (unsigned, at most 17 bits each), ``self._mult_latency`` cycles later."""
+        width = len(a) + len(b)
+        if self._mult_kind == "generic":
+            product = Signal(width, name=name)
+            m.d.sync += product.eq(a * b)
+            return product
+        mult = Multiplier(self._mult_kind, latency=self._mult_latency, width=18,
+                          simulation=self._target.simulation)
+        m.submodules[name] = mult
+        m.d.comb += [mult.a.eq(a), mult.b.eq(b)]  # zero-extended into signed(18)
+        return mult.p.as_unsigned()[:width]

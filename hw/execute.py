@@ -88,6 +88,15 @@ class ExecuteUnit(wiring.Component):
         # ---- preload stage ------------------------------------------------------------
         pre_valid = Signal()
         pre = Signal(MatmulCmd(self._config))
+        # Addresses, ends and counts are kept in registers of their own, computed when the
+        # instruction arrives, so that no adder sits between a stage register and a buffer
+        # address, the decoder's footprint compares or the stage-advance enables.
+        pre_act_end = Signal(17)
+        pre_wgt_end = Signal(17)
+        pre_acc_end = Signal(17)
+        pre_last = Signal(16)                # n_rows - 1
+        pre_single = Signal()                # n_rows == 1
+        pre_wgt_ptr = Signal(16)             # next weight row to read (last row first)
         pre_count = Signal(range(rows + 1))  # weight rows read so far
         pre_done = Signal()
         pre_ready = Signal()  # all weight rows read (or the last one is being read)
@@ -98,8 +107,13 @@ class ExecuteUnit(wiring.Component):
         # ---- stream stage -------------------------------------------------------------
         st_valid = Signal()
         st = Signal(MatmulCmd(self._config))
-        st_count = Signal(16)  # vectors read so far
-        st_last = Signal()
+        st_act_end = Signal(17)
+        st_acc_end = Signal(17)
+        st_act_ptr = Signal(16)  # next activation entry to read
+        st_acc_ptr = Signal(16)  # its accumulator entry
+        st_left = Signal(16)     # vectors left after the next one
+        st_first = Signal()      # the next vector is the first (it carries swap)
+        st_last = Signal()       # the next vector is the last
         take = Signal()        # preload stage hands its instruction to the stream stage
 
         # ---- vectors in flight (read issued, accumulator not yet written) --------------
@@ -123,8 +137,7 @@ class ExecuteUnit(wiring.Component):
 
         m.d.comb += [
             vector_read.eq(st_valid),
-            swap_read.eq(vector_read & (st_count == 0)),
-            st_last.eq(st_count == st.n_rows - 1),
+            swap_read.eq(vector_read & st_first),
             # A shift may not overwrite a shadow weight that the tile now swapping in has not
             # copied yet: preload_gap cycles must separate the swap vector and the first row.
             weight_read.eq(pre_valid & ~pre_done & ~swap_read & gap_ok),
@@ -135,9 +148,9 @@ class ExecuteUnit(wiring.Component):
             self.cmd.ready.eq(~pre_valid | take),
 
             self.wgt_rd.en.eq(weight_read),
-            self.wgt_rd.addr.eq(pre.wgt_addr + rows - 1 - pre_count),
+            self.wgt_rd.addr.eq(pre_wgt_ptr),
             self.act_rd.en.eq(vector_read),
-            self.act_rd.addr.eq(st.act_addr + st_count),
+            self.act_rd.addr.eq(st_act_ptr),
 
             array.a.eq(self.act_rd.data),
             array.swap.eq(vec.valid & vec.swap),
@@ -150,19 +163,19 @@ class ExecuteUnit(wiring.Component):
 
             self.fp_pre_act.valid.eq(pre_valid),
             self.fp_pre_act.lo.eq(pre.act_addr),
-            self.fp_pre_act.hi.eq(pre.act_addr + pre.n_rows),
+            self.fp_pre_act.hi.eq(pre_act_end),
             self.fp_pre_wgt.valid.eq(pre_valid & ~pre_done),
             self.fp_pre_wgt.lo.eq(pre.wgt_addr),
-            self.fp_pre_wgt.hi.eq(pre.wgt_addr + rows),
+            self.fp_pre_wgt.hi.eq(pre_wgt_end),
             self.fp_pre_acc.valid.eq(pre_valid),
             self.fp_pre_acc.lo.eq(pre.acc_addr),
-            self.fp_pre_acc.hi.eq(pre.acc_addr + pre.n_rows),
+            self.fp_pre_acc.hi.eq(pre_acc_end),
             self.fp_stream_act.valid.eq(st_valid),
             self.fp_stream_act.lo.eq(st.act_addr),
-            self.fp_stream_act.hi.eq(st.act_addr + st.n_rows),
+            self.fp_stream_act.hi.eq(st_act_end),
             self.fp_stream_acc.valid.eq(st_valid),
             self.fp_stream_acc.lo.eq(st.acc_addr),
-            self.fp_stream_acc.hi.eq(st.acc_addr + st.n_rows),
+            self.fp_stream_acc.hi.eq(st_acc_end),
             self.fp_drain.eq(drain),
         ]
 
@@ -170,7 +183,7 @@ class ExecuteUnit(wiring.Component):
             w_valid.eq(weight_read),
             vec.valid.eq(vector_read),
             vec.swap.eq(swap_read),
-            vec.addr.eq(st.acc_addr + st_count),
+            vec.addr.eq(st_acc_ptr),
             vec.accumulate.eq(st.accumulate),
         ]
 
@@ -181,20 +194,30 @@ class ExecuteUnit(wiring.Component):
 
         # Preload stage.
         with m.If(weight_read):
-            m.d.sync += pre_count.eq(pre_count + 1)
+            m.d.sync += [pre_count.eq(pre_count + 1), pre_wgt_ptr.eq(pre_wgt_ptr - 1)]
             with m.If(pre_count == rows - 1):
                 m.d.sync += pre_done.eq(1)
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [pre_valid.eq(1), pre.eq(self.cmd.payload),
-                         pre_count.eq(0), pre_done.eq(0)]
+            cmd = self.cmd.payload
+            m.d.sync += [pre_valid.eq(1), pre.eq(cmd), pre_count.eq(0), pre_done.eq(0),
+                         pre_act_end.eq(cmd.act_addr + cmd.n_rows),
+                         pre_wgt_end.eq(cmd.wgt_addr + rows),
+                         pre_acc_end.eq(cmd.acc_addr + cmd.n_rows),
+                         pre_last.eq(cmd.n_rows - 1),
+                         pre_single.eq(cmd.n_rows == 1),
+                         pre_wgt_ptr.eq(cmd.wgt_addr + rows - 1)]
         with m.Elif(take):
             m.d.sync += pre_valid.eq(0)
 
         # Stream stage.
         with m.If(take):
-            m.d.sync += [st_valid.eq(1), st.eq(pre), st_count.eq(0)]
+            m.d.sync += [st_valid.eq(1), st.eq(pre), st_act_end.eq(pre_act_end),
+                         st_acc_end.eq(pre_acc_end), st_act_ptr.eq(pre.act_addr),
+                         st_acc_ptr.eq(pre.acc_addr), st_left.eq(pre_last),
+                         st_first.eq(1), st_last.eq(pre_single)]
         with m.Elif(vector_read):
-            m.d.sync += st_count.eq(st_count + 1)
+            m.d.sync += [st_act_ptr.eq(st_act_ptr + 1), st_acc_ptr.eq(st_acc_ptr + 1),
+                         st_left.eq(st_left - 1), st_first.eq(0), st_last.eq(st_left == 1)]
             with m.If(st_last):
                 m.d.sync += st_valid.eq(0)
 
@@ -207,7 +230,7 @@ class ExecuteUnit(wiring.Component):
             with m.Else():
                 m.d.sync += drain[i].valid.eq(0)
         with m.If(vector_read & st_last):
-            lo, hi = st.acc_addr, st.acc_addr + st.n_rows
+            lo, hi = st.acc_addr, st_acc_end
             free = [~drain[i].valid | (drain_left[i] == 0) for i in range(2)]
             with m.If(free[0]):
                 m.d.sync += [drain[0].valid.eq(1), drain[0].lo.eq(lo), drain[0].hi.eq(hi),

@@ -19,7 +19,7 @@ __all__ = [
     "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "INSTR_LAYOUTS",
     "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
     "mem_request_layout", "MemoryPortSignature",
-    "encode", "decode", "instruction_checks", "mem_extent_end", "store_row_bytes",
+    "encode", "decode", "instruction_ends", "instruction_checks", "mem_extent_end", "store_row_bytes",
     "COUNTER_WIDTH", "FIELD_DOCS", "OPCODE_DOCS", "ERROR_DOCS",
 ]
 
@@ -340,7 +340,35 @@ def _py_mux(sel, a, b):
     return a if sel else b
 
 
-def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux) -> list:
+def instruction_ends(opcode: Opcode, f: dict, config, mux=_py_mux) -> dict:
+    """One-past-the-end addresses of the ranges an instruction touches.
+
+    Returns ``{name: end}``: ``"buf"`` (LOAD), ``"act"``/``"wgt"``/``"acc"`` (MATMUL),
+    ``"acc"`` (STORE) are buffer entry indices; ``"mem"`` (LOAD, STORE) is the byte address
+    one past the last byte of the strided memory access. Operands as in
+    :func:`instruction_checks`. The range checks compare these ends against the buffer depths
+    and ``mem_bytes``; the hardware computes them over several pipelined cycles (the memory
+    end involves a multiply) and hands the registered values to :func:`instruction_checks`.
+    """
+    c = config
+    if opcode == Opcode.LOAD:
+        return {"buf": f["buf_addr"] + f["n_rows"],
+                "mem": mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
+                                      f["row_bytes"])}
+    if opcode == Opcode.MATMUL:
+        return {"act": f["act_addr"] + f["n_rows"],
+                "wgt": f["wgt_addr"] + c.rows,
+                "acc": f["acc_addr"] + f["n_rows"]}
+    if opcode == Opcode.STORE:
+        raw = f["mode"] == StoreMode.RAW.value
+        return {"acc": f["acc_addr"] + f["n_rows"],
+                "mem": mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
+                                      store_row_bytes(f["n_cols"], raw, mux))}
+    return {}
+
+
+def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
+                       ends: dict | None = None) -> list:
     """The ordered error checks of one instruction.
 
     Returns ``[(ErrorCode, condition), ...]``; the first true condition is the instruction's
@@ -348,8 +376,11 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux) -> list:
     operands. With plain ``int`` fields and the default ``mux`` the conditions are Python
     bools (the golden model); with Amaranth values and ``amaranth.hdl.Mux`` they are
     single-bit values (the hardware decoder). Only operators that both support are used.
+    ``ends`` is :func:`instruction_ends` of the same instruction, computed here when omitted.
     """
     c = config
+    if ends is None:
+        ends = instruction_ends(opcode, f, config, mux)
     if opcode == Opcode.LOAD:
         t = f["target"]
         is_act = t == LoadTarget.ACT.value
@@ -361,17 +392,15 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux) -> list:
             (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["reserved1"] != 0) | (t == 3)),
             (ErrorCode.BAD_SIZE,
              (f["n_rows"] == 0) | (f["row_bytes"] == 0) | (f["row_bytes"] > entry_bytes)),
-            (ErrorCode.BUF_RANGE, f["buf_addr"] + f["n_rows"] > depth),
-            (ErrorCode.MEM_RANGE, mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
-                                                 f["row_bytes"]) > c.mem_bytes),
+            (ErrorCode.BUF_RANGE, ends["buf"] > depth),
+            (ErrorCode.MEM_RANGE, ends["mem"] > c.mem_bytes),
         ]
     if opcode == Opcode.MATMUL:
         return [
             (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["reserved1"] != 0)),
             (ErrorCode.BAD_SIZE, f["n_rows"] == 0),
-            (ErrorCode.BUF_RANGE, (f["act_addr"] + f["n_rows"] > c.act_depth) |
-                                  (f["wgt_addr"] + c.rows > c.wgt_depth) |
-                                  (f["acc_addr"] + f["n_rows"] > c.acc_depth)),
+            (ErrorCode.BUF_RANGE, (ends["act"] > c.act_depth) | (ends["wgt"] > c.wgt_depth) |
+                                  (ends["acc"] > c.acc_depth)),
         ]
     if opcode == Opcode.STORE:
         raw = f["mode"] == StoreMode.RAW.value
@@ -379,11 +408,9 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux) -> list:
             (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["mode"] > StoreMode.RAW.value)),
             (ErrorCode.BAD_SIZE, (f["n_rows"] == 0) | (f["n_cols"] == 0) |
                                  (f["n_cols"] > c.cols)),
-            (ErrorCode.BUF_RANGE, (f["acc_addr"] + f["n_rows"] > c.acc_depth) |
+            (ErrorCode.BUF_RANGE, (ends["acc"] > c.acc_depth) |
                                   ((raw == 0) & (f["param_addr"] >= c.param_depth))),
-            (ErrorCode.MEM_RANGE, mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
-                                                 store_row_bytes(f["n_cols"], raw, mux))
-             > c.mem_bytes),
+            (ErrorCode.MEM_RANGE, ends["mem"] > c.mem_bytes),
         ]
     return [(ErrorCode.BAD_FIELD, f["reserved0"] != 0)]
 

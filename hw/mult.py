@@ -52,7 +52,7 @@ def natural_latency(kind: str) -> int:
 
 
 class Multiplier(wiring.Component):
-    """Signed 8x8 multiplier with a registered 16-bit product.
+    """Signed ``width`` x ``width`` multiplier with a registered product (8x8 in the PEs).
 
     Parameters
     ----------
@@ -66,38 +66,48 @@ class Multiplier(wiring.Component):
     simulation : bool
         For ``ecp5``/``ice40``: elaborate a cycle-equivalent Amaranth model instead of the
         vendor primitive (the primitive has no model in the Amaranth simulator).
+    width : int
+        Operand width: 8 for every kind; ``generic`` takes any width from 2 and ``ecp5`` up
+        to the MULT18X18D's 18 (the decoder's memory-extent multiply uses that).
 
     Attributes
     ----------
-    a, b : In(signed(8))
+    a, b : In(signed(width))
         Operands, sampled on every clock edge where ``en`` is high.
     en : In(1), init 1
         Clock enable of every register in the multiplier (the whole pipeline stalls).
-    p : Out(signed(16))
+    p : Out(signed(2 * width))
         ``a * b`` from ``latency`` enabled cycles earlier.
     """
 
-    a: In(signed(_OPERAND_WIDTH))
-    b: In(signed(_OPERAND_WIDTH))
-    en: In(1, init=1)
-    p: Out(signed(_PRODUCT_WIDTH))
-
     def __init__(self, kind: str = "generic", *, latency: int | None = None,
-                 simulation: bool = False):
+                 simulation: bool = False, width: int = _OPERAND_WIDTH):
         try:
-            self._check(kind, latency, simulation)
+            self._check(kind, latency, simulation, width)
         except (TypeError, ValueError):
             self._MustUse__silence = True   # a rejected object is not "unused" by mistake
             raise
         self._kind = kind
         self._latency = _NATURAL_LATENCY[kind] if latency is None else latency
         self._simulation = simulation
-        super().__init__()
+        self._width = width
+        super().__init__({
+            "a": In(signed(width)),
+            "b": In(signed(width)),
+            "en": In(1, init=1),
+            "p": Out(signed(2 * width)),
+        })
 
     @staticmethod
-    def _check(kind, latency, simulation) -> None:
+    def _check(kind, latency, simulation, width=_OPERAND_WIDTH) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        max_width = {"generic": None, "ecp5": 18}.get(kind, _OPERAND_WIDTH)
+        if (isinstance(width, bool) or not isinstance(width, int) or width < 2
+                or (max_width is not None and width > max_width)
+                or (kind in ("lut", "ice40") and width != _OPERAND_WIDTH)):
+            limit = {None: "at least 2", 18: "from 2 to 18"}.get(max_width, "8")
+            raise ValueError(f"width of a {kind} multiplier must be {limit}, not {width!r}")
         if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int)
                                     or latency < 1):
             raise ValueError(f"latency must be a positive integer, not {latency!r}")
@@ -143,7 +153,7 @@ class Multiplier(wiring.Component):
         # multiplier; the product register is always the last stage.
         a = self._delay(m, self.a, self._latency - 1, "a")
         b = self._delay(m, self.b, self._latency - 1, "b")
-        product = Signal(signed(_PRODUCT_WIDTH))
+        product = Signal(signed(2 * self._width))
         with m.If(self.en):
             m.d.sync += product.eq(a * b)
         m.d.comb += self.p.eq(product)
@@ -189,7 +199,7 @@ class Multiplier(wiring.Component):
         extra = self._latency - internal
         reg_in = internal >= 2
         reg_mid = internal >= 3
-        raw = Signal(signed(_PRODUCT_WIDTH))
+        raw = Signal(signed(2 * self._width))
         if self._simulation:
             self._model_dsp(m, raw, reg_in, reg_mid)
         elif self._kind == "ecp5":
@@ -205,7 +215,7 @@ class Multiplier(wiring.Component):
         primitives' registers (whose reset inputs are tied off) they ignore the domain reset."""
         a = self._delay(m, self.a, int(reg_in), "a_model", reset_less=True)
         b = self._delay(m, self.b, int(reg_in), "b_model", reset_less=True)
-        mid = Signal(signed(_PRODUCT_WIDTH))
+        mid = Signal(signed(2 * self._width))
         m.d.comb += mid.eq(a * b)
         mid = self._delay(m, mid, int(reg_mid), "mid_model", reset_less=True)
         m.d.comb += raw.eq(self._delay(m, mid, 1, "out_model", reset_less=True))
@@ -218,7 +228,7 @@ class Multiplier(wiring.Component):
         a18 = Signal(signed(18))
         b18 = Signal(signed(18))
         p36 = Signal(36)
-        m.d.comb += [a18.eq(self.a), b18.eq(self.b), raw.eq(p36[:_PRODUCT_WIDTH])]
+        m.d.comb += [a18.eq(self.a), b18.eq(self.b), raw.eq(p36[:2 * self._width])]
         ports = {}
         for i in range(18):
             ports[f"i_A{i}"] = a18[i]

@@ -272,7 +272,7 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
     def build(target: MultiplierTarget):
         if name == "decoder":
             from .decoder import Decoder
-            return Decoder(config)
+            return Decoder(config, target)
         if name == "load":
             from .loadstore import LoadUnit
             return LoadUnit(config)

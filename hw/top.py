@@ -80,7 +80,7 @@ class Accelerator(wiring.Component):
         m = Module()
         cfg = self._config
 
-        decoder = Decoder(cfg)
+        decoder = Decoder(cfg, self._target)
         load = LoadUnit(cfg)
         execute = ExecuteUnit(cfg, self._target)
         store = StoreUnit(cfg)

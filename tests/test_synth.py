@@ -24,6 +24,7 @@ from hw.mult import KINDS, Multiplier, MultiplierTarget, natural_latency
 from hw.synthesis import (Design, DesignDoesNotFit, ToolError, get_device,
                           parse_memories, parse_nextpnr_report, parse_yosys_stat, preflight,
                           run_flow)
+from simutil import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +79,29 @@ def test_multiplier_bit_exact_with_latency_and_enable(kind, latency):
     sim.run()
 
 
+@pytest.mark.parametrize("kind", ["generic", "ecp5"])
+def test_wide_multiplier_bit_exact(kind):
+    """18x18 (the decoder's extent multiply, the output stage's partial products): the DSP
+    model with its three registers, at the operand corners."""
+    dut = Multiplier(kind, latency=3, width=18, simulation=True)
+    corners = [-(1 << 17), -(1 << 17) + 1, -1, 0, 1, (1 << 16) - 1, 1 << 16, (1 << 17) - 1]
+    rng = np.random.default_rng(18)
+    pairs = [(a, b) for a in corners for b in corners]
+    pairs += [tuple(int(v) for v in rng.integers(-(1 << 17), 1 << 17, 2)) for _ in range(40)]
+    got = []
+
+    async def bench(ctx):
+        for i, (a, b) in enumerate(pairs + [(0, 0)] * dut.latency):
+            ctx.set(dut.a, a)
+            ctx.set(dut.b, b)
+            await ctx.tick()
+            if i + 1 >= dut.latency:
+                got.append(ctx.get(dut.p))
+
+    simulate(dut, bench, max_cycles=len(pairs) + 20, name=f"wide_mult_{kind}")
+    assert got[:len(pairs)] == [a * b for a, b in pairs]
+
+
 @pytest.mark.slow
 def test_multiplier_lut_exhaustive():
     """The shift-add multiplier against numpy on all 65,536 operand pairs (latency 1)."""
@@ -115,6 +139,11 @@ def test_multiplier_arguments():
     with pytest.raises(TypeError, match="simulation"):
         Multiplier("ecp5", simulation="yes")
     assert natural_latency("ecp5") == 4 and _unused(Multiplier("lut")).latency == 1
+    with pytest.raises(ValueError, match="width of a lut multiplier must be 8"):
+        Multiplier("lut", width=16)
+    with pytest.raises(ValueError, match="from 2 to 18"):
+        Multiplier("ecp5", width=19)
+    assert _unused(Multiplier("ecp5", width=18)).p.shape().width == 36
     with pytest.raises(ValueError, match="family"):
         MultiplierTarget(family="lut")
     with pytest.raises(ValueError, match="dsp_pes"):
