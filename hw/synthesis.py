@@ -286,7 +286,7 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
         if name == "output_stage":
             from amaranth import unsigned
             from .output_stage import OutputStage
-            return OutputStage(config, unsigned(1))
+            return OutputStage(config, unsigned(1), target)
         raise AssertionError(name)
     n_pes = config.rows * config.cols if name == "execute" else 0
     wired = True
