@@ -10,7 +10,6 @@ from .mult import Multiplier, MultiplierTarget
 
 __all__ = ["OutputStage"]
 
-_INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
 _SHIFT_MIN = -31
 _SHIFT_MAX = 30
@@ -165,11 +164,27 @@ class OutputStage(wiring.Component):
             s1_hi.eq(params.hi),
         ]
 
-        # ---- stage 2: the left barrel shift (5 mux levels) gets a cycle of its own so that
-        # the multipliers' operands come straight from registers.
-        s2_a = reg(signed(32), "s2_a")
+        # ---- stage 2: the left barrel shift (wraps in int32). For plain `*` multipliers its 5
+        # mux levels get a cycle of their own so that the multipliers' operands come straight
+        # from registers. The ECP5 DSPs register their operands themselves: there the stage
+        # shifts by the low 3 bits of the amount only (0..7), and the whole-byte rest (0, 8,
+        # 16 or 24: one 4:1 mux level) sits in front of the DSP input registers. All 5 levels
+        # in one cycle limited the block to 143 MHz.
         s2_mul = delay(s1_mul, 1, 2, "mul")
-        m.d.sync += s2_a.eq((s1_x << s1_left)[:32].as_signed())  # wraps in int32
+        if self._mult_kind == "generic":
+            s2_a = reg(signed(32), "s2_a")
+            m.d.sync += s2_a.eq((s1_x << s1_left)[:32].as_signed())
+        else:
+            s2_x = reg(signed(32), "s2_x")
+            s2_bytes = reg(unsigned(2), "s2_bytes")
+            m.d.sync += [
+                s2_x.eq((s1_x << s1_left[:3])[:32].as_signed()),
+                s2_bytes.eq(s1_left[3:]),
+            ]
+            s2_a = Signal(signed(32), name=f"c{n}_s2_a")
+            by = [(s2_x << (8 * k))[:32].as_signed() for k in range(4)]
+            m.d.comb += s2_a.eq(Mux(s2_bytes[1], Mux(s2_bytes[0], by[3], by[2]),
+                                    Mux(s2_bytes[0], by[1], by[0])))
 
         # ---- stages 3 .. 2 + P: the 32x32 product as four partial products of 16-bit halves
         # (signed high, unsigned low), each small enough for one 18x18 DSP multiplier, P cycles
@@ -181,8 +196,7 @@ class OutputStage(wiring.Component):
         # infers a *combinational* MULT18X18D and packs none of the registers around it, so
         # its 3.9 ns plus the routing to and from fabric registers limited the block to
         # ~120 MHz; the ECP5 target instead instantiates the DSP with its input, pipeline and
-        # output registers enabled (P = 3). The saturating case is detected from the same
-        # registered operands, in parallel, and delayed to match.
+        # output registers enabled (P = 3).
         pl = self._product_latency
         sp = 2 + pl                             # the stage whose registers hold the products
         a_lo, a_hi = s2_a.as_unsigned()[:16], s2_a[16:].as_signed()
@@ -191,8 +205,6 @@ class OutputStage(wiring.Component):
         lh = self._product(m, n, a_lo, b_hi, sp, "lh")[:32].as_signed()  # |lh|, |hl| < 2**31,
         hl = self._product(m, n, a_hi, b_lo, sp, "hl")[:32].as_signed()  # hh <= 2**30
         hh = self._product(m, n, a_hi, b_hi, sp, "hh")[:32].as_signed()
-        s3_sat = reg(1, "s3_sat")
-        m.d.sync += s3_sat.eq((s2_a == _INT32_MIN) & (s2_mul == _INT32_MIN))
 
         # ---- stages sp+1 .. sp+2: SaturatingRoundingDoublingHighMul's nudge and truncating
         # division.
@@ -216,50 +228,77 @@ class OutputStage(wiring.Component):
         s_t = reg(signed(tw), f"s{st}_t")
         m.d.sync += s_t.eq((csa_s + Cat(C(0, 1), csa_c[:tw - 1]))[:tw].as_signed())
         s_hh = delay(hh, sp, st, "hh")
-        s_sat = delay(s3_sat, 3, st, "sat")
 
         # Stage sp+2: h = (p + q + 1) >> 1 with p = t >> 14, q = hh * 4, in one carry chain:
-        # (2p + 1) + (2q + 1) = 2 (p + q + 1), so the increment rides in on bit 0. Only
-        # INT32_MIN**2 = 2**62 overflows int32 here (h = 2**31 wraps to INT32_MIN); the
-        # saturation mux for it is folded into the next stage's shifter LUTs.
+        # (2p + 1) + (2q + 1) = 2 (p + q + 1), so the increment rides in on bit 0.
+        # SaturatingRoundingDoublingHighMul saturates INT32_MIN * INT32_MIN to INT32_MAX; that
+        # product, 2**62, is the only one whose h leaves int32: h = 2**31 (the next largest,
+        # INT32_MIN * (INT32_MIN + 1), gives 2**31 - 1, and the most negative h is
+        # -2**31 + 1). So h is kept to 33 bits, and "bit 32 clear, bit 31 set" is the
+        # saturating case: two bits, no operand compares, and the mux folds into the next
+        # stage's shifter LUTs.
         sh = sp + 2
         p = Signal(signed(34), name=f"c{n}_s{sh}_p")
         q = Signal(signed(34), name=f"c{n}_s{sh}_q")
         m.d.comb += [p.eq(s_t >> 14), q.eq(s_hh << 2)]
-        s_h = reg(signed(32), f"s{sh}_h")
-        m.d.sync += s_h.eq((Cat(C(1, 1), p).as_signed() + Cat(C(1, 1), q).as_signed())[2:34]
+        s_h = reg(signed(33), f"s{sh}_h")
+        m.d.sync += s_h.eq((Cat(C(1, 1), p).as_signed() + Cat(C(1, 1), q).as_signed())[2:35]
                            .as_signed())
-        s_sat = delay(s_sat, st, sh, "sat")
 
-        # RoundingDivideByPOT's masks are decoded here, beside the adders, rather than in
-        # stage 1: that pipelines 5 bits of shift amount instead of 62 bits of masks. Each mask
-        # bit is a compare of the 5-bit shift with a constant (one or two LUTs).
-        right = delay(s1_right, 1, st, "right")
-        s_right = reg(unsigned(5), f"s{sh}_right")
+        # RoundingDivideByPOT's masks are decoded beside the adders rather than in stage 1:
+        # that pipelines 5 bits of shift amount instead of 62 bits of masks. Each mask bit is a
+        # compare of the 5-bit shift with a constant, but decoded in one cycle Yosys/ABC shares
+        # the compares into a 4-LUT-deep chain (145 MHz on ECP5). So the decode takes two
+        # stages: one-hot and "greater than" codes of the shift's low 3 and high 2 bits, then
+        # every mask bit from three of those (one LUT4).
+        right = delay(s1_right, 1, sp, "right")
+        lo3, hi2 = right[:3], right[3:]
+        s_lo_eq = reg(unsigned(8), f"s{st}_lo_eq")   # bit j: right[:3] == j
+        s_lo_gt = reg(unsigned(7), f"s{st}_lo_gt")   # bit j: right[:3] > j
+        s_hi_eq = reg(unsigned(4), f"s{st}_hi_eq")   # bit k: right[3:] == k
+        s_hi_gt = reg(unsigned(3), f"s{st}_hi_gt")   # bit k: right[3:] > k
+        m.d.sync += [
+            s_lo_eq.eq(Cat(lo3 == j for j in range(8))),
+            s_lo_gt.eq(Cat(lo3 > j for j in range(7))),
+            s_hi_eq.eq(Cat(hi2 == k for k in range(4))),
+            s_hi_gt.eq(Cat(hi2 > k for k in range(3))),
+        ]
+        lo_gt = lambda j: s_lo_gt[j] if j < 7 else C(0, 1)
+        hi_gt = lambda k: s_hi_gt[k] if k < 3 else C(0, 1)
+        s_right = delay(right, sp, sh, "right")
         s_half = reg(unsigned(31), f"s{sh}_half")    # 2**(right-1) - 1: bits below the round bit
         s_round = reg(unsigned(31), f"s{sh}_round")  # 2**(right-1): the round bit; 0 for right 0
+        s_rounds = reg(1, f"s{sh}_rounds")           # right != 0
         m.d.sync += [
-            s_right.eq(right),
-            s_half.eq(Cat(right > i + 1 for i in range(31))),
-            s_round.eq(Cat(right == i + 1 for i in range(31))),
+            # right > v and right == v, for v = i + 1 = 8k + j
+            s_half.eq(Cat(hi_gt((i + 1) >> 3) | (s_hi_eq[(i + 1) >> 3] & lo_gt((i + 1) & 7))
+                          for i in range(31))),
+            s_round.eq(Cat(s_hi_eq[(i + 1) >> 3] & s_lo_eq[(i + 1) & 7] for i in range(31))),
+            s_rounds.eq(~(s_hi_eq[0] & s_lo_eq[0])),
         ]
 
         # ---- stage sp+3: RoundingDivideByPOT. "remainder > threshold" is, for x >= 0, "round
         # bit set" and, for x < 0, "round bit set and a lower bit set" (the threshold is one
         # higher). Those AND-reductions run beside the right barrel shift; the increment
         # becomes the carry-in of the zero-point adder in the next stage instead of a third
-        # adder.
+        # adder. The saturated h, INT32_MAX, has every bit below the sign set: its increment is
+        # "right != 0", chosen after the reductions of the unsaturated bits, so that the
+        # saturation flag does not widen the terms of the reduction trees.
         sq = sp + 3
+        sat = Signal(name=f"c{n}_s{sq}_sat")
         h = Signal(signed(32), name=f"c{n}_s{sq}_h")
-        m.d.comb += h.eq(Mux(s_sat, _INT32_MAX, s_h))
+        m.d.comb += [
+            sat.eq(~s_h[32] & s_h[31]),
+            h.eq(Mux(sat, _INT32_MAX, s_h[:32].as_signed())),
+        ]
         s_q = reg(signed(32), f"s{sq}_q")
         s_inc = reg(1, f"s{sq}_inc")
-        h_bits = h.as_unsigned()[:31]
+        h_bits = s_h.as_unsigned()[:31]   # unsaturated
         round_bit = (h_bits & s_round).any()
         sticky = (h_bits & s_half).any()
         m.d.sync += [
             s_q.eq(h >> s_right),  # arithmetic: h is signed
-            s_inc.eq(round_bit & ((h >= 0) | sticky)),
+            s_inc.eq(Mux(sat, s_rounds, round_bit & (~s_h[31] | sticky))),
         ]
 
         # ---- stage sp+4: zero point, an int32 add that wraps, with the rounding increment as

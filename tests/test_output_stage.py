@@ -71,6 +71,13 @@ CORNER_VALUES = [
     (INT32_MIN, 0, INT32_MAX, -31, 0, -128, 127),
     (INT32_MAX, 0, INT32_MIN, -31, 0, -128, 127),
     (INT32_MAX, 0, INT32_MAX, -31, 0, -128, 127),
+    # the products next to 2**62 and the most negative one: h just inside int32
+    (INT32_MIN, 0, INT32_MIN + 1, 0, 0, -128, 127),
+    (INT32_MIN + 1, 0, INT32_MIN, -31, 0, -128, 127),
+    (INT32_MIN, 0, INT32_MIN + 1, -31, 0, -128, 127),
+    (INT32_MIN, 0, INT32_MAX, 0, 0, -128, 127),
+    (INT32_MAX, 0, INT32_MIN, -31, -1, -128, 127),
+    (-(1 << 31), 0, -(1 << 31), -30, 0, -128, 127),
     # right shift 0 and 31
     (INT32_MAX, 0, INT32_MAX, 0, 0, -128, 127),
     (1 << 30, 0, 1 << 30, -31, 0, -128, 127),     # 2**29 / 2**31 = 0.25 -> 0
