@@ -248,34 +248,23 @@ class OutputStage(wiring.Component):
         # RoundingDivideByPOT's masks are decoded beside the adders rather than in stage 1:
         # that pipelines 5 bits of shift amount instead of 62 bits of masks. Each mask bit is a
         # compare of the 5-bit shift with a constant, but decoded in one cycle Yosys/ABC shares
-        # the compares into a 4-LUT-deep chain (145 MHz on ECP5). So the decode takes two
-        # stages: one-hot and "greater than" codes of the shift's low 3 and high 2 bits, then
-        # every mask bit from three of those (one LUT4).
-        right = delay(s1_right, 1, sp, "right")
-        lo3, hi2 = right[:3], right[3:]
-        s_lo_eq = reg(unsigned(8), f"s{st}_lo_eq")   # bit j: right[:3] == j
-        s_lo_gt = reg(unsigned(7), f"s{st}_lo_gt")   # bit j: right[:3] > j
-        s_hi_eq = reg(unsigned(4), f"s{st}_hi_eq")   # bit k: right[3:] == k
-        s_hi_gt = reg(unsigned(3), f"s{st}_hi_gt")   # bit k: right[3:] > k
-        m.d.sync += [
-            s_lo_eq.eq(Cat(lo3 == j for j in range(8))),
-            s_lo_gt.eq(Cat(lo3 > j for j in range(7))),
-            s_hi_eq.eq(Cat(hi2 == k for k in range(4))),
-            s_hi_gt.eq(Cat(hi2 > k for k in range(3))),
-        ]
-        lo_gt = lambda j: s_lo_gt[j] if j < 7 else C(0, 1)
-        hi_gt = lambda k: s_hi_gt[k] if k < 3 else C(0, 1)
-        s_right = delay(right, sp, sh, "right")
+        # the compares into a 4-LUT-deep chain (145 MHz on ECP5). So on ECP5 the decode takes
+        # two stages: one-hot and "greater than" codes of the shift's low 3 and high 2 bits,
+        # then every mask bit from three of those (one LUT4); 22 more flip-flops per column,
+        # which the generic (iCE40) build does without.
         s_half = reg(unsigned(31), f"s{sh}_half")    # 2**(right-1) - 1: bits below the round bit
         s_round = reg(unsigned(31), f"s{sh}_round")  # 2**(right-1): the round bit; 0 for right 0
-        s_rounds = reg(1, f"s{sh}_rounds")           # right != 0
-        m.d.sync += [
-            # right > v and right == v, for v = i + 1 = 8k + j
-            s_half.eq(Cat(hi_gt((i + 1) >> 3) | (s_hi_eq[(i + 1) >> 3] & lo_gt((i + 1) & 7))
-                          for i in range(31))),
-            s_round.eq(Cat(s_hi_eq[(i + 1) >> 3] & s_lo_eq[(i + 1) & 7] for i in range(31))),
-            s_rounds.eq(~(s_hi_eq[0] & s_lo_eq[0])),
-        ]
+        if self._mult_kind == "generic":
+            right = delay(s1_right, 1, st, "right")
+            s_right = delay(right, st, sh, "right")
+            m.d.sync += [
+                s_half.eq(Cat(right > i + 1 for i in range(31))),
+                s_round.eq(Cat(right == i + 1 for i in range(31))),
+            ]
+            rounds = s_right != 0
+        else:
+            s_right, rounds = self._two_stage_masks(m, n, delay(s1_right, 1, sp, "right"),
+                                                    sp, s_half, s_round, delay)
 
         # ---- stage sp+3: RoundingDivideByPOT. "remainder > threshold" is, for x >= 0, "round
         # bit set" and, for x < 0, "round bit set and a lower bit set" (the threshold is one
@@ -298,7 +287,7 @@ class OutputStage(wiring.Component):
         sticky = (h_bits & s_half).any()
         m.d.sync += [
             s_q.eq(h >> s_right),  # arithmetic: h is signed
-            s_inc.eq(Mux(sat, s_rounds, round_bit & (~s_h[31] | sticky))),
+            s_inc.eq(Mux(sat, rounds, round_bit & (~s_h[31] | sticky))),
         ]
 
         # ---- stage sp+4: zero point, an int32 add that wraps, with the rounding increment as
@@ -352,3 +341,36 @@ class OutputStage(wiring.Component):
         m.submodules[f"c{n}_{name}"] = mult
         m.d.comb += [mult.a.eq(a), mult.b.eq(b)]  # sign-/zero-extended into signed(18)
         return mult.p
+
+    def _two_stage_masks(self, m, n, right, sp, s_half, s_round, delay):
+        """ECP5 decode of RoundingDivideByPOT's masks from ``right`` (a stage-``sp``
+        register) into ``s_half`` / ``s_round`` (stage ``sp + 2``); returns the stage-``sp + 2``
+        shift amount and "right != 0" as a register."""
+        st, sh = sp + 1, sp + 2
+
+        def reg(shape, name):
+            return Signal(shape, name=f"c{n}_{name}", reset_less=True)
+
+        lo3, hi2 = right[:3], right[3:]
+        s_lo_eq = reg(unsigned(8), f"s{st}_lo_eq")   # bit j: right[:3] == j
+        s_lo_gt = reg(unsigned(7), f"s{st}_lo_gt")   # bit j: right[:3] > j
+        s_hi_eq = reg(unsigned(4), f"s{st}_hi_eq")   # bit k: right[3:] == k
+        s_hi_gt = reg(unsigned(3), f"s{st}_hi_gt")   # bit k: right[3:] > k
+        m.d.sync += [
+            s_lo_eq.eq(Cat(lo3 == j for j in range(8))),
+            s_lo_gt.eq(Cat(lo3 > j for j in range(7))),
+            s_hi_eq.eq(Cat(hi2 == k for k in range(4))),
+            s_hi_gt.eq(Cat(hi2 > k for k in range(3))),
+        ]
+        lo_gt = lambda j: s_lo_gt[j] if j < 7 else C(0, 1)
+        hi_gt = lambda k: s_hi_gt[k] if k < 3 else C(0, 1)
+        s_right = delay(right, sp, sh, "right")
+        s_rounds = reg(1, f"s{sh}_rounds")           # right != 0
+        m.d.sync += [
+            # right > v and right == v, for v = i + 1 = 8k + j
+            s_half.eq(Cat(hi_gt((i + 1) >> 3) | (s_hi_eq[(i + 1) >> 3] & lo_gt((i + 1) & 7))
+                          for i in range(31))),
+            s_round.eq(Cat(s_hi_eq[(i + 1) >> 3] & s_lo_eq[(i + 1) & 7] for i in range(31))),
+            s_rounds.eq(~(s_hi_eq[0] & s_lo_eq[0])),
+        ]
+        return s_right, s_rounds
