@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .buffers import _addr_width
 from .config import AcceleratorConfig
+from .mult import MultiplierTarget
 from .output_stage import OutputStage
 
 __all__ = ["LoadCmd", "StoreCmd", "LoadUnit", "StoreUnit"]
@@ -268,10 +269,11 @@ class StoreUnit(wiring.Component):
     Nothing here depends on the output stage's latency beyond :attr:`fifo_depth`.
     """
 
-    def __init__(self, config: AcceleratorConfig):
+    def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
         self._config = config
         c = config
-        self.output_stage = OutputStage(c, data.ArrayLayout(signed(32), c.cols))
+        # The target picks the output stage's multipliers (registered DSPs on ECP5).
+        self.output_stage = OutputStage(c, data.ArrayLayout(signed(32), c.cols), target)
         super().__init__({
             "cmd": In(stream.Signature(StoreCmd())),
             "acc_rd": In(memory.ReadPort.Signature(

@@ -6,10 +6,10 @@ from amaranth.lib.wiring import In, Out
 
 from . import isa
 from .config import AcceleratorConfig
+from .mult import Multiplier, MultiplierTarget
 
 __all__ = ["OutputStage"]
 
-_INT32_MIN = -(1 << 31)
 _INT32_MAX = (1 << 31) - 1
 _SHIFT_MIN = -31
 _SHIFT_MAX = 30
@@ -40,6 +40,14 @@ class OutputStage(wiring.Component):
     tag_shape : shape-castable
         Shape of ``i_tag`` / ``o_tag``: bookkeeping carried alongside each row, untouched, and
         delayed by ``latency`` cycles.
+    target : MultiplierTarget or None
+        Only ``family`` and ``simulation`` matter. For ``"ecp5"`` the four 16-bit partial
+        products of each column are instantiated ``MULT18X18D`` blocks with their input,
+        pipeline and output registers enabled (``hw.mult.Multiplier``, ``width=18``; with
+        ``simulation`` their cycle-equivalent model); otherwise (``None``, ``"generic"``,
+        ``"ice40"``) each is a plain ``a * b`` into a register, which Yosys maps to a DSP
+        where that pays (SB_MAC16 on iCE40). ``latency`` depends on it: 9 for a plain product,
+        11 for the ECP5 one.
 
     Attributes
     ----------
@@ -52,11 +60,16 @@ class OutputStage(wiring.Component):
     o_tag : Out(tag_shape)
     """
 
-    _STAGES = 9
+    # Pipeline stages besides the partial-product multipliers (whose latency is added).
+    _STAGES_BESIDES_PRODUCT = 8
+    _ECP5_PRODUCT_LATENCY = 3
 
-    def __init__(self, config: AcceleratorConfig, tag_shape):
+    def __init__(self, config: AcceleratorConfig, tag_shape,
+                 target: MultiplierTarget | None = None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        if target is not None and not isinstance(target, MultiplierTarget):
+            raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
         if not isinstance(tag_shape, ShapeCastable):
             try:
                 Shape.cast(tag_shape)
@@ -65,6 +78,10 @@ class OutputStage(wiring.Component):
                                 f"not {tag_shape!r}") from exc
         self._config = config
         self._tag_shape = tag_shape
+        self._target = target or MultiplierTarget()
+        self._mult_kind = "ecp5" if self._target.family == "ecp5" else "generic"
+        self._product_latency = self._ECP5_PRODUCT_LATENCY if self._mult_kind == "ecp5" else 1
+        self._stages = self._STAGES_BESIDES_PRODUCT + self._product_latency
         super().__init__({
             "i_valid": In(1),
             "i_acc": In(data.ArrayLayout(signed(32), config.cols)),
@@ -82,23 +99,27 @@ class OutputStage(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
-        return self._STAGES
+        return self._stages
+
+    @property
+    def target(self) -> MultiplierTarget:
+        return self._target
 
     def elaborate(self, platform):
         m = Module()
 
         # Control and tag travel in a delay line as long as the datapath; only valid needs a
         # reset, the payload registers are reset-less so they pack into fabric/DSP registers.
-        valid = [Signal(name=f"s{i}_valid") for i in range(1, self._STAGES + 1)]
+        valid = [Signal(name=f"s{i}_valid") for i in range(1, self._stages + 1)]
         tag = [Signal(self._tag_shape, name=f"s{i}_tag", reset_less=True)
-               for i in range(1, self._STAGES + 1)]
+               for i in range(1, self._stages + 1)]
         m.d.comb += [
             self.o_valid.eq(valid[-1]),
             self.o_tag.eq(tag[-1]),
         ]
         m.d.sync += valid[0].eq(self.i_valid)
         m.d.sync += tag[0].eq(self.i_tag)
-        for i in range(1, self._STAGES):
+        for i in range(1, self._stages):
             m.d.sync += valid[i].eq(valid[i - 1])
             m.d.sync += tag[i].eq(tag[i - 1])
 
@@ -143,39 +164,50 @@ class OutputStage(wiring.Component):
             s1_hi.eq(params.hi),
         ]
 
-        # ---- stage 2: the left barrel shift (5 mux levels) gets a cycle of its own so that
-        # the multipliers' operands come straight from registers.
-        s2_a = reg(signed(32), "s2_a")
+        # ---- stage 2: the left barrel shift (wraps in int32). For plain `*` multipliers its 5
+        # mux levels get a cycle of their own so that the multipliers' operands come straight
+        # from registers. The ECP5 DSPs register their operands themselves: there the stage
+        # shifts by the low 3 bits of the amount only (0..7), and the whole-byte rest (0, 8,
+        # 16 or 24: one 4:1 mux level) sits in front of the DSP input registers. All 5 levels
+        # in one cycle limited the block to 143 MHz.
         s2_mul = delay(s1_mul, 1, 2, "mul")
-        m.d.sync += s2_a.eq((s1_x << s1_left)[:32].as_signed())  # wraps in int32
+        if self._mult_kind == "generic":
+            s2_a = reg(signed(32), "s2_a")
+            m.d.sync += s2_a.eq((s1_x << s1_left)[:32].as_signed())
+        else:
+            s2_x = reg(signed(32), "s2_x")
+            s2_bytes = reg(unsigned(2), "s2_bytes")
+            m.d.sync += [
+                s2_x.eq((s1_x << s1_left[:3])[:32].as_signed()),
+                s2_bytes.eq(s1_left[3:]),
+            ]
+            s2_a = Signal(signed(32), name=f"c{n}_s2_a")
+            by = [(s2_x << (8 * k))[:32].as_signed() for k in range(4)]
+            m.d.comb += s2_a.eq(Mux(s2_bytes[1], Mux(s2_bytes[0], by[3], by[2]),
+                                    Mux(s2_bytes[0], by[1], by[0])))
 
-        # ---- stage 3: the 32x32 product as four partial products of 16-bit halves (signed
-        # high, unsigned low), each small enough for one 18x18 DSP multiplier. A single `*`
-        # of 32-bit operands maps on ECP5 to four combinational DSPs *plus* their fabric adders
-        # in one cycle (68-76 MHz). Here each multiplier sits alone between registers and the
-        # adders get cycles of their own:
+        # ---- stages 3 .. 2 + P: the 32x32 product as four partial products of 16-bit halves
+        # (signed high, unsigned low), each small enough for one 18x18 DSP multiplier, P cycles
+        # deep:
         #   a * b = hh * 2**32 + (lh + hl) * 2**16 + ll
-        # Yosys packs none of these registers into the ECP5 DSP, whose combinational delay
-        # (3.9 ns) plus the routing to and from fabric registers (~3.5 ns) is now this block's
-        # limit (~125 MHz). Register copies that drive only DSP inputs, and product registers
-        # that drive only other registers, gained 0.1 ns for ~1,900 flip-flops: not kept. The
-        # saturating case is detected from the same registered operands, in parallel.
+        # A single `*` of 32-bit operands maps on ECP5 to four combinational DSPs *plus* their
+        # fabric adders in one cycle (68-76 MHz). Here each multiplier sits alone between
+        # registers and the adders get cycles of their own. From a plain `*` (P = 1) Yosys
+        # infers a *combinational* MULT18X18D and packs none of the registers around it, so
+        # its 3.9 ns plus the routing to and from fabric registers limited the block to
+        # ~120 MHz; the ECP5 target instead instantiates the DSP with its input, pipeline and
+        # output registers enabled (P = 3).
+        pl = self._product_latency
+        sp = 2 + pl                             # the stage whose registers hold the products
         a_lo, a_hi = s2_a.as_unsigned()[:16], s2_a[16:].as_signed()
         b_lo, b_hi = s2_mul.as_unsigned()[:16], s2_mul[16:].as_signed()
-        s3_llhi = reg(unsigned(16), "s3_llhi")  # ll >> 16: bits 0..15 of ll never matter
-        s3_lh = reg(signed(32), "s3_lh")        # |lh|, |hl| < 2**31, hh <= 2**30
-        s3_hl = reg(signed(32), "s3_hl")
-        s3_hh = reg(signed(32), "s3_hh")
-        s3_sat = reg(1, "s3_sat")
-        m.d.sync += [
-            s3_llhi.eq((a_lo * b_lo)[16:]),
-            s3_lh.eq(a_lo * b_hi),
-            s3_hl.eq(a_hi * b_lo),
-            s3_hh.eq(a_hi * b_hi),
-            s3_sat.eq((s2_a == _INT32_MIN) & (s2_mul == _INT32_MIN)),
-        ]
+        llhi = self._product(m, n, a_lo, b_lo, sp, "ll")[16:32]  # bits 0..15 never matter
+        lh = self._product(m, n, a_lo, b_hi, sp, "lh")[:32].as_signed()  # |lh|, |hl| < 2**31,
+        hl = self._product(m, n, a_hi, b_lo, sp, "hl")[:32].as_signed()  # hh <= 2**30
+        hh = self._product(m, n, a_hi, b_hi, sp, "hh")[:32].as_signed()
 
-        # ---- stages 4-5: SaturatingRoundingDoublingHighMul's nudge and truncating division.
+        # ---- stages sp+1 .. sp+2: SaturatingRoundingDoublingHighMul's nudge and truncating
+        # division.
         # For ab >= 0: trunc((ab + 2**30) / 2**31) = floor((ab + 2**30) / 2**31).
         # For ab < 0: trunc((ab + 1 - 2**30) / 2**31) = ceil(...)
         #   = floor((ab + 1 - 2**30 + 2**31 - 1) / 2**31) = floor((ab + 2**30) / 2**31).
@@ -183,92 +215,163 @@ class OutputStage(wiring.Component):
         # is ((ab >> 30) + 1) >> 1. With t = lh + hl + (ll >> 16), which is ab >> 16 less
         # hh * 2**16 (the low 16 bits of ll produce no carry), ab >> 30 = hh * 4 + (t >> 14).
         #
-        # Stage 4: t, three operands in one carry chain: a carry-save layer (one LUT level)
+        # Stage sp+1: t, three operands in one carry chain: a carry-save layer (one LUT level)
         # turns them into two, t = s + 2c. Everything mod 2**34, where t fits (|t| < 2**33).
+        st = sp + 1
         tw = 34
-        x3 = Signal(tw, name=f"c{n}_s4_lh_ext")
-        y3 = Signal(tw, name=f"c{n}_s4_hl_ext")
-        z3 = Signal(tw, name=f"c{n}_s4_llhi_ext")
-        m.d.comb += [x3.eq(s3_lh), y3.eq(s3_hl), z3.eq(s3_llhi)]  # sign-/zero-extending
+        x3 = Signal(tw, name=f"c{n}_s{st}_lh_ext")
+        y3 = Signal(tw, name=f"c{n}_s{st}_hl_ext")
+        z3 = Signal(tw, name=f"c{n}_s{st}_llhi_ext")
+        m.d.comb += [x3.eq(lh), y3.eq(hl), z3.eq(llhi)]  # sign-/zero-extending
         csa_s = x3 ^ y3 ^ z3
         csa_c = (x3 & y3) | (x3 & z3) | (y3 & z3)
-        s4_t = reg(signed(tw), "s4_t")
-        m.d.sync += s4_t.eq((csa_s + Cat(C(0, 1), csa_c[:tw - 1]))[:tw].as_signed())
-        s4_hh = delay(s3_hh, 3, 4, "hh")
-        s4_sat = delay(s3_sat, 3, 4, "sat")
+        s_t = reg(signed(tw), f"s{st}_t")
+        m.d.sync += s_t.eq((csa_s + Cat(C(0, 1), csa_c[:tw - 1]))[:tw].as_signed())
+        s_hh = delay(hh, sp, st, "hh")
 
-        # Stage 5: h = (p + q + 1) >> 1 with p = t >> 14, q = hh * 4, in one carry chain:
-        # (2p + 1) + (2q + 1) = 2 (p + q + 1), so the increment rides in on bit 0. Only
-        # INT32_MIN**2 = 2**62 overflows int32 here (h = 2**31 wraps to INT32_MIN); the
-        # saturation mux for it is folded into stage 6's shifter LUTs.
-        p = Signal(signed(34), name=f"c{n}_s5_p")
-        q = Signal(signed(34), name=f"c{n}_s5_q")
-        m.d.comb += [p.eq(s4_t >> 14), q.eq(s4_hh << 2)]
-        s5_h = reg(signed(32), "s5_h")
-        m.d.sync += s5_h.eq((Cat(C(1, 1), p).as_signed() + Cat(C(1, 1), q).as_signed())[2:34]
-                            .as_signed())
-        s5_sat = delay(s4_sat, 4, 5, "sat")
+        # Stage sp+2: h = (p + q + 1) >> 1 with p = t >> 14, q = hh * 4, in one carry chain:
+        # (2p + 1) + (2q + 1) = 2 (p + q + 1), so the increment rides in on bit 0.
+        # SaturatingRoundingDoublingHighMul saturates INT32_MIN * INT32_MIN to INT32_MAX; that
+        # product, 2**62, is the only one whose h leaves int32: h = 2**31 (the next largest,
+        # INT32_MIN * (INT32_MIN + 1), gives 2**31 - 1, and the most negative h is
+        # -2**31 + 1). So h is kept to 33 bits, and "bit 32 clear, bit 31 set" is the
+        # saturating case: two bits, no operand compares, and the mux folds into the next
+        # stage's shifter LUTs.
+        sh = sp + 2
+        p = Signal(signed(34), name=f"c{n}_s{sh}_p")
+        q = Signal(signed(34), name=f"c{n}_s{sh}_q")
+        m.d.comb += [p.eq(s_t >> 14), q.eq(s_hh << 2)]
+        s_h = reg(signed(33), f"s{sh}_h")
+        m.d.sync += s_h.eq((Cat(C(1, 1), p).as_signed() + Cat(C(1, 1), q).as_signed())[2:35]
+                           .as_signed())
 
-        # RoundingDivideByPOT's masks are decoded here, beside the adders, rather than in
-        # stage 1: that pipelines 5 bits of shift amount instead of 62 bits of masks. Each mask
-        # bit is a compare of the 5-bit shift with a constant (one or two LUTs).
-        s4_right = delay(s1_right, 1, 4, "right")
-        s5_right = reg(unsigned(5), "s5_right")
-        s5_half = reg(unsigned(31), "s5_half")    # 2**(right-1) - 1: the bits below the round bit
-        s5_round = reg(unsigned(31), "s5_round")  # 2**(right-1): the round bit; 0 for right 0
-        m.d.sync += [
-            s5_right.eq(s4_right),
-            # (bit 30 would be "right > 31", never true of a 5-bit shift: a constant 0)
-            s5_half.eq(Cat(*(s4_right > i + 1 for i in range(30)), C(0, 1))),
-            s5_round.eq(Cat(s4_right == i + 1 for i in range(31))),
-        ]
+        # RoundingDivideByPOT's masks are decoded beside the adders rather than in stage 1:
+        # that pipelines 5 bits of shift amount instead of 62 bits of masks. Each mask bit is a
+        # compare of the 5-bit shift with a constant, but decoded in one cycle Yosys/ABC shares
+        # the compares into a 4-LUT-deep chain (145 MHz on ECP5). So on ECP5 the decode takes
+        # two stages: one-hot and "greater than" codes of the shift's low 3 and high 2 bits,
+        # then every mask bit from three of those (one LUT4); 22 more flip-flops per column,
+        # which the generic (iCE40) build does without.
+        s_half = reg(unsigned(31), f"s{sh}_half")    # 2**(right-1) - 1: bits below the round bit
+        s_round = reg(unsigned(31), f"s{sh}_round")  # 2**(right-1): the round bit; 0 for right 0
+        if self._mult_kind == "generic":
+            right = delay(s1_right, 1, st, "right")
+            s_right = delay(right, st, sh, "right")
+            m.d.sync += [
+                # (bit 30 would be "right > 31", never true of 5 bits: a constant 0)
+                s_half.eq(Cat(*(right > i + 1 for i in range(30)), C(0, 1))),
+                s_round.eq(Cat(right == i + 1 for i in range(31))),
+            ]
+            rounds = s_right != 0
+        else:
+            s_right, rounds = self._two_stage_masks(m, n, delay(s1_right, 1, sp, "right"),
+                                                    sp, s_half, s_round, delay)
 
-        # ---- stage 6: RoundingDivideByPOT. "remainder > threshold" is, for x >= 0, "round bit
-        # set" and, for x < 0, "round bit set and a lower bit set" (the threshold is one
+        # ---- stage sp+3: RoundingDivideByPOT. "remainder > threshold" is, for x >= 0, "round
+        # bit set" and, for x < 0, "round bit set and a lower bit set" (the threshold is one
         # higher). Those AND-reductions run beside the right barrel shift; the increment
-        # becomes the carry-in of the zero-point adder in stage 7 instead of a third adder.
-        h = Signal(signed(32), name=f"c{n}_s6_h")
-        m.d.comb += h.eq(Mux(s5_sat, _INT32_MAX, s5_h))
-        s6_q = reg(signed(32), "s6_q")
-        s6_inc = reg(1, "s6_inc")
-        h_bits = h.as_unsigned()[:31]
-        round_bit = (h_bits & s5_round).any()
-        sticky = (h_bits & s5_half).any()
+        # becomes the carry-in of the zero-point adder in the next stage instead of a third
+        # adder. The saturated h, INT32_MAX, has every bit below the sign set: its increment is
+        # "right != 0", chosen after the reductions of the unsaturated bits, so that the
+        # saturation flag does not widen the terms of the reduction trees.
+        sq = sp + 3
+        sat = Signal(name=f"c{n}_s{sq}_sat")
+        h = Signal(signed(32), name=f"c{n}_s{sq}_h")
+        m.d.comb += [
+            sat.eq(~s_h[32] & s_h[31]),
+            h.eq(Mux(sat, _INT32_MAX, s_h[:32].as_signed())),
+        ]
+        s_q = reg(signed(32), f"s{sq}_q")
+        s_inc = reg(1, f"s{sq}_inc")
+        h_bits = s_h.as_unsigned()[:31]   # unsaturated
+        round_bit = (h_bits & s_round).any()
+        sticky = (h_bits & s_half).any()
         m.d.sync += [
-            s6_q.eq(h >> s5_right),  # arithmetic: h is signed
-            s6_inc.eq(round_bit & ((h >= 0) | sticky)),
+            s_q.eq(h >> s_right),  # arithmetic: h is signed
+            s_inc.eq(Mux(sat, rounds, round_bit & (~s_h[31] | sticky))),
         ]
 
-        # ---- stage 7: zero point, an int32 add that wraps, with the rounding increment as
+        # ---- stage sp+4: zero point, an int32 add that wraps, with the rounding increment as
         # its carry-in: (2q + inc) + (2zp + inc) = 2 (q + zp + inc).
-        zp = delay(s1_zp, 1, 6, "zp")
-        s7_y = reg(signed(32), "s7_y")
-        m.d.sync += s7_y.eq((Cat(s6_inc, s6_q).as_signed() + Cat(s6_inc, zp).as_signed())[1:33]
-                            .as_signed())
+        sy = sp + 4
+        zp = delay(s1_zp, 1, sq, "zp")
+        s_y = reg(signed(32), f"s{sy}_y")
+        m.d.sync += s_y.eq((Cat(s_inc, s_q).as_signed() + Cat(s_inc, zp).as_signed())[1:33]
+                           .as_signed())
 
-        # ---- stages 8-9: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded into lo
-        # in stage 1), so "y > hi" is "y above int8, or y in int8 and its low byte > hi" (the
-        # same for "y < lo"). Stage 8 computes both flags: a 25-bit all-zeros/all-ones
-        # reduction beside two 9-bit subtractions whose sign bits are the byte comparisons;
-        # stage 9 is the two muxes alone (outside int8 one flag is always set, so the low
-        # byte needs no saturation). A 32-bit compare after the 32-bit add in one cycle
-        # limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus the muxes
-        # to ~125 MHz.
-        lo = delay(s1_lo, 1, 7, "lo")
-        hi = delay(s1_hi, 1, 7, "hi")
-        top = s7_y.as_unsigned()[7:]
+        # ---- stages sp+5 .. sp+6: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded
+        # into lo in stage 1), so "y > hi" is "y above int8, or y in int8 and its low byte >
+        # hi" (the same for "y < lo"). The first stage computes both flags: a 25-bit
+        # all-zeros/all-ones reduction beside two 9-bit subtractions whose sign bits are the
+        # byte comparisons; the second is the two muxes alone (outside int8 one flag is always
+        # set, so the low byte needs no saturation). A 32-bit compare after the 32-bit add in
+        # one cycle limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus
+        # the muxes to ~125 MHz.
+        sf = sp + 5
+        lo = delay(s1_lo, 1, sy, "lo")
+        hi = delay(s1_hi, 1, sy, "hi")
+        top = s_y.as_unsigned()[7:]
         in_range = (top == 0) | (top == (1 << len(top)) - 1)
-        low = s7_y[:8].as_signed()
-        s8_y = reg(signed(8), "s8_y")
-        s8_gt = reg(1, "s8_gt")
-        s8_lt = reg(1, "s8_lt")
+        low = s_y[:8].as_signed()
+        s_y8 = reg(signed(8), f"s{sf}_y")
+        s_gt = reg(1, f"s{sf}_gt")
+        s_lt = reg(1, f"s{sf}_lt")
         m.d.sync += [
-            s8_y.eq(low),
-            s8_gt.eq(Mux(in_range, (hi - low)[8], ~s7_y[31])),  # y > hi
-            s8_lt.eq(Mux(in_range, (low - lo)[8], s7_y[31])),   # y < lo
+            s_y8.eq(low),
+            s_gt.eq(Mux(in_range, (hi - low)[8], ~s_y[31])),  # y > hi
+            s_lt.eq(Mux(in_range, (low - lo)[8], s_y[31])),   # y < lo
         ]
-        lo8 = delay(lo, 7, 8, "lo")
-        hi8 = delay(hi, 7, 8, "hi")
-        s9_out = reg(signed(8), "s9_out")
-        m.d.sync += s9_out.eq(Mux(s8_gt, hi8, Mux(s8_lt, lo8, s8_y)))
-        m.d.comb += out.eq(s9_out)
+        lo_f = delay(lo, sy, sf, "lo")
+        hi_f = delay(hi, sy, sf, "hi")
+        so = sp + 6
+        assert so == self._stages
+        s_out = reg(signed(8), f"s{so}_out")
+        m.d.sync += s_out.eq(Mux(s_gt, hi_f, Mux(s_lt, lo_f, s_y8)))
+        m.d.comb += out.eq(s_out)
+
+    def _product(self, m: Module, n: int, a, b, stage: int, name: str):
+        """``a * b`` (16-bit operands, each signed or unsigned) from the stage-2 registers,
+        ready in the stage-``stage`` registers (``self._product_latency`` cycles later), as a
+        value of at least 32 bits."""
+        if self._mult_kind == "generic":
+            product = Signal(signed(34), name=f"c{n}_s{stage}_{name}", reset_less=True)
+            m.d.sync += product.eq(a * b)
+            return product
+        mult = Multiplier(self._mult_kind, latency=self._product_latency, width=18,
+                          simulation=self._target.simulation)
+        m.submodules[f"c{n}_{name}"] = mult
+        m.d.comb += [mult.a.eq(a), mult.b.eq(b)]  # sign-/zero-extended into signed(18)
+        return mult.p
+
+    def _two_stage_masks(self, m, n, right, sp, s_half, s_round, delay):
+        """ECP5 decode of RoundingDivideByPOT's masks from ``right`` (a stage-``sp``
+        register) into ``s_half`` / ``s_round`` (stage ``sp + 2``); returns the stage-``sp + 2``
+        shift amount and "right != 0" as a register."""
+        st, sh = sp + 1, sp + 2
+
+        def reg(shape, name):
+            return Signal(shape, name=f"c{n}_{name}", reset_less=True)
+
+        lo3, hi2 = right[:3], right[3:]
+        s_lo_eq = reg(unsigned(8), f"s{st}_lo_eq")   # bit j: right[:3] == j
+        s_lo_gt = reg(unsigned(7), f"s{st}_lo_gt")   # bit j: right[:3] > j
+        s_hi_eq = reg(unsigned(4), f"s{st}_hi_eq")   # bit k: right[3:] == k
+        s_hi_gt = reg(unsigned(3), f"s{st}_hi_gt")   # bit k: right[3:] > k
+        m.d.sync += [
+            s_lo_eq.eq(Cat(lo3 == j for j in range(8))),
+            s_lo_gt.eq(Cat(lo3 > j for j in range(7))),
+            s_hi_eq.eq(Cat(hi2 == k for k in range(4))),
+            s_hi_gt.eq(Cat(hi2 > k for k in range(3))),
+        ]
+        lo_gt = lambda j: s_lo_gt[j] if j < 7 else C(0, 1)
+        hi_gt = lambda k: s_hi_gt[k] if k < 3 else C(0, 1)
+        s_right = delay(right, sp, sh, "right")
+        s_rounds = reg(1, f"s{sh}_rounds")           # right != 0
+        m.d.sync += [
+            # right > v and right == v, for v = i + 1 = 8k + j
+            s_half.eq(Cat(hi_gt((i + 1) >> 3) | (s_hi_eq[(i + 1) >> 3] & lo_gt((i + 1) & 7))
+                          for i in range(31))),
+            s_round.eq(Cat(s_hi_eq[(i + 1) >> 3] & s_lo_eq[(i + 1) & 7] for i in range(31))),
+            s_rounds.eq(~(s_hi_eq[0] & s_lo_eq[0])),
+        ]
+        return s_right, s_rounds

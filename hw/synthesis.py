@@ -278,7 +278,7 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
             return LoadUnit(config)
         if name == "store":
             from .loadstore import StoreUnit
-            return StoreUnit(config)
+            return StoreUnit(config, target)
         if name == "execute":
             from .execute import ExecuteUnit
             return ExecuteUnit(config) if not _accepts_target(ExecuteUnit) \
@@ -289,7 +289,7 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
         if name == "output_stage":
             from amaranth import unsigned
             from .output_stage import OutputStage
-            return OutputStage(config, unsigned(1))
+            return OutputStage(config, unsigned(1), target)
         raise AssertionError(name)
     n_pes = config.rows * config.cols if name == "execute" else 0
     wired = True

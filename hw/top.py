@@ -87,7 +87,7 @@ class Accelerator(wiring.Component):
         decoder = Decoder(cfg, self._target)
         load = LoadUnit(cfg)
         execute = ExecuteUnit(cfg, self._target, acc_latency=acc_buf.latency)
-        store = StoreUnit(cfg)
+        store = StoreUnit(cfg, self._target)
         arbiter = MemoryArbiter(cfg)
         act_buf = Buffer(data.ArrayLayout(signed(8), cfg.rows), cfg.act_depth)
         wgt_buf = Buffer(data.ArrayLayout(signed(8), cfg.cols), cfg.wgt_depth)

@@ -13,10 +13,17 @@ from amaranth.sim import Simulator
 
 from hw import isa
 from hw.config import AcceleratorConfig
+from hw.mult import MultiplierTarget
 from hw.output_stage import OutputStage
 from sim.numerics import INT32_MAX, INT32_MIN, output_stage
 
 PARAM_FIELDS = ("bias", "multiplier", "shift", "zero_point", "lo", "hi")
+
+# Plain registered `*` partial products, and the ECP5 MULT18X18D ones (their cycle-equivalent
+# model) with the longer latency they bring.
+TARGETS = [None, MultiplierTarget(family="ecp5", simulation=True)]
+TARGET_IDS = ["generic", "ecp5"]
+targets = pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
 
 
 @dataclass
@@ -64,6 +71,13 @@ CORNER_VALUES = [
     (INT32_MIN, 0, INT32_MAX, -31, 0, -128, 127),
     (INT32_MAX, 0, INT32_MIN, -31, 0, -128, 127),
     (INT32_MAX, 0, INT32_MAX, -31, 0, -128, 127),
+    # the products next to 2**62 and the most negative one: h just inside int32
+    (INT32_MIN, 0, INT32_MIN + 1, 0, 0, -128, 127),
+    (INT32_MIN + 1, 0, INT32_MIN, -31, 0, -128, 127),
+    (INT32_MIN, 0, INT32_MIN + 1, -31, 0, -128, 127),
+    (INT32_MIN, 0, INT32_MAX, 0, 0, -128, 127),
+    (INT32_MAX, 0, INT32_MIN, -31, -1, -128, 127),
+    (-(1 << 31), 0, -(1 << 31), -30, 0, -128, 127),
     # right shift 0 and 31
     (INT32_MAX, 0, INT32_MAX, 0, 0, -128, 127),
     (1 << 30, 0, 1 << 30, -31, 0, -128, 127),     # 2**29 / 2**31 = 0.25 -> 0
@@ -170,11 +184,12 @@ def _param_list(row: Row) -> list[dict[str, int]]:
 
 
 def run_stream(config: AcceleratorConfig, stream: list[Row | None], tag_shape,
-               make_tag, rng: np.random.Generator) -> None:
+               make_tag, rng: np.random.Generator,
+               target: MultiplierTarget | None = None) -> None:
     """Drive ``stream`` (``None`` = an idle cycle) into an OutputStage one entry per cycle and
     check every output bit-exactly, with its tag, exactly ``latency`` cycles later; check that
     no ``o_valid`` appears without an input row."""
-    dut = OutputStage(config, tag_shape)
+    dut = OutputStage(config, tag_shape, target)
     latency = dut.latency
     cols = config.cols
     budget = len(stream) + latency + 4  # cycles; the last row must have come out by then
@@ -273,29 +288,32 @@ def _stream(rows: list[Row], rng: np.random.Generator, gaps: bool) -> list[Row |
     return out
 
 
+@targets
 @pytest.mark.parametrize("cols", [1, 3, 4])
 @pytest.mark.parametrize("gaps", [False, True], ids=["back_to_back", "gaps"])
-def test_stream_corner_and_random_rows(cols: int, gaps: bool):
+def test_stream_corner_and_random_rows(cols: int, gaps: bool, target):
     rng = np.random.default_rng(1000 * cols + gaps)
     config = AcceleratorConfig(rows=4, cols=cols)
     rows = corner_rows(cols)
     rows += random_rows(rng, cols, 300 - len(rows))
     rng.shuffle(rows[len(rows) // 2:])  # corner rows also land between random ones
     make_tag = StructTag(cols)
-    run_stream(config, _stream(rows, rng, gaps), make_tag.shape, make_tag, rng)
+    run_stream(config, _stream(rows, rng, gaps), make_tag.shape, make_tag, rng, target)
 
 
+@targets
 @pytest.mark.parametrize("cols", [2, 5])
-def test_stream_split_product_corners(cols: int):
+def test_stream_split_product_corners(cols: int, target):
     """The 32x32 product is assembled from 16-bit partial products: hammer their corners."""
     rng = np.random.default_rng(77 + cols)
     config = AcceleratorConfig(rows=4, cols=cols)
     make_tag = StructTag(cols)
     run_stream(config, _stream(halfword_rows(rng, cols, 400), rng, gaps=True), make_tag.shape,
-               make_tag, rng)
+               make_tag, rng, target)
 
 
-def test_plain_tag_shape_and_single_rows():
+@targets
+def test_plain_tag_shape_and_single_rows(target):
     """Isolated rows (long gaps), a plain unsigned tag, the default 8-column config."""
     rng = np.random.default_rng(5)
     config = AcceleratorConfig()
@@ -303,17 +321,35 @@ def test_plain_tag_shape_and_single_rows():
     stream: list[Row | None] = []
     for row in rows:
         stream += [row] + [None] * int(rng.integers(1, 9))
-    run_stream(config, stream, CounterTag.shape, CounterTag(), rng)
+    run_stream(config, stream, CounterTag.shape, CounterTag(), rng, target)
 
 
 def test_latency_and_ports():
     dut = OutputStage(AcceleratorConfig(cols=3), unsigned(5))
     assert dut.latency >= 1
+    assert dut.target == MultiplierTarget()
     assert dut.i_acc.shape() == data.ArrayLayout(signed(32), 3)
     assert dut.i_params.shape() == data.ArrayLayout(isa.OutputParams, 3)
     assert dut.o_data.shape() == data.ArrayLayout(signed(8), 3)
     assert len(dut.o_tag) == 5 and len(dut.i_tag) == 5
     assert f"s{dut.latency}_out" in rtlil.convert(dut)  # elaborates and lowers without errors
+
+
+def test_latency_per_target():
+    """The ECP5 partial products are 3-cycle DSPs (input, pipeline and output registers); the
+    generic (and iCE40) path keeps a single registered product, so no flip-flop is added
+    there. The target can be given by keyword or as the third positional argument."""
+    config = AcceleratorConfig(cols=2)
+    generic = OutputStage(config, unsigned(1))
+    ice40 = OutputStage(config, unsigned(1), MultiplierTarget(family="ice40"))
+    ecp5 = OutputStage(config, unsigned(1), target=MultiplierTarget(family="ecp5"))
+    assert generic.latency == ice40.latency
+    assert ecp5.latency == generic.latency + 2
+    il = rtlil.convert(ecp5)
+    assert il.count("MULT18X18D") >= 4 * config.cols  # one instance per partial product
+    assert f"s{ecp5.latency}_out" in il
+    assert "MULT18X18D" not in rtlil.convert(OutputStage(
+        config, unsigned(1), MultiplierTarget(family="ecp5", simulation=True)))
 
 
 @pytest.mark.parametrize("config, tag_shape, words", [
@@ -325,3 +361,8 @@ def test_latency_and_ports():
 def test_constructor_errors(config, tag_shape, words):
     with pytest.raises(TypeError, match=words):
         OutputStage(config, tag_shape)
+
+
+def test_constructor_rejects_bad_target():
+    with pytest.raises(TypeError, match="target"):
+        OutputStage(AcceleratorConfig(cols=2), unsigned(1), "ecp5")
