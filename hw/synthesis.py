@@ -995,6 +995,15 @@ def _plan_port_fold(module: dict, ram_name: str, ram: dict, port: _RamReadPort,
     ``({}, None, reason)`` when no output bit of the port is used at all."""
     params = ram.get("parameters", {})
     cells = module["cells"]
+    used = []
+    for pin in port.data_out:
+        bit = _pin(ram, pin)
+        if bit == "?":
+            return None, None, f"{pin} is not a one-bit connection"
+        if isinstance(bit, int) and loads.get(bit):
+            used.append((pin, bit))
+    if not used:
+        return {}, None, "no output bit used"     # e.g. the write port of a Yosys mapping
     for regmode in port.regmodes:
         if _param_str(params.get(regmode), "NOREG") != "NOREG":
             return None, None, f"{regmode} is already {_param_str(params.get(regmode), '')}"
@@ -1018,12 +1027,7 @@ def _plan_port_fold(module: dict, ram_name: str, ram: dict, port: _RamReadPort,
 
     pairs: dict[str, str] = {}
     controls: _FFControls | None = None
-    for pin in port.data_out:
-        bit = _pin(ram, pin)
-        if bit == "?":
-            return None, None, f"{pin} is not a one-bit connection"
-        if not isinstance(bit, int) or not loads.get(bit):
-            continue                       # unconnected or unused output bit
+    for pin, bit in used:
         if drivers.get(bit) != [(ram_name, pin)]:
             return None, None, f"{pin}'s net has another driver"
         sinks = loads[bit]
@@ -1052,8 +1056,6 @@ def _plan_port_fold(module: dict, ram_name: str, ram: dict, port: _RamReadPort,
         elif (ctl.enable, ctl.reset) != (controls.enable, controls.reset):
             return None, None, "the flip-flops do not share one clock enable and reset"
         pairs[pin] = ff_name
-    if not pairs:
-        return {}, None, "no output bit used"
     assert controls is not None
     if controls.reset is not None:
         if not sync_reset:
