@@ -55,9 +55,9 @@ class AccumulatorBuffer(wiring.Component):
     ----------
     config : AcceleratorConfig
     pipelined : bool
-        ``True`` (latency 3): the block RAM's output is registered and the add has a cycle
-        of its own, and the updates still in flight are forwarded to the add (the block RAM
-        read alone took 4-5 ns of the ECP5's 6.7 ns at 150 MHz; the one-cycle version
+        ``True`` (latency 4): the block RAM's output is registered twice and the add has a
+        cycle of its own, and the updates still in flight are forwarded to the add (the block
+        RAM read alone took 6 ns of the ECP5's 6.7 ns at 150 MHz; the one-cycle version
         reached 77 MHz there). ``False`` (latency 1): the read is transparent to the write
         and read, add and write share a cycle; fewer registers, for the smallest FPGAs.
     """
@@ -79,7 +79,12 @@ class AccumulatorBuffer(wiring.Component):
     @property
     def latency(self) -> int:
         """Cycles from an update to its write (and ``committed``)."""
-        return 3 if self._pipelined else 1
+        return self.latency_of(self._pipelined)
+
+    @staticmethod
+    def latency_of(pipelined: bool) -> int:
+        """:attr:`latency` of a buffer built with ``pipelined``."""
+        return 4 if pipelined else 1
 
     def elaborate(self, platform):
         m = Module()
@@ -117,60 +122,59 @@ class AccumulatorBuffer(wiring.Component):
         rmw_rd = mem.read_port()
         wiring.connect(m, wiring.flipped(self.read), mem.read_port())
 
-        # Stage 0 reads; stage 1 has the block RAM's output; stage 2 adds; stage 3 writes.
-        # The read misses the writes of the three updates ahead of it (written in its stage
-        # 0, 1 or 2 cycle): at stage 2 those are s3 (being written), h1 and h2 (written one
-        # and two cycles before). Which of them hold the same entry is decided in stage 1,
-        # so stage 2 is a 4-way select and the adder.
+        # Stage 0 reads; stage 1 has the block RAM's output, stage 2 its register (which the
+        # ECP5 flow folds into the RAM's output register), stage 3 a fabric copy beside the
+        # adder (the RAMs sit far apart); stage D = 3 adds; stage D + 1 writes. The read
+        # misses the writes of the D + 1 updates ahead of it (written in its stage 0..D
+        # cycles): at stage D those are `w` (being written) and h1..hD (written 1..D cycles
+        # before). Which of them hold the same entry is decided a stage earlier, so stage D
+        # is a priority select and the adder.
+        depth = self.latency - 1
         upd = data.StructLayout({"valid": 1, "addr": len(self.upd_addr), "accumulate": 1,
                                  "data": data.ArrayLayout(signed(self._config.psum_width),
                                                           cols)})
         wr = data.StructLayout({"valid": 1, "addr": len(self.upd_addr), "data": row})
-        s1 = Signal(upd)
-        s2 = Signal(upd)
-        s2_old = Signal(row, reset_less=True)  # block RAM output, registered
-        s2_hit = Signal(3)       # entry matches s3, h1, h2 (as they will be in stage 2)
-        s3 = Signal(wr)
-        h1 = Signal(wr)
-        h2 = Signal(wr)
+        s = [Signal(upd, name=f"s{i}") for i in range(1, depth + 1)]       # update, stage i
+        old = [Signal(row, reset_less=True, name=f"old{i}")              # RAM data, stage i
+               for i in range(2, depth + 1)]
+        hits = Signal(depth + 1)  # at stage D: same entry as w, h1, ..., hD
+        w = Signal(wr)
+        h = [Signal(wr, name=f"h{i}") for i in range(1, depth + 1)]
 
         m.d.comb += [
             rmw_rd.addr.eq(self.upd_addr),
             rmw_rd.en.eq(self.upd_valid),
-            wp.addr.eq(s3.addr),
-            wp.data.eq(s3.data),
-            wp.en.eq(s3.valid),
-            self.committed.eq(s3.valid),
+            wp.addr.eq(w.addr),
+            wp.data.eq(w.data),
+            wp.en.eq(w.valid),
+            self.committed.eq(w.valid),
         ]
 
-        def hit(ahead):
-            return ahead.valid & (ahead.addr == s1.addr)
-
+        # One stage before the add: the updates that will then be w, h1, ..., hD are now in
+        # stage D, w, h1, ..., h(D-1).
+        ahead = [s[-1], w, *h[:-1]]
         m.d.sync += [
-            s1.valid.eq(self.upd_valid),
-            s1.addr.eq(self.upd_addr),
-            s1.accumulate.eq(self.upd_accumulate),
-            s1.data.eq(self.upd_data),
-            s2.eq(s1),
-            s2_old.eq(rmw_rd.data),
-            # In stage 2, s2's update is s3, s3's is h1 and h1's is h2.
-            s2_hit.eq(Cat(hit(s2), hit(s3), hit(h1))),
-            h1.eq(s3),
-            h2.eq(h1),
-            s3.valid.eq(s2.valid),
-            s3.addr.eq(s2.addr),
+            s[0].valid.eq(self.upd_valid),
+            s[0].addr.eq(self.upd_addr),
+            s[0].accumulate.eq(self.upd_accumulate),
+            s[0].data.eq(self.upd_data),
+            *[s[i].eq(s[i - 1]) for i in range(1, depth)],
+            old[0].eq(rmw_rd.data),
+            *[old[i].eq(old[i - 1]) for i in range(1, len(old))],
+            hits.eq(Cat(a.valid & (a.addr == s[-2].addr) for a in ahead)),
+            h[0].eq(w),
+            *[h[i].eq(h[i - 1]) for i in range(1, depth)],
+            w.valid.eq(s[-1].valid),
+            w.addr.eq(s[-1].addr),
         ]
-        old = Signal(row)
-        with m.If(~s2.accumulate):
-            m.d.comb += old.eq(0)
-        with m.Elif(s2_hit[0]):
-            m.d.comb += old.eq(s3.data)
-        with m.Elif(s2_hit[1]):
-            m.d.comb += old.eq(h1.data)
-        with m.Elif(s2_hit[2]):
-            m.d.comb += old.eq(h2.data)
+        current = Signal(row)
+        with m.If(~s[-1].accumulate):
+            m.d.comb += current.eq(0)
+        for i, source in enumerate([w, *h]):
+            with m.Elif(hits[i]):
+                m.d.comb += current.eq(source.data)
         with m.Else():
-            m.d.comb += old.eq(s2_old)
+            m.d.comb += current.eq(old[-1])
         for c in range(cols):
-            m.d.sync += s3.data[c].eq((old[c] + s2.data[c])[:32])
+            m.d.sync += w.data[c].eq((current[c] + s[-1].data[c])[:32])
         return m

@@ -5,7 +5,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .array import SystolicArray
-from .buffers import _addr_width
+from .buffers import AccumulatorBuffer, _addr_width
 from .config import AcceleratorConfig
 from .footprint import RangeLayout
 from .mult import MultiplierTarget
@@ -46,9 +46,11 @@ class ExecuteUnit(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None, *,
-                 acc_latency: int = 3):
+                 acc_latency: int | None = None):
         self._config = config
-        self._acc_latency = acc_latency
+        # None: the pipelined AccumulatorBuffer's (the top level passes its buffer's).
+        self._acc_latency = (AccumulatorBuffer.latency_of(True) if acc_latency is None
+                             else acc_latency)
         self.array = SystolicArray(config, target)
         c = config
         super().__init__({

@@ -13,14 +13,14 @@ from simutil import simulate
 def test_accumulator_read_modify_write_back_to_back(cols, pipelined):
     cfg = AcceleratorConfig(rows=128, cols=cols, acc_depth=8)  # 23-bit partial sums
     buf = AccumulatorBuffer(cfg, pipelined=pipelined)
-    assert buf.latency == (3 if pipelined else 1)
+    assert buf.latency == (4 if pipelined else 1)
     rng = np.random.default_rng(cols)
     lo, hi = -(1 << (cfg.psum_width - 1)), (1 << (cfg.psum_width - 1)) - 1
     updates = []
     # Same address many cycles in a row (transparency), with extreme values: 700 adds of the
     # largest partial sum wrap past 2**31.
     updates += [(3, 1, [hi] * cols)] * 700 + [(3, 1, [lo] * cols)] * 5
-    # Random entries out of a few, so that every forwarding distance (0-3 cycles between two
+    # Random entries out of a few, so that every forwarding distance (0-4 cycles between two
     # updates of one entry) occurs, with and without idle cycles between them.
     for _ in range(600):
         updates.append((int(rng.integers(0, 3 if rng.random() < 0.5 else 8)),
