@@ -46,10 +46,10 @@ class OutputStage(wiring.Component):
         Only ``family`` and ``simulation`` matter. For ``"ecp5"`` the four 16-bit partial
         products of each column are instantiated ``MULT18X18D`` blocks with their input,
         pipeline and output registers enabled (``hw.mult.Multiplier``, ``width=18``; with
-        ``simulation`` their cycle-equivalent model); otherwise (``None``, ``"generic"``,
-        ``"ice40"``) each is a plain ``a * b`` into a register, which Yosys maps to a DSP
-        where that pays (SB_MAC16 on iCE40). ``latency`` depends on it: 9 for a plain product,
-        11 for the ECP5 one.
+        ``simulation`` their cycle-equivalent model); for ``None``/``"generic"`` each is a
+        plain ``a * b`` into a register. ``"ice40"`` gets its own compact pipeline (see
+        ``_column_ice40``) with instantiated SB_MAC16s (or their model) holding the operand
+        and product registers. ``latency`` depends on it: 9 generic, 11 ECP5, 7 iCE40.
 
     Attributes
     ----------
