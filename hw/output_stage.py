@@ -1,6 +1,8 @@
 """The requantizing output stage: int32 accumulator rows to int8, one row per cycle."""
 
-from amaranth import C, Cat, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
+from amaranth import (C, Cat, ClockSignal, Const, Module, Mux, Shape, ShapeCastable, Signal,
+                      signed, unsigned)
+from amaranth.hdl import Instance
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -44,10 +46,10 @@ class OutputStage(wiring.Component):
         Only ``family`` and ``simulation`` matter. For ``"ecp5"`` the four 16-bit partial
         products of each column are instantiated ``MULT18X18D`` blocks with their input,
         pipeline and output registers enabled (``hw.mult.Multiplier``, ``width=18``; with
-        ``simulation`` their cycle-equivalent model); otherwise (``None``, ``"generic"``,
-        ``"ice40"``) each is a plain ``a * b`` into a register, which Yosys maps to a DSP
-        where that pays (SB_MAC16 on iCE40). ``latency`` depends on it: 9 for a plain product,
-        11 for the ECP5 one.
+        ``simulation`` their cycle-equivalent model); for ``None``/``"generic"`` each is a
+        plain ``a * b`` into a register. ``"ice40"`` gets its own compact pipeline (see
+        ``_column_ice40``) with instantiated SB_MAC16s (or their model) holding the operand
+        and product registers. ``latency`` depends on it: 9 generic, 11 ECP5, 7 iCE40.
 
     Attributes
     ----------
@@ -63,6 +65,8 @@ class OutputStage(wiring.Component):
     # Pipeline stages besides the partial-product multipliers (whose latency is added).
     _STAGES_BESIDES_PRODUCT = 8
     _ECP5_PRODUCT_LATENCY = 3
+    # The compact iCE40 pipeline (see ``_column_ice40``).
+    _ICE40_STAGES = 7
 
     def __init__(self, config: AcceleratorConfig, tag_shape,
                  target: MultiplierTarget | None = None):
@@ -79,9 +83,12 @@ class OutputStage(wiring.Component):
         self._config = config
         self._tag_shape = tag_shape
         self._target = target or MultiplierTarget()
-        self._mult_kind = "ecp5" if self._target.family == "ecp5" else "generic"
+        self._mult_kind = {"ecp5": "ecp5", "ice40": "ice40"}.get(self._target.family, "generic")
         self._product_latency = self._ECP5_PRODUCT_LATENCY if self._mult_kind == "ecp5" else 1
-        self._stages = self._STAGES_BESIDES_PRODUCT + self._product_latency
+        if self._mult_kind == "ice40":
+            self._stages = self._ICE40_STAGES
+        else:
+            self._stages = self._STAGES_BESIDES_PRODUCT + self._product_latency
         super().__init__({
             "i_valid": In(1),
             "i_acc": In(data.ArrayLayout(signed(32), config.cols)),
@@ -123,8 +130,9 @@ class OutputStage(wiring.Component):
             m.d.sync += valid[i].eq(valid[i - 1])
             m.d.sync += tag[i].eq(tag[i - 1])
 
+        column = self._column_ice40 if self._mult_kind == "ice40" else self._column
         for n in range(self._config.cols):
-            self._column(m, n, self.i_acc[n], self.i_params[n], self.o_data[n])
+            column(m, n, self.i_acc[n], self.i_params[n], self.o_data[n])
         return m
 
     def _column(self, m: Module, n: int, acc, params, out) -> None:
@@ -328,6 +336,220 @@ class OutputStage(wiring.Component):
         s_out = reg(signed(8), f"s{so}_out")
         m.d.sync += s_out.eq(Mux(s_gt, hi_f, Mux(s_lt, lo_f, s_y8)))
         m.d.comb += out.eq(s_out)
+
+    def _column_ice40(self, m: Module, n: int, acc, params, out) -> None:
+        """The compact iCE40 column: 7 stages at ~40 MHz on the UP5K instead of 9, with the
+        product registers inside the SB_MAC16s and only what the next stage reads registered.
+
+        1. ``acc + bias``, the shift decode and clamp bounds (as in the generic stage 1);
+        2. the left barrel shift into the SB_MAC16 input registers (``A_REG``/``B_REG``);
+        3. the 16x16 products in the SB_MAC16 pipeline register (``PIPELINE_16x16_MULT_REG2``);
+           ``hh`` is read a cycle later and also uses the 8x8 product registers (latency 3);
+        4. ``t = lh + hl + (ll >> 16)`` (carry-save layer and one chain); only ``t >> 14``
+           (20 bits) is registered;
+        5. ``h = ((t >> 14) + 4 hh + 1) >> 1`` (33 bits, bit 32 clear and bit 31 set is the
+           saturated INT32_MIN * INT32_MIN);
+        6. RDBPOT: the right barrel shift ``q = h >> right``, its rounding increment (masks
+           decoded here from the 5-bit amount), and instead of all 32 bits of ``q`` only its low
+           byte, bits 8 and 31 and whether bits 9..30 are all zeros / all ones (per 4-bit group);
+        7. ``y = q + zero_point + inc`` and the clamp on the low byte alone: ``ql + zp + inc``
+           is a 10-bit add whose carry (-1, 0 or +1) into ``q >> 8`` decides, with the four
+           flags, whether the int32 ``y`` (wrapping included) is inside int8 and its sign.
+        """
+        def reg(shape, name):
+            return Signal(shape, name=f"c{n}_{name}", reset_less=True)
+
+        def delay(sig, first, last, name):
+            for stage in range(first + 1, last + 1):
+                nxt = reg(sig.shape(), f"s{stage}_{name}")
+                m.d.sync += nxt.eq(sig)
+                sig = nxt
+            return sig
+
+        # ---- stage 1 (as in _column).
+        s1_x = reg(signed(32), "s1_x")
+        s1_left = reg(unsigned(5), "s1_left")
+        s1_right = reg(unsigned(5), "s1_right")
+        s1_mul = reg(signed(32), "s1_mul")
+        s1_zp = reg(signed(8), "s1_zp")
+        s1_lo = reg(signed(8), "s1_lo")
+        s1_hi = reg(signed(8), "s1_hi")
+        shift = params.shift
+        m.d.sync += [
+            s1_x.eq((acc + params.bias)[:32].as_signed()),
+            s1_left.eq(Mux(shift > _SHIFT_MAX, _SHIFT_MAX, Mux(shift < 0, 0, shift))[:5]),
+            s1_right.eq(Mux(shift < _SHIFT_MIN, -_SHIFT_MIN, Mux(shift > 0, 0, -shift))[:5]),
+            s1_mul.eq(params.multiplier),
+            s1_zp.eq(params.zero_point),
+            s1_lo.eq(Mux(params.lo > params.hi, params.hi, params.lo)),
+            s1_hi.eq(params.hi),
+        ]
+
+        # ---- stages 2-3 (2-4 for hh): the partial products in the SB_MAC16s, whose input
+        # registers take the left shift directly.
+        a = Signal(32, name=f"c{n}_s1_a")
+        m.d.comb += a.eq((s1_x << s1_left)[:32])
+        a_lo, a_hi, b_lo, b_hi = a[:16], a[16:], s1_mul[:16], s1_mul[16:]
+        ll = self._mac16(m, n, "ll", a_lo, b_lo, False, False, 2)
+        lh = self._mac16(m, n, "lh", a_lo, b_hi, False, True, 2)
+        hl = self._mac16(m, n, "hl", a_hi, b_lo, True, False, 2)
+        hh = self._mac16(m, n, "hh", a_hi, b_hi, True, True, 3)
+
+        # ---- stage 4: t = lh + hl + (ll >> 16) mod 2**34 (see _column), t >> 14 registered.
+        tw = 34
+        x3 = Signal(tw, name=f"c{n}_s4_lh_ext")
+        y3 = Signal(tw, name=f"c{n}_s4_hl_ext")
+        z3 = Signal(tw, name=f"c{n}_s4_llhi_ext")
+        m.d.comb += [x3.eq(lh.as_signed()), y3.eq(hl.as_signed()), z3.eq(ll[16:32])]
+        csa_s = x3 ^ y3 ^ z3
+        csa_c = (x3 & y3) | (x3 & z3) | (y3 & z3)
+        s4_p = reg(signed(tw - 14), "s4_p")
+        m.d.sync += s4_p.eq((csa_s + Cat(C(0, 1), csa_c[:tw - 1]))[14:tw].as_signed())
+
+        # ---- stage 5: h = (p + 4 hh + 1) >> 1, 33 bits (see _column).
+        q4 = Signal(signed(34), name=f"c{n}_s5_q")
+        m.d.comb += q4.eq(hh.as_signed() << 2)
+        s5_h = reg(signed(33), "s5_h")
+        m.d.sync += s5_h.eq((Cat(C(1, 1), s4_p).as_signed() + Cat(C(1, 1), q4).as_signed())[2:35]
+                            .as_signed())
+
+        # ---- stage 6: RDBPOT's shift and increment (see _column), q reduced to 12 bits.
+        # The masks come from one-hot / "greater than" codes of the amount's low 3 and high 2
+        # bits registered in stage 5 (as on ECP5, 22 flip-flops): each mask bit ANDed with its
+        # bit of h is then one LUT4 ahead of the reduction trees. Decoded from the 5-bit amount
+        # in stage 6 they made the increment the critical path (37 MHz).
+        right4 = delay(s1_right, 1, 4, "right")
+        right = delay(right4, 4, 5, "right")
+        lo3, hi2 = right4[:3], right4[3:]
+        s5_lo_eq = reg(unsigned(8), "s5_lo_eq")   # bit j: right[:3] == j
+        s5_lo_gt = reg(unsigned(7), "s5_lo_gt")   # bit j: right[:3] > j
+        s5_hi_eq = reg(unsigned(4), "s5_hi_eq")   # bit k: right[3:] == k
+        s5_hi_gt = reg(unsigned(3), "s5_hi_gt")   # bit k: right[3:] > k
+        m.d.sync += [
+            s5_lo_eq.eq(Cat(lo3 == j for j in range(8))),
+            s5_lo_gt.eq(Cat(lo3 > j for j in range(7))),
+            s5_hi_eq.eq(Cat(hi2 == k for k in range(4))),
+            s5_hi_gt.eq(Cat(hi2 > k for k in range(3))),
+        ]
+        lo_gt = lambda j: s5_lo_gt[j] if j < 7 else C(0, 1)
+        hi_gt = lambda k: s5_hi_gt[k] if k < 3 else C(0, 1)
+        half = Signal(31, name=f"c{n}_s6_half")   # right > i + 1
+        rnd = Signal(31, name=f"c{n}_s6_round")   # right == i + 1
+        m.d.comb += [
+            half.eq(Cat(hi_gt((i + 1) >> 3) | (s5_hi_eq[(i + 1) >> 3] & lo_gt((i + 1) & 7))
+                        for i in range(31))),
+            rnd.eq(Cat(s5_hi_eq[(i + 1) >> 3] & s5_lo_eq[(i + 1) & 7] for i in range(31))),
+        ]
+        rounds = ~(s5_hi_eq[0] & s5_lo_eq[0])     # right != 0
+        sat = Signal(name=f"c{n}_s6_sat")
+        h = Signal(signed(32), name=f"c{n}_s6_h")
+        q = Signal(signed(32), name=f"c{n}_s6_q")
+        m.d.comb += [
+            sat.eq(~s5_h[32] & s5_h[31]),
+            h.eq(Mux(sat, _INT32_MAX, s5_h[:32].as_signed())),
+            q.eq(h >> right),
+        ]
+        h_bits = s5_h.as_unsigned()[:31]
+        round_bit = (h_bits & rnd).any()
+        sticky = (h_bits & half).any()
+        s6_ql = reg(unsigned(8), "s6_ql")    # q[0:8]
+        s6_b0 = reg(1, "s6_b0")              # q[8]: bit 0 of qh = q >> 8
+        s6_b23 = reg(1, "s6_b23")            # q[31]: the sign of qh
+        # q[9:31] all zeros / all ones, reduced here in groups of (up to) 4 bits, one LUT
+        # after the shifter; the whole 22-bit reduction here limited the block to 35 MHz.
+        groups = [(lo_b, min(lo_b + 4, 31)) for lo_b in range(9, 31, 4)]
+        s6_zg = reg(unsigned(len(groups)), "s6_zg")
+        s6_og = reg(unsigned(len(groups)), "s6_og")
+        s6_inc = reg(1, "s6_inc")
+        m.d.sync += [
+            s6_ql.eq(q[:8]),
+            s6_b0.eq(q[8]),
+            s6_b23.eq(q[31]),
+            s6_zg.eq(Cat(q[a:b] == 0 for a, b in groups)),
+            s6_og.eq(Cat(q[a:b].all() for a, b in groups)),
+            s6_inc.eq(Mux(sat, rounds, round_bit & (~s5_h[31] | sticky))),
+        ]
+
+        # ---- stage 7: y = q + zp + inc and the clamp. low = ql + zp + inc in [-128, 384], so
+        # y >> 8 = qh + c with c = low >> 8 in {-1, 0, 1}, wrapping in 24 bits like the int32
+        # add; y's low byte is low's.
+        zp = delay(s1_zp, 1, 6, "zp")
+        lo = delay(s1_lo, 1, 6, "lo")
+        hi = delay(s1_hi, 1, 6, "hi")
+        low = Signal(signed(10), name=f"c{n}_s7_low")
+        m.d.comb += low.eq((Cat(s6_inc, s6_ql, C(0, 2)).as_signed()
+                            + Cat(s6_inc, zp, zp[7], zp[7]).as_signed())[1:11].as_signed())
+        c_m1 = low[9]
+        c_p1 = ~low[9] & low[8]
+        c_0 = ~low[9] & ~low[8]
+        b0, b23, z, o = s6_b0, s6_b23, s6_zg.all(), s6_og.all()
+        qh_0 = z & ~b0 & ~b23
+        qh_p1 = z & b0 & ~b23
+        qh_min = z & ~b0 & b23
+        qh_m1 = o & b0 & b23
+        qh_m2 = o & ~b0 & b23
+        qh_max = o & b0 & ~b23
+        yh_0 = (c_0 & qh_0) | (c_p1 & qh_m1) | (c_m1 & qh_p1)
+        yh_m1 = (c_0 & qh_m1) | (c_p1 & qh_m2) | (c_m1 & qh_0)
+        y_neg = ((c_0 & b23) | (c_p1 & ((b23 & ~qh_m1) | qh_max))
+                 | (c_m1 & ((b23 & ~qh_min) | qh_0)))
+        y8 = low[:8].as_signed()
+        in_range = Signal(name=f"c{n}_s7_in_range")
+        gt = Signal(name=f"c{n}_s7_gt")
+        lt = Signal(name=f"c{n}_s7_lt")
+        m.d.comb += [
+            in_range.eq((yh_0 & ~low[7]) | (yh_m1 & low[7])),
+            gt.eq(Mux(in_range, (hi - y8)[8], ~y_neg)),   # y > hi
+            lt.eq(Mux(in_range, (y8 - lo)[8], y_neg)),    # y < lo
+        ]
+        assert self._stages == 7
+        s_out = reg(signed(8), "s7_out")
+        m.d.sync += s_out.eq(Mux(gt, hi, Mux(lt, lo, y8)))
+        m.d.comb += out.eq(s_out)
+
+    def _mac16(self, m: Module, n: int, name: str, a, b, a_signed: bool, b_signed: bool,
+               latency: int):
+        """A 16x16 SB_MAC16 product of ``a`` and ``b`` (each signed or unsigned), 32 bits,
+        ``latency`` cycles later: input registers, for latency 3 the 8x8 product registers,
+        and the 16x16 pipeline register (the configuration of ``hw.mult``'s iCE40 multiplier,
+        with per-operand signedness). With ``target.simulation`` a cycle-equivalent model."""
+        assert latency in (2, 3)
+        o = Signal(32, name=f"c{n}_{name}")
+        if self._target.simulation:
+            def r(v, tag):
+                sig = Signal(v.shape(), name=f"c{n}_{name}_{tag}", reset_less=True)
+                m.d.sync += sig.eq(v)
+                return sig
+            ra = r(a.as_signed() if a_signed else a.as_unsigned(), "a_model")
+            rb = r(b.as_signed() if b_signed else b.as_unsigned(), "b_model")
+            p = Signal(32, name=f"c{n}_{name}_p_model")
+            m.d.comb += p.eq(ra * rb)
+            if latency == 3:
+                p = r(p, "mid_model")
+            m.d.comb += o.eq(r(p, "out_model"))
+            return o
+        bit = lambda v: Const(int(v), 1)
+        mid = latency == 3
+        m.submodules[f"c{n}_{name}"] = Instance(
+            "SB_MAC16",
+            p_NEG_TRIGGER=bit(0), p_C_REG=bit(0), p_A_REG=bit(1), p_B_REG=bit(1),
+            p_D_REG=bit(0),
+            p_TOP_8x8_MULT_REG=bit(mid), p_BOT_8x8_MULT_REG=bit(mid),
+            p_PIPELINE_16x16_MULT_REG1=bit(mid), p_PIPELINE_16x16_MULT_REG2=bit(1),
+            p_TOPOUTPUT_SELECT=Const(3, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
+            p_TOPADDSUB_UPPERINPUT=bit(0), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
+            p_BOTOUTPUT_SELECT=Const(3, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
+            p_BOTADDSUB_UPPERINPUT=bit(0), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+            p_MODE_8x8=bit(0), p_A_SIGNED=bit(a_signed), p_B_SIGNED=bit(b_signed),
+            i_CLK=ClockSignal("sync"), i_CE=bit(1),
+            i_A=a, i_B=b, i_C=Const(0, 16), i_D=Const(0, 16),
+            i_AHOLD=bit(0), i_BHOLD=bit(0), i_CHOLD=bit(0), i_DHOLD=bit(0),
+            i_IRSTTOP=bit(0), i_IRSTBOT=bit(0), i_ORSTTOP=bit(0), i_ORSTBOT=bit(0),
+            i_OLOADTOP=bit(0), i_OLOADBOT=bit(0), i_ADDSUBTOP=bit(0), i_ADDSUBBOT=bit(0),
+            i_OHOLDTOP=bit(0), i_OHOLDBOT=bit(0), i_CI=bit(0), i_ACCUMCI=bit(0),
+            i_SIGNEXTIN=bit(0),
+            o_O=o)
+        return o
 
     def _product(self, m: Module, n: int, a, b, stage: int, name: str):
         """``a * b`` (16-bit operands, each signed or unsigned) from the stage-2 registers,

@@ -21,8 +21,9 @@ PARAM_FIELDS = ("bias", "multiplier", "shift", "zero_point", "lo", "hi")
 
 # Plain registered `*` partial products, and the ECP5 MULT18X18D ones (their cycle-equivalent
 # model) with the longer latency they bring.
-TARGETS = [None, MultiplierTarget(family="ecp5", simulation=True)]
-TARGET_IDS = ["generic", "ecp5"]
+TARGETS = [None, MultiplierTarget(family="ecp5", simulation=True),
+           MultiplierTarget(family="ice40", simulation=True)]
+TARGET_IDS = ["generic", "ecp5", "ice40"]
 targets = pytest.mark.parametrize("target", TARGETS, ids=TARGET_IDS)
 
 
@@ -337,14 +338,21 @@ def test_latency_and_ports():
 
 def test_latency_per_target():
     """The ECP5 partial products are 3-cycle DSPs (input, pipeline and output registers); the
-    generic (and iCE40) path keeps a single registered product, so no flip-flop is added
-    there. The target can be given by keyword or as the third positional argument."""
+    generic path keeps a single registered product, so no flip-flop is added there; iCE40 has
+    its own compact 7-stage pipeline with the products in SB_MAC16 registers. The target can
+    be given by keyword or as the third positional argument."""
     config = AcceleratorConfig(cols=2)
     generic = OutputStage(config, unsigned(1))
     ice40 = OutputStage(config, unsigned(1), MultiplierTarget(family="ice40"))
     ecp5 = OutputStage(config, unsigned(1), target=MultiplierTarget(family="ecp5"))
-    assert generic.latency == ice40.latency
+    assert generic.latency == 9
     assert ecp5.latency == generic.latency + 2
+    assert ice40.latency == 7
+    il40 = rtlil.convert(ice40)
+    assert il40.count("SB_MAC16") >= 4 * config.cols
+    assert f"s{ice40.latency}_out" in il40
+    assert "SB_MAC16" not in rtlil.convert(OutputStage(
+        config, unsigned(1), MultiplierTarget(family="ice40", simulation=True)))
     il = rtlil.convert(ecp5)
     assert il.count("MULT18X18D") >= 4 * config.cols  # one instance per partial product
     assert f"s{ecp5.latency}_out" in il
