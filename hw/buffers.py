@@ -123,23 +123,24 @@ class AccumulatorBuffer(wiring.Component):
         wiring.connect(m, wiring.flipped(self.read), mem.read_port())
 
         # Stage 0 reads; stage 1 has the block RAM's output, stage 2 its register (which the
-        # ECP5 flow folds into the RAM's output register), stage 3 a fabric copy beside the
-        # adder (the RAMs sit far apart); stage D = 3 adds; stage D + 1 writes. The read
-        # misses the writes of the D + 1 updates ahead of it (written in its stage 0..D
-        # cycles): at stage D those are `w` (being written) and h1..hD (written 1..D cycles
-        # before). Which of them hold the same entry is decided a stage earlier, so stage D
-        # is a priority select and the adder.
+        # ECP5 flow folds into the RAM's output register); stage D = 3 adds; stage D + 1
+        # writes. The read misses the writes of the D + 1 updates ahead of it (written in its
+        # stage 0..D cycles): at stage D those are `w` (being written) and h1..hD (written
+        # 1..D cycles before). Only `w`, the immediate predecessor's sum, is new in stage D;
+        # the rest is selected a stage earlier (`pre`, from h's and the RAM data, matched a
+        # stage before that), so stage D is a 2-way select and the adder.
         depth = self.latency - 1
         upd = data.StructLayout({"valid": 1, "addr": len(self.upd_addr), "accumulate": 1,
                                  "data": data.ArrayLayout(signed(self._config.psum_width),
                                                           cols)})
         wr = data.StructLayout({"valid": 1, "addr": len(self.upd_addr), "data": row})
         s = [Signal(upd, name=f"s{i}") for i in range(1, depth + 1)]       # update, stage i
-        old = [Signal(row, reset_less=True, name=f"old{i}")              # RAM data, stage i
-               for i in range(2, depth + 1)]
-        hits = Signal(depth + 1)  # at stage D: same entry as w, h1, ..., hD
+        ram = Signal(row, reset_less=True)   # RAM data in stage 2
         w = Signal(wr)
         h = [Signal(wr, name=f"h{i}") for i in range(1, depth + 1)]
+        pre_hits = Signal(depth)             # stage D-1: same entry as w, h1, ..., h(D-1)
+        pre = Signal(row, reset_less=True)   # stage D: the old value unless w has it
+        use_w = Signal()                     # stage D: the predecessor (now w) has it
 
         m.d.comb += [
             rmw_rd.addr.eq(self.upd_addr),
@@ -150,31 +151,36 @@ class AccumulatorBuffer(wiring.Component):
             self.committed.eq(w.valid),
         ]
 
-        # One stage before the add: the updates that will then be w, h1, ..., hD are now in
-        # stage D, w, h1, ..., h(D-1).
-        ahead = [s[-1], w, *h[:-1]]
+        def same(a, b):
+            return a.valid & (a.addr == b.addr)
+
+        # In stage D-2, the updates that will be w, h1, ..., h(D-1) in stage D-1 are in
+        # stage D, w, h1, ..., h(D-2).
+        ahead = [s[-1], w, *h[:depth - 2]]
+        selected = Signal(row)
+        with m.If(~s[-2].accumulate):
+            m.d.comb += selected.eq(0)
+        for i, source in enumerate([w, *h[:depth - 1]]):
+            with m.Elif(pre_hits[i]):
+                m.d.comb += selected.eq(source.data)
+        with m.Else():
+            m.d.comb += selected.eq(ram)
+
         m.d.sync += [
             s[0].valid.eq(self.upd_valid),
             s[0].addr.eq(self.upd_addr),
             s[0].accumulate.eq(self.upd_accumulate),
             s[0].data.eq(self.upd_data),
             *[s[i].eq(s[i - 1]) for i in range(1, depth)],
-            old[0].eq(rmw_rd.data),
-            *[old[i].eq(old[i - 1]) for i in range(1, len(old))],
-            hits.eq(Cat(a.valid & (a.addr == s[-2].addr) for a in ahead)),
+            ram.eq(rmw_rd.data),
+            pre_hits.eq(Cat(same(a, s[-3]) for a in ahead)),
+            pre.eq(selected),
+            use_w.eq(s[-2].accumulate & same(s[-1], s[-2])),
             h[0].eq(w),
             *[h[i].eq(h[i - 1]) for i in range(1, depth)],
             w.valid.eq(s[-1].valid),
             w.addr.eq(s[-1].addr),
         ]
-        current = Signal(row)
-        with m.If(~s[-1].accumulate):
-            m.d.comb += current.eq(0)
-        for i, source in enumerate([w, *h]):
-            with m.Elif(hits[i]):
-                m.d.comb += current.eq(source.data)
-        with m.Else():
-            m.d.comb += current.eq(old[-1])
         for c in range(cols):
-            m.d.sync += w.data[c].eq((current[c] + s[-1].data[c])[:32])
+            m.d.sync += w.data[c].eq((Mux(use_w, w.data[c], pre[c]) + s[-1].data[c])[:32])
         return m
