@@ -1,7 +1,7 @@
 """Load and store units: 2-D strided tiles between the memory port and the buffers."""
 
 from amaranth import *
-from amaranth.lib import data, fifo, memory, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
@@ -254,6 +254,67 @@ class LoadUnit(wiring.Component):
         return m
 
 
+class _RowFIFO(Elaboratable):
+    """The store unit's row FIFO: a buffered synchronous FIFO (like
+    :class:`~amaranth.lib.fifo.SyncFIFOBuffered`: storage with a synchronous read port whose
+    data register holds the head entry, so it maps to LUT RAM or block RAM) with only the
+    control the store unit needs, all of it from registers: ``r_rdy`` and the storage's
+    empty / more-than-one flags are flip-flops, and there is no ``w_rdy`` (the unit's credits
+    guarantee a write never finds the FIFO full). ``r_en`` and ``w_en`` therefore reach the
+    read and write enables through one LUT. Timing as SyncFIFOBuffered: an entry written
+    into an empty FIFO is on ``r_data`` with ``r_rdy`` two cycles after its ``w_en``."""
+
+    def __init__(self, *, width: int, depth: int):
+        if depth < 3:
+            raise ValueError(f"depth must be at least 3, not {depth}")
+        self.width, self.depth = width, depth
+        self.w_en = Signal()
+        self.w_data = Signal(width)
+        self.r_en = Signal()
+        self.r_rdy = Signal()
+        self.r_data = Signal(width)
+
+    def elaborate(self, platform):
+        m = Module()
+        inner = self.depth - 1                   # entries in the storage (+1 on r_data)
+        m.submodules.storage = storage = memory.Memory(shape=self.width, depth=inner, init=[])
+        w_port = storage.write_port()
+        r_port = storage.read_port(domain="sync")
+        produce = Signal(range(inner))
+        consume = Signal(range(inner))
+        level = Signal(range(inner + 1))         # entries in the storage
+        nonempty = Signal()                      # level >= 1
+        many = Signal()                          # level >= 2
+        do_read = Signal()                       # storage -> r_data
+
+        def incr(ptr):
+            return Mux(ptr == inner - 1, 0, ptr + 1)
+
+        m.d.comb += [
+            w_port.addr.eq(produce),
+            w_port.data.eq(self.w_data),
+            w_port.en.eq(self.w_en),
+            do_read.eq(nonempty & (~self.r_rdy | self.r_en)),
+            r_port.addr.eq(consume),
+            r_port.en.eq(do_read),
+            self.r_data.eq(r_port.data),
+        ]
+        with m.If(self.w_en):
+            m.d.sync += produce.eq(incr(produce))
+        with m.If(do_read):
+            m.d.sync += consume.eq(incr(consume))
+        with m.If(self.w_en & ~do_read):
+            m.d.sync += [level.eq(level + 1), nonempty.eq(1), many.eq(nonempty)]
+        with m.Elif(do_read & ~self.w_en):
+            m.d.sync += [level.eq(level - 1), nonempty.eq(many),
+                         many.eq(_at_least(level, 4)[3])]
+        with m.If(do_read):
+            m.d.sync += self.r_rdy.eq(1)
+        with m.Elif(self.r_en):
+            m.d.sync += self.r_rdy.eq(0)
+        return m
+
+
 class StoreUnit(wiring.Component):
     """Writes accumulator rows to memory, through the output stage or as raw int32.
 
@@ -267,7 +328,20 @@ class StoreUnit(wiring.Component):
     strided extent lies below ``mem_bytes`` (addresses are computed modulo ``mem_bytes``).
     The write requests come from registers (``mem_req`` is a registered stream output).
     Nothing here depends on the output stage's latency beyond :attr:`fifo_depth`.
+
+    Block-RAM reads land directly in registers: the parameter entry (``param_rd.data``) and
+    every accumulator row (``acc_rd.data``) go into reset-less registers with at most one
+    clock enable and no logic in front of them (so they can become the RAM's own output
+    register), and only from there into the output stage or the raw path.
     """
+
+    #: Cycles from ``acc_rd.en`` to the row on the output stage's inputs: the synchronous
+    #: RAM read, then the register the read data lands in.
+    read_latency = 2
+
+    #: Cycles from a row's FIFO write to its credit being usable again: the FIFO's
+    #: write-to-``r_rdy`` latency (2), then the registered credit return after the pop (2).
+    _fifo_turnaround = 4
 
     def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
         self._config = config
@@ -288,9 +362,10 @@ class StoreUnit(wiring.Component):
 
     @property
     def fifo_depth(self) -> int:
-        """Rows that can be between the accumulator read and the writer at once: enough to
-        cover the read and output-stage latency, so a row can be read every cycle."""
-        return self.output_stage.latency + 3
+        """Rows that can be between the accumulator read and the writer at once (the credits):
+        one per cycle of the loop from spending a credit (``acc_rd.en``) to getting it back
+        after the row left the FIFO, so a row can be read every cycle."""
+        return self.read_latency + self.output_stage.latency + self._fifo_turnaround
 
     def elaborate(self, platform):
         m = Module()
@@ -304,11 +379,12 @@ class StoreUnit(wiring.Component):
             return addr[:lb] if lb else C(0, 1)
 
         m.submodules.output_stage = ostage = self.output_stage
-        m.submodules.fifo = rows_fifo = fifo.SyncFIFOBuffered(width=8 * n_chunks * W,
-                                                              depth=self.fifo_depth)
+        m.submodules.fifo = rows_fifo = _RowFIFO(width=8 * n_chunks * W, depth=self.fifo_depth)
 
         cmd = Signal(StoreCmd())
-        params = Signal(data.ArrayLayout(isa.OutputParams, cols))
+        # Block-RAM read data registers: nothing but the RAM output in front of them.
+        params = Signal(data.ArrayLayout(isa.OutputParams, cols), reset_less=True)
+        acc_row = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)
         row_lm1 = Signal(range(row_bytes_max))  # bytes of a row in memory, minus 1
         pending = Signal(16)                     # rows accepted but not completely written
         take_cmd = Signal()
@@ -320,8 +396,9 @@ class StoreUnit(wiring.Component):
         rd_addr = Signal(_addr_width(c.acc_depth))
         credits = Signal(range(self.fifo_depth + 1), init=self.fifo_depth)
         acc_read = Signal()
-        acc_valid = Signal()
+        acc_valid = Signal(self.read_latency)    # acc_read delayed 1..read_latency cycles
         pop = Signal()
+        pop_q = Signal()                         # credit return, one cycle after the pop
 
         m.d.comb += [
             self.busy.eq(rd_active | (pending != 0)),
@@ -334,16 +411,24 @@ class StoreUnit(wiring.Component):
             self.param_rd.en.eq(take_cmd),
             self.param_rd.addr.eq(self.cmd.payload.param_addr),
 
-            ostage.i_valid.eq(acc_valid),
-            ostage.i_acc.eq(self.acc_rd.data),
+            ostage.i_valid.eq(acc_valid[-1]),
+            ostage.i_acc.eq(acc_row),
             ostage.i_params.eq(params),
-            ostage.i_tag.eq(self.acc_rd.data),
+            ostage.i_tag.eq(acc_row),
 
             rows_fifo.w_en.eq(ostage.o_valid),
-            rows_fifo.w_data.eq(Mux(cmd.raw, ostage.o_tag.as_value(), ostage.o_data.as_value())),
+            # Only the low bytes differ between raw and requantized rows (a requantized row
+            # is cols bytes; the bytes past it are never written to memory).
+            rows_fifo.w_data.eq(Cat(
+                Mux(cmd.raw, ostage.o_tag.as_value()[:8 * cols], ostage.o_data.as_value()),
+                ostage.o_tag.as_value()[8 * cols:])),
         ]
-        m.d.sync += acc_valid.eq(acc_read)
-        m.d.sync += credits.eq(credits - acc_read + pop)
+        m.d.sync += [
+            acc_valid.eq(Cat(acc_read, acc_valid[:-1])),
+            acc_row.eq(self.acc_rd.data),
+            pop_q.eq(pop),
+            credits.eq(credits - acc_read + pop_q),
+        ]
 
         with m.If(take_cmd):
             p = self.cmd.payload
@@ -357,10 +442,14 @@ class StoreUnit(wiring.Component):
             with m.If(rd_left == 1):
                 m.d.sync += rd_active.eq(0)
 
-        # ---- writer: row generator -> registered request ----------------------------------
+        # ---- writer: row generator -> skid register -> registered request -----------------
         # Lane b of beat j carries row byte j * W + b - off. Everything per row (offset,
         # beat count, first/last lane masks) is decoded when the row is popped, from
         # registers, so a beat only shifts the row and selects lanes with registered masks.
+        # A beat the stalled request register cannot take waits in a skid register, and the
+        # generator steps only while the skid register is empty: the generator, and so the
+        # pop that loads the next row (and the FIFO read behind it), depend on registers
+        # only, never on `mem_req.ready`.
         g_active = Signal()                      # a row has beats left to generate
         g_word = Signal(c.mem_addr_width)        # word address of the next beat
         g_left = Signal(range(n_chunks + 1))     # beats after the next one
@@ -374,32 +463,46 @@ class StoreUnit(wiring.Component):
 
         o_valid = Signal()
         o_last = Signal()                        # the request is its row's last beat
-        advance = Signal()                       # the request register takes a new beat
+        s_full = Signal()                        # the skid register holds a beat
+        s_last = Signal()
+        s_req = Signal.like(self.mem_req.payload, reset_less=True)
+        free = Signal()                          # the request register takes a beat
         g_step = Signal()
-        g_last = Signal()
+        g_last = Signal()                        # the next beat is the row's last (g_left == 0)
 
         m.d.comb += [
             self.mem_req.valid.eq(o_valid),
-            self.mem_req.payload.write.eq(1),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
-            advance.eq(~o_valid | self.mem_req.ready),
-            g_last.eq(g_left == 0),
-            g_step.eq(g_active & advance),
-            pop.eq(rows_fifo.r_rdy & (~g_active | (g_step & g_last))),
+            free.eq(~o_valid | self.mem_req.ready),
+            g_step.eq(g_active & ~s_full),
+            pop.eq(rows_fifo.r_rdy & (~g_active | (~s_full & g_last))),
             rows_fifo.r_en.eq(pop),
         ]
 
-        with m.If(advance):
-            m.d.sync += [o_valid.eq(g_active), o_last.eq(g_last)]
+        # The beat the generator produces this cycle (valid with g_step): (prev, chunk)
+        # shifted up by off bytes, its upper half is the beat's word.
+        window = Cat(prev, rest[:8 * W]) << Cat(C(0, 3), g_off)
+        beat = Signal.like(self.mem_req.payload)
+        m.d.comb += [
+            beat.addr.eq(g_word),
+            beat.data.eq(window[8 * W:16 * W]),
+            beat.mask.eq((g_head | ~g_first.replicate(W)) & (g_tail | ~g_last.replicate(W))),
+            beat.write.eq(1),
+        ]
+        with m.If(free):
+            with m.If(s_full):
+                m.d.sync += [self.mem_req.payload.eq(s_req), o_valid.eq(1), o_last.eq(s_last),
+                             s_full.eq(0)]
+            with m.Else():
+                m.d.sync += [self.mem_req.payload.eq(beat), o_valid.eq(g_step),
+                             o_last.eq(g_last)]
+        with m.Elif(g_step):
+            m.d.sync += [s_req.eq(beat), s_last.eq(g_last), s_full.eq(1)]
+
         with m.If(g_step):
-            # (prev, chunk) shifted up by off bytes: its upper half is the beat's word.
-            window = Cat(prev, rest[:8 * W]) << Cat(C(0, 3), g_off)
             m.d.sync += [
-                self.mem_req.payload.addr.eq(g_word),
-                self.mem_req.payload.data.eq(window[8 * W:16 * W]),
-                self.mem_req.payload.mask.eq((g_head | ~g_first.replicate(W)) &
-                                             (g_tail | ~g_last.replicate(W))),
-                g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_first.eq(0),
+                g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_last.eq(g_left == 1),
+                g_first.eq(0),
                 prev.eq(rest[:8 * W]), rest.eq(rest >> (8 * W)),
             ]
             with m.If(g_last):
@@ -413,6 +516,7 @@ class StoreUnit(wiring.Component):
         with m.If(pop):
             m.d.sync += [
                 g_active.eq(1), g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
+                g_last.eq((end >> lb) == 0),
                 g_first.eq(1), g_off.eq(lane(next_addr)),
                 g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
                 g_tail.eq(_at_least(lane(end), W)),                  # lane b <= end lane

@@ -8,6 +8,7 @@ from amaranth.lib import data, memory, wiring
 from hw import isa
 from hw.config import AcceleratorConfig
 from hw.loadstore import LoadUnit, StoreUnit
+from hw.mult import MultiplierTarget
 from sim.asm import output_params_dtype, pack_output_params
 from sim.numerics import output_stage
 from simutil import simulate
@@ -163,8 +164,8 @@ def test_load_unit_streams_one_word_per_cycle():
 class _StoreHarness(Elaboratable):
     """A store unit reading preloaded accumulator and parameter memories."""
 
-    def __init__(self, cfg, acc_rows, param_entries):
-        self.store = StoreUnit(cfg)
+    def __init__(self, cfg, acc_rows, param_entries, target=None):
+        self.store = StoreUnit(cfg, target)
         self.acc = memory.Memory(shape=data.ArrayLayout(signed(32), cfg.cols),
                                  depth=cfg.acc_depth, init=acc_rows)
         self.params = memory.Memory(shape=data.ArrayLayout(isa.OutputParams, cfg.cols),
@@ -192,14 +193,15 @@ def _store_fixture(cfg, rng):
     return acc, params
 
 
-def _run_store(cfg, acc, params, cmds, *, rng, backpressure, max_cycles, name):
-    """Runs ``cmds`` through a store unit; returns (memory image after, expected image)."""
+def _run_store(cfg, acc, params, cmds, *, rng, backpressure, max_cycles, name, target=None):
+    """Runs ``cmds`` through a store unit; returns (memory image after, expected image).
+    ``target`` picks the output stage's multipliers (ECP5: a longer pipeline, more credits)."""
     W = cfg.mem_width
     param_entries = [
         [{name_: int(v[name_]) for name_ in ("bias", "multiplier", "shift", "zero_point", "lo",
                                             "hi")}
          for v in params[e].view(output_params_dtype())] for e in range(cfg.param_depth)]
-    dut = _StoreHarness(cfg, [list(map(int, r)) for r in acc], param_entries)
+    dut = _StoreHarness(cfg, [list(map(int, r)) for r in acc], param_entries, target)
     store = dut.store
     memory_image = rng.integers(0, 256, 1024, dtype=np.uint8)
     expected = memory_image.copy()
@@ -298,17 +300,45 @@ def test_store_unit_every_alignment_and_width(mem_width, backpressure):
     np.testing.assert_array_equal(got, expected)
 
 
-def test_store_unit_streams_one_word_per_cycle():
+ECP5_SIM = MultiplierTarget(family="ecp5", simulation=True)
+
+
+@pytest.mark.parametrize("target", [None, ECP5_SIM], ids=["generic", "ecp5"])
+@pytest.mark.parametrize("raw", [0, 1])
+def test_store_unit_streams_one_word_per_cycle(raw, target):
     """Without backpressure, rows of one word each go out one per cycle after the read and
-    output-stage latency (credits never run dry)."""
+    output-stage latency (credits never run dry): the whole command takes one cycle per row
+    plus the pipeline's latency, read from the unit's properties, plus a few fixed cycles
+    (command, parameter read, FIFO, request register, busy)."""
     cfg = AcceleratorConfig(rows=2, cols=2, acc_depth=64, param_depth=2, mem_width=8,
                             mem_bytes=1024)
     rng = np.random.default_rng(9)
     acc, params = _store_fixture(cfg, rng)
     n_rows = 64
-    cmds = [dict(raw=1, acc_addr=0, n_rows=n_rows, n_cols=2, param_addr=0, mem_addr=0,
-                 mem_stride=8)]
-    got, expected = _run_store(cfg, acc, params, cmds, rng=rng, backpressure=False,
-                               max_cycles=lambda s: n_rows + s.output_stage.latency + 16,
-                               name="store_stream")
+    row_bytes = 8 if raw else 2
+    cmds = [dict(raw=raw, acc_addr=0, n_rows=n_rows, n_cols=2, param_addr=1, mem_addr=8,
+                 mem_stride=row_bytes if raw else 8)]
+    got, expected = _run_store(
+        cfg, acc, params, cmds, rng=rng, backpressure=False, target=target,
+        max_cycles=lambda s: n_rows + s.read_latency + s.output_stage.latency + 8,
+        name=f"store_stream_{'raw' if raw else 'q'}_{'ecp5' if target else 'generic'}")
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("mem_width", [1, 8])
+def test_store_unit_ecp5_output_stage_under_backpressure(mem_width):
+    """The longer ECP5 output-stage pipeline (more credits, deeper FIFO) under backpressure,
+    raw and requantized rows back to back."""
+    cfg = AcceleratorConfig(rows=2, cols=3, acc_depth=16, param_depth=2,
+                            mem_width=mem_width, mem_bytes=4096)
+    rng = np.random.default_rng(60 + mem_width)
+    acc, params = _store_fixture(cfg, rng)
+    cmds = [dict(raw=raw, acc_addr=acc_addr, n_rows=n_rows, n_cols=n_cols,
+                 param_addr=param_addr, mem_addr=mem_addr, mem_stride=stride)
+            for raw, acc_addr, n_rows, n_cols, param_addr, mem_addr, stride in (
+                (0, 0, 16, 3, 1, 5, 3), (1, 3, 9, 2, 0, 301, 9), (0, 2, 14, 1, 0, 700, 1),
+                (1, 0, 16, 3, 1, 1001, 0))]
+    got, expected = _run_store(cfg, acc, params, cmds, rng=rng, backpressure=True,
+                               target=ECP5_SIM, max_cycles=5_000,
+                               name=f"store_ecp5_w{mem_width}")
     np.testing.assert_array_equal(got, expected)
