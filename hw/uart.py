@@ -369,8 +369,10 @@ class Bridge(wiring.Component):
         m.d.comb += [self.mem.resp.ready.eq(1), self.mem.req.payload.addr.eq(addr),
                      self.mem.req.payload.data.eq(word),
                      self.mem.req.payload.mask.eq((1 << mw) - 1)]
-        # The range check in full width: addr + count <= mem_words, count >= 1.
-        m.d.comb += range_ok.eq((count != 0) & (addr + count <= cfg.mem_words))
+        # The range check in full width: addr + count <= mem_words, count >= 1. Registered
+        # (state "Range"): a 33-bit carry chain and a compare feeding the whole FSM's enables
+        # limited the iCEBreaker build to 27.5 MHz.
+        m.d.sync += range_ok.eq((count != 0) & (addr + count <= cfg.mem_words))
 
         # ---- the command engine
         # While a command is being received, `timer` counts quiet cycles; too many drop it.
@@ -421,6 +423,9 @@ class Bridge(wiring.Component):
 
             with m.State("ArgsDone"):
                 m.d.sync += [addr.eq(args[:32]), count.eq(args[32:]), nbytes.eq(0)]
+                m.next = "Range"
+
+            with m.State("Range"):  # range_ok takes its value from the new addr/count
                 m.next = "Check"
 
             with m.State("Check"):
