@@ -828,8 +828,13 @@ def _yosys_script(device: Device, keep: list[str], core: str = TOP,
         lines += [f"synth -top {TOP} -flatten -run begin:fine",
                   "opt -fast -full", "techmap", "opt -fast", "abc -g AND,NAND,OR,NOR,XOR,"
                   "XNOR,ANDNOT,ORNOT,MUX", "opt -fast", "hierarchy -check", "check"]
-    lines += ["tee -q -o stat.json stat -json", "tee -q -o stat.txt stat",
-              "write_json netlist.json"]
+    lines += ["tee -q -o stat.json stat -json", "tee -q -o stat.txt stat"]
+    if device.family == "ecp5" and keep:
+        # The hierarchy was kept for the per-module statistics above; nextpnr flattens
+        # anyway, and a flat netlist lets fold_bram_output_registers reach the register
+        # that follows a buffer's RAM in the module that reads it.
+        lines += ["setattr -mod -unset keep_hierarchy", "flatten"]
+    lines += ["write_json netlist.json"]
     return "\n".join(lines) + "\n"
 
 
@@ -1337,7 +1342,8 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         if dev.family == "ecp5" and bram_outreg:
             nonlocal outreg
             outreg = _fold_netlist_file(out)
-            stat_json = _discount_folded(stat_json, outreg["by_module"])
+            if not keep:  # a kept hierarchy is flattened after `stat`: counts stay Yosys'
+                stat_json = _discount_folded(stat_json, outreg["by_module"])
             say(f"block RAM output registers: {outreg['ports']} ports, "
                 f"{outreg['flip_flops']} flip-flops folded")
         stat = parse_yosys_stat(stat_json, dev.family, core_module=core_module)
