@@ -151,7 +151,7 @@ class Decoder(wiring.Component):
         de_take = Signal()
         fe_take = Signal()
         checked = Signal()    # fe_age == check_cycles, registered
-        all_idle = Signal()
+        all_idle = Signal()   # every unit was idle in the previous cycle (registered)
         fault = Signal()
 
         # ---- fetch: accept a word; discard words once the program is over ----------------
@@ -356,7 +356,6 @@ class Decoder(wiring.Component):
                              ~all_idle)
 
         m.d.comb += [
-            all_idle.eq(~self.load_busy & ~self.exec_busy & ~self.store_busy),
             fault.eq(de_valid & de_fault),
 
             self.load_cmd.payload.target.eq(ld.target),
@@ -385,6 +384,11 @@ class Decoder(wiring.Component):
         # and the verdict on it (decode refills only when empty, and waits de_wait cycles);
         # units finishing or footprints moving between execute stages merely make the
         # verdict conservative for two cycles.
+        # The units' busy flags come out of their control logic: registered here so that
+        # they do not reach the issue decision combinationally (a 36 ns path across the
+        # iCEBreaker). A cycle-old "all idle" is safe: units only become busy by a dispatch,
+        # and none happens while decode waits for de_ready.
+        m.d.sync += all_idle.eq(~self.load_busy & ~self.exec_busy & ~self.store_busy)
         m.d.comb += conflict.eq(unit_conflict)
         m.d.sync += conflict_q.eq(conflict)
 
@@ -416,7 +420,10 @@ class Decoder(wiring.Component):
         m.d.sync += [
             self.status.done.eq(done),
             self.status.busy.eq(started & ~done),
-            self.status.idle.eq(~fe_valid & ~de_valid & all_idle & ~word_in),
+            # (idle reads the units' busy flags of this cycle: a unit that took the last
+            # instruction a cycle ago is busy now, which the registered all_idle misses)
+            self.status.idle.eq(~fe_valid & ~de_valid & ~word_in & ~self.load_busy &
+                                ~self.exec_busy & ~self.store_busy),
         ]
 
         # ---- counters: from the cycle after the first accepted word until done ---------
