@@ -319,7 +319,9 @@ class StoreUnit(wiring.Component):
     """Writes accumulator rows to memory, through the output stage or as raw int32.
 
     A reader reads the parameter entry once, then one accumulator row per cycle into the
-    :class:`OutputStage`; finished rows wait in a small FIFO, and the reader only issues a
+    :class:`OutputStage` (requantized store) or, for a raw store, straight into the row FIFO
+    (the two kinds never share the pipeline: a STORE is only taken while the unit is idle, so
+    the output stage carries no copy of the raw row); finished rows wait in a small FIFO, and the reader only issues a
     row when the FIFO is sure to have room for it (credits), so memory backpressure never has
     to stall the output-stage pipeline. A writer takes each row, shifts it to the row's byte
     offset in memory and issues masked word writes, one per cycle while the port accepts.
@@ -347,7 +349,8 @@ class StoreUnit(wiring.Component):
         self._config = config
         c = config
         # The target picks the output stage's multipliers (registered DSPs on ECP5).
-        self.output_stage = OutputStage(c, data.ArrayLayout(signed(32), c.cols), target)
+        # No tag: raw rows bypass the output stage.
+        self.output_stage = OutputStage(c, unsigned(0), target)
         super().__init__({
             "cmd": In(stream.Signature(StoreCmd())),
             "acc_rd": In(memory.ReadPort.Signature(
@@ -360,12 +363,18 @@ class StoreUnit(wiring.Component):
             "stalled": Out(1),
         })
 
+    def row_latency(self, raw: bool) -> int:
+        """Cycles from a row's ``acc_rd.en`` to its FIFO write: the read, then (requantized
+        rows only) the output stage."""
+        return self.read_latency + (0 if raw else self.output_stage.latency)
+
     @property
     def fifo_depth(self) -> int:
         """Rows that can be between the accumulator read and the writer at once (the credits):
         one per cycle of the loop from spending a credit (``acc_rd.en``) to getting it back
-        after the row left the FIFO, so a row can be read every cycle."""
-        return self.read_latency + self.output_stage.latency + self._fifo_turnaround
+        after the row left the FIFO, so a row can be read every cycle. The requantized loop
+        is the longer one (raw rows skip the output stage)."""
+        return max(self.row_latency(raw) for raw in (False, True)) + self._fifo_turnaround
 
     def elaborate(self, platform):
         m = Module()
@@ -411,17 +420,19 @@ class StoreUnit(wiring.Component):
             self.param_rd.en.eq(take_cmd),
             self.param_rd.addr.eq(self.cmd.payload.param_addr),
 
-            ostage.i_valid.eq(acc_valid[-1]),
+            # Only requantized rows enter the output stage (a raw row inside it could leave it
+            # during the next, requantized, STORE); raw rows go from the read register
+            # straight into the FIFO.
+            ostage.i_valid.eq(acc_valid[-1] & ~cmd.raw),
             ostage.i_acc.eq(acc_row),
             ostage.i_params.eq(params),
-            ostage.i_tag.eq(acc_row),
 
-            rows_fifo.w_en.eq(ostage.o_valid),
+            rows_fifo.w_en.eq(ostage.o_valid | (acc_valid[-1] & cmd.raw)),
             # Only the low bytes differ between raw and requantized rows (a requantized row
             # is cols bytes; the bytes past it are never written to memory).
             rows_fifo.w_data.eq(Cat(
-                Mux(cmd.raw, ostage.o_tag.as_value()[:8 * cols], ostage.o_data.as_value()),
-                ostage.o_tag.as_value()[8 * cols:])),
+                Mux(cmd.raw, acc_row.as_value()[:8 * cols], ostage.o_data.as_value()),
+                acc_row.as_value()[8 * cols:])),
         ]
         m.d.sync += [
             acc_valid.eq(Cat(acc_read, acc_valid[:-1])),
