@@ -254,15 +254,19 @@ class LoadUnit(wiring.Component):
         return m
 
 
-class _RowFIFO(Elaboratable):
+class _RowFIFO:
     """The store unit's row FIFO: a buffered synchronous FIFO (like
     :class:`~amaranth.lib.fifo.SyncFIFOBuffered`: storage with a synchronous read port whose
     data register holds the head entry, so it maps to LUT RAM or block RAM) with only the
     control the store unit needs, all of it from registers: ``r_rdy`` and the storage's
     empty / more-than-one flags are flip-flops, and there is no ``w_rdy`` (the unit's credits
-    guarantee a write never finds the FIFO full). ``r_en`` and ``w_en`` therefore reach the
-    read and write enables through one LUT. Timing as SyncFIFOBuffered: an entry written
-    into an empty FIFO is on ``r_data`` with ``r_rdy`` two cycles after its ``w_en``."""
+    guarantee a write never finds the FIFO full). Timing as SyncFIFOBuffered: an entry written
+    into an empty FIFO is on ``r_data`` with ``r_rdy`` two cycles after its ``w_en``.
+
+    Not a submodule: :meth:`add_to` puts the control into the store unit's own module, so
+    that synthesis can fold ``r_en`` and the read enable of the head register (the clock
+    enable of ``width`` flip-flops) into one function of registers even when the unit's
+    submodules keep their hierarchy."""
 
     def __init__(self, *, width: int, depth: int):
         if depth < 3:
@@ -274,18 +278,17 @@ class _RowFIFO(Elaboratable):
         self.r_rdy = Signal()
         self.r_data = Signal(width)
 
-    def elaborate(self, platform):
-        m = Module()
+    def add_to(self, m: Module, name: str):
         inner = self.depth - 1                   # entries in the storage (+1 on r_data)
-        m.submodules.storage = storage = memory.Memory(shape=self.width, depth=inner, init=[])
+        m.submodules[name] = storage = memory.Memory(shape=self.width, depth=inner, init=[])
         w_port = storage.write_port()
         r_port = storage.read_port(domain="sync")
-        produce = Signal(range(inner))
-        consume = Signal(range(inner))
-        level = Signal(range(inner + 1))         # entries in the storage
-        nonempty = Signal()                      # level >= 1
-        many = Signal()                          # level >= 2
-        do_read = Signal()                       # storage -> r_data
+        produce = Signal(range(inner), name=f"{name}_produce")
+        consume = Signal(range(inner), name=f"{name}_consume")
+        level = Signal(range(inner + 1), name=f"{name}_level")  # entries in the storage
+        nonempty = Signal(name=f"{name}_nonempty")               # level >= 1
+        many = Signal(name=f"{name}_many")                       # level >= 2
+        do_read = Signal(name=f"{name}_do_read")                 # storage -> r_data
 
         def incr(ptr):
             return Mux(ptr == inner - 1, 0, ptr + 1)
@@ -312,7 +315,6 @@ class _RowFIFO(Elaboratable):
             m.d.sync += self.r_rdy.eq(1)
         with m.Elif(self.r_en):
             m.d.sync += self.r_rdy.eq(0)
-        return m
 
 
 class StoreUnit(wiring.Component):
@@ -388,7 +390,8 @@ class StoreUnit(wiring.Component):
             return addr[:lb] if lb else C(0, 1)
 
         m.submodules.output_stage = ostage = self.output_stage
-        m.submodules.fifo = rows_fifo = _RowFIFO(width=8 * n_chunks * W, depth=self.fifo_depth)
+        rows_fifo = _RowFIFO(width=8 * n_chunks * W, depth=self.fifo_depth)
+        rows_fifo.add_to(m, "rows")
 
         cmd = Signal(StoreCmd())
         # Block-RAM read data registers: nothing but the RAM output in front of them.
@@ -454,21 +457,25 @@ class StoreUnit(wiring.Component):
                 m.d.sync += rd_active.eq(0)
 
         # ---- writer: row generator -> skid register -> registered request -----------------
-        # Lane b of beat j carries row byte j * W + b - off. Everything per row (offset,
-        # beat count, first/last lane masks) is decoded when the row is popped, from
-        # registers, so a beat only shifts the row and selects lanes with registered masks.
-        # A beat the stalled request register cannot take waits in a skid register, and the
-        # generator steps only while the skid register is empty: the generator, and so the
-        # pop that loads the next row (and the FIFO read behind it), depend on registers
-        # only, never on `mem_req.ready`.
-        g_active = Signal()                      # a row has beats left to generate
+        # Lane b of beat j carries row byte j * W + b - off: the upper half of (chunk j - 1,
+        # chunk j) shifted up by off bytes. The row stays at the FIFO head (its data register)
+        # while its beats are generated, chunk j picked by the beat index, chunk j - 1 kept in
+        # `prev`; it is popped with its last beat. Everything per row (word address, beat
+        # count, first/last lane masks) is decoded from registers while the row before
+        # finishes (at the pop; for the first row in the cycle after the command), so a beat
+        # only selects and shifts bytes and selects lanes with registered masks. A beat the
+        # stalled request register cannot take waits in a skid register, and the generator
+        # steps only while the skid register is empty: the step and the pop (and the FIFO
+        # read behind it) depend on registers only, never on `mem_req.ready`.
+        start = Signal()                         # cycle after take_cmd: first row's set-up
         g_word = Signal(c.mem_addr_width)        # word address of the next beat
         g_left = Signal(range(n_chunks + 1))     # beats after the next one
         g_first = Signal()
+        g_last = Signal()                        # the next beat is the row's last (g_left == 0)
+        g_k = Signal(range(max(2, n_chunks)))    # chunk of the next beat (past the last: any)
         g_off = Signal(max(1, lb))
         g_head = Signal(W)                       # lanes written by the row's first beat
         g_tail = Signal(W)                       # lanes written by the row's last beat
-        rest = Signal(8 * n_chunks * W)          # row bytes not yet sent, next chunk first
         prev = Signal(8 * W)                     # the chunk before (its tail may belong here)
         next_addr = Signal(A)                    # byte address of the next row
 
@@ -479,20 +486,25 @@ class StoreUnit(wiring.Component):
         s_req = Signal.like(self.mem_req.payload, reset_less=True)
         free = Signal()                          # the request register takes a beat
         g_step = Signal()
-        g_last = Signal()                        # the next beat is the row's last (g_left == 0)
+        g_load = Signal()                        # set up the next row
 
         m.d.comb += [
             self.mem_req.valid.eq(o_valid),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
             free.eq(~o_valid | self.mem_req.ready),
-            g_step.eq(g_active & ~s_full),
-            pop.eq(rows_fifo.r_rdy & (~g_active | (~s_full & g_last))),
+            g_step.eq(rows_fifo.r_rdy & ~s_full),
+            pop.eq(g_step & g_last),
             rows_fifo.r_en.eq(pop),
+            g_load.eq(start | pop),
         ]
+        m.d.sync += start.eq(take_cmd)
 
-        # The beat the generator produces this cycle (valid with g_step): (prev, chunk)
-        # shifted up by off bytes, its upper half is the beat's word.
-        window = Cat(prev, rest[:8 * W]) << Cat(C(0, 3), g_off)
+        # The beat the generator produces this cycle (valid with g_step). Past the row's
+        # chunks (the extra last beat of a row that ends in a later word than it would
+        # aligned) only `prev` is written, so any chunk will do there.
+        chunks = [rows_fifo.r_data[8 * W * k:8 * W * (k + 1)] for k in range(n_chunks)]
+        chunk = Array(chunks)[g_k] if n_chunks > 1 else chunks[0]
+        window = Cat(prev, chunk) << Cat(C(0, 3), g_off)
         beat = Signal.like(self.mem_req.payload)
         m.d.comb += [
             beat.addr.eq(g_word),
@@ -513,26 +525,22 @@ class StoreUnit(wiring.Component):
         with m.If(g_step):
             m.d.sync += [
                 g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_last.eq(g_left == 1),
-                g_first.eq(0),
-                prev.eq(rest[:8 * W]), rest.eq(rest >> (8 * W)),
+                g_first.eq(0), g_k.eq(g_k + 1), prev.eq(chunk),
             ]
-            with m.If(g_last):
-                m.d.sync += g_active.eq(0)
 
         end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
         off_ge = _at_least(lane(next_addr), W + 1)
         m.d.comb += end.eq(lane(next_addr) + row_lm1)
         with m.If(take_cmd):
             m.d.sync += next_addr.eq(self.cmd.payload.mem_addr)
-        with m.If(pop):
+        with m.If(g_load):
             m.d.sync += [
-                g_active.eq(1), g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
+                g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
                 g_last.eq((end >> lb) == 0),
-                g_first.eq(1), g_off.eq(lane(next_addr)),
+                g_first.eq(1), g_k.eq(0), g_off.eq(lane(next_addr)),
                 g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
                 g_tail.eq(_at_least(lane(end), W)),                  # lane b <= end lane
                 next_addr.eq(next_addr + cmd.mem_stride),
-                rest.eq(rows_fifo.r_data),
             ]
 
         with m.If(take_cmd):
