@@ -502,8 +502,9 @@ class StoreUnit(wiring.Component):
         # The beat the generator produces this cycle (valid with g_step). Past the row's
         # chunks (the extra last beat of a row that ends in a later word than it would
         # aligned) only `prev` is written, so any chunk will do there.
-        chunks = [rows_fifo.r_data[8 * W * k:8 * W * (k + 1)] for k in range(n_chunks)]
-        chunk = Array(chunks)[g_k] if n_chunks > 1 else chunks[0]
+        chunk = Signal(8 * W)
+        m.d.comb += chunk.eq(rows_fifo.r_data.word_select(g_k, 8 * W) if n_chunks > 1
+                             else rows_fifo.r_data)
         window = Cat(prev, chunk) << Cat(C(0, 3), g_off)
         beat = Signal.like(self.mem_req.payload)
         m.d.comb += [
