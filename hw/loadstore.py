@@ -254,15 +254,19 @@ class LoadUnit(wiring.Component):
         return m
 
 
-class _RowFIFO(Elaboratable):
+class _RowFIFO:
     """The store unit's row FIFO: a buffered synchronous FIFO (like
     :class:`~amaranth.lib.fifo.SyncFIFOBuffered`: storage with a synchronous read port whose
     data register holds the head entry, so it maps to LUT RAM or block RAM) with only the
     control the store unit needs, all of it from registers: ``r_rdy`` and the storage's
     empty / more-than-one flags are flip-flops, and there is no ``w_rdy`` (the unit's credits
-    guarantee a write never finds the FIFO full). ``r_en`` and ``w_en`` therefore reach the
-    read and write enables through one LUT. Timing as SyncFIFOBuffered: an entry written
-    into an empty FIFO is on ``r_data`` with ``r_rdy`` two cycles after its ``w_en``."""
+    guarantee a write never finds the FIFO full). Timing as SyncFIFOBuffered: an entry written
+    into an empty FIFO is on ``r_data`` with ``r_rdy`` two cycles after its ``w_en``.
+
+    Not a submodule: :meth:`add_to` puts the control into the store unit's own module, so
+    that synthesis can fold ``r_en`` and the read enable of the head register (the clock
+    enable of ``width`` flip-flops) into one function of registers even when the unit's
+    submodules keep their hierarchy."""
 
     def __init__(self, *, width: int, depth: int):
         if depth < 3:
@@ -274,18 +278,17 @@ class _RowFIFO(Elaboratable):
         self.r_rdy = Signal()
         self.r_data = Signal(width)
 
-    def elaborate(self, platform):
-        m = Module()
+    def add_to(self, m: Module, name: str):
         inner = self.depth - 1                   # entries in the storage (+1 on r_data)
-        m.submodules.storage = storage = memory.Memory(shape=self.width, depth=inner, init=[])
+        m.submodules[name] = storage = memory.Memory(shape=self.width, depth=inner, init=[])
         w_port = storage.write_port()
         r_port = storage.read_port(domain="sync")
-        produce = Signal(range(inner))
-        consume = Signal(range(inner))
-        level = Signal(range(inner + 1))         # entries in the storage
-        nonempty = Signal()                      # level >= 1
-        many = Signal()                          # level >= 2
-        do_read = Signal()                       # storage -> r_data
+        produce = Signal(range(inner), name=f"{name}_produce")
+        consume = Signal(range(inner), name=f"{name}_consume")
+        level = Signal(range(inner + 1), name=f"{name}_level")  # entries in the storage
+        nonempty = Signal(name=f"{name}_nonempty")               # level >= 1
+        many = Signal(name=f"{name}_many")                       # level >= 2
+        do_read = Signal(name=f"{name}_do_read")                 # storage -> r_data
 
         def incr(ptr):
             return Mux(ptr == inner - 1, 0, ptr + 1)
@@ -312,14 +315,15 @@ class _RowFIFO(Elaboratable):
             m.d.sync += self.r_rdy.eq(1)
         with m.Elif(self.r_en):
             m.d.sync += self.r_rdy.eq(0)
-        return m
 
 
 class StoreUnit(wiring.Component):
     """Writes accumulator rows to memory, through the output stage or as raw int32.
 
     A reader reads the parameter entry once, then one accumulator row per cycle into the
-    :class:`OutputStage`; finished rows wait in a small FIFO, and the reader only issues a
+    :class:`OutputStage` (requantized store) or, for a raw store, straight into the row FIFO
+    (the two kinds never share the pipeline: a STORE is only taken while the unit is idle, so
+    the output stage carries no copy of the raw row); finished rows wait in a small FIFO, and the reader only issues a
     row when the FIFO is sure to have room for it (credits), so memory backpressure never has
     to stall the output-stage pipeline. A writer takes each row, shifts it to the row's byte
     offset in memory and issues masked word writes, one per cycle while the port accepts.
@@ -347,7 +351,8 @@ class StoreUnit(wiring.Component):
         self._config = config
         c = config
         # The target picks the output stage's multipliers (registered DSPs on ECP5).
-        self.output_stage = OutputStage(c, data.ArrayLayout(signed(32), c.cols), target)
+        # No tag: raw rows bypass the output stage.
+        self.output_stage = OutputStage(c, unsigned(0), target)
         super().__init__({
             "cmd": In(stream.Signature(StoreCmd())),
             "acc_rd": In(memory.ReadPort.Signature(
@@ -360,12 +365,18 @@ class StoreUnit(wiring.Component):
             "stalled": Out(1),
         })
 
+    def row_latency(self, raw: bool) -> int:
+        """Cycles from a row's ``acc_rd.en`` to its FIFO write: the read, then (requantized
+        rows only) the output stage."""
+        return self.read_latency + (0 if raw else self.output_stage.latency)
+
     @property
     def fifo_depth(self) -> int:
         """Rows that can be between the accumulator read and the writer at once (the credits):
         one per cycle of the loop from spending a credit (``acc_rd.en``) to getting it back
-        after the row left the FIFO, so a row can be read every cycle."""
-        return self.read_latency + self.output_stage.latency + self._fifo_turnaround
+        after the row left the FIFO, so a row can be read every cycle. The requantized loop
+        is the longer one (raw rows skip the output stage)."""
+        return max(self.row_latency(raw) for raw in (False, True)) + self._fifo_turnaround
 
     def elaborate(self, platform):
         m = Module()
@@ -379,7 +390,8 @@ class StoreUnit(wiring.Component):
             return addr[:lb] if lb else C(0, 1)
 
         m.submodules.output_stage = ostage = self.output_stage
-        m.submodules.fifo = rows_fifo = _RowFIFO(width=8 * n_chunks * W, depth=self.fifo_depth)
+        rows_fifo = _RowFIFO(width=8 * n_chunks * W, depth=self.fifo_depth)
+        rows_fifo.add_to(m, "rows")
 
         cmd = Signal(StoreCmd())
         # Block-RAM read data registers: nothing but the RAM output in front of them.
@@ -411,17 +423,19 @@ class StoreUnit(wiring.Component):
             self.param_rd.en.eq(take_cmd),
             self.param_rd.addr.eq(self.cmd.payload.param_addr),
 
-            ostage.i_valid.eq(acc_valid[-1]),
+            # Only requantized rows enter the output stage (a raw row inside it could leave it
+            # during the next, requantized, STORE); raw rows go from the read register
+            # straight into the FIFO.
+            ostage.i_valid.eq(acc_valid[-1] & ~cmd.raw),
             ostage.i_acc.eq(acc_row),
             ostage.i_params.eq(params),
-            ostage.i_tag.eq(acc_row),
 
-            rows_fifo.w_en.eq(ostage.o_valid),
+            rows_fifo.w_en.eq(ostage.o_valid | (acc_valid[-1] & cmd.raw)),
             # Only the low bytes differ between raw and requantized rows (a requantized row
             # is cols bytes; the bytes past it are never written to memory).
             rows_fifo.w_data.eq(Cat(
-                Mux(cmd.raw, ostage.o_tag.as_value()[:8 * cols], ostage.o_data.as_value()),
-                ostage.o_tag.as_value()[8 * cols:])),
+                Mux(cmd.raw, acc_row.as_value()[:8 * cols], ostage.o_data.as_value()),
+                acc_row.as_value()[8 * cols:])),
         ]
         m.d.sync += [
             acc_valid.eq(Cat(acc_read, acc_valid[:-1])),
@@ -443,21 +457,25 @@ class StoreUnit(wiring.Component):
                 m.d.sync += rd_active.eq(0)
 
         # ---- writer: row generator -> skid register -> registered request -----------------
-        # Lane b of beat j carries row byte j * W + b - off. Everything per row (offset,
-        # beat count, first/last lane masks) is decoded when the row is popped, from
-        # registers, so a beat only shifts the row and selects lanes with registered masks.
-        # A beat the stalled request register cannot take waits in a skid register, and the
-        # generator steps only while the skid register is empty: the generator, and so the
-        # pop that loads the next row (and the FIFO read behind it), depend on registers
-        # only, never on `mem_req.ready`.
-        g_active = Signal()                      # a row has beats left to generate
+        # Lane b of beat j carries row byte j * W + b - off: the upper half of (chunk j - 1,
+        # chunk j) shifted up by off bytes. The row stays at the FIFO head (its data register)
+        # while its beats are generated, chunk j picked by the beat index, chunk j - 1 kept in
+        # `prev`; it is popped with its last beat. Everything per row (word address, beat
+        # count, first/last lane masks) is decoded from registers while the row before
+        # finishes (at the pop; for the first row in the cycle after the command), so a beat
+        # only selects and shifts bytes and selects lanes with registered masks. A beat the
+        # stalled request register cannot take waits in a skid register, and the generator
+        # steps only while the skid register is empty: the step and the pop (and the FIFO
+        # read behind it) depend on registers only, never on `mem_req.ready`.
+        start = Signal()                         # cycle after take_cmd: first row's set-up
         g_word = Signal(c.mem_addr_width)        # word address of the next beat
         g_left = Signal(range(n_chunks + 1))     # beats after the next one
         g_first = Signal()
+        g_last = Signal()                        # the next beat is the row's last (g_left == 0)
+        g_k = Signal(range(max(2, n_chunks)))    # chunk of the next beat (past the last: any)
         g_off = Signal(max(1, lb))
         g_head = Signal(W)                       # lanes written by the row's first beat
         g_tail = Signal(W)                       # lanes written by the row's last beat
-        rest = Signal(8 * n_chunks * W)          # row bytes not yet sent, next chunk first
         prev = Signal(8 * W)                     # the chunk before (its tail may belong here)
         next_addr = Signal(A)                    # byte address of the next row
 
@@ -468,20 +486,26 @@ class StoreUnit(wiring.Component):
         s_req = Signal.like(self.mem_req.payload, reset_less=True)
         free = Signal()                          # the request register takes a beat
         g_step = Signal()
-        g_last = Signal()                        # the next beat is the row's last (g_left == 0)
+        g_load = Signal()                        # set up the next row
 
         m.d.comb += [
             self.mem_req.valid.eq(o_valid),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
             free.eq(~o_valid | self.mem_req.ready),
-            g_step.eq(g_active & ~s_full),
-            pop.eq(rows_fifo.r_rdy & (~g_active | (~s_full & g_last))),
+            g_step.eq(rows_fifo.r_rdy & ~s_full),
+            pop.eq(g_step & g_last),
             rows_fifo.r_en.eq(pop),
+            g_load.eq(start | pop),
         ]
+        m.d.sync += start.eq(take_cmd)
 
-        # The beat the generator produces this cycle (valid with g_step): (prev, chunk)
-        # shifted up by off bytes, its upper half is the beat's word.
-        window = Cat(prev, rest[:8 * W]) << Cat(C(0, 3), g_off)
+        # The beat the generator produces this cycle (valid with g_step). Past the row's
+        # chunks (the extra last beat of a row that ends in a later word than it would
+        # aligned) only `prev` is written, so any chunk will do there.
+        chunk = Signal(8 * W)
+        m.d.comb += chunk.eq(rows_fifo.r_data.word_select(g_k, 8 * W) if n_chunks > 1
+                             else rows_fifo.r_data)
+        window = Cat(prev, chunk) << Cat(C(0, 3), g_off)
         beat = Signal.like(self.mem_req.payload)
         m.d.comb += [
             beat.addr.eq(g_word),
@@ -502,26 +526,22 @@ class StoreUnit(wiring.Component):
         with m.If(g_step):
             m.d.sync += [
                 g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_last.eq(g_left == 1),
-                g_first.eq(0),
-                prev.eq(rest[:8 * W]), rest.eq(rest >> (8 * W)),
+                g_first.eq(0), g_k.eq(g_k + 1), prev.eq(chunk),
             ]
-            with m.If(g_last):
-                m.d.sync += g_active.eq(0)
 
         end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
         off_ge = _at_least(lane(next_addr), W + 1)
         m.d.comb += end.eq(lane(next_addr) + row_lm1)
         with m.If(take_cmd):
             m.d.sync += next_addr.eq(self.cmd.payload.mem_addr)
-        with m.If(pop):
+        with m.If(g_load):
             m.d.sync += [
-                g_active.eq(1), g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
+                g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
                 g_last.eq((end >> lb) == 0),
-                g_first.eq(1), g_off.eq(lane(next_addr)),
+                g_first.eq(1), g_k.eq(0), g_off.eq(lane(next_addr)),
                 g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
                 g_tail.eq(_at_least(lane(end), W)),                  # lane b <= end lane
                 next_addr.eq(next_addr + cmd.mem_stride),
-                rest.eq(rows_fifo.r_data),
             ]
 
         with m.If(take_cmd):

@@ -307,9 +307,9 @@ ECP5_SIM = MultiplierTarget(family="ecp5", simulation=True)
 @pytest.mark.parametrize("raw", [0, 1])
 def test_store_unit_streams_one_word_per_cycle(raw, target):
     """Without backpressure, rows of one word each go out one per cycle after the read and
-    output-stage latency (credits never run dry): the whole command takes one cycle per row
-    plus the pipeline's latency, read from the unit's properties, plus a few fixed cycles
-    (command, parameter read, FIFO, request register, busy)."""
+    (requantized rows only) output-stage latency (credits never run dry): the whole command
+    takes one cycle per row plus the pipeline's latency, read from the unit's properties, plus
+    a few fixed cycles (command, parameter read, FIFO, request register, busy)."""
     cfg = AcceleratorConfig(rows=2, cols=2, acc_depth=64, param_depth=2, mem_width=8,
                             mem_bytes=1024)
     rng = np.random.default_rng(9)
@@ -320,7 +320,7 @@ def test_store_unit_streams_one_word_per_cycle(raw, target):
                  mem_stride=row_bytes if raw else 8)]
     got, expected = _run_store(
         cfg, acc, params, cmds, rng=rng, backpressure=False, target=target,
-        max_cycles=lambda s: n_rows + s.read_latency + s.output_stage.latency + 8,
+        max_cycles=lambda s: n_rows + s.row_latency(bool(raw)) + 8,
         name=f"store_stream_{'raw' if raw else 'q'}_{'ecp5' if target else 'generic'}")
     np.testing.assert_array_equal(got, expected)
 
@@ -341,4 +341,27 @@ def test_store_unit_ecp5_output_stage_under_backpressure(mem_width):
     got, expected = _run_store(cfg, acc, params, cmds, rng=rng, backpressure=True,
                                target=ECP5_SIM, max_cycles=5_000,
                                name=f"store_ecp5_w{mem_width}")
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("target", [None, ECP5_SIM], ids=["generic", "ecp5"])
+@pytest.mark.parametrize("backpressure", [False, True])
+def test_store_unit_raw_and_requantized_back_to_back(target, backpressure):
+    """Raw after requantized and requantized after raw STOREs, each taken as soon as the one
+    before is done: raw rows skip the output stage, so neither kind may leak into the other
+    (short commands make the hand-over as tight as it gets)."""
+    cfg = AcceleratorConfig(rows=2, cols=3, acc_depth=16, param_depth=2, mem_width=4,
+                            mem_bytes=4096)
+    rng = np.random.default_rng(80 + 2 * backpressure + (target is not None))
+    acc, params = _store_fixture(cfg, rng)
+    cmds = []
+    for i, (raw, n_rows) in enumerate([(0, 1), (1, 1), (0, 1), (1, 3), (0, 7), (1, 1),
+                                       (1, 16), (0, 16), (0, 1), (1, 2), (0, 2)]):
+        n_cols = 1 + i % 3
+        cmds.append(dict(raw=raw, acc_addr=int(rng.integers(0, 16 - n_rows + 1)),
+                         n_rows=n_rows, n_cols=n_cols, param_addr=i % 2,
+                         mem_addr=64 + 80 * i + i % 4, mem_stride=4 * n_cols + 1))
+    got, expected = _run_store(cfg, acc, params, cmds, rng=rng, backpressure=backpressure,
+                               target=target, max_cycles=5_000,
+                               name=f"store_mix_{'bp' if backpressure else 'free'}")
     np.testing.assert_array_equal(got, expected)
