@@ -352,7 +352,9 @@ class StoreUnit(wiring.Component):
         c = config
         # The target picks the output stage's multipliers (registered DSPs on ECP5).
         # No tag: raw rows bypass the output stage.
-        self.output_stage = OutputStage(c, unsigned(0), target)
+        # A 1-bit tag, tied to 0 (Yosys removes it): zero-width signals become [-1:0]
+        # vectors in Verilog, which Verilator's lint rejects.
+        self.output_stage = OutputStage(c, unsigned(1), target)
         super().__init__({
             "cmd": In(stream.Signature(StoreCmd())),
             "acc_rd": In(memory.ReadPort.Signature(
