@@ -151,7 +151,9 @@ class ExecuteUnit(wiring.Component):
             # The stream stage frees up in the cycle it reads its last vector; the new tile's
             # swap vector is read in the next cycle, after its last weight row was read.
             take.eq(pre_valid & pre_ready & (~st_valid | st_last)),
-            self.cmd.ready.eq(~pre_valid | take),
+            # Only an empty preload stage takes a command: `take` comes late in the cycle and
+            # through the decoder's issue decision it was the 8x8 design's critical path.
+            self.cmd.ready.eq(~pre_valid),
 
             self.wgt_rd.en.eq(weight_read),
             self.wgt_rd.addr.eq(pre_wgt_ptr),
