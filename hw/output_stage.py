@@ -135,42 +135,53 @@ class OutputStage(wiring.Component):
             column(m, n, self.i_acc[n], self.i_params[n], self.o_data[n])
         return m
 
-    def _column(self, m: Module, n: int, acc, params, out) -> None:
+    @staticmethod
+    def _registers(m: Module, n: int):
+        """Column ``n``'s register maker ``reg(shape, name)`` and delay line
+        ``delay(sig, first, last, name)`` (``sig``, a stage-``first`` register, copied down
+        to stage ``last``). Payload registers are reset-less: they pack into fabric/DSPs."""
         def reg(shape, name):
             return Signal(shape, name=f"c{n}_{name}", reset_less=True)
 
         def delay(sig, first, last, name):
-            """``sig`` (a stage-``first`` register) copied down to stage ``last``."""
             for stage in range(first + 1, last + 1):
                 nxt = reg(sig.shape(), f"s{stage}_{name}")
                 m.d.sync += nxt.eq(sig)
                 sig = nxt
             return sig
+        return reg, delay
 
-        # ---- stage 1: one 32-bit carry chain (acc + bias) beside the shift decode, which
-        # saturates the 8-bit field into numerics.md's [-31, 30], and the clamp bounds.
+    @staticmethod
+    def _stage1(m: Module, reg, acc, params) -> tuple:
+        """Stage 1 of every variant: one 32-bit carry chain (acc + bias) beside the shift
+        decode, which saturates the 8-bit field into numerics.md's [-31, 30], and the clamp
+        bounds. The clamp applies lo, then hi, so lo > hi gives hi: folding that case into
+        the bounds here (lo' = hi) leaves the final stage two comparisons and a mux.
+        Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers."""
         s1_x = reg(signed(32), "s1_x")
         s1_left = reg(unsigned(5), "s1_left")
         s1_right = reg(unsigned(5), "s1_right")
+        s1_mul = reg(signed(32), "s1_mul")
+        s1_zp = reg(signed(8), "s1_zp")
+        s1_lo = reg(signed(8), "s1_lo")
+        s1_hi = reg(signed(8), "s1_hi")
         shift = params.shift
         m.d.sync += [
             s1_x.eq((acc + params.bias)[:32].as_signed()),
             s1_left.eq(Mux(shift > _SHIFT_MAX, _SHIFT_MAX, Mux(shift < 0, 0, shift))[:5]),
             s1_right.eq(Mux(shift < _SHIFT_MIN, -_SHIFT_MIN, Mux(shift > 0, 0, -shift))[:5]),
-        ]
-        # The clamp applies lo, then hi, so lo > hi gives hi. Folding that case into the bounds
-        # here (lo' = hi) leaves the final stage two comparisons and a mux, and carries 16 bits
-        # of bounds down the pipeline instead of 17.
-        s1_mul = reg(signed(32), "s1_mul")
-        s1_zp = reg(signed(8), "s1_zp")
-        s1_lo = reg(signed(8), "s1_lo")
-        s1_hi = reg(signed(8), "s1_hi")
-        m.d.sync += [
             s1_mul.eq(params.multiplier),
             s1_zp.eq(params.zero_point),
             s1_lo.eq(Mux(params.lo > params.hi, params.hi, params.lo)),
             s1_hi.eq(params.hi),
         ]
+        return s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi
+
+    def _column(self, m: Module, n: int, acc, params, out) -> None:
+        reg, delay = self._registers(m, n)
+
+        # ---- stage 1 (`_stage1`).
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(m, reg, acc, params)
 
         # ---- stage 2: the left barrel shift (wraps in int32). For plain `*` multipliers its 5
         # mux levels get a cycle of their own so that the multipliers' operands come straight
@@ -356,34 +367,10 @@ class OutputStage(wiring.Component):
            is a 10-bit add whose carry (-1, 0 or +1) into ``q >> 8`` decides, with the four
            flags, whether the int32 ``y`` (wrapping included) is inside int8 and its sign.
         """
-        def reg(shape, name):
-            return Signal(shape, name=f"c{n}_{name}", reset_less=True)
+        reg, delay = self._registers(m, n)
 
-        def delay(sig, first, last, name):
-            for stage in range(first + 1, last + 1):
-                nxt = reg(sig.shape(), f"s{stage}_{name}")
-                m.d.sync += nxt.eq(sig)
-                sig = nxt
-            return sig
-
-        # ---- stage 1 (as in _column).
-        s1_x = reg(signed(32), "s1_x")
-        s1_left = reg(unsigned(5), "s1_left")
-        s1_right = reg(unsigned(5), "s1_right")
-        s1_mul = reg(signed(32), "s1_mul")
-        s1_zp = reg(signed(8), "s1_zp")
-        s1_lo = reg(signed(8), "s1_lo")
-        s1_hi = reg(signed(8), "s1_hi")
-        shift = params.shift
-        m.d.sync += [
-            s1_x.eq((acc + params.bias)[:32].as_signed()),
-            s1_left.eq(Mux(shift > _SHIFT_MAX, _SHIFT_MAX, Mux(shift < 0, 0, shift))[:5]),
-            s1_right.eq(Mux(shift < _SHIFT_MIN, -_SHIFT_MIN, Mux(shift > 0, 0, -shift))[:5]),
-            s1_mul.eq(params.multiplier),
-            s1_zp.eq(params.zero_point),
-            s1_lo.eq(Mux(params.lo > params.hi, params.hi, params.lo)),
-            s1_hi.eq(params.hi),
-        ]
+        # ---- stage 1 (`_stage1`).
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(m, reg, acc, params)
 
         # ---- stages 2-3 (2-4 for hh): the partial products in the SB_MAC16s, whose input
         # registers take the left shift directly.
@@ -570,9 +557,7 @@ class OutputStage(wiring.Component):
         register) into ``s_half`` / ``s_round`` (stage ``sp + 2``); returns the stage-``sp + 2``
         shift amount and "right != 0" as a register."""
         st, sh = sp + 1, sp + 2
-
-        def reg(shape, name):
-            return Signal(shape, name=f"c{n}_{name}", reset_less=True)
+        reg, _ = self._registers(m, n)
 
         lo3, hi2 = right[:3], right[3:]
         s_lo_eq = reg(unsigned(8), f"s{st}_lo_eq")   # bit j: right[:3] == j
