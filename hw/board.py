@@ -411,8 +411,8 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
         AcceleratorConfig(rows=4, cols=3, act_depth=512, acc_depth=256, param_depth=16,
                           mem_width=8, mem_bytes=32 * 1024),
         bitstream="serrano.bit",
-        # The accelerator reached 46.9 MHz here (its decoder and output stage are single-cycle
-        # paths): 48 MHz fails, so the design runs at 40 MHz from the PLL.
+        # Before the pipelining the accelerator reached 46.9 MHz here, so the design runs at
+        # 40 MHz from the PLL; it now reaches 95 MHz (docs/fpga.md), a faster PLL is untried.
         sys_clk_hz=40e6,
         program="dfu-suffix -v 1209 -p 5af0 -a build/orangecrab-25f/serrano.bit && dfu-util "
                 "-D build/orangecrab-25f/serrano.bit   (bootloader mode: hold the button "
