@@ -28,7 +28,7 @@ from amaranth.hdl import Instance
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["KINDS", "FAMILIES", "Multiplier", "MultiplierTarget", "natural_latency"]
+__all__ = ["KINDS", "FAMILIES", "Multiplier", "MultiplierTarget", "natural_latency", "sb_mac16"]
 
 KINDS = ("generic", "lut", "ecp5", "ice40")
 FAMILIES = ("generic", "ecp5", "ice40")
@@ -266,26 +266,8 @@ class Multiplier(wiring.Component):
         b16 = Signal(signed(16))
         o32 = Signal(32)
         m.d.comb += [a16.eq(self.a), b16.eq(self.b), raw.eq(o32[:_PRODUCT_WIDTH])]
-        bit = lambda v: Const(int(v), 1)
-        m.submodules.dsp = Instance(
-            "SB_MAC16",
-            p_NEG_TRIGGER=bit(0), p_C_REG=bit(0), p_A_REG=bit(reg_in), p_B_REG=bit(reg_in),
-            p_D_REG=bit(0),
-            p_TOP_8x8_MULT_REG=bit(reg_mid), p_BOT_8x8_MULT_REG=bit(reg_mid),
-            p_PIPELINE_16x16_MULT_REG1=bit(reg_mid), p_PIPELINE_16x16_MULT_REG2=bit(1),
-            p_TOPOUTPUT_SELECT=Const(3, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
-            p_TOPADDSUB_UPPERINPUT=bit(0), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
-            p_BOTOUTPUT_SELECT=Const(3, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
-            p_BOTADDSUB_UPPERINPUT=bit(0), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
-            p_MODE_8x8=bit(0), p_A_SIGNED=bit(1), p_B_SIGNED=bit(1),
-            i_CLK=ClockSignal("sync"), i_CE=self.en,
-            i_A=a16, i_B=b16, i_C=Const(0, 16), i_D=Const(0, 16),
-            i_AHOLD=bit(0), i_BHOLD=bit(0), i_CHOLD=bit(0), i_DHOLD=bit(0),
-            i_IRSTTOP=bit(0), i_IRSTBOT=bit(0), i_ORSTTOP=bit(0), i_ORSTBOT=bit(0),
-            i_OLOADTOP=bit(0), i_OLOADBOT=bit(0), i_ADDSUBTOP=bit(0), i_ADDSUBBOT=bit(0),
-            i_OHOLDTOP=bit(0), i_OHOLDBOT=bit(0), i_CI=bit(0), i_ACCUMCI=bit(0),
-            i_SIGNEXTIN=bit(0),
-            o_O=o32)
+        m.submodules.dsp = sb_mac16(a16, b16, o32, a_signed=True, b_signed=True,
+                                    reg_in=reg_in, reg_mid=reg_mid, ce=self.en)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,3 +342,31 @@ class MultiplierTarget:
     def make(self, index: int) -> Multiplier:
         """The multiplier of the PE with row-major ``index``."""
         return Multiplier(self.kind(index), latency=self.pe_latency, simulation=self.simulation)
+
+
+def sb_mac16(a, b, o, *, a_signed: bool, b_signed: bool, reg_in: bool, reg_mid: bool,
+             ce=1) -> Instance:
+    """An iCE40 SB_MAC16 in 16x16 mode: ``o`` (32 bits) = ``a * b`` (16 bits each, signed
+    as told), with input registers (``reg_in``), the multiplier's pipeline registers
+    (``reg_mid``) and the output register always, all on the ``sync`` clock with enable
+    ``ce``. Accumulator, adder and hold paths are tied off."""
+    bit = lambda v: Const(int(v), 1)
+    return Instance(
+        "SB_MAC16",
+        p_NEG_TRIGGER=bit(0), p_C_REG=bit(0), p_A_REG=bit(reg_in), p_B_REG=bit(reg_in),
+        p_D_REG=bit(0),
+        p_TOP_8x8_MULT_REG=bit(reg_mid), p_BOT_8x8_MULT_REG=bit(reg_mid),
+        p_PIPELINE_16x16_MULT_REG1=bit(reg_mid), p_PIPELINE_16x16_MULT_REG2=bit(1),
+        p_TOPOUTPUT_SELECT=Const(3, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
+        p_TOPADDSUB_UPPERINPUT=bit(0), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
+        p_BOTOUTPUT_SELECT=Const(3, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
+        p_BOTADDSUB_UPPERINPUT=bit(0), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
+        p_MODE_8x8=bit(0), p_A_SIGNED=bit(a_signed), p_B_SIGNED=bit(b_signed),
+        i_CLK=ClockSignal("sync"), i_CE=ce,
+        i_A=a, i_B=b, i_C=Const(0, 16), i_D=Const(0, 16),
+        i_AHOLD=bit(0), i_BHOLD=bit(0), i_CHOLD=bit(0), i_DHOLD=bit(0),
+        i_IRSTTOP=bit(0), i_IRSTBOT=bit(0), i_ORSTTOP=bit(0), i_ORSTBOT=bit(0),
+        i_OLOADTOP=bit(0), i_OLOADBOT=bit(0), i_ADDSUBTOP=bit(0), i_ADDSUBBOT=bit(0),
+        i_OHOLDTOP=bit(0), i_OHOLDBOT=bit(0), i_CI=bit(0), i_ACCUMCI=bit(0),
+        i_SIGNEXTIN=bit(0),
+        o_O=o)

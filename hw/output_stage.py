@@ -1,14 +1,12 @@
 """The requantizing output stage: int32 accumulator rows to int8, one row per cycle."""
 
-from amaranth import (C, Cat, ClockSignal, Const, Module, Mux, Shape, ShapeCastable, Signal,
-                      signed, unsigned)
-from amaranth.hdl import Instance
+from amaranth import C, Cat, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
 from .config import AcceleratorConfig
-from .mult import Multiplier, MultiplierTarget
+from .mult import Multiplier, MultiplierTarget, sb_mac16
 
 __all__ = ["OutputStage"]
 
@@ -407,19 +405,7 @@ class OutputStage(wiring.Component):
         # in stage 6 they made the increment the critical path (37 MHz).
         right4 = delay(s1_right, 1, 4, "right")
         right = delay(right4, 4, 5, "right")
-        lo3, hi2 = right4[:3], right4[3:]
-        s5_lo_eq = reg(unsigned(8), "s5_lo_eq")   # bit j: right[:3] == j
-        s5_lo_gt = reg(unsigned(7), "s5_lo_gt")   # bit j: right[:3] > j
-        s5_hi_eq = reg(unsigned(4), "s5_hi_eq")   # bit k: right[3:] == k
-        s5_hi_gt = reg(unsigned(3), "s5_hi_gt")   # bit k: right[3:] > k
-        m.d.sync += [
-            s5_lo_eq.eq(Cat(lo3 == j for j in range(8))),
-            s5_lo_gt.eq(Cat(lo3 > j for j in range(7))),
-            s5_hi_eq.eq(Cat(hi2 == k for k in range(4))),
-            s5_hi_gt.eq(Cat(hi2 > k for k in range(3))),
-        ]
-        lo_gt = lambda j: s5_lo_gt[j] if j < 7 else C(0, 1)
-        hi_gt = lambda k: s5_hi_gt[k] if k < 3 else C(0, 1)
+        s5_lo_eq, lo_gt, s5_hi_eq, hi_gt = self._shift_codes(m, reg, right4, 5)
         half = Signal(31, name=f"c{n}_s6_half")   # right > i + 1
         rnd = Signal(31, name=f"c{n}_s6_round")   # right == i + 1
         m.d.comb += [
@@ -515,27 +501,9 @@ class OutputStage(wiring.Component):
                 p = r(p, "mid_model")
             m.d.comb += o.eq(r(p, "out_model"))
             return o
-        bit = lambda v: Const(int(v), 1)
-        mid = latency == 3
-        m.submodules[f"c{n}_{name}"] = Instance(
-            "SB_MAC16",
-            p_NEG_TRIGGER=bit(0), p_C_REG=bit(0), p_A_REG=bit(1), p_B_REG=bit(1),
-            p_D_REG=bit(0),
-            p_TOP_8x8_MULT_REG=bit(mid), p_BOT_8x8_MULT_REG=bit(mid),
-            p_PIPELINE_16x16_MULT_REG1=bit(mid), p_PIPELINE_16x16_MULT_REG2=bit(1),
-            p_TOPOUTPUT_SELECT=Const(3, 2), p_TOPADDSUB_LOWERINPUT=Const(0, 2),
-            p_TOPADDSUB_UPPERINPUT=bit(0), p_TOPADDSUB_CARRYSELECT=Const(0, 2),
-            p_BOTOUTPUT_SELECT=Const(3, 2), p_BOTADDSUB_LOWERINPUT=Const(0, 2),
-            p_BOTADDSUB_UPPERINPUT=bit(0), p_BOTADDSUB_CARRYSELECT=Const(0, 2),
-            p_MODE_8x8=bit(0), p_A_SIGNED=bit(a_signed), p_B_SIGNED=bit(b_signed),
-            i_CLK=ClockSignal("sync"), i_CE=bit(1),
-            i_A=a, i_B=b, i_C=Const(0, 16), i_D=Const(0, 16),
-            i_AHOLD=bit(0), i_BHOLD=bit(0), i_CHOLD=bit(0), i_DHOLD=bit(0),
-            i_IRSTTOP=bit(0), i_IRSTBOT=bit(0), i_ORSTTOP=bit(0), i_ORSTBOT=bit(0),
-            i_OLOADTOP=bit(0), i_OLOADBOT=bit(0), i_ADDSUBTOP=bit(0), i_ADDSUBBOT=bit(0),
-            i_OHOLDTOP=bit(0), i_OHOLDBOT=bit(0), i_CI=bit(0), i_ACCUMCI=bit(0),
-            i_SIGNEXTIN=bit(0),
-            o_O=o)
+        m.submodules[f"c{n}_{name}"] = sb_mac16(a, b, o, a_signed=a_signed,
+                                                b_signed=b_signed, reg_in=True,
+                                                reg_mid=latency == 3)
         return o
 
     def _product(self, m: Module, n: int, a, b, stage: int, name: str):
@@ -552,6 +520,27 @@ class OutputStage(wiring.Component):
         m.d.comb += [mult.a.eq(a), mult.b.eq(b)]  # sign-/zero-extended into signed(18)
         return mult.p
 
+    @staticmethod
+    def _shift_codes(m: Module, reg, right, stage: int) -> tuple:
+        """One-hot and "greater than" codes of a 5-bit shift amount's low 3 and high 2 bits,
+        registered as stage ``stage``: ``(lo_eq, lo_gt(j), hi_eq, hi_gt(k))`` where
+        ``lo_eq[j]`` is ``right[:3] == j``, ``lo_gt(j)`` is ``right[:3] > j`` (0..7),
+        ``hi_eq[k]`` is ``right[3:] == k`` and ``hi_gt(k)`` is ``right[3:] > k`` (0..3). Every
+        rounding-mask bit is then one LUT4 of three of them."""
+        lo3, hi2 = right[:3], right[3:]
+        lo_eq = reg(unsigned(8), f"s{stage}_lo_eq")
+        lo_gt = reg(unsigned(7), f"s{stage}_lo_gt")
+        hi_eq = reg(unsigned(4), f"s{stage}_hi_eq")
+        hi_gt = reg(unsigned(3), f"s{stage}_hi_gt")
+        m.d.sync += [
+            lo_eq.eq(Cat(lo3 == j for j in range(8))),
+            lo_gt.eq(Cat(lo3 > j for j in range(7))),
+            hi_eq.eq(Cat(hi2 == k for k in range(4))),
+            hi_gt.eq(Cat(hi2 > k for k in range(3))),
+        ]
+        return (lo_eq, lambda j: lo_gt[j] if j < 7 else C(0, 1),
+                hi_eq, lambda k: hi_gt[k] if k < 3 else C(0, 1))
+
     def _two_stage_masks(self, m, n, right, sp, s_half, s_round, delay):
         """ECP5 decode of RoundingDivideByPOT's masks from ``right`` (a stage-``sp``
         register) into ``s_half`` / ``s_round`` (stage ``sp + 2``); returns the stage-``sp + 2``
@@ -559,19 +548,7 @@ class OutputStage(wiring.Component):
         st, sh = sp + 1, sp + 2
         reg, _ = self._registers(m, n)
 
-        lo3, hi2 = right[:3], right[3:]
-        s_lo_eq = reg(unsigned(8), f"s{st}_lo_eq")   # bit j: right[:3] == j
-        s_lo_gt = reg(unsigned(7), f"s{st}_lo_gt")   # bit j: right[:3] > j
-        s_hi_eq = reg(unsigned(4), f"s{st}_hi_eq")   # bit k: right[3:] == k
-        s_hi_gt = reg(unsigned(3), f"s{st}_hi_gt")   # bit k: right[3:] > k
-        m.d.sync += [
-            s_lo_eq.eq(Cat(lo3 == j for j in range(8))),
-            s_lo_gt.eq(Cat(lo3 > j for j in range(7))),
-            s_hi_eq.eq(Cat(hi2 == k for k in range(4))),
-            s_hi_gt.eq(Cat(hi2 > k for k in range(3))),
-        ]
-        lo_gt = lambda j: s_lo_gt[j] if j < 7 else C(0, 1)
-        hi_gt = lambda k: s_hi_gt[k] if k < 3 else C(0, 1)
+        s_lo_eq, lo_gt, s_hi_eq, hi_gt = self._shift_codes(m, reg, right, st)
         s_right = delay(right, sp, sh, "right")
         s_rounds = reg(1, f"s{sh}_rounds")           # right != 0
         m.d.sync += [
