@@ -398,6 +398,14 @@ class StoreUnit(wiring.Component):
         cmd = Signal(StoreCmd())
         # Block-RAM read data registers: nothing but the RAM output in front of them.
         params = Signal(data.ArrayLayout(isa.OutputParams, cols), reset_less=True)
+        # A fabric copy of the parameter entry, a cycle behind: the parameter buffer's block
+        # RAMs (one 12-byte field per column, 20+ RAMs wide on 8x8) sit far from the output
+        # stage's columns, and its stage 1 decodes the shift and the clamp bounds from the
+        # entry. Fed straight from the RAM output register that route plus the decode was
+        # the whole 8x8's critical path on ECP5 (10.4 ns). The entry lands in `params` two
+        # cycles before the STORE's first row reaches the output stage (a row is only read
+        # after `rd_first`, and the read takes `read_latency`), so the extra cycle is free.
+        params_q = Signal.like(params, reset_less=True)
         acc_row = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)
         row_lm1 = Signal(range(row_bytes_max))  # bytes of a row in memory, minus 1
         pending = Signal(16)                     # rows accepted but not completely written
@@ -430,7 +438,7 @@ class StoreUnit(wiring.Component):
             # straight into the FIFO.
             ostage.i_valid.eq(acc_valid[-1] & ~cmd.raw),
             ostage.i_acc.eq(acc_row),
-            ostage.i_params.eq(params),
+            ostage.i_params.eq(params_q),
 
             rows_fifo.w_en.eq(ostage.o_valid | (acc_valid[-1] & cmd.raw)),
             # Only the low bytes differ between raw and requantized rows (a requantized row
@@ -442,6 +450,7 @@ class StoreUnit(wiring.Component):
         m.d.sync += [
             acc_valid.eq(Cat(acc_read, acc_valid[:-1])),
             acc_row.eq(self.acc_rd.data),
+            params_q.eq(params),
             pop_q.eq(pop),
             credits.eq(credits - acc_read + pop_q),
         ]
