@@ -336,12 +336,16 @@ class StoreUnit(wiring.Component):
     Block-RAM reads land directly in registers: the parameter entry (``param_rd.data``) and
     every accumulator row (``acc_rd.data``) go into reset-less registers with at most one
     clock enable and no logic in front of them (so they can become the RAM's own output
-    register), and only from there into the output stage or the raw path.
+    register), and only from there, through a fabric copy of each (see ``read_latency``),
+    into the output stage or the raw path.
     """
 
     #: Cycles from ``acc_rd.en`` to the row on the output stage's inputs: the synchronous
-    #: RAM read, then the register the read data lands in.
-    read_latency = 2
+    #: RAM read, the register the read data lands in (the RAM's own output register on
+    #: ECP5), then a fabric copy near the output stage: the accumulator buffer's 30 block
+    #: RAMs spread over the whole 85F, and their route into stage 1's 32-bit adder did not
+    #: fit in a 150 MHz cycle.
+    read_latency = 3
 
     #: Cycles from a row's FIFO write to its credit being usable again: the FIFO's
     #: write-to-``r_rdy`` latency (2), then the registered credit return after the pop (2).
@@ -406,7 +410,8 @@ class StoreUnit(wiring.Component):
         # cycles before the STORE's first row reaches the output stage (a row is only read
         # after `rd_first`, and the read takes `read_latency`), so the extra cycle is free.
         params_q = Signal.like(params, reset_less=True)
-        acc_row = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)
+        acc_ram = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)
+        acc_row = Signal.like(acc_ram, reset_less=True)
         row_lm1 = Signal(range(row_bytes_max))  # bytes of a row in memory, minus 1
         pending = Signal(16)                     # rows accepted but not completely written
         take_cmd = Signal()
@@ -449,7 +454,8 @@ class StoreUnit(wiring.Component):
         ]
         m.d.sync += [
             acc_valid.eq(Cat(acc_read, acc_valid[:-1])),
-            acc_row.eq(self.acc_rd.data),
+            acc_ram.eq(self.acc_rd.data),
+            acc_row.eq(acc_ram),
             params_q.eq(params),
             pop_q.eq(pop),
             credits.eq(credits - acc_read + pop_q),
