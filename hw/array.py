@@ -53,8 +53,13 @@ class ProcessingElement(wiring.Component):
         m = Module()
         m.submodules.mult = mult = self.multiplier
 
-        shadow = Signal(signed(8))
-        active = Signal(signed(8))
+        # Data registers have no reset (only the swap flag, a control bit, needs one): a reset
+        # would be a synchronous clear on every one of them, which keeps them out of the
+        # block RAM and DSP registers and adds a control set per slice.
+        shadow = Signal(signed(8), reset_less=True)
+        active = Signal(signed(8), reset_less=True)
+        a_q = Signal(signed(8), reset_less=True)
+        psum_q = Signal(signed(self._psum_width), reset_less=True)
 
         # The multiplier samples `active` in the same cycle as the activation it belongs to;
         # the swap updated it one cycle earlier.
@@ -62,12 +67,14 @@ class ProcessingElement(wiring.Component):
             mult.a.eq(self.a_in),
             mult.b.eq(active),
             self.w_out.eq(shadow),
+            self.a_out.eq(a_q),
+            self.psum_out.eq(psum_q),
         ]
 
         m.d.sync += [
-            self.a_out.eq(self.a_in),
+            a_q.eq(self.a_in),
             self.swap_out.eq(self.swap_in),
-            self.psum_out.eq(self.psum_in + mult.p),
+            psum_q.eq(self.psum_in + mult.p),
         ]
         with m.If(self.w_shift):
             m.d.sync += shadow.eq(self.w_in)
@@ -145,7 +152,7 @@ class SystolicArray(wiring.Component):
         for r in range(rows):
             a, swap = self.a[r], self.swap
             for stage in range(r + 1):
-                a_q = Signal(signed(8), name=f"a_skew_{r}_{stage}")
+                a_q = Signal(signed(8), name=f"a_skew_{r}_{stage}", reset_less=True)
                 m.d.sync += a_q.eq(a)
                 a = a_q
             for stage in range(r):
@@ -162,7 +169,7 @@ class SystolicArray(wiring.Component):
         for c in range(cols):
             w, shift = self.w[c], self.w_shift
             for stage in range(c):
-                w_q = Signal(signed(8), name=f"w_skew_{c}_{stage}")
+                w_q = Signal(signed(8), name=f"w_skew_{c}_{stage}", reset_less=True)
                 shift_q = Signal(name=f"w_shift_skew_{c}_{stage}")
                 m.d.sync += [w_q.eq(w), shift_q.eq(shift)]
                 w, shift = w_q, shift_q
@@ -177,7 +184,8 @@ class SystolicArray(wiring.Component):
             # columns so the whole result vector appears in one cycle.
             psum = pe[rows - 1][c].psum_out
             for stage in range(cols - 1 - c):
-                psum_q = Signal(signed(self._config.psum_width), name=f"deskew_{c}_{stage}")
+                psum_q = Signal(signed(self._config.psum_width), name=f"deskew_{c}_{stage}",
+                                reset_less=True)
                 m.d.sync += psum_q.eq(psum)
                 psum = psum_q
             m.d.comb += self.out[c].eq(psum)
