@@ -125,10 +125,10 @@ class SystolicArray(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from a vector at ``a`` to its result at ``out``: ``rows + 1`` of skew and
-        vertical travel, the multiplier's latency, ``cols - 1`` of horizontal travel and
-        de-skew."""
-        return self._config.rows + self._config.cols + self._target.pe_latency
+        """Cycles from a vector at ``a`` to its result at ``out``: the input registers,
+        ``rows + 1`` of skew and vertical travel, the multiplier's latency, ``cols - 1`` of
+        horizontal travel and de-skew."""
+        return 1 + self._config.rows + self._config.cols + self._target.pe_latency
 
     @property
     def preload_gap(self) -> int:
@@ -149,8 +149,20 @@ class SystolicArray(wiring.Component):
 
         # Row r's activation is delayed r + 1 cycles and its swap flag r cycles, so the flag
         # reaches every cell one cycle before the activation it belongs to.
+        # Input registers: every input lands in a register with no logic, enable or reset in
+        # front of it (control bits keep their reset), so that the buffers' read registers can
+        # become the block RAMs' own output registers, and the block RAMs, wherever they
+        # are, are a pure route away from the array. Everything is delayed alike, so the
+        # timing contract between the ports is unchanged; only `latency` grows by one.
+        a_in = Signal.like(self.a, reset_less=True)
+        w_in = Signal.like(self.w, reset_less=True)
+        swap_in = Signal()
+        shift_in = Signal()
+        m.d.sync += [a_in.eq(self.a), w_in.eq(self.w), swap_in.eq(self.swap),
+                     shift_in.eq(self.w_shift)]
+
         for r in range(rows):
-            a, swap = self.a[r], self.swap
+            a, swap = a_in[r], swap_in
             for stage in range(r + 1):
                 a_q = Signal(signed(8), name=f"a_skew_{r}_{stage}", reset_less=True)
                 m.d.sync += a_q.eq(a)
@@ -167,7 +179,7 @@ class SystolicArray(wiring.Component):
         # Column c's weights are delayed c cycles: they follow the activation wavefront, so a
         # column may start shifting as soon as its own cells have copied their shadows.
         for c in range(cols):
-            w, shift = self.w[c], self.w_shift
+            w, shift = w_in[c], shift_in
             for stage in range(c):
                 w_q = Signal(signed(8), name=f"w_skew_{c}_{stage}", reset_less=True)
                 shift_q = Signal(name=f"w_shift_skew_{c}_{stage}")

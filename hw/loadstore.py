@@ -236,16 +236,23 @@ class LoadUnit(wiring.Component):
                 m.d.sync += entry[8 * q:8 * q + 8].eq(s2_rot[8 * i:8 * i + 8])
 
         # ---- stage 4: write the completed entry ----------------------------------------
+        # Each buffer gets its own enable and address registers: the enable decoded from the
+        # target a cycle early, and both fanning out to one buffer's block RAMs only (the
+        # parameter buffer alone is 20+ RAMs wide on 8x8; a shared, decoded enable missed
+        # 150 MHz on ECP5).
         wr_en = Signal()
-        wr_buf = Signal(_addr_width(depth))
-        m.d.sync += [wr_en.eq(s2_last), wr_buf.eq(s2_buf)]
+        m.d.sync += wr_en.eq(s2_last)
         for port, target in ((self.act_wr, isa.LoadTarget.ACT),
                              (self.wgt_wr, isa.LoadTarget.WGT),
                              (self.param_wr, isa.LoadTarget.PARAM)):
+            name = target.name.lower()
+            en = Signal(name=f"{name}_wr_en")
+            addr = Signal(len(port.addr), name=f"{name}_wr_addr")
+            m.d.sync += [en.eq(s2_last & (c_target == target)), addr.eq(s2_buf)]
             m.d.comb += [
-                port.addr.eq(wr_buf),
+                port.addr.eq(addr),
                 port.data.eq(entry[:len(port.data.as_value())]),
-                port.en.eq(wr_en & (c_target == target)),
+                port.en.eq(en),
             ]
 
         # Busy until the last write: the walkers, then the last word in stage 2, then the
@@ -421,7 +428,10 @@ class StoreUnit(wiring.Component):
         rd_first = Signal()  # first cycle after accept: parameter entry on param_rd.data
         rd_left = Signal(16)                     # accumulator rows still to read
         rd_addr = Signal(_addr_width(c.acc_depth))
-        credits = Signal(range(self.fifo_depth + 1), init=self.fifo_depth)
+        # Credits as a thermometer code (bit i: more than i credits): "a credit left" is
+        # bit 0, a register, and spending or returning one is a shift, with no carry chain
+        # between the read decision and the accumulator RAMs' clock enables.
+        credits = Signal(self.fifo_depth, init=(1 << self.fifo_depth) - 1)
         acc_read = Signal()
         acc_valid = Signal(self.read_latency)    # acc_read delayed 1..read_latency cycles
         pop = Signal()
@@ -432,10 +442,15 @@ class StoreUnit(wiring.Component):
             self.cmd.ready.eq(~self.busy),
             take_cmd.eq(self.cmd.valid & self.cmd.ready),
 
-            acc_read.eq(rd_active & ~rd_first & (credits != 0)),
-            self.acc_rd.en.eq(acc_read),
+            acc_read.eq(rd_active & ~rd_first & credits[0]),
+            # The RAMs read whenever they may (acc_valid says which reads count): their
+            # clock enables then come from a register, or are constant, instead of from the
+            # handshake and credit logic, which could not reach the 20-30 RAMs of an 8x8
+            # design in a cycle. The parameter entry is read at the address the decoder
+            # offers; the one read in the cycle a STORE is taken is kept.
+            self.acc_rd.en.eq(rd_active),
             self.acc_rd.addr.eq(rd_addr),
-            self.param_rd.en.eq(take_cmd),
+            self.param_rd.en.eq(1),
             self.param_rd.addr.eq(self.cmd.payload.param_addr),
 
             # Only requantized rows enter the output stage (a raw row inside it could leave it
@@ -458,7 +473,8 @@ class StoreUnit(wiring.Component):
             acc_row.eq(acc_ram),
             params_q.eq(params),
             pop_q.eq(pop),
-            credits.eq(credits - acc_read + pop_q),
+            credits.eq(Mux(acc_read & ~pop_q, credits >> 1,
+                           Mux(pop_q & ~acc_read, Cat(C(1, 1), credits[:-1]), credits))),
         ]
 
         with m.If(take_cmd):

@@ -47,7 +47,7 @@ class OutputStage(wiring.Component):
         ``simulation`` their cycle-equivalent model); for ``None``/``"generic"`` each is a
         plain ``a * b`` into a register. ``"ice40"`` gets its own compact pipeline (see
         ``_column_ice40``) with instantiated SB_MAC16s (or their model) holding the operand
-        and product registers. ``latency`` depends on it: 9 generic, 11 ECP5, 7 iCE40.
+        and product registers. ``latency`` depends on it: 9 generic, 15 ECP5, 7 iCE40.
 
     Attributes
     ----------
@@ -62,7 +62,15 @@ class OutputStage(wiring.Component):
 
     # Pipeline stages besides the partial-product multipliers (whose latency is added).
     _STAGES_BESIDES_PRODUCT = 8
-    _ECP5_PRODUCT_LATENCY = 3
+    # ECP5: the DSP's three registers, then two fabric registers. On the whole 85F the
+    # output stage's 32 DSPs end up anywhere along the DSP rows, up to 80 columns from the
+    # logic that adds their products; the route alone took 6.4 ns of a 6.7 ns cycle. Two
+    # registers let the placer split it.
+    _ECP5_PRODUCT_LATENCY = 5
+    # ECP5 only: an input stage (accumulator row and parameters registered before any logic:
+    # both come from block RAMs far away) and a stage of its own for the byte part of the
+    # left shift, so that the DSPs' input registers are fed from fabric registers.
+    _ECP5_EXTRA_STAGES = 2
     # The compact iCE40 pipeline (see ``_column_ice40``).
     _ICE40_STAGES = 7
 
@@ -87,6 +95,8 @@ class OutputStage(wiring.Component):
             self._stages = self._ICE40_STAGES
         else:
             self._stages = self._STAGES_BESIDES_PRODUCT + self._product_latency
+            if self._mult_kind == "ecp5":
+                self._stages += self._ECP5_EXTRA_STAGES
         super().__init__({
             "i_valid": In(1),
             "i_acc": In(data.ArrayLayout(signed(32), config.cols)),
@@ -177,6 +187,15 @@ class OutputStage(wiring.Component):
 
     def _column(self, m: Module, n: int, acc, params, out) -> None:
         reg, delay = self._registers(m, n)
+        ecp5 = self._mult_kind == "ecp5"
+
+        # ---- ECP5: stage 0, the inputs registered before any logic (stage numbers below
+        # count from stage 1 regardless, so the pipeline is one longer than they say).
+        if ecp5:
+            acc_q = reg(acc.shape(), "s0_acc")
+            params_q = reg(isa.OutputParams, "s0_params")
+            m.d.sync += [acc_q.eq(acc), params_q.eq(params)]
+            acc, params = acc_q, params_q
 
         # ---- stage 1 (`_stage1`).
         s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(m, reg, acc, params)
@@ -198,10 +217,18 @@ class OutputStage(wiring.Component):
                 s2_x.eq((s1_x << s1_left[:3])[:32].as_signed()),
                 s2_bytes.eq(s1_left[3:]),
             ]
-            s2_a = Signal(signed(32), name=f"c{n}_s2_a")
             by = [(s2_x << (8 * k))[:32].as_signed() for k in range(4)]
-            m.d.comb += s2_a.eq(Mux(s2_bytes[1], Mux(s2_bytes[0], by[3], by[2]),
-                                    Mux(s2_bytes[0], by[1], by[0])))
+            byte_shifted = Mux(s2_bytes[1], Mux(s2_bytes[0], by[3], by[2]),
+                               Mux(s2_bytes[0], by[1], by[0]))
+            if ecp5:
+                # The byte mux gets a stage of its own, stage 3 (see _ECP5_EXTRA_STAGES):
+                # the stages after it are numbered one higher than in the text below.
+                s2_a = reg(signed(32), "s3_a")
+                m.d.sync += s2_a.eq(byte_shifted)
+                s2_mul = delay(s2_mul, 2, 3, "mul")
+            else:
+                s2_a = Signal(signed(32), name=f"c{n}_s2_a")
+                m.d.comb += s2_a.eq(byte_shifted)
 
         # ---- stages 3 .. 2 + P: the 32x32 product as four partial products of 16-bit halves
         # (signed high, unsigned low), each small enough for one 18x18 DSP multiplier, P cycles
@@ -213,9 +240,11 @@ class OutputStage(wiring.Component):
         # infers a *combinational* MULT18X18D and packs none of the registers around it, so
         # its 3.9 ns plus the routing to and from fabric registers limited the block to
         # ~120 MHz; the ECP5 target instead instantiates the DSP with its input, pipeline and
-        # output registers enabled (P = 3).
+        # output registers enabled, and two fabric registers follow (P = 5, see
+        # _ECP5_PRODUCT_LATENCY).
         pl = self._product_latency
-        sp = 2 + pl                             # the stage whose registers hold the products
+        # the stage whose registers hold the products
+        sp = 2 + int(ecp5) + pl
         a_lo, a_hi = s2_a.as_unsigned()[:16], s2_a[16:].as_signed()
         b_lo, b_hi = s2_mul.as_unsigned()[:16], s2_mul[16:].as_signed()
         llhi = self._product(m, n, a_lo, b_lo, sp, "ll")[16:32]  # bits 0..15 never matter
@@ -341,8 +370,8 @@ class OutputStage(wiring.Component):
         lo_f = delay(lo, sy, sf, "lo")
         hi_f = delay(hi, sy, sf, "hi")
         so = sp + 6
-        assert so == self._stages
-        s_out = reg(signed(8), f"s{so}_out")
+        assert so + int(ecp5) == self._stages  # (+ stage 0)
+        s_out = reg(signed(8), f"s{self._stages}_out")
         m.d.sync += s_out.eq(Mux(s_gt, hi_f, Mux(s_lt, lo_f, s_y8)))
         m.d.comb += out.eq(s_out)
 

@@ -201,7 +201,7 @@ def test_store_waits_for_the_last_result_of_a_short_matmul(n_rows):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_fpga_multiplier_latency_changes_no_result(seed):
-    """With the ECP5 DSP model in the PEs (latency 4 instead of 1) the timing adapts by
+    """With the ECP5 DSP model in the PEs (latency 5 instead of 1) the timing adapts by
     itself: the same random programs give the golden model's results."""
     cfg = CONFIGS["3x2_w8"]
     target = MultiplierTarget(family="ecp5", dsp_pes=4, simulation=True)
