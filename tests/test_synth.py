@@ -138,7 +138,7 @@ def test_multiplier_arguments():
         Multiplier("generic", latency=0)
     with pytest.raises(TypeError, match="simulation"):
         Multiplier("ecp5", simulation="yes")
-    assert natural_latency("ecp5") == 4 and _unused(Multiplier("lut")).latency == 1
+    assert natural_latency("ecp5") == 5 and _unused(Multiplier("lut")).latency == 1
     with pytest.raises(ValueError, match="width of a lut multiplier must be 8"):
         Multiplier("lut", width=16)
     with pytest.raises(ValueError, match="from 2 to 18"):
@@ -157,7 +157,7 @@ def test_multiplier_target_assignment():
     assert all(_unused(t.make(i)).latency == 2 for i in range(5))
     assert [_unused(t.make(i)).kind for i in range(5)] == ["ice40"] * 3 + ["lut"] * 2
     assert MultiplierTarget().kind(7) == "generic" and MultiplierTarget().dsp_count(9) == 0
-    assert MultiplierTarget(family="ecp5").pe_latency == 4
+    assert MultiplierTarget(family="ecp5").pe_latency == 5
     assert MultiplierTarget(family="ecp5").dsp_count(64) == 64
 
 
@@ -410,7 +410,7 @@ def test_flow_ecp5_out_of_context(tmp_path):
     rep = run_flow(_standin(4), "ecp5-25k", out, freq_mhz=120)
     _check_common(rep, out)
     mult = rep["design"]["multiplier"]
-    assert mult == {"family": "ecp5", "latency": 4, "dsp_pes": 4, "lut_pes": 0, "wired": True}
+    assert mult == {"family": "ecp5", "latency": 5, "dsp_pes": 4, "lut_pes": 0, "wired": True}
     # Every PE is one MULT18X18D, placed; nothing else uses one.
     assert rep["resources"]["DSP"]["used"] == 4 and rep["resources"]["DSP"]["available"] == 28
     assert {m["instance"]: m["DSP"] for m in rep["modules"]}["array"] == 4
