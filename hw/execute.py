@@ -105,7 +105,6 @@ class ExecuteUnit(wiring.Component):
         pre_wgt_ptr = Signal(16)             # next weight row to read (last row first)
         pre_count = Signal(range(rows + 1))  # weight rows read so far
         pre_done = Signal()
-        pre_ready = Signal()  # all weight rows read (or the last one is being read)
         # Cycles since the current tile's swap vector was read, saturating. Its weight rows
         # reach the array one cycle after they are read, like the vectors.
         since_swap = Signal(range(array.preload_gap + 1), init=array.preload_gap)
@@ -147,10 +146,12 @@ class ExecuteUnit(wiring.Component):
             # A shift may not overwrite a shadow weight that the tile now swapping in has not
             # copied yet: preload_gap cycles must separate the swap vector and the first row.
             weight_read.eq(pre_valid & ~pre_done & ~swap_read & gap_ok),
-            pre_ready.eq(pre_done | (weight_read & (pre_count == rows - 1))),
             # The stream stage frees up in the cycle it reads its last vector; the new tile's
             # swap vector is read in the next cycle, after its last weight row was read.
-            take.eq(pre_valid & pre_ready & (~st_valid | st_last)),
+            # `take` is one LUT of registers: it is the clock enable of the stream stage's
+            # hundred-odd registers, and taking in the cycle of the last weight read (one
+            # cycle earlier) missed 150 MHz on ECP5 for a cycle that only short tiles feel.
+            take.eq(pre_valid & pre_done & (~st_valid | st_last)),
             # Only an empty preload stage takes a command: `take` comes late in the cycle and
             # through the decoder's issue decision it was the 8x8 design's critical path.
             self.cmd.ready.eq(~pre_valid),
