@@ -55,7 +55,7 @@ class AccumulatorBuffer(wiring.Component):
     ----------
     config : AcceleratorConfig
     pipelined : bool
-        ``True`` (latency 4): the block RAM's output is registered twice and the add has a
+        ``True`` (latency 5): the block RAM's output is registered twice and the add has a
         cycle of its own, and the updates still in flight are forwarded to the add (the block
         RAM read alone took 6 ns of the ECP5's 6.7 ns at 150 MHz; the one-cycle version
         reached 77 MHz there). ``False`` (latency 1): the read is transparent to the write
@@ -84,7 +84,7 @@ class AccumulatorBuffer(wiring.Component):
     @staticmethod
     def latency_of(pipelined: bool) -> int:
         """:attr:`latency` of a buffer built with ``pipelined``."""
-        return 4 if pipelined else 1
+        return 5 if pipelined else 1
 
     def elaborate(self, platform):
         m = Module()
@@ -123,13 +123,17 @@ class AccumulatorBuffer(wiring.Component):
         wiring.connect(m, wiring.flipped(self.read), mem.read_port())
 
         # Stage 0 reads; stage 1 has the block RAM's output, stage 2 its register (which the
-        # ECP5 flow folds into the RAM's output register); stage D = 3 adds; stage D + 1
-        # writes. The read misses the writes of the D + 1 updates ahead of it (written in its
-        # stage 0..D cycles): at stage D those are `w` (being written) and h1..hD (written
-        # 1..D cycles before). Only `w`, the immediate predecessor's sum, is new in stage D;
-        # the rest is selected a stage earlier (`pre`, from h's and the RAM data, matched a
-        # stage before that), so stage D is a 2-way select and the adder.
-        depth = self.latency - 1
+        # ECP5 flow folds into the RAM's output register); stage D = 3 adds into `w`; stage
+        # D + 1 copies the sum into h1, which writes it in stage D + 2. (The copy lets `w`,
+        # the adder's register, stay by the adder: the RAMs it would feed are spread over
+        # the chip, and adder plus that route missed 150 MHz on the 8x8 ECP5 build.)
+        # The read misses the writes of the D + 2 updates ahead of it (written in its stage
+        # 0..D+1 cycles): at stage D those are `w`, h1 (being written) and h2..h(D+1).
+        # Only `w`, the immediate predecessor's sum, is new in stage D; the rest is selected
+        # a stage earlier (`pre`, from h's and the RAM data, matched a stage before that),
+        # so stage D is a 2-way select and the adder.
+        depth = 3
+        assert self.latency == depth + 2
         upd = data.StructLayout({"valid": 1, "addr": len(self.upd_addr), "accumulate": 1,
                                  "data": data.ArrayLayout(signed(self._config.psum_width),
                                                           cols)})
@@ -138,29 +142,29 @@ class AccumulatorBuffer(wiring.Component):
         ram = Signal(row, reset_less=True)   # RAM data in stage 2
         w = Signal(wr)
         h = [Signal(wr, name=f"h{i}") for i in range(1, depth + 1)]
-        pre_hits = Signal(depth)             # stage D-1: same entry as w, h1, ..., h(D-1)
+        pre_hits = Signal(depth + 1)         # stage D-1: same entry as w, h1, ..., hD
         pre = Signal(row, reset_less=True)   # stage D: the old value unless w has it
         use_w = Signal()                     # stage D: the predecessor (now w) has it
 
         m.d.comb += [
             rmw_rd.addr.eq(self.upd_addr),
             rmw_rd.en.eq(self.upd_valid),
-            wp.addr.eq(w.addr),
-            wp.data.eq(w.data),
-            wp.en.eq(w.valid),
-            self.committed.eq(w.valid),
+            wp.addr.eq(h[0].addr),
+            wp.data.eq(h[0].data),
+            wp.en.eq(h[0].valid),
+            self.committed.eq(h[0].valid),
         ]
 
         def same(a, b):
             return a.valid & (a.addr == b.addr)
 
-        # In stage D-2, the updates that will be w, h1, ..., h(D-1) in stage D-1 are in
-        # stage D, w, h1, ..., h(D-2).
-        ahead = [s[-1], w, *h[:depth - 2]]
+        # In stage D-2, the updates that will be w, h1, ..., hD in stage D-1 are in
+        # stage D, w, h1, ..., h(D-1).
+        ahead = [s[-1], w, *h[:depth - 1]]
         selected = Signal(row)
         with m.If(~s[-2].accumulate):
             m.d.comb += selected.eq(0)
-        for i, source in enumerate([w, *h[:depth - 1]]):
+        for i, source in enumerate([w, *h[:depth]]):
             with m.Elif(pre_hits[i]):
                 m.d.comb += selected.eq(source.data)
         with m.Else():

@@ -149,7 +149,8 @@ class Decoder(wiring.Component):
         de_is = {op: Signal(name=f"de_is_{op.name.lower()}") for op in
                  (Op.NOP, Op.LOAD, Op.MATMUL, Op.STORE, Op.FENCE, Op.HALT)}
         de_take = Signal()
-        fe_take = Signal()
+        fe_load = Signal()    # fetch follows the stream (it is empty, or the program is over)
+        fe_move = Signal()    # the word in fetch moves to decode
         checked = Signal()    # fe_age == check_cycles, registered
         all_idle = Signal()   # every unit was idle in the previous cycle (registered)
         fault = Signal()
@@ -165,9 +166,15 @@ class Decoder(wiring.Component):
             de_take.eq(~de_valid),
         ]
         if cfg.overlap:
+            # Fetch takes a word only when empty, so that the stream's valid (from outside,
+            # possibly far away) reaches nothing but fetch's valid flag: the word, its index
+            # and the check pipeline's age follow the stream while fetch is empty, on an
+            # enable that is a register. That costs a cycle per instruction, against
+            # check_cycles of checking.
             m.d.comb += [
-                fe_take.eq(~fe_valid | (checked & de_take)),
-                self.instr.ready.eq(~running | fe_take),
+                fe_load.eq(~fe_valid | ~running),
+                fe_move.eq(fe_valid & checked & de_take),
+                self.instr.ready.eq(fe_load),
             ]
         else:
             # Without overlap instructions are dispatched one at a time anyway, so the word is
@@ -179,9 +186,16 @@ class Decoder(wiring.Component):
                 fe_index.eq(accepted),
                 self.instr.ready.eq(~running | (checked & de_take)),
             ]
+        # The word count lags a cycle (the handshake comes late in the cycle and would be the
+        # enable of 32 flip-flops); words are at least check_cycles apart while the program
+        # runs, so a word entering fetch always finds the count of the words before it.
         word_in = self.instr.valid & self.instr.ready
-        with m.If(word_in):
-            m.d.sync += [accepted.eq(accepted + 1), started.eq(1)]
+        word_in_q = Signal()
+        m.d.sync += [
+            word_in_q.eq(word_in),
+            accepted.eq(accepted + word_in_q),
+            started.eq(started | word_in),
+        ]
 
         # ---- check: the same rules as the golden model, over check_cycles cycles ----------
         # One carry chain or one multiplier between registers per stage: the one-cycle
@@ -246,10 +260,12 @@ class Decoder(wiring.Component):
             Mux(k2_mem_op & (k_mem_end > cfg.mem_bytes), mem_range, isa.ErrorCode.NONE)))
 
         if cfg.overlap:
-            with m.If(fe_take):
-                m.d.sync += [fe_valid.eq(word_in & running), fe_word.eq(self.instr.payload),
-                             fe_index.eq(accepted)]
-        with m.If(fe_take if cfg.overlap else (word_in | ~self.instr.valid)):
+            with m.If(fe_load):
+                m.d.sync += [fe_valid.eq(self.instr.valid & running),
+                             fe_word.eq(self.instr.payload), fe_index.eq(accepted)]
+            with m.Elif(fe_move):
+                m.d.sync += fe_valid.eq(0)
+        with m.If(fe_load if cfg.overlap else (word_in | ~self.instr.valid)):
             m.d.sync += [fe_age.eq(0), checked.eq(0)]
         with m.Elif(~checked):
             m.d.sync += [fe_age.eq(fe_age + 1),
