@@ -47,7 +47,7 @@ class OutputStage(wiring.Component):
         ``simulation`` their cycle-equivalent model); for ``None``/``"generic"`` each is a
         plain ``a * b`` into a register. ``"ice40"`` gets its own compact pipeline (see
         ``_column_ice40``) with instantiated SB_MAC16s (or their model) holding the operand
-        and product registers. ``latency`` depends on it: 9 generic, 15 ECP5, 7 iCE40.
+        and product registers. ``latency`` depends on it: 9 generic, 16 ECP5, 7 iCE40.
 
     Attributes
     ----------
@@ -68,9 +68,10 @@ class OutputStage(wiring.Component):
     # registers let the placer split it.
     _ECP5_PRODUCT_LATENCY = 5
     # ECP5 only: an input stage (accumulator row and parameters registered before any logic:
-    # both come from block RAMs far away) and a stage of its own for the byte part of the
-    # left shift, so that the DSPs' input registers are fed from fabric registers.
-    _ECP5_EXTRA_STAGES = 2
+    # both come from block RAMs far away), a stage of its own for the byte part of the
+    # left shift, so that the DSPs' input registers are fed from fabric registers, and
+    # RoundingDivideByPOT in two stages.
+    _ECP5_EXTRA_STAGES = 3
     # The compact iCE40 pipeline (see ``_column_ice40``).
     _ICE40_STAGES = 7
 
@@ -327,25 +328,58 @@ class OutputStage(wiring.Component):
             sat.eq(~s_h[32] & s_h[31]),
             h.eq(Mux(sat, _INT32_MAX, s_h[:32].as_signed())),
         ]
-        s_q = reg(signed(32), f"s{sq}_q")
-        s_inc = reg(1, f"s{sq}_inc")
         h_bits = s_h.as_unsigned()[:31]   # unsaturated
-        round_bit = (h_bits & s_round).any()
-        sticky = (h_bits & s_half).any()
-        m.d.sync += [
-            s_q.eq(h >> s_right),  # arithmetic: h is signed
-            s_inc.eq(Mux(sat, rounds, round_bit & (~s_h[31] | sticky))),
-        ]
+        if not ecp5:
+            s_q = reg(signed(32), f"s{sq}_q")
+            s_inc = reg(1, f"s{sq}_inc")
+            round_bit = (h_bits & s_round).any()
+            sticky = (h_bits & s_half).any()
+            m.d.sync += [
+                s_q.eq(h >> s_right),  # arithmetic: h is signed
+                s_inc.eq(Mux(sat, rounds, round_bit & (~s_h[31] | sticky))),
+            ]
+        else:
+            # ECP5: two stages (the one-stage version, 5 mux levels or a 31-bit reduction
+            # behind the saturation mux, missed 150 MHz in the whole 8x8 build). Stage sq
+            # shifts by the low 3 bits of the amount and reduces the round and sticky terms
+            # in groups of 4; stage sq + 1 shifts by whole bytes and finishes the increment.
+            # Arithmetic shifts compose: h >> r == (h >> r[:3]) >> (8 * r[3:]).
+            groups = range(0, 31, 4)
+            s_qa = reg(signed(32), f"s{sq}_qa")
+            s_qbytes = reg(unsigned(2), f"s{sq}_qbytes")
+            s_rg = reg(unsigned(len(groups)), f"s{sq}_round_groups")
+            s_sg = reg(unsigned(len(groups)), f"s{sq}_sticky_groups")
+            s_sat = reg(1, f"s{sq}_sat")
+            s_neg = reg(1, f"s{sq}_neg")
+            s_rounds = reg(1, f"s{sq}_rounds")
+            m.d.sync += [
+                s_qa.eq(h >> s_right[:3]),
+                s_qbytes.eq(s_right[3:]),
+                s_rg.eq(Cat((h_bits[g:g + 4] & s_round[g:g + 4]).any() for g in groups)),
+                s_sg.eq(Cat((h_bits[g:g + 4] & s_half[g:g + 4]).any() for g in groups)),
+                s_sat.eq(sat),
+                s_neg.eq(s_h[31]),
+                s_rounds.eq(rounds),
+            ]
+            sq += 1
+            s_q = reg(signed(32), f"s{sq}_q")
+            s_inc = reg(1, f"s{sq}_inc")
+            by = [s_qa >> (8 * k) for k in range(4)]
+            m.d.sync += [
+                s_q.eq(Mux(s_qbytes[1], Mux(s_qbytes[0], by[3], by[2]),
+                           Mux(s_qbytes[0], by[1], by[0]))),
+                s_inc.eq(Mux(s_sat, s_rounds, s_rg.any() & (~s_neg | s_sg.any()))),
+            ]
 
-        # ---- stage sp+4: zero point, an int32 add that wraps, with the rounding increment as
+        # ---- stage sq+1: zero point, an int32 add that wraps, with the rounding increment as
         # its carry-in: (2q + inc) + (2zp + inc) = 2 (q + zp + inc).
-        sy = sp + 4
+        sy = sq + 1
         zp = delay(s1_zp, 1, sq, "zp")
         s_y = reg(signed(32), f"s{sy}_y")
         m.d.sync += s_y.eq((Cat(s_inc, s_q).as_signed() + Cat(s_inc, zp).as_signed())[1:33]
                            .as_signed())
 
-        # ---- stages sp+5 .. sp+6: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded
+        # ---- stages sy+1 .. sy+2: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded
         # into lo in stage 1), so "y > hi" is "y above int8, or y in int8 and its low byte >
         # hi" (the same for "y < lo"). The first stage computes both flags: a 25-bit
         # all-zeros/all-ones reduction beside two 9-bit subtractions whose sign bits are the
@@ -353,7 +387,7 @@ class OutputStage(wiring.Component):
         # set, so the low byte needs no saturation). A 32-bit compare after the 32-bit add in
         # one cycle limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus
         # the muxes to ~125 MHz.
-        sf = sp + 5
+        sf = sy + 1
         lo = delay(s1_lo, 1, sy, "lo")
         hi = delay(s1_hi, 1, sy, "hi")
         top = s_y.as_unsigned()[7:]
@@ -369,7 +403,7 @@ class OutputStage(wiring.Component):
         ]
         lo_f = delay(lo, sy, sf, "lo")
         hi_f = delay(hi, sy, sf, "hi")
-        so = sp + 6
+        so = sf + 1
         assert so + int(ecp5) == self._stages  # (+ stage 0)
         s_out = reg(signed(8), f"s{self._stages}_out")
         m.d.sync += s_out.eq(Mux(s_gt, hi_f, Mux(s_lt, lo_f, s_y8)))
