@@ -156,7 +156,9 @@ class ExecuteUnit(wiring.Component):
             # through the decoder's issue decision it was the 8x8 design's critical path.
             self.cmd.ready.eq(~pre_valid),
 
-            self.wgt_rd.en.eq(weight_read),
+            # The weight RAM reads whenever a tile is in preload (w_valid says which reads
+            # count): its clock enable is then a register, not the gap logic.
+            self.wgt_rd.en.eq(pre_valid),
             self.wgt_rd.addr.eq(pre_wgt_ptr),
             self.act_rd.en.eq(vector_read),
             self.act_rd.addr.eq(st_act_ptr),
