@@ -348,11 +348,16 @@ class Bridge(wiring.Component):
         send_len = Array([Const(INFO_BYTES), Const(STATUS_BYTES + 1), Const(COUNTER_BYTES),
                           Const(mw)])
         send_index = Signal(range(max(INFO_BYTES, STATUS_BYTES + 1, COUNTER_BYTES, mw) + 1))
+        # Two registered steps: every source's byte at `send_index` (a register per source,
+        # loaded every cycle), then the source. As one multiplexer over all reply bytes it
+        # was eight LUT levels deep, the worst path of the iCEBreaker build. The FSM gives
+        # the registers their cycle (state SendPrep) whenever `send_index` or the sources
+        # change.
+        src_bytes = Array(Signal(8, name=f"src_byte{i}") for i in range(len(sources)))
+        for i, src in enumerate(sources):
+            m.d.sync += src_bytes[i].eq(src[send_index])
         send_byte = Signal(8)
-        with m.Switch(send_src):
-            for i, src in enumerate(sources):
-                with m.Case(i):
-                    m.d.comb += send_byte.eq(src[send_index])
+        m.d.comb += send_byte.eq(src_bytes[send_src])
 
         # ---- accelerator side
         m.d.comb += [self.instr.valid.eq(pending), self.instr.payload.eq(pending_word)]
@@ -412,11 +417,8 @@ class Bridge(wiring.Component):
         with m.Elif(timer != self._timeout):
             m.d.sync += [timer.eq(timer + 1), line_quiet.eq(timer == self._timeout - 1)]
 
-        # The byte to send is registered (state SendPrep, one cycle before SendBytes offers
-        # it): the byte multiplexer over every reply source would otherwise sit in front of
-        # the transmitter's shift register. `send_last` (this is the reply's last byte) is
-        # registered from the same index; it settles during SendPrep.
-        tx_byte = Signal(8)
+        # `send_last` (this is the reply's last byte) is registered from `send_index` too; it
+        # settles during SendPrep.
         send_last = Signal()
         m.d.sync += send_last.eq(send_index == send_len[send_src] - 1)
 
@@ -532,12 +534,11 @@ class Bridge(wiring.Component):
                     decrement_count()
                     to_send(3)
 
-            with m.State("SendPrep"):
-                m.d.sync += tx_byte.eq(send_byte)
+            with m.State("SendPrep"):   # src_bytes and send_last follow send_index
                 m.next = "SendBytes"
 
             with m.State("SendBytes"):
-                m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(tx_byte)]
+                m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(send_byte)]
                 with m.If(utx.data.ready):
                     m.d.sync += send_index.eq(send_index + 1)
                     with m.If(~send_last):
