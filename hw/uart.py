@@ -313,7 +313,6 @@ class Bridge(wiring.Component):
         # ---- local signals
         rx_byte = urx.data.payload
         rx_valid = urx.data.valid
-        args = Signal(8 * ARG_BYTES)
         addr = Signal(32)
         count = Signal(32)
         nbytes = Signal(range(max(ARG_BYTES, INSTR_BYTES, COUNTER_BYTES, INFO_BYTES, mw) + 2))
@@ -395,8 +394,8 @@ class Bridge(wiring.Component):
         # Registered conditions for the FSM, so that no wide compare sits in front of the
         # state register's enable. `count_one` / `count_zero` follow `count` one cycle late
         # except where `count` is decremented, where they are given their new value directly
-        # (FILL decrements in back-to-back cycles); after ArgsDone loads `count` the range
-        # check states give them their cycle.
+        # (FILL decrements in back-to-back cycles); after Args has shifted `count` in, the
+        # range check states give them their cycle.
         count_one = Signal()
         count_zero = Signal()
         m.d.sync += [count_one.eq(count == 1), count_zero.eq(count == 0)]
@@ -463,17 +462,17 @@ class Bridge(wiring.Component):
                             m.next = "Reply"
 
             with m.State("Args"):
+                # addr u32 and count u32, shifted straight into their registers (no separate
+                # argument register: the UP5K build is short of logic cells).
                 with m.If(rx_valid):
                     take_byte()
-                    m.d.sync += [args.eq(Cat(args[8:], rx_byte)), nbytes.eq(nbytes + 1)]
+                    m.d.sync += [Cat(addr, count).eq(Cat(addr[8:], count, rx_byte)),
+                                 nbytes.eq(nbytes + 1)]
                     with m.If(nbytes == ARG_BYTES - 1):
-                        m.next = "ArgsDone"
+                        m.d.sync += nbytes.eq(0)
+                        m.next = "Sum"
                 with m.Elif(line_quiet):
                     m.next = "Idle"
-
-            with m.State("ArgsDone"):
-                m.d.sync += [addr.eq(args[:32]), count.eq(args[32:]), nbytes.eq(0)]
-                m.next = "Sum"
 
             with m.State("Sum"):    # end_sum takes its value from the new addr/count
                 m.next = "Range"
