@@ -339,24 +339,30 @@ class Bridge(wiring.Component):
         ]
         status_and_flags = Cat(status_bits, flags_byte)
         sources = [
-            Array(info_value[8 * i:8 * i + 8] for i in range(INFO_BYTES)),
-            Array(status_and_flags[8 * i:8 * i + 8] for i in range(STATUS_BYTES + 1)),
-            Array(counter_bits[8 * i:8 * i + 8] for i in range(COUNTER_BYTES)),
-            Array(word[8 * i:8 * i + 8] for i in range(mw)),
+            [info_value[8 * i:8 * i + 8] for i in range(INFO_BYTES)],
+            [status_and_flags[8 * i:8 * i + 8] for i in range(STATUS_BYTES + 1)],
+            [counter_bits[8 * i:8 * i + 8] for i in range(COUNTER_BYTES)],
+            [word[8 * i:8 * i + 8] for i in range(mw)],
         ]
-        send_len = Array([Const(INFO_BYTES), Const(STATUS_BYTES + 1), Const(COUNTER_BYTES),
-                          Const(mw)])
-        send_index = Signal(range(max(INFO_BYTES, STATUS_BYTES + 1, COUNTER_BYTES, mw) + 1))
-        # Two registered steps: every source's byte at `send_index` (a register per source,
-        # loaded every cycle), then the source. As one multiplexer over all reply bytes it
-        # was eight LUT levels deep, the worst path of the iCEBreaker build. The FSM gives
-        # the registers their cycle (state SendPrep) whenever `send_index` or the sources
-        # change.
-        src_bytes = Array(Signal(8, name=f"src_byte{i}") for i in range(len(sources)))
+        send_len = Array([Const(len(src)) for src in sources])
+        send_index = Signal(range(max(len(src) for src in sources) + 1))
+        # The byte at `send_index` of source `send_src`, in two registered steps: every
+        # group of 8 bytes of every source picks its byte by the index's low 3 bits, then
+        # the group (high bits) and the source. As one multiplexer over the 42 counter bytes
+        # it was eight LUT levels deep, the worst path of the iCEBreaker build. Both steps
+        # run every cycle; the FSM gives them their two cycles (states SendPrep, SendPrep2)
+        # whenever `send_index`, `send_src` or the word change.
+        lo, hi = send_index[:3], send_index[3:]
+        picked = []
         for i, src in enumerate(sources):
-            m.d.sync += src_bytes[i].eq(src[send_index])
+            groups = []
+            for g in range(0, len(src), 8):
+                group_byte = Signal(8, name=f"src{i}_group{g // 8}")
+                m.d.sync += group_byte.eq(Array(src[g:g + 8])[lo])
+                groups.append(group_byte)
+            picked.append(Array(groups)[hi])
         send_byte = Signal(8)
-        m.d.comb += send_byte.eq(src_bytes[send_src])
+        m.d.sync += send_byte.eq(Array(picked)[send_src])
 
         # ---- accelerator side
         m.d.comb += [self.instr.valid.eq(pending), self.instr.payload.eq(pending_word)]
@@ -533,7 +539,10 @@ class Bridge(wiring.Component):
                     decrement_count()
                     to_send(3)
 
-            with m.State("SendPrep"):   # src_bytes and send_last follow send_index
+            with m.State("SendPrep"):   # the group bytes and send_last follow send_index
+                m.next = "SendPrep2"
+
+            with m.State("SendPrep2"):  # send_byte follows them
                 m.next = "SendBytes"
 
             with m.State("SendBytes"):
