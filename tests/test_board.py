@@ -502,3 +502,38 @@ def test_ecp5_pll_matches_ecppll(f_in, f_out):
         (ref["Refclk"], ref["Feedback"], ref["clkout0"])
     made = float(re.search(r"clkout0 frequency: ([\d.]+) MHz", out).group(1))
     assert params["f_out"] == pytest.approx(made * 1e6, rel=1e-3)
+
+
+@pytest.mark.parametrize("f_in,f_out", [(12, 40), (12, 48), (12, 30), (25, 100), (12, 16),
+                                        (100, 275)])
+def test_ice40_pll_matches_icepll(f_in, f_out):
+    """The PLL settings agree with IceStorm's icepll (a pip tool: yowasp-icepll)."""
+    import re
+    from hw.board import ice40_pll_params
+    from hw.synthesis import tool_path
+    params = ice40_pll_params(f_in * 1e6, f_out * 1e6)
+    out = subprocess.run([tool_path("yowasp-icepll"), "-i", str(f_in), "-o", str(f_out)],
+                         capture_output=True, text=True, timeout=300).stdout
+    ref = {k: int(v) for k, v in re.findall(r"(DIVR|DIVF|DIVQ|FILTER_RANGE): +(\d+)", out)}
+    assert {k: params[k] for k in ref} == ref
+    made = float(re.search(r"F_PLLOUT: +([\d.]+) MHz \(achieved\)", out).group(1))
+    assert params["f_out"] == pytest.approx(made * 1e6, abs=1e3)
+
+
+def test_ice40_pll_bad_frequencies():
+    from hw.board import ice40_pll_params, pll_params
+    assert ice40_pll_params(12e6, 40e6)["f_out"] == 39.75e6   # 12 MHz * 53 / 16
+    with pytest.raises(ValueError, match=r"output frequency 300 MHz is outside 16-275 MHz"):
+        ice40_pll_params(12e6, 300e6)
+    with pytest.raises(ValueError, match=r"output frequency 10 MHz is outside"):
+        ice40_pll_params(12e6, 10e6)
+    with pytest.raises(ValueError, match=r"input frequency 8 MHz is outside 10-133 MHz"):
+        ice40_pll_params(8e6, 40e6)
+    with pytest.raises(ValueError, match="must be a number in Hz, not '40'"):
+        ice40_pll_params(12e6, "40")
+    with pytest.raises(ValueError, match="must be a number in Hz, not True"):
+        ice40_pll_params(True, 40e6)
+    assert pll_params("ice40", 12e6, 40e6) == ice40_pll_params(12e6, 40e6)
+    with pytest.raises(ValueError, match="only implemented for ECP5 and iCE40, not 'gowin'"):
+        pll_params("gowin", 12e6, 40e6)
+
