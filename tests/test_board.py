@@ -455,7 +455,7 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown board"):
         build_board("de10-nano", tmp_path)
     with pytest.raises(ValueError, match="too fast"):
-        build_board("icebreaker", tmp_path, baud=6_000_000)
+        build_board("icebreaker", tmp_path, baud=20_000_000)
     big = AcceleratorConfig(rows=8, cols=8, act_depth=16384, mem_bytes=1 << 20)
     with pytest.raises(ValueError, match="block RAMs"):
         build_board("orangecrab-25f", tmp_path, config=big)
@@ -480,7 +480,7 @@ def test_build_icebreaker_bitstream(tmp_path):
     assert res["DSP"]["used"] <= 8 and res["LUT"]["used"] <= 5280
     # The board memory is in SPRAM, every buffer in block RAM: nothing in flip-flops.
     mems = {m["path"].split(".")[-2]: m for m in rep["memories"]}
-    assert rep["board"]["clk_mhz"] == 12
+    assert rep["board"]["clk_mhz"] == 34.5   # from the PLL
     assert mems["memory"]["mapped_to"].startswith("SPRAM")
     assert res["SPRAM"]["used"] == 4
     assert all(m["in_ram"] for m in rep["memories"] if m["bits"] >= 1024), rep["memories"]
@@ -537,3 +537,12 @@ def test_ice40_pll_bad_frequencies():
     with pytest.raises(ValueError, match="only implemented for ECP5 and iCE40, not 'gowin'"):
         pll_params("gowin", 12e6, 40e6)
 
+
+def test_board_clocks():
+    """The iCEBreaker runs from its PLL at 34.5 MHz; the UART divisor is the PLL's."""
+    from hw.board import pll_params
+    spec = BOARDS["icebreaker"]
+    platform = spec.platform()()
+    f = pll_params("ice40", platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
+    assert f == 34.5e6
+    assert uart_divisor(f, spec.baud) == 299
