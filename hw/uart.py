@@ -442,6 +442,11 @@ class Bridge(wiring.Component):
             m.d.sync += [send_src.eq(src), send_index.eq(0)]
             m.next = "SendPrep"
 
+        # `reply` is loaded under few, simple conditions (its enable was the iCEBreaker's
+        # worst path when every final transition set it): a guess from the command byte in
+        # Idle (INSTR: BUSY if a word is waiting, else OK; an unknown command: ERROR), OK on
+        # every pass through WriteReq and SendPrep, ERROR from Check, and Clear's verdict.
+        # Every command that reaches Reply has passed the state that sets its reply last.
         with m.FSM(name="bridge_fsm"):
             with m.State("Idle"):
                 with m.If(rx_valid):
@@ -449,6 +454,12 @@ class Bridge(wiring.Component):
                     m.d.sync += [nbytes.eq(0),
                                  is_write.eq(rx_byte == Command.WRITE),
                                  is_read.eq(rx_byte == Command.READ)]
+                    with m.If(rx_byte != Command.INSTR):
+                        m.d.sync += reply.eq(Reply.ERROR)
+                    with m.Elif(pending):
+                        m.d.sync += reply.eq(Reply.BUSY)
+                    with m.Else():
+                        m.d.sync += reply.eq(Reply.OK)
                     with m.Switch(rx_byte):
                         with m.Case(Command.WRITE, Command.READ, Command.FILL):
                             m.next = "Args"
@@ -464,7 +475,6 @@ class Bridge(wiring.Component):
                         with m.Case(Command.CLEAR):
                             m.next = "Clear"
                         with m.Default():
-                            m.d.sync += reply.eq(Reply.ERROR)
                             m.next = "Reply"
 
             with m.State("Args"):
@@ -518,11 +528,11 @@ class Bridge(wiring.Component):
                     m.next = "Idle"
 
             with m.State("WriteReq"):
+                m.d.sync += reply.eq(Reply.OK)
                 with m.If(self.mem.req.ready):
                     decrement_count()
                     m.d.sync += nbytes.eq(0)
                     with m.If(count_one):
-                        m.d.sync += reply.eq(Reply.OK)
                         m.next = "Reply"
                     with m.Elif(is_write):
                         m.next = "WriteBytes"
@@ -540,6 +550,7 @@ class Bridge(wiring.Component):
                     to_send(3)
 
             with m.State("SendPrep"):   # the group bytes and send_last follow send_index
+                m.d.sync += reply.eq(Reply.OK)
                 m.next = "SendPrep2"
 
             with m.State("SendPrep2"):  # send_byte follows them
@@ -554,7 +565,6 @@ class Bridge(wiring.Component):
                     with m.Elif((send_src == 3) & ~count_zero):
                         to_read_req()
                     with m.Else():
-                        m.d.sync += reply.eq(Reply.OK)
                         m.next = "Reply"
 
             with m.State("InstrBytes"):
@@ -566,10 +576,8 @@ class Bridge(wiring.Component):
                     with m.If(~instr_drop):
                         m.d.sync += pending_word.eq(Cat(pending_word[8:], rx_byte))
                     with m.If(nbytes == INSTR_BYTES - 1):
-                        with m.If(instr_drop):
-                            m.d.sync += reply.eq(Reply.BUSY)
-                        with m.Else():
-                            m.d.sync += [pending.eq(1), reply.eq(Reply.OK)]
+                        with m.If(~instr_drop):   # (reply: set in Idle from the same flag)
+                            m.d.sync += pending.eq(1)
                         m.next = "Reply"
                 with m.Elif(line_quiet):
                     m.next = "Idle"
