@@ -396,14 +396,20 @@ class PlatformTop(Elaboratable):
         if self.sys_clk_hz is not None:
             self._pll(m, platform)
         m.submodules.board = top = self.board_top
-        uart = platform.request("uart", 0)
-        m.d.comb += [top.uart_rx.eq(uart.rx.i), uart.tx.o.eq(top.uart_tx)]
+        # Raw ports and io.Buffer components: platform.request with a direction is deprecated
+        # in Amaranth 0.5 (and a warning is an error in the test suite).
+        from amaranth.lib import io
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.uart_rx.eq(rx.i), tx.o.eq(top.uart_tx)]
         for i in range(4):
             try:
-                led = platform.request("led", i)
+                led = platform.request("led", i, dir="-")
             except ResourceError:
                 break
-            m.d.comb += led.o.eq(top.leds[i])
+            m.submodules[f"led_{i}"] = buf = io.Buffer("o", led)
+            m.d.comb += buf.o.eq(top.leds[i])
         return m
 
 
