@@ -33,7 +33,8 @@ from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE
                         tool_path, tool_versions, write_report_md)
 
 __all__ = ["SharedMemory", "BoardTop", "PlatformTop", "BoardSpec", "BOARDS", "get_board",
-           "build_board", "uart_divisor", "ecp5_pll_params"]
+           "build_board", "uart_divisor", "ecp5_pll_params", "ice40_pll_params",
+           "pll_params"]
 
 BUILD_NAME = "serrano"
 _MAX_BAUD_ERROR = 0.02
@@ -249,11 +250,62 @@ def ecp5_pll_params(f_in: float, f_out: float) -> dict:
             "CLKOP_CPHASE": clkop_div // 2, "f_out": fout, "f_vco": f_vco}
 
 
+def ice40_pll_params(f_in: float, f_out: float) -> dict:
+    """iCE40 PLL (``SB_PLL40_*``, ``FEEDBACK_PATH="SIMPLE"``) dividers for ``f_out`` from
+    ``f_in`` (Hz): the search of IceStorm's ``icepll`` (input 10-133 MHz, PFD 10-133 MHz,
+    VCO 533-1066 MHz, output 16-275 MHz), closest output first, and among equally close ones
+    the first found (lowest DIVR, then DIVF, then DIVQ), as ``icepll`` does.
+
+    Returns ``{"DIVR", "DIVF", "DIVQ", "FILTER_RANGE", "f_out", "f_pfd", "f_vco"}``; ``f_out``
+    is the frequency actually made. ``ValueError`` when ``f_in`` or ``f_out`` is outside the
+    PLL's range (or not a positive number).
+    """
+    for name, value, lo, hi in (("input", f_in, 10e6, 133e6), ("output", f_out, 16e6, 275e6)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"iCE40 PLL {name} frequency must be a number in Hz, not {value!r}")
+        if not lo <= value <= hi:
+            raise ValueError(f"iCE40 PLL {name} frequency {value / 1e6:g} MHz is outside "
+                             f"{lo / 1e6:g}-{hi / 1e6:g} MHz")
+    best = None
+    for divr in range(16):
+        f_pfd = f_in / (divr + 1)
+        if not 10e6 <= f_pfd <= 133e6:
+            continue
+        for divf in range(128):
+            f_vco = f_pfd * (divf + 1)
+            if not 533e6 <= f_vco <= 1066e6:
+                continue
+            for divq in range(1, 7):
+                fout = f_vco / (1 << divq)
+                if best is None or abs(fout - f_out) < abs(best[0] - f_out):
+                    best = (fout, divr, divf, divq, f_pfd, f_vco)
+    if best is None:   # every output in range is reachable from every input in range
+        raise ValueError(f"no iCE40 PLL setting makes {f_out / 1e6:g} MHz from "
+                         f"{f_in / 1e6:g} MHz")
+    fout, divr, divf, divq, f_pfd, f_vco = best
+    mhz = f_pfd / 1e6
+    filter_range = (1 if mhz < 17 else 2 if mhz < 26 else 3 if mhz < 44 else
+                    4 if mhz < 66 else 5 if mhz < 101 else 6)
+    return {"DIVR": divr, "DIVF": divf, "DIVQ": divq, "FILTER_RANGE": filter_range,
+            "f_out": fout, "f_pfd": f_pfd, "f_vco": f_vco}
+
+
+def pll_params(family: str, f_in: float, f_out: float) -> dict:
+    """The PLL settings of ``family`` (``"ecp5"`` or ``"ice40"``) for ``f_out`` from
+    ``f_in``; ``["f_out"]`` is the frequency the design then runs at."""
+    if family == "ecp5":
+        return ecp5_pll_params(f_in, f_out)
+    if family == "ice40":
+        return ice40_pll_params(f_in, f_out)
+    raise ValueError(f"a PLL is only implemented for ECP5 and iCE40, not {family!r}")
+
+
 class PlatformTop(Elaboratable):
     """``BoardTop`` on a board: UART 0 and as many of its LEDs as the board has (up to 4).
 
-    With ``sys_clk_hz`` the ``sync`` domain comes from a PLL (ECP5 EHXPLLL) fed by the board
-    clock, held in reset until the PLL locks; otherwise it is the board clock itself.
+    With ``sys_clk_hz`` the ``sync`` domain comes from a PLL fed by the board clock (ECP5
+    EHXPLLL; iCE40 SB_PLL40_PAD on the clock pin), held in reset until the PLL locks;
+    otherwise it is the board clock itself.
     """
 
     def __init__(self, board_top: BoardTop, *, sys_clk_hz: float | None = None):
@@ -261,11 +313,58 @@ class PlatformTop(Elaboratable):
         self.sys_clk_hz = sys_clk_hz
 
     def _pll(self, m, platform):
+        family = platform.family.lower()   # amaranth's iCE40 platform says "iCE40"
+        if family == "ice40":
+            self._ice40_pll(m, platform)
+        elif family == "ecp5":
+            self._ecp5_pll(m, platform)
+        else:
+            raise ValueError(f"a PLL is only implemented for ECP5 and iCE40, "
+                             f"not {platform.family}")
+
+    def _ice40_pll(self, m, platform):
+        from amaranth import ClockDomain, ClockSignal, Instance
+        from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
+        f_in = platform.default_clk_frequency
+        params = ice40_pll_params(f_in, self.sys_clk_hz)
+        # SB_PLL40_PAD: the board clock pin (iCEBreaker: pin 35, the PLL's own pad) drives
+        # the PLL directly, with no input buffer in between.
+        pin = platform.request(platform.default_clk, dir="-")
+        clk = Signal(name="pll_clk")
+        locked = Signal(name="pll_locked")
+        m.submodules.pll = Instance(
+            "SB_PLL40_PAD",
+            p_FEEDBACK_PATH="SIMPLE", p_PLLOUT_SELECT="GENCLK",
+            p_DIVR=params["DIVR"], p_DIVF=params["DIVF"], p_DIVQ=params["DIVQ"],
+            p_FILTER_RANGE=params["FILTER_RANGE"],
+            io_PACKAGEPIN=pin.io, i_RESETB=1, i_BYPASS=0,
+            o_PLLOUTGLOBAL=clk, o_LOCK=locked)
+        # Reset until the PLL has locked and then for 15 us more: iCE40 block RAMs read as
+        # zero for ~3 us after configuration (the delay Amaranth's own iCE40 reset uses).
+        # The counter runs on the PLL clock in a domain without reset; `locked` is
+        # asynchronous to it, so it is synchronized first.
+        delay = int(15e-6 * params["f_out"])
+        m.domains.por = ClockDomain("por", reset_less=True, local=True)
+        m.d.comb += ClockSignal("por").eq(clk)
+        locked_por = Signal()
+        m.submodules.lock_sync = FFSynchronizer(locked, locked_por, o_domain="por")
+        timer = Signal(range(delay + 1))
+        ready = Signal()
+        with m.If(~locked_por):
+            m.d.por += [timer.eq(0), ready.eq(0)]
+        with m.Elif(timer == delay):
+            m.d.por += ready.eq(1)
+        with m.Else():
+            m.d.por += timer.eq(timer + 1)
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += ClockSignal("sync").eq(clk)
+        m.submodules.reset_sync = ResetSynchronizer(~ready, domain="sync")
+        # No constraint on `clk`: nextpnr derives the PLL output's from the board clock's.
+
+    def _ecp5_pll(self, m, platform):
         from amaranth import ClockDomain, ClockSignal, Instance
         from amaranth.lib import io
         from amaranth.lib.cdc import ResetSynchronizer
-        if platform.family != "ecp5":
-            raise ValueError(f"a PLL is only implemented for ECP5, not {platform.family}")
         f_in = platform.default_clk_frequency
         params = ecp5_pll_params(f_in, self.sys_clk_hz)
         pin = platform.request(platform.default_clk, dir="-")
@@ -297,14 +396,20 @@ class PlatformTop(Elaboratable):
         if self.sys_clk_hz is not None:
             self._pll(m, platform)
         m.submodules.board = top = self.board_top
-        uart = platform.request("uart", 0)
-        m.d.comb += [top.uart_rx.eq(uart.rx.i), uart.tx.o.eq(top.uart_tx)]
+        # Raw ports and io.Buffer components: platform.request with a direction is deprecated
+        # in Amaranth 0.5 (and a warning is an error in the test suite).
+        from amaranth.lib import io
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = rx = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx = tx = io.Buffer("o", uart.tx)
+        m.d.comb += [top.uart_rx.eq(rx.i), tx.o.eq(top.uart_tx)]
         for i in range(4):
             try:
-                led = platform.request("led", i)
+                led = platform.request("led", i, dir="-")
             except ResourceError:
                 break
-            m.d.comb += led.o.eq(top.leds[i])
+            m.submodules[f"led_{i}"] = buf = io.Buffer("o", led)
+            m.d.comb += buf.o.eq(top.leds[i])
         return m
 
 
@@ -370,7 +475,7 @@ class BoardSpec:
     config: AcceleratorConfig
     baud: int = 115200
     bitstream: str = "serrano.bin"
-    sys_clk_hz: float | None = None   # run from a PLL at this frequency (ECP5 only)
+    sys_clk_hz: float | None = None   # run from a PLL at (about) this frequency
     program: str = ""
     uart: str = ""
     notes: str = ""
@@ -378,7 +483,8 @@ class BoardSpec:
 
 BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
     BoardSpec(
-        "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz)", _icebreaker,
+        "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz; design at 34.5 MHz from "
+        "the PLL)", _icebreaker,
         "ice40-up5k",
         # 5,280 logic cells: the control path (decoder, load/store units, output stage) takes
         # most of them whatever the array size, and the output stage takes 4 of the 8 SB_MAC16
@@ -388,6 +494,10 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
         AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
                           mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
         bitstream="serrano.bin",
+        # 34.5 MHz from the UP5K's PLL (12 MHz x 46 / 16). At 39.75 MHz (12 x 53 / 16) the
+        # design reached 36.2-39.8 MHz depending on the placer seed (docs/fpga.md): the
+        # remaining 25-28 ns paths are inside the accelerator core.
+        sys_clk_hz=34.5e6,
         program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
                 "build/icebreaker/serrano.bin)",
         uart="the FTDI's second channel (/dev/ttyUSB1 on Linux)"),
@@ -464,7 +574,8 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     device = DEVICES[spec.device]
     platform = spec.platform()()
     if spec.sys_clk_hz is not None:
-        clk_hz = ecp5_pll_params(platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
+        clk_hz = pll_params(device.family, platform.default_clk_frequency,
+                            spec.sys_clk_hz)["f_out"]
     else:
         clk_hz = platform.default_clk_frequency
     uart_divisor(clk_hz, baud)  # bad baud: error before any tool runs

@@ -457,9 +457,15 @@ class OutputStage(wiring.Component):
         # ---- stage 5: h = (p + 4 hh + 1) >> 1, 33 bits (see _column).
         q4 = Signal(signed(34), name=f"c{n}_s5_q")
         m.d.comb += q4.eq(hh.as_signed() << 2)
+        h5 = Signal(signed(33), name=f"c{n}_s5_sum")
+        m.d.comb += h5.eq((Cat(C(1, 1), s4_p).as_signed() + Cat(C(1, 1), q4).as_signed())[2:35]
+                          .as_signed())
         s5_h = reg(signed(33), "s5_h")
-        m.d.sync += s5_h.eq((Cat(C(1, 1), s4_p).as_signed() + Cat(C(1, 1), q4).as_signed())[2:35]
-                            .as_signed())
+        # The saturation flag (see _column) registered beside h: decoded from h in stage 6 it
+        # was one more LUT level in front of the shifter, on the iCEBreaker's critical path;
+        # as a register it folds into the shifter's first LUTs.
+        s5_sat = reg(1, "s5_sat")
+        m.d.sync += [s5_h.eq(h5), s5_sat.eq(~h5[32] & h5[31])]
 
         # ---- stage 6: RDBPOT's shift and increment (see _column), q reduced to 12 bits.
         # The masks come from one-hot / "greater than" codes of the amount's low 3 and high 2
@@ -481,7 +487,7 @@ class OutputStage(wiring.Component):
         h = Signal(signed(32), name=f"c{n}_s6_h")
         q = Signal(signed(32), name=f"c{n}_s6_q")
         m.d.comb += [
-            sat.eq(~s5_h[32] & s5_h[31]),
+            sat.eq(s5_sat),
             h.eq(Mux(sat, _INT32_MAX, s5_h[:32].as_signed())),
             q.eq(h >> right),
         ]

@@ -313,8 +313,6 @@ class Bridge(wiring.Component):
         # ---- local signals
         rx_byte = urx.data.payload
         rx_valid = urx.data.valid
-        cmd = Signal(Command, init=Command.INFO)
-        args = Signal(8 * ARG_BYTES)
         addr = Signal(32)
         count = Signal(32)
         nbytes = Signal(range(max(ARG_BYTES, INSTR_BYTES, COUNTER_BYTES, INFO_BYTES, mw) + 2))
@@ -341,19 +339,30 @@ class Bridge(wiring.Component):
         ]
         status_and_flags = Cat(status_bits, flags_byte)
         sources = [
-            Array(info_value[8 * i:8 * i + 8] for i in range(INFO_BYTES)),
-            Array(status_and_flags[8 * i:8 * i + 8] for i in range(STATUS_BYTES + 1)),
-            Array(counter_bits[8 * i:8 * i + 8] for i in range(COUNTER_BYTES)),
-            Array(word[8 * i:8 * i + 8] for i in range(mw)),
+            [info_value[8 * i:8 * i + 8] for i in range(INFO_BYTES)],
+            [status_and_flags[8 * i:8 * i + 8] for i in range(STATUS_BYTES + 1)],
+            [counter_bits[8 * i:8 * i + 8] for i in range(COUNTER_BYTES)],
+            [word[8 * i:8 * i + 8] for i in range(mw)],
         ]
-        send_len = Array([Const(INFO_BYTES), Const(STATUS_BYTES + 1), Const(COUNTER_BYTES),
-                          Const(mw)])
-        send_index = Signal(range(max(INFO_BYTES, STATUS_BYTES + 1, COUNTER_BYTES, mw) + 1))
+        send_len = Array([Const(len(src)) for src in sources])
+        send_index = Signal(range(max(len(src) for src in sources) + 1))
+        # The byte at `send_index` of source `send_src`, in two registered steps: every
+        # group of 8 bytes of every source picks its byte by the index's low 3 bits, then
+        # the group (high bits) and the source. As one multiplexer over the 42 counter bytes
+        # it was eight LUT levels deep, the worst path of the iCEBreaker build. Both steps
+        # run every cycle; the FSM gives them their two cycles (states SendPrep, SendPrep2)
+        # whenever `send_index`, `send_src` or the word change.
+        lo, hi = send_index[:3], send_index[3:]
+        picked = []
+        for i, src in enumerate(sources):
+            groups = []
+            for g in range(0, len(src), 8):
+                group_byte = Signal(8, name=f"src{i}_group{g // 8}")
+                m.d.sync += group_byte.eq(Array(src[g:g + 8])[lo])
+                groups.append(group_byte)
+            picked.append(Array(groups)[hi])
         send_byte = Signal(8)
-        with m.Switch(send_src):
-            for i, src in enumerate(sources):
-                with m.Case(i):
-                    m.d.comb += send_byte.eq(src[send_index])
+        m.d.sync += send_byte.eq(Array(picked)[send_src])
 
         # ---- accelerator side
         m.d.comb += [self.instr.valid.eq(pending), self.instr.payload.eq(pending_word)]
@@ -366,31 +375,91 @@ class Bridge(wiring.Component):
             m.d.sync += flags_overrun.eq(1)
 
         # ---- memory side
-        m.d.comb += [self.mem.resp.ready.eq(1), self.mem.req.payload.addr.eq(addr),
+        # The request's valid and write flags are registers (set on the way into WriteReq /
+        # ReadReq, cleared on acceptance), not decoded from the FSM state: valid feeds the
+        # shared memory's arbitration and so the accelerator's `ready`, which fans out into
+        # the load/store units' enables; decoded, the state-to-load-unit path limited the
+        # iCEBreaker build.
+        req_valid = Signal()
+        req_write = Signal()
+        m.d.comb += [self.mem.resp.ready.eq(1), self.mem.req.valid.eq(req_valid),
+                     self.mem.req.payload.write.eq(req_write),
+                     self.mem.req.payload.addr.eq(addr),
                      self.mem.req.payload.data.eq(word),
                      self.mem.req.payload.mask.eq((1 << mw) - 1)]
-        # The range check in full width: addr + count <= mem_words, count >= 1. Registered
-        # (state "Range"): a 33-bit carry chain and a compare feeding the whole FSM's enables
-        # limited the iCEBreaker build to 27.5 MHz.
-        m.d.sync += range_ok.eq((count != 0) & (addr + count <= cfg.mem_words))
+        with m.If(self.mem.req.valid & self.mem.req.ready):
+            m.d.sync += req_valid.eq(0)
+
+        # The range check in full width: addr + count <= mem_words, count >= 1, in two
+        # registered steps (states "Sum" and "Range"): the 33-bit sum, then the compare. As
+        # one combinational step feeding the FSM it limited the iCEBreaker build.
+        end_sum = Signal(33)
+        m.d.sync += [end_sum.eq(addr + count),
+                     range_ok.eq((count != 0) & (end_sum <= cfg.mem_words))]
+
+        # Registered conditions for the FSM, so that no wide compare sits in front of the
+        # state register's enable. `count_one` / `count_zero` follow `count` one cycle late
+        # except where `count` is decremented, where they are given their new value directly
+        # (FILL decrements in back-to-back cycles); after Args has shifted `count` in, the
+        # range check states give them their cycle.
+        count_one = Signal()
+        count_zero = Signal()
+        m.d.sync += [count_one.eq(count == 1), count_zero.eq(count == 0)]
+
+        def decrement_count():
+            m.d.sync += [addr.eq(addr + 1), count.eq(count - 1),
+                         count_one.eq(count == 2), count_zero.eq(count == 1)]
+
+        is_write = Signal()   # the command is WRITE / READ (else FILL), registered in Idle
+        is_read = Signal()
 
         # ---- the command engine
         # While a command is being received, `timer` counts quiet cycles; too many drop it.
+        # `line_quiet` is registered: it is what `timer == timeout` will be next cycle.
         line_quiet = Signal()
         with m.If(rx_valid):
-            m.d.sync += timer.eq(0)
+            m.d.sync += [timer.eq(0), line_quiet.eq(0)]
         with m.Elif(timer != self._timeout):
-            m.d.sync += timer.eq(timer + 1)
-        m.d.comb += line_quiet.eq(timer == self._timeout)
+            m.d.sync += [timer.eq(timer + 1), line_quiet.eq(timer == self._timeout - 1)]
+
+        # `send_last` (this is the reply's last byte) is registered from `send_index` too; it
+        # settles during SendPrep.
+        send_last = Signal()
+        m.d.sync += send_last.eq(send_index == send_len[send_src] - 1)
 
         def take_byte():
             m.d.comb += urx.data.ready.eq(1)
 
+        def to_write_req():
+            m.d.sync += [req_valid.eq(1), req_write.eq(1)]
+            m.next = "WriteReq"
+
+        def to_read_req():
+            m.d.sync += [req_valid.eq(1), req_write.eq(0)]
+            m.next = "ReadReq"
+
+        def to_send(src):
+            m.d.sync += [send_src.eq(src), send_index.eq(0)]
+            m.next = "SendPrep"
+
+        # `reply` is loaded under few, simple conditions (its enable was the iCEBreaker's
+        # worst path when every final transition set it): a guess from the command byte in
+        # Idle (INSTR: BUSY if a word is waiting, else OK; an unknown command: ERROR), OK on
+        # every pass through WriteReq and SendPrep, ERROR from Check, and Clear's verdict.
+        # Every command that reaches Reply has passed the state that sets its reply last.
         with m.FSM(name="bridge_fsm"):
             with m.State("Idle"):
                 with m.If(rx_valid):
                     take_byte()
-                    m.d.sync += [cmd.eq(rx_byte), nbytes.eq(0)]
+                    m.d.sync += [nbytes.eq(0),
+                                 is_write.eq(rx_byte == Command.WRITE),
+                                 is_read.eq(rx_byte == Command.READ)]
+                    with m.If(rx_byte != Command.INSTR):
+                        m.d.sync += reply.eq(Reply.ERROR)
+                    with m.Elif(pending):
+                        m.d.sync += reply.eq(Reply.BUSY)
+                    with m.Else():
+                        m.d.sync += reply.eq(Reply.OK)
                     with m.Switch(rx_byte):
                         with m.Case(Command.WRITE, Command.READ, Command.FILL):
                             m.next = "Args"
@@ -398,50 +467,49 @@ class Bridge(wiring.Component):
                             m.d.sync += instr_drop.eq(pending)
                             m.next = "InstrBytes"
                         with m.Case(Command.INFO):
-                            m.d.sync += [send_src.eq(0), send_index.eq(0)]
-                            m.next = "SendBytes"
+                            to_send(0)
                         with m.Case(Command.STATUS):
-                            m.d.sync += [send_src.eq(1), send_index.eq(0)]
-                            m.next = "SendBytes"
+                            to_send(1)
                         with m.Case(Command.COUNTERS):
-                            m.d.sync += [send_src.eq(2), send_index.eq(0)]
-                            m.next = "SendBytes"
+                            to_send(2)
                         with m.Case(Command.CLEAR):
                             m.next = "Clear"
                         with m.Default():
-                            m.d.sync += reply.eq(Reply.ERROR)
                             m.next = "Reply"
 
             with m.State("Args"):
+                # addr u32 and count u32, shifted straight into their registers (no separate
+                # argument register: the UP5K build is short of logic cells).
                 with m.If(rx_valid):
                     take_byte()
-                    m.d.sync += [args.eq(Cat(args[8:], rx_byte)), nbytes.eq(nbytes + 1)]
+                    m.d.sync += [Cat(addr, count).eq(Cat(addr[8:], count, rx_byte)),
+                                 nbytes.eq(nbytes + 1)]
                     with m.If(nbytes == ARG_BYTES - 1):
-                        m.next = "ArgsDone"
+                        m.d.sync += nbytes.eq(0)
+                        m.next = "Sum"
                 with m.Elif(line_quiet):
                     m.next = "Idle"
 
-            with m.State("ArgsDone"):
-                m.d.sync += [addr.eq(args[:32]), count.eq(args[32:]), nbytes.eq(0)]
+            with m.State("Sum"):    # end_sum takes its value from the new addr/count
                 m.next = "Range"
 
-            with m.State("Range"):  # range_ok takes its value from the new addr/count
+            with m.State("Range"):  # range_ok takes its value from end_sum
                 m.next = "Check"
 
             with m.State("Check"):
                 with m.If(~range_ok):
                     m.d.sync += reply.eq(Reply.ERROR)
-                    with m.If(cmd == Command.WRITE):
+                    with m.If(is_write):
                         m.next = "Drain"
                     with m.Else():
                         m.next = "Reply"
-                with m.Elif(cmd == Command.WRITE):
+                with m.Elif(is_write):
                     m.next = "WriteBytes"
-                with m.Elif(cmd == Command.READ):
-                    m.next = "ReadReq"
+                with m.Elif(is_read):
+                    to_read_req()
                 with m.Else():
                     m.d.sync += word.eq(0)
-                    m.next = "WriteReq"
+                    to_write_req()
 
             with m.State("Drain"):
                 # A WRITE with a bad range: swallow its data until the line is quiet.
@@ -455,41 +523,49 @@ class Bridge(wiring.Component):
                     take_byte()
                     m.d.sync += [word.eq(Cat(word[8:], rx_byte)), nbytes.eq(nbytes + 1)]
                     with m.If(nbytes == mw - 1):
-                        m.next = "WriteReq"
+                        to_write_req()
                 with m.Elif(line_quiet):
                     m.next = "Idle"
 
             with m.State("WriteReq"):
-                m.d.comb += [self.mem.req.valid.eq(1), self.mem.req.payload.write.eq(1)]
+                m.d.sync += reply.eq(Reply.OK)
                 with m.If(self.mem.req.ready):
-                    m.d.sync += [addr.eq(addr + 1), count.eq(count - 1), nbytes.eq(0)]
-                    with m.If(count == 1):
-                        m.d.sync += reply.eq(Reply.OK)
+                    decrement_count()
+                    m.d.sync += nbytes.eq(0)
+                    with m.If(count_one):
                         m.next = "Reply"
-                    with m.Elif(cmd == Command.WRITE):
+                    with m.Elif(is_write):
                         m.next = "WriteBytes"
+                    with m.Else():
+                        to_write_req()   # FILL: the next word, back to back
 
             with m.State("ReadReq"):
-                m.d.comb += [self.mem.req.valid.eq(1), self.mem.req.payload.write.eq(0)]
                 with m.If(self.mem.req.ready):
                     m.next = "ReadResp"
 
             with m.State("ReadResp"):
                 with m.If(self.mem.resp.valid):
-                    m.d.sync += [word.eq(self.mem.resp.payload), send_src.eq(3),
-                                 send_index.eq(0), addr.eq(addr + 1), count.eq(count - 1)]
-                    m.next = "SendBytes"
+                    m.d.sync += word.eq(self.mem.resp.payload)
+                    decrement_count()
+                    to_send(3)
+
+            with m.State("SendPrep"):   # the group bytes and send_last follow send_index
+                m.d.sync += reply.eq(Reply.OK)
+                m.next = "SendPrep2"
+
+            with m.State("SendPrep2"):  # send_byte follows them
+                m.next = "SendBytes"
 
             with m.State("SendBytes"):
                 m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(send_byte)]
                 with m.If(utx.data.ready):
                     m.d.sync += send_index.eq(send_index + 1)
-                    with m.If(send_index == send_len[send_src] - 1):
-                        with m.If((send_src == 3) & (count != 0)):
-                            m.next = "ReadReq"
-                        with m.Else():
-                            m.d.sync += reply.eq(Reply.OK)
-                            m.next = "Reply"
+                    with m.If(~send_last):
+                        m.next = "SendPrep"
+                    with m.Elif((send_src == 3) & ~count_zero):
+                        to_read_req()
+                    with m.Else():
+                        m.next = "Reply"
 
             with m.State("InstrBytes"):
                 with m.If(rx_valid):
@@ -500,10 +576,8 @@ class Bridge(wiring.Component):
                     with m.If(~instr_drop):
                         m.d.sync += pending_word.eq(Cat(pending_word[8:], rx_byte))
                     with m.If(nbytes == INSTR_BYTES - 1):
-                        with m.If(instr_drop):
-                            m.d.sync += reply.eq(Reply.BUSY)
-                        with m.Else():
-                            m.d.sync += [pending.eq(1), reply.eq(Reply.OK)]
+                        with m.If(~instr_drop):   # (reply: set in Idle from the same flag)
+                            m.d.sync += pending.eq(1)
                         m.next = "Reply"
                 with m.Elif(line_quiet):
                     m.next = "Idle"

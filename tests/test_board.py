@@ -455,7 +455,7 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown board"):
         build_board("de10-nano", tmp_path)
     with pytest.raises(ValueError, match="too fast"):
-        build_board("icebreaker", tmp_path, baud=6_000_000)
+        build_board("icebreaker", tmp_path, baud=20_000_000)
     big = AcceleratorConfig(rows=8, cols=8, act_depth=16384, mem_bytes=1 << 20)
     with pytest.raises(ValueError, match="block RAMs"):
         build_board("orangecrab-25f", tmp_path, config=big)
@@ -480,7 +480,7 @@ def test_build_icebreaker_bitstream(tmp_path):
     assert res["DSP"]["used"] <= 8 and res["LUT"]["used"] <= 5280
     # The board memory is in SPRAM, every buffer in block RAM: nothing in flip-flops.
     mems = {m["path"].split(".")[-2]: m for m in rep["memories"]}
-    assert rep["board"]["clk_mhz"] == 12
+    assert rep["board"]["clk_mhz"] == 34.5   # from the PLL
     assert mems["memory"]["mapped_to"].startswith("SPRAM")
     assert res["SPRAM"]["used"] == 4
     assert all(m["in_ram"] for m in rep["memories"] if m["bits"] >= 1024), rep["memories"]
@@ -502,3 +502,47 @@ def test_ecp5_pll_matches_ecppll(f_in, f_out):
         (ref["Refclk"], ref["Feedback"], ref["clkout0"])
     made = float(re.search(r"clkout0 frequency: ([\d.]+) MHz", out).group(1))
     assert params["f_out"] == pytest.approx(made * 1e6, rel=1e-3)
+
+
+@pytest.mark.parametrize("f_in,f_out", [(12, 40), (12, 48), (12, 30), (25, 100), (12, 16),
+                                        (100, 275)])
+def test_ice40_pll_matches_icepll(f_in, f_out):
+    """The PLL settings agree with IceStorm's icepll (a pip tool: yowasp-icepll)."""
+    import re
+    from hw.board import ice40_pll_params
+    from hw.synthesis import tool_path
+    params = ice40_pll_params(f_in * 1e6, f_out * 1e6)
+    out = subprocess.run([tool_path("yowasp-icepll"), "-i", str(f_in), "-o", str(f_out)],
+                         capture_output=True, text=True, timeout=300).stdout
+    ref = {k: int(v) for k, v in re.findall(r"(DIVR|DIVF|DIVQ|FILTER_RANGE): +(\d+)", out)}
+    assert {k: params[k] for k in ref} == ref
+    made = float(re.search(r"F_PLLOUT: +([\d.]+) MHz \(achieved\)", out).group(1))
+    assert params["f_out"] == pytest.approx(made * 1e6, abs=1e3)
+
+
+def test_ice40_pll_bad_frequencies():
+    from hw.board import ice40_pll_params, pll_params
+    assert ice40_pll_params(12e6, 40e6)["f_out"] == 39.75e6   # 12 MHz * 53 / 16
+    with pytest.raises(ValueError, match=r"output frequency 300 MHz is outside 16-275 MHz"):
+        ice40_pll_params(12e6, 300e6)
+    with pytest.raises(ValueError, match=r"output frequency 10 MHz is outside"):
+        ice40_pll_params(12e6, 10e6)
+    with pytest.raises(ValueError, match=r"input frequency 8 MHz is outside 10-133 MHz"):
+        ice40_pll_params(8e6, 40e6)
+    with pytest.raises(ValueError, match="must be a number in Hz, not '40'"):
+        ice40_pll_params(12e6, "40")
+    with pytest.raises(ValueError, match="must be a number in Hz, not True"):
+        ice40_pll_params(True, 40e6)
+    assert pll_params("ice40", 12e6, 40e6) == ice40_pll_params(12e6, 40e6)
+    with pytest.raises(ValueError, match="only implemented for ECP5 and iCE40, not 'gowin'"):
+        pll_params("gowin", 12e6, 40e6)
+
+
+def test_board_clocks():
+    """The iCEBreaker runs from its PLL at 34.5 MHz; the UART divisor is the PLL's."""
+    from hw.board import pll_params
+    spec = BOARDS["icebreaker"]
+    platform = spec.platform()()
+    f = pll_params("ice40", platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
+    assert f == 34.5e6
+    assert uart_divisor(f, spec.baud) == 299
