@@ -480,7 +480,7 @@ def test_build_icebreaker_bitstream(tmp_path):
     assert res["DSP"]["used"] <= 8 and res["LUT"]["used"] <= 5280
     # The board memory is in SPRAM, every buffer in block RAM: nothing in flip-flops.
     mems = {m["path"].split(".")[-2]: m for m in rep["memories"]}
-    assert rep["board"]["clk_mhz"] == 34.5   # from the PLL
+    assert rep["board"]["clk_mhz"] == 30.0   # from the PLL
     assert mems["memory"]["mapped_to"].startswith("SPRAM")
     assert res["SPRAM"]["used"] == 4
     assert all(m["in_ram"] for m in rep["memories"] if m["bits"] >= 1024), rep["memories"]
@@ -539,10 +539,10 @@ def test_ice40_pll_bad_frequencies():
 
 
 def test_board_clocks():
-    """The iCEBreaker runs from its PLL at 34.5 MHz; the UART divisor is the PLL's."""
+    """The iCEBreaker runs from its PLL at 30 MHz; the UART divisor is the PLL's."""
     from hw.board import pll_params
     spec = BOARDS["icebreaker"]
     platform = spec.platform()()
     f = pll_params("ice40", platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
-    assert f == 34.5e6
-    assert uart_divisor(f, spec.baud) == 299
+    assert f == 30e6
+    assert uart_divisor(f, spec.baud) == 260
