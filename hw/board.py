@@ -313,20 +313,22 @@ class PlatformTop(Elaboratable):
         self.sys_clk_hz = sys_clk_hz
 
     def _pll(self, m, platform):
+        """The ``sync`` domain from the family's PLL, in reset while the PLL is not ready."""
+        from amaranth import ClockDomain, ClockSignal
+        from amaranth.lib.cdc import ResetSynchronizer
         family = platform.family.lower()   # amaranth's iCE40 platform says "iCE40"
-        if family == "ice40":
-            self._ice40_pll(m, platform)
-        elif family == "ecp5":
-            self._ecp5_pll(m, platform)
-        else:
-            raise ValueError(f"a PLL is only implemented for ECP5 and iCE40, "
-                             f"not {platform.family}")
+        params = pll_params(family, platform.default_clk_frequency, self.sys_clk_hz)
+        build = {"ice40": self._ice40_pll, "ecp5": self._ecp5_pll}[family]
+        clk, not_ready = build(m, platform, params)
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += ClockSignal("sync").eq(clk)
+        m.submodules.reset_sync = ResetSynchronizer(not_ready, domain="sync")
+        # No constraint on `clk`: nextpnr derives the PLL output's from the board clock's.
 
-    def _ice40_pll(self, m, platform):
+    def _ice40_pll(self, m, platform, params):
+        """SB_PLL40_PAD; returns ``(clk, not_ready)``."""
         from amaranth import ClockDomain, ClockSignal, Instance
-        from amaranth.lib.cdc import FFSynchronizer, ResetSynchronizer
-        f_in = platform.default_clk_frequency
-        params = ice40_pll_params(f_in, self.sys_clk_hz)
+        from amaranth.lib.cdc import FFSynchronizer
         # SB_PLL40_PAD: the board clock pin (iCEBreaker: pin 35, the PLL's own pad) drives
         # the PLL directly, with no input buffer in between.
         pin = platform.request(platform.default_clk, dir="-")
@@ -356,17 +358,13 @@ class PlatformTop(Elaboratable):
             m.d.por += ready.eq(1)
         with m.Else():
             m.d.por += timer.eq(timer + 1)
-        m.domains.sync = ClockDomain("sync")
-        m.d.comb += ClockSignal("sync").eq(clk)
-        m.submodules.reset_sync = ResetSynchronizer(~ready, domain="sync")
-        # No constraint on `clk`: nextpnr derives the PLL output's from the board clock's.
+        return clk, ~ready
 
-    def _ecp5_pll(self, m, platform):
-        from amaranth import ClockDomain, ClockSignal, Instance
+    def _ecp5_pll(self, m, platform, params):
+        """EHXPLLL; returns ``(clk, not_ready)``."""
+        from amaranth import Instance
         from amaranth.lib import io
-        from amaranth.lib.cdc import ResetSynchronizer
         f_in = platform.default_clk_frequency
-        params = ecp5_pll_params(f_in, self.sys_clk_hz)
         pin = platform.request(platform.default_clk, dir="-")
         m.submodules.clk_in = clk_in = io.Buffer("i", pin)
         clk = Signal(name="pll_clk")
@@ -386,10 +384,7 @@ class PlatformTop(Elaboratable):
             i_RST=0, i_STDBY=0, i_CLKI=clk_in.i, o_CLKOP=clk, i_CLKFB=clk,
             i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1, i_PHASELOADREG=1,
             i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
-        m.domains.sync = ClockDomain("sync")
-        m.d.comb += ClockSignal("sync").eq(clk)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
-        # No constraint on `clk`: nextpnr derives the PLL output's from the board clock's.
+        return clk, ~locked
 
     def elaborate(self, platform):
         m = Module()
@@ -523,7 +518,8 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
                           mem_width=8, mem_bytes=32 * 1024),
         bitstream="serrano.bit",
         # Before the pipelining the accelerator reached 46.9 MHz here, so the design runs at
-        # 40 MHz from the PLL; it now reaches 95 MHz (docs/fpga.md), a faster PLL is untried.
+        # 40 MHz from the PLL; it now reaches about 114 MHz (docs/fpga.md), a faster PLL is
+        # untried.
         sys_clk_hz=40e6,
         program="dfu-suffix -v 1209 -p 5af0 -a build/orangecrab-25f/serrano.bit && dfu-util "
                 "-D build/orangecrab-25f/serrano.bit   (bootloader mode: hold the button "

@@ -218,9 +218,7 @@ class OutputStage(wiring.Component):
                 s2_x.eq((s1_x << s1_left[:3])[:32].as_signed()),
                 s2_bytes.eq(s1_left[3:]),
             ]
-            by = [(s2_x << (8 * k))[:32].as_signed() for k in range(4)]
-            byte_shifted = Mux(s2_bytes[1], Mux(s2_bytes[0], by[3], by[2]),
-                               Mux(s2_bytes[0], by[1], by[0]))
+            byte_shifted = self._byte_shift(s2_x, s2_bytes, left=True)
             if ecp5:
                 # The byte mux gets a stage of its own, stage 3 (see _ECP5_EXTRA_STAGES):
                 # the stages after it are numbered one higher than in the text below.
@@ -364,10 +362,8 @@ class OutputStage(wiring.Component):
             sq += 1
             s_q = reg(signed(32), f"s{sq}_q")
             s_inc = reg(1, f"s{sq}_inc")
-            by = [s_qa >> (8 * k) for k in range(4)]
             m.d.sync += [
-                s_q.eq(Mux(s_qbytes[1], Mux(s_qbytes[0], by[3], by[2]),
-                           Mux(s_qbytes[0], by[1], by[0]))),
+                s_q.eq(self._byte_shift(s_qa, s_qbytes, left=False)),
                 s_inc.eq(Mux(s_sat, s_rounds, s_rg.any() & (~s_neg | s_sg.any()))),
             ]
 
@@ -588,6 +584,13 @@ class OutputStage(wiring.Component):
         m.submodules[f"c{n}_{name}"] = mult
         m.d.comb += [mult.a.eq(a), mult.b.eq(b)]  # sign-/zero-extended into signed(18)
         return mult.p
+
+    @staticmethod
+    def _byte_shift(x, n_bytes, *, left: bool):
+        """``x`` (signed 32-bit) shifted by ``8 * n_bytes`` (2 bits): left, wrapping in
+        int32, or right, arithmetic. One 4:1 mux level per bit, written as two 2:1 levels."""
+        by = [((x << (8 * k))[:32] if left else x >> (8 * k)).as_signed() for k in range(4)]
+        return Mux(n_bytes[1], Mux(n_bytes[0], by[3], by[2]), Mux(n_bytes[0], by[1], by[0]))
 
     @staticmethod
     def _shift_codes(m: Module, reg, right, stage: int) -> tuple:

@@ -88,11 +88,38 @@ def sb_mac16_model() -> str:
     return _module_text(yosys_share() / "ice40" / "cells_sim.v", "SB_MAC16")
 
 
+def _optional_register(key: str, param: str, src: str, dst: str, width: int) -> str:
+    """Verilog for one of MULT18X18D's optional registers: ``dst`` is ``src`` itself when
+    ``REG_<param>_CLK`` is "NONE", else ``src`` through a register on that clock, with that
+    clock enable and (synchronous) reset, initialised to 0."""
+    k = key.upper()
+    return f"""
+    localparam integer {k} = pick(REG_{param}_CLK), {k}_CE = pick(REG_{param}_CE),
+                       {k}_RST = pick(REG_{param}_RST);
+    wire [{width - 1}:0] {dst};
+    generate
+        if ({k} < 0) begin : {key}_comb
+            assign {dst} = {src};
+        end else begin : {key}_reg
+            reg [{width - 1}:0] q = 0;
+            always @(posedge clk_v[{k}])
+                if (rst_v[{k}_RST]) q <= 0; else if (ce_v[{k}_CE]) q <= {src};
+            assign {dst} = q;
+        end
+    endgenerate
+"""
+
+
 def mult18x18d_model() -> str:
     """Yosys' MULT18X18D blackbox declarations with a behavioural body (module docstring)."""
     bb = _module_text(yosys_share() / "lattice" / "cells_bb_ecp5.v", "MULT18X18D")
     head = bb[:bb.rindex("endmodule")]
     bus = lambda name, width: "{" + ", ".join(f"{name}{i}" for i in reversed(range(width))) + "}"
+    # SIGNEDA/SIGNEDB travel with their operand through the input registers (bit 18).
+    input_regs = (_optional_register("ia", "INPUTA", "{SIGNEDA, a_in}", "sa_a", 19)
+                  + _optional_register("ib", "INPUTB", "{SIGNEDB, b_in}", "sb_b", 19))
+    product_regs = (_optional_register("pl", "PIPELINE", "prod", "p_pl", 36)
+                    + _optional_register("ou", "OUTPUT", "p_pl", "p_out", 36))
     body = f"""
     // ---- behavioural body (tests/dsp_sim.py), not from Yosys ----
     wire [17:0] a_in = {bus("A", 18)};
@@ -108,15 +135,6 @@ def mult18x18d_model() -> str:
         end
     endfunction
 
-    localparam integer IA = pick(REG_INPUTA_CLK), IA_CE = pick(REG_INPUTA_CE),
-                       IA_RST = pick(REG_INPUTA_RST);
-    localparam integer IB = pick(REG_INPUTB_CLK), IB_CE = pick(REG_INPUTB_CE),
-                       IB_RST = pick(REG_INPUTB_RST);
-    localparam integer PL = pick(REG_PIPELINE_CLK), PL_CE = pick(REG_PIPELINE_CE),
-                       PL_RST = pick(REG_PIPELINE_RST);
-    localparam integer OU = pick(REG_OUTPUT_CLK), OU_CE = pick(REG_OUTPUT_CE),
-                       OU_RST = pick(REG_OUTPUT_RST);
-
     generate
         if (RESETMODE != "SYNC" || MULT_BYPASS != "DISABLED" || HIGHSPEED_CLK != "NONE"
                 || CAS_MATCH_REG != "FALSE" || SOURCEB_MODE != "B_SHIFT"
@@ -125,53 +143,13 @@ def mult18x18d_model() -> str:
             $error("MULT18X18D model: configuration outside what tests/dsp_sim.py models");
     endgenerate
 
-    // Input registers: SIGNEDA/SIGNEDB travel with their operand.
-    wire [17:0] a_r, b_r;
-    wire sa_r, sb_r;
-    generate
-        if (IA < 0) begin : a_comb
-            assign a_r = a_in; assign sa_r = SIGNEDA;
-        end else begin : a_reg
-            reg [17:0] q = 0; reg s = 0;
-            always @(posedge clk_v[IA])
-                if (rst_v[IA_RST]) begin q <= 0; s <= 0; end
-                else if (ce_v[IA_CE]) begin q <= a_in; s <= SIGNEDA; end
-            assign a_r = q; assign sa_r = s;
-        end
-        if (IB < 0) begin : b_comb
-            assign b_r = b_in; assign sb_r = SIGNEDB;
-        end else begin : b_reg
-            reg [17:0] q = 0; reg s = 0;
-            always @(posedge clk_v[IB])
-                if (rst_v[IB_RST]) begin q <= 0; s <= 0; end
-                else if (ce_v[IB_CE]) begin q <= b_in; s <= SIGNEDB; end
-            assign b_r = q; assign sb_r = s;
-        end
-    endgenerate
-
+{input_regs}
+    wire [17:0] a_r = sa_a[17:0], b_r = sb_b[17:0];
+    wire sa_r = sa_a[18], sb_r = sb_b[18];
     wire [35:0] a_x = {{{{18{{sa_r & a_r[17]}}}}, a_r}};
     wire [35:0] b_x = {{{{18{{sb_r & b_r[17]}}}}, b_r}};
     wire [35:0] prod = a_x * b_x;
-
-    wire [35:0] p_pl, p_out;
-    generate
-        if (PL < 0) begin : pl_comb
-            assign p_pl = prod;
-        end else begin : pl_reg
-            reg [35:0] q = 0;
-            always @(posedge clk_v[PL])
-                if (rst_v[PL_RST]) q <= 0; else if (ce_v[PL_CE]) q <= prod;
-            assign p_pl = q;
-        end
-        if (OU < 0) begin : ou_comb
-            assign p_out = p_pl;
-        end else begin : ou_reg
-            reg [35:0] q = 0;
-            always @(posedge clk_v[OU])
-                if (rst_v[OU_RST]) q <= 0; else if (ce_v[OU_CE]) q <= p_pl;
-            assign p_out = q;
-        end
-    endgenerate
+{product_regs}
     assign {bus("P", 36)} = p_out;
     assign {bus("ROA", 18)} = a_r;
     assign {bus("ROB", 18)} = b_r;
