@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .config import AcceleratorConfig
 from .execute import MatmulCmd
-from .footprint import RangeLayout, overlaps
+from .footprint import RangeLayout, overlap_terms
 from .loadstore import LoadCmd, StoreCmd
 from .mult import Multiplier, MultiplierTarget
 
@@ -142,7 +142,7 @@ class Decoder(wiring.Component):
         issue = Signal()      # the instruction in decode leaves it this cycle
         conflict = Signal()   # the instruction in decode overlaps one in flight
         conflict_q = Signal()
-        de_wait = Signal(range(3))  # cycles until conflict_q describes the word in decode
+        de_wait = Signal(range(4))  # cycles until conflict_q describes the word in decode
         de_ready = Signal()
         de_fault = Signal()
         # The opcode in decode, one-hot, decoded as it enters: it steers the issue decision.
@@ -271,7 +271,7 @@ class Decoder(wiring.Component):
             m.d.sync += [fe_age.eq(fe_age + 1),
                          checked.eq(fe_age == self.check_cycles - 1)]
         with m.If(de_take):
-            m.d.sync += de_wait.eq(2)
+            m.d.sync += de_wait.eq(3)
         with m.Elif(de_wait != 0):
             m.d.sync += de_wait.eq(de_wait - 1)
         m.d.sync += de_ready.eq(~de_take & (de_wait <= 1))  # de_wait == 0, registered
@@ -323,15 +323,19 @@ class Decoder(wiring.Component):
                 st_param_live.valid.eq(st_param.valid & self.store_busy),
                 st_mem_live.eq(st_mem), st_mem_live.valid.eq(st_mem.valid & self.store_busy),
             ]
-            # Each pairwise overlap is registered, then combined: the compares and the OR tree
-            # behind them do not fit in one cycle together.
+            # Each pairwise overlap takes two register stages (its two compares and the
+            # valid bits, then their AND) before the OR tree combines them: on the whole 8x8
+            # for ECP5 the registered compare pair alone missed 150 MHz (the decode word and
+            # the units' footprints are far apart).
             def ov(a, b, name):
+                terms = Signal(3, name=f"ov_{name}_terms")
                 r = Signal(name=f"ov_{name}")
-                m.d.sync += r.eq(overlaps(a, b))
+                m.d.sync += [terms.eq(Cat(*overlap_terms(a, b))), r.eq(terms.all())]
                 return r
 
-            ld_target_q = Signal(Target)
-            m.d.sync += ld_target_q.eq(ld_target)
+            ld_target_q = Signal(Target)  # as old as the overlaps
+            ld_target_q1 = Signal(Target)
+            m.d.sync += [ld_target_q1.eq(ld_target), ld_target_q.eq(ld_target_q1)]
             ld_is = lambda target: ld_target_q == target
             load_conflict = Mux(
                 ld.target == Target.ACT,
@@ -394,12 +398,13 @@ class Decoder(wiring.Component):
             self.store_cmd.payload.mem_stride.eq(sto.mem_stride),
         ]
 
-        # The scoreboard's verdict takes two register stages (overlaps, then their OR), so it
-        # describes the state of two cycles ago. That is safe because the only thing that
-        # creates a new conflict is a dispatch, and none happens between a refill of decode
-        # and the verdict on it (decode refills only when empty, and waits de_wait cycles);
-        # units finishing or footprints moving between execute stages merely make the
-        # verdict conservative for two cycles.
+        # The scoreboard's verdict takes three register stages (compares, overlaps, their
+        # OR), so it describes the state of three cycles ago. That is safe because the only
+        # thing that creates a new conflict is a dispatch, and none happens between a refill
+        # of decode and the verdict on it (decode refills only when empty, and waits de_wait
+        # cycles); units finishing or footprints moving between execute stages merely make
+        # the verdict conservative for three cycles. Throughput does not suffer: decode
+        # refills at most every check_cycles + 1 (>= 5) cycles.
         # The units' busy flags come out of their control logic: registered here so that
         # they do not reach the issue decision combinationally (a 36 ns path across the
         # iCEBreaker). A cycle-old "all idle" is safe: units only become busy by a dispatch,
@@ -438,14 +443,17 @@ class Decoder(wiring.Component):
         # does not fit in a cycle), and done/idle wait for the last increment to land, so a
         # host that sees done (or idle) reads final counters.
         done = Signal()
+        issue_q = Signal()
         m.d.comb += done.eq(halted | ((self.status.error != isa.ErrorCode.NONE) & all_idle))
         m.d.sync += [
             self.status.done.eq(done),
             self.status.busy.eq(started & ~done),
-            # (idle reads the units' busy flags of this cycle: a unit that took the last
-            # instruction a cycle ago is busy now, which the registered all_idle misses)
-            self.status.idle.eq(~fe_valid & ~de_valid & ~word_in & ~self.load_busy &
-                                ~self.exec_busy & ~self.store_busy),
+            # (all_idle is a cycle old, and a unit that took an instruction a cycle ago is
+            # busy now without all_idle knowing, hence issue_q; units only become busy by a
+            # dispatch. The units' own busy flags, read here directly, missed 150 MHz on the
+            # whole 8x8 for ECP5.)
+            self.status.idle.eq(~fe_valid & ~de_valid & ~word_in & all_idle & ~issue_q),
+            issue_q.eq(issue),
         ]
 
         # ---- counters: from the cycle after the first accepted word until done ---------

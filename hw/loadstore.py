@@ -131,13 +131,22 @@ class LoadUnit(wiring.Component):
 
         # Bytes of the entry inside the row (the rest is zero-filled): fixed per command.
         # Decoded as chunk x lane (q <= rbm1 iff chunk < hi, or chunk == hi and lane <= lo):
-        # E separate `rbm1 >= q` comparisons would each become a carry chain.
+        # E separate `rbm1 >= q` comparisons would each become a carry chain. The decode is
+        # two register stages that follow `c_rbm1` every cycle, with no enable: `c_rbm1` is
+        # stable from the set-up cycle on, and the first word reaches the merge (stage 3) no
+        # earlier than three cycles after `start`. Decoded in one step and enabled by `start`
+        # (E = 96 flip-flops on 8x8) it missed 150 MHz on the whole 8x8 for ECP5.
         in_row = Signal(E)
         hi, lo = c_rbm1 >> lb, lane(c_rbm1)
-        hi_ge, lo_ge = _at_least(hi, n_chunks + 1), _at_least(lo, W)
-        with m.If(start):
-            m.d.sync += [in_row[q].eq(hi_ge[q // W + 1] | ((hi == q // W) & lo_ge[q % W]))
-                         for q in range(E)]
+        hi_gt = Signal(n_chunks, name="in_row_hi_gt")   # chunk k lies wholly inside the row
+        hi_eq = Signal(n_chunks, name="in_row_hi_eq")   # chunk k holds the row's last byte
+        lo_ge = Signal(W, name="in_row_lo_ge")          # lane i <= the last byte's lane
+        m.d.sync += [
+            hi_gt.eq(_at_least(hi, n_chunks + 1)[1:]),
+            hi_eq.eq(Cat(hi == k for k in range(n_chunks))),
+            lo_ge.eq(_at_least(lo, W)),
+            in_row.eq(Cat(hi_gt[q // W] | (hi_eq[q // W] & lo_ge[q % W]) for q in range(E))),
+        ]
 
         # ---- request walker: one word read per accepted cycle -----------------------------
         # Per row only `rq_next + stride` (one carry chain) and a small beat count are
@@ -358,6 +367,10 @@ class StoreUnit(wiring.Component):
     #: write-to-``r_rdy`` latency (2), then the registered credit return after the pop (2).
     _fifo_turnaround = 4
 
+    #: Cycles from a finished row (output stage or raw read) to its FIFO write: one register,
+    #: from which the row is shifted to its byte offset in memory on the way into the FIFO.
+    _shift_latency = 1
+
     def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
         self._config = config
         c = config
@@ -380,8 +393,9 @@ class StoreUnit(wiring.Component):
 
     def row_latency(self, raw: bool) -> int:
         """Cycles from a row's ``acc_rd.en`` to its FIFO write: the read, then (requantized
-        rows only) the output stage."""
-        return self.read_latency + (0 if raw else self.output_stage.latency)
+        rows only) the output stage, then the shift to the row's byte offset."""
+        return (self.read_latency + (0 if raw else self.output_stage.latency) +
+                self._shift_latency)
 
     @property
     def fifo_depth(self) -> int:
@@ -396,14 +410,15 @@ class StoreUnit(wiring.Component):
         c = self._config
         cols, W, lb = c.cols, c.mem_width, c.mem_lane_bits
         row_bytes_max = 4 * cols
-        n_chunks = -(-row_bytes_max // W)
+        # A row shifted to its byte offset in memory spans up to this many words.
+        n_words = -(-(row_bytes_max + W - 1) // W)
         A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
 
         def lane(addr):                          # byte lane of a byte address
             return addr[:lb] if lb else C(0, 1)
 
         m.submodules.output_stage = ostage = self.output_stage
-        rows_fifo = _RowFIFO(width=8 * n_chunks * W, depth=self.fifo_depth)
+        rows_fifo = _RowFIFO(width=8 * n_words * W, depth=self.fifo_depth)
         rows_fifo.add_to(m, "rows")
 
         cmd = Signal(StoreCmd())
@@ -421,7 +436,15 @@ class StoreUnit(wiring.Component):
         acc_row = Signal.like(acc_ram, reset_less=True)
         row_lm1 = Signal(range(row_bytes_max))  # bytes of a row in memory, minus 1
         pending = Signal(16)                     # rows accepted but not completely written
+        pending_nz = Signal()                    # pending != 0 (it is part of busy)
         take_cmd = Signal()
+
+        # Shift stage: a finished row, shifted to its byte offset on its way into the FIFO.
+        sh_valid = Signal()
+        sh_row = Signal(8 * row_bytes_max, reset_less=True)
+        sh_off = Signal(max(1, lb))              # lane of the row's first byte in memory
+        w_off = Signal(max(1, lb))               # ... of the next row to finish
+        row_done = Signal()
 
         # ---- reader ------------------------------------------------------------------------
         rd_active = Signal()
@@ -432,17 +455,17 @@ class StoreUnit(wiring.Component):
         # bit 0, a register, and spending or returning one is a shift, with no carry chain
         # between the read decision and the accumulator RAMs' clock enables.
         credits = Signal(self.fifo_depth, init=(1 << self.fifo_depth) - 1)
-        acc_read = Signal()
+        acc_read = Signal()                      # a row is read this cycle (registered)
+        rd_last = Signal()                       # rd_left == 1
         acc_valid = Signal(self.read_latency)    # acc_read delayed 1..read_latency cycles
         pop = Signal()
         pop_q = Signal()                         # credit return, one cycle after the pop
 
         m.d.comb += [
-            self.busy.eq(rd_active | (pending != 0)),
+            self.busy.eq(rd_active | pending_nz),
             self.cmd.ready.eq(~self.busy),
             take_cmd.eq(self.cmd.valid & self.cmd.ready),
 
-            acc_read.eq(rd_active & ~rd_first & credits[0]),
             # The RAMs read whenever they may (acc_valid says which reads count): their
             # clock enables then come from a register, or are constant, instead of from the
             # handshake and credit logic, which could not reach the 20-30 RAMs of an 8x8
@@ -460,56 +483,79 @@ class StoreUnit(wiring.Component):
             ostage.i_acc.eq(acc_row),
             ostage.i_params.eq(params_q),
 
-            rows_fifo.w_en.eq(ostage.o_valid | (acc_valid[-1] & cmd.raw)),
-            # Only the low bytes differ between raw and requantized rows (a requantized row
-            # is cols bytes; the bytes past it are never written to memory).
-            rows_fifo.w_data.eq(Cat(
-                Mux(cmd.raw, acc_row.as_value()[:8 * cols], ostage.o_data.as_value()),
-                acc_row.as_value()[8 * cols:])),
+            rows_fifo.w_en.eq(sh_valid),
+            rows_fifo.w_data.eq(sh_row << Cat(C(0, 3), sh_off) if lb else sh_row),
         ]
+        credits_next = Signal.like(credits)
+        m.d.comb += credits_next.eq(Mux(acc_read & ~pop_q, credits >> 1,
+                                        Mux(pop_q & ~acc_read, Cat(C(1, 1), credits[:-1]),
+                                            credits)))
         m.d.sync += [
             acc_valid.eq(Cat(acc_read, acc_valid[:-1])),
             acc_ram.eq(self.acc_rd.data),
             acc_row.eq(acc_ram),
             params_q.eq(params),
             pop_q.eq(pop),
-            credits.eq(Mux(acc_read & ~pop_q, credits >> 1,
-                           Mux(pop_q & ~acc_read, Cat(C(1, 1), credits[:-1]), credits))),
+            credits.eq(credits_next),
+            # `acc_read` is rd_active & ~rd_first & credits[0], computed a cycle ahead so that
+            # the read decision is a register: it enables the read pointer and row count, and
+            # as one LUT of registers it still missed 150 MHz on the whole 8x8 for ECP5. (A
+            # STORE is only taken while rd_active is low, and rd_first is high only in the
+            # cycle after it is taken, so neither needs a term here.)
+            acc_read.eq(rd_active & ~(acc_read & rd_last) & credits_next[0]),
         ]
 
         with m.If(take_cmd):
             p = self.cmd.payload
             m.d.sync += [cmd.eq(p), rd_active.eq(1), rd_first.eq(1), rd_left.eq(p.n_rows),
+                         rd_last.eq(p.n_rows == 1),
                          rd_addr.eq(p.acc_addr),
                          row_lm1.eq(Mux(p.raw, p.n_cols * 4, p.n_cols) - 1)]
         with m.If(rd_first):
             m.d.sync += [params.eq(self.param_rd.data), rd_first.eq(0)]
         with m.If(acc_read):
-            m.d.sync += [rd_left.eq(rd_left - 1), rd_addr.eq(rd_addr + 1)]
-            with m.If(rd_left == 1):
+            m.d.sync += [rd_left.eq(rd_left - 1), rd_addr.eq(rd_addr + 1),
+                         rd_last.eq(rd_left == 2)]
+            with m.If(rd_last):
                 m.d.sync += rd_active.eq(0)
 
+        # ---- shift stage ------------------------------------------------------------------
+        # Only the low bytes differ between raw and requantized rows (a requantized row is
+        # cols bytes; the bytes past it are never written to memory).
+        m.d.comb += row_done.eq(ostage.o_valid | (acc_valid[-1] & cmd.raw))
+        m.d.sync += [
+            sh_valid.eq(row_done),
+            sh_row.eq(Cat(Mux(cmd.raw, acc_row.as_value()[:8 * cols], ostage.o_data.as_value()),
+                          acc_row.as_value()[8 * cols:])),
+            sh_off.eq(w_off),
+        ]
+        with m.If(take_cmd):
+            m.d.sync += w_off.eq(lane(self.cmd.payload.mem_addr))
+        with m.Elif(row_done):
+            m.d.sync += w_off.eq(w_off + lane(cmd.mem_stride))
+
         # ---- writer: row generator -> skid register -> registered request -----------------
-        # Lane b of beat j carries row byte j * W + b - off: the upper half of (chunk j - 1,
-        # chunk j) shifted up by off bytes. The row stays at the FIFO head (its data register)
-        # while its beats are generated, chunk j picked by the beat index, chunk j - 1 kept in
-        # `prev`; it is popped with its last beat. Everything per row (word address, beat
-        # count, first/last lane masks) is decoded from registers while the row before
-        # finishes (at the pop; for the first row in the cycle after the command), so a beat
-        # only selects and shifts bytes and selects lanes with registered masks. A beat the
-        # stalled request register cannot take waits in a skid register, and the generator
-        # steps only while the skid register is empty: the step and the pop (and the FIFO
-        # read behind it) depend on registers only, never on `mem_req.ready`.
+        # Rows enter the FIFO already shifted up by their byte offset in memory (`sh_off`,
+        # the lane of mem_addr + i * mem_stride, kept by a small adder on the write side), so
+        # beat j of a row is simply word j of the FIFO head. The row stays at the FIFO head
+        # (its data register) while its beats are generated, and is popped with its last
+        # beat. Everything per row (word address, beat count, first/last lane masks) is
+        # decoded from registers while the row before finishes (at the pop; for the first
+        # row in the cycle after the command), so a beat only selects a word and its lanes
+        # by registered masks. A beat the stalled request register cannot take waits in a
+        # skid register, and the generator steps only while the skid register is empty: the
+        # step and the pop (and the FIFO read behind it) depend on registers only, never on
+        # `mem_req.ready`. (Shifting at the FIFO head, on the beat, put a byte shifter and
+        # the beat's word select in series in front of the request register: on ECP5 that
+        # missed 150 MHz on the whole 8x8.)
         start = Signal()                         # cycle after take_cmd: first row's set-up
         g_word = Signal(c.mem_addr_width)        # word address of the next beat
-        g_left = Signal(range(n_chunks + 1))     # beats after the next one
+        g_left = Signal(range(n_words + 1))      # beats after the next one
         g_first = Signal()
         g_last = Signal()                        # the next beat is the row's last (g_left == 0)
-        g_k = Signal(range(max(2, n_chunks)))    # chunk of the next beat (past the last: any)
-        g_off = Signal(max(1, lb))
+        g_k = Signal(range(max(2, n_words)))     # word of the FIFO head in the next beat
         g_head = Signal(W)                       # lanes written by the row's first beat
         g_tail = Signal(W)                       # lanes written by the row's last beat
-        prev = Signal(8 * W)                     # the chunk before (its tail may belong here)
         next_addr = Signal(A)                    # byte address of the next row
 
         o_valid = Signal()
@@ -532,17 +578,12 @@ class StoreUnit(wiring.Component):
         ]
         m.d.sync += start.eq(take_cmd)
 
-        # The beat the generator produces this cycle (valid with g_step). Past the row's
-        # chunks (the extra last beat of a row that ends in a later word than it would
-        # aligned) only `prev` is written, so any chunk will do there.
-        chunk = Signal(8 * W)
-        m.d.comb += chunk.eq(rows_fifo.r_data.word_select(g_k, 8 * W) if n_chunks > 1
-                             else rows_fifo.r_data)
-        window = Cat(prev, chunk) << Cat(C(0, 3), g_off)
+        # The beat the generator produces this cycle (valid with g_step).
         beat = Signal.like(self.mem_req.payload)
         m.d.comb += [
             beat.addr.eq(g_word),
-            beat.data.eq(window[8 * W:16 * W]),
+            beat.data.eq(rows_fifo.r_data.word_select(g_k, 8 * W) if n_words > 1
+                         else rows_fifo.r_data),
             beat.mask.eq((g_head | ~g_first.replicate(W)) & (g_tail | ~g_last.replicate(W))),
             beat.write.eq(1),
         ]
@@ -553,13 +594,15 @@ class StoreUnit(wiring.Component):
             with m.Else():
                 m.d.sync += [self.mem_req.payload.eq(beat), o_valid.eq(g_step),
                              o_last.eq(g_last)]
-        with m.Elif(g_step):
-            m.d.sync += [s_req.eq(beat), s_last.eq(g_last), s_full.eq(1)]
+        with m.Elif(~s_full):
+            # Loaded whenever it is empty (it only counts as full after a step), so that the
+            # skid register's hundred-odd enables do not wait for the FIFO's `r_rdy`.
+            m.d.sync += [s_req.eq(beat), s_last.eq(g_last), s_full.eq(g_step)]
 
         with m.If(g_step):
             m.d.sync += [
                 g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_last.eq(g_left == 1),
-                g_first.eq(0), g_k.eq(g_k + 1), prev.eq(chunk),
+                g_first.eq(0), g_k.eq(g_k + 1),
             ]
 
         end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
@@ -571,15 +614,16 @@ class StoreUnit(wiring.Component):
             m.d.sync += [
                 g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
                 g_last.eq((end >> lb) == 0),
-                g_first.eq(1), g_k.eq(0), g_off.eq(lane(next_addr)),
+                g_first.eq(1), g_k.eq(0),
                 g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
                 g_tail.eq(_at_least(lane(end), W)),                  # lane b <= end lane
                 next_addr.eq(next_addr + cmd.mem_stride),
             ]
 
         with m.If(take_cmd):
-            m.d.sync += pending.eq(self.cmd.payload.n_rows)
+            m.d.sync += [pending.eq(self.cmd.payload.n_rows),
+                         pending_nz.eq(self.cmd.payload.n_rows != 0)]
         with m.Elif(o_valid & self.mem_req.ready & o_last):
-            m.d.sync += pending.eq(pending - 1)
+            m.d.sync += [pending.eq(pending - 1), pending_nz.eq(pending != 1)]
 
         return m
