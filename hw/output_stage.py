@@ -341,7 +341,11 @@ class OutputStage(wiring.Component):
             # behind the saturation mux, missed 150 MHz in the whole 8x8 build). Stage sq
             # shifts by the low 3 bits of the amount and reduces the round and sticky terms
             # in groups of 4; stage sq + 1 shifts by whole bytes and finishes the increment.
-            # Arithmetic shifts compose: h >> r == (h >> r[:3]) >> (8 * r[3:]).
+            # Arithmetic shifts compose: h >> r == (h >> r[:3]) >> (8 * r[3:]). The saturated
+            # h, INT32_MAX, is the complement of the unsaturated bits (2**31), and arithmetic
+            # shifts commute with the complement, so saturation is an XOR after the byte
+            # shift (it fits that stage's 4:1-mux LUTs) rather than a mux in front of the
+            # 8:1 bit shift, where it was one LUT level too many on ECP5.
             groups = range(0, 31, 4)
             s_qa = reg(signed(32), f"s{sq}_qa")
             s_qbytes = reg(unsigned(2), f"s{sq}_qbytes")
@@ -351,7 +355,7 @@ class OutputStage(wiring.Component):
             s_neg = reg(1, f"s{sq}_neg")
             s_rounds = reg(1, f"s{sq}_rounds")
             m.d.sync += [
-                s_qa.eq(h >> s_right[:3]),
+                s_qa.eq(s_h[:32].as_signed() >> s_right[:3]),
                 s_qbytes.eq(s_right[3:]),
                 s_rg.eq(Cat((h_bits[g:g + 4] & s_round[g:g + 4]).any() for g in groups)),
                 s_sg.eq(Cat((h_bits[g:g + 4] & s_half[g:g + 4]).any() for g in groups)),
@@ -363,7 +367,7 @@ class OutputStage(wiring.Component):
             s_q = reg(signed(32), f"s{sq}_q")
             s_inc = reg(1, f"s{sq}_inc")
             m.d.sync += [
-                s_q.eq(self._byte_shift(s_qa, s_qbytes, left=False)),
+                s_q.eq(self._byte_shift(s_qa, s_qbytes, left=False) ^ s_sat.replicate(32)),
                 s_inc.eq(Mux(s_sat, s_rounds, s_rg.any() & (~s_neg | s_sg.any()))),
             ]
 
