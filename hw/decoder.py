@@ -7,7 +7,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .config import AcceleratorConfig
 from .execute import MatmulCmd
-from .footprint import RangeLayout, overlap_terms
+from .footprint import RangeLayout, overlaps
 from .loadstore import LoadCmd, StoreCmd
 from .mult import Multiplier, MultiplierTarget
 
@@ -142,7 +142,7 @@ class Decoder(wiring.Component):
         issue = Signal()      # the instruction in decode leaves it this cycle
         conflict = Signal()   # the instruction in decode overlaps one in flight
         conflict_q = Signal()
-        de_wait = Signal(range(4))  # cycles until conflict_q describes the word in decode
+        de_wait = Signal(range(3))  # cycles until conflict_q describes the word in decode
         de_ready = Signal()
         de_fault = Signal()
         # The opcode in decode, one-hot, decoded as it enters: it steers the issue decision.
@@ -271,7 +271,7 @@ class Decoder(wiring.Component):
             m.d.sync += [fe_age.eq(fe_age + 1),
                          checked.eq(fe_age == self.check_cycles - 1)]
         with m.If(de_take):
-            m.d.sync += de_wait.eq(3)
+            m.d.sync += de_wait.eq(2)
         with m.Elif(de_wait != 0):
             m.d.sync += de_wait.eq(de_wait - 1)
         m.d.sync += de_ready.eq(~de_take & (de_wait <= 1))  # de_wait == 0, registered
@@ -315,27 +315,26 @@ class Decoder(wiring.Component):
             st_acc_live = Signal(RangeLayout(17))
             st_param_live = Signal(RangeLayout(17))
             st_mem_live = Signal(RangeLayout(mem_bits))
+            # A load/store footprint is live while its unit is busy. The busy flag is
+            # registered beside the overlap and applied in the OR stage: the same verdict,
+            # but the units' control logic stays out of the compare stage (on the whole 8x8
+            # for ECP5 it made the overlaps miss 150 MHz).
+            load_busy_q = Signal()
+            store_busy_q = Signal()
+            m.d.sync += [load_busy_q.eq(self.load_busy), store_busy_q.eq(self.store_busy)]
             m.d.comb += [
-                ld_live.eq(ld_buf), ld_live.valid.eq(ld_buf.valid & self.load_busy),
-                ld_mem_live.eq(ld_mem), ld_mem_live.valid.eq(ld_mem.valid & self.load_busy),
-                st_acc_live.eq(st_acc), st_acc_live.valid.eq(st_acc.valid & self.store_busy),
-                st_param_live.eq(st_param),
-                st_param_live.valid.eq(st_param.valid & self.store_busy),
-                st_mem_live.eq(st_mem), st_mem_live.valid.eq(st_mem.valid & self.store_busy),
+                ld_live.eq(ld_buf), ld_mem_live.eq(ld_mem), st_acc_live.eq(st_acc),
+                st_param_live.eq(st_param), st_mem_live.eq(st_mem),
             ]
-            # Each pairwise overlap takes two register stages (its two compares and the
-            # valid bits, then their AND) before the OR tree combines them: on the whole 8x8
-            # for ECP5 the registered compare pair alone missed 150 MHz (the decode word and
-            # the units' footprints are far apart).
-            def ov(a, b, name):
-                terms = Signal(3, name=f"ov_{name}_terms")
+            # Each pairwise overlap is registered, then combined: the compares and the OR tree
+            # behind them do not fit in one cycle together.
+            def ov(a, b, name, busy_q=C(1)):
                 r = Signal(name=f"ov_{name}")
-                m.d.sync += [terms.eq(Cat(*overlap_terms(a, b))), r.eq(terms.all())]
-                return r
+                m.d.sync += r.eq(overlaps(a, b))
+                return r & busy_q
 
-            ld_target_q = Signal(Target)  # as old as the overlaps
-            ld_target_q1 = Signal(Target)
-            m.d.sync += [ld_target_q1.eq(ld_target), ld_target_q.eq(ld_target_q1)]
+            ld_target_q = Signal(Target)
+            m.d.sync += ld_target_q.eq(ld_target)
             ld_is = lambda target: ld_target_q == target
             load_conflict = Mux(
                 ld.target == Target.ACT,
@@ -343,19 +342,20 @@ class Decoder(wiring.Component):
                 ov(new_ld_buf, self.fp_stream_act, "ld_stream_act"),
                 Mux(ld.target == Target.WGT,
                     ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt"),
-                    ov(new_ld_buf, st_param_live, "ld_st_param"))
-            ) | ov(new_ld_mem, st_mem_live, "ld_st_mem")
+                    ov(new_ld_buf, st_param_live, "ld_st_param", store_busy_q))
+            ) | ov(new_ld_mem, st_mem_live, "ld_st_mem", store_busy_q)
             matmul_conflict = (
-                (ld_is(Target.ACT) & ov(new_mm_act, ld_live, "mm_act_ld")) |
-                (ld_is(Target.WGT) & ov(new_mm_wgt, ld_live, "mm_wgt_ld")) |
-                ov(new_mm_acc, st_acc_live, "mm_acc_st"))
+                (ld_is(Target.ACT) & ov(new_mm_act, ld_live, "mm_act_ld", load_busy_q)) |
+                (ld_is(Target.WGT) & ov(new_mm_wgt, ld_live, "mm_wgt_ld", load_busy_q)) |
+                ov(new_mm_acc, st_acc_live, "mm_acc_st", store_busy_q))
             store_conflict = (
                 ov(new_st_acc, self.fp_pre_acc, "st_pre_acc") |
                 ov(new_st_acc, self.fp_stream_acc, "st_stream_acc") |
                 ov(new_st_acc, self.fp_drain[0], "st_drain0") |
                 ov(new_st_acc, self.fp_drain[1], "st_drain1") |
-                (~st_raw & ld_is(Target.PARAM) & ov(new_st_param, ld_live, "st_param_ld")) |
-                ov(new_st_mem, ld_mem_live, "st_ld_mem"))
+                (~st_raw & ld_is(Target.PARAM) &
+                 ov(new_st_param, ld_live, "st_param_ld", load_busy_q)) |
+                ov(new_st_mem, ld_mem_live, "st_ld_mem", load_busy_q))
             unit_conflict = ((de_is[Op.LOAD] & load_conflict) |
                              (de_is[Op.MATMUL] & matmul_conflict) |
                              (de_is[Op.STORE] & store_conflict))
@@ -398,13 +398,12 @@ class Decoder(wiring.Component):
             self.store_cmd.payload.mem_stride.eq(sto.mem_stride),
         ]
 
-        # The scoreboard's verdict takes three register stages (compares, overlaps, their
-        # OR), so it describes the state of three cycles ago. That is safe because the only
-        # thing that creates a new conflict is a dispatch, and none happens between a refill
-        # of decode and the verdict on it (decode refills only when empty, and waits de_wait
-        # cycles); units finishing or footprints moving between execute stages merely make
-        # the verdict conservative for three cycles. Throughput does not suffer: decode
-        # refills at most every check_cycles + 1 (>= 5) cycles.
+        # The scoreboard's verdict takes two register stages (overlaps, then their OR), so it
+        # describes the state of two cycles ago. That is safe because the only thing that
+        # creates a new conflict is a dispatch, and none happens between a refill of decode
+        # and the verdict on it (decode refills only when empty, and waits de_wait cycles);
+        # units finishing or footprints moving between execute stages merely make the
+        # verdict conservative for two cycles.
         # The units' busy flags come out of their control logic: registered here so that
         # they do not reach the issue decision combinationally (a 36 ns path across the
         # iCEBreaker). A cycle-old "all idle" is safe: units only become busy by a dispatch,
