@@ -123,6 +123,7 @@ class ExecuteUnit(wiring.Component):
 
         # ---- vectors in flight (read issued, accumulator not yet written) --------------
         inflight = Signal(range(array.latency + self._acc_latency + 3))
+        inflight_nz = Signal()   # inflight != 0, a register: it is part of busy
         drain = Signal(data.ArrayLayout(RangeLayout(17), 2))
         drain_left = [Signal(range(self.drain_cycles + 1), name=f"drain_left_{i}")
                       for i in range(2)]
@@ -170,7 +171,7 @@ class ExecuteUnit(wiring.Component):
 
             self.vector_issued.eq(vec.valid),
             self.stalled.eq((pre_valid | st_valid) & ~vec.valid),
-            self.busy.eq(pre_valid | st_valid | (inflight != 0)),
+            self.busy.eq(pre_valid | st_valid | inflight_nz),
 
             self.fp_pre_act.valid.eq(pre_valid),
             self.fp_pre_act.lo.eq(pre.act_addr),
@@ -238,6 +239,10 @@ class ExecuteUnit(wiring.Component):
                 m.d.sync += st_valid.eq(0)
 
         m.d.sync += inflight.eq(inflight + vector_read - self.committed)
+        with m.If(vector_read & ~self.committed):
+            m.d.sync += inflight_nz.eq(1)
+        with m.Elif(self.committed & ~vector_read):
+            m.d.sync += inflight_nz.eq(inflight != 1)
 
         # Drain entries: count down, then forget.
         for i in range(2):
