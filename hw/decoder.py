@@ -122,6 +122,8 @@ class Decoder(wiring.Component):
         k_prod = Signal(40)           # n_rows * stride, mult_latency + 2 cycles in
         k3_error = Signal(isa.ErrorCode)  # first failing check other than MEM_RANGE
         k_mem_end = Signal(signed(42))  # check_cycles in
+        k_room = Signal(signed(37))     # mem_bytes - k2_base
+        k_mem_fail = Signal()           # k_mem_end > mem_bytes, as k_prod > k_room
 
         de_valid = Signal()
         de_word = Signal(isa.INSTR_WIDTH)
@@ -143,7 +145,6 @@ class Decoder(wiring.Component):
         conflict = Signal()   # the instruction in decode overlaps one in flight
         conflict_q = Signal()
         de_wait = Signal(range(3))  # cycles until conflict_q describes the word in decode
-        de_ready = Signal()
         de_fault = Signal()
         # The opcode in decode, one-hot, decoded as it enters: it steers the issue decision.
         de_is = {op: Signal(name=f"de_is_{op.name.lower()}") for op in
@@ -217,11 +218,15 @@ class Decoder(wiring.Component):
             k_prod.eq(self._product(m, k1_n_rows, k1_stride[:17], "prod_lo") +
                       (self._product(m, k1_n_rows, k1_stride[17:], "prod_hi") << 17)),
             k_mem_end.eq(k_prod + k2_base),
+            # MEM_RANGE decided beside the sum rather than from it (a compare after the last
+            # adder, then the error mux, missed 150 MHz on the whole 8x8 for ECP5).
+            k_room.eq(cfg.mem_bytes - k2_base),
+            k_mem_fail.eq(k_prod > k_room),
         ]
         mem_range = isa.ErrorCode.MEM_RANGE
         # Stage 1 registers the buffer ends; stage 2 every check condition of every opcode
         # against them; stage 3 the first failing one for the opcode in fetch. MEM_RANGE,
-        # always the last check, is decided from k_mem_end when the word leaves fetch.
+        # always the last check, is decided beside k_mem_end (k_mem_fail).
         failed = {}
         for op, layout in isa.INSTR_LAYOUTS.items():
             view = layout(fe_word)
@@ -257,7 +262,7 @@ class Decoder(wiring.Component):
                 m.d.sync += k3_error.eq(isa.ErrorCode.BAD_OPCODE)
         m.d.comb += fe_error.eq(Mux(
             k3_error != isa.ErrorCode.NONE, k3_error,
-            Mux(k2_mem_op & (k_mem_end > cfg.mem_bytes), mem_range, isa.ErrorCode.NONE)))
+            Mux(k2_mem_op & k_mem_fail, mem_range, isa.ErrorCode.NONE)))
 
         if cfg.overlap:
             with m.If(fe_load):
@@ -274,7 +279,6 @@ class Decoder(wiring.Component):
             m.d.sync += de_wait.eq(2)
         with m.Elif(de_wait != 0):
             m.d.sync += de_wait.eq(de_wait - 1)
-        m.d.sync += de_ready.eq(~de_take & (de_wait <= 1))  # de_wait == 0, registered
         with m.If(de_take):  # de_take and issue exclude each other (~de_valid vs de_valid)
             m.d.sync += [de_valid.eq(fe_valid & checked & running), de_word.eq(fe_word),
                          de_index.eq(fe_index), de_error.eq(fe_error),
@@ -407,12 +411,20 @@ class Decoder(wiring.Component):
         # The units' busy flags come out of their control logic: registered here so that
         # they do not reach the issue decision combinationally (a 36 ns path across the
         # iCEBreaker). A cycle-old "all idle" is safe: units only become busy by a dispatch,
-        # and none happens while decode waits for de_ready.
+        # and none happens while decode waits for de_wait.
         m.d.sync += all_idle.eq(~self.load_busy & ~self.exec_busy & ~self.store_busy)
         m.d.comb += conflict.eq(unit_conflict)
         m.d.sync += conflict_q.eq(conflict)
 
-        ok = de_valid & de_ready & ~de_fault & running
+        # `ok` (decode holds a word that passed its checks, the scoreboard's verdict on it is
+        # in, and the program runs) heads the issue decision, whose result clears de_valid
+        # and enables the counters. It is a register: as a LUT of de_valid, de_fault,
+        # running and a registered de_wait == 0 it made that path miss 150 MHz on the whole
+        # 8x8 for ECP5. Its next value: a word entering decode (de_take) waits de_wait
+        # cycles; otherwise the word stays unless issued, and running only drops through a
+        # HALT's issue or a fault (which excludes ok anyway).
+        ok = Signal()
+        m.d.sync += ok.eq(de_valid & ~de_fault & running & (de_wait <= 1) & ~issue)
         cmds = (self.load_cmd, self.exec_cmd, self.store_cmd)
         if cfg.overlap:
             unit_issue = Cat(cmd.valid & cmd.ready for cmd in cmds).any()
