@@ -248,18 +248,22 @@ class Decoder(wiring.Component):
                 bit = Signal(name=f"k2_{op.name.lower()}_{code.name.lower()}")
                 m.d.sync += bit.eq(cond)
                 failed[op].append((code, bit))
-        with m.Switch(opcode):
-            for op, conds in failed.items():
-                with m.Case(op):
-                    with m.If(conds[0][1]):
-                        m.d.sync += k3_error.eq(conds[0][0])
-                    for code, bit in conds[1:]:
-                        with m.Elif(bit):
-                            m.d.sync += k3_error.eq(code)
-                    with m.Else():
-                        m.d.sync += k3_error.eq(isa.ErrorCode.NONE)
-            with m.Default():
-                m.d.sync += k3_error.eq(isa.ErrorCode.BAD_OPCODE)
+        # Stage 3 reads the opcode as registered one-hot flags (stage 2, like the check
+        # bits), and combines the opcodes' verdicts as an AND-OR: a switch on fe_word's
+        # opcode in front of the priority chains missed 150 MHz on the whole 8x8 for ECP5.
+        k1_is = {op: Signal(name=f"k1_is_{op.name.lower()}") for op in failed}
+        k2_is = {op: Signal(name=f"k2_is_{op.name.lower()}") for op in failed}
+        m.d.sync += [k1_is[op].eq(opcode == op) for op in failed]
+        m.d.sync += [k2_is[op].eq(k1_is[op]) for op in failed]
+        # (ErrorCode.NONE is 0, so the OR of the masked verdicts is the one-hot select.)
+        assert isa.ErrorCode.NONE.value == 0
+        error = Mux(~Cat(*k2_is.values()).any(), isa.ErrorCode.BAD_OPCODE.value, 0)
+        for op, conds in failed.items():
+            verdict = Const(isa.ErrorCode.NONE.value, 4)
+            for code, bit in reversed(conds):   # the first failing check wins
+                verdict = Mux(bit, code.value, verdict)
+            error = error | Mux(k2_is[op], verdict, 0)
+        m.d.sync += k3_error.eq(error)
         m.d.comb += fe_error.eq(Mux(
             k3_error != isa.ErrorCode.NONE, k3_error,
             Mux(k2_mem_op & k_mem_fail, mem_range, isa.ErrorCode.NONE)))
