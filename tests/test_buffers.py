@@ -1,5 +1,7 @@
 """Accumulator buffer (overwrite / add-into with int32 wrap) at block level."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -20,12 +22,20 @@ def test_accumulator_read_modify_write_back_to_back(cols, pipelined):
     # Same address many cycles in a row (transparency), with extreme values: 700 adds of the
     # largest partial sum wrap past 2**31.
     updates += [(3, 1, [hi] * cols)] * 700 + [(3, 1, [lo] * cols)] * 5
+    # Every pattern of five back-to-back updates over two entries: several of the updates
+    # in flight ahead of one (at different distances) can hold its entry, and the newest
+    # must win.
+    n_directed = 0
+    for pattern in itertools.product((4, 5), repeat=5):
+        updates += [(a, 1, rng.integers(lo, hi + 1, cols).tolist()) for a in pattern]
+        n_directed += len(pattern)
     # Random entries out of a few, so that every forwarding distance (0-4 cycles between two
     # updates of one entry) occurs, with and without idle cycles between them.
     for _ in range(600):
         updates.append((int(rng.integers(0, 3 if rng.random() < 0.5 else 8)),
                         int(rng.random() < 0.8), rng.integers(lo, hi + 1, cols).tolist()))
-    gaps = [int(rng.choice([0, 0, 0, 1, 2, 3])) for _ in updates]
+    gaps = [0] * (705 + n_directed)
+    gaps += [int(rng.choice([0, 0, 0, 1, 2, 3])) for _ in updates[len(gaps):]]
     model = np.zeros((8, cols), np.int64)
     for addr, accumulate, data in updates:
         model[addr] = (model[addr] if accumulate else 0) + np.array(data)
@@ -39,7 +49,7 @@ def test_accumulator_read_modify_write_back_to_back(cols, pipelined):
             ctx.set(buf.upd_accumulate, accumulate)
             ctx.set(buf.upd_data, data)
             await ctx.tick()
-            if i >= 705 and gaps[i]:  # idle cycles between some updates
+            if gaps[i]:  # idle cycles between some updates
                 ctx.set(buf.upd_valid, 0)
                 for _ in range(gaps[i]):
                     await ctx.tick()
