@@ -138,8 +138,12 @@ class ExecuteUnit(wiring.Component):
                                         "accumulate": 1})
         vec = Signal(tag_layout)
 
-        # With one row the gap is always met; no constant comparison in the netlist.
-        gap_ok = (since_swap >= array.preload_gap - 1) if array.preload_gap > 1 else C(1)
+        # since_swap >= preload_gap - 1, as a register (from since_swap's next value): it
+        # gates the weight reads, which enable the weight pointer. With one row the gap is
+        # always met.
+        gap_ok = Signal(init=1)
+        if array.preload_gap > 1:
+            m.d.sync += gap_ok.eq(~swap_read & (since_swap >= array.preload_gap - 2))
 
         m.d.comb += [
             vector_read.eq(st_valid),

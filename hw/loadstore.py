@@ -505,12 +505,18 @@ class StoreUnit(wiring.Component):
             acc_read.eq(rd_active & ~(acc_read & rd_last) & credits_next[0]),
         ]
 
-        with m.If(take_cmd):
-            p = self.cmd.payload
-            m.d.sync += [cmd.eq(p), rd_active.eq(1), rd_first.eq(1), rd_left.eq(p.n_rows),
-                         rd_last.eq(p.n_rows == 1),
+        # While idle, the command registers (and the walkers' start values below) follow
+        # the payload every cycle, so that the handshake, which comes from the decoder's
+        # issue decision late in the cycle, only sets rd_active, rd_first and pending_nz
+        # instead of enabling a hundred-odd flip-flops. (Idle, nothing is in flight.)
+        p = self.cmd.payload
+        with m.If(~self.busy):
+            m.d.sync += [cmd.eq(p), rd_left.eq(p.n_rows), rd_last.eq(p.n_rows == 1),
                          rd_addr.eq(p.acc_addr),
-                         row_lm1.eq(Mux(p.raw, p.n_cols * 4, p.n_cols) - 1)]
+                         row_lm1.eq(Mux(p.raw, p.n_cols * 4, p.n_cols) - 1),
+                         w_off.eq(lane(p.mem_addr)), pending.eq(p.n_rows)]
+        with m.If(take_cmd):
+            m.d.sync += [rd_active.eq(1), rd_first.eq(1), pending_nz.eq(1)]  # n_rows >= 1
         with m.If(rd_first):
             m.d.sync += [params.eq(self.param_rd.data), rd_first.eq(0)]
         with m.If(acc_read):
@@ -529,9 +535,7 @@ class StoreUnit(wiring.Component):
                           acc_row.as_value()[8 * cols:])),
             sh_off.eq(w_off),
         ]
-        with m.If(take_cmd):
-            m.d.sync += w_off.eq(lane(self.cmd.payload.mem_addr))
-        with m.Elif(row_done):
+        with m.If(row_done):
             m.d.sync += w_off.eq(w_off + lane(cmd.mem_stride))
 
         # ---- writer: row generator -> skid register -> registered request -----------------
@@ -608,8 +612,8 @@ class StoreUnit(wiring.Component):
         end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
         off_ge = _at_least(lane(next_addr), W + 1)
         m.d.comb += end.eq(lane(next_addr) + row_lm1)
-        with m.If(take_cmd):
-            m.d.sync += next_addr.eq(self.cmd.payload.mem_addr)
+        with m.If(~self.busy):                   # (see the reader)
+            m.d.sync += next_addr.eq(p.mem_addr)
         with m.If(g_load):
             m.d.sync += [
                 g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
@@ -620,10 +624,7 @@ class StoreUnit(wiring.Component):
                 next_addr.eq(next_addr + cmd.mem_stride),
             ]
 
-        with m.If(take_cmd):
-            m.d.sync += [pending.eq(self.cmd.payload.n_rows),
-                         pending_nz.eq(self.cmd.payload.n_rows != 0)]
-        with m.Elif(o_valid & self.mem_req.ready & o_last):
+        with m.If(o_valid & self.mem_req.ready & o_last):
             m.d.sync += [pending.eq(pending - 1), pending_nz.eq(pending != 1)]
 
         return m
