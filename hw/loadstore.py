@@ -441,8 +441,12 @@ class StoreUnit(wiring.Component):
 
         # Shift stage: a finished row, shifted to its byte offset on its way into the FIFO.
         sh_valid = Signal()
-        sh_row = Signal(8 * row_bytes_max, reset_less=True)
-        sh_off = Signal(max(1, lb))              # lane of the row's first byte in memory
+        # The row is shifted by the offset's low bit on the way into the shift register, by
+        # the rest on the way into the FIFO: the whole 8:1 byte shift behind the raw/
+        # requantized mux, or in front of the FIFO's LUT RAM, missed 150 MHz on the 8x8
+        # ECP5 build.
+        sh_row = Signal(8 * (row_bytes_max + 1), reset_less=True)
+        sh_off = Signal(max(1, lb - 1))          # lane of the row's first byte, but bit 0
         w_off = Signal(max(1, lb))               # ... of the next row to finish
         row_done = Signal()
 
@@ -484,7 +488,7 @@ class StoreUnit(wiring.Component):
             ostage.i_params.eq(params_q),
 
             rows_fifo.w_en.eq(sh_valid),
-            rows_fifo.w_data.eq(sh_row << Cat(C(0, 3), sh_off) if lb else sh_row),
+            rows_fifo.w_data.eq(sh_row << Cat(C(0, 4), sh_off) if lb > 1 else sh_row),
         ]
         credits_next = Signal.like(credits)
         m.d.comb += credits_next.eq(Mux(acc_read & ~pop_q, credits >> 1,
@@ -532,8 +536,8 @@ class StoreUnit(wiring.Component):
         m.d.sync += [
             sh_valid.eq(row_done),
             sh_row.eq(Cat(Mux(cmd.raw, acc_row.as_value()[:8 * cols], ostage.o_data.as_value()),
-                          acc_row.as_value()[8 * cols:])),
-            sh_off.eq(w_off),
+                          acc_row.as_value()[8 * cols:]) << (Cat(C(0, 3), w_off[0]) if lb else 0)),
+            sh_off.eq(w_off[1:] if lb > 1 else 0),
         ]
         with m.If(row_done):
             m.d.sync += w_off.eq(w_off + lane(cmd.mem_stride))
