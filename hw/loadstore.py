@@ -337,12 +337,13 @@ class StoreUnit(wiring.Component):
     """Writes accumulator rows to memory, through the output stage or as raw int32.
 
     A reader reads the parameter entry once, then one accumulator row per cycle into the
-    :class:`OutputStage` (requantized store) or, for a raw store, straight into the row FIFO
-    (the two kinds never share the pipeline: a STORE is only taken while the unit is idle, so
-    the output stage carries no copy of the raw row); finished rows wait in a small FIFO, and
-    the reader only issues a row when the FIFO is sure to have room for it (credits), so
-    memory backpressure never has to stall the output-stage pipeline. A writer takes each row, shifts it to the row's byte
-    offset in memory and issues masked word writes, one per cycle while the port accepts.
+    :class:`OutputStage` (requantized store) or, for a raw store, straight on (the two kinds
+    never share the pipeline: a STORE is only taken while the unit is idle, so the output
+    stage carries no copy of the raw row). Finished rows are shifted to their byte offset in
+    memory and wait in a small FIFO; the reader only issues a row when the FIFO is sure to
+    have room for it (credits), so memory backpressure never has to stall the output-stage
+    pipeline. A writer takes each row and issues masked word writes, one per cycle while the
+    port accepts.
 
     Contract (checked by the decoder): ``1 <= n_rows``, ``1 <= n_cols <= cols``, and the
     strided extent lies below ``mem_bytes`` (addresses are computed modulo ``mem_bytes``).
