@@ -603,10 +603,13 @@ class StoreUnit(wiring.Component):
             with m.Else():
                 m.d.sync += [self.mem_req.payload.eq(beat), o_valid.eq(g_step),
                              o_last.eq(g_last)]
-        with m.Elif(~s_full):
-            # Loaded whenever it is empty (it only counts as full after a step), so that the
-            # skid register's hundred-odd enables do not wait for the FIFO's `r_rdy`.
-            m.d.sync += [s_req.eq(beat), s_last.eq(g_last), s_full.eq(g_step)]
+        with m.Elif(g_step):
+            m.d.sync += s_full.eq(1)
+        # The skid register is loaded whenever it is empty (it only counts as full after a
+        # step the request register could not take), so that its hundred-odd enables wait
+        # neither for the FIFO's `r_rdy` nor for the port's `ready`.
+        with m.If(~s_full):
+            m.d.sync += [s_req.eq(beat), s_last.eq(g_last)]
 
         with m.If(g_step):
             m.d.sync += [
