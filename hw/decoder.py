@@ -335,38 +335,35 @@ class Decoder(wiring.Component):
                 st_param_live.eq(st_param), st_mem_live.eq(st_mem),
             ]
             # Each pairwise overlap is registered, then combined: the compares and the OR tree
-            # behind them do not fit in one cycle together.
-            def ov(a, b, name, busy_q=C(1)):
-                r = Signal(name=f"ov_{name}")
-                m.d.sync += r.eq(overlaps(a, b))
-                return r & busy_q
+            # behind them do not fit in one cycle together. The overlap's register also takes
+            # the static part of its condition (decode's opcode, the load target), so that
+            # the OR stage is only the OR of the overlaps, each with its unit's busy flag.
+            terms = []
 
-            ld_target_q = Signal(Target)
-            m.d.sync += ld_target_q.eq(ld_target)
-            ld_is = lambda target: ld_target_q == target
-            load_conflict = Mux(
-                ld.target == Target.ACT,
-                ov(new_ld_buf, self.fp_pre_act, "ld_pre_act") |
-                ov(new_ld_buf, self.fp_stream_act, "ld_stream_act"),
-                Mux(ld.target == Target.WGT,
-                    ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt"),
-                    ov(new_ld_buf, st_param_live, "ld_st_param", store_busy_q))
-            ) | ov(new_ld_mem, st_mem_live, "ld_st_mem", store_busy_q)
-            matmul_conflict = (
-                (ld_is(Target.ACT) & ov(new_mm_act, ld_live, "mm_act_ld", load_busy_q)) |
-                (ld_is(Target.WGT) & ov(new_mm_wgt, ld_live, "mm_wgt_ld", load_busy_q)) |
-                ov(new_mm_acc, st_acc_live, "mm_acc_st", store_busy_q))
-            store_conflict = (
-                ov(new_st_acc, self.fp_pre_acc, "st_pre_acc") |
-                ov(new_st_acc, self.fp_stream_acc, "st_stream_acc") |
-                ov(new_st_acc, self.fp_drain[0], "st_drain0") |
-                ov(new_st_acc, self.fp_drain[1], "st_drain1") |
-                (~st_raw & ld_is(Target.PARAM) &
-                 ov(new_st_param, ld_live, "st_param_ld", load_busy_q)) |
-                ov(new_st_mem, ld_mem_live, "st_ld_mem", load_busy_q))
-            unit_conflict = ((de_is[Op.LOAD] & load_conflict) |
-                             (de_is[Op.MATMUL] & matmul_conflict) |
-                             (de_is[Op.STORE] & store_conflict))
+            def ov(a, b, name, when, busy_q=C(1)):
+                r = Signal(name=f"ov_{name}")
+                m.d.sync += r.eq(overlaps(a, b) & when)
+                terms.append(r & busy_q)
+
+            is_ld, is_mm, is_st = de_is[Op.LOAD], de_is[Op.MATMUL], de_is[Op.STORE]
+            ld_to = lambda target: is_ld & (ld.target == target)   # the load in decode
+            ld_in = lambda target: ld_target == target             # the load unit's
+            ov(new_ld_buf, self.fp_pre_act, "ld_pre_act", ld_to(Target.ACT))
+            ov(new_ld_buf, self.fp_stream_act, "ld_stream_act", ld_to(Target.ACT))
+            ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt", ld_to(Target.WGT))
+            ov(new_ld_buf, st_param_live, "ld_st_param", ld_to(Target.PARAM), store_busy_q)
+            ov(new_ld_mem, st_mem_live, "ld_st_mem", is_ld, store_busy_q)
+            ov(new_mm_act, ld_live, "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q)
+            ov(new_mm_wgt, ld_live, "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q)
+            ov(new_mm_acc, st_acc_live, "mm_acc_st", is_mm, store_busy_q)
+            ov(new_st_acc, self.fp_pre_acc, "st_pre_acc", is_st)
+            ov(new_st_acc, self.fp_stream_acc, "st_stream_acc", is_st)
+            ov(new_st_acc, self.fp_drain[0], "st_drain0", is_st)
+            ov(new_st_acc, self.fp_drain[1], "st_drain1", is_st)
+            ov(new_st_param, ld_live, "st_param_ld", is_st & ~st_raw & ld_in(Target.PARAM),
+               load_busy_q)
+            ov(new_st_mem, ld_mem_live, "st_ld_mem", is_st, load_busy_q)
+            unit_conflict = Cat(*terms).any()
 
             # While a load or store unit is idle its footprint registers follow decode, so they
             # hold the instruction it accepts (these units take a command only when idle:
