@@ -249,6 +249,14 @@ def test_bridge_commands():
         assert await cmd(bytes([Command.READ.value]) + args(31, 2), 1) == bytes([err])
         assert await cmd(bytes([Command.READ.value]) + args(0, 0), 1) == bytes([err])
         assert await cmd(bytes([Command.FILL.value]) + args(1 << 31, 1), 1) == bytes([err])
+        # The bridge keeps only the bits a valid address or count needs (6 here): a bit set
+        # anywhere above them is still an error, even when the kept bits are in range.
+        for a, n in [(0, (1 << 6) + 1), (0, (1 << 16) + 1), (0, (1 << 32) - 1), (0, 1 << 6),
+                     (1 << 6, 1), (1 << 8, 1), (1 << 24, 1), ((1 << 31) | 3, 1)]:
+            assert await cmd(bytes([Command.READ.value]) + args(a, n), 1) == bytes([err]), \
+                (a, n)
+        assert await cmd(bytes([Command.READ.value]) + args(31, 1), 9) == bytes(8) + \
+            bytes([ok])
         # A WRITE out of range swallows its data, then answers ERROR once the line is quiet.
         assert await cmd(bytes([Command.WRITE.value]) + args(30, 3) + bytes(24), 1) == \
             bytes([err])
