@@ -68,10 +68,11 @@ class SharedMemory(wiring.Component):
     iCE40 SPRAM (Yosys would otherwise pick block RAM, whatever the device holds).
 
     One request per cycle, single-ported (so that iCE40 can use SPRAM): the ``host`` port
-    has priority and is always ready; ``acc`` is ready when the host is not asking. A read
-    accepted in cycle *t* returns its word on the initiator's ``resp`` in cycle *t + 1*;
-    writes apply the byte mask. The read port is enabled only for reads, so a write never
-    disturbs read data (the SPRAM's "no change" behaviour).
+    has priority and is always ready; ``acc`` is ready when the host is not asking. The
+    chosen request is registered before it reaches the memory, so a read accepted in cycle
+    *t* returns its word on the initiator's ``resp`` in cycle *t + 2*; requests take effect
+    in the order they were accepted, writes apply the byte mask. The read port is enabled
+    only for reads, so a write never disturbs read data (the SPRAM's "no change" behaviour).
     """
 
     def __init__(self, config: AcceleratorConfig, *, ram_style: str | None = None):
@@ -85,7 +86,8 @@ class SharedMemory(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return 1
+        """Cycles from a read's acceptance to its word on ``resp``."""
+        return 2
 
     def elaborate(self, platform):
         m = Module()
@@ -96,16 +98,24 @@ class SharedMemory(wiring.Component):
         wp = mem.write_port(granularity=8)
         rp = mem.read_port()
 
+        # The accepted request, registered: the memory's enables and address then come
+        # straight from flip-flops. Without the register the accelerator's arbiter, this
+        # multiplexer and the SPRAM write-enable decode (which of the 4 SPRAMs) formed the
+        # iCEBreaker's worst path at 40 MHz.
         pick_host = Signal()
+        req_host = Signal()   # the registered request is the host's
         valid = Signal()
         req = Signal.like(self.host.req.payload)
         resp_host = Signal()
         resp_acc = Signal()
 
-        m.d.comb += [
-            pick_host.eq(self.host.req.valid),
+        m.d.comb += pick_host.eq(self.host.req.valid)
+        m.d.sync += [
             valid.eq(self.host.req.valid | self.acc.req.valid),
             req.eq(Mux(pick_host, self.host.req.payload, self.acc.req.payload)),
+            req_host.eq(pick_host),
+        ]
+        m.d.comb += [
             self.host.req.ready.eq(1),
             self.acc.req.ready.eq(~self.host.req.valid),
             wp.addr.eq(req.addr),
@@ -119,8 +129,8 @@ class SharedMemory(wiring.Component):
             self.acc.resp.valid.eq(resp_acc),
         ]
         m.d.sync += [
-            resp_host.eq(valid & ~req.write & pick_host),
-            resp_acc.eq(valid & ~req.write & ~pick_host),
+            resp_host.eq(valid & ~req.write & req_host),
+            resp_acc.eq(valid & ~req.write & ~req_host),
         ]
         return m
 
