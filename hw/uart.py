@@ -40,7 +40,7 @@ Struct replies (status, counters) are the struct's bits packed LSB first, as in 
 import contextlib
 import enum as py_enum
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -318,6 +318,8 @@ class Bridge(wiring.Component):
         One-cycle pulse for the accelerator's ``clear``.
     status : In(isa.Status)
     counters : In(isa.Counters)
+        Only the low ``config.counter_width`` bits of each field are read: the accelerator's
+        counters are that wide, zero-extended.
     mem : Out(isa.MemoryPortSignature(config))
         The bridge's memory port (same protocol as the accelerator's; read data may come
         back any number of cycles later, in order).
@@ -395,9 +397,18 @@ class Bridge(wiring.Component):
         # ---- sources of multi-byte replies, one byte per index
         send_src = Signal(2)   # 0 info, 1 status+flags, 2 counters, 3 memory word
         info_value = Const(int.from_bytes(self._info, "little"), 8 * INFO_BYTES)
+        # The accelerator's counters are `counter_width` bits, zero-extended to the struct's
+        # fields: only those bits are read. Under the board build's kept hierarchy Yosys
+        # cannot see that the rest are zero, and their bytes would cost multiplexer LUTs (a
+        # hundred on the iCEBreaker's 32-bit counters).
+        counter_parts = []   # the struct's fields in order
+        for name, field in data.Layout.cast(isa.Counters):
+            width = Shape.cast(field.shape).width
+            kept = min(cfg.counter_width, width)
+            counter_parts += [self.counters[name][:kept], Const(0, width - kept)]
         m.d.comb += [
             status_bits.eq(self.status.as_value()),
-            counter_bits.eq(self.counters.as_value()),
+            counter_bits.eq(Cat(*counter_parts)),
             flags_byte.eq(Cat(pending, flags_framing, flags_overrun)),
         ]
         status_and_flags = Cat(status_bits, flags_byte)

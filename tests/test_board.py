@@ -322,6 +322,29 @@ def test_bridge_commands():
     run_sim(dut, bench, 60_000)
 
 
+def test_bridge_counters_of_narrow_counters():
+    """With ``counter_width`` < 48 the bridge sends each counter's low bits, zero-extended (as
+    the accelerator's narrow counters are), whatever the upper bits of its input."""
+    cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=256,
+                            counter_width=20)
+    div = 4
+    dut = _Rig(cfg, div, 400)
+    layout = data.Layout.cast(isa.Counters)
+    values = {name: (0xABCDE0 + 17 * i) for i, (name, _) in enumerate(layout)}
+
+    async def bench(ctx):
+        ctx.set(dut.counters, layout.const({name: v | (0x5A5A5 << 24)
+                                            for name, v in values.items()}))
+        await send_byte(ctx, dut.rx, Command.COUNTERS.value, div)
+        reply = bytes([await recv_byte(ctx, dut.tx, div, 2000)
+                       for _ in range(COUNTER_BYTES + 1)])
+        expect = layout.const({name: v & 0xFFFFF for name, v in values.items()})
+        assert int.from_bytes(reply[:-1], "little") == expect.as_value().value
+        assert reply[-1] == Reply.OK.value
+
+    run_sim(dut, bench, 5_000)
+
+
 # ---- the real board top over a simulated serial line -----------------------------------------
 
 @pytest.fixture(scope="module")
