@@ -484,6 +484,17 @@ class BoardSpec:
     program: str = ""
     uart: str = ""
     notes: str = ""
+    # Synthesize the bitstream's netlist flat (iCE40 only). The per-module breakdown then
+    # comes from a second synthesis of the same design with the hierarchy kept, which
+    # Yosys runs in seconds; kept, a unit's outputs that are constant or that could merge
+    # into the next unit's LUTs cost logic cells and LUT levels at every boundary.
+    flat_synthesis: bool = False
+    # The wire delay abc9 assumes when it maps logic to LUTs (iCE40 only; synth_ice40 passes
+    # 250 ps). On a nearly full iCE40 a route costs 1.7-5 ns against a LUT's 0.9-1.3 ns:
+    # with 250 ps ABC sees LUT levels as cheap next to the carry chains, and relaxes every
+    # path that is not its critical one to that depth, which on the flat iCEBreaker netlist
+    # made chains of seven or eight LUTs across the decoder and the store unit.
+    abc9_wire_delay_ps: int | None = None
 
 
 BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
@@ -504,6 +515,8 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
         # (docs/fpga.md), so the clock keeps a margin below the worst build seen: 34.5 MHz
         # (12 x 46 / 16) once missed by 0.3 MHz.
         sys_clk_hz=30e6,
+        flat_synthesis=True,
+        abc9_wire_delay_ps=1500,
         program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
                 "build/icebreaker/serrano.bin)",
         uart="the FTDI's second channel (/dev/ttyUSB1 on Linux)"),
@@ -579,6 +592,10 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         raise TypeError(f"config must be an AcceleratorConfig, not {cfg!r}")
     baud = spec.baud if baud is None else baud
     device = DEVICES[spec.device]
+    flat = spec.flat_synthesis
+    if (flat or spec.abc9_wire_delay_ps is not None) and device.family != "ice40":
+        raise ValueError(f"flat_synthesis and abc9_wire_delay_ps are implemented for iCE40 "
+                         f"boards only, not {spec.name}")
     platform = spec.platform()()
     if spec.sys_clk_hz is not None:
         clk_hz = pll_params(device.family, platform.default_clk_frequency,
@@ -640,8 +657,6 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         # SPRAM has no initial contents: drop the memory's (all-zero) init so that it maps.
         # The host zeroes it (FILL) before use; UARTBackend does.
         after_read.append(f"delete {BUILD_NAME}.board.memory/t:$meminit_v2")
-    if kept:
-        after_read.append("setattr -mod -set keep_hierarchy 1 " + " ".join(kept))
     ram_style = buffer_ram_style(kept, f"{BUILD_NAME}.board")
     if ram_style:
         after_read.append(ram_style)
@@ -649,8 +664,32 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         [name for name in kept if categorize(name.split(".")[-1]) == "buffers"])
     if collisions:
         after_read.append(collisions)
+    keep = ["setattr -mod -set keep_hierarchy 1 " + " ".join(kept)] if kept else []
+    if flat:
+        # The breakdown's synthesis (hierarchy kept) first, then the bitstream's from the
+        # same saved design, flat (the build script's own synth_ice40).
+        # `keep` on the top's clock wire: flattened, the clock net would otherwise take the
+        # alphabetically first of its names (a buffer's `clk` port) in nextpnr's report.
+        after_read += [f"setattr -set keep 1 {BUILD_NAME}/w:clk", "design -save flat", *keep,
+                       f"synth_ice40 {overrides['synth_opts']} -top {BUILD_NAME}",
+                       ICE40_DSP_RESTORE, "tee -q -o stat_kept.json stat -json",
+                       "design -load flat"]
+    else:
+        after_read += keep
     ys_name = f"{BUILD_NAME}.ys"
     plan.files[ys_name] = plan.files[ys_name].replace(_KEEP_MARKER, "\n".join(after_read))
+    if spec.abc9_wire_delay_ps is not None:
+        # The bitstream's synth_ice40 (the script's last) with its LUT mapping step
+        # (`map_luts`, as synth_ice40 runs it) spelled out to pass abc9 another wire delay.
+        synth = f"synth_ice40 {overrides['synth_opts']} -top {BUILD_NAME}"
+        steps = [f"{synth} -run :map_luts", "techmap -map +/ice40/latches_map.v",
+                 "read_verilog -D ICE40_HX -icells -lib -specify +/ice40/abc9_model.v",
+                 f"abc9 -W {spec.abc9_wire_delay_ps}", "ice40_wrapcarry -unwrap",
+                 "techmap -map +/ice40/ff_map.v", "clean", "opt_lut -tech ice40",
+                 f"{synth} -run map_cells:"]
+        text = plan.files[ys_name]
+        last = text.rindex(synth)
+        plan.files[ys_name] = text[:last] + "\n".join(steps) + text[last + len(synth):]
 
     say(f"building {spec.name}: yosys, nextpnr-{device.family}, "
         f"{'icepack' if device.family == 'ice40' else 'ecppack'} (logs in {out})")
@@ -670,8 +709,12 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     bitstream = out / spec.bitstream
     if not bitstream.exists():
         raise ToolError(f"the build of {spec.name} produced no {bitstream}")
-    stat = parse_yosys_stat(json.loads((out / "stat.json").read_text()), device.family,
+    # `stat`: the kept hierarchy (per module); `total`: the netlist that was placed.
+    stat = parse_yosys_stat(json.loads((out / ("stat_kept.json" if flat else "stat.json"))
+                                       .read_text()), device.family,
                             core_module=f"{BUILD_NAME}.board.accel", top=BUILD_NAME)
+    total = stat if not flat else parse_yosys_stat(
+        json.loads((out / "stat.json").read_text()), device.family, top=BUILD_NAME)
     pnr = parse_nextpnr_report(json.loads((out / f"{BUILD_NAME}.pnr.json").read_text()),
                                device.family)
     memories = parse_memories(il_text, (out / f"{BUILD_NAME}.rpt").read_text(errors="replace"),
@@ -683,9 +726,9 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         avail = device.resources.get(kind)
         if kind == "SPRAM" and not avail:
             continue
-        if kind == "LUTRAM" and not stat["total"].get("LUTRAM"):
+        if kind == "LUTRAM" and not total["total"].get("LUTRAM"):
             continue
-        entry = {"used": stat["total"][kind], "available": avail, "source": "yosys",
+        entry = {"used": total["total"][kind], "available": avail, "source": "yosys",
                  "core": stat["core"][kind] if stat["core"] else None}
         if kind in pnr["resources"]:
             p = pnr["resources"][kind]
@@ -729,8 +772,8 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
                                      else "")},
         "requested_mhz": clk_hz / 1e6,
         "resources": resources,
-        "synthesis": {"total": stat["total"], "core": stat["core"],
-                      "cells": stat["total_cells"]},
+        "synthesis": {"total": total["total"], "core": stat["core"],
+                      "cells": total["total_cells"], "flat": flat},
         "modules": modules, "categories": categories, "memories": memories,
         "timing": {"clocks": pnr["clocks"], "critical_paths": pnr["critical_paths"]},
         "commands": commands,

@@ -490,6 +490,12 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
     big = AcceleratorConfig(rows=8, cols=8, act_depth=16384, mem_bytes=1 << 20)
     with pytest.raises(ValueError, match="block RAMs"):
         build_board("orangecrab-25f", tmp_path, config=big)
+    from dataclasses import replace
+    for option in ({"flat_synthesis": True}, {"abc9_wire_delay_ps": 1000}):
+        monkeypatch.setitem(BOARDS, "orangecrab-25f", replace(BOARDS["orangecrab-25f"],
+                                                              **option))
+        with pytest.raises(ValueError, match="iCE40 boards only, not orangecrab-25f"):
+            build_board("orangecrab-25f", tmp_path)
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import build_board as script
