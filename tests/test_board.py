@@ -517,7 +517,7 @@ def test_build_icebreaker_bitstream(tmp_path):
     assert res["DSP"]["used"] <= 8 and res["LUT"]["used"] <= 5280
     # The board memory is in SPRAM, every buffer in block RAM: nothing in flip-flops.
     mems = {m["path"].split(".")[-2]: m for m in rep["memories"]}
-    assert rep["board"]["clk_mhz"] == 30.0   # from the PLL
+    assert rep["board"]["clk_mhz"] == 36.0   # from the PLL
     assert mems["memory"]["mapped_to"].startswith("SPRAM")
     assert res["SPRAM"]["used"] == 4
     assert all(m["in_ram"] for m in rep["memories"] if m["bits"] >= 1024), rep["memories"]
@@ -576,10 +576,10 @@ def test_ice40_pll_bad_frequencies():
 
 
 def test_board_clocks():
-    """The iCEBreaker runs from its PLL at 30 MHz; the UART divisor is the PLL's."""
+    """The iCEBreaker runs from its PLL at 36 MHz; the UART divisor is the PLL's."""
     from hw.board import pll_params
     spec = BOARDS["icebreaker"]
     platform = spec.platform()()
     f = pll_params("ice40", platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
-    assert f == 30e6
-    assert uart_divisor(f, spec.baud) == 260
+    assert f == 36e6   # 12 MHz * 48 / 16
+    assert uart_divisor(f, spec.baud) == 312
