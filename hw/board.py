@@ -68,10 +68,11 @@ class SharedMemory(wiring.Component):
     iCE40 SPRAM (Yosys would otherwise pick block RAM, whatever the device holds).
 
     One request per cycle, single-ported (so that iCE40 can use SPRAM): the ``host`` port
-    has priority and is always ready; ``acc`` is ready when the host is not asking. A read
-    accepted in cycle *t* returns its word on the initiator's ``resp`` in cycle *t + 1*;
-    writes apply the byte mask. The read port is enabled only for reads, so a write never
-    disturbs read data (the SPRAM's "no change" behaviour).
+    has priority and is always ready; ``acc`` is ready when the host is not asking. The
+    chosen request is registered before it reaches the memory, so a read accepted in cycle
+    *t* returns its word on the initiator's ``resp`` in cycle *t + 2*; requests take effect
+    in the order they were accepted, writes apply the byte mask. The read port is enabled
+    only for reads, so a write never disturbs read data (the SPRAM's "no change" behaviour).
     """
 
     def __init__(self, config: AcceleratorConfig, *, ram_style: str | None = None):
@@ -85,7 +86,8 @@ class SharedMemory(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return 1
+        """Cycles from a read's acceptance to its word on ``resp``."""
+        return 2
 
     def elaborate(self, platform):
         m = Module()
@@ -96,16 +98,24 @@ class SharedMemory(wiring.Component):
         wp = mem.write_port(granularity=8)
         rp = mem.read_port()
 
+        # The accepted request, registered: the memory's enables and address then come
+        # straight from flip-flops. Without the register the accelerator's arbiter, this
+        # multiplexer and the SPRAM write-enable decode (which of the 4 SPRAMs) formed the
+        # iCEBreaker's worst path at 40 MHz.
         pick_host = Signal()
+        req_host = Signal()   # the registered request is the host's
         valid = Signal()
         req = Signal.like(self.host.req.payload)
         resp_host = Signal()
         resp_acc = Signal()
 
-        m.d.comb += [
-            pick_host.eq(self.host.req.valid),
+        m.d.comb += pick_host.eq(self.host.req.valid)
+        m.d.sync += [
             valid.eq(self.host.req.valid | self.acc.req.valid),
             req.eq(Mux(pick_host, self.host.req.payload, self.acc.req.payload)),
+            req_host.eq(pick_host),
+        ]
+        m.d.comb += [
             self.host.req.ready.eq(1),
             self.acc.req.ready.eq(~self.host.req.valid),
             wp.addr.eq(req.addr),
@@ -119,8 +129,8 @@ class SharedMemory(wiring.Component):
             self.acc.resp.valid.eq(resp_acc),
         ]
         m.d.sync += [
-            resp_host.eq(valid & ~req.write & pick_host),
-            resp_acc.eq(valid & ~req.write & ~pick_host),
+            resp_host.eq(valid & ~req.write & req_host),
+            resp_acc.eq(valid & ~req.write & ~req_host),
         ]
         return m
 
@@ -474,11 +484,23 @@ class BoardSpec:
     program: str = ""
     uart: str = ""
     notes: str = ""
+    # Synthesize the bitstream's netlist flat (iCE40 only). The per-module breakdown then
+    # comes from a second synthesis of the same design with the hierarchy kept, which
+    # Yosys runs in seconds; kept, a unit's outputs that are constant or that could merge
+    # into the next unit's LUTs cost logic cells and LUT levels at every boundary.
+    flat_synthesis: bool = False
+    # The wire delay abc9 assumes when it maps logic to LUTs (iCE40 only; synth_ice40 passes
+    # 250 ps). On a nearly full iCE40 a route costs 1.7-5 ns against a LUT's 0.9-1.3 ns:
+    # with 250 ps ABC sees LUT levels as cheap next to the carry chains, and relaxes every
+    # path that is not its critical one to that depth, which on the flat iCEBreaker netlist
+    # made chains of seven or eight LUTs across the decoder and the store unit. The
+    # iCEBreaker uses 3000 ps (docs/fpga.md has the measurements).
+    abc9_wire_delay_ps: int | None = None
 
 
 BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
     BoardSpec(
-        "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz; design at 30 MHz from "
+        "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz; design at 36 MHz from "
         "the PLL)", _icebreaker,
         "ice40-up5k",
         # 5,280 logic cells: the control path (decoder, load/store units, output stage) takes
@@ -489,11 +511,12 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
         AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
                           mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
         bitstream="serrano.bin",
-        # 30 MHz from the UP5K's PLL (12 MHz x 80 / 32). The 96 % full UP5K reaches
-        # 34.2-39.8 MHz depending on the placer seed and small changes anywhere in the design
-        # (docs/fpga.md), so the clock keeps a margin below the worst build seen: 34.5 MHz
-        # (12 x 46 / 16) once missed by 0.3 MHz.
-        sys_clk_hz=30e6,
+        # 36 MHz from the UP5K's PLL (12 MHz x 48 / 16). With the PLL at 40.5 MHz (the
+        # first setting >= 40) builds reached 38.9-39.6 MHz, every worst path in the
+        # accelerator core (docs/fpga.md): 36 MHz keeps a margin below the worst seen.
+        sys_clk_hz=36e6,
+        flat_synthesis=True,
+        abc9_wire_delay_ps=3000,
         program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
                 "build/icebreaker/serrano.bin)",
         uart="the FTDI's second channel (/dev/ttyUSB1 on Linux)"),
@@ -569,6 +592,10 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         raise TypeError(f"config must be an AcceleratorConfig, not {cfg!r}")
     baud = spec.baud if baud is None else baud
     device = DEVICES[spec.device]
+    flat = spec.flat_synthesis
+    if (flat or spec.abc9_wire_delay_ps is not None) and device.family != "ice40":
+        raise ValueError(f"flat_synthesis and abc9_wire_delay_ps are implemented for iCE40 "
+                         f"boards only, not {spec.name}")
     platform = spec.platform()()
     if spec.sys_clk_hz is not None:
         clk_hz = pll_params(device.family, platform.default_clk_frequency,
@@ -630,8 +657,6 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         # SPRAM has no initial contents: drop the memory's (all-zero) init so that it maps.
         # The host zeroes it (FILL) before use; UARTBackend does.
         after_read.append(f"delete {BUILD_NAME}.board.memory/t:$meminit_v2")
-    if kept:
-        after_read.append("setattr -mod -set keep_hierarchy 1 " + " ".join(kept))
     ram_style = buffer_ram_style(kept, f"{BUILD_NAME}.board")
     if ram_style:
         after_read.append(ram_style)
@@ -639,8 +664,32 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         [name for name in kept if categorize(name.split(".")[-1]) == "buffers"])
     if collisions:
         after_read.append(collisions)
+    keep = ["setattr -mod -set keep_hierarchy 1 " + " ".join(kept)] if kept else []
+    if flat:
+        # The breakdown's synthesis (hierarchy kept) first, then the bitstream's from the
+        # same saved design, flat (the build script's own synth_ice40).
+        # `keep` on the top's clock wire: flattened, the clock net would otherwise take the
+        # alphabetically first of its names (a buffer's `clk` port) in nextpnr's report.
+        after_read += [f"setattr -set keep 1 {BUILD_NAME}/w:clk", "design -save flat", *keep,
+                       f"synth_ice40 {overrides['synth_opts']} -top {BUILD_NAME}",
+                       ICE40_DSP_RESTORE, "tee -q -o stat_kept.json stat -json",
+                       "design -load flat"]
+    else:
+        after_read += keep
     ys_name = f"{BUILD_NAME}.ys"
     plan.files[ys_name] = plan.files[ys_name].replace(_KEEP_MARKER, "\n".join(after_read))
+    if spec.abc9_wire_delay_ps is not None:
+        # The bitstream's synth_ice40 (the script's last) with its LUT mapping step
+        # (`map_luts`, as synth_ice40 runs it) spelled out to pass abc9 another wire delay.
+        synth = f"synth_ice40 {overrides['synth_opts']} -top {BUILD_NAME}"
+        steps = [f"{synth} -run :map_luts", "techmap -map +/ice40/latches_map.v",
+                 "read_verilog -D ICE40_HX -icells -lib -specify +/ice40/abc9_model.v",
+                 f"abc9 -W {spec.abc9_wire_delay_ps}", "ice40_wrapcarry -unwrap",
+                 "techmap -map +/ice40/ff_map.v", "clean", "opt_lut -tech ice40",
+                 f"{synth} -run map_cells:"]
+        text = plan.files[ys_name]
+        last = text.rindex(synth)
+        plan.files[ys_name] = text[:last] + "\n".join(steps) + text[last + len(synth):]
 
     say(f"building {spec.name}: yosys, nextpnr-{device.family}, "
         f"{'icepack' if device.family == 'ice40' else 'ecppack'} (logs in {out})")
@@ -660,8 +709,12 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     bitstream = out / spec.bitstream
     if not bitstream.exists():
         raise ToolError(f"the build of {spec.name} produced no {bitstream}")
-    stat = parse_yosys_stat(json.loads((out / "stat.json").read_text()), device.family,
+    # `stat`: the kept hierarchy (per module); `total`: the netlist that was placed.
+    stat = parse_yosys_stat(json.loads((out / ("stat_kept.json" if flat else "stat.json"))
+                                       .read_text()), device.family,
                             core_module=f"{BUILD_NAME}.board.accel", top=BUILD_NAME)
+    total = stat if not flat else parse_yosys_stat(
+        json.loads((out / "stat.json").read_text()), device.family, top=BUILD_NAME)
     pnr = parse_nextpnr_report(json.loads((out / f"{BUILD_NAME}.pnr.json").read_text()),
                                device.family)
     memories = parse_memories(il_text, (out / f"{BUILD_NAME}.rpt").read_text(errors="replace"),
@@ -673,9 +726,9 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         avail = device.resources.get(kind)
         if kind == "SPRAM" and not avail:
             continue
-        if kind == "LUTRAM" and not stat["total"].get("LUTRAM"):
+        if kind == "LUTRAM" and not total["total"].get("LUTRAM"):
             continue
-        entry = {"used": stat["total"][kind], "available": avail, "source": "yosys",
+        entry = {"used": total["total"][kind], "available": avail, "source": "yosys",
                  "core": stat["core"][kind] if stat["core"] else None}
         if kind in pnr["resources"]:
             p = pnr["resources"][kind]
@@ -719,8 +772,8 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
                                      else "")},
         "requested_mhz": clk_hz / 1e6,
         "resources": resources,
-        "synthesis": {"total": stat["total"], "core": stat["core"],
-                      "cells": stat["total_cells"]},
+        "synthesis": {"total": total["total"], "core": stat["core"],
+                      "cells": total["total_cells"], "flat": flat},
         "modules": modules, "categories": categories, "memories": memories,
         "timing": {"clocks": pnr["clocks"], "critical_paths": pnr["critical_paths"]},
         "commands": commands,

@@ -37,9 +37,10 @@ Struct replies (status, counters) are the struct's bits packed LSB first, as in 
 (``data.Layout.cast(isa.Status)`` gives the offsets), padded to whole bytes.
 """
 
+import contextlib
 import enum as py_enum
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -224,20 +225,71 @@ class UARTTx(wiring.Component):
         timer = Signal(range(div))
         shreg = Signal(9)   # data bits and the stop bit still to send
         left = Signal(range(11))
+        # `ready` is a register (what `left == 0` will be), not decoded from `left`: the
+        # bridge's state machine branches on it.
+        idle = Signal(init=1)
 
-        m.d.comb += self.data.ready.eq(left == 0)
-        with m.If(left == 0):
+        m.d.comb += self.data.ready.eq(idle)
+        with m.If(idle):
             with m.If(self.data.valid):
                 m.d.sync += [self.tx.eq(0), shreg.eq(Cat(self.data.payload, Const(1, 1))),
-                             timer.eq(div - 1), left.eq(10)]
+                             timer.eq(div - 1), left.eq(10), idle.eq(0)]
         with m.Elif(timer != 0):
             m.d.sync += timer.eq(timer - 1)
         with m.Else():
             m.d.sync += [self.tx.eq(Mux(left == 1, 1, shreg[0])), shreg.eq(shreg >> 1),
                          left.eq(left - 1), timer.eq(div - 1)]
             with m.If(left == 1):
-                m.d.sync += timer.eq(0)
+                m.d.sync += [timer.eq(0), idle.eq(1)]
         return m
+
+
+class _OneHotFSM:
+    """A state machine with one flip-flop per state, encoded by hand.
+
+    ``m.FSM`` gives a binary-encoded state register; with 17 states its decode and
+    next-state logic were six LUTs deep into the register's enable, the worst path of the
+    iCEBreaker build. Here each state is one register, a transition clears the current
+    state's bit and sets the next one's, and a state's condition is its own bit.
+
+    Parameters
+    ----------
+    m : Module
+    names : list of str
+        The states; the first is the reset state.
+    """
+
+    def __init__(self, m: Module, names: list[str]):
+        self._m = m
+        self._bits = {n: Signal(name=f"st_{n}", init=(i == 0)) for i, n in enumerate(names)}
+        self._current = None
+
+    def __getitem__(self, name: str) -> Signal:
+        """The state's bit: 1 while the machine is in it."""
+        return self._bits[name]
+
+    def any(self, *names: str):
+        """1 while the machine is in one of ``names``."""
+        bits = [self._bits[n] for n in names]
+        out = bits[0]
+        for b in bits[1:]:
+            out = out | b
+        return out
+
+    @contextlib.contextmanager
+    def state(self, name: str):
+        """The logic of state ``name`` (``with fsm.state("Idle"): ...``)."""
+        with self._m.If(self._bits[name]):
+            self._current = name
+            try:
+                yield
+            finally:
+                self._current = None
+
+    def goto(self, name: str) -> None:
+        """From the state being described to ``name``, on the next clock edge."""
+        if name != self._current:
+            self._m.d.sync += [self._bits[self._current].eq(0), self._bits[name].eq(1)]
 
 
 class Bridge(wiring.Component):
@@ -266,6 +318,8 @@ class Bridge(wiring.Component):
         One-cycle pulse for the accelerator's ``clear``.
     status : In(isa.Status)
     counters : In(isa.Counters)
+        Only the low ``config.counter_width`` bits of each field are read: the accelerator's
+        counters are that wide, zero-extended.
     mem : Out(isa.MemoryPortSignature(config))
         The bridge's memory port (same protocol as the accelerator's; read data may come
         back any number of cycles later, in order).
@@ -310,12 +364,23 @@ class Bridge(wiring.Component):
         m.submodules.utx = utx = UARTTx(self._divisor)
         m.d.comb += [urx.rx.eq(self.rx), self.tx.eq(utx.tx)]
 
+        fsm = _OneHotFSM(m, ["Idle", "Decode", "Args", "Sum", "Range", "Check", "Drain",
+                             "WriteBytes", "WriteReq", "ReadReq", "ReadResp", "SendPrep",
+                             "SendPrep2", "SendBytes", "InstrBytes", "Clear", "Reply"])
+
         # ---- local signals
         rx_byte = urx.data.payload
         rx_valid = urx.data.valid
-        addr = Signal(32)
-        count = Signal(32)
-        nbytes = Signal(range(max(ARG_BYTES, INSTR_BYTES, COUNTER_BYTES, INFO_BYTES, mw) + 2))
+        # Word address and count are kept only as wide as a valid range needs (`aw` bits
+        # hold every count up to `mem_words`); a set bit above that is remembered in
+        # `addr_big` / `count_big`, which make the range check fail as the full 32-bit
+        # compare would. The UP5K build is short of logic cells.
+        aw = cfg.mem_words.bit_length()
+        addr = Signal(aw)
+        count = Signal(aw)
+        addr_big = Signal()
+        count_big = Signal()
+        nbytes = Signal(range(max(ARG_BYTES, INSTR_BYTES, mw) + 1))
         word = Signal(8 * mw)
         pending = Signal()
         pending_word = Signal(isa.INSTR_WIDTH)
@@ -332,9 +397,18 @@ class Bridge(wiring.Component):
         # ---- sources of multi-byte replies, one byte per index
         send_src = Signal(2)   # 0 info, 1 status+flags, 2 counters, 3 memory word
         info_value = Const(int.from_bytes(self._info, "little"), 8 * INFO_BYTES)
+        # The accelerator's counters are `counter_width` bits, zero-extended to the struct's
+        # fields: only those bits are read. Under the board build's kept hierarchy Yosys
+        # cannot see that the rest are zero, and their bytes would cost multiplexer LUTs (a
+        # hundred on the iCEBreaker's 32-bit counters).
+        counter_parts = []   # the struct's fields in order
+        for name, field in data.Layout.cast(isa.Counters):
+            width = Shape.cast(field.shape).width
+            kept = min(cfg.counter_width, width)
+            counter_parts += [self.counters[name][:kept], Const(0, width - kept)]
         m.d.comb += [
             status_bits.eq(self.status.as_value()),
-            counter_bits.eq(self.counters.as_value()),
+            counter_bits.eq(Cat(*counter_parts)),
             flags_byte.eq(Cat(pending, flags_framing, flags_overrun)),
         ]
         status_and_flags = Cat(status_bits, flags_byte)
@@ -390,18 +464,19 @@ class Bridge(wiring.Component):
         with m.If(self.mem.req.valid & self.mem.req.ready):
             m.d.sync += req_valid.eq(0)
 
-        # The range check in full width: addr + count <= mem_words, count >= 1, in two
-        # registered steps (states "Sum" and "Range"): the 33-bit sum, then the compare. As
-        # one combinational step feeding the FSM it limited the iCEBreaker build.
-        end_sum = Signal(33)
+        # The range check, addr + count <= mem_words and 1 <= count, in two registered steps
+        # (states "Sum" and "Range"): the sum, then the compare. As one combinational step
+        # feeding the FSM it limited the iCEBreaker build.
+        end_sum = Signal(aw + 1)
         m.d.sync += [end_sum.eq(addr + count),
-                     range_ok.eq((count != 0) & (end_sum <= cfg.mem_words))]
+                     range_ok.eq((count != 0) & ~addr_big & ~count_big &
+                                 (end_sum <= cfg.mem_words))]
 
-        # Registered conditions for the FSM, so that no wide compare sits in front of the
-        # state register's enable. `count_one` / `count_zero` follow `count` one cycle late
-        # except where `count` is decremented, where they are given their new value directly
-        # (FILL decrements in back-to-back cycles); after Args has shifted `count` in, the
-        # range check states give them their cycle.
+        # Registered conditions for the FSM, so that no wide compare sits in front of a
+        # state register. `count_one` / `count_zero` follow `count` one cycle late except
+        # where `count` is decremented, where they are given their new value directly (FILL
+        # decrements in back-to-back cycles); after Args has written `count`, the range check
+        # states give them their cycle.
         count_one = Signal()
         count_zero = Signal()
         m.d.sync += [count_one.eq(count == 1), count_zero.eq(count == 0)]
@@ -410,7 +485,31 @@ class Bridge(wiring.Component):
             m.d.sync += [addr.eq(addr + 1), count.eq(count - 1),
                          count_one.eq(count == 2), count_zero.eq(count == 1)]
 
-        is_write = Signal()   # the command is WRITE / READ (else FILL), registered in Idle
+        # `nbytes` counts the bytes of the current field; `last_*` say that the byte now
+        # arriving is the field's last, updated together with `nbytes` (a field's next byte
+        # can follow in the cycle after the count changed).
+        lasts = [(Signal(name="last_arg"), ARG_BYTES), (Signal(name="last_instr"), INSTR_BYTES),
+                 (Signal(name="last_data", init=(mw == 1)), mw)]
+        last_arg, last_instr, last_data = (flag for flag, _ in lasts)
+
+        def reset_nbytes():
+            m.d.sync += nbytes.eq(0)
+            m.d.sync += [flag.eq(n == 1) for flag, n in lasts]
+
+        def count_byte():
+            m.d.sync += nbytes.eq(nbytes + 1)
+            m.d.sync += [flag.eq((nbytes == n - 2) if n >= 2 else 1) for flag, n in lasts]
+
+        # The command byte, decoded into a register every cycle: Idle takes the byte, Decode
+        # branches on these flags (they follow the byte one cycle late; the next byte is at
+        # least nine bit times away).
+        # Exactly one of them is set, so Decode tests each on its own, not in a priority chain.
+        cmd = {c: Signal(name=f"cmd_{c.name.lower()}") for c in Command}
+        cmd_unknown = Signal()
+        for c, flag in cmd.items():
+            m.d.sync += flag.eq(rx_byte == c)
+        m.d.sync += cmd_unknown.eq(~rx_byte.matches(*Command))
+        is_write = Signal()   # the command is WRITE / READ (else FILL), registered in Decode
         is_read = Signal()
 
         # ---- the command engine
@@ -419,7 +518,7 @@ class Bridge(wiring.Component):
         line_quiet = Signal()
         with m.If(rx_valid):
             m.d.sync += [timer.eq(0), line_quiet.eq(0)]
-        with m.Elif(timer != self._timeout):
+        with m.Elif(~line_quiet):
             m.d.sync += [timer.eq(timer + 1), line_quiet.eq(timer == self._timeout - 1)]
 
         # `send_last` (this is the reply's last byte) is registered from `send_index` too; it
@@ -427,171 +526,173 @@ class Bridge(wiring.Component):
         send_last = Signal()
         m.d.sync += send_last.eq(send_index == send_len[send_src] - 1)
 
-        def take_byte():
-            m.d.comb += urx.data.ready.eq(1)
+        # A byte is taken in every state that receives one (the others leave it waiting).
+        m.d.comb += urx.data.ready.eq(fsm.any("Idle", "Args", "Drain", "WriteBytes",
+                                              "InstrBytes"))
 
         def to_write_req():
             m.d.sync += [req_valid.eq(1), req_write.eq(1)]
-            m.next = "WriteReq"
+            fsm.goto("WriteReq")
 
         def to_read_req():
             m.d.sync += [req_valid.eq(1), req_write.eq(0)]
-            m.next = "ReadReq"
+            fsm.goto("ReadReq")
 
         def to_send(src):
             m.d.sync += [send_src.eq(src), send_index.eq(0)]
-            m.next = "SendPrep"
+            fsm.goto("SendPrep")
 
         # `reply` is loaded under few, simple conditions (its enable was the iCEBreaker's
-        # worst path when every final transition set it): a guess from the command byte in
-        # Idle (INSTR: BUSY if a word is waiting, else OK; an unknown command: ERROR), OK on
-        # every pass through WriteReq and SendPrep, ERROR from Check, and Clear's verdict.
-        # Every command that reaches Reply has passed the state that sets its reply last.
-        with m.FSM(name="bridge_fsm"):
-            with m.State("Idle"):
-                with m.If(rx_valid):
-                    take_byte()
-                    m.d.sync += [nbytes.eq(0),
-                                 is_write.eq(rx_byte == Command.WRITE),
-                                 is_read.eq(rx_byte == Command.READ)]
-                    with m.If(rx_byte != Command.INSTR):
-                        m.d.sync += reply.eq(Reply.ERROR)
-                    with m.Elif(pending):
-                        m.d.sync += reply.eq(Reply.BUSY)
-                    with m.Else():
-                        m.d.sync += reply.eq(Reply.OK)
-                    with m.Switch(rx_byte):
-                        with m.Case(Command.WRITE, Command.READ, Command.FILL):
-                            m.next = "Args"
-                        with m.Case(Command.INSTR):
-                            m.d.sync += instr_drop.eq(pending)
-                            m.next = "InstrBytes"
-                        with m.Case(Command.INFO):
-                            to_send(0)
-                        with m.Case(Command.STATUS):
-                            to_send(1)
-                        with m.Case(Command.COUNTERS):
-                            to_send(2)
-                        with m.Case(Command.CLEAR):
-                            m.next = "Clear"
-                        with m.Default():
-                            m.next = "Reply"
+        # worst path when every final transition set it): a guess from the command in Decode
+        # (INSTR: BUSY if a word is waiting, else OK; an unknown command: ERROR), OK on every
+        # pass through WriteReq and SendPrep, ERROR from Check, and Clear's verdict. Every
+        # command that reaches Reply has passed the state that sets its reply last.
+        with fsm.state("Idle"):
+            with m.If(rx_valid):
+                reset_nbytes()
+                m.d.sync += [addr_big.eq(0), count_big.eq(0)]
+                fsm.goto("Decode")
 
-            with m.State("Args"):
-                # addr u32 and count u32, shifted straight into their registers (no separate
-                # argument register: the UP5K build is short of logic cells).
-                with m.If(rx_valid):
-                    take_byte()
-                    m.d.sync += [Cat(addr, count).eq(Cat(addr[8:], count, rx_byte)),
-                                 nbytes.eq(nbytes + 1)]
-                    with m.If(nbytes == ARG_BYTES - 1):
-                        m.d.sync += nbytes.eq(0)
-                        m.next = "Sum"
-                with m.Elif(line_quiet):
-                    m.next = "Idle"
+        with fsm.state("Decode"):
+            m.d.sync += [is_write.eq(cmd[Command.WRITE]), is_read.eq(cmd[Command.READ]),
+                         instr_drop.eq(pending)]
+            with m.If(~cmd[Command.INSTR]):
+                m.d.sync += reply.eq(Reply.ERROR)
+            with m.Elif(pending):
+                m.d.sync += reply.eq(Reply.BUSY)
+            with m.Else():
+                m.d.sync += reply.eq(Reply.OK)
+            with m.If(cmd[Command.WRITE] | cmd[Command.READ] | cmd[Command.FILL]):
+                fsm.goto("Args")
+            with m.If(cmd[Command.INSTR]):
+                fsm.goto("InstrBytes")
+            for src, c in enumerate([Command.INFO, Command.STATUS, Command.COUNTERS]):
+                with m.If(cmd[c]):
+                    to_send(src)
+            with m.If(cmd[Command.CLEAR]):
+                fsm.goto("Clear")
+            with m.If(cmd_unknown):
+                fsm.goto("Reply")
 
-            with m.State("Sum"):    # end_sum takes its value from the new addr/count
-                m.next = "Range"
+        with fsm.state("Args"):
+            # addr u32 and count u32, byte k written into its lane of addr (k < 4) or count.
+            with m.If(rx_valid):
+                count_byte()
+                for k in range(ARG_BYTES):
+                    reg, big = (addr, addr_big) if k < 4 else (count, count_big)
+                    lsb = 8 * (k % 4)
+                    with m.If(nbytes == k):
+                        if lsb < aw:
+                            m.d.sync += reg[lsb:min(lsb + 8, aw)].eq(rx_byte)
+                        if lsb + 8 > aw:
+                            with m.If(rx_byte[max(aw - lsb, 0):] != 0):
+                                m.d.sync += big.eq(1)
+                with m.If(last_arg):
+                    fsm.goto("Sum")
+            with m.Elif(line_quiet):
+                fsm.goto("Idle")
 
-            with m.State("Range"):  # range_ok takes its value from end_sum
-                m.next = "Check"
+        with fsm.state("Sum"):    # end_sum takes its value from the new addr/count
+            fsm.goto("Range")
 
-            with m.State("Check"):
-                with m.If(~range_ok):
-                    m.d.sync += reply.eq(Reply.ERROR)
-                    with m.If(is_write):
-                        m.next = "Drain"
-                    with m.Else():
-                        m.next = "Reply"
+        with fsm.state("Range"):  # range_ok takes its value from end_sum
+            fsm.goto("Check")
+
+        with fsm.state("Check"):
+            reset_nbytes()
+            with m.If(~range_ok):
+                m.d.sync += reply.eq(Reply.ERROR)
+                with m.If(is_write):
+                    fsm.goto("Drain")
+                with m.Else():
+                    fsm.goto("Reply")
+            with m.Elif(is_write):
+                fsm.goto("WriteBytes")
+            with m.Elif(is_read):
+                to_read_req()
+            with m.Else():
+                m.d.sync += word.eq(0)
+                to_write_req()
+
+        with fsm.state("Drain"):
+            # A WRITE with a bad range: swallow its data until the line is quiet.
+            with m.If(~rx_valid & line_quiet):
+                fsm.goto("Reply")
+
+        with fsm.state("WriteBytes"):
+            with m.If(rx_valid):
+                m.d.sync += word.eq(Cat(word[8:], rx_byte))
+                count_byte()
+                with m.If(last_data):
+                    to_write_req()
+            with m.Elif(line_quiet):
+                fsm.goto("Idle")
+
+        with fsm.state("WriteReq"):
+            m.d.sync += reply.eq(Reply.OK)
+            with m.If(self.mem.req.ready):
+                decrement_count()
+                reset_nbytes()
+                with m.If(count_one):
+                    fsm.goto("Reply")
                 with m.Elif(is_write):
-                    m.next = "WriteBytes"
-                with m.Elif(is_read):
+                    fsm.goto("WriteBytes")
+                with m.Else():
+                    to_write_req()   # FILL: the next word, back to back
+
+        with fsm.state("ReadReq"):
+            with m.If(self.mem.req.ready):
+                fsm.goto("ReadResp")
+
+        with fsm.state("ReadResp"):
+            with m.If(self.mem.resp.valid):
+                m.d.sync += word.eq(self.mem.resp.payload)
+                decrement_count()
+                to_send(3)
+
+        with fsm.state("SendPrep"):   # the group bytes and send_last follow send_index
+            m.d.sync += reply.eq(Reply.OK)
+            fsm.goto("SendPrep2")
+
+        with fsm.state("SendPrep2"):  # send_byte follows them
+            fsm.goto("SendBytes")
+
+        with fsm.state("SendBytes"):
+            with m.If(utx.data.ready):
+                m.d.sync += send_index.eq(send_index + 1)
+                with m.If(~send_last):
+                    fsm.goto("SendPrep")
+                with m.Elif((send_src == 3) & ~count_zero):
                     to_read_req()
                 with m.Else():
-                    m.d.sync += word.eq(0)
-                    to_write_req()
+                    fsm.goto("Reply")
 
-            with m.State("Drain"):
-                # A WRITE with a bad range: swallow its data until the line is quiet.
-                with m.If(rx_valid):
-                    take_byte()
-                with m.Elif(line_quiet):
-                    m.next = "Reply"
+        with fsm.state("InstrBytes"):
+            with m.If(rx_valid):
+                count_byte()
+                # A word still waiting keeps its register and this one is dropped (BUSY),
+                # even if the waiting word is taken meanwhile: the bytes already went.
+                with m.If(~instr_drop):
+                    m.d.sync += pending_word.eq(Cat(pending_word[8:], rx_byte))
+                with m.If(last_instr):
+                    with m.If(~instr_drop):   # (reply: set in Decode from the same flag)
+                        m.d.sync += pending.eq(1)
+                    fsm.goto("Reply")
+            with m.Elif(line_quiet):
+                fsm.goto("Idle")
 
-            with m.State("WriteBytes"):
-                with m.If(rx_valid):
-                    take_byte()
-                    m.d.sync += [word.eq(Cat(word[8:], rx_byte)), nbytes.eq(nbytes + 1)]
-                    with m.If(nbytes == mw - 1):
-                        to_write_req()
-                with m.Elif(line_quiet):
-                    m.next = "Idle"
+        with fsm.state("Clear"):
+            with m.If(self.status.busy & ~self.status.idle):
+                m.d.sync += reply.eq(Reply.BUSY)
+            with m.Else():
+                m.d.sync += [self.clear.eq(1), pending.eq(0), flags_framing.eq(0),
+                             flags_overrun.eq(0), reply.eq(Reply.OK)]
+            fsm.goto("Reply")
 
-            with m.State("WriteReq"):
-                m.d.sync += reply.eq(Reply.OK)
-                with m.If(self.mem.req.ready):
-                    decrement_count()
-                    m.d.sync += nbytes.eq(0)
-                    with m.If(count_one):
-                        m.next = "Reply"
-                    with m.Elif(is_write):
-                        m.next = "WriteBytes"
-                    with m.Else():
-                        to_write_req()   # FILL: the next word, back to back
+        with fsm.state("Reply"):
+            with m.If(utx.data.ready):
+                fsm.goto("Idle")
 
-            with m.State("ReadReq"):
-                with m.If(self.mem.req.ready):
-                    m.next = "ReadResp"
-
-            with m.State("ReadResp"):
-                with m.If(self.mem.resp.valid):
-                    m.d.sync += word.eq(self.mem.resp.payload)
-                    decrement_count()
-                    to_send(3)
-
-            with m.State("SendPrep"):   # the group bytes and send_last follow send_index
-                m.d.sync += reply.eq(Reply.OK)
-                m.next = "SendPrep2"
-
-            with m.State("SendPrep2"):  # send_byte follows them
-                m.next = "SendBytes"
-
-            with m.State("SendBytes"):
-                m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(send_byte)]
-                with m.If(utx.data.ready):
-                    m.d.sync += send_index.eq(send_index + 1)
-                    with m.If(~send_last):
-                        m.next = "SendPrep"
-                    with m.Elif((send_src == 3) & ~count_zero):
-                        to_read_req()
-                    with m.Else():
-                        m.next = "Reply"
-
-            with m.State("InstrBytes"):
-                with m.If(rx_valid):
-                    take_byte()
-                    m.d.sync += nbytes.eq(nbytes + 1)
-                    # A word still waiting keeps its register and this one is dropped (BUSY),
-                    # even if the waiting word is taken meanwhile: the bytes already went.
-                    with m.If(~instr_drop):
-                        m.d.sync += pending_word.eq(Cat(pending_word[8:], rx_byte))
-                    with m.If(nbytes == INSTR_BYTES - 1):
-                        with m.If(~instr_drop):   # (reply: set in Idle from the same flag)
-                            m.d.sync += pending.eq(1)
-                        m.next = "Reply"
-                with m.Elif(line_quiet):
-                    m.next = "Idle"
-
-            with m.State("Clear"):
-                with m.If(self.status.busy & ~self.status.idle):
-                    m.d.sync += reply.eq(Reply.BUSY)
-                with m.Else():
-                    m.d.sync += [self.clear.eq(1), pending.eq(0), flags_framing.eq(0),
-                                 flags_overrun.eq(0), reply.eq(Reply.OK)]
-                m.next = "Reply"
-
-            with m.State("Reply"):
-                m.d.comb += [utx.data.valid.eq(1), utx.data.payload.eq(reply)]
-                with m.If(utx.data.ready):
-                    m.next = "Idle"
+        m.d.comb += [utx.data.valid.eq(fsm.any("SendBytes", "Reply")),
+                     utx.data.payload.eq(Mux(fsm["Reply"], reply, send_byte))]
         return m

@@ -249,6 +249,14 @@ def test_bridge_commands():
         assert await cmd(bytes([Command.READ.value]) + args(31, 2), 1) == bytes([err])
         assert await cmd(bytes([Command.READ.value]) + args(0, 0), 1) == bytes([err])
         assert await cmd(bytes([Command.FILL.value]) + args(1 << 31, 1), 1) == bytes([err])
+        # The bridge keeps only the bits a valid address or count needs (6 here): a bit set
+        # anywhere above them is still an error, even when the kept bits are in range.
+        for a, n in [(0, (1 << 6) + 1), (0, (1 << 16) + 1), (0, (1 << 32) - 1), (0, 1 << 6),
+                     (1 << 6, 1), (1 << 8, 1), (1 << 24, 1), ((1 << 31) | 3, 1)]:
+            assert await cmd(bytes([Command.READ.value]) + args(a, n), 1) == bytes([err]), \
+                (a, n)
+        assert await cmd(bytes([Command.READ.value]) + args(31, 1), 9) == bytes(8) + \
+            bytes([ok])
         # A WRITE out of range swallows its data, then answers ERROR once the line is quiet.
         assert await cmd(bytes([Command.WRITE.value]) + args(30, 3) + bytes(24), 1) == \
             bytes([err])
@@ -312,6 +320,29 @@ def test_bridge_commands():
         assert sum(b << i for i, b in enumerate(bits[1:9])) == ok
 
     run_sim(dut, bench, 60_000)
+
+
+def test_bridge_counters_of_narrow_counters():
+    """With ``counter_width`` < 48 the bridge sends each counter's low bits, zero-extended (as
+    the accelerator's narrow counters are), whatever the upper bits of its input."""
+    cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=256,
+                            counter_width=20)
+    div = 4
+    dut = _Rig(cfg, div, 400)
+    layout = data.Layout.cast(isa.Counters)
+    values = {name: (0xABCDE0 + 17 * i) for i, (name, _) in enumerate(layout)}
+
+    async def bench(ctx):
+        ctx.set(dut.counters, layout.const({name: v | (0x5A5A5 << 24)
+                                            for name, v in values.items()}))
+        await send_byte(ctx, dut.rx, Command.COUNTERS.value, div)
+        reply = bytes([await recv_byte(ctx, dut.tx, div, 2000)
+                       for _ in range(COUNTER_BYTES + 1)])
+        expect = layout.const({name: v & 0xFFFFF for name, v in values.items()})
+        assert int.from_bytes(reply[:-1], "little") == expect.as_value().value
+        assert reply[-1] == Reply.OK.value
+
+    run_sim(dut, bench, 5_000)
 
 
 # ---- the real board top over a simulated serial line -----------------------------------------
@@ -459,6 +490,12 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
     big = AcceleratorConfig(rows=8, cols=8, act_depth=16384, mem_bytes=1 << 20)
     with pytest.raises(ValueError, match="block RAMs"):
         build_board("orangecrab-25f", tmp_path, config=big)
+    from dataclasses import replace
+    for option in ({"flat_synthesis": True}, {"abc9_wire_delay_ps": 1000}):
+        monkeypatch.setitem(BOARDS, "orangecrab-25f", replace(BOARDS["orangecrab-25f"],
+                                                              **option))
+        with pytest.raises(ValueError, match="iCE40 boards only, not orangecrab-25f"):
+            build_board("orangecrab-25f", tmp_path)
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
         import build_board as script
@@ -480,7 +517,7 @@ def test_build_icebreaker_bitstream(tmp_path):
     assert res["DSP"]["used"] <= 8 and res["LUT"]["used"] <= 5280
     # The board memory is in SPRAM, every buffer in block RAM: nothing in flip-flops.
     mems = {m["path"].split(".")[-2]: m for m in rep["memories"]}
-    assert rep["board"]["clk_mhz"] == 30.0   # from the PLL
+    assert rep["board"]["clk_mhz"] == 36.0   # from the PLL
     assert mems["memory"]["mapped_to"].startswith("SPRAM")
     assert res["SPRAM"]["used"] == 4
     assert all(m["in_ram"] for m in rep["memories"] if m["bits"] >= 1024), rep["memories"]
@@ -539,10 +576,10 @@ def test_ice40_pll_bad_frequencies():
 
 
 def test_board_clocks():
-    """The iCEBreaker runs from its PLL at 30 MHz; the UART divisor is the PLL's."""
+    """The iCEBreaker runs from its PLL at 36 MHz; the UART divisor is the PLL's."""
     from hw.board import pll_params
     spec = BOARDS["icebreaker"]
     platform = spec.platform()()
     f = pll_params("ice40", platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
-    assert f == 30e6
-    assert uart_divisor(f, spec.baud) == 260
+    assert f == 36e6   # 12 MHz * 48 / 16
+    assert uart_divisor(f, spec.baud) == 312
