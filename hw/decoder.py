@@ -115,14 +115,17 @@ class Decoder(wiring.Component):
         k1_end = [Signal(_END_BITS, name=f"k1_end{i}") for i in range(3)]
         k1_n_rows = Signal(16)
         k1_stride = Signal(24)
-        k1_addr_len = Signal(34)      # mem_addr + row length
+        k1_addr = Signal(32)          # mem_addr
+        k1_len = Signal(17)           # row length in memory
         k1_mem_op = Signal()
-        k2_base = Signal(signed(35))  # mem_addr + row length - stride
+        k2_addr_len = Signal(34)      # mem_addr + row length
+        k2_stride_room = Signal(34)   # mem_bytes + stride
         k2_mem_op = Signal()
+        k3_base = Signal(signed(35))  # mem_addr + row length - stride
         k_prod = Signal(40)           # n_rows * stride, mult_latency + 2 cycles in
         k3_error = Signal(isa.ErrorCode)  # first failing check other than MEM_RANGE
         k_mem_end = Signal(signed(42))  # check_cycles in
-        k_room = Signal(signed(37))     # mem_bytes - k2_base
+        k_room = Signal(signed(37))     # mem_bytes - k3_base
         k_mem_fail = Signal()           # k_mem_end > mem_bytes, as k_prod > k_room
 
         de_valid = Signal()
@@ -209,18 +212,23 @@ class Decoder(wiring.Component):
         m.d.sync += [
             k1_n_rows.eq(ld_view.n_rows),  # same position in LOAD and STORE
             k1_stride.eq(Mux(is_store, st_view.mem_stride, ld_view.mem_stride)),
-            k1_addr_len.eq(Mux(is_store, st_view.mem_addr + st_row_bytes,
-                               ld_view.mem_addr + ld_view.row_bytes)),
+            # The operands are selected in one stage and added in the next: select and
+            # 33-bit sum together were the iCEBreaker's next worst path.
+            k1_addr.eq(Mux(is_store, st_view.mem_addr, ld_view.mem_addr)),
+            k1_len.eq(Mux(is_store, st_row_bytes, ld_view.row_bytes)),
             k1_mem_op.eq((opcode == Op.LOAD) | is_store),
-            k2_base.eq(k1_addr_len - k1_stride),
+            k2_addr_len.eq(k1_addr + k1_len),
+            k2_stride_room.eq(cfg.mem_bytes + k1_stride),
             k2_mem_op.eq(k1_mem_op),
+            k3_base.eq(k2_addr_len - k1_stride),
             # The stride is split so that each partial product fits one 18x18 DSP.
             k_prod.eq(self._product(m, k1_n_rows, k1_stride[:17], "prod_lo") +
                       (self._product(m, k1_n_rows, k1_stride[17:], "prod_hi") << 17)),
-            k_mem_end.eq(k_prod + k2_base),
+            k_mem_end.eq(k_prod + k3_base),
             # MEM_RANGE decided beside the sum rather than from it (a compare after the last
-            # adder, then the error mux, missed 150 MHz on the whole 8x8 for ECP5).
-            k_room.eq(cfg.mem_bytes - k2_base),
+            # adder, then the error mux, missed 150 MHz on the whole 8x8 for ECP5):
+            # k_mem_end > mem_bytes is k_prod > mem_bytes - k3_base.
+            k_room.eq(k2_stride_room - k2_addr_len),
             k_mem_fail.eq(k_prod > k_room),
         ]
         mem_range = isa.ErrorCode.MEM_RANGE
