@@ -47,7 +47,7 @@ class OutputStage(wiring.Component):
         ``simulation`` their cycle-equivalent model); for ``None``/``"generic"`` each is a
         plain ``a * b`` into a register. ``"ice40"`` gets its own compact pipeline (see
         ``_column_ice40``) with instantiated SB_MAC16s (or their model) holding the operand
-        and product registers. ``latency`` depends on it: 9 generic, 16 ECP5, 7 iCE40.
+        and product registers. ``latency`` depends on it: 9 generic, 16 ECP5, 8 iCE40.
 
     Attributes
     ----------
@@ -73,7 +73,7 @@ class OutputStage(wiring.Component):
     # RoundingDivideByPOT in two stages.
     _ECP5_EXTRA_STAGES = 3
     # The compact iCE40 pipeline (see ``_column_ice40``).
-    _ICE40_STAGES = 7
+    _ICE40_STAGES = 8
 
     def __init__(self, config: AcceleratorConfig, tag_shape,
                  target: MultiplierTarget | None = None):
@@ -410,8 +410,8 @@ class OutputStage(wiring.Component):
         m.d.comb += out.eq(s_out)
 
     def _column_ice40(self, m: Module, n: int, acc, params, out) -> None:
-        """The compact iCE40 column: 7 stages at ~40 MHz on the UP5K instead of 9, with the
-        product registers inside the SB_MAC16s and only what the next stage reads registered.
+        """The compact iCE40 column: 8 stages at ~40 MHz on the UP5K, with the product
+        registers inside the SB_MAC16s and only what the next stage reads registered.
 
         1. ``acc + bias``, the shift decode and clamp bounds (as in the generic stage 1);
         2. the left barrel shift into the SB_MAC16 input registers (``A_REG``/``B_REG``);
@@ -424,9 +424,11 @@ class OutputStage(wiring.Component):
         6. RDBPOT: the right barrel shift ``q = h >> right``, its rounding increment (masks
            decoded here from the 5-bit amount), and instead of all 32 bits of ``q`` only its low
            byte, bits 8 and 31 and whether bits 9..30 are all zeros / all ones (per 4-bit group);
-        7. ``y = q + zero_point + inc`` and the clamp on the low byte alone: ``ql + zp + inc``
-           is a 10-bit add whose carry (-1, 0 or +1) into ``q >> 8`` decides, with the four
-           flags, whether the int32 ``y`` (wrapping included) is inside int8 and its sign.
+        7. ``y = q + zero_point + inc`` on the low byte alone: ``ql + zp + inc`` is a 10-bit
+           add whose carry (-1, 0 or +1) into ``q >> 8`` decides, with the four flags,
+           whether the int32 ``y`` (wrapping included) is inside int8 and its sign;
+        8. the clamp: two 9-bit compares and the muxes (in stage 7 as well, behind the add
+           and the flags, they were the UP5K build's worst path at 40.5 MHz).
         """
         reg, delay = self._registers(m, n)
 
@@ -535,17 +537,27 @@ class OutputStage(wiring.Component):
         yh_m1 = (c_0 & qh_m1) | (c_p1 & qh_m2) | (c_m1 & qh_0)
         y_neg = ((c_0 & b23) | (c_p1 & ((b23 & ~qh_m1) | qh_max))
                  | (c_m1 & ((b23 & ~qh_min) | qh_0)))
-        y8 = low[:8].as_signed()
-        in_range = Signal(name=f"c{n}_s7_in_range")
-        gt = Signal(name=f"c{n}_s7_gt")
-        lt = Signal(name=f"c{n}_s7_lt")
-        m.d.comb += [
-            in_range.eq((yh_0 & ~low[7]) | (yh_m1 & low[7])),
-            gt.eq(Mux(in_range, (hi - y8)[8], ~y_neg)),   # y > hi
-            lt.eq(Mux(in_range, (y8 - lo)[8], y_neg)),    # y < lo
+        s7_y8 = reg(signed(8), "s7_y8")
+        s7_in_range = reg(1, "s7_in_range")
+        s7_neg = reg(1, "s7_neg")
+        m.d.sync += [
+            s7_y8.eq(low[:8]),
+            s7_in_range.eq((yh_0 & ~low[7]) | (yh_m1 & low[7])),
+            s7_neg.eq(y_neg),
         ]
-        assert self._stages == 7
-        s_out = reg(signed(8), "s7_out")
+
+        # ---- stage 8: the clamp.
+        lo = delay(lo, 6, 7, "lo")
+        hi = delay(hi, 6, 7, "hi")
+        y8 = s7_y8
+        gt = Signal(name=f"c{n}_s8_gt")
+        lt = Signal(name=f"c{n}_s8_lt")
+        m.d.comb += [
+            gt.eq(Mux(s7_in_range, (hi - y8)[8], ~s7_neg)),   # y > hi
+            lt.eq(Mux(s7_in_range, (y8 - lo)[8], s7_neg)),    # y < lo
+        ]
+        assert self._stages == 8
+        s_out = reg(signed(8), "s8_out")
         m.d.sync += s_out.eq(Mux(gt, hi, Mux(lt, lo, y8)))
         m.d.comb += out.eq(s_out)
 

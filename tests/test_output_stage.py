@@ -341,7 +341,7 @@ def test_latency_per_target():
     followed by two fabric registers, behind an input stage and a stage for the byte shift,
     and RoundingDivideByPOT takes two stages;
     the generic path keeps a single registered product, so no flip-flop is added there; iCE40 has
-    its own compact 7-stage pipeline with the products in SB_MAC16 registers. The target can
+    its own compact 8-stage pipeline with the products in SB_MAC16 registers. The target can
     be given by keyword or as the third positional argument."""
     config = AcceleratorConfig(cols=2)
     generic = OutputStage(config, unsigned(1))
@@ -349,7 +349,7 @@ def test_latency_per_target():
     ecp5 = OutputStage(config, unsigned(1), target=MultiplierTarget(family="ecp5"))
     assert generic.latency == 9
     assert ecp5.latency == generic.latency + 4 + 3
-    assert ice40.latency == 7
+    assert ice40.latency == 8
     il40 = rtlil.convert(ice40)
     assert il40.count("SB_MAC16") >= 4 * config.cols
     assert f"s{ice40.latency}_out" in il40
