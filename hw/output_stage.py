@@ -47,7 +47,7 @@ class OutputStage(wiring.Component):
         ``simulation`` their cycle-equivalent model); for ``None``/``"generic"`` each is a
         plain ``a * b`` into a register. ``"ice40"`` gets its own compact pipeline (see
         ``_column_ice40``) with instantiated SB_MAC16s (or their model) holding the operand
-        and product registers. ``latency`` depends on it: 9 generic, 16 ECP5, 8 iCE40.
+        and product registers. ``latency`` depends on it: 9 generic, 17 ECP5, 8 iCE40.
 
     Attributes
     ----------
@@ -70,8 +70,8 @@ class OutputStage(wiring.Component):
     # ECP5 only: an input stage (accumulator row and parameters registered before any logic:
     # both come from block RAMs far away), a stage of its own for the byte part of the
     # left shift, so that the DSPs' input registers are fed from fabric registers, and
-    # RoundingDivideByPOT in two stages.
-    _ECP5_EXTRA_STAGES = 3
+    # RoundingDivideByPOT in three stages.
+    _ECP5_EXTRA_STAGES = 4
     # The compact iCE40 pipeline (see ``_column_ice40``).
     _ICE40_STAGES = 8
 
@@ -337,26 +337,27 @@ class OutputStage(wiring.Component):
                 s_inc.eq(Mux(sat, rounds, round_bit & (~s_h[31] | sticky))),
             ]
         else:
-            # ECP5: two stages (the one-stage version, 5 mux levels or a 31-bit reduction
-            # behind the saturation mux, missed 150 MHz in the whole 8x8 build). Stage sq
-            # shifts by the low 3 bits of the amount and reduces the round and sticky terms
-            # in groups of 4; stage sq + 1 shifts by whole bytes and finishes the increment.
-            # Arithmetic shifts compose: h >> r == (h >> r[:3]) >> (8 * r[3:]). The saturated
-            # h, INT32_MAX, is the complement of the unsaturated bits (2**31), and arithmetic
-            # shifts commute with the complement, so saturation is an XOR after the byte
-            # shift (it fits that stage's 4:1-mux LUTs) rather than a mux in front of the
-            # 8:1 bit shift, where it was one LUT level too many on ECP5.
+            # ECP5: three stages, each at most a 4:1 mux per bit (the one-stage version, 5
+            # mux levels or a 31-bit reduction behind the saturation mux, missed 150 MHz in
+            # the whole 8x8 build, and so did an 8:1 first stage). Stage sq shifts by the
+            # amount's low 2 bits and reduces the round and sticky terms in groups of 4;
+            # stage sq + 1 shifts by 4 bits or not and finishes the increment; stage sq + 2
+            # shifts by whole bytes. Arithmetic shifts compose:
+            # h >> r == ((h >> r[:2]) >> 4 r[2]) >> 8 r[3:]. The saturated h, INT32_MAX, is
+            # the complement of the unsaturated bits (2**31), and arithmetic shifts commute
+            # with the complement, so saturation is an XOR after the byte shift (it fits
+            # that stage's 4:1-mux LUTs) rather than a mux in front of the first shift.
             groups = range(0, 31, 4)
             s_qa = reg(signed(32), f"s{sq}_qa")
-            s_qbytes = reg(unsigned(2), f"s{sq}_qbytes")
+            s_qrest = reg(unsigned(3), f"s{sq}_qrest")
             s_rg = reg(unsigned(len(groups)), f"s{sq}_round_groups")
             s_sg = reg(unsigned(len(groups)), f"s{sq}_sticky_groups")
             s_sat = reg(1, f"s{sq}_sat")
             s_neg = reg(1, f"s{sq}_neg")
             s_rounds = reg(1, f"s{sq}_rounds")
             m.d.sync += [
-                s_qa.eq(s_h[:32].as_signed() >> s_right[:3]),
-                s_qbytes.eq(s_right[3:]),
+                s_qa.eq(s_h[:32].as_signed() >> s_right[:2]),
+                s_qrest.eq(s_right[2:]),
                 s_rg.eq(Cat((h_bits[g:g + 4] & s_round[g:g + 4]).any() for g in groups)),
                 s_sg.eq(Cat((h_bits[g:g + 4] & s_half[g:g + 4]).any() for g in groups)),
                 s_sat.eq(sat),
@@ -364,11 +365,22 @@ class OutputStage(wiring.Component):
                 s_rounds.eq(rounds),
             ]
             sq += 1
+            s_qb = reg(signed(32), f"s{sq}_qb")
+            s_qbytes = reg(unsigned(2), f"s{sq}_qbytes")
+            s_inc1 = reg(1, f"s{sq}_inc")
+            s_sat1 = reg(1, f"s{sq}_sat")
+            m.d.sync += [
+                s_qb.eq(Mux(s_qrest[0], s_qa >> 4, s_qa)),
+                s_qbytes.eq(s_qrest[1:]),
+                s_inc1.eq(Mux(s_sat, s_rounds, s_rg.any() & (~s_neg | s_sg.any()))),
+                s_sat1.eq(s_sat),
+            ]
+            sq += 1
             s_q = reg(signed(32), f"s{sq}_q")
             s_inc = reg(1, f"s{sq}_inc")
             m.d.sync += [
-                s_q.eq(self._byte_shift(s_qa, s_qbytes, left=False) ^ s_sat.replicate(32)),
-                s_inc.eq(Mux(s_sat, s_rounds, s_rg.any() & (~s_neg | s_sg.any()))),
+                s_q.eq(self._byte_shift(s_qb, s_qbytes, left=False) ^ s_sat1.replicate(32)),
+                s_inc.eq(s_inc1),
             ]
 
         # ---- stage sq+1: zero point, an int32 add that wraps, with the rounding increment as
