@@ -175,10 +175,17 @@ class OutputStage(wiring.Component):
         s1_lo = reg(signed(8), "s1_lo")
         s1_hi = reg(signed(8), "s1_hi")
         shift = params.shift
+        # The saturation of the 8-bit shift into [-31, 30] as bit logic: written as signed
+        # compares it became carry chains in front of the registers' resets, the 8x8 ECP5
+        # build's worst path.
+        assert len(shift) == 8 and (_SHIFT_MIN, _SHIFT_MAX) == (-31, 30)
+        neg = shift[7]
+        left_sat = shift[5] | shift[6] | (shift[:5] == 31)                 # shift > 30
+        right_sat = ~(shift[5] & shift[6]) | (shift[:5] == 0)              # shift < -31
         m.d.sync += [
             s1_x.eq((acc + params.bias)[:32].as_signed()),
-            s1_left.eq(Mux(shift > _SHIFT_MAX, _SHIFT_MAX, Mux(shift < 0, 0, shift))[:5]),
-            s1_right.eq(Mux(shift < _SHIFT_MIN, -_SHIFT_MIN, Mux(shift > 0, 0, -shift))[:5]),
+            s1_left.eq(Mux(neg, 0, Mux(left_sat, _SHIFT_MAX, shift[:5]))),
+            s1_right.eq(Mux(~neg, 0, Mux(right_sat, -_SHIFT_MIN, (-shift)[:5]))),
             s1_mul.eq(params.multiplier),
             s1_zp.eq(params.zero_point),
             s1_lo.eq(Mux(params.lo > params.hi, params.hi, params.lo)),
