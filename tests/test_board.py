@@ -487,6 +487,8 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
         build_board("de10-nano", tmp_path)
     with pytest.raises(ValueError, match="too fast"):
         build_board("icebreaker", tmp_path, baud=20_000_000)
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        build_board("icebreaker", tmp_path, seed=-1)
     big = AcceleratorConfig(rows=8, cols=8, act_depth=16384, mem_bytes=1 << 20)
     with pytest.raises(ValueError, match="block RAMs"):
         build_board("orangecrab-25f", tmp_path, config=big)
@@ -508,7 +510,8 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_build_icebreaker_bitstream(tmp_path):
-    # ~5 minutes: nextpnr-ice40 on a 94 % full UP5K.
+    # ~5 minutes: nextpnr-ice40 on a 91 % full UP5K, with the board's seed (2), which meets
+    # the 40.5 MHz clock.
     out = tmp_path / "icebreaker"
     rep = build_board("icebreaker", out)
     bit = Path(rep["board"]["bitstream"])
@@ -517,7 +520,7 @@ def test_build_icebreaker_bitstream(tmp_path):
     assert res["DSP"]["used"] <= 8 and res["LUT"]["used"] <= 5280
     # The board memory is in SPRAM, every buffer in block RAM: nothing in flip-flops.
     mems = {m["path"].split(".")[-2]: m for m in rep["memories"]}
-    assert rep["board"]["clk_mhz"] == 36.0   # from the PLL
+    assert rep["board"]["clk_mhz"] == 40.5   # from the PLL
     assert mems["memory"]["mapped_to"].startswith("SPRAM")
     assert res["SPRAM"]["used"] == 4
     assert all(m["in_ram"] for m in rep["memories"] if m["bits"] >= 1024), rep["memories"]
@@ -576,10 +579,10 @@ def test_ice40_pll_bad_frequencies():
 
 
 def test_board_clocks():
-    """The iCEBreaker runs from its PLL at 36 MHz; the UART divisor is the PLL's."""
+    """The iCEBreaker runs from its PLL at 40.5 MHz; the UART divisor is the PLL's."""
     from hw.board import pll_params
     spec = BOARDS["icebreaker"]
     platform = spec.platform()()
     f = pll_params("ice40", platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]
-    assert f == 36e6   # 12 MHz * 48 / 16
-    assert uart_divisor(f, spec.baud) == 312
+    assert f == 40.5e6   # 12 MHz * 54 / 16
+    assert uart_divisor(f, spec.baud) == 352
