@@ -496,10 +496,6 @@ class BoardSpec:
     # made chains of seven or eight LUTs across the decoder and the store unit. The
     # iCEBreaker uses 3000 ps (docs/fpga.md has the measurements).
     abc9_wire_delay_ps: int | None = None
-    # nextpnr's placer seed when the command line gives none. The iCEBreaker's design clock
-    # sits at the edge of what the 90 %-full UP5K reaches, and the placement decides (the
-    # seeds measured are in docs/fpga.md); the other boards have margin and use seed 1.
-    seed: int = 1
 
 
 BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
@@ -515,12 +511,11 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
         AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
                           mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
         bitstream="serrano.bin",
-        # 40.5 MHz from the UP5K's PLL (12 MHz x 54 / 16, the first setting >= 40). Met
-        # with seed 2 (40.9 MHz); other seeds land 0.5-2 MHz short of it (docs/fpga.md):
-        # with another seed, or after a change to the design, check the report's timing
-        # table, and if it is not met, try seeds (--seed) or a lower clock here.
+        # 40.5 MHz from the UP5K's PLL (12 MHz x 54 / 16, the first setting >= 40): met
+        # with seeds 1 and 2 (40.87 MHz), not with seed 3 (39.98 MHz). The 90 %-full UP5K
+        # has no margin: after a change to the design check the report's timing table,
+        # and if it is not met try seeds (--seed) or a lower clock here (docs/fpga.md).
         sys_clk_hz=40.5e6,
-        seed=2,
         flat_synthesis=True,
         abc9_wire_delay_ps=3000,
         program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
@@ -581,7 +576,7 @@ _KEEP_MARKER = "# serrano: keep_hierarchy"
 
 
 def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | None = None,
-                config: AcceleratorConfig | None = None, seed: int | None = None,
+                config: AcceleratorConfig | None = None, seed: int = 1,
                 dsp_pes: int | None = None, timeout: float | None = 7200,
                 command_line: str | None = None,
                 log: Callable[[str], None] | None = None) -> dict:
@@ -597,7 +592,6 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     if not isinstance(cfg, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {cfg!r}")
     baud = spec.baud if baud is None else baud
-    seed = spec.seed if seed is None else seed
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
     device = DEVICES[spec.device]
