@@ -578,7 +578,6 @@ class StoreUnit(wiring.Component):
 
         m.d.comb += [
             self.mem_req.valid.eq(o_valid),
-            self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
             free.eq(~o_valid | self.mem_req.ready),
             g_step.eq(rows_fifo.r_rdy & ~s_full),
             pop.eq(g_step & g_last),
@@ -586,6 +585,11 @@ class StoreUnit(wiring.Component):
             g_load.eq(start | pop),
         ]
         m.d.sync += start.eq(take_cmd)
+        # `stalled` (for the decoder's counter) is registered, a cycle late: taken straight
+        # from the handshake it shared its LUT with `free`, and the placer put that LUT by
+        # the decoder's counters, far from the request registers whose enable it is (the
+        # whole 8x8 ECP5 build's critical path).
+        m.d.sync += self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready)
 
         # The beat the generator produces this cycle (valid with g_step).
         beat = Signal.like(self.mem_req.payload)
