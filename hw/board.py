@@ -512,9 +512,10 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
                           mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
         bitstream="serrano.bin",
         # 40.5 MHz from the UP5K's PLL (12 MHz x 54 / 16, the first setting >= 40): met
-        # with seeds 1 and 2 (40.87 MHz), not with seed 3 (39.98 MHz). The 90 %-full UP5K
-        # has no margin: after a change to the design check the report's timing table,
-        # and if it is not met try seeds (--seed) or a lower clock here (docs/fpga.md).
+        # with seed 1 (40.87 MHz); on a nearly identical design seed 2 gave the same and
+        # seed 3 39.98 MHz (docs/fpga.md). The 90 %-full UP5K has no margin: after a
+        # change to the design check the report's timing table, and if it is not met try
+        # seeds (--seed) or a lower clock here.
         sys_clk_hz=40.5e6,
         flat_synthesis=True,
         abc9_wire_delay_ps=3000,
