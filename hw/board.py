@@ -543,7 +543,7 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
                           mem_width=8, mem_bytes=32 * 1024),
         bitstream="serrano.bit",
         # Before the pipelining the accelerator reached 46.9 MHz here, so the design runs at
-        # 40 MHz from the PLL; it now reaches about 114 MHz (docs/fpga.md), a faster PLL is
+        # 40 MHz from the PLL; it now reaches about 116 MHz (docs/fpga.md), a faster PLL is
         # untried.
         sys_clk_hz=40e6,
         program="dfu-suffix -v 1209 -p 5af0 -a build/orangecrab-25f/serrano.bit && dfu-util "

@@ -433,6 +433,7 @@ class Decoder(wiring.Component):
         # cycles; otherwise the word stays unless issued, and running only drops through a
         # HALT's issue or a fault (which excludes ok anyway).
         ok = Signal()
+        halt_issue = Signal()   # a HALT leaves decode (every unit idle)
         m.d.sync += ok.eq(de_valid & ~de_fault & running & (de_wait <= 1) & ~issue)
         cmds = (self.load_cmd, self.exec_cmd, self.store_cmd)
         if cfg.overlap:
@@ -446,14 +447,14 @@ class Decoder(wiring.Component):
             self.load_cmd.valid.eq(ok & de_is[Op.LOAD] & ~conflict_q),
             self.exec_cmd.valid.eq(ok & de_is[Op.MATMUL] & ~conflict_q),
             self.store_cmd.valid.eq(ok & de_is[Op.STORE] & ~conflict_q),
-            issue.eq(unit_issue |
-                     (ok & (de_is[Op.FENCE] | de_is[Op.HALT]) & all_idle) |
+            halt_issue.eq(ok & de_is[Op.HALT] & all_idle),
+            issue.eq(unit_issue | halt_issue | (ok & de_is[Op.FENCE] & all_idle) |
                      (ok & de_is[Op.NOP])),  # (anything else has faulted)
         ]
 
-        # (What `issue & de_is[HALT]` reduces to, written out: the units' handshakes in
-        # `issue` made these two enables miss 150 MHz on the whole 8x8 for ECP5.)
-        with m.If(ok & de_is[Op.HALT] & all_idle):
+        # (`halt_issue` rather than `issue & de_is[HALT]`: the units' handshakes in `issue`
+        # made these two enables miss 150 MHz on the whole 8x8 for ECP5.)
+        with m.If(halt_issue):
             m.d.sync += [halted.eq(1), running.eq(0)]
 
         # ---- status ----------------------------------------------------------------------

@@ -328,13 +328,11 @@ class OutputStage(wiring.Component):
         # saturation flag does not widen the terms of the reduction trees.
         sq = sp + 3
         sat = Signal(name=f"c{n}_s{sq}_sat")
-        h = Signal(signed(32), name=f"c{n}_s{sq}_h")
-        m.d.comb += [
-            sat.eq(~s_h[32] & s_h[31]),
-            h.eq(Mux(sat, _INT32_MAX, s_h[:32].as_signed())),
-        ]
+        m.d.comb += sat.eq(~s_h[32] & s_h[31])
         h_bits = s_h.as_unsigned()[:31]   # unsaturated
         if not ecp5:
+            h = Signal(signed(32), name=f"c{n}_s{sq}_h")
+            m.d.comb += h.eq(Mux(sat, _INT32_MAX, s_h[:32].as_signed()))
             s_q = reg(signed(32), f"s{sq}_q")
             s_inc = reg(1, f"s{sq}_inc")
             round_bit = (h_bits & s_round).any()

@@ -270,11 +270,7 @@ class _OneHotFSM:
 
     def any(self, *names: str):
         """1 while the machine is in one of ``names``."""
-        bits = [self._bits[n] for n in names]
-        out = bits[0]
-        for b in bits[1:]:
-            out = out | b
-        return out
+        return Cat(*(self._bits[n] for n in names)).any()
 
     @contextlib.contextmanager
     def state(self, name: str):
