@@ -165,14 +165,19 @@ class OutputStage(wiring.Component):
         """Stage 1 of every variant: one 32-bit carry chain (acc + bias) beside the shift
         decode, which saturates the 8-bit field into numerics.md's [-31, 30], and the clamp
         bounds. The clamp applies lo, then hi, so lo > hi gives hi: folding that case into
-        the bounds here (lo' = hi) leaves the final stage two comparisons and a mux.
-        Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers."""
+        the bounds (lo' = hi) leaves the final stage two comparisons and a mux. The fold
+        takes two stages, the compare registered in stage 1 and the mux in stage 2 (in one
+        cycle the compare's carry chain and the mux behind it missed 150 MHz on the whole
+        8x8 for ECP5): ``lo`` is a stage-2 register.
+        Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers but ``lo``."""
         s1_x = reg(signed(32), "s1_x")
         s1_left = reg(unsigned(5), "s1_left")
         s1_right = reg(unsigned(5), "s1_right")
         s1_mul = reg(signed(32), "s1_mul")
         s1_zp = reg(signed(8), "s1_zp")
         s1_lo = reg(signed(8), "s1_lo")
+        s1_lo_gt = reg(1, "s1_lo_gt")            # lo > hi
+        s2_lo = reg(signed(8), "s2_lo")
         s1_hi = reg(signed(8), "s1_hi")
         shift = params.shift
         # The saturation of the 8-bit shift into [-31, 30] as bit logic: written as signed
@@ -188,10 +193,12 @@ class OutputStage(wiring.Component):
             s1_right.eq(Mux(~neg, 0, Mux(right_sat, -_SHIFT_MIN, (-shift)[:5]))),
             s1_mul.eq(params.multiplier),
             s1_zp.eq(params.zero_point),
-            s1_lo.eq(Mux(params.lo > params.hi, params.hi, params.lo)),
+            s1_lo.eq(params.lo),
+            s1_lo_gt.eq(params.lo > params.hi),
             s1_hi.eq(params.hi),
+            s2_lo.eq(Mux(s1_lo_gt, s1_hi, s1_lo)),
         ]
-        return s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi
+        return s1_x, s1_left, s1_right, s1_mul, s1_zp, s2_lo, s1_hi
 
     def _column(self, m: Module, n: int, acc, params, out) -> None:
         reg, delay = self._registers(m, n)
@@ -206,7 +213,7 @@ class OutputStage(wiring.Component):
             acc, params = acc_q, params_q
 
         # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(m, reg, acc, params)
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s2_lo, s1_hi = self._stage1(m, reg, acc, params)
 
         # ---- stage 2: the left barrel shift (wraps in int32). For plain `*` multipliers its 5
         # mux levels get a cycle of their own so that the multipliers' operands come straight
@@ -397,7 +404,7 @@ class OutputStage(wiring.Component):
                            .as_signed())
 
         # ---- stages sy+1 .. sy+2: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded
-        # into lo in stage 1), so "y > hi" is "y above int8, or y in int8 and its low byte >
+        # into lo in stages 1-2), so "y > hi" is "y above int8, or y in int8 and its low byte >
         # hi" (the same for "y < lo"). The first stage computes both flags: a 25-bit
         # all-zeros/all-ones reduction beside two 9-bit subtractions whose sign bits are the
         # byte comparisons; the second is the two muxes alone (outside int8 one flag is always
@@ -405,7 +412,7 @@ class OutputStage(wiring.Component):
         # one cycle limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus
         # the muxes to ~125 MHz.
         sf = sy + 1
-        lo = delay(s1_lo, 1, sy, "lo")
+        lo = delay(s2_lo, 2, sy, "lo")
         hi = delay(s1_hi, 1, sy, "hi")
         top = s_y.as_unsigned()[7:]
         in_range = (top == 0) | (top == (1 << len(top)) - 1)
@@ -450,7 +457,7 @@ class OutputStage(wiring.Component):
         reg, delay = self._registers(m, n)
 
         # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(m, reg, acc, params)
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s2_lo, s1_hi = self._stage1(m, reg, acc, params)
 
         # ---- stages 2-3 (2-4 for hh): the partial products in the SB_MAC16s, whose input
         # registers take the left shift directly.
@@ -535,7 +542,7 @@ class OutputStage(wiring.Component):
         # y >> 8 = qh + c with c = low >> 8 in {-1, 0, 1}, wrapping in 24 bits like the int32
         # add; y's low byte is low's.
         zp = delay(s1_zp, 1, 6, "zp")
-        lo = delay(s1_lo, 1, 6, "lo")
+        lo = delay(s2_lo, 2, 6, "lo")
         hi = delay(s1_hi, 1, 6, "hi")
         low = Signal(signed(10), name=f"c{n}_s7_low")
         m.d.comb += low.eq((Cat(s6_inc, s6_ql, C(0, 2)).as_signed()
