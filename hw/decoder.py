@@ -346,9 +346,23 @@ class Decoder(wiring.Component):
             # behind them do not fit in one cycle together. The overlap's register also takes
             # the static part of its condition (decode's opcode, the load target), so that
             # the OR stage is only the OR of the overlaps, each with its unit's busy flag.
+            # A buffer footprint's compares are as wide as that buffer's addresses: a
+            # footprint that can issue passed BUF_RANGE, so its ends lie in [0, depth] and
+            # fit in depth.bit_length() bits exactly (a word that faults never issues,
+            # whatever its verdict). At 17 bits the carry chains were longer than needed.
             terms = []
+            width = {"act": cfg.act_depth.bit_length(), "wgt": cfg.wgt_depth.bit_length(),
+                     "acc": cfg.acc_depth.bit_length(), "param": cfg.param_depth.bit_length()}
 
-            def ov(a, b, name, when, busy_q=C(1)):
+            def trim(r, bits, name):
+                t = Signal(RangeLayout(bits), name=name)
+                m.d.comb += [t.valid.eq(r.valid), t.lo.eq(r.lo[:bits]), t.hi.eq(r.hi[:bits])]
+                return t
+
+            def ov(a, b, name, when, busy_q=C(1), buf=None):
+                if buf is not None:
+                    a = trim(a, width[buf], f"ov_{name}_a")
+                    b = trim(b, width[buf], f"ov_{name}_b")
                 r = Signal(name=f"ov_{name}")
                 m.d.sync += r.eq(overlaps(a, b) & when)
                 terms.append(r & busy_q)
@@ -356,20 +370,23 @@ class Decoder(wiring.Component):
             is_ld, is_mm, is_st = de_is[Op.LOAD], de_is[Op.MATMUL], de_is[Op.STORE]
             ld_to = lambda target: is_ld & (ld.target == target)   # the load in decode
             ld_in = lambda target: ld_target == target             # the load unit's
-            ov(new_ld_buf, self.fp_pre_act, "ld_pre_act", ld_to(Target.ACT))
-            ov(new_ld_buf, self.fp_stream_act, "ld_stream_act", ld_to(Target.ACT))
-            ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt", ld_to(Target.WGT))
-            ov(new_ld_buf, st_param_live, "ld_st_param", ld_to(Target.PARAM), store_busy_q)
+            ov(new_ld_buf, self.fp_pre_act, "ld_pre_act", ld_to(Target.ACT), buf="act")
+            ov(new_ld_buf, self.fp_stream_act, "ld_stream_act", ld_to(Target.ACT), buf="act")
+            ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt", ld_to(Target.WGT), buf="wgt")
+            ov(new_ld_buf, st_param_live, "ld_st_param", ld_to(Target.PARAM), store_busy_q,
+               buf="param")
             ov(new_ld_mem, st_mem_live, "ld_st_mem", is_ld, store_busy_q)
-            ov(new_mm_act, ld_live, "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q)
-            ov(new_mm_wgt, ld_live, "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q)
-            ov(new_mm_acc, st_acc_live, "mm_acc_st", is_mm, store_busy_q)
-            ov(new_st_acc, self.fp_pre_acc, "st_pre_acc", is_st)
-            ov(new_st_acc, self.fp_stream_acc, "st_stream_acc", is_st)
-            ov(new_st_acc, self.fp_drain[0], "st_drain0", is_st)
-            ov(new_st_acc, self.fp_drain[1], "st_drain1", is_st)
+            ov(new_mm_act, ld_live, "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q,
+               buf="act")
+            ov(new_mm_wgt, ld_live, "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q,
+               buf="wgt")
+            ov(new_mm_acc, st_acc_live, "mm_acc_st", is_mm, store_busy_q, buf="acc")
+            ov(new_st_acc, self.fp_pre_acc, "st_pre_acc", is_st, buf="acc")
+            ov(new_st_acc, self.fp_stream_acc, "st_stream_acc", is_st, buf="acc")
+            ov(new_st_acc, self.fp_drain[0], "st_drain0", is_st, buf="acc")
+            ov(new_st_acc, self.fp_drain[1], "st_drain1", is_st, buf="acc")
             ov(new_st_param, ld_live, "st_param_ld", is_st & ~st_raw & ld_in(Target.PARAM),
-               load_busy_q)
+               load_busy_q, buf="param")
             ov(new_st_mem, ld_mem_live, "st_ld_mem", is_st, load_busy_q)
             unit_conflict = Cat(*terms).any()
 

@@ -104,6 +104,7 @@ class ExecuteUnit(wiring.Component):
         pre_single = Signal()                # n_rows == 1
         pre_wgt_k = Signal(range(max(2, rows)))  # next weight row to read, from wgt_addr
         pre_done = Signal()
+        pre_wgt_last = Signal()              # pre_wgt_k == 0, a register (pre_done's enable)
         # Cycles since the current tile's swap vector was read, saturating. Its weight rows
         # reach the array one cycle after they are read, like the vectors.
         since_swap = Signal(range(array.preload_gap + 1), init=array.preload_gap)
@@ -219,7 +220,8 @@ class ExecuteUnit(wiring.Component):
         # Preload stage.
         with m.If(weight_read):
             m.d.sync += pre_wgt_k.eq(pre_wgt_k - 1)
-            with m.If(pre_wgt_k == 0):
+            m.d.sync += pre_wgt_last.eq(pre_wgt_k == 1)
+            with m.If(pre_wgt_last):
                 m.d.sync += pre_done.eq(1)
         # While empty (cmd.ready is ~pre_valid) the preload stage follows the command stream,
         # and only its valid flag depends on the handshake: the stream's valid comes from the
@@ -234,7 +236,7 @@ class ExecuteUnit(wiring.Component):
                          pre_acc_end.eq(cmd.acc_addr + cmd.n_rows),
                          pre_last.eq(cmd.n_rows - 1),
                          pre_single.eq(cmd.n_rows == 1),
-                         pre_wgt_k.eq(rows - 1)]
+                         pre_wgt_k.eq(rows - 1), pre_wgt_last.eq(rows == 1)]
         with m.Elif(take):
             m.d.sync += pre_valid.eq(0)
 

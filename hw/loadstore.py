@@ -351,7 +351,8 @@ class StoreUnit(wiring.Component):
 
     Contract (checked by the decoder): ``1 <= n_rows``, ``1 <= n_cols <= cols``, and the
     strided extent lies below ``mem_bytes`` (addresses are computed modulo ``mem_bytes``).
-    The write requests come from registers (``mem_req`` is a registered stream output).
+    The write requests come from registers (``mem_req`` is a registered stream output,
+    each request one of two slot registers selected by a registered pointer).
     Nothing here depends on the output stage's latency beyond :attr:`fifo_depth`.
 
     Block-RAM reads land directly in registers: the parameter entry (``param_rd.data``) and
@@ -547,7 +548,7 @@ class StoreUnit(wiring.Component):
         with m.If(row_done):
             m.d.sync += w_off.eq(w_off + lane(cmd.mem_stride))
 
-        # ---- writer: row generator -> skid register -> registered request -----------------
+        # ---- writer: row generator -> two request slots -> memory port -------------------
         # Rows enter the FIFO already shifted up by their byte offset in memory (`sh_off`,
         # the lane of mem_addr + i * mem_stride, kept by a small adder on the write side), so
         # beat j of a row is simply word j of the FIFO head. The row stays at the FIFO head
@@ -555,12 +556,16 @@ class StoreUnit(wiring.Component):
         # beat. Everything per row (word address, beat count, first/last lane masks) is
         # decoded from registers while the row before finishes (at the pop; for the first
         # row in the cycle after the command), so a beat only selects a word and its lanes
-        # by registered masks. A beat the stalled request register cannot take waits in a
-        # skid register, and the generator steps only while the skid register is empty: the
-        # step and the pop (and the FIFO read behind it) depend on registers only, never on
-        # `mem_req.ready`. (Shifting at the FIFO head, on the beat, put a byte shifter and
-        # the beat's word select in series in front of the request register: on ECP5 that
-        # missed 150 MHz on the whole 8x8.)
+        # by registered masks. (Shifting at the FIFO head, on the beat, put a byte shifter
+        # and the beat's word select in series in front of the request register: on ECP5
+        # that missed 150 MHz on the whole 8x8.)
+        # Beats wait in two slot registers used in turn (a two-entry FIFO whose entries
+        # never move): the generator fills slot `wp` when it is empty, the port takes slot
+        # `rp`. Only the pointers and full flags depend on `mem_req.ready`; the slots' own
+        # enables are their empty flags. (An output register refilled from a skid register
+        # on `ready` had that handshake, through the arbiter, in front of the enables of
+        # ~190 flip-flops: the whole 8x8 ECP5 build's worst path on three seeds.) The step
+        # and the pop (and the FIFO read behind it) depend on registers only.
         start = Signal()                         # cycle after take_cmd: first row's set-up
         g_word = Signal(c.mem_addr_width)        # word address of the next beat
         g_left = Signal(range(n_words + 1))      # beats after the next one
@@ -571,19 +576,25 @@ class StoreUnit(wiring.Component):
         g_tail = Signal(W)                       # lanes written by the row's last beat
         next_addr = Signal(A)                    # byte address of the next row
 
-        o_valid = Signal()
+        slot = [Signal.like(self.mem_req.payload, reset_less=True, name=f"slot{i}")
+                for i in range(2)]
+        slot_last = [Signal(name=f"slot{i}_last", reset_less=True) for i in range(2)]
+        full = [Signal(name=f"slot{i}_full") for i in range(2)]
+        wp = Signal()                            # the slot the generator fills next
+        rp = Signal()                            # the slot on the port
+        o_valid = Signal()                       # full[rp], as a register
+        w_free = Signal(init=1)                  # ~full[wp], as a register
         o_last = Signal()                        # the request is its row's last beat
-        s_full = Signal()                        # the skid register holds a beat
-        s_last = Signal()
-        s_req = Signal.like(self.mem_req.payload, reset_less=True)
-        free = Signal()                          # the request register takes a beat
+        taken = Signal()                         # the port takes the request
         g_step = Signal()
         g_load = Signal()                        # set up the next row
 
         m.d.comb += [
             self.mem_req.valid.eq(o_valid),
-            free.eq(~o_valid | self.mem_req.ready),
-            g_step.eq(rows_fifo.r_rdy & ~s_full),
+            self.mem_req.payload.eq(Mux(rp, slot[1], slot[0])),
+            o_last.eq(Mux(rp, slot_last[1], slot_last[0])),
+            taken.eq(o_valid & self.mem_req.ready),
+            g_step.eq(rows_fifo.r_rdy & w_free),
             pop.eq(g_step & g_last),
             rows_fifo.r_en.eq(pop),
             g_load.eq(start | pop),
@@ -604,20 +615,24 @@ class StoreUnit(wiring.Component):
             beat.mask.eq((g_head | ~g_first.replicate(W)) & (g_tail | ~g_last.replicate(W))),
             beat.write.eq(1),
         ]
-        with m.If(free):
-            with m.If(s_full):
-                m.d.sync += [self.mem_req.payload.eq(s_req), o_valid.eq(1), o_last.eq(s_last),
-                             s_full.eq(0)]
-            with m.Else():
-                m.d.sync += [self.mem_req.payload.eq(beat), o_valid.eq(g_step),
-                             o_last.eq(g_last)]
-        with m.Elif(g_step):
-            m.d.sync += s_full.eq(1)
-        # The skid register is loaded whenever it is empty (it only counts as full after a
-        # step the request register could not take), so that its hundred-odd enables wait
-        # neither for the FIFO's `r_rdy` nor for the port's `ready`.
-        with m.If(~s_full):
-            m.d.sync += [s_req.eq(beat), s_last.eq(g_last)]
+        # An empty slot is loaded every cycle (it only counts as full after a step into
+        # it), so that its hundred-odd enables are its own empty flag.
+        for i in range(2):
+            with m.If(~full[i]):
+                m.d.sync += [slot[i].eq(beat), slot_last[i].eq(g_last)]
+        full_next = [Signal(name=f"slot{i}_full_next") for i in range(2)]
+        rp_next, wp_next = Signal(), Signal()
+        m.d.comb += [
+            rp_next.eq(rp ^ taken),
+            wp_next.eq(wp ^ g_step),
+            *(full_next[i].eq((full[i] & ~(taken & (rp == i))) | (g_step & (wp == i)))
+              for i in range(2)),
+        ]
+        m.d.sync += [
+            rp.eq(rp_next), wp.eq(wp_next), full[0].eq(full_next[0]), full[1].eq(full_next[1]),
+            o_valid.eq(Mux(rp_next, full_next[1], full_next[0])),
+            w_free.eq(~Mux(wp_next, full_next[1], full_next[0])),
+        ]
 
         with m.If(g_step):
             m.d.sync += [
@@ -640,7 +655,7 @@ class StoreUnit(wiring.Component):
                 next_addr.eq(next_addr + cmd.mem_stride),
             ]
 
-        with m.If(o_valid & self.mem_req.ready & o_last):
+        with m.If(taken & o_last):
             m.d.sync += [pending.eq(pending - 1), pending_nz.eq(pending != 1)]
 
         return m
