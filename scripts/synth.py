@@ -48,7 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-pnr", action="store_true", help="stop after synthesis")
     p.add_argument("--flat", action="store_true",
                    help="flatten everything (no per-module breakdown)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
+    p.add_argument("--seed", type=_seeds, default=[1], metavar="SEED[,SEED...]",
+                   help="nextpnr placer seed; several (1,2,3 or 1-4) place and route once "
+                        "per seed and report the fastest, with every seed's Fmax")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="place-and-route runs at a time for several seeds (default 1)")
     p.add_argument("--router", default=None, choices=("router1", "router2"),
                    help="nextpnr router (default: nextpnr's, router1; router2 is faster on "
                         "big designs but less timing-driven)")
@@ -56,6 +60,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="skip the fit checks and run the tools anyway")
     p.add_argument("--list-devices", action="store_true", help="list devices and exit")
     return p.parse_args(argv)
+
+
+def _seeds(text: str) -> list[int]:
+    """``3``, ``1,2,5`` or ``1-4``."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.strip().partition("-")
+            first = int(lo)
+            last = int(hi) if hi else first
+            if first < 0 or last < first:
+                raise ValueError
+            seeds += range(first, last + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"seeds are non-negative integers such as 3, 1,2,5 or 1-4, not {text!r}") from None
+    return seeds
 
 
 def config_from_args(args: argparse.Namespace) -> AcceleratorConfig:
@@ -98,7 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                                                           else argv)])
     try:
         report = run_flow(design, args.device, args.out, freq_mhz=args.freq,
-                          pnr=not args.no_pnr, seed=args.seed, dsp_pes=args.dsp_pes,
+                          pnr=not args.no_pnr,
+                          seed=args.seed[0] if len(args.seed) == 1 else args.seed,
+                          jobs=args.jobs, dsp_pes=args.dsp_pes,
                           keep_hierarchy=not args.flat, check_fit=not args.force,
                           router=args.router,
                           command_line=command, log=lambda msg: print(msg, flush=True))

@@ -6,6 +6,7 @@ The default tests run the real YoWASP tools on a small stand-in design (a few PE
 accelerator itself are marked slow.
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -425,6 +426,43 @@ def test_flow_ecp5_out_of_context(tmp_path):
         p = c["parameters"]
         assert (p["REG_INPUTA_CLK"], p["REG_PIPELINE_CLK"], p["REG_OUTPUT_CLK"]) == \
             ("CLK0", "CLK0", "CLK0")
+
+
+def test_flow_seed_sweep_reports_the_fastest(tmp_path):
+    out = tmp_path / "sweep"
+    rep = run_flow(_standin(2), "ecp5-25k", out, freq_mhz=120, seed=[1, 2], jobs=2)
+    seeds = rep["timing"]["seeds"]
+    assert [row["seed"] for row in seeds] == [1, 2]
+    for row in seeds:
+        one = json.loads((out / f"seed{row['seed']}" / "pnr.json").read_text())
+        assert row["achieved_mhz"] == round(one["fmax"]["clk"]["achieved"], 2)
+    best = max(seeds, key=lambda row: row["achieved_mhz"])
+    assert rep["timing"]["seed"] == best["seed"]
+    [clock] = rep["timing"]["clocks"]
+    assert clock["achieved_mhz"] == best["achieved_mhz"]
+    assert (out / "pnr.json").read_text() == \
+        (out / f"seed{best['seed']}" / "pnr.json").read_text()
+    assert sum("--seed 1 " in c for c in rep["commands"]) == 1
+    assert sum("--seed 2 " in c for c in rep["commands"]) == 1
+    assert "Placer seeds" in (out / "report.md").read_text()
+
+
+def test_seed_arguments(no_tools, tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from synth import _seeds
+    finally:
+        sys.path.pop(0)
+    assert _seeds("3") == [3] and _seeds("1,2,5") == [1, 2, 5] and _seeds("1-4") == [1, 2, 3, 4]
+    for bad in ("x", "-1", "4-2", "1,,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="non-negative integers"):
+            _seeds(bad)
+    for bad in ([], [1, 1], [-1], [True], "1"):
+        with pytest.raises(ValueError, match="seed"):
+            run_flow(_standin(1), "ecp5-25k", tmp_path / "s", seed=bad)
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        run_flow(_standin(1), "ecp5-25k", tmp_path / "s", seed=[1, 2], jobs=0)
+    assert not (tmp_path / "s").exists()
 
 
 def test_flow_ice40_harness_dsp_budget(tmp_path):
