@@ -127,6 +127,8 @@ class Decoder(wiring.Component):
         k_mem_end = Signal(signed(42))  # check_cycles in
         k_room = Signal(signed(37))     # mem_bytes - k3_base
         k_mem_fail = Signal()           # k_mem_end > mem_bytes, as k_prod > k_room
+        room_bits = (cfg.mem_bytes + (1 << len(k1_stride)) - 1).bit_length()
+        assert room_bits < len(k_prod) and room_bits < len(k_room)
 
         de_valid = Signal()
         de_word = Signal(isa.INSTR_WIDTH)
@@ -229,7 +231,12 @@ class Decoder(wiring.Component):
             # adder, then the error mux, missed 150 MHz on the whole 8x8 for ECP5):
             # k_mem_end > mem_bytes is k_prod > mem_bytes - k3_base.
             k_room.eq(k2_stride_room - k2_addr_len),
-            k_mem_fail.eq(k_prod > k_room),
+            # A room that is not negative is below 2**room_bits (mem_bytes + the largest
+            # stride bounds it): a product with a bit set above that fails, and the rest is
+            # a compare of room_bits, not of 41 bits (that carry chain was the iCEBreaker's
+            # worst path and missed 150 MHz on the whole 8x8 for ECP5).
+            k_mem_fail.eq(k_room[-1] | (k_prod[room_bits:] != 0) |
+                          (k_prod[:room_bits] > k_room[:room_bits])),
         ]
         mem_range = isa.ErrorCode.MEM_RANGE
         # Stage 1 registers the buffer ends; stage 2 every check condition of every opcode

@@ -186,6 +186,28 @@ def test_mem_end_at_the_limit_passes_and_one_past_faults():
     assert ErrorCode(s_bad.error) == ErrorCode.MEM_RANGE
 
 
+def test_mem_range_with_extreme_products_and_strides():
+    # The MEM_RANGE compare is split at room_bits: a product with bits above it fails at
+    # once, a stride larger than the address leaves a room above mem_bytes, an address
+    # past the memory a negative room. Each word against the ISA's rule.
+    cfg = AcceleratorConfig(rows=2, cols=3, act_depth=16, wgt_depth=4, acc_depth=8,
+                            param_depth=4, mem_width=4, mem_bytes=1 << 20)
+    top = (1 << 24) - 1
+    words = [encode(Opcode.LOAD, target=0, buf_addr=0, row_bytes=rb, n_rows=n,
+                    mem_stride=stride, mem_addr=addr)
+             for n, stride, addr, rb in [
+                 (1, top, 0, 1), (1, top, cfg.mem_bytes - 1, 1), (1, top, cfg.mem_bytes, 1),
+                 (2, top, 0, 1), (0xFFFF, top, 0, 1), (16, 1 << 16, 0, 4),
+                 (17, 1 << 16, 0, 4), (16, 1 << 16, 4, 4), (1, 0, cfg.mem_bytes - 4, 4),
+                 (1, 0, cfg.mem_bytes - 3, 4), (3, 0, (1 << 32) - 1, 1)]]
+    expected = [expected_error(w, cfg) for w in words]
+    assert {ErrorCode.NONE, ErrorCode.MEM_RANGE} <= set(expected)
+    for target in sorted(TARGETS):
+        for word, want, (status, _, _) in zip(words, expected,
+                                              run_words(cfg, words, TARGETS[target])):
+            assert ErrorCode(status.error) == want, f"{target} {isa.decode(word)}"
+
+
 @pytest.mark.parametrize("target", sorted(TARGETS))
 def test_check_cycles_is_the_fetch_to_decode_distance(target):
     # A word needs check_cycles cycles in fetch: a longer pipeline without a larger
