@@ -161,14 +161,24 @@ class AccumulatorBuffer(wiring.Component):
         def same(a, b):
             return a.valid & (a.addr == b.addr)
 
+        # same(s[-1], s[-2]) for use_w, registered a cycle earlier from their predecessors.
+        same_q = Signal()
+        m.d.sync += same_q.eq(same(s[-2], s[-3]))
+
         # In stage D-2, the updates that will be w, h1, ..., hD in stage D-1 are in
         # stage D, w, h1, ..., h(D-1).
         # The newest of them that has the entry is picked (none: the RAM data; no
         # accumulation: zero), as registered one-hot selects, so that stage D-1 is an AND-OR
         # with the RAM data in its last level: a priority mux there, fed from the RAMs'
         # output registers all over the chip, missed 150 MHz on the 8x8 ECP5 build.
+        # The address compares behind the selects are registered a stage earlier still,
+        # between the update entering stage 1 and the predecessors of `ahead` (address
+        # compares and priority in one cycle, with `w` by the adder, missed 150 MHz too).
         ahead = [s[-1], w, *h[:depth - 1]]
-        hits = [same(a, s[-3]) for a in ahead]
+        before = [s[-2], s[-1], w, *h[:depth - 2]]      # ahead's entries a cycle earlier
+        hit_q = Signal(len(ahead))
+        m.d.sync += hit_q.eq(Cat(b.valid & (b.addr == self.upd_addr) for b in before))
+        hits = list(hit_q)
         sels = [s[-3].accumulate & hit & ~Cat(*hits[:i]).any() if i else
                 s[-3].accumulate & hit for i, hit in enumerate(hits)]
         sels.append(s[-3].accumulate & ~Cat(*hits).any())
@@ -186,7 +196,7 @@ class AccumulatorBuffer(wiring.Component):
             ram.eq(rmw_rd.data),
             pre_sel.eq(Cat(*sels)),
             pre.eq(selected),
-            use_w.eq(s[-2].accumulate & same(s[-1], s[-2])),
+            use_w.eq(s[-2].accumulate & same_q),
             h[0].eq(w),
             *[h[i].eq(h[i - 1]) for i in range(1, depth)],
             w.valid.eq(s[-1].valid),
