@@ -272,18 +272,28 @@ class ExecuteUnit(wiring.Component):
         ]
         for i in range(2):
             m.d.sync += drain_free[i].eq(~drain_take[i] & (drain_left[i] <= 1))
-        with m.If(vector_read & st_last):
-            lo, hi = st.acc_addr, st_acc_end
-            with m.If(drain_free[0]):
-                m.d.sync += [drain[0].valid.eq(1), drain[0].lo.eq(lo), drain[0].hi.eq(hi),
-                             drain_left[0].eq(self.drain_cycles)]
-            with m.Elif(drain_free[1]):
-                m.d.sync += [drain[1].valid.eq(1), drain[1].lo.eq(lo), drain[1].hi.eq(hi),
-                             drain_left[1].eq(self.drain_cycles)]
-            with m.Else():
-                m.d.sync += [drain[1].lo.eq(Mux(lo < drain[1].lo, lo, drain[1].lo)),
-                             drain[1].hi.eq(Mux(hi > drain[1].hi, hi, drain[1].hi)),
-                             drain_left[1].eq(self.drain_cycles)]
+        # With both entries busy, entry 1 takes the union (lo = min, hi = max). The two
+        # compares are registered a cycle ahead, from the next values of both operands:
+        # compared in the cycle of the merge they reached the enables of entry 1's
+        # registers (Yosys turns "keep the old bound" into a clock enable), the whole 8x8
+        # ECP5 build's worst group on one seed.
+        lo, hi = st.acc_addr, st_acc_end
+        lo_lt = Signal()                     # lo < drain[1].lo
+        hi_gt = Signal()                     # hi > drain[1].hi
+        lo_next = Mux(take, pre.acc_addr, lo)
+        hi_next = Mux(take, pre_acc_end, hi)
+        d1_lo_next = Mux(drain_take[1] & (drain_free[1] | lo_lt), lo, drain[1].lo)
+        d1_hi_next = Mux(drain_take[1] & (drain_free[1] | hi_gt), hi, drain[1].hi)
+        m.d.sync += [lo_lt.eq(lo_next < d1_lo_next), hi_gt.eq(hi_next > d1_hi_next)]
+        with m.If(drain_take[0]):
+            m.d.sync += [drain[0].valid.eq(1), drain[0].lo.eq(lo), drain[0].hi.eq(hi),
+                         drain_left[0].eq(self.drain_cycles)]
+        with m.If(drain_take[1]):
+            m.d.sync += [drain[1].valid.eq(1), drain_left[1].eq(self.drain_cycles)]
+            with m.If(drain_free[1] | lo_lt):
+                m.d.sync += drain[1].lo.eq(lo)
+            with m.If(drain_free[1] | hi_gt):
+                m.d.sync += drain[1].hi.eq(hi)
 
         # ---- result tags travel beside each vector and meet its result ------------------
         t = vec
