@@ -162,14 +162,17 @@ class LoadUnit(wiring.Component):
             self.mem_req.payload.write.eq(0),
             self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
         ]
-        rq_row_end = self.mem_req.valid & self.mem_req.ready & (rq_left == 0)
+        rq_at_last = Signal()                    # rq_left == 0, a register (see rs_at_last)
+        rq_row_end = self.mem_req.valid & self.mem_req.ready & rq_at_last
         with m.If(idle):
             m.d.sync += [rq_next.eq(p.mem_addr), rq_rows.eq(p.n_rows)]
         with m.If(start | rq_row_end):
             m.d.sync += [rq_word.eq(rq_next >> lb), rq_left.eq(last_beat(lane(rq_next))),
+                         rq_at_last.eq(last_beat(lane(rq_next)) == 0),
                          rq_next.eq(rq_next + c_stride)]
         with m.Elif(self.mem_req.valid & self.mem_req.ready):
-            m.d.sync += [rq_word.eq(rq_word + 1), rq_left.eq(rq_left - 1)]
+            m.d.sync += [rq_word.eq(rq_word + 1), rq_left.eq(rq_left - 1),
+                         rq_at_last.eq(rq_left == 1)]
         with m.If(start):
             m.d.sync += rq_active.eq(1)
         with m.If(rq_row_end):
