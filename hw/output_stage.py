@@ -166,9 +166,10 @@ class OutputStage(wiring.Component):
         decode, which saturates the 8-bit field into numerics.md's [-31, 30], and the clamp
         bounds. The clamp applies lo, then hi, so lo > hi gives hi: folding that case into
         the bounds (lo' = hi) leaves the final stage two comparisons and a mux. The fold
-        takes two stages, the compare registered in stage 1 and the mux in stage 2 (in one
-        cycle the compare's carry chain and the mux behind it missed 150 MHz on the whole
-        8x8 for ECP5): ``lo`` is a stage-2 register.
+        takes stages 2 and 3, the compare from stage-1 copies of the bounds, then the mux
+        (compare and mux in one cycle, or the compare straight from the stage-0 registers
+        that fan out to the whole of stage 1, missed 150 MHz on the whole 8x8 for ECP5):
+        ``lo`` is a stage-3 register.
         Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers but ``lo``."""
         s1_x = reg(signed(32), "s1_x")
         s1_left = reg(unsigned(5), "s1_left")
@@ -176,9 +177,11 @@ class OutputStage(wiring.Component):
         s1_mul = reg(signed(32), "s1_mul")
         s1_zp = reg(signed(8), "s1_zp")
         s1_lo = reg(signed(8), "s1_lo")
-        s1_lo_gt = reg(1, "s1_lo_gt")            # lo > hi
-        s2_lo = reg(signed(8), "s2_lo")
         s1_hi = reg(signed(8), "s1_hi")
+        s2_lo = reg(signed(8), "s2_lo")
+        s2_hi = reg(signed(8), "s2_hi_fold")
+        s2_lo_gt = reg(1, "s2_lo_gt")            # lo > hi
+        s3_lo = reg(signed(8), "s3_lo")
         shift = params.shift
         # The saturation of the 8-bit shift into [-31, 30] as bit logic: written as signed
         # compares it became carry chains in front of the registers' resets, the 8x8 ECP5
@@ -194,11 +197,13 @@ class OutputStage(wiring.Component):
             s1_mul.eq(params.multiplier),
             s1_zp.eq(params.zero_point),
             s1_lo.eq(params.lo),
-            s1_lo_gt.eq(params.lo > params.hi),
             s1_hi.eq(params.hi),
-            s2_lo.eq(Mux(s1_lo_gt, s1_hi, s1_lo)),
+            s2_lo.eq(s1_lo),
+            s2_hi.eq(s1_hi),
+            s2_lo_gt.eq(s1_lo > s1_hi),
+            s3_lo.eq(Mux(s2_lo_gt, s2_hi, s2_lo)),
         ]
-        return s1_x, s1_left, s1_right, s1_mul, s1_zp, s2_lo, s1_hi
+        return s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi
 
     def _column(self, m: Module, n: int, acc, params, out) -> None:
         reg, delay = self._registers(m, n)
@@ -213,7 +218,7 @@ class OutputStage(wiring.Component):
             acc, params = acc_q, params_q
 
         # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s2_lo, s1_hi = self._stage1(m, reg, acc, params)
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi = self._stage1(m, reg, acc, params)
 
         # ---- stage 2: the left barrel shift (wraps in int32). For plain `*` multipliers its 5
         # mux levels get a cycle of their own so that the multipliers' operands come straight
@@ -404,7 +409,7 @@ class OutputStage(wiring.Component):
                            .as_signed())
 
         # ---- stages sy+1 .. sy+2: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded
-        # into lo in stages 1-2), so "y > hi" is "y above int8, or y in int8 and its low byte >
+        # into lo in stages 2-3), so "y > hi" is "y above int8, or y in int8 and its low byte >
         # hi" (the same for "y < lo"). The first stage computes both flags: a 25-bit
         # all-zeros/all-ones reduction beside two 9-bit subtractions whose sign bits are the
         # byte comparisons; the second is the two muxes alone (outside int8 one flag is always
@@ -412,7 +417,7 @@ class OutputStage(wiring.Component):
         # one cycle limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus
         # the muxes to ~125 MHz.
         sf = sy + 1
-        lo = delay(s2_lo, 2, sy, "lo")
+        lo = delay(s3_lo, 3, sy, "lo")
         hi = delay(s1_hi, 1, sy, "hi")
         top = s_y.as_unsigned()[7:]
         in_range = (top == 0) | (top == (1 << len(top)) - 1)
@@ -457,7 +462,7 @@ class OutputStage(wiring.Component):
         reg, delay = self._registers(m, n)
 
         # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s2_lo, s1_hi = self._stage1(m, reg, acc, params)
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi = self._stage1(m, reg, acc, params)
 
         # ---- stages 2-3 (2-4 for hh): the partial products in the SB_MAC16s, whose input
         # registers take the left shift directly.
@@ -542,7 +547,7 @@ class OutputStage(wiring.Component):
         # y >> 8 = qh + c with c = low >> 8 in {-1, 0, 1}, wrapping in 24 bits like the int32
         # add; y's low byte is low's.
         zp = delay(s1_zp, 1, 6, "zp")
-        lo = delay(s2_lo, 2, 6, "lo")
+        lo = delay(s3_lo, 3, 6, "lo")
         hi = delay(s1_hi, 1, 6, "hi")
         low = Signal(signed(10), name=f"c{n}_s7_low")
         m.d.comb += low.eq((Cat(s6_inc, s6_ql, C(0, 2)).as_signed()
