@@ -512,7 +512,7 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
                           mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
         bitstream="serrano.bin",
         # 40.5 MHz from the UP5K's PLL (12 MHz x 54 / 16, the first setting >= 40): met
-        # with seed 1 (40.87 MHz); on a nearly identical design seed 2 gave the same and
+        # with seed 1 (40.95 MHz); on an earlier design seeds 1 and 2 gave 40.87 MHz and
         # seed 3 39.98 MHz (docs/fpga.md). The 90 %-full UP5K has no margin: after a
         # change to the design check the report's timing table, and if it is not met try
         # seeds (--seed) or a lower clock here.
