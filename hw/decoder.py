@@ -333,22 +333,13 @@ class Decoder(wiring.Component):
             new_st_acc = rng(sto.acc_addr, de_end_of(Op.STORE, "acc"))
             new_st_param = rng(sto.param_addr, de_param_end)
 
-            ld_live = Signal(RangeLayout(17))
-            ld_mem_live = Signal(RangeLayout(mem_bits))
-            st_acc_live = Signal(RangeLayout(17))
-            st_param_live = Signal(RangeLayout(17))
-            st_mem_live = Signal(RangeLayout(mem_bits))
-            # A load/store footprint is live while its unit is busy. The busy flag is
-            # registered beside the overlap and applied in the OR stage: the same verdict,
-            # but the units' control logic stays out of the compare stage (on the whole 8x8
-            # for ECP5 it made the overlaps miss 150 MHz).
+            # A load/store footprint (ld_buf, ld_mem, st_*) is live while its unit is busy.
+            # The busy flag is registered beside the overlap and applied in the OR stage: the
+            # same verdict, but the units' control logic stays out of the compare stage (on
+            # the whole 8x8 for ECP5 it made the overlaps miss 150 MHz).
             load_busy_q = Signal()
             store_busy_q = Signal()
             m.d.sync += [load_busy_q.eq(self.load_busy), store_busy_q.eq(self.store_busy)]
-            m.d.comb += [
-                ld_live.eq(ld_buf), ld_mem_live.eq(ld_mem), st_acc_live.eq(st_acc),
-                st_param_live.eq(st_param), st_mem_live.eq(st_mem),
-            ]
             # Each pairwise overlap is registered, then combined: the compares and the OR tree
             # behind them do not fit in one cycle together. The overlap's register also takes
             # the static part of its condition (decode's opcode, the load target), so that
@@ -380,21 +371,21 @@ class Decoder(wiring.Component):
             ov(new_ld_buf, self.fp_pre_act, "ld_pre_act", ld_to(Target.ACT), buf="act")
             ov(new_ld_buf, self.fp_stream_act, "ld_stream_act", ld_to(Target.ACT), buf="act")
             ov(new_ld_buf, self.fp_pre_wgt, "ld_pre_wgt", ld_to(Target.WGT), buf="wgt")
-            ov(new_ld_buf, st_param_live, "ld_st_param", ld_to(Target.PARAM), store_busy_q,
+            ov(new_ld_buf, st_param, "ld_st_param", ld_to(Target.PARAM), store_busy_q,
                buf="param")
-            ov(new_ld_mem, st_mem_live, "ld_st_mem", is_ld, store_busy_q)
-            ov(new_mm_act, ld_live, "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q,
+            ov(new_ld_mem, st_mem, "ld_st_mem", is_ld, store_busy_q)
+            ov(new_mm_act, ld_buf, "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q,
                buf="act")
-            ov(new_mm_wgt, ld_live, "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q,
+            ov(new_mm_wgt, ld_buf, "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q,
                buf="wgt")
-            ov(new_mm_acc, st_acc_live, "mm_acc_st", is_mm, store_busy_q, buf="acc")
+            ov(new_mm_acc, st_acc, "mm_acc_st", is_mm, store_busy_q, buf="acc")
             ov(new_st_acc, self.fp_pre_acc, "st_pre_acc", is_st, buf="acc")
             ov(new_st_acc, self.fp_stream_acc, "st_stream_acc", is_st, buf="acc")
             ov(new_st_acc, self.fp_drain[0], "st_drain0", is_st, buf="acc")
             ov(new_st_acc, self.fp_drain[1], "st_drain1", is_st, buf="acc")
-            ov(new_st_param, ld_live, "st_param_ld", is_st & ~st_raw & ld_in(Target.PARAM),
+            ov(new_st_param, ld_buf, "st_param_ld", is_st & ~st_raw & ld_in(Target.PARAM),
                load_busy_q, buf="param")
-            ov(new_st_mem, ld_mem_live, "st_ld_mem", is_st, load_busy_q)
+            ov(new_st_mem, ld_mem, "st_ld_mem", is_st, load_busy_q)
             unit_conflict = Cat(*terms).any()
 
             # While a load or store unit is idle its footprint registers follow decode, so they

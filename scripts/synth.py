@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_flow(design, args.device, args.out, freq_mhz=args.freq,
                           pnr=not args.no_pnr,
-                          seed=args.seed[0] if len(args.seed) == 1 else args.seed,
+                          seed=args.seed,
                           jobs=args.jobs, dsp_pes=args.dsp_pes,
                           keep_hierarchy=not args.flat, check_fit=not args.force,
                           router=args.router,
