@@ -37,7 +37,9 @@ class Decoder(wiring.Component):
     (a MATMUL streams at least one vector per row). From *decode* an instruction is
     dispatched to its unit when
 
-    - the unit can take it (``*_cmd.ready``), and
+    - the unit can take it (``*_cmd.ready``; the load and store units, whose ``ready`` is
+      ``~busy``, are only offered a command when ``*_busy`` was low in the previous cycle,
+      so the decoder relies on those units being ready whenever idle), and
     - no instruction still in flight in *another* unit touches an overlapping range of a
       buffer or of memory where at least one of the two writes (the scoreboard).
 
@@ -452,16 +454,27 @@ class Decoder(wiring.Component):
         m.d.sync += ok.eq(de_valid & ~de_fault & running & (de_wait <= 1) & ~issue)
         cmds = (self.load_cmd, self.exec_cmd, self.store_cmd)
         if cfg.overlap:
-            unit_issue = Cat(cmd.valid & cmd.ready for cmd in cmds).any()
+            # The load and store units are ready exactly when idle (cmd.ready is ~busy), so
+            # their commands are offered only when the unit was idle in the previous cycle,
+            # and such an offer is always taken: a unit only becomes busy by a dispatch, and
+            # none happens in the cycle after one (ok is low then). Their handshakes, logic
+            # in the units a long route away, thus stay off the issue decision (it clears
+            # de_valid and ok and counts instructions: it missed 150 MHz on the whole 8x8 for
+            # ECP5), for at most a cycle of issue delay after a unit finishes. The execute
+            # unit's ready is one register (an empty preload stage), ahead of its busy.
+            load_go, store_go = ~load_busy_q, ~store_busy_q
+            unit_issue = (self.load_cmd.valid | (self.exec_cmd.valid & self.exec_cmd.ready)
+                          | self.store_cmd.valid)
         else:
             # A command goes out only when every unit is idle, and an idle unit is ready
             # (cmd.ready is ~busy, or implied by it): the units' handshake logic stays off
             # the issue decision, which on the iCEBreaker was a 36 ns path.
+            load_go = store_go = C(1)
             unit_issue = Cat(cmd.valid for cmd in cmds).any()
         m.d.comb += [
-            self.load_cmd.valid.eq(ok & de_is[Op.LOAD] & ~conflict_q),
+            self.load_cmd.valid.eq(ok & de_is[Op.LOAD] & ~conflict_q & load_go),
             self.exec_cmd.valid.eq(ok & de_is[Op.MATMUL] & ~conflict_q),
-            self.store_cmd.valid.eq(ok & de_is[Op.STORE] & ~conflict_q),
+            self.store_cmd.valid.eq(ok & de_is[Op.STORE] & ~conflict_q & store_go),
             halt_issue.eq(ok & de_is[Op.HALT] & all_idle),
             issue.eq(unit_issue | halt_issue | (ok & de_is[Op.FENCE] & all_idle) |
                      (ok & de_is[Op.NOP])),  # (anything else has faulted)
@@ -508,7 +521,17 @@ class Decoder(wiring.Component):
             "exec_stall": self.exec_stall,
             "store_stall": self.store_stall,
         }
+        # The units' terms arrive from their modules, a long route away: each is registered
+        # once more before the gate (as inc = counting & term, they missed 150 MHz on the
+        # whole 8x8 for ECP5 by up to 2 ns). The gate then sees a term a cycle late, which
+        # counts the same: every unit is idle, and these terms are low, in the cycle before
+        # counting starts and in the one before it stops (done waits for all_idle).
+        late = ("array_busy", "load_stall", "exec_stall", "store_stall")
         for name, term in increments.items():
+            if name in late:
+                term_q = Signal(name=f"{name}_q")
+                m.d.sync += term_q.eq(term)
+                term = term_q
             inc = Signal(name=f"inc_{name}")
             count = Signal(cfg.counter_width, name=f"count_{name}")  # wraps; zero-extended
             m.d.sync += [inc.eq(counting & term), count.eq(count + inc)]
