@@ -202,6 +202,11 @@ class AccumulatorBuffer(wiring.Component):
             w.valid.eq(s[-1].valid),
             w.addr.eq(s[-1].addr),
         ]
+        # Both candidate sums are added, then selected: use_w drives 32 x cols bits, and as a
+        # mux in front of the adders its route and the mux sat in front of the carry chains
+        # (the whole 8x8 ECP5 build's widest late group, 42-49 endpoints of this register).
         for c in range(cols):
-            m.d.sync += w.data[c].eq((Mux(use_w, w.data[c], pre[c]) + s[-1].data[c])[:32])
+            sum_w = (w.data[c] + s[-1].data[c])[:32]
+            sum_pre = (pre[c] + s[-1].data[c])[:32]
+            m.d.sync += w.data[c].eq(Mux(use_w, sum_w, sum_pre))
         return m
