@@ -1258,17 +1258,23 @@ ROUTERS = ("router1", "router2")
 # a weight of 40 gave 105.9 MHz against 98.7 and 132.1 MHz against 113.5 on the same two
 # netlists (seed 1), for a few minutes more of placement.
 ECP5_PLACER = ("--placer-heap-timingweight", "40")
+PLACERS = ("heap", "static")
 
 
 def _pnr_argv(device: Device, freq_mhz: float, seed: int,
-              router: str | None = None, prefix: str = "") -> list[str]:
+              router: str | None = None, prefix: str = "",
+              placer: str | None = None) -> list[str]:
     """nextpnr's command line, run in the output directory; ``prefix`` (e.g. ``seed3/``)
     puts its report there."""
     argv = [f"yowasp-nextpnr-{device.family}", *device.nextpnr_args]
     if device.family == "ecp5":
-        argv += ["--out-of-context", *ECP5_PLACER]
+        argv.append("--out-of-context")
     else:
         argv.append("--pcf-allow-unconstrained")
+    if placer is not None:
+        argv += ["--placer", placer]
+    if device.family == "ecp5" and placer in (None, "heap"):
+        argv += ECP5_PLACER
     if router is not None:
         argv += ["--router", router]
     argv += ["--json", "netlist.json", "--report", f"{prefix}pnr.json", "--freq", f"{freq_mhz:g}",
@@ -1286,7 +1292,7 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
              dsp_pes: int | None = None, keep_hierarchy: bool = True,
              timeout: float | None = 3600, check_fit: bool = True,
              command_line: str | None = None, router: str | None = None,
-             bram_outreg: bool = True,
+             placer: str | None = None, bram_outreg: bool = True,
              log: Callable[[str], None] | None = None) -> dict:
     """Synthesize (and place and route) ``design`` for ``device``; write ``out_dir/report.json``
     and ``out_dir/report.md``; return the report.
@@ -1297,7 +1303,9 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
     or certainly cannot fit, ``DesignDoesNotFit`` after synthesis when it does not fit,
     ``ToolError`` when a tool fails. ``command_line`` (the invocation that generated the
     design, e.g. of ``scripts/synth.py``) is recorded as the first command of the report.
-    ``router`` picks nextpnr's router (``router1``, its default, or ``router2``).
+    ``router`` picks nextpnr's router (``router1``, its default, or ``router2``), ``placer``
+    its placer (``heap``, its default, here with a raised timing weight on ECP5, or
+    ``static``, the electrostatic placer).
     ``seed`` may be a list of placer seeds: place and route then runs once per seed (up to
     ``jobs`` at a time, each in ``out_dir/seed<N>/``), the report takes the timing and
     placement of the fastest, and ``report["timing"]["seeds"]`` lists every seed's Fmax.
@@ -1319,6 +1327,8 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
         raise ValueError(f"dsp_pes must be a non-negative integer, not {dsp_pes!r}")
     if router is not None and router not in ROUTERS:
         raise ValueError(f"router must be one of {ROUTERS}, not {router!r}")
+    if placer is not None and placer not in PLACERS:
+        raise ValueError(f"placer must be one of {PLACERS}, not {placer!r}")
     seeds = [seed] if isinstance(seed, int) and not isinstance(seed, bool) else list(seed)
     if not seeds or any(isinstance(x, bool) or not isinstance(x, int) or x < 0
                         for x in seeds):
@@ -1467,12 +1477,13 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
     if dev.has_pnr and pnr:
         if len(seeds) == 1:
             pnr_rep, argv, runtimes["nextpnr"] = _place_and_route(
-                dev, out, freq_mhz, seeds[0], router, "", timeout, say, design.name)
+                dev, out, freq_mhz, seeds[0], router, "", timeout, say, design.name, placer)
             commands.append(f"cd {out} && {_fmt_cmd(argv)}")
             seed_table = None
         else:
             pnr_rep, seed_table, runtimes["nextpnr"] = _seed_sweep(
-                dev, out, freq_mhz, seeds, router, jobs, timeout, say, design.name, commands)
+                dev, out, freq_mhz, seeds, router, jobs, timeout, say, design.name, commands,
+                placer)
         report["timing"] = {"clocks": pnr_rep["clocks"],
                             "critical_paths": pnr_rep["critical_paths"]}
         if seed_table is not None:
@@ -1491,10 +1502,11 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
 
 def _place_and_route(dev: Device, out: Path, freq_mhz: float, seed: int,
                      router: str | None, prefix: str, timeout: float | None,
-                     say: Callable[[str], None], name: str) -> tuple[dict, list[str], float]:
+                     say: Callable[[str], None], name: str,
+                     placer: str | None = None) -> tuple[dict, list[str], float]:
     """One nextpnr run in ``out`` (its report and logs under ``prefix``); returns the parsed
     report (with its seed), the command line and the seconds taken."""
-    argv = _pnr_argv(dev, freq_mhz, seed, router, prefix)
+    argv = _pnr_argv(dev, freq_mhz, seed, router, prefix, placer)
     argv[0] = tool_path(argv[0])
     argv += ["--log", f"{prefix}nextpnr.log"]
     say(f"nextpnr: {name} on {dev.name} at {freq_mhz:g} MHz, seed {seed}")
@@ -1512,14 +1524,15 @@ def _worst_mhz(rep: dict) -> float:
 def _seed_sweep(dev: Device, out: Path, freq_mhz: float, seeds: list[int],
                 router: str | None, jobs: int, timeout: float | None,
                 say: Callable[[str], None], name: str,
-                commands: list[str]) -> tuple[dict, list[dict], float]:
+                commands: list[str], placer: str | None = None
+                ) -> tuple[dict, list[dict], float]:
     """Place and route once per seed (``out/seed<N>/``, ``jobs`` at a time); the fastest
     run's report and log are copied to ``out/pnr.json`` and ``out/nextpnr.log``."""
     for s in seeds:
         (out / f"seed{s}").mkdir(exist_ok=True)
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_place_and_route, dev, out, freq_mhz, s, router, f"seed{s}/",
-                               timeout, say, name) for s in seeds]
+                               timeout, say, name, placer) for s in seeds]
         results = [f.result() for f in futures]
     table = []
     for rep, argv, seconds in results:

@@ -56,6 +56,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--router", default=None, choices=("router1", "router2"),
                    help="nextpnr router (default: nextpnr's, router1; router2 is faster on "
                         "big designs but less timing-driven)")
+    p.add_argument("--placer", default=None, choices=("heap", "static"),
+                   help="nextpnr placer (default: heap, with a raised timing weight on ECP5; "
+                        "static, the electrostatic placer, keeps DSP routes shorter on the "
+                        "8x8 ECP5 build)")
     p.add_argument("--force", action="store_true",
                    help="skip the fit checks and run the tools anyway")
     p.add_argument("--list-devices", action="store_true", help="list devices and exit")
@@ -123,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                           seed=args.seed,
                           jobs=args.jobs, dsp_pes=args.dsp_pes,
                           keep_hierarchy=not args.flat, check_fit=not args.force,
-                          router=args.router,
+                          router=args.router, placer=args.placer,
                           command_line=command, log=lambda msg: print(msg, flush=True))
     except DesignDoesNotFit as exc:
         print(f"error: does not fit: {exc}", file=sys.stderr)

@@ -430,7 +430,8 @@ def test_flow_ecp5_out_of_context(tmp_path):
 
 def test_flow_seed_sweep_reports_the_fastest(tmp_path):
     out = tmp_path / "sweep"
-    rep = run_flow(_standin(2), "ecp5-25k", out, freq_mhz=120, seed=[1, 2], jobs=2)
+    rep = run_flow(_standin(2), "ecp5-25k", out, freq_mhz=120, seed=[1, 2], jobs=2,
+                   placer="static")
     seeds = rep["timing"]["seeds"]
     assert [row["seed"] for row in seeds] == [1, 2]
     for row in seeds:
@@ -445,6 +446,10 @@ def test_flow_seed_sweep_reports_the_fastest(tmp_path):
     assert sum("--seed 1 " in c for c in rep["commands"]) == 1
     assert sum("--seed 2 " in c for c in rep["commands"]) == 1
     assert "Placer seeds" in (out / "report.md").read_text()
+    pnr_commands = [c for c in rep["commands"] if "yowasp-nextpnr" in c]
+    assert len(pnr_commands) == 2
+    for c in pnr_commands:
+        assert "--placer static" in c and "timingweight" not in c
 
 
 def test_seed_arguments(no_tools, tmp_path, capsys):
@@ -462,6 +467,8 @@ def test_seed_arguments(no_tools, tmp_path, capsys):
             run_flow(_standin(1), "ecp5-25k", tmp_path / "s", seed=bad)
     with pytest.raises(ValueError, match="jobs must be a positive integer"):
         run_flow(_standin(1), "ecp5-25k", tmp_path / "s", seed=[1, 2], jobs=0)
+    with pytest.raises(ValueError, match="placer must be one of"):
+        run_flow(_standin(1), "ecp5-25k", tmp_path / "s", placer="annealing")
     assert not (tmp_path / "s").exists()
 
 
