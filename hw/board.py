@@ -24,7 +24,7 @@ from . import isa
 from .config import AcceleratorConfig
 from .mult import MultiplierTarget
 from .uart import _checked
-from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE,
+from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE, KEEP_REPLICAS,
                         ICE40_DSP_RESTORE, ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, Design,
                         ToolError, _accepts_target, _config_buffers, _kept_modules,
                         buffer_collisions_dont_care, buffer_ram_style, categorize,
@@ -656,7 +656,7 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
     if device.family == "ice40":
         after_read.append(ICE40_DSP_HIDE)
         plan.add_file(ICE40_DSP_STUB_NAME, ICE40_DSP_STUB)
-    after_read.append(f"hierarchy -top {BUILD_NAME}")
+    after_read += [f"hierarchy -top {BUILD_NAME}", KEEP_REPLICAS]
     if device.family == "ice40":
         # SPRAM has no initial contents: drop the memory's (all-zero) init so that it maps.
         # The host zeroes it (FILL) before use; UARTBackend does.

