@@ -42,7 +42,8 @@ class ExecuteUnit(wiring.Component):
     last vector but whose last result is not yet written (``acc_latency`` is the accumulator
     buffer's, which the drain covers). The pipeline has a fixed length,
     so a drain entry simply counts down ``drain_cycles``; two entries cover any mix of
-    instruction lengths (a third one is merged into the newer entry, conservatively).
+    instruction lengths (a third one turns the newer entry into the whole accumulator buffer
+    until it drains: conservative).
     """
 
     def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None, *,
@@ -272,39 +273,21 @@ class ExecuteUnit(wiring.Component):
         ]
         for i in range(2):
             m.d.sync += drain_free[i].eq(~drain_take[i] & (drain_left[i] <= 1))
-        # With both entries busy, entry 1 takes the union (lo = min, hi = max). The two
-        # compares are registered a cycle ahead: compared in the cycle of the merge they
-        # reached the enables of entry 1's registers (Yosys turns "keep the old bound" into a
-        # clock enable). Their next values are not compares of the operands' next values
-        # (a mux on the take decision, then a carry chain: the whole 8x8 ECP5 build's worst
-        # path on two seeds) but a mux of compares of registers, made in parallel:
-        #   lo_next is pre.acc_addr on `take`, else lo;
-        #   drain[1].lo's next value is lo when `sel`, else drain[1].lo itself;
-        # and lo < lo is false. The operands are the ends of footprints that passed
-        # BUF_RANGE, so acc_depth.bit_length() bits compare them exactly.
+        # With both entries busy, entry 1 covers the whole buffer until it drains, rather
+        # than the union of its range and the new one: that takes two compares, whose
+        # results steer entry 1's registers, and as next-value compares registered a cycle
+        # ahead, or as a mux of compares made in parallel, they were the whole 8x8 ECP5
+        # build's worst path on four seeds. Only MATMULs of fewer rows than the pipeline is
+        # deep (a third one ending within drain_cycles) get here, and they merely make a
+        # STORE of the accumulator wait for the drain.
         lo, hi = st.acc_addr, st_acc_end
-        bits = self._config.acc_depth.bit_length()
-        lo_lt = Signal()                     # lo < drain[1].lo
-        hi_gt = Signal()                     # hi > drain[1].hi
-        lo_sel = drain_take[1] & (drain_free[1] | lo_lt)
-        hi_sel = drain_take[1] & (drain_free[1] | hi_gt)
-        pre_lo, pre_hi = pre.acc_addr[:bits], pre_acc_end[:bits]
-        d1_lo, d1_hi = drain[1].lo[:bits], drain[1].hi[:bits]
-        m.d.sync += [
-            lo_lt.eq(Mux(take, Mux(lo_sel, pre_lo < lo[:bits], pre_lo < d1_lo),
-                         ~lo_sel & (lo[:bits] < d1_lo))),
-            hi_gt.eq(Mux(take, Mux(hi_sel, pre_hi > hi[:bits], pre_hi > d1_hi),
-                         ~hi_sel & (hi[:bits] > d1_hi))),
-        ]
         with m.If(drain_take[0]):
             m.d.sync += [drain[0].valid.eq(1), drain[0].lo.eq(lo), drain[0].hi.eq(hi),
                          drain_left[0].eq(self.drain_cycles)]
         with m.If(drain_take[1]):
-            m.d.sync += [drain[1].valid.eq(1), drain_left[1].eq(self.drain_cycles)]
-            with m.If(drain_free[1] | lo_lt):
-                m.d.sync += drain[1].lo.eq(lo)
-            with m.If(drain_free[1] | hi_gt):
-                m.d.sync += drain[1].hi.eq(hi)
+            m.d.sync += [drain[1].valid.eq(1), drain_left[1].eq(self.drain_cycles),
+                         drain[1].lo.eq(Mux(drain_free[1], lo, 0)),
+                         drain[1].hi.eq(Mux(drain_free[1], hi, self._config.acc_depth))]
 
         # ---- result tags travel beside each vector and meet its result ------------------
         t = vec

@@ -203,9 +203,9 @@ def test_store_waits_for_the_last_result_of_a_short_matmul(n_rows):
                                        (0, 4, 8, 6, 12)])
 def test_store_waits_for_the_union_of_draining_matmuls(acc_addrs):
     """One-row MATMULs on a 2-row array finish faster than a drain takes, so with both drain
-    entries busy a finishing one merges into entry 1 (lo = min, hi = max). A STORE of the
-    last one's row, below or above what entry 1 held, must still wait for it. (Checked:
-    with entry 1's lo, or hi, never updated on a merge, the first, or second, order fails.)"""
+    entries busy a finishing one merges into entry 1 (which then covers the whole buffer).
+    A STORE of the last one's row, below or above what entry 1 held, must still wait for
+    it. (Checked: with entry 1 left as it was on a merge, both orders of three fail.)"""
     cfg = AcceleratorConfig(rows=2, cols=4, act_depth=16, wgt_depth=4, acc_depth=16,
                             param_depth=2, mem_width=8, mem_bytes=1024)
     rng = np.random.default_rng(sum(acc_addrs))
