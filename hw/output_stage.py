@@ -161,16 +161,16 @@ class OutputStage(wiring.Component):
         return reg, delay
 
     @staticmethod
-    def _stage1(m: Module, reg, acc, params) -> tuple:
+    def _stage1(m: Module, reg, acc, params, *, fold: bool) -> tuple:
         """Stage 1 of every variant: one 32-bit carry chain (acc + bias) beside the shift
         decode, which saturates the 8-bit field into numerics.md's [-31, 30], and the clamp
-        bounds. The clamp applies lo, then hi, so lo > hi gives hi: folding that case into
-        the bounds (lo' = hi) leaves the final stage two comparisons and a mux. The fold
-        takes stages 2 and 3, the compare from stage-1 copies of the bounds, then the mux
-        (compare and mux in one cycle, or the compare straight from the stage-0 registers
-        that fan out to the whole of stage 1, missed 150 MHz on the whole 8x8 for ECP5):
-        ``lo`` is a stage-3 register.
-        Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers but ``lo``."""
+        bounds. The clamp applies lo, then hi, so lo > hi gives hi. With ``fold`` that case
+        is folded into the bounds (lo' = hi), which leaves the final stage two comparisons
+        and a mux; the fold takes stages 2 and 3, the compare from stage-1 copies of the
+        bounds, then the mux, and ``lo`` is a stage-3 register. Without it (the long
+        pipelines, which have room for an ``lo > hi`` flag beside the clamp's compares)
+        ``lo`` is the stage-1 register.
+        Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers but a folded ``lo``."""
         s1_x = reg(signed(32), "s1_x")
         s1_left = reg(unsigned(5), "s1_left")
         s1_right = reg(unsigned(5), "s1_right")
@@ -178,10 +178,6 @@ class OutputStage(wiring.Component):
         s1_zp = reg(signed(8), "s1_zp")
         s1_lo = reg(signed(8), "s1_lo")
         s1_hi = reg(signed(8), "s1_hi")
-        s2_lo = reg(signed(8), "s2_lo")
-        s2_hi = reg(signed(8), "s2_hi_fold")
-        s2_lo_gt = reg(1, "s2_lo_gt")            # lo > hi
-        s3_lo = reg(signed(8), "s3_lo")
         shift = params.shift
         # The saturation of the 8-bit shift into [-31, 30] as bit logic: written as signed
         # compares it became carry chains in front of the registers' resets, the 8x8 ECP5
@@ -198,6 +194,14 @@ class OutputStage(wiring.Component):
             s1_zp.eq(params.zero_point),
             s1_lo.eq(params.lo),
             s1_hi.eq(params.hi),
+        ]
+        if not fold:
+            return s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi
+        s2_lo = reg(signed(8), "s2_lo")
+        s2_hi = reg(signed(8), "s2_hi_fold")
+        s2_lo_gt = reg(1, "s2_lo_gt")            # lo > hi
+        s3_lo = reg(signed(8), "s3_lo")
+        m.d.sync += [
             s2_lo.eq(s1_lo),
             s2_hi.eq(s1_hi),
             s2_lo_gt.eq(s1_lo > s1_hi),
@@ -218,7 +222,8 @@ class OutputStage(wiring.Component):
             acc, params = acc_q, params_q
 
         # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi = self._stage1(m, reg, acc, params)
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(
+            m, reg, acc, params, fold=False)
 
         # ---- stage 2: the left barrel shift (wraps in int32). For plain `*` multipliers its 5
         # mux levels get a cycle of their own so that the multipliers' operands come straight
@@ -408,16 +413,18 @@ class OutputStage(wiring.Component):
         m.d.sync += s_y.eq((Cat(s_inc, s_q).as_signed() + Cat(s_inc, zp).as_signed())[1:33]
                            .as_signed())
 
-        # ---- stages sy+1 .. sy+2: clamp. lo and hi are int8 and lo <= hi (lo > hi was folded
-        # into lo in stages 2-3), so "y > hi" is "y above int8, or y in int8 and its low byte >
-        # hi" (the same for "y < lo"). The first stage computes both flags: a 25-bit
+        # ---- stages sy+1 .. sy+2: clamp. lo and hi are int8, so "y > hi" is "y above int8,
+        # or y in int8 and its low byte > hi" (the same for "y < lo"). The first stage
+        # computes both flags and "lo > hi" (which gives hi: lo applies first): a 25-bit
         # all-zeros/all-ones reduction beside two 9-bit subtractions whose sign bits are the
-        # byte comparisons; the second is the two muxes alone (outside int8 one flag is always
-        # set, so the low byte needs no saturation). A 32-bit compare after the 32-bit add in
-        # one cycle limited this stage to ~118 MHz, an 8-bit compare of a saturated byte plus
-        # the muxes to ~125 MHz.
+        # byte comparisons, and an 8-bit compare; the second is the two muxes alone (outside
+        # int8 one of "y > hi", "y < lo" is always set, so the low byte needs no saturation).
+        # A 32-bit compare after the 32-bit add in one cycle limited this stage to ~118 MHz,
+        # an 8-bit compare of a saturated byte plus the muxes to ~125 MHz. ("lo > hi" folded
+        # into lo in stages 2-3, as the iCE40 pipeline does, was a late group of the whole
+        # 8x8 ECP5 build at 6.9 ns.)
         sf = sy + 1
-        lo = delay(s3_lo, 3, sy, "lo")
+        lo = delay(s1_lo, 1, sy, "lo")
         hi = delay(s1_hi, 1, sy, "hi")
         top = s_y.as_unsigned()[7:]
         in_range = (top == 0) | (top == (1 << len(top)) - 1)
@@ -425,17 +432,19 @@ class OutputStage(wiring.Component):
         s_y8 = reg(signed(8), f"s{sf}_y")
         s_gt = reg(1, f"s{sf}_gt")
         s_lt = reg(1, f"s{sf}_lt")
+        s_lo_gt = reg(1, f"s{sf}_lo_gt")
         m.d.sync += [
             s_y8.eq(low),
             s_gt.eq(Mux(in_range, (hi - low)[8], ~s_y[31])),  # y > hi
             s_lt.eq(Mux(in_range, (low - lo)[8], s_y[31])),   # y < lo
+            s_lo_gt.eq(lo > hi),
         ]
         lo_f = delay(lo, sy, sf, "lo")
         hi_f = delay(hi, sy, sf, "hi")
         so = sf + 1
         assert so + int(ecp5) == self._stages  # (+ stage 0)
         s_out = reg(signed(8), f"s{self._stages}_out")
-        m.d.sync += s_out.eq(Mux(s_gt, hi_f, Mux(s_lt, lo_f, s_y8)))
+        m.d.sync += s_out.eq(Mux(s_gt | s_lo_gt, hi_f, Mux(s_lt, lo_f, s_y8)))
         m.d.comb += out.eq(s_out)
 
     def _column_ice40(self, m: Module, n: int, acc, params, out) -> None:
@@ -462,7 +471,8 @@ class OutputStage(wiring.Component):
         reg, delay = self._registers(m, n)
 
         # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi = self._stage1(m, reg, acc, params)
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi = self._stage1(
+            m, reg, acc, params, fold=True)
 
         # ---- stages 2-3 (2-4 for hh): the partial products in the SB_MAC16s, whose input
         # registers take the left shift directly.
