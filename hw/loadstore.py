@@ -123,10 +123,13 @@ class LoadUnit(wiring.Component):
         ]
         m.d.sync += start.eq(self.cmd.valid & self.cmd.ready)
         c_narrow = Signal()                      # row_bytes <= W: (c_rbm1 >> lb) == 0
+        # A copy of c_rbm1 for the in_row decode below, beside it (c_rbm1 also feeds both
+        # walkers: shared, its route to the decode was 7.0 ns on the whole 8x8 for ECP5).
+        c_rbm1_dec = Signal.like(c_rbm1, name="c_rbm1_replica")
         rbm1 = (p.row_bytes - 1)[:len(c_rbm1)]
         with m.If(idle):
-            m.d.sync += [c_target.eq(p.target), c_rbm1.eq(rbm1), c_narrow.eq((rbm1 >> lb) == 0),
-                         c_stride.eq(p.mem_stride)]
+            m.d.sync += [c_target.eq(p.target), c_rbm1.eq(rbm1), c_rbm1_dec.eq(rbm1),
+                         c_narrow.eq((rbm1 >> lb) == 0), c_stride.eq(p.mem_stride)]
 
         def last_beat(off):                      # beats of a row at lane offset `off`, minus 1
             return (off + c_rbm1) >> lb
@@ -143,12 +146,12 @@ class LoadUnit(wiring.Component):
         # Bytes of the entry inside the row (the rest is zero-filled): fixed per command.
         # Decoded as chunk x lane (q <= rbm1 iff chunk < hi, or chunk == hi and lane <= lo):
         # E separate `rbm1 >= q` comparisons would each become a carry chain. The decode is
-        # two register stages that follow `c_rbm1` every cycle, with no enable: `c_rbm1` is
+        # two register stages that follow `c_rbm1` (its copy) every cycle, with no enable: it is
         # stable from the set-up cycle on, and the first word reaches the merge (stage 3) no
         # earlier than three cycles after `start`. Decoded in one step and enabled by `start`
         # (E = 96 flip-flops on 8x8) it missed 150 MHz on the whole 8x8 for ECP5.
         in_row = Signal(E)
-        hi, lo = c_rbm1 >> lb, lane(c_rbm1)
+        hi, lo = c_rbm1_dec >> lb, lane(c_rbm1_dec)
         hi_gt = Signal(n_chunks, name="in_row_hi_gt")   # chunk k lies wholly inside the row
         hi_eq = Signal(n_chunks, name="in_row_hi_eq")   # chunk k holds the row's last byte
         lo_ge = Signal(W, name="in_row_lo_ge")          # lane i <= the last byte's lane
