@@ -244,18 +244,29 @@ class Decoder(wiring.Component):
         # Stage 1 registers the buffer ends; stage 2 every check condition of every opcode
         # against them; stage 3 the first failing one for the opcode in fetch. MEM_RANGE,
         # always the last check, is decided beside k_mem_end (k_mem_fail).
+        # The checks read a stage-1 copy of the word (with overlap, where fe_word is a
+        # register): fe_word also feeds the ends, the memory checks and decode, and with the
+        # checks' wide field tests on top its fan-out made them miss 150 MHz on the whole
+        # 8x8 for ECP5. The copy equals fe_word from the cycle after it was loaded, when
+        # the ends they also read are ready, so the verdict is as early as before.
+        if cfg.overlap:
+            k1_word = Signal(isa.INSTR_WIDTH)
+            m.d.sync += k1_word.eq(fe_word)
+        else:
+            k1_word = fe_word
         failed = {}
         for op, layout in isa.INSTR_LAYOUTS.items():
-            view = layout(fe_word)
-            fields = {name: Value.cast(view[name])
-                      for name, _ in data.Layout.cast(layout) if name != "opcode"}
-            ends = isa.instruction_ends(op, fields, cfg, Mux)
+            def fields_of(word):
+                view = layout(word)
+                return {name: Value.cast(view[name])
+                        for name, _ in data.Layout.cast(layout) if name != "opcode"}
+            ends = isa.instruction_ends(op, fields_of(fe_word), cfg, Mux)
             with m.If(opcode == op):
                 for slot, name in enumerate(_END_SLOTS.get(op, ())):
                     m.d.sync += k1_end[slot].eq(ends[name])
             registered = {name: k1_end[_END_SLOTS[op].index(name)]
                           for name in ends if name != "mem"}
-            checks = isa.instruction_checks(op, fields, cfg, Mux,
+            checks = isa.instruction_checks(op, fields_of(k1_word), cfg, Mux,
                                             ends={**registered, "mem": Const(0)})
             assert ("mem" in ends) == (checks[-1][0] == mem_range)
             failed[op] = []
@@ -305,7 +316,7 @@ class Decoder(wiring.Component):
                          de_index.eq(fe_index), de_error.eq(fe_error),
                          de_fault.eq(fe_error != isa.ErrorCode.NONE),
                          de_param_end.eq(st_view.param_addr + 1),
-                         *[is_op.eq(opcode == op) for op, is_op in de_is.items()],
+                         *[is_op.eq(k2_is[op]) for op, is_op in de_is.items()],
                          de_mem_end.eq(k_mem_end[:mem_bits])]
             m.d.sync += [de.eq(k1) for de, k1 in zip(de_end, k1_end)]
         with m.If(issue):
