@@ -106,6 +106,7 @@ class ExecuteUnit(wiring.Component):
         pre_wgt_k = Signal(range(max(2, rows)))  # next weight row to read, from wgt_addr
         pre_done = Signal()
         pre_wgt_last = Signal()              # pre_wgt_k == 0, a register (pre_done's enable)
+        pre_wgt_ptr = Signal.like(self.wgt_rd.addr)  # wgt_addr + pre_wgt_k: the read address
         # Cycles since the current tile's swap vector was read, saturating. Its weight rows
         # reach the array one cycle after they are read, like the vectors.
         since_swap = Signal(range(array.preload_gap + 1), init=array.preload_gap)
@@ -171,10 +172,11 @@ class ExecuteUnit(wiring.Component):
             # The weight RAM reads whenever a tile is in preload (w_valid says which reads
             # count): its clock enable is then a register, not the gap logic.
             self.wgt_rd.en.eq(pre_valid),
-            # The row's address is summed here, from two registers of this stage, rather
-            # than kept as a pointer loaded with wgt_addr + rows - 1: that sum, on the
-            # command from the decoder, missed 150 MHz on the whole 8x8 for ECP5.
-            self.wgt_rd.addr.eq(pre.wgt_addr + pre_wgt_k),
+            # The row's address is a register of its own, counted down beside pre_wgt_k: a
+            # sum of two registers here put a carry chain in front of the block RAMs'
+            # address pins (6.8 ns on the whole 8x8 for ECP5). Loaded with the command, its
+            # start value is an add of a constant on the buffer's address width.
+            self.wgt_rd.addr.eq(pre_wgt_ptr),
             self.act_rd.en.eq(vector_read),
             self.act_rd.addr.eq(st_act_ptr),
 
@@ -220,7 +222,7 @@ class ExecuteUnit(wiring.Component):
 
         # Preload stage.
         with m.If(weight_read):
-            m.d.sync += pre_wgt_k.eq(pre_wgt_k - 1)
+            m.d.sync += [pre_wgt_k.eq(pre_wgt_k - 1), pre_wgt_ptr.eq(pre_wgt_ptr - 1)]
             m.d.sync += pre_wgt_last.eq(pre_wgt_k == 1)
             with m.If(pre_wgt_last):
                 m.d.sync += pre_done.eq(1)
@@ -237,7 +239,8 @@ class ExecuteUnit(wiring.Component):
                          pre_acc_end.eq(cmd.acc_addr + cmd.n_rows),
                          pre_last.eq(cmd.n_rows - 1),
                          pre_single.eq(cmd.n_rows == 1),
-                         pre_wgt_k.eq(rows - 1), pre_wgt_last.eq(rows == 1)]
+                         pre_wgt_k.eq(rows - 1), pre_wgt_last.eq(rows == 1),
+                         pre_wgt_ptr.eq(cmd.wgt_addr[:len(pre_wgt_ptr)] + rows - 1)]
         with m.Elif(take):
             m.d.sync += pre_valid.eq(0)
 
