@@ -810,6 +810,14 @@ def buffer_collisions_dont_care(modules: list[str]) -> str | None:
                      f"{mod}/r:TRANSPARENCY_MASK=1'0 %i" for mod in modules)
 
 
+# The wire delay abc9 assumes when it maps logic to ECP5 LUTs (synth_ecp5 passes 300 ps).
+# A route on the whole 8x8 costs 0.5-3 ns against a LUT's 0.24 ns: with 300 ps a LUT level
+# looks nearly free, and abc9 relaxes every path of a module off its own critical one to
+# that depth (on the whole 8x8, a 4-input decode in the load unit became three LUTs with two
+# long routes between them). The iCEBreaker's flow does the same with 3000 ps (BoardSpec).
+ECP5_ABC9_WIRE_DELAY_PS = 1500
+
+
 def _yosys_script(device: Device, keep: list[str], core: str = TOP,
                   buffer_top: bool = False) -> str:
     lines = ["read_rtlil top.il", HIDE_BRACKET_WIRES]
@@ -827,7 +835,12 @@ def _yosys_script(device: Device, keep: list[str], core: str = TOP,
     if collisions:
         lines.append(collisions)
     if device.family == "ecp5":
-        lines.append(f"synth_ecp5 -top {TOP}")
+        # synth_ecp5 with its LUT mapping step spelled out, to pass abc9 another wire delay
+        # (ECP5_ABC9_WIRE_DELAY_PS).
+        lines += [f"synth_ecp5 -top {TOP} -run :map_luts",
+                  "techmap -map +/lattice/latches_map.v",
+                  f"abc9 -W {ECP5_ABC9_WIRE_DELAY_PS}", "clean",
+                  f"synth_ecp5 -top {TOP} -run map_cells:"]
     elif device.family == "ice40":
         lines += [f"synth_ice40 -top {TOP} -dsp -spram -device u", ICE40_DSP_RESTORE]
     else:
