@@ -58,8 +58,9 @@ class AccumulatorBuffer(wiring.Component):
     ----------
     config : AcceleratorConfig
     pipelined : bool
-        ``True`` (latency 5): the block RAM's output is registered twice and the add has a
-        cycle of its own, and the updates still in flight are forwarded to the add (the block
+        ``True`` (latency 6): the update is registered on the way in, the block RAM's output
+        is registered twice and the add has a cycle of its own, and the updates still in
+        flight are forwarded to the add (the block
         RAM read alone took 6 ns of the ECP5's 6.7 ns at 150 MHz; the one-cycle version
         reached 77 MHz there). ``False`` (latency 1): the read is transparent to the write
         and read, add and write share a cycle; fewer registers, for the smallest FPGAs.
@@ -87,7 +88,7 @@ class AccumulatorBuffer(wiring.Component):
     @staticmethod
     def latency_of(pipelined: bool) -> int:
         """:attr:`latency` of a buffer built with ``pipelined``."""
-        return 5 if pipelined else 1
+        return 6 if pipelined else 1
 
     def elaborate(self, platform):
         m = Module()
@@ -125,6 +126,18 @@ class AccumulatorBuffer(wiring.Component):
         rmw_rd = mem.read_port()
         wiring.connect(m, wiring.flipped(self.read), mem.read_port())
 
+        # The update is registered on the way in (stage "-1", before the numbering below):
+        # it comes from the end of the execute unit's tag pipeline, across the chip, and
+        # compared straight from there against the entries in flight (`hit_q`) it took three
+        # LUT levels with 1.8-1.9 ns routes between them (the whole 8x8 ECP5 build's worst
+        # path on one seed). The RAM's read address is then a local register too.
+        upd_valid = Signal()
+        upd_addr = Signal.like(self.upd_addr)
+        upd_accumulate = Signal()
+        upd_data = Signal.like(self.upd_data, reset_less=True)
+        m.d.sync += [upd_valid.eq(self.upd_valid), upd_addr.eq(self.upd_addr),
+                     upd_accumulate.eq(self.upd_accumulate), upd_data.eq(self.upd_data)]
+
         # Stage 0 reads; stage 1 has the block RAM's output, stage 2 its register (which the
         # ECP5 flow folds into the RAM's output register); stage D = 3 adds into `w`; stage
         # D + 1 copies the sum into h1, which writes it in stage D + 2. (The copy lets `w`,
@@ -136,11 +149,11 @@ class AccumulatorBuffer(wiring.Component):
         # a stage earlier (`pre`, from h's and the RAM data, matched a stage before that),
         # so stage D is a 2-way select and the adder.
         depth = 3
-        assert self.latency == depth + 2
-        upd = data.StructLayout({"valid": 1, "addr": len(self.upd_addr), "accumulate": 1,
+        assert self.latency == depth + 3
+        upd = data.StructLayout({"valid": 1, "addr": len(upd_addr), "accumulate": 1,
                                  "data": data.ArrayLayout(signed(self._config.psum_width),
                                                           cols)})
-        wr = data.StructLayout({"valid": 1, "addr": len(self.upd_addr), "data": row})
+        wr = data.StructLayout({"valid": 1, "addr": len(upd_addr), "data": row})
         s = [Signal(upd, name=f"s{i}") for i in range(1, depth + 1)]       # update, stage i
         ram = Signal(row, reset_less=True)   # RAM data in stage 2
         w = Signal(wr)
@@ -148,8 +161,8 @@ class AccumulatorBuffer(wiring.Component):
         pre = Signal(row, reset_less=True)   # stage D: the old value unless w has it
 
         m.d.comb += [
-            rmw_rd.addr.eq(self.upd_addr),
-            rmw_rd.en.eq(self.upd_valid),
+            rmw_rd.addr.eq(upd_addr),
+            rmw_rd.en.eq(upd_valid),
             wp.addr.eq(h[0].addr),
             wp.data.eq(h[0].data),
             wp.en.eq(h[0].valid),
@@ -175,7 +188,7 @@ class AccumulatorBuffer(wiring.Component):
         ahead = [s[-1], w, *h[:depth - 1]]
         before = [s[-2], s[-1], w, *h[:depth - 2]]      # ahead's entries a cycle earlier
         hit_q = Signal(len(ahead))
-        m.d.sync += hit_q.eq(Cat(b.valid & (b.addr == self.upd_addr) for b in before))
+        m.d.sync += hit_q.eq(Cat(b.valid & (b.addr == upd_addr) for b in before))
         hits = list(hit_q)
         sels = [s[-3].accumulate & hit & ~Cat(*hits[:i]).any() if i else
                 s[-3].accumulate & hit for i, hit in enumerate(hits)]
@@ -195,10 +208,10 @@ class AccumulatorBuffer(wiring.Component):
             m.d.comb += selected[c].eq(functools.reduce(operator.or_, terms))
 
         m.d.sync += [
-            s[0].valid.eq(self.upd_valid),
-            s[0].addr.eq(self.upd_addr),
-            s[0].accumulate.eq(self.upd_accumulate),
-            s[0].data.eq(self.upd_data),
+            s[0].valid.eq(upd_valid),
+            s[0].addr.eq(upd_addr),
+            s[0].accumulate.eq(upd_accumulate),
+            s[0].data.eq(upd_data),
             *[s[i].eq(s[i - 1]) for i in range(1, depth)],
             ram.eq(rmw_rd.data),
             *[sel_c.eq(Cat(*sels)) for sel_c in pre_sel_c],

@@ -15,7 +15,7 @@ from simutil import simulate
 def test_accumulator_read_modify_write_back_to_back(cols, pipelined):
     cfg = AcceleratorConfig(rows=128, cols=cols, acc_depth=8)  # 23-bit partial sums
     buf = AccumulatorBuffer(cfg, pipelined=pipelined)
-    assert buf.latency == (5 if pipelined else 1)
+    assert buf.latency == (6 if pipelined else 1)
     rng = np.random.default_rng(cols)
     lo, hi = -(1 << (cfg.psum_width - 1)), (1 << (cfg.psum_width - 1)) - 1
     updates = []
