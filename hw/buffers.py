@@ -60,10 +60,10 @@ class AccumulatorBuffer(wiring.Component):
     pipelined : bool
         ``True`` (latency 6): the update is registered on the way in, the block RAM's output
         is registered twice and the add has a cycle of its own, and the updates still in
-        flight are forwarded to the add (the block
-        RAM read alone took 6 ns of the ECP5's 6.7 ns at 150 MHz; the one-cycle version
-        reached 77 MHz there). ``False`` (latency 1): the read is transparent to the write
-        and read, add and write share a cycle; fewer registers, for the smallest FPGAs.
+        flight are forwarded to the add (the block RAM read alone took 6 ns of the ECP5's
+        6.7 ns at 150 MHz; the one-cycle version reached 77 MHz there). ``False`` (latency
+        1): the read is transparent to the write and read, add and write share a cycle;
+        fewer registers, for the smallest FPGAs.
     """
 
     def __init__(self, config: AcceleratorConfig, *, pipelined: bool = True):

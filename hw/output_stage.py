@@ -161,16 +161,12 @@ class OutputStage(wiring.Component):
         return reg, delay
 
     @staticmethod
-    def _stage1(m: Module, reg, acc, params, *, fold: bool) -> tuple:
+    def _stage1(m: Module, reg, acc, params) -> tuple:
         """Stage 1 of every variant: one 32-bit carry chain (acc + bias) beside the shift
         decode, which saturates the 8-bit field into numerics.md's [-31, 30], and the clamp
-        bounds. The clamp applies lo, then hi, so lo > hi gives hi. With ``fold`` that case
-        is folded into the bounds (lo' = hi), which leaves the final stage two comparisons
-        and a mux; the fold takes stages 2 and 3, the compare from stage-1 copies of the
-        bounds, then the mux, and ``lo`` is a stage-3 register. Without it (the long
-        pipelines, which have room for an ``lo > hi`` flag beside the clamp's compares)
-        ``lo`` is the stage-1 register.
-        Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers but a folded ``lo``."""
+        bounds (the clamp applies lo, then hi, so lo > hi gives hi: each variant handles
+        that case itself).
+        Returns ``(x, left, right, mul, zp, lo, hi)``, stage-1 registers."""
         s1_x = reg(signed(32), "s1_x")
         s1_left = reg(unsigned(5), "s1_left")
         s1_right = reg(unsigned(5), "s1_right")
@@ -195,19 +191,7 @@ class OutputStage(wiring.Component):
             s1_lo.eq(params.lo),
             s1_hi.eq(params.hi),
         ]
-        if not fold:
-            return s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi
-        s2_lo = reg(signed(8), "s2_lo")
-        s2_hi = reg(signed(8), "s2_hi_fold")
-        s2_lo_gt = reg(1, "s2_lo_gt")            # lo > hi
-        s3_lo = reg(signed(8), "s3_lo")
-        m.d.sync += [
-            s2_lo.eq(s1_lo),
-            s2_hi.eq(s1_hi),
-            s2_lo_gt.eq(s1_lo > s1_hi),
-            s3_lo.eq(Mux(s2_lo_gt, s2_hi, s2_lo)),
-        ]
-        return s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi
+        return s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi
 
     def _column(self, m: Module, n: int, acc, params, out) -> None:
         reg, delay = self._registers(m, n)
@@ -222,8 +206,7 @@ class OutputStage(wiring.Component):
             acc, params = acc_q, params_q
 
         # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(
-            m, reg, acc, params, fold=False)
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(m, reg, acc, params)
 
         # ---- stage 2: the left barrel shift (wraps in int32). For plain `*` multipliers its 5
         # mux levels get a cycle of their own so that the multipliers' operands come straight
@@ -484,9 +467,20 @@ class OutputStage(wiring.Component):
         """
         reg, delay = self._registers(m, n)
 
-        # ---- stage 1 (`_stage1`).
-        s1_x, s1_left, s1_right, s1_mul, s1_zp, s3_lo, s1_hi = self._stage1(
-            m, reg, acc, params, fold=True)
+        # ---- stage 1 (`_stage1`), and lo > hi folded into the bounds (lo' = hi), which
+        # leaves the clamp two comparisons and a mux: the compare in stage 2 from stage-1
+        # copies of the bounds, the mux in stage 3 (`s3_lo`).
+        s1_x, s1_left, s1_right, s1_mul, s1_zp, s1_lo, s1_hi = self._stage1(m, reg, acc, params)
+        s2_lo = reg(signed(8), "s2_lo")
+        s2_hi = reg(signed(8), "s2_hi_fold")
+        s2_lo_gt = reg(1, "s2_lo_gt")            # lo > hi
+        s3_lo = reg(signed(8), "s3_lo")
+        m.d.sync += [
+            s2_lo.eq(s1_lo),
+            s2_hi.eq(s1_hi),
+            s2_lo_gt.eq(s1_lo > s1_hi),
+            s3_lo.eq(Mux(s2_lo_gt, s2_hi, s2_lo)),
+        ]
 
         # ---- stages 2-3 (2-4 for hh): the partial products in the SB_MAC16s, whose input
         # registers take the left shift directly.

@@ -54,7 +54,7 @@ __all__ = [
     "parse_yosys_stat", "parse_nextpnr_report", "parse_memories", "write_report_md",
     "RESOURCE_KINDS", "ICE40_DSP_STUB", "ICE40_DSP_STUB_NAME", "ICE40_DSP_HIDE",
     "ICE40_DSP_RESTORE", "categorize", "module_breakdown", "TOP", "HIDE_BRACKET_WIRES",
-    "KEEP_REPLICAS",
+    "KEEP_REPLICAS", "PLACERS",
     "sweep_point", "estimate_ice40_logic_cells", "ECP5_ROUTER", "ROUTERS", "buffer_ram_style",
     "buffer_collisions_dont_care", "fold_bram_output_registers", "BRAM_OUTREG_CELLS",
 ]

@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from hw.config import AcceleratorConfig  # noqa: E402
-from hw.synthesis import (BLOCKS, DEVICES, DesignDoesNotFit, ToolError,  # noqa: E402
-                          block_design, run_flow)
+from hw.synthesis import (BLOCKS, DEVICES, PLACERS, ROUTERS,  # noqa: E402
+                          DesignDoesNotFit, ToolError, block_design, run_flow)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,10 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "per seed and report the fastest, with every seed's Fmax")
     p.add_argument("--jobs", type=int, default=1,
                    help="place-and-route runs at a time for several seeds (default 1)")
-    p.add_argument("--router", default=None, choices=("router1", "router2"),
+    p.add_argument("--router", default=None, choices=ROUTERS,
                    help="nextpnr router (default: nextpnr's, router1; router2 is faster on "
                         "big designs but less timing-driven)")
-    p.add_argument("--placer", default=None, choices=("heap", "static"),
+    p.add_argument("--placer", default=None, choices=PLACERS,
                    help="nextpnr placer (default: heap, with a raised timing weight on ECP5; "
                         "static, the electrostatic placer, keeps DSP routes shorter on the "
                         "8x8 ECP5 build)")
@@ -123,9 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                                                           else argv)])
     try:
         report = run_flow(design, args.device, args.out, freq_mhz=args.freq,
-                          pnr=not args.no_pnr,
-                          seed=args.seed,
-                          jobs=args.jobs, dsp_pes=args.dsp_pes,
+                          pnr=not args.no_pnr, seed=args.seed, jobs=args.jobs,
+                          dsp_pes=args.dsp_pes,
                           keep_hierarchy=not args.flat, check_fit=not args.force,
                           router=args.router, placer=args.placer,
                           command_line=command, log=lambda msg: print(msg, flush=True))
