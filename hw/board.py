@@ -762,7 +762,7 @@ def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | 
         "design": {
             "name": "board top (accelerator + bridge + on-chip memory)",
             "config": asdict(cfg), "pes": cfg.rows * cfg.cols,
-            "multiplier": {"family": target.family, "latency": target.pe_latency,
+            "multiplier": {"family": target.family.value, "latency": target.pe_latency,
                            "dsp_pes": target.dsp_count(cfg.rows * cfg.cols) if wired else None,
                            "lut_pes": (cfg.rows * cfg.cols - target.dsp_count(cfg.rows * cfg.cols))
                            if wired else None,

@@ -11,6 +11,10 @@ _MAX_MEM_BYTES = 1 << 32  # memory addresses are 32 bits
 _MAX_MEM_WIDTH = 64
 
 
+def _row_addr_width(depth: int) -> int:
+    return max(1, (depth - 1).bit_length())
+
+
 def _clog2(n: int) -> int:
     return max(0, (n - 1).bit_length())
 
@@ -140,6 +144,26 @@ class AcceleratorConfig:
     def mem_lane_bits(self) -> int:
         """Bits of a byte address that select the byte lane within a memory word."""
         return _clog2(self.mem_width)
+
+    @property
+    def act_addr_width(self) -> int:
+        """Width of an activation-buffer row address."""
+        return _row_addr_width(self.act_depth)
+
+    @property
+    def wgt_addr_width(self) -> int:
+        """Width of a weight-buffer row address."""
+        return _row_addr_width(self.wgt_depth)
+
+    @property
+    def param_addr_width(self) -> int:
+        """Width of a parameter-buffer row address."""
+        return _row_addr_width(self.param_depth)
+
+    @property
+    def acc_addr_width(self) -> int:
+        """Width of an accumulator-buffer row address."""
+        return _row_addr_width(self.acc_depth)
 
     @property
     def wgt_tiles(self) -> int:

@@ -9,7 +9,7 @@ from .config import AcceleratorConfig
 from .execute import MatmulCmd
 from .footprint import RangeLayout, overlaps
 from .loadstore import LoadCmd, StoreCmd
-from .mult import Multiplier, MultiplierTarget
+from .mult import Family, Multiplier, MultiplierTarget
 
 __all__ = ["Decoder"]
 
@@ -62,7 +62,7 @@ class Decoder(wiring.Component):
         self._target = target or MultiplierTarget()
         # On ECP5 the extent multiply uses registered MULT18X18Ds (inferred ones are
         # combinational: 4.5 ns of a 6.7 ns cycle); elsewhere a plain registered product.
-        self._mult_kind = "ecp5" if self._target.family == "ecp5" else "generic"
+        self._mult_kind = "ecp5" if self._target.family is Family.ECP5 else "generic"
         self._mult_latency = 3 if self._mult_kind == "ecp5" else 1
         fp = RangeLayout(17)
         self._mem_bits = config.mem_bytes.bit_length()

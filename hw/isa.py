@@ -135,6 +135,11 @@ class OutputParams(data.Struct):
 
 OUTPUT_PARAMS_BYTES = data.Layout.cast(OutputParams).size // 8
 
+# The shifts docs/numerics.md defines (TFLite's exponent range: > 0 left, < 0 right). The
+# 8-bit field saturates into it, in the output stage and in the golden model alike.
+SHIFT_MIN = -31
+SHIFT_MAX = 30
+
 
 class Status(data.Struct):
     """Host-visible status word."""

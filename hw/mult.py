@@ -21,6 +21,7 @@ without changing its skew. Vendor primitives cannot run in the Amaranth simulato
 same latency) so that a board top built for a device can still be simulated.
 """
 
+import enum
 from dataclasses import dataclass
 
 from amaranth import ClockSignal, Const, Module, Mux, Signal, signed
@@ -28,10 +29,21 @@ from amaranth.hdl import Instance
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["KINDS", "FAMILIES", "Multiplier", "MultiplierTarget", "natural_latency", "sb_mac16"]
+__all__ = ["KINDS", "Family", "Multiplier", "MultiplierTarget", "natural_latency", "sb_mac16"]
+
+
+class Family(enum.Enum):
+    """An FPGA family: the only tool knowledge gateware has is which primitives it targets.
+
+    ``GENERIC`` is portable RTL (plain ``a * b``, inferred memories) for simulation, ASIC
+    flows and unknown devices.
+    """
+    GENERIC = "generic"
+    ECP5 = "ecp5"
+    ICE40 = "ice40"
+
 
 KINDS = ("generic", "lut", "ecp5", "ice40")
-FAMILIES = ("generic", "ecp5", "ice40")
 
 # ecp5: the MULT18X18D's input, pipeline and output registers, then fabric registers that
 # cut the DSP-to-fabric route before the PE's adder (8x8 array alone on LFE5U-85F speed 6:
@@ -278,9 +290,10 @@ class MultiplierTarget:
 
     Parameters
     ----------
-    family : str
-        ``"generic"`` (every PE gets a plain registered ``a * b``), ``"ecp5"`` or ``"ice40"``
+    family : Family or str
+        ``Family.GENERIC`` (every PE gets a plain registered ``a * b``), ``ECP5`` or ``ICE40``
         (PEs get the hard DSP of that family, up to ``dsp_pes`` of them, the rest ``lut``).
+        A family's name (``"ecp5"``) is accepted and converted.
     dsp_pes : int or None
         How many PEs, counted row-major from PE(0, 0), use a hard DSP; ``None`` means all.
         Ignored for ``generic``.
@@ -298,14 +311,18 @@ class MultiplierTarget:
         # mult.a, mult.b: int8 operands; mult.p: their product mult.latency cycles later
     """
 
-    family: str = "generic"
+    family: Family = Family.GENERIC
     dsp_pes: int | None = None
     latency: int | None = None
     simulation: bool = False
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES:
-            raise ValueError(f"family must be one of {FAMILIES}, not {self.family!r}")
+        try:
+            object.__setattr__(self, "family", Family(self.family))
+        except ValueError:
+            names = ", ".join(f.value for f in Family)
+            raise ValueError(f"family must be a Family or one of {names}, "
+                             f"not {self.family!r}") from None
         if self.dsp_pes is not None and (isinstance(self.dsp_pes, bool)
                                          or not isinstance(self.dsp_pes, int)
                                          or self.dsp_pes < 0):
@@ -323,21 +340,21 @@ class MultiplierTarget:
         """The latency every multiplier of the array has."""
         if self.latency is not None:
             return self.latency
-        return _NATURAL_LATENCY[self.family]
+        return _NATURAL_LATENCY[self.family.value]
 
     def kind(self, index: int) -> str:
         """Multiplier kind of the PE with row-major ``index``."""
         if isinstance(index, bool) or not isinstance(index, int) or index < 0:
             raise ValueError(f"index must be a non-negative integer, not {index!r}")
-        if self.family == "generic":
+        if self.family is Family.GENERIC:
             return "generic"
         if self.dsp_pes is None or index < self.dsp_pes:
-            return self.family
+            return self.family.value
         return "lut"
 
     def dsp_count(self, n_pes: int) -> int:
         """How many of ``n_pes`` PEs use a hard DSP."""
-        if self.family == "generic":
+        if self.family is Family.GENERIC:
             return 0
         return n_pes if self.dsp_pes is None else min(n_pes, self.dsp_pes)
 

@@ -6,13 +6,12 @@ from amaranth.lib.wiring import In, Out
 
 from . import isa
 from .config import AcceleratorConfig
-from .mult import Multiplier, MultiplierTarget, sb_mac16
+from .mult import Family, Multiplier, MultiplierTarget, sb_mac16
 
 __all__ = ["OutputStage"]
 
 _INT32_MAX = (1 << 31) - 1
-_SHIFT_MIN = -31
-_SHIFT_MAX = 30
+_SHIFT_MIN, _SHIFT_MAX = isa.SHIFT_MIN, isa.SHIFT_MAX
 
 
 class OutputStage(wiring.Component):
@@ -90,7 +89,8 @@ class OutputStage(wiring.Component):
         self._config = config
         self._tag_shape = tag_shape
         self._target = target or MultiplierTarget()
-        self._mult_kind = {"ecp5": "ecp5", "ice40": "ice40"}.get(self._target.family, "generic")
+        self._mult_kind = {Family.ECP5: "ecp5", Family.ICE40: "ice40"}.get(self._target.family,
+                                                                        "generic")
         self._product_latency = self._ECP5_PRODUCT_LATENCY if self._mult_kind == "ecp5" else 1
         if self._mult_kind == "ice40":
             self._stages = self._ICE40_STAGES

@@ -1455,7 +1455,7 @@ def run_flow(design: Design, device: "str | Device", out_dir: "str | Path", *,
             "config": asdict(design.config) if design.config is not None else None,
             "pes": design.n_pes,
             "multiplier": {
-                "family": target.family, "latency": target.pe_latency,
+                "family": target.family.value, "latency": target.pe_latency,
                 "dsp_pes": target.dsp_count(design.n_pes) if design.wired else None,
                 "lut_pes": (design.n_pes - target.dsp_count(design.n_pes)
                             if dev.family != "generic" else 0) if design.wired else None,

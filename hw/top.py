@@ -10,7 +10,7 @@ from .config import AcceleratorConfig
 from .decoder import Decoder
 from .execute import ExecuteUnit
 from .loadstore import LoadUnit, StoreUnit
-from .mult import MultiplierTarget
+from .mult import Family, MultiplierTarget
 
 __all__ = ["MemoryArbiter", "Accelerator"]
 
@@ -84,8 +84,8 @@ class Accelerator(wiring.Component):
 
         # The accumulator's pipelined read-modify-write costs registers that only fast
         # fabrics need; iCE40 (40 MHz, 5k logic cells) takes the one-cycle version.
-        family = self._target.family if self._target is not None else "generic"
-        acc_buf = AccumulatorBuffer(cfg, pipelined=family != "ice40")
+        family = self._target.family if self._target is not None else Family.GENERIC
+        acc_buf = AccumulatorBuffer(cfg, pipelined=family is not Family.ICE40)
         decoder = Decoder(cfg, self._target)
         load = LoadUnit(cfg)
         execute = ExecuteUnit(cfg, self._target, acc_latency=acc_buf.latency)

@@ -1,6 +1,6 @@
 """Serrano host software: assembler, golden model, backends and the ``Accelerator`` runtime.
 
->>> from sim import Accelerator
+>>> from serrano.sim import Accelerator
 >>> acc = Accelerator(backend="golden")
 """
 

@@ -5,7 +5,7 @@ here), whose field offsets and widths are read from the instruction ``Struct`` l
 
 Example
 -------
->>> from sim.asm import Program
+>>> from serrano.sim.asm import Program
 >>> p = Program()
 >>> p.load("act", buf_addr=0, n_rows=4, row_bytes=8, mem_addr=0, mem_stride=8)
 0
@@ -20,8 +20,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from amaranth.lib import data, enum
 
-from hw import isa
-from hw.isa import LoadTarget, Opcode, StoreMode, encode
+from serrano.hw import isa
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode, encode
 
 __all__ = [
     "Program", "encode", "disassemble", "listing",
@@ -176,7 +176,7 @@ def output_params_dtype() -> np.dtype:
 _PARAM_RANGES = {
     "bias": (-(1 << 31), (1 << 31) - 1),
     "multiplier": (-(1 << 31), (1 << 31) - 1),
-    "shift": (-31, 30),
+    "shift": (isa.SHIFT_MIN, isa.SHIFT_MAX),
     "zero_point": (-128, 127),
     "lo": (-128, 127),
     "hi": (-128, 127),

@@ -6,7 +6,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from hw.isa import ErrorCode
+from serrano.hw.isa import ErrorCode
 
 __all__ = ["RunStatus", "RunResult", "Backend", "SimulationTimeout"]
 

@@ -43,9 +43,9 @@ from amaranth.hdl import Cat, ClockDomain, Module, Mux, Signal
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from sim.backend import RunResult, RunStatus, SimulationTimeout
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.sim.backend import RunResult, RunStatus, SimulationTimeout
 
 __all__ = ["CompiledBackend", "CompiledBackendUnavailable", "CompiledBuildError", "ENGINES",
            "DEFAULT_ENGINE", "DEFAULT_MAX_CYCLES", "HarnessTop", "ModelBuild", "build_model", "check_prerequisites"]
@@ -156,10 +156,11 @@ def _hw_closure(start: Path) -> list[Path]:
                     mod = f"{prefix}.{node.module}" if node.module else prefix
                 else:
                     mod = node.module or ""
-                # `from hw import isa` names a module; `from hw.isa import X` a member.
+                # `from serrano.hw import isa` names a module; `from serrano.hw.isa import X` a member.
                 names = [mod] + [f"{mod}.{a.name}" for a in node.names]
             for name in names:
-                parts = name.split(".")
+                # `serrano.hw.isa` (absolute) and `hw.isa` (relative, from the folder) alike.
+                parts = name.removeprefix("serrano.").split(".")
                 if parts[0] != "hw":
                     continue
                 target = _ROOT.joinpath(*parts)
@@ -596,7 +597,7 @@ def build_model(config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE, trac
         log.write_text(f"# {engine} model of {config!r}, trace={trace}\n")
         (work / "serrano_config.h").write_text(_config_header(config, trace))
         if elaborate is None:
-            from hw.top import Accelerator
+            from serrano.hw.top import Accelerator
             elaborate = Accelerator
         top = HarnessTop(config, elaborate(config))
         tmp = model_dir / f"model.so.tmp{os.getpid()}"

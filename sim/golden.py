@@ -10,9 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
 
 from . import numerics
 from .asm import unpack_output_params

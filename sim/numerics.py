@@ -18,6 +18,9 @@ from typing import overload
 import numpy as np
 import numpy.typing as npt
 
+# The TFLite exponent range (> 0 left shift, < 0 right shift), defined once in the ISA.
+from serrano.hw.isa import SHIFT_MAX, SHIFT_MIN
+
 __all__ = [
     "INT32_MIN", "INT32_MAX", "SHIFT_MIN", "SHIFT_MAX",
     "saturating_rounding_doubling_high_mul", "rounding_divide_by_pot",
@@ -29,8 +32,6 @@ INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 INT8_MIN = -128
 INT8_MAX = 127
-SHIFT_MIN = -31  # TFLite exponent range: > 0 left shift, < 0 right shift
-SHIFT_MAX = 30
 
 ArrayLikeInt = int | np.integer | npt.ArrayLike
 

@@ -15,9 +15,9 @@ import numpy as np
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.top import Accelerator
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.top import Accelerator
 
 from .backend import RunResult, RunStatus, SimulationTimeout
 

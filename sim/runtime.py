@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 from amaranth.lib import data
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.isa import LoadTarget, Opcode, StoreMode
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode
 
 from .asm import Program, disassemble, pack_output_params
 from .backend import Backend, RunResult

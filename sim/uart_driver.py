@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 from amaranth.lib import data
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.uart import (COUNTER_BYTES, INFO_BYTES, INFO_MAGIC, INSTR_BYTES,
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.uart import (COUNTER_BYTES, INFO_BYTES, INFO_MAGIC, INSTR_BYTES,
                      PROTOCOL_VERSION, STATUS_BYTES, BridgeFlags, BridgeInfo, Command, Reply)
 
 from .backend import RunResult, RunStatus, SimulationTimeout

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.isa import LoadTarget, Opcode, StoreMode, encode
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode, encode
 
 
 # Small buffers and memories: instructions collide often, so the scoreboard is exercised; and

@@ -3,13 +3,13 @@
 import numpy as np
 import pytest
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, encode
-from hw.mult import MultiplierTarget
-from sim.backend import SimulationTimeout
-from sim.golden import GoldenBackend
-from sim.pysim import PysimBackend
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, encode
+from serrano.hw.mult import MultiplierTarget
+from serrano.sim.backend import SimulationTimeout
+from serrano.sim.golden import GoldenBackend
+from serrano.sim.pysim import PysimBackend
 from programs import SMALL_CONFIGS as CONFIGS, gemm_program, patch_field, random_program
 
 
@@ -74,7 +74,7 @@ def test_fault_has_no_side_effects_and_clear_recovers(code):
 
 
 def isa_status(code, index):
-    from sim.backend import RunStatus
+    from serrano.sim.backend import RunStatus
     return RunStatus(done=True, error=code, fault_index=index)
 
 

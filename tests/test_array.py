@@ -5,9 +5,9 @@ import pytest
 from amaranth.hdl import Fragment
 from amaranth.lib import data
 
-from hw.array import ProcessingElement, SystolicArray
-from hw.config import AcceleratorConfig
-from hw.mult import MultiplierTarget
+from serrano.hw.array import ProcessingElement, SystolicArray
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.mult import MultiplierTarget
 from simutil import simulate
 
 

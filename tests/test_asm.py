@@ -9,10 +9,10 @@ import pytest
 from amaranth.lib import data, enum
 from hypothesis import given, settings, strategies as st
 
-from hw import isa
-from hw.isa import LoadTarget, Opcode, StoreMode
-from sim import asm
-from sim.asm import Program, disassemble, listing, output_params_dtype, pack_output_params
+from serrano.hw import isa
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode
+from serrano.sim import asm
+from serrano.sim.asm import Program, disassemble, listing, output_params_dtype, pack_output_params
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -254,11 +254,7 @@ def test_pack_errors(kwargs, exc, match):
 # ---- generated ISA document ------------------------------------------------------------------
 
 def test_isa_doc_is_up_to_date():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gen_isa_doc
-    finally:
-        sys.path.pop(0)
+    from serrano.commands import gen_isa_doc
     expected = gen_isa_doc.generate()
     current = (ROOT / "docs" / "isa.md").read_text()
     assert current == expected, "docs/isa.md is stale: run python scripts/gen_isa_doc.py"

@@ -4,7 +4,6 @@ serial line (bit-exact with numpy and the golden model). Bitstream builds are sl
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,13 +13,13 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw import isa
-from hw.board import BOARDS, BoardTop, SharedMemory, build_board, get_board, uart_divisor
-from hw.config import AcceleratorConfig
-from hw.synthesis import DEVICES, DesignDoesNotFit, preflight
-from hw.uart import (COUNTER_BYTES, INFO_BYTES, STATUS_BYTES, Bridge, BridgeFlags, Command,
+from serrano.hw import isa
+from serrano.hw.board import BOARDS, BoardTop, SharedMemory, build_board, get_board, uart_divisor
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.synthesis import DEVICES, DesignDoesNotFit, preflight
+from serrano.hw.uart import (COUNTER_BYTES, INFO_BYTES, STATUS_BYTES, Bridge, BridgeFlags, Command,
                      Reply, UARTRx, UARTTx, info_bytes)
-from sim.uart_driver import BridgeError, BridgeLink, SimulatedSerial, UARTBackend
+from serrano.sim.uart_driver import BridgeError, BridgeLink, SimulatedSerial, UARTBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -387,7 +386,7 @@ def _operands(seed, M, K, N):
 def test_gemm_over_simulated_serial_is_bit_exact(link):
     """A GEMM compiled by the host runtime, sent over the simulated UART to the board top,
     comes back bit-exact."""
-    from sim.runtime import Accelerator
+    from serrano.sim.runtime import Accelerator
     cfg = link.info().config()
     _, x, w = _operands(11, 3, 5, 3)       # not multiples of the 2x2 array
     board = Accelerator(cfg, backend=UARTBackend(link))
@@ -399,10 +398,10 @@ def test_gemm_over_simulated_serial_is_bit_exact(link):
 def test_gemm_with_fpga_multipliers_in_simulation():
     """The board top with an FPGA multiplier target (mixed DSP and LUT PEs, DSP latency 3;
     vendor primitives replaced by their cycle-equivalent models) computes the same GEMM."""
-    from hw.board import _accepts_target
-    from hw.mult import MultiplierTarget
-    from hw.top import Accelerator as Top
-    from sim.runtime import Accelerator
+    from serrano.hw.board import _accepts_target
+    from serrano.hw.mult import MultiplierTarget
+    from serrano.hw.top import Accelerator as Top
+    from serrano.sim.runtime import Accelerator
     if not _accepts_target(Top):
         pytest.skip("hw.top.Accelerator takes no multiplier target yet (see docs/fpga.md)")
     cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=512)
@@ -421,7 +420,7 @@ def test_gemm_with_fpga_multipliers_in_simulation():
 @pytest.mark.slow
 def test_requantized_layer_over_simulated_serial(link):
     """A requantized layer through the output stage, against the golden model."""
-    from sim.runtime import Accelerator
+    from serrano.sim.runtime import Accelerator
     cfg = link.info().config()
     rng, x, w = _operands(12, 3, 5, 3)
     N = w.shape[1]
@@ -434,7 +433,7 @@ def test_requantized_layer_over_simulated_serial(link):
 
 def test_uart_backend_reports_errors(link):
     """A faulting program comes back with its error and fault index, like the simulators."""
-    from hw.isa import Opcode, encode
+    from serrano.hw.isa import Opcode, encode
     bad = encode(Opcode.LOAD, target=0, buf_addr=0, n_rows=1, row_bytes=1,
                  mem_addr=2000, mem_stride=0)       # past the 1 KiB memory
     result = UARTBackend(link).run([encode(Opcode.NOP), bad, encode(Opcode.HALT)],
@@ -465,7 +464,7 @@ def test_board_table_and_fit():
         uart_divisor(platform.default_clk_frequency, spec.baud)
         cfg = spec.config
         # Memory and buffers fit next to each other (lower bound, before any tool runs).
-        from hw.synthesis import Design, _config_buffers
+        from serrano.hw.synthesis import Design, _config_buffers
         design = Design("b", lambda t: None, n_pes=cfg.rows * cfg.cols, config=cfg,
                         buffers=_config_buffers(cfg) + [("memory", 8 * cfg.mem_width,
                                                          cfg.mem_words)])
@@ -498,11 +497,7 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
                                                               **option))
         with pytest.raises(ValueError, match="iCE40 boards only, not orangecrab-25f"):
             build_board("orangecrab-25f", tmp_path)
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import build_board as script
-    finally:
-        sys.path.pop(0)
+    from serrano.commands import build_board as script
     assert script.main(["--board", "nexys"]) == 2
     assert "unknown board 'nexys'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
@@ -531,8 +526,8 @@ def test_build_icebreaker_bitstream(tmp_path):
 def test_ecp5_pll_matches_ecppll(f_in, f_out):
     """The PLL settings agree with Project Trellis' ecppll (a pip tool: yowasp-ecppll)."""
     import re
-    from hw.board import ecp5_pll_params
-    from hw.synthesis import tool_path
+    from serrano.hw.board import ecp5_pll_params
+    from serrano.hw.synthesis import tool_path
     params = ecp5_pll_params(f_in * 1e6, f_out * 1e6)
     out = subprocess.run([tool_path("yowasp-ecppll"), "-i", str(f_in), "-o", str(f_out)],
                          capture_output=True, text=True, timeout=300).stdout
@@ -548,8 +543,8 @@ def test_ecp5_pll_matches_ecppll(f_in, f_out):
 def test_ice40_pll_matches_icepll(f_in, f_out):
     """The PLL settings agree with IceStorm's icepll (a pip tool: yowasp-icepll)."""
     import re
-    from hw.board import ice40_pll_params
-    from hw.synthesis import tool_path
+    from serrano.hw.board import ice40_pll_params
+    from serrano.hw.synthesis import tool_path
     params = ice40_pll_params(f_in * 1e6, f_out * 1e6)
     out = subprocess.run([tool_path("yowasp-icepll"), "-i", str(f_in), "-o", str(f_out)],
                          capture_output=True, text=True, timeout=300).stdout
@@ -560,7 +555,7 @@ def test_ice40_pll_matches_icepll(f_in, f_out):
 
 
 def test_ice40_pll_bad_frequencies():
-    from hw.board import ice40_pll_params, pll_params
+    from serrano.hw.board import ice40_pll_params, pll_params
     assert ice40_pll_params(12e6, 40e6)["f_out"] == 39.75e6   # 12 MHz * 53 / 16
     with pytest.raises(ValueError, match=r"output frequency 300 MHz is outside 16-275 MHz"):
         ice40_pll_params(12e6, 300e6)
@@ -579,7 +574,7 @@ def test_ice40_pll_bad_frequencies():
 
 def test_board_clocks():
     """The iCEBreaker runs from its PLL at 40.5 MHz; the UART divisor is the PLL's."""
-    from hw.board import pll_params
+    from serrano.hw.board import pll_params
     spec = BOARDS["icebreaker"]
     platform = spec.platform()()
     f = pll_params("ice40", platform.default_clk_frequency, spec.sys_clk_hz)["f_out"]

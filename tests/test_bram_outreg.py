@@ -9,7 +9,7 @@ from amaranth import Module, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.synthesis import Design, fold_bram_output_registers, run_flow, write_report_md
+from serrano.hw.synthesis import Design, fold_bram_output_registers, run_flow, write_report_md
 
 CLK, CLK2, CE, RST = 2, 3, 4, 5
 DO = list(range(100, 104))     # the RAM's DOB0..3 nets

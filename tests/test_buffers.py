@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from hw.buffers import AccumulatorBuffer
-from hw.config import AcceleratorConfig
+from serrano.hw.buffers import AccumulatorBuffer
+from serrano.hw.config import AcceleratorConfig
 from simutil import simulate
 
 

@@ -11,15 +11,15 @@ import importlib.util
 import numpy as np
 import pytest
 
-from hw.config import AcceleratorConfig
-from hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, encode
-from sim import compiled
-from sim.backend import SimulationTimeout
-from sim.compiled import CompiledBackend, CompiledBackendUnavailable, check_prerequisites
-from sim.golden import GoldenBackend
-from sim.numerics import output_stage
-from sim.pysim import PysimBackend
-from sim.runtime import Accelerator, build_program, pack_memory, plan_gemm, unpack_output
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, encode
+from serrano.sim import compiled
+from serrano.sim.backend import SimulationTimeout
+from serrano.sim.compiled import CompiledBackend, CompiledBackendUnavailable, check_prerequisites
+from serrano.sim.golden import GoldenBackend
+from serrano.sim.numerics import output_stage
+from serrano.sim.pysim import PysimBackend
+from serrano.sim.runtime import Accelerator, build_program, pack_memory, plan_gemm, unpack_output
 from programs import SMALL_CONFIGS as CONFIGS, gemm_program, random_program
 
 needs_verilator = pytest.mark.skipif(
@@ -151,7 +151,7 @@ STAND_IN = '''
 from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
-from hw import isa
+from serrano.hw import isa
 
 
 class StandIn(wiring.Component):

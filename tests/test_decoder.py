@@ -14,11 +14,11 @@ from amaranth import Module, ResetInserter
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.decoder import Decoder
-from hw.isa import ErrorCode, Opcode, encode
-from hw.mult import MultiplierTarget
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.decoder import Decoder
+from serrano.hw.isa import ErrorCode, Opcode, encode
+from serrano.hw.mult import MultiplierTarget
 from simutil import simulate
 
 CFG = AcceleratorConfig(rows=2, cols=3, act_depth=16, wgt_depth=4, acc_depth=8, param_depth=4,
@@ -307,8 +307,8 @@ def test_without_overlap_results_match_golden(seed):
     the golden result and the same instruction count as with overlap."""
     import dataclasses
     from programs import SMALL_CONFIGS, random_program
-    from sim.golden import GoldenBackend
-    from sim.pysim import PysimBackend
+    from serrano.sim.golden import GoldenBackend
+    from serrano.sim.pysim import PysimBackend
 
     base = SMALL_CONFIGS["2x2_w4"]
     cfg = dataclasses.replace(base, overlap=False, counter_width=16)

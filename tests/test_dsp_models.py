@@ -20,10 +20,10 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 import dsp_sim
-from hw.config import AcceleratorConfig
-from hw.mult import Multiplier, MultiplierTarget
-from hw.output_stage import OutputStage
-from sim.numerics import INT32_MAX, INT32_MIN, output_stage
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.mult import Multiplier, MultiplierTarget
+from serrano.hw.output_stage import OutputStage
+from serrano.sim.numerics import INT32_MAX, INT32_MIN, output_stage
 from test_output_stage import PARAM_FIELDS, Row, corner_rows, halfword_rows, random_rows
 
 _MISSING = dsp_sim.missing_prerequisites()

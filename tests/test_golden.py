@@ -16,13 +16,13 @@ import pytest
 from amaranth.lib import data
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.isa import ErrorCode, Opcode
-from sim import numerics
-from sim.asm import Program, pack_output_params
-from sim.golden import GoldenBackend
-from sim.runtime import make_backend
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import ErrorCode, Opcode
+from serrano.sim import numerics
+from serrano.sim.asm import Program, pack_output_params
+from serrano.sim.golden import GoldenBackend
+from serrano.sim.runtime import make_backend
 
 BACKENDS = ["golden"] + [b for b in os.environ.get("SERRANO_TEST_BACKENDS", "").split(",")
                          if b and b != "golden"]

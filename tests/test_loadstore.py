@@ -5,12 +5,12 @@ import pytest
 from amaranth import Elaboratable, Module, signed
 from amaranth.lib import data, memory, wiring
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.loadstore import LoadUnit, StoreUnit
-from hw.mult import MultiplierTarget
-from sim.asm import output_params_dtype, pack_output_params
-from sim.numerics import output_stage
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.loadstore import LoadUnit, StoreUnit
+from serrano.hw.mult import MultiplierTarget
+from serrano.sim.asm import output_params_dtype, pack_output_params
+from serrano.sim.numerics import output_stage
 from simutil import simulate
 
 

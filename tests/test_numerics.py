@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from sim.numerics import (
+from serrano.sim.numerics import (
     INT32_MAX, INT32_MIN, mbqm_reference, multiply_by_quantized_multiplier, output_stage,
     quantize_multiplier, rounding_divide_by_pot, saturating_rounding_doubling_high_mul,
 )

@@ -11,11 +11,11 @@ from amaranth.back import rtlil
 from amaranth.lib import data
 from amaranth.sim import Simulator
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.mult import MultiplierTarget
-from hw.output_stage import OutputStage
-from sim.numerics import INT32_MAX, INT32_MIN, output_stage
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.mult import MultiplierTarget
+from serrano.hw.output_stage import OutputStage
+from serrano.sim.numerics import INT32_MAX, INT32_MIN, output_stage
 
 PARAM_FIELDS = ("bias", "multiplier", "shift", "zero_point", "lo", "hi")
 

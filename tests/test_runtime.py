@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hw import isa
-from hw.config import AcceleratorConfig
-from hw.isa import Opcode
-from sim import Accelerator, Stats, numerics
-from sim.asm import pack_output_params
-from sim.runtime import build_program, pack_memory, plan_gemm, unpack_output
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import Opcode
+from serrano.sim import Accelerator, Stats, numerics
+from serrano.sim.asm import pack_output_params
+from serrano.sim.runtime import build_program, pack_memory, plan_gemm, unpack_output
 
 BACKENDS = ["golden"] + [b for b in os.environ.get("SERRANO_TEST_BACKENDS", "").split(",")
                          if b and b != "golden"]
@@ -422,7 +422,7 @@ def test_backend_selection():
         Accelerator({"rows": 4}, backend="golden")
     with pytest.raises(TypeError, match="no options"):
         Accelerator(C44, backend="golden", trace=True)
-    from sim.golden import GoldenBackend
+    from serrano.sim.golden import GoldenBackend
     acc = Accelerator(C44, backend=GoldenBackend(C44))
     assert acc.backend_name == "golden"
     check_matmul(acc, 3, 3, 3)

@@ -3,7 +3,6 @@ scheduler, with the CSV/JSON/plots checked against the per-point reports."""
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,7 @@ PLOTS = ("luts.png", "dsps.png", "bram.png", "fmax.png", "gops.png")
 
 
 def _sweep_module():
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import sweep
-    finally:
-        sys.path.pop(0)
+    from serrano.commands import sweep
     return sweep
 
 
@@ -74,7 +69,7 @@ def test_sweep_on_existing_scheduler(tmp_path):
 
 def test_sweep_point_records_misfits(tmp_path):
     """A point that cannot fit is recorded as such (before any tool runs), not fatal."""
-    from hw.synthesis import sweep_point
+    from serrano.hw.synthesis import sweep_point
     result = sweep_point({"device": "ecp5-25k", "block": "accelerator",
                           "config": {"rows": 2, "cols": 2, "act_depth": 65536},
                           "out_dir": str(tmp_path / "p")})

@@ -19,10 +19,10 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from hw import synthesis
-from hw.config import AcceleratorConfig
-from hw.mult import KINDS, Multiplier, MultiplierTarget, natural_latency
-from hw.synthesis import (Design, DesignDoesNotFit, ToolError, get_device,
+from serrano.hw import synthesis
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.mult import KINDS, Multiplier, MultiplierTarget, natural_latency
+from serrano.hw.synthesis import (Design, DesignDoesNotFit, ToolError, get_device,
                           parse_memories, parse_nextpnr_report, parse_yosys_stat, preflight,
                           run_flow)
 from simutil import simulate
@@ -242,11 +242,7 @@ def no_tools(monkeypatch):
 
 
 def _synth_script(*args):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import synth
-    finally:
-        sys.path.pop(0)
+    from serrano.commands import synth
     return synth.main(list(args))
 
 
@@ -453,11 +449,7 @@ def test_flow_seed_sweep_reports_the_fastest(tmp_path):
 
 
 def test_seed_arguments(no_tools, tmp_path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from synth import _seeds
-    finally:
-        sys.path.pop(0)
+    from serrano.commands.synth import _seeds
     assert _seeds("3") == [3] and _seeds("1,2,5") == [1, 2, 5] and _seeds("1-4") == [1, 2, 3, 4]
     for bad in ("x", "-1", "4-2", "1,,2"):
         with pytest.raises(argparse.ArgumentTypeError, match="non-negative integers"):
@@ -591,7 +583,7 @@ def test_report_parsers_on_canned_data():
 # ---- the accelerator itself (slow) ----------------------------------------------------------
 
 def _accelerator_report(tmp_path, device, **cfg):
-    from hw.synthesis import accelerator_design
+    from serrano.hw.synthesis import accelerator_design
     config = AcceleratorConfig(**cfg)
     return config, run_flow(accelerator_design(config), device, tmp_path / device)
 
@@ -622,7 +614,7 @@ def test_accelerator_ice40_small(tmp_path):
     """The smallest accelerator on an UP5K: today its control path alone needs more logic
     cells than the device has, which the flow must say after synthesis, before nextpnr,
     with the per-module report written."""
-    from hw.synthesis import accelerator_design
+    from serrano.hw.synthesis import accelerator_design
     config = AcceleratorConfig(rows=1, cols=1, act_depth=64, acc_depth=64, param_depth=2,
                                wgt_depth=2, mem_width=4, mem_bytes=1 << 16)
     out = tmp_path / "ice40"
