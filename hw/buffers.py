@@ -8,6 +8,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AcceleratorConfig
+from .interfaces import AccUpdateSignature
 
 __all__ = ["Buffer", "AccumulatorBuffer"]
 
@@ -70,13 +71,9 @@ class AccumulatorBuffer(wiring.Component):
         self._config = config
         self._pipelined = pipelined
         row = data.ArrayLayout(signed(32), config.cols)
-        aw = _addr_width(config.acc_depth)
+        aw = config.acc_addr_width
         super().__init__({
-            "upd_valid": In(1),
-            "upd_addr": In(aw),
-            "upd_accumulate": In(1),
-            "upd_data": In(data.ArrayLayout(signed(config.psum_width), config.cols)),
-            "committed": Out(1),
+            "update": In(AccUpdateSignature(config)),
             "read": Out(memory.ReadPort.Signature(addr_width=aw, shape=row)),
         })
 
@@ -102,24 +99,24 @@ class AccumulatorBuffer(wiring.Component):
             rmw_rd = mem.read_port(transparent_for=(wp,))
             wiring.connect(m, wiring.flipped(self.read), mem.read_port())
             q_valid = Signal()
-            q_addr = Signal.like(self.upd_addr)
+            q_addr = Signal.like(self.update.addr)
             q_accumulate = Signal()
-            q_data = Signal.like(self.upd_data)
+            q_data = Signal.like(self.update.data)
             m.d.comb += [
-                rmw_rd.addr.eq(self.upd_addr),
-                rmw_rd.en.eq(self.upd_valid),
+                rmw_rd.addr.eq(self.update.addr),
+                rmw_rd.en.eq(self.update.valid),
                 wp.addr.eq(q_addr),
                 wp.en.eq(q_valid),
-                self.committed.eq(q_valid),
+                self.update.committed.eq(q_valid),
             ]
             for c in range(cols):
                 old = Mux(q_accumulate, rmw_rd.data[c], 0)
                 m.d.comb += wp.data[c].eq((old + q_data[c])[:32])
             m.d.sync += [
-                q_valid.eq(self.upd_valid),
-                q_addr.eq(self.upd_addr),
-                q_accumulate.eq(self.upd_accumulate),
-                q_data.eq(self.upd_data),
+                q_valid.eq(self.update.valid),
+                q_addr.eq(self.update.addr),
+                q_accumulate.eq(self.update.accumulate),
+                q_data.eq(self.update.data),
             ]
             return m
 
@@ -132,11 +129,11 @@ class AccumulatorBuffer(wiring.Component):
         # LUT levels with 1.8-1.9 ns routes between them (the whole 8x8 ECP5 build's worst
         # path on one seed). The RAM's read address is then a local register too.
         upd_valid = Signal()
-        upd_addr = Signal.like(self.upd_addr)
+        upd_addr = Signal.like(self.update.addr)
         upd_accumulate = Signal()
-        upd_data = Signal.like(self.upd_data, reset_less=True)
-        m.d.sync += [upd_valid.eq(self.upd_valid), upd_addr.eq(self.upd_addr),
-                     upd_accumulate.eq(self.upd_accumulate), upd_data.eq(self.upd_data)]
+        upd_data = Signal.like(self.update.data, reset_less=True)
+        m.d.sync += [upd_valid.eq(self.update.valid), upd_addr.eq(self.update.addr),
+                     upd_accumulate.eq(self.update.accumulate), upd_data.eq(self.update.data)]
 
         # Stage 0 reads; stage 1 has the block RAM's output, stage 2 its register (which the
         # ECP5 flow folds into the RAM's output register); stage D = 3 adds into `w`; stage
@@ -166,7 +163,7 @@ class AccumulatorBuffer(wiring.Component):
             wp.addr.eq(h[0].addr),
             wp.data.eq(h[0].data),
             wp.en.eq(h[0].valid),
-            self.committed.eq(h[0].valid),
+            self.update.committed.eq(h[0].valid),
         ]
 
         def same(a, b):

@@ -4,24 +4,21 @@ from amaranth import *
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from . import isa
 from .array import SystolicArray
 from .buffers import AccumulatorBuffer, _addr_width
 from .config import AcceleratorConfig
 from .footprint import RangeLayout
+from .interfaces import AccUpdateSignature, FootprintSignature, UnitActivitySignature
 from .mult import MultiplierTarget
 
 __all__ = ["MatmulCmd", "ExecuteUnit"]
 
 
 def MatmulCmd(config: AcceleratorConfig) -> data.StructLayout:
-    """A decoded MATMUL as the decoder hands it to the execute unit."""
-    return data.StructLayout({
-        "act_addr": unsigned(16),
-        "n_rows": unsigned(16),
-        "wgt_addr": unsigned(16),
-        "acc_addr": unsigned(16),
-        "accumulate": unsigned(1),
-    })
+    """A decoded MATMUL as the decoder hands it to the execute unit: the MATMUL fields."""
+    return isa.layout_subset(isa.MatmulInstr, "act_addr", "n_rows", "wgt_addr", "acc_addr",
+                             "accumulate")
 
 
 class ExecuteUnit(wiring.Component):
@@ -57,25 +54,15 @@ class ExecuteUnit(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(MatmulCmd(config))),
             "act_rd": In(memory.ReadPort.Signature(
-                addr_width=_addr_width(c.act_depth),
+                addr_width=c.act_addr_width,
                 shape=data.ArrayLayout(signed(8), c.rows))),
             "wgt_rd": In(memory.ReadPort.Signature(
-                addr_width=_addr_width(c.wgt_depth),
+                addr_width=c.wgt_addr_width,
                 shape=data.ArrayLayout(signed(8), c.cols))),
-            "upd_valid": Out(1),
-            "upd_addr": Out(_addr_width(c.acc_depth)),
-            "upd_accumulate": Out(1),
-            "upd_data": Out(data.ArrayLayout(signed(c.psum_width), c.cols)),
-            "committed": In(1),
-            "busy": Out(1),
-            "vector_issued": Out(1),  # a vector entered the array this cycle
-            "stalled": Out(1),        # holds work but issued no vector this cycle
-            "fp_pre_act": Out(RangeLayout(17)),
-            "fp_pre_wgt": Out(RangeLayout(17)),
-            "fp_pre_acc": Out(RangeLayout(17)),
-            "fp_stream_act": Out(RangeLayout(17)),
-            "fp_stream_acc": Out(RangeLayout(17)),
-            "fp_drain": Out(data.ArrayLayout(RangeLayout(17), 2)),
+            "acc_update": Out(AccUpdateSignature(config)),
+            # stalled: holds work but issued no vector this cycle
+            "activity": Out(UnitActivitySignature()),
+            "footprint": Out(FootprintSignature()),
         })
 
     @property
@@ -185,26 +172,26 @@ class ExecuteUnit(wiring.Component):
             array.w.eq(self.wgt_rd.data),
             array.w_shift.eq(w_valid),
 
-            self.vector_issued.eq(vec.valid),
-            self.stalled.eq((pre_valid | st_valid) & ~vec.valid),
-            self.busy.eq(pre_valid | st_valid | inflight_nz),
+            self.footprint.issued.eq(vec.valid),
+            self.activity.stalled.eq((pre_valid | st_valid) & ~vec.valid),
+            self.activity.busy.eq(pre_valid | st_valid | inflight_nz),
 
-            self.fp_pre_act.valid.eq(pre_valid),
-            self.fp_pre_act.lo.eq(pre.act_addr),
-            self.fp_pre_act.hi.eq(pre_act_end),
-            self.fp_pre_wgt.valid.eq(pre_valid & ~pre_done),
-            self.fp_pre_wgt.lo.eq(pre.wgt_addr),
-            self.fp_pre_wgt.hi.eq(pre_wgt_end),
-            self.fp_pre_acc.valid.eq(pre_valid),
-            self.fp_pre_acc.lo.eq(pre.acc_addr),
-            self.fp_pre_acc.hi.eq(pre_acc_end),
-            self.fp_stream_act.valid.eq(st_valid),
-            self.fp_stream_act.lo.eq(st.act_addr),
-            self.fp_stream_act.hi.eq(st_act_end),
-            self.fp_stream_acc.valid.eq(st_valid),
-            self.fp_stream_acc.lo.eq(st.acc_addr),
-            self.fp_stream_acc.hi.eq(st_acc_end),
-            self.fp_drain.eq(drain),
+            self.footprint.pre_act.valid.eq(pre_valid),
+            self.footprint.pre_act.lo.eq(pre.act_addr),
+            self.footprint.pre_act.hi.eq(pre_act_end),
+            self.footprint.pre_wgt.valid.eq(pre_valid & ~pre_done),
+            self.footprint.pre_wgt.lo.eq(pre.wgt_addr),
+            self.footprint.pre_wgt.hi.eq(pre_wgt_end),
+            self.footprint.pre_acc.valid.eq(pre_valid),
+            self.footprint.pre_acc.lo.eq(pre.acc_addr),
+            self.footprint.pre_acc.hi.eq(pre_acc_end),
+            self.footprint.stream_act.valid.eq(st_valid),
+            self.footprint.stream_act.lo.eq(st.act_addr),
+            self.footprint.stream_act.hi.eq(st_act_end),
+            self.footprint.stream_acc.valid.eq(st_valid),
+            self.footprint.stream_acc.lo.eq(st.acc_addr),
+            self.footprint.stream_acc.hi.eq(st_acc_end),
+            self.footprint.drain.eq(drain),
         ]
 
         m.d.sync += [
@@ -256,10 +243,10 @@ class ExecuteUnit(wiring.Component):
             with m.If(st_last):
                 m.d.sync += st_valid.eq(0)
 
-        m.d.sync += inflight.eq(inflight + vector_read - self.committed)
-        with m.If(vector_read & ~self.committed):
+        m.d.sync += inflight.eq(inflight + vector_read - self.acc_update.committed)
+        with m.If(vector_read & ~self.acc_update.committed):
             m.d.sync += inflight_nz.eq(1)
-        with m.Elif(self.committed & ~vector_read):
+        with m.Elif(self.acc_update.committed & ~vector_read):
             m.d.sync += inflight_nz.eq(inflight != 1)
 
         # Drain entries: count down, then forget. An entry is free from the cycle its count
@@ -299,10 +286,10 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += t_q.eq(t)
             t = t_q
         m.d.comb += [
-            self.upd_valid.eq(t.valid),
-            self.upd_addr.eq(t.addr),
-            self.upd_accumulate.eq(t.accumulate),
-            self.upd_data.eq(array.out),
+            self.acc_update.valid.eq(t.valid),
+            self.acc_update.addr.eq(t.addr),
+            self.acc_update.accumulate.eq(t.accumulate),
+            self.acc_update.data.eq(array.out),
         ]
 
         return m

@@ -20,7 +20,7 @@ __all__ = [
     "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
     "mem_request_layout", "MemoryPortSignature",
     "encode", "decode", "instruction_ends", "instruction_checks", "mem_extent_end",
-    "store_row_bytes",
+    "store_row_bytes", "layout_subset", "opcode_of", "RAW_BYTES_PER_COL",
     "COUNTER_WIDTH", "FIELD_DOCS", "OPCODE_DOCS", "ERROR_DOCS",
 ]
 
@@ -120,6 +120,27 @@ INSTR_LAYOUTS: dict[Opcode, type[data.Struct]] = {
 
 for _layout in INSTR_LAYOUTS.values():
     assert data.Layout.cast(_layout).size == INSTR_WIDTH, _layout
+
+
+def layout_subset(layout, *names: str, **extra) -> data.StructLayout:
+    """A ``StructLayout`` of some fields of ``layout`` (in the order named), plus ``extra``.
+
+    Unit command layouts are built this way from the instruction ``Struct``s, so a field's
+    width is written once, here in ``isa``. ``extra`` adds fields a decoder derives (for
+    example a flag decoded from an enum field)::
+
+        layout_subset(StoreInstr, "acc_addr", "n_rows", raw=unsigned(1))
+    """
+    fields = dict(data.Layout.cast(layout))
+    unknown = [name for name in names if name not in fields]
+    if unknown:
+        raise ValueError(f"{layout.__name__} has no field {', '.join(unknown)}")
+    return data.StructLayout({**{name: fields[name].shape for name in names}, **extra})
+
+
+def opcode_of(word):
+    """The opcode field of an instruction word (a ``Value``), as an ``Opcode`` view."""
+    return Header(word).opcode
 
 
 class OutputParams(data.Struct):
@@ -426,6 +447,10 @@ def mem_extent_end(mem_addr, n_rows, stride, row_bytes):
     return mem_addr + (n_rows - 1) * stride + row_bytes
 
 
+#: Bytes a RAW store writes per column: the 32-bit accumulator, little-endian.
+RAW_BYTES_PER_COL = 4
+
+
 def store_row_bytes(n_cols, raw, mux=_py_mux):
     """Bytes one STORE row occupies in memory: 1 per column (REQUANT) or 4 (RAW)."""
-    return mux(raw, n_cols * 4, n_cols)
+    return mux(raw, n_cols * RAW_BYTES_PER_COL, n_cols)

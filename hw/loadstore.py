@@ -7,6 +7,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .buffers import _addr_width
 from .config import AcceleratorConfig
+from .interfaces import UnitActivitySignature
 from .mult import MultiplierTarget
 from .output_stage import OutputStage
 
@@ -23,28 +24,17 @@ def _at_least(value: Value, n: int) -> Value:
 
 
 def LoadCmd() -> data.StructLayout:
-    """A decoded LOAD as the decoder hands it to the load unit."""
-    return data.StructLayout({
-        "target": isa.LoadTarget,
-        "buf_addr": unsigned(16),
-        "n_rows": unsigned(16),
-        "row_bytes": unsigned(16),
-        "mem_addr": unsigned(32),
-        "mem_stride": unsigned(24),
-    })
+    """A decoded LOAD as the decoder hands it to the load unit: the LOAD fields."""
+    return isa.layout_subset(isa.LoadInstr, "target", "buf_addr", "n_rows", "row_bytes",
+                             "mem_addr", "mem_stride")
 
 
 def StoreCmd() -> data.StructLayout:
-    """A decoded STORE as the decoder hands it to the store unit."""
-    return data.StructLayout({
-        "raw": unsigned(1),
-        "acc_addr": unsigned(16),
-        "n_rows": unsigned(16),
-        "n_cols": unsigned(8),
-        "param_addr": unsigned(16),
-        "mem_addr": unsigned(32),
-        "mem_stride": unsigned(24),
-    })
+    """A decoded STORE as the decoder hands it to the store unit: ``raw`` (mode is RAW) and
+    the STORE fields."""
+    fields = isa.layout_subset(isa.StoreInstr, "acc_addr", "n_rows", "n_cols", "param_addr",
+                               "mem_addr", "mem_stride")
+    return data.StructLayout({"raw": unsigned(1), **{name: f.shape for name, f in fields}})
 
 
 class LoadUnit(wiring.Component):
@@ -82,14 +72,14 @@ class LoadUnit(wiring.Component):
             "mem_req": Out(stream.Signature(isa.mem_request_layout(c))),
             "mem_resp": In(stream.Signature(8 * c.mem_width)),
             "act_wr": In(memory.WritePort.Signature(
-                addr_width=_addr_width(c.act_depth), shape=data.ArrayLayout(signed(8), c.rows))),
+                addr_width=c.act_addr_width, shape=data.ArrayLayout(signed(8), c.rows))),
             "wgt_wr": In(memory.WritePort.Signature(
-                addr_width=_addr_width(c.wgt_depth), shape=data.ArrayLayout(signed(8), c.cols))),
+                addr_width=c.wgt_addr_width, shape=data.ArrayLayout(signed(8), c.cols))),
             "param_wr": In(memory.WritePort.Signature(
-                addr_width=_addr_width(c.param_depth),
+                addr_width=c.param_addr_width,
                 shape=data.ArrayLayout(isa.OutputParams, c.cols))),
-            "busy": Out(1),
-            "stalled": Out(1),  # wants to issue a read the memory does not accept
+            # stalled: wants to issue a read the memory does not accept
+            "activity": Out(UnitActivitySignature()),
         })
 
     def elaborate(self, platform):
@@ -118,7 +108,7 @@ class LoadUnit(wiring.Component):
         p = self.cmd.payload
         idle = ~busy
         m.d.comb += [
-            self.busy.eq(busy),
+            self.activity.busy.eq(busy),
             self.cmd.ready.eq(idle),
         ]
         m.d.sync += start.eq(self.cmd.valid & self.cmd.ready)
@@ -174,7 +164,7 @@ class LoadUnit(wiring.Component):
             self.mem_req.valid.eq(rq_active),
             self.mem_req.payload.addr.eq(rq_word),
             self.mem_req.payload.write.eq(0),
-            self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
+            self.activity.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
         ]
         rq_at_last = Signal()                    # rq_left == 0, a register (see rs_at_last)
         rq_row_end = self.mem_req.valid & self.mem_req.ready & rq_at_last
@@ -415,13 +405,13 @@ class StoreUnit(wiring.Component):
         super().__init__({
             "cmd": In(stream.Signature(StoreCmd())),
             "acc_rd": In(memory.ReadPort.Signature(
-                addr_width=_addr_width(c.acc_depth), shape=data.ArrayLayout(signed(32), c.cols))),
+                addr_width=c.acc_addr_width, shape=data.ArrayLayout(signed(32), c.cols))),
             "param_rd": In(memory.ReadPort.Signature(
-                addr_width=_addr_width(c.param_depth),
+                addr_width=c.param_addr_width,
                 shape=data.ArrayLayout(isa.OutputParams, c.cols))),
             "mem_req": Out(stream.Signature(isa.mem_request_layout(c))),
-            "busy": Out(1),
-            "stalled": Out(1),
+            # stalled: wants to issue a write the memory does not accept
+            "activity": Out(UnitActivitySignature()),
         })
 
     def row_latency(self, raw: bool) -> int:
@@ -442,7 +432,7 @@ class StoreUnit(wiring.Component):
         m = Module()
         c = self._config
         cols, W, lb = c.cols, c.mem_width, c.mem_lane_bits
-        row_bytes_max = 4 * cols
+        row_bytes_max = isa.store_row_bytes(cols, True)
         # A row shifted to its byte offset in memory spans up to this many words.
         n_words = -(-(row_bytes_max + W - 1) // W)
         A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
@@ -487,7 +477,7 @@ class StoreUnit(wiring.Component):
         rd_active = Signal()
         rd_first = Signal()  # first cycle after accept: parameter entry on param_rd.data
         rd_left = Signal(16)                     # accumulator rows still to read
-        rd_addr = Signal(_addr_width(c.acc_depth))
+        rd_addr = Signal(c.acc_addr_width)
         # Credits as a thermometer code (bit i: more than i credits): "a credit left" is
         # bit 0, a register, and spending or returning one is a shift, with no carry chain
         # between the read decision and the accumulator RAMs' clock enables.
@@ -499,8 +489,8 @@ class StoreUnit(wiring.Component):
         pop_q = Signal()                         # credit return, one cycle after the pop
 
         m.d.comb += [
-            self.busy.eq(rd_active | pending_nz),
-            self.cmd.ready.eq(~self.busy),
+            self.activity.busy.eq(rd_active | pending_nz),
+            self.cmd.ready.eq(~self.activity.busy),
             take_cmd.eq(self.cmd.valid & self.cmd.ready),
 
             # The RAMs read whenever they may (acc_valid says which reads count): their
@@ -547,10 +537,10 @@ class StoreUnit(wiring.Component):
         # issue decision late in the cycle, only sets rd_active, rd_first and pending_nz
         # instead of enabling a hundred-odd flip-flops. (Idle, nothing is in flight.)
         p = self.cmd.payload
-        with m.If(~self.busy):
+        with m.If(~self.activity.busy):
             m.d.sync += [cmd.eq(p), rd_left.eq(p.n_rows), rd_last.eq(p.n_rows == 1),
                          rd_addr.eq(p.acc_addr),
-                         row_lm1.eq(Mux(p.raw, p.n_cols * 4, p.n_cols) - 1),
+                         row_lm1.eq(isa.store_row_bytes(p.n_cols, p.raw, Mux) - 1),
                          w_off.eq(lane(p.mem_addr)), pending.eq(p.n_rows)]
         with m.If(take_cmd):
             m.d.sync += [rd_active.eq(1), rd_first.eq(1), pending_nz.eq(1)]  # n_rows >= 1
@@ -631,7 +621,7 @@ class StoreUnit(wiring.Component):
         # from the handshake it shared its LUT with `free`, and the placer put that LUT by
         # the decoder's counters, far from the request registers whose enable it is (the
         # whole 8x8 ECP5 build's critical path).
-        m.d.sync += self.stalled.eq(self.mem_req.valid & ~self.mem_req.ready)
+        m.d.sync += self.activity.stalled.eq(self.mem_req.valid & ~self.mem_req.ready)
 
         # The beat the generator produces this cycle (valid with g_step).
         beat = Signal.like(self.mem_req.payload)
@@ -670,7 +660,7 @@ class StoreUnit(wiring.Component):
         end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
         off_ge = _at_least(lane(next_addr), W + 1)
         m.d.comb += end.eq(lane(next_addr) + row_lm1)
-        with m.If(~self.busy):                   # (see the reader)
+        with m.If(~self.activity.busy):                   # (see the reader)
             m.d.sync += next_addr.eq(p.mem_addr)
         with m.If(g_load):
             m.d.sync += [

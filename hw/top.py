@@ -58,14 +58,18 @@ class Accelerator(wiring.Component):
     target : MultiplierTarget or None
         PE multipliers for an FPGA family (``hw.mult``); ``None``: portable ``a * w``.
         Timing adapts by itself (the array's ``latency`` grows with the multiplier's).
+    assertions : bool
+        Add the decoder's simulation assertions (``Decoder(assertions=True)``); simulation
+        backends set it, synthesis must not.
     """
 
     def __init__(self, config: AcceleratorConfig = AcceleratorConfig(),
-                 target: MultiplierTarget | None = None):
+                 target: MultiplierTarget | None = None, *, assertions: bool = False):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         self._config = config
         self._target = target
+        self._assertions = bool(assertions)
         super().__init__({
             "instr": In(stream.Signature(isa.INSTR_WIDTH)),
             "mem": Out(isa.MemoryPortSignature(config)),
@@ -86,7 +90,7 @@ class Accelerator(wiring.Component):
         # fabrics need; iCE40 (40 MHz, 5k logic cells) takes the one-cycle version.
         family = self._target.family if self._target is not None else Family.GENERIC
         acc_buf = AccumulatorBuffer(cfg, pipelined=family is not Family.ICE40)
-        decoder = Decoder(cfg, self._target)
+        decoder = Decoder(cfg, self._target, assertions=self._assertions)
         load = LoadUnit(cfg)
         execute = ExecuteUnit(cfg, self._target, acc_latency=acc_buf.latency)
         store = StoreUnit(cfg, self._target)
@@ -125,27 +129,13 @@ class Accelerator(wiring.Component):
         wiring.connect(m, arbiter.out, wiring.flipped(self.mem.req))
         wiring.connect(m, wiring.flipped(self.mem.resp), load.mem_resp)
 
+        wiring.connect(m, execute.acc_update, acc_buf.update)
+        wiring.connect(m, execute.footprint, decoder.footprint)
+        wiring.connect(m, load.activity, decoder.load_activity)
+        wiring.connect(m, execute.activity, decoder.exec_activity)
+        wiring.connect(m, store.activity, decoder.store_activity)
+
         m.d.comb += [
-            acc_buf.upd_valid.eq(execute.upd_valid),
-            acc_buf.upd_addr.eq(execute.upd_addr),
-            acc_buf.upd_accumulate.eq(execute.upd_accumulate),
-            acc_buf.upd_data.eq(execute.upd_data),
-            execute.committed.eq(acc_buf.committed),
-
-            decoder.load_busy.eq(load.busy),
-            decoder.exec_busy.eq(execute.busy),
-            decoder.store_busy.eq(store.busy),
-            decoder.fp_pre_act.eq(execute.fp_pre_act),
-            decoder.fp_pre_wgt.eq(execute.fp_pre_wgt),
-            decoder.fp_pre_acc.eq(execute.fp_pre_acc),
-            decoder.fp_stream_act.eq(execute.fp_stream_act),
-            decoder.fp_stream_acc.eq(execute.fp_stream_acc),
-            decoder.fp_drain.eq(execute.fp_drain),
-            decoder.array_busy.eq(execute.vector_issued),
-            decoder.load_stall.eq(load.stalled),
-            decoder.exec_stall.eq(execute.stalled),
-            decoder.store_stall.eq(store.stalled),
-
             self.status.eq(decoder.status),
             self.counters.eq(decoder.counters),
         ]

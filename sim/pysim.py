@@ -112,7 +112,7 @@ class PysimBackend:
             jobs.append((words, mem, memory.size))
         latency = self.mem_latency
 
-        dut = Accelerator(cfg, self.target)
+        dut = Accelerator(cfg, self.target, assertions=True)
         req_fields = _field_decoder(isa.mem_request_layout(cfg))
         st_fields = _field_decoder(isa.Status)
         ctr_fields = _field_decoder(isa.Counters)

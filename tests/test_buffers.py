@@ -44,16 +44,16 @@ def test_accumulator_read_modify_write_back_to_back(cols, pipelined):
 
     async def bench(ctx):
         for i, (addr, accumulate, data) in enumerate(updates):
-            ctx.set(buf.upd_valid, 1)
-            ctx.set(buf.upd_addr, addr)
-            ctx.set(buf.upd_accumulate, accumulate)
-            ctx.set(buf.upd_data, data)
+            ctx.set(buf.update.valid, 1)
+            ctx.set(buf.update.addr, addr)
+            ctx.set(buf.update.accumulate, accumulate)
+            ctx.set(buf.update.data, data)
             await ctx.tick()
             if gaps[i]:  # idle cycles between some updates
-                ctx.set(buf.upd_valid, 0)
+                ctx.set(buf.update.valid, 0)
                 for _ in range(gaps[i]):
                     await ctx.tick()
-        ctx.set(buf.upd_valid, 0)
+        ctx.set(buf.update.valid, 0)
         for _ in range(buf.latency + 1):
             await ctx.tick()
         for addr in range(8):

@@ -33,7 +33,7 @@ class _Dut(wiring.Component):
     counters: Out(isa.Counters)
 
     def __init__(self, config, target=None):
-        self.decoder = Decoder(config, target)
+        self.decoder = Decoder(config, target, assertions=True)
         super().__init__()
 
     def elaborate(self, platform):
@@ -252,6 +252,24 @@ def test_config_rejects_bad_overlap_and_counter_width():
 
 @pytest.mark.parametrize("overlap", [True, False])
 def test_without_overlap_dispatch_waits_for_every_unit(overlap):
+    overlapped = _overlap_program(overlap)
+    if overlap:
+        assert overlapped, "independent instructions should have overlapped"
+    else:
+        assert not overlapped, f"dispatched while units were busy: {overlapped}"
+
+
+def test_scoreboard_timing_assertions_can_fire(monkeypatch):
+    """The overlapped verdict's timing argument is an assertion: a decoder that waits one
+    cycle too little in decode dispatches on a stale verdict, and the simulation says so.
+    (The serial scoreboard's verdict is a stage shorter: for it one cycle less is safe.)"""
+    from serrano.hw import decoder
+    monkeypatch.setattr(decoder, "_DECODE_WAIT", decoder._DECODE_WAIT - 1)
+    with pytest.raises(AssertionError, match="dispatch on a verdict"):
+        _overlap_program(True)
+
+
+def _overlap_program(overlap: bool) -> list:
     """Units modelled in the testbench (busy for 6 cycles per command, ready when idle):
     without overlap no command is dispatched while any unit is busy; with it, independent
     instructions do run side by side (so the check can tell the two apart)."""
@@ -266,7 +284,8 @@ def test_without_overlap_dispatch_waits_for_every_unit(overlap):
              encode(Opcode.LOAD, target=0, buf_addr=4, n_rows=1, row_bytes=2, mem_addr=64),
              encode(Opcode.HALT)]
     units = {"load": dec.load_cmd, "exec": dec.exec_cmd, "store": dec.store_cmd}
-    busy_in = {"load": dec.load_busy, "exec": dec.exec_busy, "store": dec.store_busy}
+    busy_in = {"load": dec.load_activity.busy, "exec": dec.exec_activity.busy,
+               "store": dec.store_activity.busy}
     overlapped = []
 
     async def bench(ctx):
@@ -295,10 +314,7 @@ def test_without_overlap_dispatch_waits_for_every_unit(overlap):
         raise AssertionError("program never finished")
 
     simulate(dut, bench, max_cycles=400, name=f"decoder_overlap_{overlap}")
-    if overlap:
-        assert overlapped, "independent instructions should have overlapped"
-    else:
-        assert not overlapped, f"dispatched while units were busy: {overlapped}"
+    return overlapped
 
 
 @pytest.mark.parametrize("seed", range(4))

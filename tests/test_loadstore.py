@@ -68,7 +68,7 @@ def _run_load(cfg, memory, cmds, *, backpressure, rng, max_cycles, name):
                 pending.append((due, word))
             for target, port in ports.items():
                 if ctx.get(port.en):
-                    assert ctx.get(dut.busy), "buffer write after busy dropped"
+                    assert ctx.get(dut.activity.busy), "buffer write after busy dropped"
                     nbytes = len(port.data.as_value()) // 8
                     value = ctx.get(port.data.as_value())
                     writes.append((target, ctx.get(port.addr), value.to_bytes(nbytes, "little")))
@@ -87,7 +87,7 @@ def _run_load(cfg, memory, cmds, *, backpressure, rng, max_cycles, name):
                     break
             ctx.set(dut.cmd.valid, 0)
         await ctx.tick()
-        while ctx.get(dut.busy):
+        while ctx.get(dut.activity.busy):
             await ctx.tick()
         await ctx.tick()
         finished.append(True)
@@ -232,7 +232,7 @@ def _run_store(cfg, acc, params, cmds, *, rng, backpressure, max_cycles, name, t
                 for b in range(W):
                     if mask >> b & 1:
                         memory_image[base + b] = (word >> 8 * b) & 0xFF
-            if not ctx.get(store.busy):
+            if not ctx.get(store.activity.busy):
                 assert not ctx.get(store.mem_req.valid), "write request while not busy"
             await ctx.tick()
 
@@ -248,7 +248,7 @@ def _run_store(cfg, acc, params, cmds, *, rng, backpressure, max_cycles, name, t
                     break
             ctx.set(store.cmd.valid, 0)
         await ctx.tick()
-        while ctx.get(store.busy):
+        while ctx.get(store.activity.busy):
             await ctx.tick()
         finished.append(True)
 

@@ -1,0 +1,224 @@
+"""Scoreboards: whether the instruction in decode may be dispatched next to those in flight.
+
+Two implementations with the same ports: :class:`OverlapScoreboard` compares the address
+ranges of the instruction in decode with those of the instructions in flight, so that loads
+and stores proceed under compute; :class:`SerialScoreboard` lets an instruction go only when
+every unit is idle.
+"""
+
+from amaranth import *
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from . import isa
+from .checker import END_SLOTS, end_slot
+from .config import AcceleratorConfig
+from .fetch import OpFlags, op_flag
+from .footprint import RangeLayout, overlaps
+from .interfaces import FOOTPRINT_WIDTH, FootprintSignature
+
+__all__ = ["OverlapScoreboard", "SerialScoreboard"]
+
+
+class _Scoreboard(wiring.Component):
+    """Ports shared by both implementations.
+
+    Attributes
+    ----------
+    take : In(1)
+        Decode is empty and takes the word in fetch (``word``) this cycle.
+    word : In(INSTR_WIDTH)
+        The word in fetch.
+    ends, mem_end, param_end : In
+        Decode's range ends (:data:`checker.END_SLOTS`), memory end and ``param_addr + 1``.
+    is_op : In(OpFlags)
+        Decode's opcode, one-hot.
+    all_idle : In(1)
+        Every unit was idle in the previous cycle.
+    load_busy, store_busy : In(1)
+    footprint : In(FootprintSignature)
+        The execute unit's in-flight ranges.
+    conflict : Out(1)
+        The instruction in decode may not go yet (registered by the decoder).
+    load_go, store_go : Out(1)
+        The load (store) unit may be offered a command this cycle.
+    """
+
+    def __init__(self, config: AcceleratorConfig):
+        self._config = config
+        super().__init__({
+            "take": In(1),
+            "word": In(isa.INSTR_WIDTH),
+            "ends": In(data.ArrayLayout(FOOTPRINT_WIDTH, 3)),
+            "mem_end": In(config.mem_bytes.bit_length()),
+            "param_end": In(FOOTPRINT_WIDTH),
+            "is_op": In(OpFlags()),
+            "all_idle": In(1),
+            "load_busy": In(1),
+            "store_busy": In(1),
+            "footprint": In(FootprintSignature()),
+            "conflict": Out(1),
+            "load_go": Out(1),
+            "store_go": Out(1),
+        })
+
+
+class SerialScoreboard(_Scoreboard):
+    """Every instruction waits, like FENCE, until all units are idle.
+
+    An idle unit is ready, so commands are offered whenever the verdict allows."""
+
+    #: Register stages between the state the verdict describes and its use.
+    verdict_latency = 1
+    #: Cycles from a dispatch to the unit's busy flag as ``all_idle`` shows it.
+    footprint_delay = 2
+
+    def elaborate(self, platform):
+        m = Module()
+        is_op = lambda op: op_flag(self.is_op, op)
+        m.d.comb += [
+            self.conflict.eq((is_op(isa.Opcode.LOAD) | is_op(isa.Opcode.MATMUL) |
+                              is_op(isa.Opcode.STORE)) & ~self.all_idle),
+            self.load_go.eq(1),
+            self.store_go.eq(1),
+        ]
+        return m
+
+
+class OverlapScoreboard(_Scoreboard):
+    """No instruction still in flight in *another* unit may touch an overlapping range of a
+    buffer or of memory where at least one of the two writes.
+
+    Units run their own instructions in order, so this rule gives every program the result
+    of executing it one instruction at a time. The verdict takes two register stages (the
+    pairwise overlaps, then their OR in the decoder), and the execute unit's footprints are
+    registered once more on the way in; the decoder checks in simulation that no dispatch
+    falls inside that window (``Decoder(assertions=True)``).
+
+    The load and store units take a command only when idle (``cmd.ready`` is ``~busy``):
+    their footprint registers follow decode while the unit is idle, so they hold the
+    instruction it accepts, and a command is offered only when the unit was idle in the
+    previous cycle (``load_go``, ``store_go``), an offer that is always taken.
+    """
+
+    #: Register stages between the state the verdict describes and its use.
+    verdict_latency = 2
+    #: Cycles from a dispatch to the execute unit's footprint as this scoreboard sees it.
+    footprint_delay = 2
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, Op, Target = self._config, isa.Opcode, isa.LoadTarget
+        mem_bits = len(self.mem_end)
+        # Its own copy of the decode word: de_word also drives the units' command payloads.
+        sb_word = Signal(isa.INSTR_WIDTH, name="de_word_replica")
+        with m.If(self.take):
+            m.d.sync += sb_word.eq(self.word)
+        sb_ld, sb_mm, sb_sto = isa.LoadInstr(sb_word), isa.MatmulInstr(sb_word), \
+            isa.StoreInstr(sb_word)
+        sb_raw = sb_sto.mode == isa.StoreMode.RAW
+
+        def rng(lo, hi, width=FOOTPRINT_WIDTH):
+            r = Signal(RangeLayout(width))
+            m.d.comb += [r.valid.eq(1), r.lo.eq(lo), r.hi.eq(hi)]
+            return r
+
+        new = {
+            "ld_buf": rng(sb_ld.buf_addr, end_slot(self.ends, Op.LOAD, "buf")),
+            "ld_mem": rng(sb_ld.mem_addr, self.mem_end, mem_bits),
+            "st_mem": rng(sb_sto.mem_addr, self.mem_end, mem_bits),
+            "mm_act": rng(sb_mm.act_addr, end_slot(self.ends, Op.MATMUL, "act")),
+            "mm_wgt": rng(sb_mm.wgt_addr, end_slot(self.ends, Op.MATMUL, "wgt")),
+            "mm_acc": rng(sb_mm.acc_addr, end_slot(self.ends, Op.MATMUL, "acc")),
+            "st_acc": rng(sb_sto.acc_addr, end_slot(self.ends, Op.STORE, "acc")),
+            "st_param": rng(sb_sto.param_addr, self.param_end),
+        }
+        # Footprints of the instruction each single-slot unit is working on, live while it is
+        # busy. They follow decode while the unit is idle: enabled by ~busy rather than by the
+        # handshake, which keeps the issue decision off a hundred-odd clock enables.
+        ld_buf = Signal(RangeLayout(FOOTPRINT_WIDTH))
+        ld_target = Signal(Target)
+        ld_mem = Signal(RangeLayout(mem_bits))
+        st_acc = Signal(RangeLayout(FOOTPRINT_WIDTH))
+        st_param = Signal(RangeLayout(FOOTPRINT_WIDTH))
+        st_mem = Signal(RangeLayout(mem_bits))
+        with m.If(~self.load_busy):
+            m.d.sync += [ld_buf.eq(new["ld_buf"]), ld_target.eq(sb_ld.target),
+                         ld_mem.eq(new["ld_mem"])]
+        with m.If(~self.store_busy):
+            m.d.sync += [st_acc.eq(new["st_acc"]), st_mem.eq(new["st_mem"]),
+                         st_param.eq(new["st_param"]), st_param.valid.eq(~sb_raw)]
+
+        # The busy flags are registered beside the overlaps and applied in the OR stage: the
+        # same verdict, with the units' control logic out of the compare stage.
+        load_busy_q = Signal()
+        store_busy_q = Signal()
+        m.d.sync += [load_busy_q.eq(self.load_busy), store_busy_q.eq(self.store_busy)]
+        m.d.comb += [self.load_go.eq(~load_busy_q), self.store_go.eq(~store_busy_q)]
+
+        terms = self._overlaps(m, new, sb_ld, sb_raw, ld_buf, ld_target, ld_mem, st_acc,
+                               st_param, st_mem, load_busy_q, store_busy_q)
+        m.d.comb += self.conflict.eq(Cat(*terms).any())
+        return m
+
+    def _overlaps(self, m, new, sb_ld, sb_raw, ld_buf, ld_target, ld_mem, st_acc, st_param,
+                  st_mem, load_busy_q, store_busy_q) -> list:
+        """The registered pairwise overlaps, each ANDed with its unit's busy flag.
+
+        Each overlap's register also takes the static part of its condition (decode's
+        opcode, the load target), so that the OR stage is only the OR of the overlaps. A
+        buffer footprint's compares are as wide as that buffer's addresses: a footprint that
+        can issue passed BUF_RANGE, so its ends lie in [0, depth] (a word that faults never
+        issues, whatever its verdict)."""
+        cfg, Op, Target = self._config, isa.Opcode, isa.LoadTarget
+        width = {"act": cfg.act_depth.bit_length(), "wgt": cfg.wgt_depth.bit_length(),
+                 "acc": cfg.acc_depth.bit_length(), "param": cfg.param_depth.bit_length()}
+        terms = []
+
+        def trim(r, bits, name):
+            t = Signal(RangeLayout(bits), name=name)
+            m.d.comb += [t.valid.eq(r.valid), t.lo.eq(r.lo[:bits]), t.hi.eq(r.hi[:bits])]
+            return t
+
+        def remote(r, buf, name):
+            # Registered here first (trimmed), so the route from the execute unit is a path
+            # of its own; a cycle older is still safe (footprint_delay).
+            q = Signal(RangeLayout(width[buf]), name=f"fp_{name}_q")
+            m.d.sync += [q.valid.eq(r.valid), q.lo.eq(r.lo[:width[buf]]),
+                         q.hi.eq(r.hi[:width[buf]])]
+            return q
+
+        def ov(a, b, name, when, busy_q=C(1), buf=None):
+            if buf is not None:
+                a = trim(a, width[buf], f"ov_{name}_a")
+                b = trim(b, width[buf], f"ov_{name}_b")
+            r = Signal(name=f"ov_{name}")
+            m.d.sync += r.eq(overlaps(a, b) & when)
+            terms.append(r & busy_q)
+
+        is_ld, is_mm, is_st = (op_flag(self.is_op, op) for op in (Op.LOAD, Op.MATMUL, Op.STORE))
+        ld_to = lambda target: is_ld & (sb_ld.target == target)   # the load in decode
+        ld_in = lambda target: ld_target == target                 # the load unit's
+        fp = self.footprint
+        ex = {name: remote(r, buf, name) for name, r, buf in [
+            ("pre_act", fp.pre_act, "act"), ("stream_act", fp.stream_act, "act"),
+            ("pre_wgt", fp.pre_wgt, "wgt"), ("pre_acc", fp.pre_acc, "acc"),
+            ("stream_acc", fp.stream_acc, "acc"), ("drain0", fp.drain[0], "acc"),
+            ("drain1", fp.drain[1], "acc")]}
+        ov(new["ld_buf"], ex["pre_act"], "ld_pre_act", ld_to(Target.ACT), buf="act")
+        ov(new["ld_buf"], ex["stream_act"], "ld_stream_act", ld_to(Target.ACT), buf="act")
+        ov(new["ld_buf"], ex["pre_wgt"], "ld_pre_wgt", ld_to(Target.WGT), buf="wgt")
+        ov(new["ld_buf"], st_param, "ld_st_param", ld_to(Target.PARAM), store_busy_q,
+           buf="param")
+        ov(new["ld_mem"], st_mem, "ld_st_mem", is_ld, store_busy_q)
+        ov(new["mm_act"], ld_buf, "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q,
+           buf="act")
+        ov(new["mm_wgt"], ld_buf, "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q,
+           buf="wgt")
+        ov(new["mm_acc"], st_acc, "mm_acc_st", is_mm, store_busy_q, buf="acc")
+        for name in ("pre_acc", "stream_acc", "drain0", "drain1"):
+            ov(new["st_acc"], ex[name], f"st_{name}", is_st, buf="acc")
+        ov(new["st_param"], ld_buf, "st_param_ld", is_st & ~sb_raw & ld_in(Target.PARAM),
+           load_busy_q, buf="param")
+        ov(new["st_mem"], ld_mem, "st_ld_mem", is_st, load_busy_q)
+        return terms
