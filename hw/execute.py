@@ -6,10 +6,12 @@ from amaranth.lib.wiring import In, Out
 
 from . import isa
 from .array import SystolicArray
-from .buffers import AccumulatorBuffer, _addr_width
+from .buffers import AccumulatorBuffer
 from .config import AcceleratorConfig
+from .delay import delay
 from .footprint import RangeLayout
-from .interfaces import AccUpdateSignature, FootprintSignature, UnitActivitySignature
+from .interfaces import (FOOTPRINT_WIDTH, AccUpdateSignature, FootprintSignature,
+                         UnitActivitySignature)
 from .mult import MultiplierTarget
 
 __all__ = ["MatmulCmd", "ExecuteUnit"]
@@ -33,14 +35,13 @@ class ExecuteUnit(wiring.Component):
     goes to the accumulator buffer. So consecutive MATMULs stream back to back whenever each
     streams at least ``2 * rows`` vectors.
 
-    Footprint outputs tell the decoder what the unit will still read or write:
-    ``fp_pre_*`` for the instruction in the preload stage, ``fp_stream_*`` for the one
-    streaming, and ``fp_drain``, the accumulator rows of instructions that have read their
-    last vector but whose last result is not yet written (``acc_latency`` is the accumulator
-    buffer's, which the drain covers). The pipeline has a fixed length,
-    so a drain entry simply counts down ``drain_cycles``; two entries cover any mix of
-    instruction lengths (a third one turns the newer entry into the whole accumulator buffer
-    until it drains: conservative).
+    ``footprint`` tells the decoder what the unit will still read or write: ``pre_*`` for
+    the instruction in the preload stage, ``stream_*`` for the one streaming, and ``drain``,
+    the accumulator rows of instructions that have read their last vector but whose last
+    result is not yet written (``acc_latency`` is the accumulator buffer's, which the drain
+    covers). The pipeline has a fixed length, so a drain entry simply counts down
+    ``drain_cycles``; two entries cover any mix of instruction lengths (a third one turns the
+    newer entry into the whole accumulator buffer until it drains: conservative).
     """
 
     def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None, *,
@@ -85,9 +86,9 @@ class ExecuteUnit(wiring.Component):
         # Addresses, ends and counts are kept in registers of their own, computed when the
         # instruction arrives, so that no adder sits between a stage register and a buffer
         # address, the decoder's footprint compares or the stage-advance enables.
-        pre_act_end = Signal(17)
-        pre_wgt_end = Signal(17)
-        pre_acc_end = Signal(17)
+        pre_act_end = Signal(FOOTPRINT_WIDTH)
+        pre_wgt_end = Signal(FOOTPRINT_WIDTH)
+        pre_acc_end = Signal(FOOTPRINT_WIDTH)
         pre_last = Signal(16)                # n_rows - 1
         pre_single = Signal()                # n_rows == 1
         pre_wgt_k = Signal(range(max(2, rows)))  # next weight row to read, from wgt_addr
@@ -101,25 +102,14 @@ class ExecuteUnit(wiring.Component):
         # ---- stream stage -------------------------------------------------------------
         st_valid = Signal()
         st = Signal(MatmulCmd(self._config))
-        st_act_end = Signal(17)
-        st_acc_end = Signal(17)
+        st_act_end = Signal(FOOTPRINT_WIDTH)
+        st_acc_end = Signal(FOOTPRINT_WIDTH)
         st_act_ptr = Signal(16)  # next activation entry to read
         st_acc_ptr = Signal(16)  # its accumulator entry
         st_left = Signal(16)     # vectors left after the next one
         st_first = Signal()      # the next vector is the first (it carries swap)
         st_last = Signal()       # the next vector is the last
         take = Signal()        # preload stage hands its instruction to the stream stage
-
-        # ---- vectors in flight (read issued, accumulator not yet written) --------------
-        inflight = Signal(range(array.latency + self._acc_latency + 3))
-        inflight_nz = Signal()   # inflight != 0, a register: it is part of busy
-        drain = Signal(data.ArrayLayout(RangeLayout(17), 2))
-        drain_left = [Signal(range(self.drain_cycles + 1), name=f"drain_left_{i}")
-                      for i in range(2)]
-        # Entry i is free (~valid | drain_left == 0), as a register: it picks which entry a
-        # finishing instruction takes, the clock enable of 2 x 35 registers, and decoded
-        # from the counters there it missed 150 MHz on the whole 8x8 for ECP5.
-        drain_free = [Signal(init=1, name=f"drain_free_{i}") for i in range(2)]
 
         weight_read = Signal()
         vector_read = Signal()
@@ -140,6 +130,10 @@ class ExecuteUnit(wiring.Component):
             reached = (since_swap >= array.preload_gap - 2) if array.preload_gap > 2 else C(1)
             m.d.sync += gap_ok.eq(~swap_read & reached)
 
+        inflight_nz = self._inflight(m, vector_read)
+        drain = self._drain(m, vector_read & st_last, st.acc_addr, st_acc_end)
+        self._footprints(m, pre_valid, pre, pre_done, pre_act_end, pre_wgt_end, pre_acc_end,
+                         st_valid, st, st_act_end, st_acc_end)
         m.d.comb += [
             vector_read.eq(st_valid),
             swap_read.eq(vector_read & st_first),
@@ -149,48 +143,24 @@ class ExecuteUnit(wiring.Component):
             # The stream stage frees up in the cycle it reads its last vector; the new tile's
             # swap vector is read in the next cycle, after its last weight row was read.
             # `take` is one LUT of registers: it is the clock enable of the stream stage's
-            # hundred-odd registers, and taking in the cycle of the last weight read (one
-            # cycle earlier) missed 150 MHz on ECP5 for a cycle that only short tiles feel.
+            # hundred-odd registers (taking a cycle earlier would only help short tiles).
             take.eq(pre_valid & pre_done & (~st_valid | st_last)),
             # Only an empty preload stage takes a command: `take` comes late in the cycle and
-            # through the decoder's issue decision it was the 8x8 design's critical path.
+            # must stay off the decoder's issue decision.
             self.cmd.ready.eq(~pre_valid),
 
             # The weight RAM reads whenever a tile is in preload (w_valid says which reads
             # count): its clock enable is then a register, not the gap logic.
             self.wgt_rd.en.eq(pre_valid),
-            # The row's address is a register of its own, counted down beside pre_wgt_k: a
-            # sum of two registers here put a carry chain in front of the block RAMs'
-            # address pins (6.8 ns on the whole 8x8 for ECP5). Loaded with the command, its
-            # start value is an add of a constant on the buffer's address width.
+            # The row's address is a register of its own, counted down beside pre_wgt_k, so
+            # no carry chain sits in front of the block RAMs' address pins.
             self.wgt_rd.addr.eq(pre_wgt_ptr),
             self.act_rd.en.eq(vector_read),
             self.act_rd.addr.eq(st_act_ptr),
 
-            array.a.eq(self.act_rd.data),
-            array.swap.eq(vec.valid & vec.swap),
-            array.w.eq(self.wgt_rd.data),
-            array.w_shift.eq(w_valid),
-
             self.footprint.issued.eq(vec.valid),
             self.activity.stalled.eq((pre_valid | st_valid) & ~vec.valid),
             self.activity.busy.eq(pre_valid | st_valid | inflight_nz),
-
-            self.footprint.pre_act.valid.eq(pre_valid),
-            self.footprint.pre_act.lo.eq(pre.act_addr),
-            self.footprint.pre_act.hi.eq(pre_act_end),
-            self.footprint.pre_wgt.valid.eq(pre_valid & ~pre_done),
-            self.footprint.pre_wgt.lo.eq(pre.wgt_addr),
-            self.footprint.pre_wgt.hi.eq(pre_wgt_end),
-            self.footprint.pre_acc.valid.eq(pre_valid),
-            self.footprint.pre_acc.lo.eq(pre.acc_addr),
-            self.footprint.pre_acc.hi.eq(pre_acc_end),
-            self.footprint.stream_act.valid.eq(st_valid),
-            self.footprint.stream_act.lo.eq(st.act_addr),
-            self.footprint.stream_act.hi.eq(st_act_end),
-            self.footprint.stream_acc.valid.eq(st_valid),
-            self.footprint.stream_acc.lo.eq(st.acc_addr),
-            self.footprint.stream_acc.hi.eq(st_acc_end),
             self.footprint.drain.eq(drain),
         ]
 
@@ -214,9 +184,8 @@ class ExecuteUnit(wiring.Component):
             with m.If(pre_wgt_last):
                 m.d.sync += pre_done.eq(1)
         # While empty (cmd.ready is ~pre_valid) the preload stage follows the command stream,
-        # and only its valid flag depends on the handshake: the stream's valid comes from the
-        # decoder's issue decision, and as the enable of the stage's registers it was the
-        # iCEBreaker's worst path (25.7 ns).
+        # and only its valid flag depends on the handshake, which comes from the decoder's
+        # issue decision late in the cycle.
         with m.If(~pre_valid):
             cmd = self.cmd.payload
             m.d.sync += [pre_valid.eq(self.cmd.valid), pre.eq(cmd),
@@ -243,14 +212,70 @@ class ExecuteUnit(wiring.Component):
             with m.If(st_last):
                 m.d.sync += st_valid.eq(0)
 
-        m.d.sync += inflight.eq(inflight + vector_read - self.acc_update.committed)
-        with m.If(vector_read & ~self.acc_update.committed):
-            m.d.sync += inflight_nz.eq(1)
-        with m.Elif(self.acc_update.committed & ~vector_read):
-            m.d.sync += inflight_nz.eq(inflight != 1)
+        self._array_io(m, vec, w_valid)
+        return m
 
-        # Drain entries: count down, then forget. An entry is free from the cycle its count
-        # reaches zero (or it was never taken) until it is taken.
+    def _array_io(self, m: Module, vec, w_valid: Value) -> None:
+        """Buffer read data into the array; its results, met by the tags that travel beside
+        each vector for the array's latency, out to the accumulator buffer."""
+        array = self.array
+        t = delay(m, vec, array.latency, name="tag_{}")
+        m.d.comb += [
+            array.a.eq(self.act_rd.data),
+            array.swap.eq(vec.valid & vec.swap),
+            array.w.eq(self.wgt_rd.data),
+            array.w_shift.eq(w_valid),
+            self.acc_update.valid.eq(t.valid),
+            self.acc_update.addr.eq(t.addr),
+            self.acc_update.accumulate.eq(t.accumulate),
+            self.acc_update.data.eq(array.out),
+        ]
+
+    def _footprints(self, m, pre_valid, pre, pre_done, pre_act_end, pre_wgt_end, pre_acc_end,
+                    st_valid, st, st_act_end, st_acc_end) -> None:
+        """The preload and stream stages' ranges, for the decoder's scoreboard."""
+        m.d.comb += [
+            self.footprint.pre_act.valid.eq(pre_valid),
+            self.footprint.pre_act.lo.eq(pre.act_addr),
+            self.footprint.pre_act.hi.eq(pre_act_end),
+            self.footprint.pre_wgt.valid.eq(pre_valid & ~pre_done),
+            self.footprint.pre_wgt.lo.eq(pre.wgt_addr),
+            self.footprint.pre_wgt.hi.eq(pre_wgt_end),
+            self.footprint.pre_acc.valid.eq(pre_valid),
+            self.footprint.pre_acc.lo.eq(pre.acc_addr),
+            self.footprint.pre_acc.hi.eq(pre_acc_end),
+            self.footprint.stream_act.valid.eq(st_valid),
+            self.footprint.stream_act.lo.eq(st.act_addr),
+            self.footprint.stream_act.hi.eq(st_act_end),
+            self.footprint.stream_acc.valid.eq(st_valid),
+            self.footprint.stream_acc.lo.eq(st.acc_addr),
+            self.footprint.stream_acc.hi.eq(st_acc_end),
+        ]
+
+    def _inflight(self, m: Module, vector_read: Value) -> Signal:
+        """Vectors read whose accumulator write has not committed; returns ``!= 0`` as a
+        register (it is part of ``busy``)."""
+        inflight = Signal(range(self.array.latency + self._acc_latency + 3))
+        inflight_nz = Signal()
+        committed = self.acc_update.committed
+        m.d.sync += inflight.eq(inflight + vector_read - committed)
+        with m.If(vector_read & ~committed):
+            m.d.sync += inflight_nz.eq(1)
+        with m.Elif(committed & ~vector_read):
+            m.d.sync += inflight_nz.eq(inflight != 1)
+        return inflight_nz
+
+    def _drain(self, m: Module, finish: Value, lo: Value, hi: Value):
+        """Accumulator ranges of instructions that read their last vector (``finish``) but
+        whose last result is not yet written, in two entries that count down drain_cycles.
+
+        An entry is free from the cycle its count reaches zero (or it was never taken) until
+        it is taken. Entry i's "free" flag is a register: it picks which entry a finishing
+        instruction takes, the clock enable of the entries' registers."""
+        drain = Signal(data.ArrayLayout(RangeLayout(FOOTPRINT_WIDTH), 2))
+        drain_left = [Signal(range(self.drain_cycles + 1), name=f"drain_left_{i}")
+                      for i in range(2)]
+        drain_free = [Signal(init=1, name=f"drain_free_{i}") for i in range(2)]
         for i in range(2):
             with m.If(drain_left[i] != 0):
                 m.d.sync += drain_left[i].eq(drain_left[i] - 1)
@@ -258,19 +283,15 @@ class ExecuteUnit(wiring.Component):
                 m.d.sync += drain[i].valid.eq(0)
         drain_take = [Signal(name=f"drain_take_{i}") for i in range(2)]
         m.d.comb += [
-            drain_take[0].eq(vector_read & st_last & drain_free[0]),
-            drain_take[1].eq(vector_read & st_last & ~drain_free[0]),
+            drain_take[0].eq(finish & drain_free[0]),
+            drain_take[1].eq(finish & ~drain_free[0]),
         ]
         for i in range(2):
             m.d.sync += drain_free[i].eq(~drain_take[i] & (drain_left[i] <= 1))
         # With both entries busy, entry 1 covers the whole buffer until it drains, rather
-        # than the union of its range and the new one: that takes two compares, whose
-        # results steer entry 1's registers, and as next-value compares registered a cycle
-        # ahead, or as a mux of compares made in parallel, they were the whole 8x8 ECP5
-        # build's worst path on four seeds. Only MATMULs of fewer rows than the pipeline is
-        # deep (a third one ending within drain_cycles) get here, and they merely make a
-        # STORE of the accumulator wait for the drain.
-        lo, hi = st.acc_addr, st_acc_end
+        # than the union of its range and the new one, whose compares would steer entry 1's
+        # registers. Only MATMULs shorter than the pipeline (a third one ending within
+        # drain_cycles) get here, and they merely make a STORE of the accumulator wait.
         with m.If(drain_take[0]):
             m.d.sync += [drain[0].valid.eq(1), drain[0].lo.eq(lo), drain[0].hi.eq(hi),
                          drain_left[0].eq(self.drain_cycles)]
@@ -278,18 +299,4 @@ class ExecuteUnit(wiring.Component):
             m.d.sync += [drain[1].valid.eq(1), drain_left[1].eq(self.drain_cycles),
                          drain[1].lo.eq(Mux(drain_free[1], lo, 0)),
                          drain[1].hi.eq(Mux(drain_free[1], hi, self._config.acc_depth))]
-
-        # ---- result tags travel beside each vector and meet its result ------------------
-        t = vec
-        for stage in range(array.latency):
-            t_q = Signal(tag_layout, name=f"tag_{stage}")
-            m.d.sync += t_q.eq(t)
-            t = t_q
-        m.d.comb += [
-            self.acc_update.valid.eq(t.valid),
-            self.acc_update.addr.eq(t.addr),
-            self.acc_update.accumulate.eq(t.accumulate),
-            self.acc_update.data.eq(array.out),
-        ]
-
-        return m
+        return drain
