@@ -1,5 +1,7 @@
 """Load and store units: 2-D strided tiles between the memory port and the buffers."""
 
+from types import SimpleNamespace
+
 from amaranth import *
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -84,64 +86,64 @@ class LoadUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        c = self._config
-        W, lb = c.mem_width, c.mem_lane_bits
-        n_chunks = -(-c.max_entry_bytes // W)
-        E = n_chunks * W                         # entry bytes assembled (>= every target's)
-        A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
-        depth = max(c.act_depth, c.wgt_depth, c.param_depth)
-
-        def lane(addr):                          # byte lane of a byte address
-            return addr[:lb] if lb else C(0, 1)
-
+        g = _LoadGeometry(self._config)
         busy = Signal()
         start = Signal()                         # set-up cycle after a command was taken
-
-        # ---- command ---------------------------------------------------------------------
-        # While idle, the command registers below (and the walkers' start values) follow the
-        # payload every cycle, so the (deep) handshake from the decoder only sets `start`
-        # and never enables a wide register bank. In the set-up cycle (`start`) both walkers
-        # advance to the first row exactly as they advance from one row to the next.
-        c_target = Signal(isa.LoadTarget)
-        c_rbm1 = Signal(range(max(2, E)))       # row_bytes - 1
-        c_stride = Signal(A)
-        p = self.cmd.payload
-        idle = ~busy
-        m.d.comb += [
-            self.activity.busy.eq(busy),
-            self.cmd.ready.eq(idle),
-        ]
+        m.d.comb += [self.activity.busy.eq(busy), self.cmd.ready.eq(~busy)]
         m.d.sync += start.eq(self.cmd.valid & self.cmd.ready)
-        c_narrow = Signal()                      # row_bytes <= W: (c_rbm1 >> lb) == 0
-        # A copy of c_rbm1 for the in_row decode below, beside it (c_rbm1 also feeds both
-        # walkers: shared, its route to the decode was 7.0 ns on the whole 8x8 for ECP5).
-        c_rbm1_dec = Signal.like(c_rbm1, name="c_rbm1_replica")
-        rbm1 = (p.row_bytes - 1)[:len(c_rbm1)]
+
+        cmd = self._command(m, g, ~busy)
+        in_row = self._in_row(m, g, cmd)
+        rq_active = self._request_walker(m, g, cmd, ~busy, start)
+
+        # ---- stage 1: register the returned word ---------------------------------------
+        s1_valid = Signal()
+        s1_data = Signal(8 * g.W)
+        m.d.comb += self.mem_resp.ready.eq(1)
+        m.d.sync += [s1_valid.eq(self.mem_resp.valid), s1_data.eq(self.mem_resp.payload)]
+
+        rs = self._response_walker(m, g, cmd, ~busy, start, s1_valid)
+        s2 = self._rotate(m, g, rs, s1_valid, s1_data)
+        entry = self._merge(m, g, in_row, s2)
+        wr_en = self._write(m, cmd, s2, entry)
+        # Busy until the last write: the walkers, then the last word in stage 2, then the
+        # write itself (stage 1 is covered by rs.active).
+        m.d.comb += busy.eq(start | rq_active | rs.active | s2.last | wr_en)
+        return m
+
+    def _command(self, m: Module, g: "_LoadGeometry", idle: Value) -> SimpleNamespace:
+        """The command registers.
+
+        While idle they (and the walkers' start values) follow the payload every cycle, so
+        the (deep) handshake from the decoder only sets ``start`` and never enables a wide
+        register bank. In the set-up cycle (``start``) both walkers advance to the first row
+        exactly as they advance from one row to the next."""
+        p = self.cmd.payload
+        cmd = SimpleNamespace(
+            target=Signal(isa.LoadTarget, name="c_target"),
+            rbm1=Signal(range(max(2, g.E)), name="c_rbm1"),      # row_bytes - 1
+            stride=Signal(g.A, name="c_stride"),
+            narrow=Signal(name="c_narrow"),     # row_bytes <= W: (c_rbm1 >> lb) == 0
+        )
+        # A copy of c_rbm1 for the in_row decode, beside it (c_rbm1 also feeds both walkers).
+        cmd.rbm1_dec = Signal.like(cmd.rbm1, name="c_rbm1_replica")
+        rbm1 = (p.row_bytes - 1)[:len(cmd.rbm1)]
         with m.If(idle):
-            m.d.sync += [c_target.eq(p.target), c_rbm1.eq(rbm1), c_rbm1_dec.eq(rbm1),
-                         c_narrow.eq((rbm1 >> lb) == 0), c_stride.eq(p.mem_stride)]
+            m.d.sync += [cmd.target.eq(p.target), cmd.rbm1.eq(rbm1), cmd.rbm1_dec.eq(rbm1),
+                         cmd.narrow.eq((rbm1 >> g.lb) == 0), cmd.stride.eq(p.mem_stride)]
+        return cmd
 
-        def last_beat(off):                      # beats of a row at lane offset `off`, minus 1
-            return (off + c_rbm1) >> lb
+    def _in_row(self, m: Module, g: "_LoadGeometry", cmd: SimpleNamespace) -> Signal:
+        """Bytes of the entry inside the row (the rest is zero-filled): fixed per command.
 
-        def single_beat(off):                    # last_beat(off) == 0
-            # off < W, so off + c_rbm1 < W needs c_rbm1 < W, and then only the carry out of
-            # lb bits: a few LUTs instead of an adder and a zero test in front of the walkers'
-            # at-last registers (whose other input is the memory's ready; 7.7 ns on the whole
-            # 8x8 for ECP5).
-            if lb == 0:
-                return c_narrow
-            return c_narrow & ~(off[:lb] + c_rbm1[:lb])[lb]
-
-        # Bytes of the entry inside the row (the rest is zero-filled): fixed per command.
-        # Decoded as chunk x lane (q <= rbm1 iff chunk < hi, or chunk == hi and lane <= lo):
-        # E separate `rbm1 >= q` comparisons would each become a carry chain. The decode is
-        # two register stages that follow `c_rbm1` (its copy) every cycle, with no enable: it is
-        # stable from the set-up cycle on, and the first word reaches the merge (stage 3) no
-        # earlier than three cycles after `start`. Decoded in one step and enabled by `start`
-        # (E = 96 flip-flops on 8x8) it missed 150 MHz on the whole 8x8 for ECP5.
-        in_row = Signal(E)
-        hi, lo = c_rbm1_dec >> lb, lane(c_rbm1_dec)
+        Decoded as chunk x lane (q <= rbm1 iff chunk < hi, or chunk == hi and lane <= lo):
+        E separate ``rbm1 >= q`` comparisons would each become a carry chain. The decode is
+        two register stages that follow the command's copy of ``rbm1`` every cycle, with no
+        enable: it is stable from the set-up cycle on, and the first word reaches the merge
+        (stage 3) no earlier than three cycles after ``start``."""
+        W, n_chunks = g.W, g.n_chunks
+        in_row = Signal(g.E)
+        hi, lo = cmd.rbm1_dec >> g.lb, g.lane(cmd.rbm1_dec)
         hi_gt = Signal(n_chunks, name="in_row_hi_gt")   # chunk k lies wholly inside the row
         hi_eq = Signal(n_chunks, name="in_row_hi_eq")   # chunk k holds the row's last byte
         lo_ge = Signal(W, name="in_row_lo_ge")          # lane i <= the last byte's lane
@@ -149,32 +151,38 @@ class LoadUnit(wiring.Component):
             hi_gt.eq(_at_least(hi, n_chunks + 1)[1:]),
             hi_eq.eq(Cat(hi == k for k in range(n_chunks))),
             lo_ge.eq(_at_least(lo, W)),
-            in_row.eq(Cat(hi_gt[q // W] | (hi_eq[q // W] & lo_ge[q % W]) for q in range(E))),
+            in_row.eq(Cat(hi_gt[q // W] | (hi_eq[q // W] & lo_ge[q % W]) for q in range(g.E))),
         ]
+        return in_row
 
-        # ---- request walker: one word read per accepted cycle -----------------------------
-        # Per row only `rq_next + stride` (one carry chain) and a small beat count are
-        # computed; the word address of the row's next beat is an incrementer.
+    def _request_walker(self, m: Module, g: "_LoadGeometry", cmd: SimpleNamespace,
+                        idle: Value, start: Value) -> Signal:
+        """One word read per accepted cycle; returns its ``active`` flag.
+
+        Per row only ``rq_next + stride`` (one carry chain) and a small beat count are
+        computed; the word address of the row's next beat is an incrementer."""
+        c, p, lb = self._config, self.cmd.payload, g.lb
+        req = self.mem_req
         rq_active = Signal()
         rq_word = Signal(c.mem_addr_width)       # word address of the read on the port
-        rq_left = Signal(range(n_chunks + 1))    # reads of this row after the current one
-        rq_rows = Signal(range(depth + 1))       # rows not yet fully requested
-        rq_next = Signal(A)                      # byte address of the next row
+        rq_left = Signal(range(g.n_chunks + 1))  # reads of this row after the current one
+        rq_rows = Signal(range(g.depth + 1))     # rows not yet fully requested
+        rq_next = Signal(g.A)                    # byte address of the next row
         m.d.comb += [
-            self.mem_req.valid.eq(rq_active),
-            self.mem_req.payload.addr.eq(rq_word),
-            self.mem_req.payload.write.eq(0),
-            self.activity.stalled.eq(self.mem_req.valid & ~self.mem_req.ready),
+            req.valid.eq(rq_active),
+            req.payload.addr.eq(rq_word),
+            req.payload.write.eq(0),
+            self.activity.stalled.eq(req.valid & ~req.ready),
         ]
         rq_at_last = Signal()                    # rq_left == 0, a register (see rs_at_last)
-        rq_row_end = self.mem_req.valid & self.mem_req.ready & rq_at_last
+        rq_row_end = req.valid & req.ready & rq_at_last
         with m.If(idle):
             m.d.sync += [rq_next.eq(p.mem_addr), rq_rows.eq(p.n_rows)]
         with m.If(start | rq_row_end):
-            m.d.sync += [rq_word.eq(rq_next >> lb), rq_left.eq(last_beat(lane(rq_next))),
-                         rq_at_last.eq(single_beat(lane(rq_next))),
-                         rq_next.eq(rq_next + c_stride)]
-        with m.Elif(self.mem_req.valid & self.mem_req.ready):
+            m.d.sync += [rq_word.eq(rq_next >> lb), rq_left.eq(g.last_beat(cmd, g.lane(rq_next))),
+                         rq_at_last.eq(g.single_beat(cmd, g.lane(rq_next))),
+                         rq_next.eq(rq_next + cmd.stride)]
+        with m.Elif(req.valid & req.ready):
             m.d.sync += [rq_word.eq(rq_word + 1), rq_left.eq(rq_left - 1),
                          rq_at_last.eq(rq_left == 1)]
         with m.If(start):
@@ -183,112 +191,147 @@ class LoadUnit(wiring.Component):
             m.d.sync += rq_rows.eq(rq_rows - 1)
             with m.If(rq_rows == 1):
                 m.d.sync += rq_active.eq(0)
+        return rq_active
 
-        # ---- stage 1: register the returned word ---------------------------------------
-        s1_valid = Signal()
-        s1_data = Signal(8 * W)
-        m.d.comb += self.mem_resp.ready.eq(1)
-        m.d.sync += [s1_valid.eq(self.mem_resp.valid), s1_data.eq(self.mem_resp.payload)]
-
-        # ---- response walker: describes the word in stage 1 ------------------------------
-        # It only needs the rows' lane offsets (lb-bit arithmetic), not their addresses.
-        rs_active = Signal()
-        rs_off = Signal(max(1, lb))              # lane offset of the current row
-        # A copy of it for each lane of the rotator below (stage 2): one register driving
-        # the selects of all 8W bits' muxes took 3.6 ns of routing on the whole 8x8 for ECP5.
-        rs_off_lane = [Signal(max(1, lb), name=f"rs_off_replica{i}") for i in range(W)]
-        rs_off_next = Signal(max(1, lb))         # ... of the next row
-        rs_beat = Signal(range(n_chunks + 1))
+    def _response_walker(self, m: Module, g: "_LoadGeometry", cmd: SimpleNamespace,
+                         idle: Value, start: Value, s1_valid: Value) -> SimpleNamespace:
+        """Describes the word in stage 1: its row's lane offset (lb-bit arithmetic, no
+        addresses), its beat number and its buffer entry."""
+        p, lb, n_chunks = self.cmd.payload, g.lb, g.n_chunks
+        rs = SimpleNamespace(
+            active=Signal(name="rs_active"),
+            off=Signal(max(1, lb), name="rs_off"),       # lane offset of the current row
+            # A copy of it for each lane of the rotator (stage 2), so that no one register
+            # drives the selects of all 8W bits' muxes.
+            off_lane=[Signal(max(1, lb), name=f"rs_off_replica{i}") for i in range(g.W)],
+            beat=Signal(range(n_chunks + 1), name="rs_beat"),
+            buf=Signal(_addr_width(g.depth), name="rs_buf"),  # buffer entry of the row
+        )
+        rs_off_next = Signal(max(1, lb))         # lane offset of the next row
         rs_left = Signal(range(n_chunks + 1))    # words of the row after the current one
-        rs_rows = Signal(range(depth + 1))       # rows not yet complete
-        rs_buf = Signal(_addr_width(depth))      # buffer entry of the current row
-        # rs_left == 0, as a register: compared here it sat in front of the clock enables
-        # of the walker's registers and missed 150 MHz on the whole 8x8 for ECP5. (rs_left
-        # counts down beside rs_beat so that its next value is a compare with a constant,
-        # not an incrementer and an equality: 7.0 ns on one seed.)
+        rs_rows = Signal(range(g.depth + 1))     # rows not yet complete
+        # rs_left == 0, as a register, so no compare sits in front of the clock enables of
+        # the walker's registers (rs_left counts down beside rs_beat so that its next value
+        # is a compare with a constant).
         rs_at_last = Signal()
-        rs_row_end = s1_valid & rs_at_last
+        rs.row_end = s1_valid & rs_at_last
         with m.If(idle):
-            m.d.sync += [rs_off_next.eq(lane(p.mem_addr)), rs_rows.eq(p.n_rows),
-                         rs_buf.eq(p.buf_addr)]
-        with m.If(start | rs_row_end):
-            m.d.sync += [rs_beat.eq(0), rs_off.eq(rs_off_next),
-                         *[copy.eq(rs_off_next) for copy in rs_off_lane],
-                         rs_left.eq(last_beat(rs_off_next)),
-                         rs_at_last.eq(single_beat(rs_off_next)),
-                         rs_off_next.eq(rs_off_next + lane(c_stride))]
+            m.d.sync += [rs_off_next.eq(g.lane(p.mem_addr)), rs_rows.eq(p.n_rows),
+                         rs.buf.eq(p.buf_addr)]
+        with m.If(start | rs.row_end):
+            m.d.sync += [rs.beat.eq(0), rs.off.eq(rs_off_next),
+                         *[copy.eq(rs_off_next) for copy in rs.off_lane],
+                         rs_left.eq(g.last_beat(cmd, rs_off_next)),
+                         rs_at_last.eq(g.single_beat(cmd, rs_off_next)),
+                         rs_off_next.eq(rs_off_next + g.lane(cmd.stride))]
         with m.Elif(s1_valid):
-            m.d.sync += [rs_beat.eq(rs_beat + 1), rs_left.eq(rs_left - 1),
+            m.d.sync += [rs.beat.eq(rs.beat + 1), rs_left.eq(rs_left - 1),
                          rs_at_last.eq(rs_left == 1)]
         with m.If(start):
-            m.d.sync += rs_active.eq(1)
-        with m.If(rs_row_end):
-            m.d.sync += [rs_rows.eq(rs_rows - 1), rs_buf.eq(rs_buf + 1)]
+            m.d.sync += rs.active.eq(1)
+        with m.If(rs.row_end):
+            m.d.sync += [rs_rows.eq(rs_rows - 1), rs.buf.eq(rs.buf + 1)]
             with m.If(rs_rows == 1):
-                m.d.sync += rs_active.eq(0)
+                m.d.sync += rs.active.eq(0)
+        return rs
 
-        # ---- stage 2: rotate the word, decode where its bytes go -------------------------
-        # After rotating, lane i holds byte (i + off) mod W of the word: row byte
-        # beat * W + i (chunk `beat`) if i + off < W, else the tail of chunk `beat - 1`.
-        # The decode is registered so that the merge below is one LUT per entry byte from
-        # registers with small fanout (sel: 2W bytes, low: n_chunks bytes).
-        s2_rot = Signal(8 * W)
-        s2_low = Signal(W)                       # lane i belongs to chunk `beat`
-        s2_sel = Signal(n_chunks + 1)            # one-hot beat number (zero: no word)
-        s2_last = Signal()                       # the word completes its row
-        s2_buf = Signal(_addr_width(depth))
-        off_ge = _at_least(rs_off, W + 1)
+    def _rotate(self, m: Module, g: "_LoadGeometry", rs: SimpleNamespace, s1_valid: Value,
+                s1_data: Value) -> SimpleNamespace:
+        """Stage 2: rotate the word, decode where its bytes go.
+
+        After rotating, lane i holds byte (i + off) mod W of the word: row byte
+        beat * W + i (chunk ``beat``) if i + off < W, else the tail of chunk ``beat - 1``.
+        The decode is registered so that the merge is one LUT per entry byte from registers
+        with small fanout (sel: 2W bytes, low: n_chunks bytes)."""
+        W, lb, n_chunks = g.W, g.lb, g.n_chunks
+        s2 = SimpleNamespace(
+            rot=Signal(8 * W, name="s2_rot"),
+            low=Signal(W, name="s2_low"),                # lane i belongs to chunk `beat`
+            sel=Signal(n_chunks + 1, name="s2_sel"),     # one-hot beat number (0: no word)
+            last=Signal(name="s2_last"),                 # the word completes its row
+            buf=Signal(_addr_width(g.depth), name="s2_buf"),
+        )
+        off_ge = _at_least(rs.off, W + 1)
         lanes = []
         for i in range(W):                       # lane i of a rotator by that lane's copy
             rot = s1_data
             for b in range(lb):                  # log rotator: one 2:1 mux level per bit
                 k = 8 << b
-                rot = Mux(rs_off_lane[i][b], Cat(rot[k:], rot[:k]), rot)
+                rot = Mux(rs.off_lane[i][b], Cat(rot[k:], rot[:k]), rot)
             lanes.append(rot[8 * i:8 * i + 8])
         m.d.sync += [
-            s2_rot.eq(Cat(*lanes)),
-            s2_low.eq(Cat(~off_ge[W - i] for i in range(W))),  # i + off < W
-            s2_sel.eq(Cat((s1_valid & (rs_beat == k)) for k in range(n_chunks + 1))),
-            s2_last.eq(rs_row_end),
-            s2_buf.eq(rs_buf),
+            s2.rot.eq(Cat(*lanes)),
+            s2.low.eq(Cat(~off_ge[W - i] for i in range(W))),  # i + off < W
+            s2.sel.eq(Cat((s1_valid & (rs.beat == k)) for k in range(n_chunks + 1))),
+            s2.last.eq(rs.row_end),
+            s2.buf.eq(rs.buf),
         ]
+        return s2
 
-        # ---- stage 3: merge into the entry -----------------------------------------------
-        # Each entry byte has its own enable and synchronous clear (past the row: zero), so
-        # the entry maps to flip-flop CE/LSR pins with no per-bit logic.
-        entry = Signal(8 * E)
-        for q in range(E):
-            k, i = divmod(q, W)
-            take = Mux(s2_low[i], s2_sel[k], s2_sel[k + 1])
+    def _merge(self, m: Module, g: "_LoadGeometry", in_row: Value,
+               s2: SimpleNamespace) -> Signal:
+        """Stage 3: merge the word into the entry.
+
+        Each entry byte has its own enable and synchronous clear (past the row: zero), so
+        the entry maps to flip-flop CE/LSR pins with no per-bit logic."""
+        entry = Signal(8 * g.E)
+        for q in range(g.E):
+            k, i = divmod(q, g.W)
+            take = Mux(s2.low[i], s2.sel[k], s2.sel[k + 1])
             with m.If(~in_row[q]):
                 m.d.sync += entry[8 * q:8 * q + 8].eq(0)
             with m.Elif(take):
-                m.d.sync += entry[8 * q:8 * q + 8].eq(s2_rot[8 * i:8 * i + 8])
+                m.d.sync += entry[8 * q:8 * q + 8].eq(s2.rot[8 * i:8 * i + 8])
+        return entry
 
-        # ---- stage 4: write the completed entry ----------------------------------------
-        # Each buffer gets its own enable and address registers: the enable decoded from the
-        # target a cycle early, and both fanning out to one buffer's block RAMs only (the
-        # parameter buffer alone is 20+ RAMs wide on 8x8; a shared, decoded enable missed
-        # 150 MHz on ECP5).
+    def _write(self, m: Module, cmd: SimpleNamespace, s2: SimpleNamespace,
+               entry: Value) -> Signal:
+        """Stage 4: write the completed entry; returns the write's (any buffer) enable.
+
+        Each buffer gets its own enable and address registers, the enable decoded from the
+        target a cycle early: both fan out to one buffer's block RAMs only."""
         wr_en = Signal()
-        m.d.sync += wr_en.eq(s2_last)
+        m.d.sync += wr_en.eq(s2.last)
         for port, target in ((self.act_wr, isa.LoadTarget.ACT),
                              (self.wgt_wr, isa.LoadTarget.WGT),
                              (self.param_wr, isa.LoadTarget.PARAM)):
             name = target.name.lower()
             en = Signal(name=f"{name}_wr_en")
             addr = Signal(len(port.addr), name=f"{name}_wr_addr")
-            m.d.sync += [en.eq(s2_last & (c_target == target)), addr.eq(s2_buf)]
+            m.d.sync += [en.eq(s2.last & (cmd.target == target)), addr.eq(s2.buf)]
             m.d.comb += [
                 port.addr.eq(addr),
                 port.data.eq(entry[:len(port.data.as_value())]),
                 port.en.eq(en),
             ]
+        return wr_en
 
-        # Busy until the last write: the walkers, then the last word in stage 2, then the
-        # write itself (stage 1 is covered by rs_active).
-        m.d.comb += busy.eq(start | rq_active | rs_active | s2_last | wr_en)
-        return m
+
+class _LoadGeometry:
+    """Sizes of the load unit's datapath, and the row arithmetic both walkers share."""
+
+    def __init__(self, c: AcceleratorConfig):
+        self.W, self.lb = c.mem_width, c.mem_lane_bits
+        self.n_chunks = -(-c.max_entry_bytes // self.W)
+        self.E = self.n_chunks * self.W          # entry bytes assembled (>= every target's)
+        self.A = self.lb + c.mem_addr_width      # byte address bits (addresses < mem_bytes)
+        self.depth = max(c.act_depth, c.wgt_depth, c.param_depth)
+
+    def lane(self, addr: Value) -> Value:
+        """Byte lane of a byte address."""
+        return addr[:self.lb] if self.lb else C(0, 1)
+
+    def last_beat(self, cmd: SimpleNamespace, off: Value) -> Value:
+        """Beats of a row at lane offset ``off``, minus 1."""
+        return (off + cmd.rbm1) >> self.lb
+
+    def single_beat(self, cmd: SimpleNamespace, off: Value) -> Value:
+        """``last_beat(off) == 0``: off < W, so off + rbm1 < W needs rbm1 < W, and then only
+        the carry out of lb bits (a few LUTs, not an adder and a zero test in front of the
+        walkers' at-last registers)."""
+        if self.lb == 0:
+            return cmd.narrow
+        return cmd.narrow & ~(off[:self.lb] + cmd.rbm1[:self.lb])[self.lb]
 
 
 class _RowFIFO:
