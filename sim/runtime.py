@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, fields as dc_fields
 from typing import Any, Sequence
 
 import numpy as np
+from amaranth.lib import data
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
