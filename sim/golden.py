@@ -143,7 +143,7 @@ class GoldenBackend:
             out = np.ascontiguousarray(vals, dtype="<i4").view(np.uint8)
         else:
             p = unpack_output_params(self.param[param_addr])[:n_cols]
-            # The 8-bit shift field holds more than numerics.md defines; the hardware
+            # The 8-bit shift field holds more than docs/numerics.md defines; the hardware
             # saturates it into [SHIFT_MIN, SHIFT_MAX] (hw/output_stage.py), so do we.
             shift = np.clip(p["shift"].astype(np.int32), numerics.SHIFT_MIN,
                             numerics.SHIFT_MAX)

@@ -1,12 +1,12 @@
 """Host-side integer numerics of the output stage, bit-exact with the numerics contract
-(``numerics.md`` in the shared notes).
+(``docs/numerics.md``).
 
 These are the TensorFlow Lite int8 requantization primitives (the "double rounding" reference
 path of ``MultiplyByQuantizedMultiplier``), vectorised over numpy arrays. The hardware output
 stage (``hw.output_stage.OutputStage``) and the golden model are checked against
 :func:`output_stage`; :func:`mbqm_reference` is a literal scalar transcription of the
-pseudo-code in ``numerics.md`` that the tests use as an independent oracle for the vectorised
-functions.
+pseudo-code in ``docs/numerics.md`` that the tests use as an independent oracle for the
+vectorised functions.
 
 All functions validate their arguments and raise ``TypeError`` (not integers) or
 ``ValueError`` (out of range), naming the offending argument.
@@ -213,7 +213,7 @@ def _broadcast(*named: tuple[str, np.ndarray]) -> list[np.ndarray]:
 def output_stage(acc: ArrayLikeInt, bias: ArrayLikeInt, multiplier: ArrayLikeInt,
                  shift: ArrayLikeInt, zero_point: ArrayLikeInt, lo: ArrayLikeInt = INT8_MIN,
                  hi: ArrayLikeInt = INT8_MAX) -> np.ndarray:
-    """Requantize int32 accumulators to int8, exactly as ``numerics.md`` defines it.
+    """Requantize int32 accumulators to int8, exactly as ``docs/numerics.md`` defines it.
 
     Per output column ``n``::
 
@@ -353,7 +353,7 @@ def quantize_multiplier(real_multiplier):
 
 def mbqm_reference(x: int, multiplier: int, shift: int) -> int:
     """Literal pure-Python transcription of ``MultiplyByQuantizedMultiplier`` in
-    ``numerics.md``; the independent oracle the tests check the vectorised code against.
+    ``docs/numerics.md``; the independent oracle the tests check the vectorised code against.
 
     Parameters
     ----------

@@ -12,36 +12,26 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from amaranth.lib import data
 from amaranth.sim import Simulator
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.top import Accelerator
 
-from .backend import RunResult, RunStatus, SimulationTimeout
+from .backend import (DEFAULT_MEM_LATENCY, STATUS_LAYOUT, RunResult, RunStatus,
+                      SimulationTimeout, check_max_cycles, check_mem_latency, check_vcd,
+                      counters_from_bits, field_slices, resolve_vcd)
 
-__all__ = ["PysimBackend", "DEFAULT_MEM_LATENCY"]
+__all__ = ["PysimBackend", "DEFAULT_MEM_LATENCY", "DEFAULT_MAX_CYCLES", "VCD_ENV_VAR"]
 
-DEFAULT_MEM_LATENCY = 2
+# With max_cycles=None a run stops after this many cycles instead of hanging.
 DEFAULT_MAX_CYCLES = 2_000_000
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+#: With ``vcd=None`` the backend follows this environment variable (``1`` or a path).
+VCD_ENV_VAR = "SERRANO_VCD"
 
-
-def _field_decoder(layout) -> dict[str, tuple[int, int]]:
-    return {name: (f.offset, (1 << f.width) - 1) for name, f in data.Layout.cast(layout)}
-
-
-def _vcd_path(vcd) -> Path | None:
-    """``vcd`` argument or ``SERRANO_VCD`` environment variable -> waveform path or None."""
-    if vcd is None:
-        vcd = os.environ.get("SERRANO_VCD") or None
-    if vcd in (None, False, "0", ""):
-        return None
-    if vcd in (True, "1"):
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        return _PROJECT_ROOT / "build" / "waves" / f"pysim-{stamp}-{os.getpid()}.vcd"
-    return Path(vcd)
+# Status flags the testbench samples every cycle, as masks of the raw status value.
+_DONE_MASK = 1 << STATUS_LAYOUT["done"].offset
+_IDLE_MASK = 1 << STATUS_LAYOUT["idle"].offset
 
 
 class PysimBackend:
@@ -57,9 +47,10 @@ class PysimBackend:
     config : AcceleratorConfig
     mem_latency : int
         Cycles from a read's acceptance to its data on ``mem.resp`` (>= 1).
-    vcd : path, bool or None
-        Write a waveform of each run: a path, ``True`` for ``build/waves/pysim-*.vcd``, or
-        ``None`` to follow the ``SERRANO_VCD`` environment variable (``1`` or a path).
+    vcd : str, PathLike, bool or None
+        Write a waveform of each run: a path, ``True`` for ``build/waves/pysim-*.vcd``,
+        ``False`` for none, or ``None`` to follow the ``SERRANO_VCD`` environment variable
+        (``1`` or a path).
     target : hw.mult.MultiplierTarget or None
         PE multipliers of the simulated accelerator (vendor DSPs need ``simulation=True``).
     """
@@ -67,14 +58,12 @@ class PysimBackend:
     name = "pysim"
 
     def __init__(self, config: AcceleratorConfig, *, mem_latency: int = DEFAULT_MEM_LATENCY,
-                 vcd=None, target=None):
+                 vcd: str | os.PathLike | bool | None = None, target=None) -> None:
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-        if isinstance(mem_latency, bool) or not isinstance(mem_latency, int) or mem_latency < 1:
-            raise ValueError(f"mem_latency must be an integer >= 1, not {mem_latency!r}")
         self.config = config
-        self.mem_latency = mem_latency
-        self.vcd = vcd
+        self.mem_latency = check_mem_latency(mem_latency)
+        self.vcd = check_vcd(vcd)
         self.target = target
         self.last_vcd: Path | None = None
         self.last_wall_seconds: float = 0.0
@@ -89,7 +78,7 @@ class PysimBackend:
         them (buffer contents carry over, as they do in hardware). ``max_cycles`` applies to
         each program."""
         cfg = self.config
-        budget = DEFAULT_MAX_CYCLES if max_cycles is None else int(max_cycles)
+        budget = check_max_cycles(max_cycles, DEFAULT_MAX_CYCLES)
         W = cfg.mem_width
         jobs = []
         for words, memory in programs:
@@ -113,15 +102,11 @@ class PysimBackend:
         latency = self.mem_latency
 
         dut = Accelerator(cfg, self.target, assertions=True)
-        req_fields = _field_decoder(isa.mem_request_layout(cfg))
-        st_fields = _field_decoder(isa.Status)
-        ctr_fields = _field_decoder(isa.Counters)
+        req_fields = field_slices(isa.mem_request_layout(cfg))
         a_off, a_mask = req_fields["addr"]
         w_off, _ = req_fields["write"]
         m_off, m_mask = req_fields["mask"]
         d_off, d_mask = req_fields["data"]
-        done_off, _ = st_fields["done"]
-        idle_off, _ = st_fields["idle"]
 
         outs: list[dict] = []
 
@@ -164,7 +149,7 @@ class PysimBackend:
                         resp_on = False
 
                     st = ctx.get(status)
-                    if (st >> done_off) & 1 or (i >= n and (st >> idle_off) & 1):
+                    if st & _DONE_MASK or (i >= n and st & _IDLE_MASK):
                         break
                     if cycle >= budget:
                         out["timeout"] = cycle
@@ -198,19 +183,14 @@ class PysimBackend:
         sim.add_clock(1e-8)
         sim.add_testbench(bench)
         start = time.perf_counter()
-        vcd_path = _vcd_path(self.vcd)
+        vcd_path = resolve_vcd(self.vcd, "pysim", env_var=VCD_ENV_VAR)
         self.last_vcd = vcd_path
         if vcd_path is not None:
-            vcd_path.parent.mkdir(parents=True, exist_ok=True)
             with sim.write_vcd(str(vcd_path)):
                 sim.run()
         else:
             sim.run()
         self.last_wall_seconds = time.perf_counter() - start
-
-        def field(value: int, fields: dict, name: str) -> int:
-            off, mask = fields[name]
-            return (value >> off) & mask
 
         results = []
         for (words, mem, size), out in zip(jobs, outs):
@@ -218,11 +198,7 @@ class PysimBackend:
                 raise SimulationTimeout(
                     f"program of {len(words)} words did not finish within {budget} cycles "
                     f"(pysim, {cfg.rows}x{cfg.cols}); raise max_cycles if it is merely long")
-            st = out["status"]
-            status = RunStatus(done=bool(field(st, st_fields, "done")),
-                               error=isa.ErrorCode(field(st, st_fields, "error")),
-                               fault_index=field(st, st_fields, "fault_index"))
-            counters = {name: field(out["counters"], ctr_fields, name) for name in ctr_fields}
             result = np.frombuffer(bytes(mem[:size]), dtype=np.uint8).copy()
-            results.append(RunResult(memory=result, status=status, counters=counters))
+            results.append(RunResult(memory=result, status=RunStatus.from_bits(out["status"]),
+                                     counters=counters_from_bits(out["counters"])))
         return results

@@ -19,14 +19,13 @@ from serrano.hw.config import AcceleratorConfig
 from serrano.hw.isa import LoadTarget, Opcode, StoreMode
 
 from .asm import Program, disassemble, pack_output_params
-from .backend import Backend, RunResult
+from .backend import COUNTER_NAMES, Backend, RunResult
 
 __all__ = ["Accelerator", "Stats", "GemmPlan", "plan_gemm", "build_program", "pack_memory",
            "unpack_output", "cycle_budget", "BACKENDS", "make_backend",
            "cycle_accurate_backend"]
 
 BACKENDS = ("golden", "pysim", "compiled")
-COUNTER_NAMES = tuple(name for name, _ in data.Layout.cast(isa.Counters))
 
 # Rough per-instruction latency of the load/store units (cycles), used only by the cost model
 # that picks a schedule and by the cycle budget; never for correctness.
@@ -78,7 +77,7 @@ class Stats:
 
     ``cycles`` and ``utilization`` are ``None`` on the golden backend (it has no time).
     For ``matmul``/``linear``, ``utilization = ideal_cycles / cycles`` with ``ideal_cycles =
-    M*K*N / (rows*cols)`` (performance.md); for ``run_program`` it is ``array_busy /
+    M*K*N / (rows*cols)`` (docs/performance.md); for ``run_program`` it is ``array_busy /
     cycles`` and ``macs``/``ideal_cycles`` are ``None``. Every hardware counter
     (``isa.Counters``) is an attribute too (``None`` when the backend did not report it), and
     ``counters`` holds exactly what the backend reported.
@@ -258,7 +257,7 @@ def plan_gemm(config: AcceleratorConfig, M: int, K: int, N: int, *, requant: boo
             raise ValueError(f"{name} must be a positive integer, not {v!r}")
     M, K, N = int(M), int(K), int(N)
     kt, nt = _ceil_div(K, c.rows), _ceil_div(N, c.cols)
-    o_elem = 1 if requant else 4
+    o_elem = isa.store_row_bytes(1, not requant)  # bytes per output element in memory
 
     acc_cap = max(1, c.acc_depth // 2)
     candidates = {}

@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from amaranth.lib import data
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.uart import (COUNTER_BYTES, INFO_BYTES, INFO_MAGIC, INSTR_BYTES,
-                     PROTOCOL_VERSION, STATUS_BYTES, BridgeFlags, BridgeInfo, Command, Reply)
+                             PROTOCOL_VERSION, STATUS_BYTES, BridgeFlags, BridgeInfo, Command,
+                             Reply)
 
-from .backend import RunResult, RunStatus, SimulationTimeout
+from .backend import (RunResult, RunStatus, SimulationTimeout, check_max_cycles,
+                      counters_from_bits, unpack_fields)
 
 __all__ = ["BridgeError", "BoardInfo", "BridgeStatus", "BridgeLink", "UARTBackend",
            "SimulatedSerial"]
@@ -42,16 +43,6 @@ WRITE_CHUNK_WORDS = 64
 
 class BridgeError(RuntimeError):
     """The bridge answered unexpectedly, rejected a command, or did not answer in time."""
-
-
-def _fields(layout) -> dict[str, tuple[int, int]]:
-    return {name: (f.offset, f.width) for name, f in data.Layout.cast(layout)}
-
-
-def _unpack(layout, raw: bytes) -> dict[str, int]:
-    value = int.from_bytes(raw, "little")
-    return {name: (value >> off) & ((1 << width) - 1)
-            for name, (off, width) in _fields(layout).items()}
 
 
 @dataclass(frozen=True)
@@ -161,7 +152,7 @@ class BridgeLink:
             self.port.write(bytes([Command.INFO.value]))
             raw = self._read_exact(INFO_BYTES, "INFO")
             self._expect_ok("INFO")
-            f = _unpack(BridgeInfo, raw)
+            f = unpack_fields(BridgeInfo, raw)
             if f["magic"].to_bytes(4, "little") != INFO_MAGIC:
                 raise BridgeError(f"not a Serrano bridge (magic {raw[:4]!r})")
             if f["version"] != PROTOCOL_VERSION:
@@ -252,7 +243,7 @@ class BridgeLink:
         self.port.write(bytes([Command.STATUS.value]))
         raw = self._read_exact(STATUS_BYTES + 1, "STATUS")
         self._expect_ok("STATUS")
-        f = _unpack(isa.Status, raw[:STATUS_BYTES])
+        f = unpack_fields(isa.Status, raw[:STATUS_BYTES])
         try:
             error = isa.ErrorCode(f["error"])
         except ValueError:
@@ -265,7 +256,7 @@ class BridgeLink:
         self.port.write(bytes([Command.COUNTERS.value]))
         raw = self._read_exact(COUNTER_BYTES, "COUNTERS")
         self._expect_ok("COUNTERS")
-        return _unpack(isa.Counters, raw)
+        return counters_from_bits(int.from_bytes(raw, "little"))
 
     def clear(self) -> None:
         """Soft-reset the accelerator's control state, status and counters (buffers keep
@@ -305,6 +296,7 @@ class UARTBackend:
 
     def run(self, words: Sequence[int], memory: np.ndarray, *,
             max_cycles: int | None = None) -> RunResult:
+        max_cycles = check_max_cycles(max_cycles, None)
         link = self.link
         info = link.info()
         mem = np.asarray(memory)
