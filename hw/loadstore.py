@@ -25,6 +25,11 @@ def _at_least(value: Value, n: int) -> Value:
     return Cat(C(1, 1) if i == 0 else ~Cat(*eq[:i]).any() for i in range(n))
 
 
+def _lane(addr: Value, lb: int) -> Value:
+    """Byte lane of a byte address (``lb`` bits; a constant 0 when the port is one byte)."""
+    return addr[:lb] if lb else C(0, 1)
+
+
 def LoadCmd() -> data.StructLayout:
     """A decoded LOAD as the decoder hands it to the load unit: the LOAD fields."""
     return isa.layout_subset(isa.LoadInstr, "target", "buf_addr", "n_rows", "row_bytes",
@@ -318,8 +323,7 @@ class _LoadGeometry:
         self.depth = max(c.act_depth, c.wgt_depth, c.param_depth)
 
     def lane(self, addr: Value) -> Value:
-        """Byte lane of a byte address."""
-        return addr[:self.lb] if self.lb else C(0, 1)
+        return _lane(addr, self.lb)
 
     def last_beat(self, cmd: SimpleNamespace, off: Value) -> Value:
         """Beats of a row at lane offset ``off``, minus 1."""
@@ -473,50 +477,63 @@ class StoreUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        c = self._config
-        cols, W, lb = c.cols, c.mem_width, c.mem_lane_bits
-        row_bytes_max = isa.store_row_bytes(cols, True)
-        # A row shifted to its byte offset in memory spans up to this many words.
-        n_words = -(-(row_bytes_max + W - 1) // W)
-        A = lb + c.mem_addr_width                # byte address bits (addresses < mem_bytes)
-
-        def lane(addr):                          # byte lane of a byte address
-            return addr[:lb] if lb else C(0, 1)
-
+        g = _StoreGeometry(self._config)
         m.submodules.output_stage = ostage = self.output_stage
-        rows_fifo = _RowFIFO(width=8 * n_words * W, depth=self.fifo_depth)
+        rows_fifo = _RowFIFO(width=8 * g.n_words * g.W, depth=self.fifo_depth)
         rows_fifo.add_to(m, "rows")
 
         cmd = Signal(StoreCmd())
-        # Block-RAM read data registers: nothing but the RAM output in front of them.
-        params = Signal(data.ArrayLayout(isa.OutputParams, cols), reset_less=True)
-        # A fabric copy of the parameter entry, a cycle behind: the parameter buffer's block
-        # RAMs (one 12-byte field per column, 20+ RAMs wide on 8x8) sit far from the output
-        # stage's columns, and its stage 1 decodes the shift and the clamp bounds from the
-        # entry. Fed straight from the RAM output register that route plus the decode was
-        # the whole 8x8's critical path on ECP5 (10.4 ns). The entry lands in `params` two
-        # cycles before the STORE's first row reaches the output stage (a row is only read
-        # after `rd_first`, and the read takes `read_latency`), so the extra cycle is free.
-        params_q = Signal.like(params, reset_less=True)
-        acc_ram = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)
-        acc_row = Signal.like(acc_ram, reset_less=True)
-        row_lm1 = Signal(range(row_bytes_max))  # bytes of a row in memory, minus 1
+        row_lm1 = Signal(range(g.row_bytes_max))  # bytes of a row in memory, minus 1
         pending = Signal(16)                     # rows accepted but not completely written
         pending_nz = Signal()                    # pending != 0 (it is part of busy)
         take_cmd = Signal()
+        pop = Signal()                           # the writer pops the FIFO head
+        idle = ~self.activity.busy
+        rd = self._reader(m, take_cmd, pop)
+        m.d.comb += [
+            self.activity.busy.eq(rd.active | pending_nz),
+            self.cmd.ready.eq(idle),
+            take_cmd.eq(self.cmd.valid & self.cmd.ready),
+            # Only requantized rows enter the output stage (a raw row inside it could leave it
+            # during the next, requantized, STORE); raw rows go from the read register
+            # straight into the FIFO.
+            ostage.i_valid.eq(rd.acc_valid & ~cmd.raw),
+            ostage.i_acc.eq(rd.acc_row),
+            ostage.i_params.eq(rd.params),
+        ]
+        # While idle, the command registers (and the walkers' start values) follow the
+        # payload every cycle, so that the handshake, which comes from the decoder's issue
+        # decision late in the cycle, only sets rd_active, rd_first and pending_nz instead
+        # of enabling a hundred-odd flip-flops. (Idle, nothing is in flight.)
+        p = self.cmd.payload
+        with m.If(idle):
+            m.d.sync += [cmd.eq(p), pending.eq(p.n_rows),
+                         row_lm1.eq(isa.store_row_bytes(p.n_cols, p.raw, Mux) - 1)]
+        with m.If(take_cmd):
+            m.d.sync += pending_nz.eq(1)         # n_rows >= 1
+        self._shift(m, g, cmd, rd, rows_fifo, idle)
+        last_taken = self._writer(m, g, cmd, rows_fifo, take_cmd, row_lm1, pop, idle)
+        with m.If(last_taken):
+            m.d.sync += [pending.eq(pending - 1), pending_nz.eq(pending != 1)]
+        return m
 
-        # Shift stage: a finished row, shifted to its byte offset on its way into the FIFO.
-        sh_valid = Signal()
-        # The row is shifted by the offset's low bit on the way into the shift register, by
-        # the rest on the way into the FIFO: the whole 8:1 byte shift behind the raw/
-        # requantized mux, or in front of the FIFO's LUT RAM, missed 150 MHz on the 8x8
-        # ECP5 build.
-        sh_row = Signal(8 * (row_bytes_max + 1), reset_less=True)
-        sh_off = Signal(max(1, lb - 1))          # lane of the row's first byte, but bit 0
-        w_off = Signal(max(1, lb))               # ... of the next row to finish
-        row_done = Signal()
+    def _reader(self, m: Module, take_cmd: Value, pop: Value) -> SimpleNamespace:
+        """Reads the parameter entry and the accumulator rows, as the FIFO's credits allow.
 
-        # ---- reader ------------------------------------------------------------------------
+        Returns ``active``, ``acc_valid`` (a row is in ``acc_row``), ``acc_row`` and
+        ``params`` (the fabric copy of the parameter entry)."""
+        c, cols = self._config, self._config.cols
+        p = self.cmd.payload
+        # Block-RAM read data registers: nothing but the RAM output in front of them.
+        params = Signal(data.ArrayLayout(isa.OutputParams, cols), reset_less=True)
+        # A fabric copy of the parameter entry, a cycle behind: the parameter buffer's block
+        # RAMs sit far from the output stage's columns, whose stage 1 decodes the shift and
+        # the clamp bounds from it. The entry lands in `params` two cycles before the
+        # STORE's first row reaches the output stage (a row is only read after `rd_first`,
+        # and the read takes `read_latency`), so the extra cycle is free.
+        params_q = Signal.like(params, reset_less=True)
+        acc_ram = Signal(data.ArrayLayout(signed(32), cols), reset_less=True)
+        acc_row = Signal.like(acc_ram, reset_less=True)
         rd_active = Signal()
         rd_first = Signal()  # first cycle after accept: parameter entry on param_rd.data
         rd_left = Signal(16)                     # accumulator rows still to read
@@ -528,14 +545,8 @@ class StoreUnit(wiring.Component):
         acc_read = Signal()                      # a row is read this cycle (registered)
         rd_last = Signal()                       # rd_left == 1
         acc_valid = Signal(self.read_latency)    # acc_read delayed 1..read_latency cycles
-        pop = Signal()
         pop_q = Signal()                         # credit return, one cycle after the pop
-
         m.d.comb += [
-            self.activity.busy.eq(rd_active | pending_nz),
-            self.cmd.ready.eq(~self.activity.busy),
-            take_cmd.eq(self.cmd.valid & self.cmd.ready),
-
             # The RAMs read whenever they may (acc_valid says which reads count): their
             # clock enables then come from a register, or are constant, instead of from the
             # handshake and credit logic, which could not reach the 20-30 RAMs of an 8x8
@@ -544,17 +555,7 @@ class StoreUnit(wiring.Component):
             self.acc_rd.en.eq(rd_active),
             self.acc_rd.addr.eq(rd_addr),
             self.param_rd.en.eq(1),
-            self.param_rd.addr.eq(self.cmd.payload.param_addr),
-
-            # Only requantized rows enter the output stage (a raw row inside it could leave it
-            # during the next, requantized, STORE); raw rows go from the read register
-            # straight into the FIFO.
-            ostage.i_valid.eq(acc_valid[-1] & ~cmd.raw),
-            ostage.i_acc.eq(acc_row),
-            ostage.i_params.eq(params_q),
-
-            rows_fifo.w_en.eq(sh_valid),
-            rows_fifo.w_data.eq(sh_row << Cat(C(0, 4), sh_off) if lb > 1 else sh_row),
+            self.param_rd.addr.eq(p.param_addr),
         ]
         credits_next = Signal.like(credits)
         m.d.comb += credits_next.eq(Mux(acc_read & ~pop_q, credits >> 1,
@@ -568,25 +569,16 @@ class StoreUnit(wiring.Component):
             pop_q.eq(pop),
             credits.eq(credits_next),
             # `acc_read` is rd_active & ~rd_first & credits[0], computed a cycle ahead so that
-            # the read decision is a register: it enables the read pointer and row count, and
-            # as one LUT of registers it still missed 150 MHz on the whole 8x8 for ECP5. (A
+            # the read decision is a register: it enables the read pointer and row count. (A
             # STORE is only taken while rd_active is low, and rd_first is high only in the
             # cycle after it is taken, so neither needs a term here.)
             acc_read.eq(rd_active & ~(acc_read & rd_last) & credits_next[0]),
         ]
-
-        # While idle, the command registers (and the walkers' start values below) follow
-        # the payload every cycle, so that the handshake, which comes from the decoder's
-        # issue decision late in the cycle, only sets rd_active, rd_first and pending_nz
-        # instead of enabling a hundred-odd flip-flops. (Idle, nothing is in flight.)
-        p = self.cmd.payload
-        with m.If(~self.activity.busy):
-            m.d.sync += [cmd.eq(p), rd_left.eq(p.n_rows), rd_last.eq(p.n_rows == 1),
-                         rd_addr.eq(p.acc_addr),
-                         row_lm1.eq(isa.store_row_bytes(p.n_cols, p.raw, Mux) - 1),
-                         w_off.eq(lane(p.mem_addr)), pending.eq(p.n_rows)]
+        with m.If(~self.activity.busy):          # (see elaborate)
+            m.d.sync += [rd_left.eq(p.n_rows), rd_last.eq(p.n_rows == 1),
+                         rd_addr.eq(p.acc_addr)]
         with m.If(take_cmd):
-            m.d.sync += [rd_active.eq(1), rd_first.eq(1), pending_nz.eq(1)]  # n_rows >= 1
+            m.d.sync += [rd_active.eq(1), rd_first.eq(1)]
         with m.If(rd_first):
             m.d.sync += [params.eq(self.param_rd.data), rd_first.eq(0)]
         with m.If(acc_read):
@@ -594,38 +586,60 @@ class StoreUnit(wiring.Component):
                          rd_last.eq(rd_left == 2)]
             with m.If(rd_last):
                 m.d.sync += rd_active.eq(0)
+        return SimpleNamespace(active=rd_active, acc_valid=acc_valid[-1], acc_row=acc_row,
+                               params=params_q)
 
-        # ---- shift stage ------------------------------------------------------------------
-        # Only the low bytes differ between raw and requantized rows (a requantized row is
-        # cols bytes; the bytes past it are never written to memory).
-        m.d.comb += row_done.eq(ostage.o_valid | (acc_valid[-1] & cmd.raw))
+    def _shift(self, m: Module, g: "_StoreGeometry", cmd: Value, rd: SimpleNamespace,
+               rows_fifo: "_RowFIFO", idle: Value) -> None:
+        """A finished row, shifted to its byte offset in memory on its way into the FIFO.
+
+        The row is shifted by the offset's low bit on the way into the shift register, by
+        the rest on the way into the FIFO, not by the whole byte shift in one place. Only
+        the low bytes differ between raw and requantized rows (a requantized row is cols
+        bytes; the bytes past it are never written to memory)."""
+        cols, lb = g.cols, g.lb
+        ostage = self.output_stage
+        sh_valid = Signal()
+        sh_row = Signal(8 * (g.row_bytes_max + 1), reset_less=True)
+        sh_off = Signal(max(1, lb - 1))          # lane of the row's first byte, but bit 0
+        w_off = Signal(max(1, lb))               # ... of the next row to finish
+        row_done = Signal()
+        acc_row = rd.acc_row.as_value()
+        m.d.comb += [
+            row_done.eq(ostage.o_valid | (rd.acc_valid & cmd.raw)),
+            rows_fifo.w_en.eq(sh_valid),
+            rows_fifo.w_data.eq(sh_row << Cat(C(0, 4), sh_off) if lb > 1 else sh_row),
+        ]
         m.d.sync += [
             sh_valid.eq(row_done),
-            sh_row.eq(Cat(Mux(cmd.raw, acc_row.as_value()[:8 * cols], ostage.o_data.as_value()),
-                          acc_row.as_value()[8 * cols:]) << (Cat(C(0, 3), w_off[0]) if lb else 0)),
+            sh_row.eq(Cat(Mux(cmd.raw, acc_row[:8 * cols], ostage.o_data.as_value()),
+                          acc_row[8 * cols:]) << (Cat(C(0, 3), w_off[0]) if lb else 0)),
             sh_off.eq(w_off[1:] if lb > 1 else 0),
         ]
+        with m.If(idle):
+            m.d.sync += w_off.eq(g.lane(self.cmd.payload.mem_addr))
         with m.If(row_done):
-            m.d.sync += w_off.eq(w_off + lane(cmd.mem_stride))
+            m.d.sync += w_off.eq(w_off + g.lane(cmd.mem_stride))
 
-        # ---- writer: row generator -> two request slots -> memory port -------------------
-        # Rows enter the FIFO already shifted up by their byte offset in memory (`sh_off`,
-        # the lane of mem_addr + i * mem_stride, kept by a small adder on the write side), so
-        # beat j of a row is simply word j of the FIFO head. The row stays at the FIFO head
-        # (its data register) while its beats are generated, and is popped with its last
-        # beat. Everything per row (word address, beat count, first/last lane masks) is
-        # decoded from registers while the row before finishes (at the pop; for the first
-        # row in the cycle after the command), so a beat only selects a word and its lanes
-        # by registered masks. (Shifting at the FIFO head, on the beat, put a byte shifter
-        # and the beat's word select in series in front of the request register: on ECP5
-        # that missed 150 MHz on the whole 8x8.)
-        # Beats wait in two slot registers used in turn (a two-entry FIFO whose entries
-        # never move): the generator fills slot `wp` when it is empty, the port takes slot
-        # `rp`. Only the pointers and full flags depend on `mem_req.ready`; the slots' own
-        # enables are their empty flags. (An output register refilled from a skid register
-        # on `ready` had that handshake, through the arbiter, in front of the enables of
-        # ~190 flip-flops: the whole 8x8 ECP5 build's worst path on three seeds.) The step
-        # and the pop (and the FIFO read behind it) depend on registers only.
+    def _writer(self, m: Module, g: "_StoreGeometry", cmd: Value, rows_fifo: "_RowFIFO",
+                take_cmd: Value, row_lm1: Value, pop: Signal, idle: Value) -> Value:
+        """Row generator -> two request slots -> memory port; returns "the port takes a
+        row's last beat".
+
+        Rows enter the FIFO already shifted up by their byte offset in memory, so beat j of
+        a row is simply word j of the FIFO head. The row stays at the FIFO head (its data
+        register) while its beats are generated, and is popped (``pop``) with its last
+        beat. Everything per row (word address, beat count, first/last lane masks) is
+        decoded from registers while the row before finishes (at the pop; for the first row
+        in the cycle after the command), so a beat only selects a word and its lanes by
+        registered masks.
+
+        Beats wait in two slot registers used in turn (a two-entry FIFO whose entries never
+        move): the generator fills slot ``wp`` when it is empty, the port takes slot ``rp``.
+        Only the pointers and full flags depend on ``mem_req.ready``; the slots' own enables
+        are their empty flags. The step and the pop (and the FIFO read behind it) depend on
+        registers only."""
+        c, W, lb, n_words = self._config, g.W, g.lb, g.n_words
         start = Signal()                         # cycle after take_cmd: first row's set-up
         g_word = Signal(c.mem_addr_width)        # word address of the next beat
         g_left = Signal(range(n_words + 1))      # beats after the next one
@@ -634,8 +648,58 @@ class StoreUnit(wiring.Component):
         g_k = Signal(range(max(2, n_words)))     # word of the FIFO head in the next beat
         g_head = Signal(W)                       # lanes written by the row's first beat
         g_tail = Signal(W)                       # lanes written by the row's last beat
-        next_addr = Signal(A)                    # byte address of the next row
+        next_addr = Signal(g.A)                  # byte address of the next row
+        o_last = Signal()                        # the request is its row's last beat
+        taken = Signal()                         # the port takes the request
+        g_step = Signal()
+        g_load = Signal()                        # set up the next row
+        w_free, beat = self._request_slots(m, g_last, g_step, taken, o_last)
+        m.d.comb += [
+            taken.eq(self.mem_req.valid & self.mem_req.ready),
+            g_step.eq(rows_fifo.r_rdy & w_free),
+            pop.eq(g_step & g_last),
+            rows_fifo.r_en.eq(pop),
+            g_load.eq(start | pop),
+        ]
+        m.d.sync += start.eq(take_cmd)
+        # `stalled` (for the decoder's counter) is registered, a cycle late, so that it
+        # shares no LUT with the slots' logic.
+        m.d.sync += self.activity.stalled.eq(self.mem_req.valid & ~self.mem_req.ready)
 
+        # The beat the generator produces this cycle (valid with g_step), into a free slot.
+        m.d.comb += [
+            beat.addr.eq(g_word),
+            beat.data.eq(rows_fifo.r_data.word_select(g_k, 8 * W) if n_words > 1
+                         else rows_fifo.r_data),
+            beat.mask.eq((g_head | ~g_first.replicate(W)) & (g_tail | ~g_last.replicate(W))),
+            beat.write.eq(1),
+        ]
+        with m.If(g_step):
+            m.d.sync += [
+                g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_last.eq(g_left == 1),
+                g_first.eq(0), g_k.eq(g_k + 1),
+            ]
+        end = Signal(range(W + g.row_bytes_max))  # off + row bytes - 1
+        off_ge = _at_least(g.lane(next_addr), W + 1)
+        m.d.comb += end.eq(g.lane(next_addr) + row_lm1)
+        with m.If(idle):
+            m.d.sync += next_addr.eq(self.cmd.payload.mem_addr)
+        with m.If(g_load):
+            m.d.sync += [
+                g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
+                g_last.eq((end >> lb) == 0),
+                g_first.eq(1), g_k.eq(0),
+                g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
+                g_tail.eq(_at_least(g.lane(end), W)),                # lane b <= end lane
+                next_addr.eq(next_addr + cmd.mem_stride),
+            ]
+        return taken & o_last
+
+    def _request_slots(self, m: Module, g_last: Value, g_step: Value, taken: Value,
+                       o_last: Signal) -> tuple[Signal, Signal]:
+        """The two request slots in front of the memory port; returns ``w_free`` (the slot
+        the generator fills next is empty, a register) and ``beat``, the request the
+        generator offers them."""
         slot = [Signal.like(self.mem_req.payload, reset_less=True, name=f"slot{i}")
                 for i in range(2)]
         slot_last = [Signal(name=f"slot{i}_last", reset_less=True) for i in range(2)]
@@ -644,36 +708,11 @@ class StoreUnit(wiring.Component):
         rp = Signal()                            # the slot on the port
         o_valid = Signal()                       # full[rp], as a register
         w_free = Signal(init=1)                  # ~full[wp], as a register
-        o_last = Signal()                        # the request is its row's last beat
-        taken = Signal()                         # the port takes the request
-        g_step = Signal()
-        g_load = Signal()                        # set up the next row
-
+        beat = Signal.like(self.mem_req.payload)
         m.d.comb += [
             self.mem_req.valid.eq(o_valid),
             self.mem_req.payload.eq(Mux(rp, slot[1], slot[0])),
             o_last.eq(Mux(rp, slot_last[1], slot_last[0])),
-            taken.eq(o_valid & self.mem_req.ready),
-            g_step.eq(rows_fifo.r_rdy & w_free),
-            pop.eq(g_step & g_last),
-            rows_fifo.r_en.eq(pop),
-            g_load.eq(start | pop),
-        ]
-        m.d.sync += start.eq(take_cmd)
-        # `stalled` (for the decoder's counter) is registered, a cycle late: taken straight
-        # from the handshake it shared its LUT with `free`, and the placer put that LUT by
-        # the decoder's counters, far from the request registers whose enable it is (the
-        # whole 8x8 ECP5 build's critical path).
-        m.d.sync += self.activity.stalled.eq(self.mem_req.valid & ~self.mem_req.ready)
-
-        # The beat the generator produces this cycle (valid with g_step).
-        beat = Signal.like(self.mem_req.payload)
-        m.d.comb += [
-            beat.addr.eq(g_word),
-            beat.data.eq(rows_fifo.r_data.word_select(g_k, 8 * W) if n_words > 1
-                         else rows_fifo.r_data),
-            beat.mask.eq((g_head | ~g_first.replicate(W)) & (g_tail | ~g_last.replicate(W))),
-            beat.write.eq(1),
         ]
         # An empty slot is loaded every cycle (it only counts as full after a step into
         # it), so that its hundred-odd enables are its own empty flag.
@@ -693,29 +732,18 @@ class StoreUnit(wiring.Component):
             o_valid.eq(Mux(rp_next, full_next[1], full_next[0])),
             w_free.eq(~Mux(wp_next, full_next[1], full_next[0])),
         ]
+        return w_free, beat
 
-        with m.If(g_step):
-            m.d.sync += [
-                g_word.eq(g_word + 1), g_left.eq(g_left - 1), g_last.eq(g_left == 1),
-                g_first.eq(0), g_k.eq(g_k + 1),
-            ]
 
-        end = Signal(range(W + row_bytes_max))  # off + row bytes - 1
-        off_ge = _at_least(lane(next_addr), W + 1)
-        m.d.comb += end.eq(lane(next_addr) + row_lm1)
-        with m.If(~self.activity.busy):                   # (see the reader)
-            m.d.sync += next_addr.eq(p.mem_addr)
-        with m.If(g_load):
-            m.d.sync += [
-                g_word.eq(next_addr >> lb), g_left.eq(end >> lb),
-                g_last.eq((end >> lb) == 0),
-                g_first.eq(1), g_k.eq(0),
-                g_head.eq(Cat(~off_ge[b + 1] for b in range(W))),   # lane b >= off
-                g_tail.eq(_at_least(lane(end), W)),                  # lane b <= end lane
-                next_addr.eq(next_addr + cmd.mem_stride),
-            ]
+class _StoreGeometry:
+    """Sizes of the store unit's datapath."""
 
-        with m.If(taken & o_last):
-            m.d.sync += [pending.eq(pending - 1), pending_nz.eq(pending != 1)]
+    def __init__(self, c: AcceleratorConfig):
+        self.cols, self.W, self.lb = c.cols, c.mem_width, c.mem_lane_bits
+        self.row_bytes_max = isa.store_row_bytes(c.cols, True)
+        # A row shifted to its byte offset in memory spans up to this many words.
+        self.n_words = -(-(self.row_bytes_max + self.W - 1) // self.W)
+        self.A = self.lb + c.mem_addr_width      # byte address bits (addresses < mem_bytes)
 
-        return m
+    def lane(self, addr: Value) -> Value:
+        return _lane(addr, self.lb)
