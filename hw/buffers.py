@@ -61,8 +61,8 @@ class AccumulatorBuffer(wiring.Component):
     pipelined : bool
         ``True`` (latency 6): the update is registered on the way in, the block RAM's output
         is registered twice and the add has a cycle of its own, and the updates still in
-        flight are forwarded to the add (the block RAM read alone took 6 ns of the ECP5's
-        6.7 ns at 150 MHz; the one-cycle version reached 77 MHz there). ``False`` (latency
+        flight are forwarded to the add (on ECP5 the block RAM read alone takes most of a
+        150 MHz cycle; see docs/fpga.md). ``False`` (latency
         1): the read is transparent to the write and read, add and write share a cycle;
         fewer registers, for the smallest FPGAs.
     """
@@ -124,10 +124,9 @@ class AccumulatorBuffer(wiring.Component):
         wiring.connect(m, wiring.flipped(self.read), mem.read_port())
 
         # The update is registered on the way in (stage "-1", before the numbering below):
-        # it comes from the end of the execute unit's tag pipeline, across the chip, and
-        # compared straight from there against the entries in flight (`hit_q`) it took three
-        # LUT levels with 1.8-1.9 ns routes between them (the whole 8x8 ECP5 build's worst
-        # path on one seed). The RAM's read address is then a local register too.
+        # it comes from the end of the execute unit's tag pipeline, across the chip, and is
+        # compared against the entries in flight (`hit_q`). The RAM's read address is then a
+        # local register too.
         upd_valid = Signal()
         upd_addr = Signal.like(self.update.addr)
         upd_accumulate = Signal()
@@ -139,7 +138,7 @@ class AccumulatorBuffer(wiring.Component):
         # ECP5 flow folds into the RAM's output register); stage D = 3 adds into `w`; stage
         # D + 1 copies the sum into h1, which writes it in stage D + 2. (The copy lets `w`,
         # the adder's register, stay by the adder: the RAMs it would feed are spread over
-        # the chip, and adder plus that route missed 150 MHz on the 8x8 ECP5 build.)
+        # the chip.)
         # The read misses the writes of the D + 2 updates ahead of it (written in its stage
         # 0..D+1 cycles): at stage D those are `w`, h1 (being written) and h2..h(D+1).
         # Only `w`, the immediate predecessor's sum, is new in stage D; the rest is selected
@@ -177,11 +176,10 @@ class AccumulatorBuffer(wiring.Component):
         # stage D, w, h1, ..., h(D-1).
         # The newest of them that has the entry is picked (none: the RAM data; no
         # accumulation: zero), as registered one-hot selects, so that stage D-1 is an AND-OR
-        # with the RAM data in its last level: a priority mux there, fed from the RAMs'
-        # output registers all over the chip, missed 150 MHz on the 8x8 ECP5 build.
-        # The address compares behind the selects are registered a stage earlier still,
-        # between the update entering stage 1 and the predecessors of `ahead` (address
-        # compares and priority in one cycle, with `w` by the adder, missed 150 MHz too).
+        # with the RAM data in its last level, not a priority mux fed from the RAMs' output
+        # registers all over the chip. The address compares behind the selects are
+        # registered a stage earlier still, between the update entering stage 1 and the
+        # predecessors of `ahead`.
         ahead = [s[-1], w, *h[:depth - 1]]
         before = [s[-2], s[-1], w, *h[:depth - 2]]      # ahead's entries a cycle earlier
         hit_q = Signal(len(ahead))
@@ -190,10 +188,9 @@ class AccumulatorBuffer(wiring.Component):
         sels = [s[-3].accumulate & hit & ~Cat(*hits[:i]).any() if i else
                 s[-3].accumulate & hit for i, hit in enumerate(hits)]
         sels.append(s[-3].accumulate & ~Cat(*hits).any())
-        # Each column gets its own copy of the selects (and of use_w below): one register
-        # driving 32 x cols AND gates across the chip took 5.6 ns of routing alone, the whole
-        # 8x8 ECP5 build's worst path. ("_replica" registers are kept apart by the synthesis
-        # flows: Yosys would merge them back into one, see hw.synthesis.KEEP_REPLICAS.)
+        # Each column gets its own copy of the selects (and of use_w below), so no one
+        # register drives 32 x cols AND gates across the chip. ("_replica" registers are
+        # kept apart by the synthesis flows, which Yosys would otherwise merge.)
         # stage D-1: one-hot: w, h1, ..., hD, the RAM
         pre_sel_c = [Signal(depth + 2, name=f"pre_sel_replica{c}") for c in range(cols)]
         # stage D: the predecessor (now w) has the entry

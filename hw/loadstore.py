@@ -428,9 +428,8 @@ class StoreUnit(wiring.Component):
 
     #: Cycles from ``acc_rd.en`` to the row on the output stage's inputs: the synchronous
     #: RAM read, the register the read data lands in (the RAM's own output register on
-    #: ECP5), then a fabric copy near the output stage: the accumulator buffer's 30 block
-    #: RAMs spread over the whole 85F, and their route into stage 1's 32-bit adder did not
-    #: fit in a 150 MHz cycle.
+    #: ECP5), then a fabric copy near the output stage: the accumulator buffer's block RAMs
+    #: spread over the whole chip, far from stage 1's 32-bit adder.
     read_latency = 3
 
     #: Cycles from a row's FIFO write to its credit being usable again: the FIFO's

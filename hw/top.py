@@ -21,11 +21,9 @@ class MemoryArbiter(wiring.Component):
     Loads first: a store request waits while the load unit has one. Loads feed the array
     and stores do not, and a LOAD's requests end (its unit drops ``valid`` for at least the
     set-up cycle of the next), so a store is delayed, never starved. Against round robin
-    this kept the array busier (the 256x256x256 GEMM of ``make demo``: 262,544 cycles
-    instead of 263,210), and each unit's ``ready`` is a function of the other's ``valid``
-    register and the port's ``ready`` only: round robin's state flip-flop put one more
-    long route in front of the store unit's request registers, the 8x8 ECP5 build's
-    critical path. Combinational: no added latency.
+    this keeps the array busier, and each unit's ``ready`` is a function of the other's
+    ``valid`` register and the port's ``ready`` only, with no state flip-flop in front of
+    the store unit's request registers (docs/fpga.md). Combinational: no added latency.
     """
 
     def __init__(self, config: AcceleratorConfig):
