@@ -43,11 +43,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.vcd is not None:
             if args.backend == "golden":
                 raise ValueError("--vcd needs a cycle-accurate backend (pysim or compiled)")
-            if args.vcd is True and args.backend == "compiled":
-                # the compiled backend wants a path; pysim picks its own name for True
-                options["vcd"] = Path("build/waves") / f"compiled-{time.strftime('%Y%m%d-%H%M%S')}.vcd"
-            else:
-                options["vcd"] = args.vcd if args.vcd is True else Path(args.vcd)
+            # True: the backend names the file under build/waves/ (sim.backend.resolve_vcd)
+            options["vcd"] = args.vcd if args.vcd is True else Path(args.vcd)
         acc = Accelerator(config, backend=args.backend, **options)
         for name in ("m", "k", "n"):
             if getattr(args, name) < 1:
