@@ -196,7 +196,7 @@ class AccumulatorBuffer(wiring.Component):
         # Each column gets its own copy of the selects (and of use_w below): one register
         # driving 32 x cols AND gates across the chip took 5.6 ns of routing alone, the whole
         # 8x8 ECP5 build's worst path. ("_replica" registers are kept apart by the synthesis
-        # flows: Yosys would merge them back into one, see hw.synthesis.KEEP_REPLICAS.)
+        # flows: Yosys would merge them back into one, see serrano.flows.yosys.KEEP_REPLICAS.)
         # stage D-1: one-hot: w, h1, ..., hD, the RAM
         pre_sel_c = [Signal(depth + 2, name=f"pre_sel_replica{c}") for c in range(cols)]
         # stage D: the predecessor (now w) has the entry
