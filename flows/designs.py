@@ -10,8 +10,8 @@ from amaranth.lib import wiring
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.mult import MultiplierTarget
 
-__all__ = ["Design", "accepts_target", "accelerator_design", "array_design", "block_design", "BLOCKS",
-           "config_buffers"]
+__all__ = ["Design", "accepts_target", "accelerator_design", "array_design", "block_design",
+           "BLOCKS", "config_buffers"]
 
 
 @dataclass

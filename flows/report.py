@@ -12,8 +12,8 @@ from serrano.hw.mult import Family, MultiplierTarget
 from .devices import RESOURCE_KINDS, Device
 from .parse import categorize, kind_counts
 
-__all__ = ["module_breakdown", "design_section", "multiplier_section", "resource_table", "timing_section",
-           "write_report", "write_report_md"]
+__all__ = ["module_breakdown", "design_section", "multiplier_section", "resource_table",
+           "timing_section", "write_report", "write_report_md"]
 
 
 def module_breakdown(stat: dict, core_module: str, kept: list[str],
