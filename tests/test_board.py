@@ -14,9 +14,10 @@ from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from serrano.hw import isa
-from serrano.hw.board import BOARDS, BoardTop, SharedMemory, build_board, get_board, uart_divisor
+from serrano.flows.boards import BOARDS, build_board, get_board
+from serrano.flows.devices import DEVICES, DesignDoesNotFit, preflight
+from serrano.hw.board import BoardTop, SharedMemory, uart_divisor
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.synthesis import DEVICES, DesignDoesNotFit, preflight
 from serrano.hw.uart import (COUNTER_BYTES, INFO_BYTES, STATUS_BYTES, Bridge, BridgeFlags, Command,
                      Reply, UARTRx, UARTTx, info_bytes)
 from serrano.sim.uart_driver import BridgeError, BridgeLink, SimulatedSerial, UARTBackend
@@ -398,7 +399,7 @@ def test_gemm_over_simulated_serial_is_bit_exact(link):
 def test_gemm_with_fpga_multipliers_in_simulation():
     """The board top with an FPGA multiplier target (mixed DSP and LUT PEs, DSP latency 3;
     vendor primitives replaced by their cycle-equivalent models) computes the same GEMM."""
-    from serrano.hw.board import _accepts_target
+    from serrano.flows.designs import accepts_target as _accepts_target
     from serrano.hw.mult import MultiplierTarget
     from serrano.hw.top import Accelerator as Top
     from serrano.sim.runtime import Accelerator
@@ -464,7 +465,7 @@ def test_board_table_and_fit():
         uart_divisor(platform.default_clk_frequency, spec.baud)
         cfg = spec.config
         # Memory and buffers fit next to each other (lower bound, before any tool runs).
-        from serrano.hw.synthesis import Design, _config_buffers
+        from serrano.flows.designs import Design, config_buffers as _config_buffers
         design = Design("b", lambda t: None, n_pes=cfg.rows * cfg.cols, config=cfg,
                         buffers=_config_buffers(cfg) + [("memory", 8 * cfg.mem_width,
                                                          cfg.mem_words)])
@@ -527,7 +528,7 @@ def test_ecp5_pll_matches_ecppll(f_in, f_out):
     """The PLL settings agree with Project Trellis' ecppll (a pip tool: yowasp-ecppll)."""
     import re
     from serrano.hw.board import ecp5_pll_params
-    from serrano.hw.synthesis import tool_path
+    from serrano.flows.tools import tool_path
     params = ecp5_pll_params(f_in * 1e6, f_out * 1e6)
     out = subprocess.run([tool_path("yowasp-ecppll"), "-i", str(f_in), "-o", str(f_out)],
                          capture_output=True, text=True, timeout=300).stdout
@@ -544,7 +545,7 @@ def test_ice40_pll_matches_icepll(f_in, f_out):
     """The PLL settings agree with IceStorm's icepll (a pip tool: yowasp-icepll)."""
     import re
     from serrano.hw.board import ice40_pll_params
-    from serrano.hw.synthesis import tool_path
+    from serrano.flows.tools import tool_path
     params = ice40_pll_params(f_in * 1e6, f_out * 1e6)
     out = subprocess.run([tool_path("yowasp-icepll"), "-i", str(f_in), "-o", str(f_out)],
                          capture_output=True, text=True, timeout=300).stdout

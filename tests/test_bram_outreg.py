@@ -1,4 +1,4 @@
-"""The ECP5 block RAM output-register fold (``hw.synthesis.fold_bram_output_registers``) on
+"""The ECP5 block RAM output-register fold (``serrano.flows.netlist.fold_bram_output_registers``) on
 small hand-made Yosys JSON netlists, and once through the real flow."""
 
 import copy
@@ -9,7 +9,10 @@ from amaranth import Module, Signal
 from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 
-from serrano.hw.synthesis import Design, fold_bram_output_registers, run_flow, write_report_md
+from serrano.flows.designs import Design
+from serrano.flows.flow import run_flow
+from serrano.flows.netlist import fold_bram_output_registers
+from serrano.flows.report import write_report_md
 
 CLK, CLK2, CE, RST = 2, 3, 4, 5
 DO = list(range(100, 104))     # the RAM's DOB0..3 nets

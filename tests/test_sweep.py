@@ -69,7 +69,7 @@ def test_sweep_on_existing_scheduler(tmp_path):
 
 def test_sweep_point_records_misfits(tmp_path):
     """A point that cannot fit is recorded as such (before any tool runs), not fatal."""
-    from serrano.hw.synthesis import sweep_point
+    from serrano.flows.sweep import sweep_point
     result = sweep_point({"device": "ecp5-25k", "block": "accelerator",
                           "config": {"rows": 2, "cols": 2, "act_depth": 65536},
                           "out_dir": str(tmp_path / "p")})

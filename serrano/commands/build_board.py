@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 
-from serrano.hw.board import BOARDS, build_board
-from serrano.hw.synthesis import DesignDoesNotFit, ToolError
+from serrano.flows.boards import BOARDS, build_board
+from serrano.flows.devices import DesignDoesNotFit
+from serrano.flows.tools import ToolError
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -7,7 +7,7 @@ reports into CSV/JSON and plot LUTs, DSPs, block RAM, Fmax and peak GOPS against
 
 Runs on a local cluster by default (``--workers``), or on an existing Dask scheduler
 (``--scheduler tcp://HOST:PORT``; its workers need this project installed). Each point is one
-``hw.synthesis.run_flow``; a point that does not fit its device is recorded as such, not
+``serrano.flows.flow.run_flow``; a point that does not fit its device is recorded as such, not
 dropped. Peak GOPS = 2 x rows x cols x Fmax.
 """
 
@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 
 
-from serrano.hw.synthesis import BLOCKS, DEVICES, sweep_point
+from serrano.flows.designs import BLOCKS
+from serrano.flows.devices import DEVICES
+from serrano.flows.sweep import sweep_point
 
 COLUMNS = ["device", "block", "rows", "cols", "pes", "act_depth", "acc_depth", "status",
            "LUT", "LUT_available", "FF", "DSP", "DSP_available", "BRAM", "BRAM_available",

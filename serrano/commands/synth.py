@@ -16,8 +16,11 @@ from pathlib import Path
 
 
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.synthesis import (BLOCKS, DEVICES, PLACERS, ROUTERS,
-                          DesignDoesNotFit, ToolError, block_design, run_flow)
+from serrano.flows.designs import BLOCKS, block_design
+from serrano.flows.devices import DEVICES, DesignDoesNotFit
+from serrano.flows.flow import run_flow
+from serrano.flows.pnr import PLACERS, ROUTERS
+from serrano.flows.tools import ToolError
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
