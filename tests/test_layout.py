@@ -26,7 +26,7 @@ FORBIDDEN_IN_HW = {"subprocess", "os", "shutil", "pathlib", "tempfile", "json", 
 
 # Files issue 12 has not yet brought into line; strict, so each entry must go once fixed.
 PENDING = {"hw/board.py", "hw/synthesis.py",
-           "hw/loadstore.py", "hw/output_stage.py", "hw/uart.py"}
+           "hw/loadstore.py", "hw/uart.py"}
 
 
 def _py_files(*dirs: str) -> list[Path]:
