@@ -5,6 +5,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AcceleratorConfig
+from .delay import delay
 from .mult import Multiplier, MultiplierTarget
 
 __all__ = ["ProcessingElement", "SystolicArray"]
@@ -162,15 +163,8 @@ class SystolicArray(wiring.Component):
                      shift_in.eq(self.w_shift)]
 
         for r in range(rows):
-            a, swap = a_in[r], swap_in
-            for stage in range(r + 1):
-                a_q = Signal(signed(8), name=f"a_skew_{r}_{stage}", reset_less=True)
-                m.d.sync += a_q.eq(a)
-                a = a_q
-            for stage in range(r):
-                swap_q = Signal(name=f"swap_skew_{r}_{stage}")
-                m.d.sync += swap_q.eq(swap)
-                swap = swap_q
+            a = delay(m, a_in[r], r + 1, name=f"a_skew_{r}_{{}}", reset_less=True)
+            swap = delay(m, swap_in, r, name=f"swap_skew_{r}_{{}}")
             m.d.comb += [pe[r][0].a_in.eq(a), pe[r][0].swap_in.eq(swap)]
             for c in range(1, cols):
                 m.d.comb += [pe[r][c].a_in.eq(pe[r][c - 1].a_out),
@@ -179,12 +173,8 @@ class SystolicArray(wiring.Component):
         # Column c's weights are delayed c cycles: they follow the activation wavefront, so a
         # column may start shifting as soon as its own cells have copied their shadows.
         for c in range(cols):
-            w, shift = w_in[c], shift_in
-            for stage in range(c):
-                w_q = Signal(signed(8), name=f"w_skew_{c}_{stage}", reset_less=True)
-                shift_q = Signal(name=f"w_shift_skew_{c}_{stage}")
-                m.d.sync += [w_q.eq(w), shift_q.eq(shift)]
-                w, shift = w_q, shift_q
+            w = delay(m, w_in[c], c, name=f"w_skew_{c}_{{}}", reset_less=True)
+            shift = delay(m, shift_in, c, name=f"w_shift_skew_{c}_{{}}")
             m.d.comb += [pe[0][c].w_in.eq(w), pe[0][c].psum_in.eq(0)]
             for r in range(rows):
                 m.d.comb += pe[r][c].w_shift.eq(shift)
@@ -194,12 +184,7 @@ class SystolicArray(wiring.Component):
 
             # Column c's result leaves the bottom c cycles after column 0's; delay the earlier
             # columns so the whole result vector appears in one cycle.
-            psum = pe[rows - 1][c].psum_out
-            for stage in range(cols - 1 - c):
-                psum_q = Signal(signed(self._config.psum_width), name=f"deskew_{c}_{stage}",
-                                reset_less=True)
-                m.d.sync += psum_q.eq(psum)
-                psum = psum_q
-            m.d.comb += self.out[c].eq(psum)
+            m.d.comb += self.out[c].eq(delay(m, pe[rows - 1][c].psum_out, cols - 1 - c,
+                                             name=f"deskew_{c}_{{}}", reset_less=True))
 
         return m

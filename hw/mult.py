@@ -4,10 +4,9 @@ The processing element of the systolic array multiplies an int8 activation by an
 every cycle. What that multiplier should be depends on the FPGA:
 
 * ``generic``: a plain ``a * b`` followed by a register. Portable; on ECP5 Yosys infers a
-  *combinational* MULT18X18D from it and packs none of the registers (~140 MHz on an array).
+  *combinational* MULT18X18D from it and packs none of the registers.
 * ``ecp5``: an instantiated ``MULT18X18D`` with its input, pipeline and output registers
-  enabled, and one fabric register after it (an 8x8 array of the PEs reached 231 MHz on
-  ECP5-85F speed 6 where the inferred multiplier gave 126 MHz).
+  enabled, and fabric registers after it.
 * ``ice40``: an instantiated ``SB_MAC16`` (16x16 mode on sign-extended operands) with its
   input, multiplier and pipeline registers enabled.
 * ``lut``: a shift-and-add multiplier written out in fabric logic, pipelined to the same
@@ -29,6 +28,8 @@ from amaranth.hdl import Instance
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .delay import delay
+
 __all__ = ["KINDS", "Family", "Multiplier", "MultiplierTarget", "natural_latency", "sb_mac16"]
 
 
@@ -45,11 +46,8 @@ class Family(enum.Enum):
 
 KINDS = ("generic", "lut", "ecp5", "ice40")
 
-# ecp5: the MULT18X18D's input, pipeline and output registers, then fabric registers that
-# cut the DSP-to-fabric route before the PE's adder (8x8 array alone on LFE5U-85F speed 6:
-# 193 MHz with latency 3, 231 MHz with 4). In the whole accelerator the placer puts some
-# PEs' adders far from their DSP (an 8 ns route from the DSP to the one fabric register), so
-# there are two.
+# ecp5: the MULT18X18D's input, pipeline and output registers, then two fabric registers
+# that cut the route from the DSP to the PE's adder, which the placer may put far from it.
 _NATURAL_LATENCY = {"generic": 1, "lut": 1, "ecp5": 5, "ice40": 3}
 # Registers each DSP can absorb; latency beyond this is added as fabric registers after it.
 _DSP_MAX_INTERNAL = {"ecp5": 3, "ice40": 3}
@@ -74,7 +72,7 @@ class Multiplier(wiring.Component):
         ``"generic"``, ``"lut"``, ``"ecp5"`` or ``"ice40"`` (see the module docstring).
     latency : int or None
         Cycles from operands to product, at least 1. ``None`` takes the kind's natural latency
-        (generic/lut 1, ecp5/ice40 3). DSP kinds use their internal registers first
+        (generic/lut 1, ecp5 5, ice40 3). DSP kinds use their internal registers first
         (ecp5: output; input + output; input + pipeline + output) and add fabric registers
         after the DSP for more.
     simulation : bool
@@ -154,13 +152,8 @@ class Multiplier(wiring.Component):
 
     # ---- helpers ---------------------------------------------------------------------------
     def _delay(self, m, value, stages, name, reset_less=False):
-        """``value`` through ``stages`` enabled registers."""
-        for i in range(stages):
-            reg = Signal(value.shape(), name=f"{name}_d{i}", reset_less=reset_less)
-            with m.If(self.en):
-                m.d.sync += reg.eq(value)
-            value = reg
-        return value
+        """``value`` through ``stages`` enabled registers ``{name}_d0``, ``{name}_d1``, ..."""
+        return delay(m, value, stages, name=f"{name}_d{{}}", reset_less=reset_less, en=self.en)
 
     def _elaborate_generic(self, m):
         # Extra latency goes in front so that a retiming-capable tool can push it into the
@@ -299,7 +292,7 @@ class MultiplierTarget:
         Ignored for ``generic``.
     latency : int or None
         Multiplier latency shared by every PE; ``None`` takes the natural latency of the
-        family's DSP (generic: 1, ecp5: 4, ice40: 3).
+        family's DSP (generic: 1, ecp5: 5, ice40: 3).
     simulation : bool
         Elaborate vendor primitives as cycle-equivalent Amaranth models (for simulation).
 

@@ -14,7 +14,9 @@ from amaranth.sim import Simulator
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.mult import MultiplierTarget
-from serrano.hw.output_stage import OutputStage
+from serrano.hw.output_ice40 import ICE40OutputStage
+from serrano.hw.output_stage import OutputStage, output_stage_class
+from serrano.hw.output_wide import ECP5OutputStage, GenericOutputStage
 from serrano.sim.numerics import INT32_MAX, INT32_MIN, output_stage
 
 PARAM_FIELDS = ("bias", "multiplier", "shift", "zero_point", "lo", "hi")
@@ -376,3 +378,21 @@ def test_constructor_errors(config, tag_shape, words):
 def test_constructor_rejects_bad_target():
     with pytest.raises(TypeError, match="target"):
         OutputStage(AcceleratorConfig(cols=2), unsigned(1), "ecp5")
+
+
+def test_entry_point_picks_the_family_pipeline():
+    """``OutputStage(...)`` builds a separate class per family; each can also be built by name,
+    and the class matches :func:`output_stage_class`."""
+    config = AcceleratorConfig(cols=2)
+    cases = [(None, GenericOutputStage, 9),
+             (MultiplierTarget(family="generic"), GenericOutputStage, 9),
+             (MultiplierTarget(family="ecp5"), ECP5OutputStage, 17),
+             (MultiplierTarget(family="ice40", simulation=True), ICE40OutputStage, 8)]
+    for target, cls, latency in cases:
+        dut = OutputStage(config, unsigned(1), target)
+        assert type(dut) is cls is output_stage_class(target)
+        assert isinstance(dut, OutputStage) and dut.latency == latency
+        assert dut.target == (target or MultiplierTarget())
+        direct = cls(config, unsigned(1), target)
+        assert type(direct) is cls and direct.latency == latency
+        assert f"s{latency}_out" in rtlil.convert(direct)
