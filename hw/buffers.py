@@ -8,6 +8,7 @@ from amaranth.lib import data, memory, wiring
 from amaranth.lib.wiring import In, Out
 
 from .config import AcceleratorConfig
+from .delay import delay_line
 from .interfaces import AccUpdateSignature
 
 __all__ = ["Buffer", "AccumulatorBuffer"]
@@ -150,10 +151,11 @@ class AccumulatorBuffer(wiring.Component):
                                  "data": data.ArrayLayout(signed(self._config.psum_width),
                                                           cols)})
         wr = data.StructLayout({"valid": 1, "addr": len(upd_addr), "data": row})
-        s = [Signal(upd, name=f"s{i}") for i in range(1, depth + 1)]       # update, stage i
+        s1 = Signal(upd, name="s1")
+        s = [s1, *delay_line(m, s1, depth - 1, name="s{}", first=2)]  # update, stage i
         ram = Signal(row, reset_less=True)   # RAM data in stage 2
         w = Signal(wr)
-        h = [Signal(wr, name=f"h{i}") for i in range(1, depth + 1)]
+        h = delay_line(m, w, depth, name="h{}", first=1)
         pre = Signal(row, reset_less=True)   # stage D: the old value unless w has it
 
         m.d.comb += [
@@ -206,19 +208,16 @@ class AccumulatorBuffer(wiring.Component):
             s[0].addr.eq(upd_addr),
             s[0].accumulate.eq(upd_accumulate),
             s[0].data.eq(upd_data),
-            *[s[i].eq(s[i - 1]) for i in range(1, depth)],
             ram.eq(rmw_rd.data),
             *[sel_c.eq(Cat(*sels)) for sel_c in pre_sel_c],
             pre.eq(selected),
             *[u.eq(s[-2].accumulate & same_q) for u in use_w_c],
-            h[0].eq(w),
-            *[h[i].eq(h[i - 1]) for i in range(1, depth)],
             w.valid.eq(s[-1].valid),
             w.addr.eq(s[-1].addr),
         ]
         # Both candidate sums are added, then selected: as a mux in front of the adders, use_w
         # (then one register for all columns) and the mux sat in front of the carry chains
-        # (the whole 8x8 ECP5 build's widest late group, 42-49 endpoints of this register).
+        # (docs/fpga.md).
         for c in range(cols):
             sum_w = (w.data[c] + s[-1].data[c])[:32]
             sum_pre = (pre[c] + s[-1].data[c])[:32]

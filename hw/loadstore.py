@@ -9,6 +9,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .buffers import _addr_width
 from .config import AcceleratorConfig
+from .delay import delay
 from .interfaces import UnitActivitySignature
 from .mult import MultiplierTarget
 from .output_stage import OutputStage
@@ -543,10 +544,9 @@ class StoreUnit(wiring.Component):
         credits = Signal(self.fifo_depth, init=(1 << self.fifo_depth) - 1)
         acc_read = Signal()                      # a row is read this cycle (registered)
         rd_last = Signal()                       # rd_left == 1
-        acc_valid = Signal(self.read_latency)    # acc_read delayed 1..read_latency cycles
         pop_q = Signal()                         # credit return, one cycle after the pop
         m.d.comb += [
-            # The RAMs read whenever they may (acc_valid says which reads count): their
+            # The RAMs read whenever they may (acc_read, delayed, says which reads count): their
             # clock enables then come from a register, or are constant, instead of from the
             # handshake and credit logic, which could not reach the 20-30 RAMs of an 8x8
             # design in a cycle. The parameter entry is read at the address the decoder
@@ -561,7 +561,6 @@ class StoreUnit(wiring.Component):
                                         Mux(pop_q & ~acc_read, Cat(C(1, 1), credits[:-1]),
                                             credits)))
         m.d.sync += [
-            acc_valid.eq(Cat(acc_read, acc_valid[:-1])),
             acc_ram.eq(self.acc_rd.data),
             acc_row.eq(acc_ram),
             params_q.eq(params),
@@ -585,7 +584,8 @@ class StoreUnit(wiring.Component):
                          rd_last.eq(rd_left == 2)]
             with m.If(rd_last):
                 m.d.sync += rd_active.eq(0)
-        return SimpleNamespace(active=rd_active, acc_valid=acc_valid[-1], acc_row=acc_row,
+        acc_valid = delay(m, acc_read, self.read_latency, name="acc_valid_{}")
+        return SimpleNamespace(active=rd_active, acc_valid=acc_valid, acc_row=acc_row,
                                params=params_q)
 
     def _shift(self, m: Module, g: "_StoreGeometry", cmd: Value, rd: SimpleNamespace,
