@@ -24,18 +24,8 @@ FORBIDDEN_IN_HW = {"subprocess", "os", "shutil", "pathlib", "tempfile", "json", 
                    "multiprocessing", "concurrent", "importlib"}
 
 
-# Files issue 12 has not yet brought into line; strict, so each entry must go once fixed.
-PENDING: set[str] = set()
-
-
 def _py_files(*dirs: str) -> list[Path]:
     return sorted(p for d in dirs for p in (ROOT / d).rglob("*.py"))
-
-
-def _hw_params(check: str) -> list:
-    pending = {"gateware": set(), "short": PENDING}[check]
-    return [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="issue 12 pending"))
-            if p.relative_to(ROOT).as_posix() in pending else p for p in _py_files("hw")]
 
 
 def _parse(path: Path) -> ast.Module:
@@ -81,7 +71,7 @@ def test_no_sys_path_edits(path):
             pytest.fail(f"{path.relative_to(ROOT)}:{node.lineno} uses sys.path")
 
 
-@pytest.mark.parametrize("path", _hw_params("gateware"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _py_files("hw"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_hw_is_gateware_only(path):
     tree = _parse(path)
     rel = path.relative_to(ROOT)
@@ -97,7 +87,7 @@ def test_hw_is_gateware_only(path):
             pytest.fail(f"{rel}:{node.lineno}: no __future__ imports in gateware")
 
 
-@pytest.mark.parametrize("path", _hw_params("short"), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", _py_files("hw"), ids=lambda p: str(p.relative_to(ROOT)))
 def test_gateware_functions_are_short(path):
     """Every ``elaborate()``, and every helper it delegates to, reads in one sitting."""
     for node in ast.walk(_parse(path)):
