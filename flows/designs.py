@@ -47,29 +47,33 @@ def config_buffers(config: AcceleratorConfig) -> list:
     ]
 
 
-def accelerator_design(config: AcceleratorConfig) -> Design:
-    """The whole accelerator, ``hw.top.Accelerator(config[, target=...])``."""
+def _check_config(config: AcceleratorConfig) -> None:
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-    from serrano.hw.top import Accelerator
-    wired = accepts_target(Accelerator)
+
+
+def _config_design(name: str, cls: type, config: AcceleratorConfig, **extra) -> Design:
+    """A design built as ``cls(config[, target=...])``."""
+    _check_config(config)
+    wired = accepts_target(cls)
 
     def build(target: MultiplierTarget):
-        return Accelerator(config, target=target) if wired else Accelerator(config)
-    return Design("accelerator", build, n_pes=config.rows * config.cols, config=config,
-                  buffers=config_buffers(config), wired=wired)
+        return cls(config, target=target) if wired else cls(config)
+    return Design(name, build, n_pes=config.rows * config.cols, config=config, wired=wired,
+                  **extra)
+
+
+def accelerator_design(config: AcceleratorConfig) -> Design:
+    """The whole accelerator, ``hw.top.Accelerator(config[, target=...])``."""
+    from serrano.hw.top import Accelerator
+    _check_config(config)
+    return _config_design("accelerator", Accelerator, config, buffers=config_buffers(config))
 
 
 def array_design(config: AcceleratorConfig) -> Design:
     """The systolic array alone, ``hw.array.SystolicArray(config[, target=...])``."""
-    if not isinstance(config, AcceleratorConfig):
-        raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
     from serrano.hw.array import SystolicArray
-    wired = accepts_target(SystolicArray)
-
-    def build(target: MultiplierTarget):
-        return SystolicArray(config, target=target) if wired else SystolicArray(config)
-    return Design("array", build, n_pes=config.rows * config.cols, config=config, wired=wired)
+    return _config_design("array", SystolicArray, config)
 
 
 def _unit_design(name: str, config: AcceleratorConfig) -> Design:

@@ -49,6 +49,15 @@ class Device:
 _ECP5_BRAM_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
 _ICE40_BRAM_SHAPES = ((2048, 2), (1024, 4), (512, 8), (256, 16))
 
+def _ecp5(size: int, luts: int, dsp: int, bram: int) -> Device:
+    """An ECP5 LFE5U in the CABGA381 package, speed grade 6."""
+    return Device(f"ecp5-{size}k", Family.ECP5, f"LFE5U-{size}F", speed="6", package="CABGA381",
+                  resources={"LUT": luts, "FF": luts, "DSP": dsp, "BRAM": bram, "SPRAM": 0},
+                  bram_shapes=_ECP5_BRAM_SHAPES, default_mhz=150.0,
+                  nextpnr_args=(f"--{size}k", "--package", "CABGA381", "--speed", "6"),
+                  description=f"Lattice ECP5 LFE5U-{size}F, speed grade 6")
+
+
 DEVICES: dict[str, Device] = {d.name: d for d in [
     Device("generic", Family.GENERIC, "generic",
            description="technology-independent Yosys synth: gates, flip-flops, memory bits"),
@@ -57,21 +66,8 @@ DEVICES: dict[str, Device] = {d.name: d for d in [
            bram_shapes=_ICE40_BRAM_SHAPES, spram_bits=256 * 1024, default_mhz=40.0,
            nextpnr_args=("--up5k", "--package", "sg48"),
            description="Lattice iCE40 UltraPlus 5K (iCEBreaker)"),
-    Device("ecp5-25k", Family.ECP5, "LFE5U-25F", speed="6", package="CABGA381",
-           resources={"LUT": 24288, "FF": 24288, "DSP": 28, "BRAM": 56, "SPRAM": 0},
-           bram_shapes=_ECP5_BRAM_SHAPES, default_mhz=150.0,
-           nextpnr_args=("--25k", "--package", "CABGA381", "--speed", "6"),
-           description="Lattice ECP5 LFE5U-25F, speed grade 6"),
-    Device("ecp5-45k", Family.ECP5, "LFE5U-45F", speed="6", package="CABGA381",
-           resources={"LUT": 43848, "FF": 43848, "DSP": 72, "BRAM": 108, "SPRAM": 0},
-           bram_shapes=_ECP5_BRAM_SHAPES, default_mhz=150.0,
-           nextpnr_args=("--45k", "--package", "CABGA381", "--speed", "6"),
-           description="Lattice ECP5 LFE5U-45F, speed grade 6"),
-    Device("ecp5-85k", Family.ECP5, "LFE5U-85F", speed="6", package="CABGA381",
-           resources={"LUT": 83640, "FF": 83640, "DSP": 156, "BRAM": 208, "SPRAM": 0},
-           bram_shapes=_ECP5_BRAM_SHAPES, default_mhz=150.0,
-           nextpnr_args=("--85k", "--package", "CABGA381", "--speed", "6"),
-           description="Lattice ECP5 LFE5U-85F, speed grade 6"),
+    *[_ecp5(size, luts, dsp, bram) for size, luts, dsp, bram in [
+        (25, 24288, 28, 56), (45, 43848, 72, 108), (85, 83640, 156, 208)]],
 ]}
 
 
