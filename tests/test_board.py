@@ -506,7 +506,7 @@ def test_build_board_bad_input_before_tools(monkeypatch, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_build_icebreaker_bitstream(tmp_path):
-    # ~5 minutes: nextpnr-ice40 on a 91 % full UP5K (seed 1 meets the 40.5 MHz clock).
+    # ~5 minutes: nextpnr-ice40 on a 91 % full UP5K (the board's seed meets the 40.5 MHz clock).
     out = tmp_path / "icebreaker"
     rep = build_board("icebreaker", out)
     bit = Path(rep["board"]["bitstream"])

@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"one of: {', '.join(BOARDS)}")
     p.add_argument("--out", type=Path, default=None, help="output directory (build/<board>)")
     p.add_argument("--baud", type=int, default=None, help="UART bit rate (default 115200)")
-    p.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
+    p.add_argument("--seed", type=int, default=None,
+                   help="nextpnr placer seed (default: the board's, one that meets its clock)")
     p.add_argument("--dsp-pes", type=int, default=None,
                    help="PEs that get a hard DSP (default: as many as fit)")
     return p.parse_args(argv)
