@@ -11,14 +11,12 @@ board clock, commands). No programmer is needed to build; programming is a separ
 """
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 
 from serrano.flows.boards import BOARDS, build_board
-from serrano.flows.devices import DesignDoesNotFit
-from serrano.flows.tools import ToolError
+from serrano.commands import run_flow_reporting_errors, script_command_line
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -40,22 +38,12 @@ def main(argv=None) -> int:
         print(f"error: unknown board {args.board!r}; choose one of: {', '.join(BOARDS)}",
               file=sys.stderr)
         return 2
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["scripts/build_board.py", *(sys.argv[1:] if argv is None
-                                                                else argv)])
-    try:
-        report = build_board(args.board, args.out, baud=args.baud, seed=args.seed,
-                             dsp_pes=args.dsp_pes, command_line=command,
-                             log=lambda msg: print(msg, flush=True))
-    except DesignDoesNotFit as exc:
-        print(f"error: does not fit: {exc}", file=sys.stderr)
-        return 3
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ToolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    command = script_command_line("build_board", argv)
+    report = run_flow_reporting_errors(lambda: build_board(
+        args.board, args.out, baud=args.baud, seed=args.seed, dsp_pes=args.dsp_pes,
+        command_line=command, log=lambda msg: print(msg, flush=True)))
+    if isinstance(report, int):
+        return report
     b = report["board"]
     res = ", ".join(f"{k} {v['used']}/{v['available']}" for k, v in report["resources"].items())
     clocks = "; ".join(f"{c['clock']}: {c['achieved_mhz']} MHz (board clock "

@@ -10,17 +10,16 @@ and logs. Devices: see ``--list-devices``. Only pip-installed YoWASP tools are u
 """
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
 
 
 from serrano.hw.config import AcceleratorConfig
 from serrano.flows.designs import BLOCKS, block_design
-from serrano.flows.devices import DEVICES, DesignDoesNotFit
+from serrano.flows.devices import DEVICES
 from serrano.flows.flow import run_flow
 from serrano.flows.pnr import PLACERS, ROUTERS
-from serrano.flows.tools import ToolError
+from serrano.commands import run_flow_reporting_errors, script_command_line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -120,25 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bad configuration: {exc}", file=sys.stderr)
         return 2
     design = block_design(args.block, config)
-    command = "python " + " ".join(shlex.quote(a) for a in
-                                   ["scripts/synth.py", *(sys.argv[1:] if argv is None
-                                                          else argv)])
-    try:
-        report = run_flow(design, args.device, args.out, freq_mhz=args.freq,
-                          pnr=not args.no_pnr, seed=args.seed, jobs=args.jobs,
-                          dsp_pes=args.dsp_pes,
-                          keep_hierarchy=not args.flat, check_fit=not args.force,
-                          router=args.router, placer=args.placer,
-                          command_line=command, log=lambda msg: print(msg, flush=True))
-    except DesignDoesNotFit as exc:
-        print(f"error: does not fit: {exc}", file=sys.stderr)
-        return 3
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ToolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    command = script_command_line("synth", argv)
+    report = run_flow_reporting_errors(lambda: run_flow(
+        design, args.device, args.out, freq_mhz=args.freq, pnr=not args.no_pnr,
+        seed=args.seed, jobs=args.jobs, dsp_pes=args.dsp_pes, keep_hierarchy=not args.flat,
+        check_fit=not args.force, router=args.router, placer=args.placer,
+        command_line=command, log=lambda msg: print(msg, flush=True)))
+    if isinstance(report, int):
+        return report
     print(summary(report))
     print(f"report: {args.out / 'report.md'}")
     return 0
