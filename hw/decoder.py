@@ -115,7 +115,7 @@ class Decoder(wiring.Component):
         de_mem_end = Signal(len(checker.mem_end))
         de_param_end = Signal(FOOTPRINT_WIDTH)
         de_is = Signal(OpFlags())   # the opcode, one-hot: it steers the issue decision
-        de_wait = Signal(range(_DECODE_WAIT + 1))  # cycles until the verdict describes the word in decode
+        de_wait = Signal(range(_DECODE_WAIT + 1))  # cycles until the verdict is on this word
         # Decode refills only once empty, one cycle after an issue: the issue decision (the
         # scoreboard's compares) then never drives the enables of the fetch and decode
         # registers. The check pipeline limits throughput more than this bubble.

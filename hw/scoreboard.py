@@ -136,18 +136,16 @@ class OverlapScoreboard(_Scoreboard):
         # Footprints of the instruction each single-slot unit is working on, live while it is
         # busy. They follow decode while the unit is idle: enabled by ~busy rather than by the
         # handshake, which keeps the issue decision off a hundred-odd clock enables.
-        ld_buf = Signal(RangeLayout(FOOTPRINT_WIDTH))
+        held = {name: Signal(new[name].shape(), name=name)
+                for name in ("ld_buf", "ld_mem", "st_acc", "st_param", "st_mem")}
         ld_target = Signal(Target)
-        ld_mem = Signal(RangeLayout(mem_bits))
-        st_acc = Signal(RangeLayout(FOOTPRINT_WIDTH))
-        st_param = Signal(RangeLayout(FOOTPRINT_WIDTH))
-        st_mem = Signal(RangeLayout(mem_bits))
         with m.If(~self.load_busy):
-            m.d.sync += [ld_buf.eq(new["ld_buf"]), ld_target.eq(sb_ld.target),
-                         ld_mem.eq(new["ld_mem"])]
+            m.d.sync += [held["ld_buf"].eq(new["ld_buf"]), ld_target.eq(sb_ld.target),
+                         held["ld_mem"].eq(new["ld_mem"])]
         with m.If(~self.store_busy):
-            m.d.sync += [st_acc.eq(new["st_acc"]), st_mem.eq(new["st_mem"]),
-                         st_param.eq(new["st_param"]), st_param.valid.eq(~sb_raw)]
+            m.d.sync += [held["st_acc"].eq(new["st_acc"]), held["st_mem"].eq(new["st_mem"]),
+                         held["st_param"].eq(new["st_param"]),
+                         held["st_param"].valid.eq(~sb_raw)]
 
         # The busy flags are registered beside the overlaps and applied in the OR stage: the
         # same verdict, with the units' control logic out of the compare stage.
@@ -156,14 +154,17 @@ class OverlapScoreboard(_Scoreboard):
         m.d.sync += [load_busy_q.eq(self.load_busy), store_busy_q.eq(self.store_busy)]
         m.d.comb += [self.load_go.eq(~load_busy_q), self.store_go.eq(~store_busy_q)]
 
-        terms = self._overlaps(m, new, sb_ld, sb_raw, ld_buf, ld_target, ld_mem, st_acc,
-                               st_param, st_mem, load_busy_q, store_busy_q)
+        terms = self._overlaps(m, new, held, sb_ld.target, ld_target, sb_raw, load_busy_q,
+                               store_busy_q)
         m.d.comb += self.conflict.eq(Cat(*terms).any())
         return m
 
-    def _overlaps(self, m, new, sb_ld, sb_raw, ld_buf, ld_target, ld_mem, st_acc, st_param,
-                  st_mem, load_busy_q, store_busy_q) -> list:
-        """The registered pairwise overlaps, each ANDed with its unit's busy flag.
+    def _overlaps(self, m: Module, new: dict, held: dict, new_target: Value,
+                  ld_target: Value, sb_raw: Value, load_busy_q: Value,
+                  store_busy_q: Value) -> list:
+        """The registered pairwise overlaps of decode's ranges (``new``) with those in
+        flight (``held`` by the load and store units, the execute unit's footprint), each
+        ANDed with its unit's busy flag.
 
         Each overlap's register also takes the static part of its condition (decode's
         opcode, the load target), so that the OR stage is only the OR of the overlaps. A
@@ -197,7 +198,7 @@ class OverlapScoreboard(_Scoreboard):
             terms.append(r & busy_q)
 
         is_ld, is_mm, is_st = (op_flag(self.is_op, op) for op in (Op.LOAD, Op.MATMUL, Op.STORE))
-        ld_to = lambda target: is_ld & (sb_ld.target == target)   # the load in decode
+        ld_to = lambda target: is_ld & (new_target == target)     # the load in decode
         ld_in = lambda target: ld_target == target                 # the load unit's
         fp = self.footprint
         ex = {name: remote(r, buf, name) for name, r, buf in [
@@ -208,17 +209,17 @@ class OverlapScoreboard(_Scoreboard):
         ov(new["ld_buf"], ex["pre_act"], "ld_pre_act", ld_to(Target.ACT), buf="act")
         ov(new["ld_buf"], ex["stream_act"], "ld_stream_act", ld_to(Target.ACT), buf="act")
         ov(new["ld_buf"], ex["pre_wgt"], "ld_pre_wgt", ld_to(Target.WGT), buf="wgt")
-        ov(new["ld_buf"], st_param, "ld_st_param", ld_to(Target.PARAM), store_busy_q,
+        ov(new["ld_buf"], held["st_param"], "ld_st_param", ld_to(Target.PARAM), store_busy_q,
            buf="param")
-        ov(new["ld_mem"], st_mem, "ld_st_mem", is_ld, store_busy_q)
-        ov(new["mm_act"], ld_buf, "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q,
+        ov(new["ld_mem"], held["st_mem"], "ld_st_mem", is_ld, store_busy_q)
+        ov(new["mm_act"], held["ld_buf"], "mm_act_ld", is_mm & ld_in(Target.ACT), load_busy_q,
            buf="act")
-        ov(new["mm_wgt"], ld_buf, "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q,
+        ov(new["mm_wgt"], held["ld_buf"], "mm_wgt_ld", is_mm & ld_in(Target.WGT), load_busy_q,
            buf="wgt")
-        ov(new["mm_acc"], st_acc, "mm_acc_st", is_mm, store_busy_q, buf="acc")
+        ov(new["mm_acc"], held["st_acc"], "mm_acc_st", is_mm, store_busy_q, buf="acc")
         for name in ("pre_acc", "stream_acc", "drain0", "drain1"):
             ov(new["st_acc"], ex[name], f"st_{name}", is_st, buf="acc")
-        ov(new["st_param"], ld_buf, "st_param_ld", is_st & ~sb_raw & ld_in(Target.PARAM),
+        ov(new["st_param"], held["ld_buf"], "st_param_ld", is_st & ~sb_raw & ld_in(Target.PARAM),
            load_busy_q, buf="param")
-        ov(new["st_mem"], ld_mem, "st_ld_mem", is_st, load_busy_q)
+        ov(new["st_mem"], held["ld_mem"], "st_ld_mem", is_st, load_busy_q)
         return terms
