@@ -128,3 +128,60 @@ def random_program(cfg: AcceleratorConfig, rng: np.random.Generator, *, length: 
         words[int(rng.integers(0, length))] = faulting_instruction()
     words.append(encode(Opcode.HALT))
     return words, memory
+
+
+def garbage_program(cfg: AcceleratorConfig, rng: np.random.Generator,
+                    length: int) -> list[int]:
+    """Random 128-bit words whose opcode is mostly a real one: field checks in every order."""
+    opcodes = [op.value for op in Opcode] + [0x06, 0x10, 0xFF]
+    words = []
+    for _ in range(length):
+        word = int.from_bytes(rng.bytes(16), "little") & ~0xFF
+        words.append(word | int(rng.choice(opcodes)))
+    return words
+
+
+def boundary_words(cfg: AcceleratorConfig, rng: np.random.Generator, count: int) -> list[int]:
+    """LOAD and STORE words whose memory ends cluster around ``mem_bytes``, plus MATMULs and
+    LOADs whose buffer ends cluster around the depths, and a few random words."""
+    words = []
+    strides = [0, 1, 3, (1 << 17) - 1, 1 << 17, (1 << 17) + 1, (1 << 24) - 1, 1 << 16]
+    for i in range(count):
+        kind = i % 5
+        n_rows = int(rng.choice([0, 1, 2, 3, 0xFFFF, int(rng.integers(1, 1 << 16))]))
+        stride = int(rng.choice(strides + [int(rng.integers(0, 1 << 24))]))
+        if kind in (0, 1):  # memory end near mem_bytes
+            row_len = int(rng.integers(1, cfg.act_entry_bytes + 1))
+            if n_rows > 4:
+                stride = int(rng.integers(0, 4))
+            span = (max(n_rows, 1) - 1) * stride + row_len
+            mem_addr = max(0, cfg.mem_bytes - span + int(rng.integers(-2, 3)))
+            if rng.random() < 0.2:
+                mem_addr = int(rng.choice([0, cfg.mem_bytes, (1 << 32) - 1,
+                                           int(rng.integers(0, 1 << 32))]))
+            if kind == 0:
+                words.append(encode(Opcode.LOAD, target=int(rng.integers(0, 3)),
+                                    buf_addr=int(rng.integers(0, 4)),
+                                    n_rows=min(n_rows, 0xFFFF), row_bytes=row_len,
+                                    mem_addr=mem_addr, mem_stride=stride))
+            else:
+                raw = int(rng.integers(0, 2))
+                n_cols = max(1, row_len // (4 if raw else 1))
+                words.append(encode(Opcode.STORE, mode=raw, acc_addr=int(rng.integers(0, 4)),
+                                    n_rows=n_rows, n_cols=min(n_cols, cfg.cols),
+                                    param_addr=int(rng.integers(0, cfg.param_depth + 1)),
+                                    mem_addr=mem_addr, mem_stride=stride))
+        elif kind == 2:  # big products: the stride split and the carries between partials
+            words.append(encode(Opcode.LOAD, target=0, buf_addr=0, n_rows=n_rows,
+                                row_bytes=int(rng.integers(1, cfg.act_entry_bytes + 1)),
+                                mem_addr=int(rng.integers(0, 1 << 32)), mem_stride=stride))
+        elif kind == 3:  # buffer ends near the depths
+            n = int(rng.integers(0, 10))
+            words.append(encode(Opcode.MATMUL, accumulate=int(rng.integers(0, 2)),
+                                act_addr=int(rng.integers(0, cfg.act_depth + 2)) % (1 << 16),
+                                n_rows=n, wgt_addr=int(rng.integers(0, cfg.wgt_depth)),
+                                acc_addr=int(rng.integers(0, cfg.acc_depth))))
+        else:  # anything at all
+            words.append(int.from_bytes(rng.bytes(16), "little") & ~0xF8
+                         if rng.random() < 0.5 else int.from_bytes(rng.bytes(16), "little"))
+    return words

@@ -20,7 +20,7 @@ from serrano.sim.golden import GoldenBackend
 from serrano.sim.numerics import output_stage
 from serrano.sim.pysim import PysimBackend
 from serrano.sim.runtime import Accelerator, build_program, pack_memory, plan_gemm, unpack_output
-from programs import SMALL_CONFIGS as CONFIGS, gemm_program, random_program
+from programs import SMALL_CONFIGS as CONFIGS, garbage_program, gemm_program, random_program
 
 needs_verilator = pytest.mark.skipif(
     bool(check_prerequisites("verilator")),
@@ -350,16 +350,6 @@ def test_vcd_waveform(tmp_path):
 
 # ---- bit-exact against the golden model and numpy ---------------------------------------------
 
-def _garbage_program(cfg, rng, length: int) -> list[int]:
-    """Random 128-bit words whose opcode is mostly a real one: field checks in every order."""
-    opcodes = [op.value for op in Opcode] + [0x06, 0x10, 0xFF]
-    words = []
-    for _ in range(length):
-        word = int.from_bytes(rng.bytes(16), "little") & ~0xFF
-        words.append(word | int(rng.choice(opcodes)))
-    return words
-
-
 def _regression(cfg, n_programs: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     golden = GoldenBackend(cfg)
@@ -368,7 +358,7 @@ def _regression(cfg, n_programs: int, seed: int) -> None:
     for i in range(n_programs):
         kind = i % 4
         if kind == 3:
-            words = _garbage_program(cfg, rng, int(rng.integers(1, 6)))
+            words = garbage_program(cfg, rng, int(rng.integers(1, 6)))
             memory = rng.integers(0, 256, 512, dtype=np.uint8)
         else:
             words, memory = random_program(cfg, rng, length=int(rng.integers(1, 16)),

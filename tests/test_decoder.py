@@ -19,6 +19,7 @@ from serrano.hw.config import AcceleratorConfig
 from serrano.hw.decoder import Decoder
 from serrano.hw.isa import ErrorCode, Opcode, encode
 from serrano.hw.mult import MultiplierTarget
+from programs import boundary_words
 from simutil import simulate
 
 CFG = AcceleratorConfig(rows=2, cols=3, act_depth=16, wgt_depth=4, acc_depth=8, param_depth=4,
@@ -54,52 +55,6 @@ def expected_error(word: int, cfg: AcceleratorConfig) -> ErrorCode:
         return ErrorCode.BAD_OPCODE
     return next((code for code, bad in isa.instruction_checks(op, fields, cfg) if bad),
                 ErrorCode.NONE)
-
-
-def boundary_words(cfg: AcceleratorConfig, rng: np.random.Generator, count: int) -> list[int]:
-    """LOAD and STORE words whose memory ends cluster around ``mem_bytes``, plus MATMULs and
-    LOADs whose buffer ends cluster around the depths, and a few random words."""
-    words = []
-    strides = [0, 1, 3, (1 << 17) - 1, 1 << 17, (1 << 17) + 1, (1 << 24) - 1, 1 << 16]
-    for i in range(count):
-        kind = i % 5
-        n_rows = int(rng.choice([0, 1, 2, 3, 0xFFFF, int(rng.integers(1, 1 << 16))]))
-        stride = int(rng.choice(strides + [int(rng.integers(0, 1 << 24))]))
-        if kind in (0, 1):  # memory end near mem_bytes
-            row_len = int(rng.integers(1, cfg.act_entry_bytes + 1))
-            if n_rows > 4:
-                stride = int(rng.integers(0, 4))
-            span = (max(n_rows, 1) - 1) * stride + row_len
-            mem_addr = max(0, cfg.mem_bytes - span + int(rng.integers(-2, 3)))
-            if rng.random() < 0.2:
-                mem_addr = int(rng.choice([0, cfg.mem_bytes, (1 << 32) - 1,
-                                           int(rng.integers(0, 1 << 32))]))
-            if kind == 0:
-                words.append(encode(Opcode.LOAD, target=int(rng.integers(0, 3)),
-                                    buf_addr=int(rng.integers(0, 4)),
-                                    n_rows=min(n_rows, 0xFFFF), row_bytes=row_len,
-                                    mem_addr=mem_addr, mem_stride=stride))
-            else:
-                raw = int(rng.integers(0, 2))
-                n_cols = max(1, row_len // (4 if raw else 1))
-                words.append(encode(Opcode.STORE, mode=raw, acc_addr=int(rng.integers(0, 4)),
-                                    n_rows=n_rows, n_cols=min(n_cols, cfg.cols),
-                                    param_addr=int(rng.integers(0, cfg.param_depth + 1)),
-                                    mem_addr=mem_addr, mem_stride=stride))
-        elif kind == 2:  # big products: the stride split and the carries between partials
-            words.append(encode(Opcode.LOAD, target=0, buf_addr=0, n_rows=n_rows,
-                                row_bytes=int(rng.integers(1, cfg.act_entry_bytes + 1)),
-                                mem_addr=int(rng.integers(0, 1 << 32)), mem_stride=stride))
-        elif kind == 3:  # buffer ends near the depths
-            n = int(rng.integers(0, 10))
-            words.append(encode(Opcode.MATMUL, accumulate=int(rng.integers(0, 2)),
-                                act_addr=int(rng.integers(0, cfg.act_depth + 2)) % (1 << 16),
-                                n_rows=n, wgt_addr=int(rng.integers(0, cfg.wgt_depth)),
-                                acc_addr=int(rng.integers(0, cfg.acc_depth))))
-        else:  # anything at all
-            words.append(int.from_bytes(rng.bytes(16), "little") & ~0xF8
-                         if rng.random() < 0.5 else int.from_bytes(rng.bytes(16), "little"))
-    return words
 
 
 def run_words(cfg: AcceleratorConfig, words: list[int], target=None) -> list[tuple]:
