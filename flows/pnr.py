@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Callable
@@ -10,10 +11,10 @@ from serrano.hw.mult import Family
 
 from .devices import Device
 from .parse import parse_nextpnr_report
-from .tools import format_command, run_tool, tool_path
+from .tools import ToolError, format_command, run_tool, tool_path
 
 __all__ = ["ECP5_ROUTER", "ROUTERS", "ECP5_PLACER", "PLACERS", "pnr_argv", "place_and_route",
-           "seed_sweep", "worst_mhz"]
+           "seed_sweep", "worst_mhz", "packed_ice40_logic_cells"]
 
 # nextpnr's default router (router1) is the more timing-driven one and the flows' default;
 # router2 converges far faster on the big board tops, so board builds on ECP5 use it.
@@ -64,6 +65,22 @@ def place_and_route(dev: Device, out: Path, freq_mhz: float, seed: int,
                                dev.family)
     rep["seed"] = seed
     return rep, argv, seconds
+
+
+_PACKED_LC_RE = re.compile(r"ICESTORM_LC:\s*(\d+)\s*/\s*(\d+)")
+
+
+def packed_ice40_logic_cells(dev: Device, out: Path, timeout: float | None) -> int:
+    """Logic cells nextpnr-ice40 packs ``out/netlist.json`` into (``--pack-only``: about a
+    second, against minutes of placement that a design a few % too large fails anyway)."""
+    argv = [tool_path(f"yowasp-nextpnr-{dev.family.value}"), *dev.nextpnr_args,
+            "--pcf-allow-unconstrained", "--json", "netlist.json", "--pack-only"]
+    run_tool(argv, out, "nextpnr-pack.log", timeout)
+    found = _PACKED_LC_RE.search((out / "nextpnr-pack.log").read_text(errors="replace"))
+    if found is None:
+        raise ToolError(f"nextpnr --pack-only printed no ICESTORM_LC count "
+                        f"(log: {out / 'nextpnr-pack.log'})")
+    return int(found.group(1))
 
 
 def worst_mhz(rep: dict) -> float:

@@ -151,7 +151,12 @@ def write_report_md(report: dict, path: "str | Path") -> None:
                      "carry halves included); post-place counts from nextpnr where available, "
                      "else Yosys cell counts.")
         est = report.get("synthesis", {}).get("logic_cell_estimate")
-        if est:
+        if est and "lower_bound" in est:
+            lines.append(f"Logic cells needed: {est['logic_cells']} as nextpnr packs the "
+                         f"netlist (lower bound from the netlist: {est['lower_bound']} = "
+                         f"{est['LUT']} LUT4 + {est['FF']} flip-flops - {est['paired']} "
+                         f"LUT/flip-flop pairs).")
+        elif est:
             lines.append(f"Logic cells needed, lower bound from the netlist: "
                          f"{est['logic_cells']} ({est['LUT']} LUT4 + {est['FF']} flip-flops - "
                          f"{est['paired']} LUT/flip-flop pairs).")
