@@ -7,6 +7,7 @@ the raw ``isa.Status`` / ``isa.Counters`` bits (from the layouts, never from ret
 the waveform option and the cycle budget.
 """
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -21,8 +22,11 @@ from serrano.hw.isa import ErrorCode
 
 __all__ = ["RunStatus", "RunResult", "Backend", "SimulationTimeout",
            "STATUS_LAYOUT", "COUNTERS_LAYOUT", "COUNTER_NAMES", "DEFAULT_MEM_LATENCY",
+           "MemoryProfile", "SplitMix64", "MemoryFaults", "SPLITMIX64_CONSTANTS",
+           "REFUSE_BITS", "MAX_EXTRA_LATENCY",
            "field_slices", "unpack_fields", "join_words", "counters_from_bits",
-           "check_vcd", "resolve_vcd", "check_max_cycles", "check_mem_latency"]
+           "check_vcd", "resolve_vcd", "check_max_cycles", "check_mem_latency",
+           "check_mem_profile"]
 
 STATUS_LAYOUT: data.StructLayout = data.Layout.cast(isa.Status)
 COUNTERS_LAYOUT: data.StructLayout = data.Layout.cast(isa.Counters)
@@ -273,6 +277,171 @@ def check_mem_latency(mem_latency: int) -> int:
     if isinstance(mem_latency, bool) or not isinstance(mem_latency, int) or mem_latency < 1:
         raise ValueError(f"mem_latency must be an integer >= 1, not {mem_latency!r}")
     return mem_latency
+
+
+# ---- memory profile: seeded backpressure and latency ------------------------------------------
+
+_U64 = (1 << 64) - 1
+
+#: The constants of splitmix64 (Steele, Lea, Flood 2014; Vigna's reference C code), and the salt
+#: that separates a profile's two streams. ``sim.compiled`` writes them into ``serrano_config.h``
+#: for the C++ harness (``sim/csrc/harness.h``), so both simulators draw the same numbers.
+SPLITMIX64_CONSTANTS: dict[str, int] = {
+    "GAMMA": 0x9E3779B97F4A7C15,
+    "MUL1": 0xBF58476D1CE4E5B9,
+    "MUL2": 0x94D049BB133111EB,
+    "DELAY_SALT": 0xD1B54A32D192ED03,
+}
+
+#: A refusal draw is the generator's top 53 bits, compared with ``refuse * 2**53``.
+REFUSE_BITS = 53
+#: Largest ``MemoryProfile.extra_latency`` (bounds the harness's response queue).
+MAX_EXTRA_LATENCY = 1 << 16
+
+
+class SplitMix64:
+    """The splitmix64 generator: a 64-bit state advanced by ``GAMMA``, each output a mix of it.
+
+    ``sim/csrc/harness.h`` (``serrano::SplitMix64``) is the same generator in C++; a test
+    checks that both produce the same sequence.
+
+    Parameters
+    ----------
+    state : int
+        The initial state (taken modulo 2**64).
+    """
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: int) -> None:
+        self.state = state & _U64
+
+    def next(self) -> int:
+        """The next 64-bit output."""
+        k = SPLITMIX64_CONSTANTS
+        self.state = z = (self.state + k["GAMMA"]) & _U64
+        z = ((z ^ (z >> 30)) * k["MUL1"]) & _U64
+        z = ((z ^ (z >> 27)) * k["MUL2"]) & _U64
+        return z ^ (z >> 31)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryProfile:
+    """A seeded random backpressure and latency profile of the simulated memory port.
+
+    In every cycle ``mem.req.ready`` is low with probability ``refuse``; a read accepted in cycle
+    *t* is answered in cycle ``max(t + mem_latency + d, previous answer + 1)`` with *d* uniform
+    in ``[0, extra_latency]``, so responses stay in acceptance order. Both cycle-accurate
+    backends draw the same numbers (:class:`MemoryFaults`), hence report the same cycles.
+    ``MemoryProfile(seed=s)`` (no refusals, no extra latency) behaves exactly like no profile.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the generators, in ``[0, 2**64)``; each program of a run starts from it afresh.
+    refuse : float
+        Probability in ``[0, 1)`` that the port refuses requests in a cycle.
+    extra_latency : int
+        Largest extra delay of a read response, in ``[0, MAX_EXTRA_LATENCY]`` cycles.
+
+    Raises
+    ------
+    ValueError
+        A field is out of range or of the wrong type.
+    """
+    seed: int = 0
+    refuse: float = 0.0
+    extra_latency: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or not 0 <= self.seed <= _U64:
+            raise ValueError(f"MemoryProfile.seed must be an integer in [0, 2**64), "
+                             f"not {self.seed!r}")
+        if isinstance(self.refuse, bool) or not isinstance(self.refuse, (int, float, np.floating,
+                                                                         np.integer)) \
+                or not 0.0 <= float(self.refuse) < 1.0:
+            raise ValueError(f"MemoryProfile.refuse must be a probability in [0, 1), "
+                             f"not {self.refuse!r}")
+        if isinstance(self.extra_latency, bool) \
+                or not isinstance(self.extra_latency, (int, np.integer)) \
+                or not 0 <= self.extra_latency <= MAX_EXTRA_LATENCY:
+            raise ValueError(f"MemoryProfile.extra_latency must be an integer in "
+                             f"[0, {MAX_EXTRA_LATENCY}], not {self.extra_latency!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "refuse", float(self.refuse))
+        object.__setattr__(self, "extra_latency", int(self.extra_latency))
+
+    @property
+    def refuse_threshold(self) -> int:
+        """A cycle refuses when the top 53 bits of its draw are below this (``refuse * 2**53``,
+        exact: ``refuse`` is a double)."""
+        return int(self.refuse * (1 << REFUSE_BITS))
+
+    def scale_budget(self, cycles: int) -> int:
+        """A cycle budget for this profile from one made for the ideal memory: every beat may
+        wait ``1 / (1 - refuse)`` times as long and every read ``extra_latency`` cycles more."""
+        return math.ceil(cycles * (1 + self.extra_latency) / (1.0 - self.refuse))
+
+    def describe(self) -> str:
+        return (f"seed {self.seed}, refuse {self.refuse:g}, "
+                f"extra latency 0..{self.extra_latency}")
+
+
+class MemoryFaults:
+    """The per-program state of a :class:`MemoryProfile`: two splitmix64 streams, one drawn once
+    per cycle for ``mem.req.ready`` (seeded with ``seed``), one drawn once per accepted read for
+    its extra delay (seeded with ``seed ^ DELAY_SALT``); a stream is not drawn at all when its
+    probability or range is zero. ``serrano::MemoryFaults`` in ``sim/csrc/harness.h`` mirrors
+    this class line by line.
+
+    Parameters
+    ----------
+    profile : MemoryProfile or None
+        ``None``: the ideal memory (always ready, fixed latency).
+    latency : int
+        The backend's ``mem_latency``.
+    """
+
+    __slots__ = ("threshold", "extra", "latency", "ready_rng", "delay_rng", "next_free")
+
+    def __init__(self, profile: "MemoryProfile | None", latency: int) -> None:
+        profile = profile or MemoryProfile()
+        self.threshold = profile.refuse_threshold
+        self.extra = profile.extra_latency
+        self.latency = latency
+        self.ready_rng = SplitMix64(profile.seed)
+        self.delay_rng = SplitMix64(profile.seed ^ SPLITMIX64_CONSTANTS["DELAY_SALT"])
+        self.next_free = 0  # the earliest cycle the next response may take
+
+    def ready(self) -> bool:
+        """``mem.req.ready`` of the next cycle."""
+        if not self.threshold:
+            return True
+        return (self.ready_rng.next() >> (64 - REFUSE_BITS)) >= self.threshold
+
+    def due(self, cycle: int) -> int:
+        """The cycle that answers a read accepted in ``cycle``."""
+        due = cycle + self.latency
+        if self.extra:
+            due += self.delay_rng.next() % (self.extra + 1)
+        due = max(due, self.next_free)
+        self.next_free = due + 1
+        return due
+
+
+def check_mem_profile(profile: "MemoryProfile | None") -> "MemoryProfile | None":
+    """Validate a backend's ``mem_profile`` option: a :class:`MemoryProfile` or ``None``.
+
+    Raises
+    ------
+    TypeError
+        It is neither.
+    """
+    if profile is not None and not isinstance(profile, MemoryProfile):
+        raise TypeError(f"mem_profile must be a MemoryProfile or None, "
+                        f"not {type(profile).__name__}")
+    return profile
 
 
 class Backend(Protocol):

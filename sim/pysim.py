@@ -18,9 +18,10 @@ from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.top import Accelerator
 
-from .backend import (DEFAULT_MEM_LATENCY, STATUS_LAYOUT, RunResult, RunStatus,
-                      SimulationTimeout, check_max_cycles, check_mem_latency, check_vcd,
-                      counters_from_bits, field_slices, resolve_vcd)
+from .backend import (DEFAULT_MEM_LATENCY, STATUS_LAYOUT, MemoryFaults, MemoryProfile,
+                      RunResult, RunStatus, SimulationTimeout, check_max_cycles,
+                      check_mem_latency, check_mem_profile, check_vcd, counters_from_bits,
+                      field_slices, resolve_vcd)
 
 __all__ = ["PysimBackend", "DEFAULT_MEM_LATENCY", "DEFAULT_MAX_CYCLES", "VCD_ENV_VAR"]
 
@@ -39,7 +40,7 @@ class PysimBackend:
 
     Every :meth:`run` simulates a freshly reset accelerator (zeroed buffers), feeds the
     instruction words back to back, serves the memory port from the memory image with a fixed
-    read latency, and stops at ``status.done`` (or at ``status.idle`` once every word was
+    read latency (or with the refusals and delays of ``mem_profile``), and stops at ``status.done`` (or at ``status.idle`` once every word was
     accepted, for a program without HALT).
 
     Parameters
@@ -47,6 +48,9 @@ class PysimBackend:
     config : AcceleratorConfig
     mem_latency : int
         Cycles from a read's acceptance to its data on ``mem.resp`` (>= 1).
+    mem_profile : MemoryProfile or None
+        Seeded backpressure and extra read latency (``sim.backend.MemoryProfile``); ``None``:
+        the port accepts every cycle and answers after exactly ``mem_latency`` cycles.
     vcd : str, PathLike, bool or None
         Write a waveform of each run: a path, ``True`` for ``build/waves/pysim-*.vcd``,
         ``False`` for none, or ``None`` to follow the ``SERRANO_VCD`` environment variable
@@ -58,11 +62,13 @@ class PysimBackend:
     name = "pysim"
 
     def __init__(self, config: AcceleratorConfig, *, mem_latency: int = DEFAULT_MEM_LATENCY,
+                 mem_profile: MemoryProfile | None = None,
                  vcd: str | os.PathLike | bool | None = None, target=None) -> None:
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         self.config = config
         self.mem_latency = check_mem_latency(mem_latency)
+        self.mem_profile = check_mem_profile(mem_profile)
         self.vcd = check_vcd(vcd)
         self.target = target
         self.last_vcd: Path | None = None
@@ -99,7 +105,7 @@ class PysimBackend:
             mem = bytearray(padded)
             mem[:memory.size] = memory.tobytes()
             jobs.append((words, mem, memory.size))
-        latency = self.mem_latency
+        latency, profile = self.mem_latency, self.mem_profile
 
         dut = Accelerator(cfg, self.target, assertions=True)
         req_fields = field_slices(isa.mem_request_layout(cfg))
@@ -116,7 +122,9 @@ class PysimBackend:
             req_valid, req_payload = dut.mem.req.valid, dut.mem.req.payload.as_value()
             resp_valid, resp_payload = dut.mem.resp.valid, dut.mem.resp.payload
             status = dut.status.as_value()
-            ctx.set(dut.mem.req.ready, 1)
+            req_ready = dut.mem.req.ready
+            ready = 1
+            ctx.set(req_ready, 1)
             for job, (words, mem, size) in enumerate(jobs):
                 if job:
                     ctx.set(dut.clear, 1)
@@ -129,6 +137,7 @@ class PysimBackend:
                 i = 0
                 cycle = 0
                 responses: deque = deque()
+                faults = MemoryFaults(profile, latency)  # each program starts from the seed
                 offered = -1
                 resp_on = False
                 while True:
@@ -147,6 +156,9 @@ class PysimBackend:
                     elif resp_on:
                         ctx.set(resp_valid, 0)
                         resp_on = False
+                    if faults.threshold and faults.ready() != ready:
+                        ready ^= 1
+                        ctx.set(req_ready, ready)
 
                     st = ctx.get(status)
                     if st & _DONE_MASK or (i >= n and st & _IDLE_MASK):
@@ -155,7 +167,7 @@ class PysimBackend:
                         out["timeout"] = cycle
                         return
 
-                    if ctx.get(req_valid):
+                    if ready and ctx.get(req_valid):
                         req = ctx.get(req_payload)
                         byte = ((req >> a_off) & a_mask) * W
                         if (req >> w_off) & 1:
@@ -167,7 +179,7 @@ class PysimBackend:
                         else:
                             word = (int.from_bytes(mem[byte:byte + W], "little")
                                     if byte < padded else 0)
-                            responses.append((cycle + latency, word))
+                            responses.append((faults.due(cycle), word))
                     if i < n and ctx.get(instr_ready):
                         i += 1
                     await ctx.tick()

@@ -592,7 +592,9 @@ class Accelerator:
         (cycle-accurate Amaranth simulation) or ``"compiled"`` (cycle-accurate compiled
         model), or an already constructed backend object.
     **backend_options
-        Passed to the backend's constructor.
+        Passed to the backend's constructor, e.g. ``mem_latency`` or ``mem_profile``
+        (``sim.backend.MemoryProfile``: seeded memory backpressure and latency) for pysim and
+        compiled.
 
     Attributes
     ----------
@@ -716,6 +718,9 @@ class Accelerator:
         words = build_program(plan)
         memory = pack_memory(plan, x, w, params)
         budget = cycle_budget(plan, len(words))
+        profile = getattr(self.backend, "mem_profile", None)  # refusals and delays take longer
+        if profile is not None:
+            budget = profile.scale_budget(budget)
         result = self.backend.run(words, memory, max_cycles=budget)
         self.last_program = words
         self.last_plan = plan

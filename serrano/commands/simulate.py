@@ -2,6 +2,8 @@
 """Run one random int8 GEMM on the accelerator and check it against numpy.
 
 Example: python scripts/simulate.py --rows 4 --cols 4 --m 256 --k 64 --n 64 --backend pysim
+With --mem-refuse / --mem-extra-latency the memory port refuses requests and delays responses
+at random (sim.backend.MemoryProfile, seeded by --mem-seed); the result must still match.
 Exit status: 0 when the result matches numpy bit-exactly, 1 on a mismatch, 2 on bad arguments.
 """
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from serrano.hw.config import AcceleratorConfig
 from serrano.sim import Accelerator
+from serrano.sim.backend import MemoryProfile
 from serrano.sim.runtime import BACKENDS
 
 
@@ -32,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="write a waveform (pysim/compiled): to PATH, or under build/waves/")
     ap.add_argument("--mem-width", type=int, default=None, help="memory port bytes per cycle")
     ap.add_argument("--list", action="store_true", help="print the program listing")
+    ap.add_argument("--mem-refuse", type=float, default=None, metavar="P",
+                    help="probability that the memory port refuses requests in a cycle "
+                         "(pysim/compiled)")
+    ap.add_argument("--mem-extra-latency", type=int, default=None, metavar="N",
+                    help="extra read latency drawn uniformly from 0..N cycles (pysim/compiled)")
+    ap.add_argument("--mem-seed", type=int, default=None, metavar="S",
+                    help="seed of the memory profile's random draws (default 0)")
     args = ap.parse_args(argv)
 
     try:
@@ -45,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--vcd needs a cycle-accurate backend (pysim or compiled)")
             # True: the backend names the file under build/waves/ (sim.backend.resolve_vcd)
             options["vcd"] = args.vcd if args.vcd is True else Path(args.vcd)
+        profile_args = (args.mem_refuse, args.mem_extra_latency, args.mem_seed)
+        if any(a is not None for a in profile_args):
+            if args.backend == "golden":
+                raise ValueError("--mem-refuse/--mem-extra-latency/--mem-seed need a "
+                                 "cycle-accurate backend (pysim or compiled)")
+            options["mem_profile"] = MemoryProfile(
+                seed=args.mem_seed or 0, refuse=args.mem_refuse or 0.0,
+                extra_latency=args.mem_extra_latency or 0)
         acc = Accelerator(config, backend=args.backend, **options)
         for name in ("m", "k", "n"):
             if getattr(args, name) < 1:
@@ -59,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     w = rng.integers(-128, 128, (args.k, args.n), dtype=np.int8)
     print(f"config : {config.describe()}")
     print(f"plan   : {plan.describe()}")
+    if "mem_profile" in options:
+        print(f"memory : {options['mem_profile'].describe()}")
     t0 = time.perf_counter()
     y = acc.matmul(x, w)
     vcd = getattr(acc.backend, "last_vcd", None) or getattr(acc.backend, "vcd", None)

@@ -61,6 +61,7 @@ public:
         top.p_instr__valid.set<bool>(false);
         top.p_resp__valid.set<bool>(false);
         top.p_clear.set<bool>(false);
+        top.p_req__ready.set<bool>(false);
         top.step();
     }
     void set_instr(const uint32_t *payload, bool valid) {
@@ -74,6 +75,7 @@ public:
         top.p_resp__valid.set<bool>(valid);
     }
     void set_clear(bool clear) { top.p_clear.set<bool>(clear); }
+    void set_req_ready(bool ready) { top.p_req__ready.set<bool>(ready); }
     void prime() {
         top.p_prime__clk.set<bool>(true);
         top.step();

@@ -20,6 +20,7 @@
 //   void set_instr(const uint32_t *payload, bool valid);  // next cycle's; nullptr keeps it
 //   void set_resp(const uint32_t *payload, bool valid);   // next cycle's; nullptr keeps it
 //   void set_clear(bool clear);                   // next cycle's
+//   void set_req_ready(bool ready);               // next cycle's mem.req.ready
 //   void prime();                                 // apply the `*_next` inputs now, no edge
 //   void posedge(); void negedge();               // the clock edge ending a cycle, and after
 //   bool instr_ready(); bool req_valid(); void req_payload(uint32_t *words);
@@ -65,9 +66,49 @@ static inline uint32_t get_bit(const uint32_t *words, unsigned bit) {
     return (words[bit / 32] >> (bit % 32)) & 1u;
 }
 
-// Pending read responses, in acceptance order (at most one request is accepted per cycle, so
-// at most `latency` are in flight): a read accepted in cycle t is presented in cycle
-// t + latency, for one cycle.
+// The splitmix64 generator, sim.backend.SplitMix64 in C++ (constants from serrano_config.h).
+struct SplitMix64 {
+    uint64_t state;
+    uint64_t next() {
+        uint64_t z = (state += SERRANO_SPLITMIX64_GAMMA);
+        z = (z ^ (z >> 30)) * SERRANO_SPLITMIX64_MUL1;
+        z = (z ^ (z >> 27)) * SERRANO_SPLITMIX64_MUL2;
+        return z ^ (z >> 31);
+    }
+};
+
+// A memory profile's per-program state, sim.backend.MemoryFaults line by line: one stream
+// drawn per cycle for mem.req.ready, one per accepted read for its extra delay; a stream with
+// a zero probability or range is never drawn, so a zero profile is the ideal memory.
+struct MemoryFaults {
+    uint64_t threshold;  // refuse * 2**SERRANO_REFUSE_BITS
+    uint64_t extra;
+    uint64_t latency;
+    SplitMix64 ready_rng, delay_rng;
+    uint64_t next_free = 0;  // the earliest cycle the next response may take
+
+    MemoryFaults(uint64_t seed, uint64_t threshold, unsigned extra, unsigned latency)
+        : threshold(threshold), extra(extra), latency(latency), ready_rng{seed},
+          delay_rng{seed ^ SERRANO_SPLITMIX64_DELAY_SALT} {}
+    bool ready() {
+        if (!threshold)
+            return true;
+        return (ready_rng.next() >> (64 - SERRANO_REFUSE_BITS)) >= threshold;
+    }
+    uint64_t due(uint64_t cycle) {
+        uint64_t due = cycle + latency;
+        if (extra)
+            due += delay_rng.next() % (extra + 1);
+        if (due < next_free)
+            due = next_free;
+        next_free = due + 1;
+        return due;
+    }
+};
+
+// Pending read responses, in acceptance order (at most one request is accepted per cycle and
+// each is answered at most `latency + extra` cycles after its acceptance, so at most
+// `latency + extra + 1` are in flight): a read is presented in its due cycle, for one cycle.
 struct Response {
     uint64_t cycle;
     uint32_t data[SERRANO_RESP_WORDS];
@@ -76,7 +117,7 @@ struct Response {
 struct ResponseQueue {
     std::vector<Response> ring;
     size_t head = 0, count = 0;
-    explicit ResponseQueue(unsigned latency) : ring(latency + 1) {}
+    explicit ResponseQueue(size_t in_flight) : ring(in_flight) {}
     bool ready(uint64_t cycle) const { return count && ring[head].cycle == cycle; }
     const Response &front() const { return ring[head]; }
     void pop() { head = (head + 1) % ring.size(); count--; }
@@ -134,10 +175,12 @@ struct Session {
     Model model;
     bool tracing = false;
     bool started = false;
+    bool req_ready = true;  // mem.req.ready as driven; kept across programs, like pysim
     uint64_t time = 0;  // waveform time, in half cycles
 
     void open(const char *trace_path) {
         model.init();
+        model.set_req_ready(true);
         tracing = trace_path && trace_path[0];
         if (tracing)
             model.trace_open(trace_path);
@@ -152,10 +195,22 @@ struct Session {
         time++;
     }
 
+    // Next cycle's mem.req.ready (written to the model only when it changes).
+    void drive_ready(MemoryFaults &faults) {
+        const bool ready = faults.ready();
+        if (ready != req_ready) {
+            model.set_req_ready(ready);
+            req_ready = ready;
+        }
+    }
+
     int run(const uint32_t *words, uint64_t n_words, uint8_t *image, uint64_t image_len,
-            unsigned latency, uint64_t max_cycles, uint32_t *status_out,
-            uint32_t *counters_out, uint64_t *cycles_out) {
-        if (latency < 1 || image_len > (uint64_t)SERRANO_MEM_BYTES)
+            unsigned latency, uint64_t seed, uint64_t refuse_threshold, unsigned extra_latency,
+            uint64_t max_cycles, uint32_t *status_out, uint32_t *counters_out,
+            uint64_t *cycles_out) {
+        if (latency < 1 || image_len > (uint64_t)SERRANO_MEM_BYTES ||
+            refuse_threshold >= (1ull << SERRANO_REFUSE_BITS) ||
+            extra_latency > SERRANO_MAX_EXTRA_LATENCY)
             return END_BAD_ARGS;
         const uint64_t padded = (image_len + SERRANO_MEM_WIDTH - 1) / SERRANO_MEM_WIDTH
                                 * SERRANO_MEM_WIDTH;
@@ -164,12 +219,14 @@ struct Session {
             return END_NO_MEMORY;
         memcpy(mem, image, (size_t)image_len);
 
-        ResponseQueue responses(latency);
+        MemoryFaults faults(seed, refuse_threshold, extra_latency, latency);  // from the seed
+        ResponseQueue responses((size_t)latency + extra_latency + 1);
         InputSource source{words, n_words};
         uint32_t req[SERRANO_REQ_WORDS];
 
         if (!started) {
             source.drive(model, responses, 0);
+            drive_ready(faults);
             model.prime();
             started = true;
         } else {
@@ -180,6 +237,7 @@ struct Session {
             dump();
             model.set_clear(false);
             source.drive(model, responses, 0);
+            drive_ready(faults);
             model.posedge();
             dump();
             model.negedge();
@@ -204,7 +262,7 @@ struct Session {
             }
 
             // The memory and the instruction source act on what they saw during the cycle.
-            if (model.req_valid()) {
+            if (req_ready && model.req_valid()) {
                 model.req_payload(req);
                 const uint64_t addr = get_bits(req, SERRANO_REQ_ADDR_OFFSET,
                                                SERRANO_REQ_ADDR_WIDTH);
@@ -217,7 +275,7 @@ struct Session {
                     }
                 } else {
                     Response &r = responses.push();
-                    r.cycle = cycle + latency;
+                    r.cycle = faults.due(cycle);
                     memset(r.data, 0, sizeof r.data);
                     if (base < padded) {
                         for (unsigned b = 0; b < SERRANO_MEM_WIDTH; b++)
@@ -230,6 +288,7 @@ struct Session {
 
             // Next cycle's inputs, then the clock edge that applies them.
             source.drive(model, responses, cycle + 1);
+            drive_ready(faults);
             model.posedge();
             dump();
             model.negedge();
@@ -253,11 +312,29 @@ struct Session {
     }                                                                                          \
     SERRANO_EXPORT int serrano_run(void *handle, const uint32_t *words, uint64_t n_words,      \
                                    uint8_t *image, uint64_t image_len, unsigned latency,       \
-                                   uint64_t max_cycles, uint32_t *status_out,                  \
-                                   uint32_t *counters_out, uint64_t *cycles_out) {             \
+                                   uint64_t seed, uint64_t refuse_threshold,                   \
+                                   unsigned extra_latency, uint64_t max_cycles,                \
+                                   uint32_t *status_out, uint32_t *counters_out,               \
+                                   uint64_t *cycles_out) {                                     \
         return static_cast<serrano::Session<ModelClass> *>(handle)->run(                       \
-            words, n_words, image, image_len, latency, max_cycles, status_out, counters_out,   \
-            cycles_out);                                                                       \
+            words, n_words, image, image_len, latency, seed, refuse_threshold, extra_latency,  \
+            max_cycles, status_out, counters_out, cycles_out);                                 \
+    }                                                                                          \
+    SERRANO_EXPORT void serrano_memory_faults(uint64_t seed, uint64_t refuse_threshold,        \
+                                              unsigned extra_latency, unsigned latency,        \
+                                              uint64_t n, uint8_t *ready_out,                  \
+                                              uint64_t *due_out) {                             \
+        serrano::MemoryFaults faults(seed, refuse_threshold, extra_latency, latency);          \
+        for (uint64_t i = 0; i < n; i++) {                                                     \
+            ready_out[i] = faults.ready();                                                     \
+            due_out[i] = faults.due(i);                                                        \
+        }                                                                                      \
+    }                                                                                          \
+    SERRANO_EXPORT uint64_t serrano_splitmix64(uint64_t seed, uint64_t n, uint64_t *out) {     \
+        serrano::SplitMix64 rng{seed};                                                         \
+        for (uint64_t i = 0; i < n; i++)                                                       \
+            out[i] = rng.next();                                                               \
+        return n;                                                                              \
     }                                                                                          \
     SERRANO_EXPORT void serrano_close(void *handle) {                                          \
         auto *session = static_cast<serrano::Session<ModelClass> *>(handle);                   \

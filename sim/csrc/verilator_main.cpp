@@ -66,6 +66,7 @@ public:
         top->instr_valid = 0;
         top->resp_valid = 0;
         top->clear = 0;
+        top->req_ready = 0;
         top->eval();
     }
     void set_instr(const uint32_t *payload, bool valid) {
@@ -79,6 +80,7 @@ public:
         top->resp_valid = valid;
     }
     void set_clear(bool clear) { top->clear = clear; }
+    void set_req_ready(bool ready) { top->req_ready = ready; }
     void prime() {
         top->prime_clk = 1;
         top->eval();
