@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-slow verilog bench bench-sim docs clean
+.PHONY: demo test test-slow verilog bench bench-sim docs clean formal
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n auto tests
+
+formal: $(STAMP)
+	$(PY) -m pytest -q -m formal tests
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow tests
