@@ -133,6 +133,19 @@ def test_decoder_verdict_is_the_isa_rule_deep(tmp_path, overlap):
     prove(tmp_path, DecoderHarness(dataclasses.replace(CFG, overlap=overlap)), depth=20)
 
 
+def assume_decoder_commands(m: Module, cmd, op: isa.Opcode, fields: dict,
+                            cfg: AcceleratorConfig) -> None:
+    """What a unit may assume of the decoder: its commands pass ``op``'s ISA checks
+    (``fields`` read from the payload) and stay on ``cmd``, unchanged, until taken."""
+    checks = isa.instruction_checks(op, fields, cfg, Mux)
+    m.d.comb += Assume(~cmd.valid | ~Cat(failed for _, failed in checks).any())
+    held_valid = Signal()
+    held = Signal.like(cmd.payload)
+    m.d.sync += [held_valid.eq(cmd.valid & ~cmd.ready), held.eq(cmd.payload)]
+    with m.If(held_valid):
+        m.d.comb += Assume(cmd.valid & (cmd.payload.as_value() == held.as_value()))
+
+
 class StoreHarness(Elaboratable):
     """A store unit fed arbitrary valid STORE commands (held until taken, as the decoder
     does), arbitrary buffer data and an arbitrary memory ``ready``; its memory requests must
@@ -156,14 +169,7 @@ class StoreHarness(Elaboratable):
         fields = {"mode": p.raw, "acc_addr": p.acc_addr, "n_rows": p.n_rows,
                   "n_cols": p.n_cols, "param_addr": p.param_addr, "mem_addr": p.mem_addr,
                   "mem_stride": p.mem_stride, "reserved0": C(0, 6)}
-        checks = isa.instruction_checks(isa.Opcode.STORE, fields, cfg, Mux)
-        m.d.comb += Assume(~cmd.valid | ~Cat(failed for _, failed in checks).any())
-        # The decoder holds a command until it is taken.
-        held_valid = Signal()
-        held = Signal.like(cmd.payload)
-        m.d.sync += [held_valid.eq(cmd.valid & ~cmd.ready), held.eq(cmd.payload)]
-        with m.If(held_valid):
-            m.d.comb += Assume(cmd.valid & (cmd.payload.as_value() == held.as_value()))
+        assume_decoder_commands(m, cmd, isa.Opcode.STORE, fields, cfg)
 
         # The range of the command being executed (a STORE is taken only when the unit idles).
         lo = Signal(34)
@@ -222,13 +228,7 @@ class LoadHarness(Elaboratable):
         fields = {name: Value.cast(p[name]) for name in ("target", "buf_addr", "n_rows",
                                                         "row_bytes", "mem_addr", "mem_stride")}
         fields.update(reserved0=C(0, 6), reserved1=C(0, 8))
-        checks = isa.instruction_checks(isa.Opcode.LOAD, fields, cfg, Mux)
-        m.d.comb += Assume(~cmd.valid | ~Cat(failed for _, failed in checks).any())
-        held_valid = Signal()
-        held = Signal.like(p)
-        m.d.sync += [held_valid.eq(cmd.valid & ~cmd.ready), held.eq(p)]
-        with m.If(held_valid):
-            m.d.comb += Assume(cmd.valid & (p.as_value() == held.as_value()))
+        assume_decoder_commands(m, cmd, isa.Opcode.LOAD, fields, cfg)
         # One response per accepted read, none early.
         outstanding = Signal(8)
         read = ld.mem_req.valid & ld.mem_req.ready
