@@ -20,6 +20,7 @@ COMMANDS = {
     "synth": ("synth", "Yosys + nextpnr resource and timing report"),
     "build-board": ("build_board", "a board top to a bitstream"),
     "sweep": ("sweep", "design-space sweep on dask.distributed"),
+    "precision-study": ("precision_study", "activation precision a BERT model needs"),
 }
 
 

@@ -198,10 +198,12 @@ def random_layer(config: BertConfig, rng: np.random.Generator,
 
 # ---- float kernels (float64) ----------------------------------------------------------------
 
+_ERF = np.frompyfunc(math.erf, 1, 1)  # exact to double precision; numpy has no erf
+
 def gelu(x: np.ndarray) -> np.ndarray:
     """GELU, the erf form BERT uses: ``x * (1 + erf(x / sqrt(2))) / 2``."""
-    from math import erf
-    return 0.5 * x * (1.0 + np.vectorize(erf, otypes=[np.float64])(x / math.sqrt(2.0)))
+    x = np.asarray(x, dtype=np.float64)
+    return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)).astype(np.float64))
 
 
 def layer_norm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float) -> np.ndarray:

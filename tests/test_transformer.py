@@ -135,3 +135,22 @@ def test_config_and_input_errors():
         tr.bert_forward(w, np.ones((1, 13), int))
     with pytest.raises(ValueError, match="attention_mask must be"):
         tr.encoder_layer(np.zeros((1, 3, 16)), w.layers[0], CFG, np.ones((1, 4)))
+
+
+def test_emulation_schemes_order_by_precision():
+    from serrano.sim.emulate import SCHEMES, Emulator, Scheme
+    rng = np.random.default_rng(6)
+    w = _random_bert(rng)
+    seqs = [rng.integers(1, CFG.vocab, n) for n in (3, 5, 8, 11)]
+    ref = [tr.mean_pool(tr.bert_forward(w, s[None]), np.ones((1, len(s))))[0] for s in seqs]
+    err = {}
+    for name in ("int8-static", "int16-static"):
+        emu = Emulator(w, SCHEMES[name])
+        with pytest.raises(RuntimeError, match="calibrate"):
+            emu.embed(seqs[0])
+        emu.calibrate(seqs)
+        err[name] = max(1 - float(emu.embed(s) @ r) for s, r in zip(seqs, ref))
+    # Both share the int8 weights, whose rounding dominates on this tiny random model.
+    assert 0 < err["int16-static"] < err["int8-static"] / 2
+    with pytest.raises(ValueError, match="act_bits must be 8 or 16, not 4"):
+        Scheme(name="x", act_bits=4, per_token=False, kv_bits=8)
