@@ -42,10 +42,13 @@ MAX_ELEMS = 4095  # n_elems is a 12-bit field of VectorInstr; the row sums are s
 # exp(p), p in (-ln2, 0], is I-BERT's 0.3585 (p + 1.353)**2 + 0.344. With p = -ln2 * f,
 # f = r / 2**EXP_FRAC in [0, 1): exp(p) = a' * ((beta - f)**2 + gamma), a' = 0.3585 ln2**2,
 # beta = 1.353 / ln2, gamma = 0.344 / a'; a' is common to a row and cancels in softmax.
+# The gateware's constants are these literals; the asserts show where they come from.
 EXP_FRAC = 15
+EXP_B = 63962             # round(beta * 2**15): 16 bits
+EXP_C = 2144461385        # round(gamma * 2**30): 31 bits
 _A_PRIME = 0.3585 * math.log(2) ** 2
-EXP_B = int(math.floor(1.353 / math.log(2) * 2 ** EXP_FRAC + 0.5))          # 63,961: 16 bits
-EXP_C = int(math.floor(0.344 / _A_PRIME * 2 ** (2 * EXP_FRAC) + 0.5))       # < 2**31
+assert EXP_B == math.floor(1.353 / math.log(2) * 2 ** EXP_FRAC + 0.5)
+assert EXP_C == math.floor(0.344 / _A_PRIME * 2 ** (2 * EXP_FRAC) + 0.5)
 EXP_DROP = 16                                  # exp values keep 17 bits (< 2**17)
 EXP_Z_MAX = 18                                 # poly < 2**33: rounding shifts >= 34 give 0
 _EXP_POLY_MAX = EXP_B ** 2 + EXP_C             # the row maximum's polynomial (z = r = 0)
@@ -67,7 +70,8 @@ _LN_BETA_MAX = 1 << 24    # |beta / s_out| limit (in output LSBs)
 # on t = x / sqrt2; the input is rescaled to w = t sqrt(0.2888) 2**GELU_FE so the square
 # needs no coefficient: erf = sgn(w) (2**32 - (GELU_B - min(|w|, GELU_B))**2) / 2**32.
 GELU_FE = 16
-GELU_B = int(math.floor(1.769 * math.sqrt(0.2888) * 2 ** GELU_FE + 0.5))     # 62,306: 16 bits
+GELU_B = 62303            # round(1.769 sqrt(0.2888) 2**16): 16 bits
+assert GELU_B == math.floor(1.769 * math.sqrt(0.2888) * 2 ** GELU_FE + 0.5)
 GELU_FP = 17              # phi = (1 + erf) / 2 in units of 2**-17, phi in [0, 2**17]
 assert GELU_B < 1 << 16
 
@@ -399,7 +403,7 @@ def layernorm_params(s_x: float, s_out: float, gamma: npt.ArrayLike, beta: npt.A
         raise ValueError(f"eps must be finite and >= 0, not {eps!r}")
     n = g.shape[0]
     if np.any(np.abs(b) / s_out > _LN_BETA_MAX):
-        raise ValueError(f"|beta / s_out| must be <= 2**24 output LSBs")
+        raise ValueError("|beta / s_out| must be <= 2**24 output LSBs")
     g_real = g * math.sqrt(n) / s_out * 2.0 ** -LN_FW
     g_max = float(np.max(np.abs(g_real)))
     sg = _LN_SG_MAX
@@ -628,7 +632,7 @@ def add_params(s_x: float, s_b: float, s_out: float, act_bits: int) -> AddParams
     TypeError, ValueError
         For bad scales or ``act_bits``; also if ``s_b / s_out >= 2**(32 - 12 - act_bits)``
         (b alone would overflow the aligned sum's int32 operand) or ``s_x / s_out`` is
-        outside ``[2**-43, 2**19)``.
+        outside ``[2**-44, 2**18)``.
     """
     act_bits = _check_act_bits(act_bits)
     s_x = _check_scale("s_x", s_x)

@@ -217,6 +217,7 @@ def table(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the error table (``--json FILE`` also writes the figures); exit status 1 if a
     figure exceeds its documented bound."""
+    argv = sys.argv[1:] if argv is None else list(argv)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rows", type=int, default=64, help="rows per case (default 64)")
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.rows} rows per case, {time.perf_counter() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": "python scripts/kernel_errors.py " + " ".join(argv or []),
+            json.dump({"command": "python scripts/kernel_errors.py " + " ".join(argv),
                        "seed": args.seed, "rows": args.rows, "results": results}, f, indent=1)
     bad = check(results)
     for line in bad:
