@@ -21,6 +21,7 @@ COMMANDS = {
     "build-board": ("build_board", "a board top to a bitstream"),
     "sweep": ("sweep", "design-space sweep on dask.distributed"),
     "precision-study": ("precision_study", "activation precision a BERT model needs"),
+    "kernel-errors": ("kernel_errors", "error of the vector unit's integer kernels"),
 }
 
 
