@@ -104,7 +104,8 @@ class AcceleratorConfig:
         if not isinstance(self.overlap, bool):
             raise ValueError(f"overlap must be a bool, not {self.overlap!r}")
         check_int("counter_width", self.counter_width, 16, 48)
-        if isinstance(self.act_bits, bool) or self.act_bits not in _ACT_BITS:
+        if (isinstance(self.act_bits, bool) or not isinstance(self.act_bits, int)
+                or self.act_bits not in _ACT_BITS):
             raise ValueError(f"act_bits must be one of {_ACT_BITS}, not {self.act_bits!r}")
         if self.wgt_depth < self.rows:
             raise ValueError(
