@@ -171,8 +171,8 @@ class GemmPlan:
 
     Memory image (byte offsets; all region bases and row strides are multiples of
     ``mem_width``): ``x`` rows at ``x_base + m * x_stride`` with k-tile ``k`` at ``+ k *
-    a_pitch`` (``act_bytes`` per element, little-endian); weight tile ``(n, k)`` at ``w_base + (n * kt + k) * w_tile_bytes`` with rows
-    ``w_pitch`` apart (zero-padded to ``rows x cols``); parameter entry ``n`` at ``p_base + n *
+    a_pitch`` (``act_bytes`` per element, little-endian); weight tile ``(n, k)`` at
+    ``w_base + (n * kt + k) * w_tile_bytes`` with rows ``w_pitch`` apart (zero-padded to ``rows x cols``); parameter entry ``n`` at ``p_base + n *
     p_pitch``; output row ``m`` at ``o_base + m * o_stride`` with n-tile ``n`` at ``+ n *
     o_pitch`` (int8 or int32 little-endian).
     """
