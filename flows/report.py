@@ -113,7 +113,8 @@ def write_report_md(report: dict, path: "str | Path") -> None:
         lines.append(f"- Configuration: {c['rows']}x{c['cols']} array, act_depth "
                      f"{c['act_depth']}, wgt_depth {c['wgt_depth']}, acc_depth "
                      f"{c['acc_depth']}, param_depth {c['param_depth']}, mem_width "
-                     f"{c['mem_width']} B, mem_bytes {c['mem_bytes']}")
+                     f"{c['mem_width']} B, mem_bytes {c['mem_bytes']}"
+                     + ("" if c.get("act_bits", 8) == 8 else f", {c['act_bits']}-bit activations"))
     mult = d.get("multiplier")
     if mult:
         lines.append(f"- PE multipliers: {d['pes']} PEs, family {mult['family']}, latency "

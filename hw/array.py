@@ -32,15 +32,21 @@ class ProcessingElement(wiring.Component):
     psum_width : int
         Width of the partial sums entering and leaving the cell.
     multiplier : Multiplier or None
-        The cell's multiplier; ``None`` is a plain registered ``a * w`` (latency 1).
+        The cell's multiplier, an ``act_bits`` x 8 one; ``None`` is a plain registered
+        ``a * w`` (latency 1).
+    act_bits : int
+        Width of the activations (8 or 16, ``AcceleratorConfig.act_bits``).
     """
 
-    def __init__(self, psum_width: int, multiplier: Multiplier | None = None):
+    def __init__(self, psum_width: int, multiplier: Multiplier | None = None, *,
+                 act_bits: int = 8):
         self._psum_width = psum_width
-        self.multiplier = Multiplier("generic") if multiplier is None else multiplier
+        self._act_bits = act_bits
+        self.multiplier = (Multiplier("generic", a_width=act_bits, b_width=8)
+                           if multiplier is None else multiplier)
         super().__init__({
-            "a_in": In(signed(8)),
-            "a_out": Out(signed(8)),
+            "a_in": In(signed(act_bits)),
+            "a_out": Out(signed(act_bits)),
             "swap_in": In(1),
             "swap_out": Out(1),
             "w_in": In(signed(8)),
@@ -59,7 +65,7 @@ class ProcessingElement(wiring.Component):
         # block RAM and DSP registers and adds a control set per slice.
         shadow = Signal(signed(8), reset_less=True)
         active = Signal(signed(8), reset_less=True)
-        a_q = Signal(signed(8), reset_less=True)
+        a_q = Signal(signed(self._act_bits), reset_less=True)
         psum_q = Signal(signed(self._psum_width), reset_less=True)
 
         # The multiplier samples `active` in the same cycle as the activation it belongs to;
@@ -90,9 +96,10 @@ class SystolicArray(wiring.Component):
 
     Timing contract (all in cycles at the array's ports; the execute unit follows it):
 
-    - A vector ``a`` (``rows`` int8, element k multiplies weight row k) presented in cycle
-      *t* yields ``out`` (``cols`` partial sums, ``out[n] = sum_k a[k] * W[k][n]``) in cycle
-      *t + latency*. Every cycle may carry a vector.
+    - A vector ``a`` (``rows`` signed ``act_bits``-bit activations, element k multiplies
+      weight row k) presented in cycle *t* yields ``out`` (``cols`` partial sums,
+      ``out[n] = sum_k a[k] * W[k][n]``) in cycle *t + latency*. Every cycle may carry a
+      vector.
     - ``swap`` high together with a vector makes that vector the first one of a new weight
       tile: it and all later vectors use the tile most recently shifted in.
     - A tile is shifted in through ``w``/``w_shift``: one tile row per cycle, row
@@ -117,7 +124,7 @@ class SystolicArray(wiring.Component):
         self._config = config
         self._target = MultiplierTarget() if target is None else target
         super().__init__({
-            "a": In(data.ArrayLayout(signed(8), config.rows)),
+            "a": In(data.ArrayLayout(signed(config.act_bits), config.rows)),
             "swap": In(1),
             "w": In(data.ArrayLayout(signed(8), config.cols)),
             "w_shift": In(1),
@@ -142,7 +149,10 @@ class SystolicArray(wiring.Component):
         m = Module()
         rows, cols = self._config.rows, self._config.cols
 
-        pe = [[ProcessingElement(self._config.psum_width, self._target.make(r * cols + c))
+        act_bits = self._config.act_bits
+        pe = [[ProcessingElement(self._config.psum_width,
+                                 self._target.make(r * cols + c, a_width=act_bits),
+                                 act_bits=act_bits)
                for c in range(cols)] for r in range(rows)]
         for r in range(rows):
             for c in range(cols):

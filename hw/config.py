@@ -9,6 +9,8 @@ _MAX_ARRAY_DIM = 128  # rows/cols; STORE.n_cols is 8 bits
 _MAX_DEPTH = 1 << 16  # buffer addresses and row counts are 16 bits
 _MAX_MEM_BYTES = 1 << 32  # memory addresses are 32 bits
 _MAX_MEM_WIDTH = 64
+_ACT_BITS = (8, 16)  # int16 x int8 still fits one MULT18X18D / SB_MAC16
+_WGT_BITS = 8
 
 
 def _row_addr_width(depth: int) -> int:
@@ -33,8 +35,8 @@ class AcceleratorConfig:
     cols : int
         Width of the systolic array: the N extent of one weight tile (1..128).
     act_depth : int
-        Activation buffer entries; one entry holds ``rows`` int8 values (one K slice of one
-        activation row).
+        Activation buffer entries; one entry holds ``rows`` signed ``act_bits``-bit values
+        (one K slice of one activation row).
     wgt_depth : int
         Weight buffer entries; one entry holds ``cols`` int8 values (one row of a weight tile).
         A tile occupies ``rows`` consecutive entries. Must hold at least one tile.
@@ -57,6 +59,10 @@ class AcceleratorConfig:
         Bits of each performance counter (16..48); the ``isa.Counters`` fields are 48 bits
         wide and a narrower counter wraps at ``2**counter_width``. Narrower counters save
         area on the smallest FPGAs.
+    act_bits : int
+        Width of an activation: 8 (int8, the default) or 16 (int16 activations against int8
+        weights; an activation entry then takes 2 bytes per element, little-endian, and the
+        partial sums in the array are 8 bits wider). The accumulators stay int32.
     """
 
     rows: int = 8
@@ -69,6 +75,7 @@ class AcceleratorConfig:
     mem_bytes: int = 1 << 24
     overlap: bool = True
     counter_width: int = 48
+    act_bits: int = 8
 
     def __post_init__(self) -> None:
         def check_int(name: str, value: object, lo: int, hi: int) -> None:
@@ -97,6 +104,9 @@ class AcceleratorConfig:
         if not isinstance(self.overlap, bool):
             raise ValueError(f"overlap must be a bool, not {self.overlap!r}")
         check_int("counter_width", self.counter_width, 16, 48)
+        if (isinstance(self.act_bits, bool) or not isinstance(self.act_bits, int)
+                or self.act_bits not in _ACT_BITS):
+            raise ValueError(f"act_bits must be one of {_ACT_BITS}, not {self.act_bits!r}")
         if self.wgt_depth < self.rows:
             raise ValueError(
                 f"wgt_depth must hold at least one weight tile ({self.rows} entries), "
@@ -105,13 +115,19 @@ class AcceleratorConfig:
     # ---- derived widths ------------------------------------------------------------------
     @property
     def psum_width(self) -> int:
-        """Width of a partial sum inside the array: an int8 x int8 product needs 16 bits
-        (-128 * -128 = 2**14 still fits) and each of ``rows`` additions may add one bit."""
-        return 16 + _clog2(self.rows)
+        """Width of a partial sum inside the array: an ``act_bits`` x int8 product needs
+        ``act_bits + 8`` bits (-128 * -128 = 2**14 and -32768 * -128 = 2**22 still fit) and
+        the sum of ``rows`` products at most ``clog2(rows)`` more, so nothing overflows."""
+        return self.act_bits + _WGT_BITS + _clog2(self.rows)
+
+    @property
+    def act_bytes(self) -> int:
+        """Bytes of one activation in an entry and in memory (1 or 2)."""
+        return self.act_bits // 8
 
     @property
     def act_entry_bytes(self) -> int:
-        return self.rows
+        return self.rows * self.act_bytes
 
     @property
     def wgt_entry_bytes(self) -> int:
@@ -174,9 +190,11 @@ class AcceleratorConfig:
         return self.rows * self.cols
 
     def describe(self) -> str:
-        return (f"{self.rows}x{self.cols} array, act {self.act_depth} x {self.rows} B, "
+        return (f"{self.rows}x{self.cols} array, act {self.act_depth} x "
+                f"{self.act_entry_bytes} B, "
                 f"wgt {self.wgt_depth} x {self.cols} B, acc {self.acc_depth} x {self.cols} x "
                 f"int32, params {self.param_depth}, memory {self.mem_width} B/cycle, "
                 f"{self.mem_bytes} B"
                 + ("" if self.overlap else ", no overlap")
-                + ("" if self.counter_width == 48 else f", {self.counter_width}-bit counters"))
+                + ("" if self.counter_width == 48 else f", {self.counter_width}-bit counters")
+                + ("" if self.act_bits == 8 else f", {self.act_bits}-bit activations"))

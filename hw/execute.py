@@ -56,7 +56,7 @@ class ExecuteUnit(wiring.Component):
             "cmd": In(stream.Signature(MatmulCmd(config))),
             "act_rd": In(memory.ReadPort.Signature(
                 addr_width=c.act_addr_width,
-                shape=data.ArrayLayout(signed(8), c.rows))),
+                shape=data.ArrayLayout(signed(c.act_bits), c.rows))),
             "wgt_rd": In(memory.ReadPort.Signature(
                 addr_width=c.wgt_addr_width,
                 shape=data.ArrayLayout(signed(8), c.cols))),

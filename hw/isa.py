@@ -331,11 +331,13 @@ OPCODE_DOCS = {
 }
 
 FIELD_DOCS = {
-    "target": "buffer written: ACT (entry = `rows` int8), WGT (entry = `cols` int8), "
+    "target": "buffer written: ACT (entry = `rows` activations of `act_bits`: int8, or "
+              "int16 little-endian), WGT (entry = `cols` int8), "
               "PARAM (entry = `cols` x OutputParams)",
     "buf_addr": "first buffer entry written",
     "n_rows": "number of rows (entries / activation vectors); 1 or more",
-    "row_bytes": "bytes per row, 1 .. entry size of the target buffer",
+    "row_bytes": "bytes per row, 1 .. entry size of the target buffer; for ACT with "
+                 "`act_bits = 16` a multiple of 2",
     "mem_addr": "byte address of the first row in memory; any alignment",
     "mem_stride": "byte distance between consecutive rows in memory (0 allowed)",
     "accumulate": "0: overwrite accumulator entries; 1: add into them",
@@ -353,8 +355,9 @@ ERROR_DOCS = {
     ErrorCode.NONE: "no error",
     ErrorCode.BAD_OPCODE: "opcode not in the table",
     ErrorCode.BAD_FIELD: "a reserved field is nonzero, or `target`/`mode` has an unassigned value",
-    ErrorCode.BAD_SIZE: "`n_rows` is 0, `row_bytes` is 0 or larger than the target entry, or "
-                        "`n_cols` is 0 or larger than `cols`",
+    ErrorCode.BAD_SIZE: "`n_rows` is 0, `row_bytes` is 0 or larger than the target entry (or "
+                        "odd for ACT with `act_bits = 16`), or `n_cols` is 0 or larger than "
+                        "`cols`",
     ErrorCode.BUF_RANGE: "a buffer range runs past the end of its buffer",
     ErrorCode.MEM_RANGE: "the memory range `mem_addr .. mem_addr + (n_rows - 1) * mem_stride + "
                          "row length` runs past `mem_bytes`",
@@ -415,10 +418,13 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
         entry_bytes = mux(is_act, c.act_entry_bytes,
                           mux(is_wgt, c.wgt_entry_bytes, c.param_entry_bytes))
         depth = mux(is_act, c.act_depth, mux(is_wgt, c.wgt_depth, c.param_depth))
+        bad_size = (f["n_rows"] == 0) | (f["row_bytes"] == 0) | (f["row_bytes"] > entry_bytes)
+        if c.act_bytes > 1:
+            # An activation row holds whole elements (no half int16 in an entry).
+            bad_size = bad_size | (is_act & ((f["row_bytes"] & (c.act_bytes - 1)) != 0))
         return [
             (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["reserved1"] != 0) | (t == 3)),
-            (ErrorCode.BAD_SIZE,
-             (f["n_rows"] == 0) | (f["row_bytes"] == 0) | (f["row_bytes"] > entry_bytes)),
+            (ErrorCode.BAD_SIZE, bad_size),
             (ErrorCode.BUF_RANGE, ends["buf"] > depth),
             (ErrorCode.MEM_RANGE, ends["mem"] > c.mem_bytes),
         ]

@@ -80,7 +80,8 @@ class LoadUnit(wiring.Component):
             "mem_req": Out(stream.Signature(isa.mem_request_layout(c))),
             "mem_resp": In(stream.Signature(8 * c.mem_width)),
             "act_wr": In(memory.WritePort.Signature(
-                addr_width=c.act_addr_width, shape=data.ArrayLayout(signed(8), c.rows))),
+                addr_width=c.act_addr_width,
+                shape=data.ArrayLayout(signed(c.act_bits), c.rows))),
             "wgt_wr": In(memory.WritePort.Signature(
                 addr_width=c.wgt_addr_width, shape=data.ArrayLayout(signed(8), c.cols))),
             "param_wr": In(memory.WritePort.Signature(

@@ -1,7 +1,8 @@
-"""Target-specific signed 8x8 multipliers with a registered product.
+"""Target-specific signed multipliers with a registered product.
 
-The processing element of the systolic array multiplies an int8 activation by an int8 weight
-every cycle. What that multiplier should be depends on the FPGA:
+The processing element of the systolic array multiplies an activation (int8, or int16 with
+``AcceleratorConfig.act_bits = 16``) by an int8 weight every cycle. What that multiplier
+should be depends on the FPGA:
 
 * ``generic``: a plain ``a * b`` followed by a register. Portable; on ECP5 Yosys infers a
   *combinational* MULT18X18D from it and packs none of the registers.
@@ -9,7 +10,8 @@ every cycle. What that multiplier should be depends on the FPGA:
   enabled, and fabric registers after it.
 * ``ice40``: an instantiated ``SB_MAC16`` (16x16 mode on sign-extended operands) with its
   input, multiplier and pipeline registers enabled.
-* ``lut``: a shift-and-add multiplier written out in fabric logic, pipelined to the same
+* ``lut``: a shift-and-add multiplier over the 8 bits of ``b`` (8 partial products of ``a``,
+  which may be up to 16 bits wide) written out in fabric logic, pipelined to the same
   latency as the DSP it stands in for. Used for the PEs beyond the device's DSP count, since
   Yosys has no per-cell way to keep an ``a * b`` out of a DSP.
 
@@ -53,7 +55,10 @@ _NATURAL_LATENCY = {"generic": 1, "lut": 1, "ecp5": 5, "ice40": 3}
 _DSP_MAX_INTERNAL = {"ecp5": 3, "ice40": 3}
 
 _OPERAND_WIDTH = 8
-_PRODUCT_WIDTH = 2 * _OPERAND_WIDTH
+# Widest operands per kind (None: no limit): the DSPs' multiplier inputs; the lut kind's
+# adder tree is built for an 8-bit b and takes a up to 16 bits.
+_MAX_A_WIDTH = {"generic": None, "ecp5": 18, "ice40": 16, "lut": 16}
+_MAX_B_WIDTH = {"generic": None, "ecp5": 18, "ice40": 16, "lut": _OPERAND_WIDTH}
 
 
 def natural_latency(kind: str) -> int:
@@ -64,7 +69,8 @@ def natural_latency(kind: str) -> int:
 
 
 class Multiplier(wiring.Component):
-    """Signed ``width`` x ``width`` multiplier with a registered product (8x8 in the PEs).
+    """Signed ``a_width`` x ``b_width`` multiplier with a registered product (8x8 or 16x8 in
+    the PEs).
 
     Parameters
     ----------
@@ -79,47 +85,61 @@ class Multiplier(wiring.Component):
         For ``ecp5``/``ice40``: elaborate a cycle-equivalent Amaranth model instead of the
         vendor primitive (the primitive has no model in the Amaranth simulator).
     width : int
-        Operand width: 8 for every kind; ``generic`` takes any width from 2 and ``ecp5`` up
-        to the MULT18X18D's 18 (the decoder's memory-extent multiply uses that).
+        Width of both operands unless ``a_width``/``b_width`` say otherwise (default 8).
+    a_width, b_width : int or None
+        Width of ``a`` and of ``b``; ``None`` takes ``width``. ``generic`` takes any width
+        from 2; ``ecp5`` up to the MULT18X18D's 18 each (the decoder's memory-extent multiply
+        uses 18x18); ``ice40`` up to the SB_MAC16's 16 each; ``lut`` an ``a`` of 2..16 bits
+        and an 8-bit ``b``.
 
     Attributes
     ----------
-    a, b : In(signed(width))
+    a : In(signed(a_width))
+    b : In(signed(b_width))
         Operands, sampled on every clock edge where ``en`` is high.
     en : In(1), init 1
         Clock enable of every register in the multiplier (the whole pipeline stalls).
-    p : Out(signed(2 * width))
+    p : Out(signed(a_width + b_width))
         ``a * b`` from ``latency`` enabled cycles earlier.
     """
 
     def __init__(self, kind: str = "generic", *, latency: int | None = None,
-                 simulation: bool = False, width: int = _OPERAND_WIDTH):
+                 simulation: bool = False, width: int = _OPERAND_WIDTH,
+                 a_width: int | None = None, b_width: int | None = None):
+        a_width = width if a_width is None else a_width
+        b_width = width if b_width is None else b_width
         try:
-            self._check(kind, latency, simulation, width)
+            self._check(kind, latency, simulation, a_width, b_width)
         except (TypeError, ValueError):
             self._MustUse__silence = True   # a rejected object is not "unused" by mistake
             raise
         self._kind = kind
         self._latency = _NATURAL_LATENCY[kind] if latency is None else latency
         self._simulation = simulation
-        self._width = width
+        self._a_width, self._b_width = a_width, b_width
+        self._p_width = a_width + b_width
         super().__init__({
-            "a": In(signed(width)),
-            "b": In(signed(width)),
+            "a": In(signed(a_width)),
+            "b": In(signed(b_width)),
             "en": In(1, init=1),
-            "p": Out(signed(2 * width)),
+            "p": Out(signed(self._p_width)),
         })
 
     @staticmethod
-    def _check(kind, latency, simulation, width=_OPERAND_WIDTH) -> None:
+    def _check(kind, latency, simulation, a_width=_OPERAND_WIDTH,
+               b_width=_OPERAND_WIDTH) -> None:
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
-        max_width = {"generic": None, "ecp5": 18}.get(kind, _OPERAND_WIDTH)
-        if (isinstance(width, bool) or not isinstance(width, int) or width < 2
-                or (max_width is not None and width > max_width)
-                or (kind in ("lut", "ice40") and width != _OPERAND_WIDTH)):
-            limit = {None: "at least 2", 18: "from 2 to 18"}.get(max_width, "8")
-            raise ValueError(f"width of a {kind} multiplier must be {limit}, not {width!r}")
+        for name, width, limits in (("a", a_width, _MAX_A_WIDTH), ("b", b_width, _MAX_B_WIDTH)):
+            max_width = limits[kind]
+            if (isinstance(width, bool) or not isinstance(width, int) or width < 2
+                    or (max_width is not None and width > max_width)
+                    or (name == "b" and kind == "lut" and width != _OPERAND_WIDTH)):
+                limit = ("at least 2" if max_width is None else
+                         str(max_width) if name == "b" and kind == "lut" else
+                         f"from 2 to {max_width}")
+                raise ValueError(f"width of a {kind} multiplier must be {limit} for operand "
+                                 f"{name}, not {width!r}")
         if latency is not None and (isinstance(latency, bool) or not isinstance(latency, int)
                                     or latency < 1):
             raise ValueError(f"latency must be a positive integer, not {latency!r}")
@@ -160,7 +180,7 @@ class Multiplier(wiring.Component):
         # multiplier; the product register is always the last stage.
         a = self._delay(m, self.a, self._latency - 1, "a")
         b = self._delay(m, self.b, self._latency - 1, "b")
-        product = Signal(signed(2 * self._width))
+        product = Signal(signed(self._p_width))
         with m.If(self.en):
             m.d.sync += product.eq(a * b)
         m.d.comb += self.p.eq(product)
@@ -168,7 +188,8 @@ class Multiplier(wiring.Component):
     def _elaborate_lut(self, m):
         # Shift-and-add on the two's-complement digits of b: b = -b7*2^7 + sum bi*2^i.
         # No `*` appears, so no synthesis tool turns it into a DSP. All arithmetic is modulo
-        # 2^16: intermediate sums may wrap, the final product (|p| <= 2^14) does not.
+        # 2^(a_width + 8): intermediate sums may wrap, the final product
+        # (|p| <= 2^(a_width + 6)) does not.
         # Pipeline: optional input registers, the 4 first-level sums, the 2 second-level sums
         # (from latency 2), the product register last.
         stages_in = max(0, self._latency - 3)
@@ -177,16 +198,16 @@ class Multiplier(wiring.Component):
         a = self._delay(m, self.a, stages_in, "a")
         b = self._delay(m, self.b, stages_in, "b")
 
-        a_ext = Signal(signed(_PRODUCT_WIDTH))
+        a_ext = Signal(signed(self._p_width))
         m.d.comb += a_ext.eq(a)
         partial = []
         for i in range(_OPERAND_WIDTH):
-            pp = Signal(signed(_PRODUCT_WIDTH), name=f"pp{i}")
+            pp = Signal(signed(self._p_width), name=f"pp{i}")
             m.d.comb += pp.eq(Mux(b[i], a_ext << i, 0))
             partial.append(pp)
 
         def wrap_sum(x, y, name, subtract=False):
-            s = Signal(signed(_PRODUCT_WIDTH), name=name)
+            s = Signal(signed(self._p_width), name=name)
             m.d.comb += s.eq(x - y if subtract else x + y)
             return s
 
@@ -196,7 +217,7 @@ class Multiplier(wiring.Component):
         level1 = [self._delay(m, s, late_regs, s.name) for s in level1]
         level2 = [wrap_sum(level1[0], level1[1], "s0123"), wrap_sum(level1[2], level1[3], "s4567")]
         level2 = [self._delay(m, s, mid_regs, s.name) for s in level2]
-        product = Signal(signed(_PRODUCT_WIDTH))
+        product = Signal(signed(self._p_width))
         with m.If(self.en):
             m.d.sync += product.eq(level2[0] + level2[1])
         m.d.comb += self.p.eq(product)
@@ -206,7 +227,7 @@ class Multiplier(wiring.Component):
         extra = self._latency - internal
         reg_in = internal >= 2
         reg_mid = internal >= 3
-        raw = Signal(signed(2 * self._width))
+        raw = Signal(signed(self._p_width))
         if self._simulation:
             self._model_dsp(m, raw, reg_in, reg_mid)
         elif self._kind == "ecp5":
@@ -222,20 +243,21 @@ class Multiplier(wiring.Component):
         primitives' registers (whose reset inputs are tied off) they ignore the domain reset."""
         a = self._delay(m, self.a, int(reg_in), "a_model", reset_less=True)
         b = self._delay(m, self.b, int(reg_in), "b_model", reset_less=True)
-        mid = Signal(signed(2 * self._width))
+        mid = Signal(signed(self._p_width))
         m.d.comb += mid.eq(a * b)
         mid = self._delay(m, mid, int(reg_mid), "mid_model", reset_less=True)
         m.d.comb += raw.eq(self._delay(m, mid, 1, "out_model", reset_less=True))
 
     def _instance_ecp5(self, m, raw, reg_in, reg_mid):
-        # Operands sign-extended to the DSP's 18 bits, SIGNEDA/B = 1; product bits 15:0.
+        # Operands sign-extended to the DSP's 18 bits, SIGNEDA/B = 1; the product is the
+        # low a_width + b_width bits.
         def clk(enabled):
             return "CLK0" if enabled else "NONE"
 
         a18 = Signal(signed(18))
         b18 = Signal(signed(18))
         p36 = Signal(36)
-        m.d.comb += [a18.eq(self.a), b18.eq(self.b), raw.eq(p36[:2 * self._width])]
+        m.d.comb += [a18.eq(self.a), b18.eq(self.b), raw.eq(p36[:self._p_width])]
         ports = {}
         for i in range(18):
             ports[f"i_A{i}"] = a18[i]
@@ -266,13 +288,14 @@ class Multiplier(wiring.Component):
             **ports)
 
     def _instance_ice40(self, m, raw, reg_in, reg_mid):
-        # 16x16 mode on sign-extended operands: the low 16 bits of the 32-bit product are the
-        # signed 8x8 product whatever A_SIGNED/B_SIGNED say, so the signed 8x8 mode (whose
-        # sign handling is the least documented corner of SB_MAC16) is not needed.
+        # 16x16 mode on sign-extended operands: the low a_width + b_width bits of the 32-bit
+        # product are the signed product whatever A_SIGNED/B_SIGNED say (both operands fit
+        # 16 bits, so the product fits 32), and the signed 8x8 mode (whose sign handling is
+        # the least documented corner of SB_MAC16) is not needed.
         a16 = Signal(signed(16))
         b16 = Signal(signed(16))
         o32 = Signal(32)
-        m.d.comb += [a16.eq(self.a), b16.eq(self.b), raw.eq(o32[:_PRODUCT_WIDTH])]
+        m.d.comb += [a16.eq(self.a), b16.eq(self.b), raw.eq(o32[:self._p_width])]
         m.submodules.dsp = sb_mac16(a16, b16, o32, a_signed=True, b_signed=True,
                                     reg_in=reg_in, reg_mid=reg_mid, ce=self.en)
 
@@ -300,8 +323,9 @@ class MultiplierTarget:
     --------
     In the PE at ``(row, col)`` of a ``rows x cols`` array::
 
-        m.submodules.mult = mult = target.make(row * cols + col)
-        # mult.a, mult.b: int8 operands; mult.p: their product mult.latency cycles later
+        m.submodules.mult = mult = target.make(row * cols + col, a_width=config.act_bits)
+        # mult.a: the activation, mult.b: the int8 weight; mult.p: their product
+        # mult.latency cycles later
     """
 
     family: Family = Family.GENERIC
@@ -351,9 +375,11 @@ class MultiplierTarget:
             return 0
         return n_pes if self.dsp_pes is None else min(n_pes, self.dsp_pes)
 
-    def make(self, index: int) -> Multiplier:
-        """The multiplier of the PE with row-major ``index``."""
-        return Multiplier(self.kind(index), latency=self.pe_latency, simulation=self.simulation)
+    def make(self, index: int, *, a_width: int = _OPERAND_WIDTH) -> Multiplier:
+        """The multiplier of the PE with row-major ``index``: an ``a_width``-bit activation
+        (8 or 16) times an 8-bit weight."""
+        return Multiplier(self.kind(index), latency=self.pe_latency, simulation=self.simulation,
+                          a_width=a_width, b_width=_OPERAND_WIDTH)
 
 
 def sb_mac16(a, b, o, *, a_signed: bool, b_signed: bool, reg_in: bool, reg_mid: bool,

@@ -93,7 +93,7 @@ class Accelerator(wiring.Component):
         execute = ExecuteUnit(cfg, self._target, acc_latency=acc_buf.latency)
         store = StoreUnit(cfg, self._target)
         arbiter = MemoryArbiter(cfg)
-        act_buf = Buffer(data.ArrayLayout(signed(8), cfg.rows), cfg.act_depth)
+        act_buf = Buffer(data.ArrayLayout(signed(cfg.act_bits), cfg.rows), cfg.act_depth)
         wgt_buf = Buffer(data.ArrayLayout(signed(8), cfg.cols), cfg.wgt_depth)
         param_buf = Buffer(data.ArrayLayout(isa.OutputParams, cfg.cols), cfg.param_depth)
 

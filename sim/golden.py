@@ -20,6 +20,10 @@ from .backend import RunResult, RunStatus
 
 __all__ = ["GoldenBackend"]
 
+# Activation buffer element per AcceleratorConfig.act_bits; an entry's bytes are its elements
+# little-endian, as the load unit assembles them.
+_ACT_DTYPES = {8: np.dtype(np.int8), 16: np.dtype("<i2")}
+
 
 class GoldenBackend:
     """Instruction-level reference model implementing :class:`sim.backend.Backend`.
@@ -30,7 +34,8 @@ class GoldenBackend:
     (the hardware's ``clear`` resets only control state), and :meth:`execute` runs on the
     current contents without a reset:
 
-    - ``act``: ``int8[act_depth, rows]``
+    - ``act``: ``int8[act_depth, rows]`` (``act_bits = 8``) or little-endian
+      ``int16[act_depth, rows]`` (``act_bits = 16``)
     - ``wgt``: ``int8[wgt_depth, cols]``
     - ``param``: ``uint8[param_depth, cols * OUTPUT_PARAMS_BYTES]`` (raw ``OutputParams``)
     - ``acc``: ``int32[acc_depth, cols]``
@@ -54,7 +59,7 @@ class GoldenBackend:
     def reset(self) -> None:
         """Zero every buffer (the state of a freshly reset accelerator)."""
         c = self.config
-        self.act = np.zeros((c.act_depth, c.rows), dtype=np.int8)
+        self.act = np.zeros((c.act_depth, c.rows), dtype=_ACT_DTYPES[c.act_bits])
         self.wgt = np.zeros((c.wgt_depth, c.cols), dtype=np.int8)
         self.param = np.zeros((c.param_depth, c.param_entry_bytes), dtype=np.uint8)
         self.acc = np.zeros((c.acc_depth, c.cols), dtype=np.int32)
@@ -126,10 +131,11 @@ class GoldenBackend:
     def _matmul(self, *, act_addr: int, n_rows: int, wgt_addr: int, acc_addr: int,
                 accumulate: int, **_reserved) -> None:
         rows = self.config.rows
-        a = self.act[act_addr:act_addr + n_rows].astype(np.int32)
-        w = self.wgt[wgt_addr:wgt_addr + rows].astype(np.int32)
-        # |sum| <= rows * 2**14 <= 2**21: the product itself cannot wrap; the add can.
-        prod = a @ w
+        a = self.act[act_addr:act_addr + n_rows].astype(np.int64)
+        w = self.wgt[wgt_addr:wgt_addr + rows].astype(np.int64)
+        # |sum| <= rows * 2**22 <= 2**29 (int16 activations; 2**21 for int8): the product of
+        # one tile cannot wrap (the array's partial sums are psum_width bits); the add can.
+        prod = (a @ w).astype(np.int32)
         dst = self.acc[acc_addr:acc_addr + n_rows]
         if accumulate:
             dst += prod  # int32 array arithmetic wraps modulo 2**32 silently

@@ -171,8 +171,8 @@ class GemmPlan:
 
     Memory image (byte offsets; all region bases and row strides are multiples of
     ``mem_width``): ``x`` rows at ``x_base + m * x_stride`` with k-tile ``k`` at ``+ k *
-    a_pitch``; weight tile ``(n, k)`` at ``w_base + (n * kt + k) * w_tile_bytes`` with rows
-    ``w_pitch`` apart (zero-padded to ``rows x cols``); parameter entry ``n`` at ``p_base + n *
+    a_pitch`` (``act_bytes`` per element, little-endian); weight tile ``(n, k)`` at
+    ``w_base + (n * kt + k) * w_tile_bytes`` with rows ``w_pitch`` apart (zero-padded to ``rows x cols``); parameter entry ``n`` at ``p_base + n *
     p_pitch``; output row ``m`` at ``o_base + m * o_stride`` with n-tile ``n`` at ``+ n *
     o_pitch`` (int8 or int32 little-endian).
     """
@@ -232,7 +232,7 @@ def _estimate(config: AcceleratorConfig, M: int, K: int, N: int, mode: str, mc: 
     c = config
     kt, nt = _ceil_div(K, c.rows), _ceil_div(N, c.cols)
     chunks = _ceil_div(M, mc)
-    act_load = mc * _beats(c.rows, c.mem_width) + _MEM_INSTR_LATENCY
+    act_load = mc * _beats(c.act_entry_bytes, c.mem_width) + _MEM_INSTR_LATENCY
     wgt_load = c.rows * _beats(c.cols, c.mem_width) + _MEM_INSTR_LATENCY
     step = max(mc, 2 * c.rows)
     if mode == "resident":
@@ -282,7 +282,7 @@ def plan_gemm(config: AcceleratorConfig, M: int, K: int, N: int, *, requant: boo
     param_slots = min(2, c.param_depth)
 
     mw = c.mem_width
-    a_pitch = _pitch(c.rows, mw)
+    a_pitch = _pitch(c.act_entry_bytes, mw)
     x_base = 0
     x_stride = _round_up(kt * a_pitch, mw)
     w_pitch = _pitch(c.cols, mw)
@@ -344,7 +344,7 @@ def cycle_budget(plan: GemmPlan, n_words: int) -> int:
     mw = c.mem_width
     steps = plan.chunks * plan.kt * plan.nt
     act_rows = plan.M * plan.kt * (1 if plan.mode == "resident" else plan.nt)
-    serial = (act_rows * (_beats(c.rows, mw) + 1)
+    serial = (act_rows * (_beats(c.act_entry_bytes, mw) + 1)
               + steps * c.rows * (_beats(c.cols, mw) + 1)
               + plan.M * plan.nt * (_beats(c.cols * plan.o_elem, mw) + 1)
               + plan.chunks * plan.nt * (_beats(isa.OUTPUT_PARAMS_BYTES * c.cols, mw) + 1)
@@ -370,7 +370,7 @@ def _lead_tiles(plan: GemmPlan, acc_bases: list[int], mc: int, last_chunk: bool)
     c = plan.config
     if plan.mode != "resident" or plan.kt == 1 or plan.nt == 1:
         return 1
-    act_load = mc * _beats(c.rows, c.mem_width) + _MEM_INSTR_LATENCY
+    act_load = mc * _beats(c.act_entry_bytes, c.mem_width) + _MEM_INSTR_LATENCY
     wgt_load = c.rows * _beats(c.cols, c.mem_width) + _MEM_INSTR_LATENCY
     # Interleaved n-tiles finish together: leave at least one n-tile of the chunk after
     # them, under which their STOREs can run (rather than against the next chunk's loads).
@@ -460,7 +460,8 @@ def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int
                            last_chunk=m0 + mc_max >= plan.M)
         # The chunk's first `lead` n-tiles run k-outer (k-tile k of each in turn), so that
         # each activation k-tile load is shared by `lead` MATMULs; the rest run k-inner.
-        load_bound = (mc * _beats(rows, c.mem_width) + rows * _beats(cols, c.mem_width)
+        load_bound = (mc * _beats(c.act_entry_bytes, c.mem_width)
+                      + rows * _beats(cols, c.mem_width)
                       + 2 * _MEM_INSTR_LATENCY) > mc
         order = [(n, k) for k in range(kt) for n in range(lead)] + \
                 [(n, k) for n in range(lead, nt) for k in range(kt)]
@@ -479,15 +480,17 @@ def build_program(plan: GemmPlan, *, store_group: int | None = None) -> list[int
             if plan.mode == "resident":
                 act_addr = k * mc_max
                 if n == 0:
-                    p.load(act, act_addr, mc, kr, x_row0 + k * plan.a_pitch, plan.x_stride)
+                    p.load(act, act_addr, mc, kr * c.act_bytes, x_row0 + k * plan.a_pitch,
+                           plan.x_stride)
             else:
                 act_addr = act_region * mc_max
                 act_region = (act_region + 1) % plan.act_regions
-                p.load(act, act_addr, mc, kr, x_row0 + k * plan.a_pitch, plan.x_stride)
+                p.load(act, act_addr, mc, kr * c.act_bytes, x_row0 + k * plan.a_pitch,
+                       plan.x_stride)
             wgt_addr = slot * rows
             slot = (slot + 1) % plan.wgt_slots
             # Weight rows beyond kr may hold a stale tile: they only ever meet the
-            # zero-filled activation bytes beyond kr, so they add nothing.
+            # zero-filled activation elements beyond kr, so they add nothing.
             p.load(wgt, wgt_addr, kr, nc, plan.w_base + (n * kt + k) * plan.w_tile_bytes,
                    plan.w_pitch)
             if k == 0:
@@ -518,15 +521,17 @@ def pack_memory(plan: GemmPlan, x: np.ndarray, w: np.ndarray,
     c = plan.config
     M, K, N, kt, nt = plan.M, plan.K, plan.N, plan.kt, plan.nt
     mem = np.zeros(plan.mem_size, dtype=np.uint8)
-    xb = x.view(np.uint8)
+    ab, entry = c.act_bytes, c.act_entry_bytes
+    # Activations little-endian, act_bytes each (values already checked, see Accelerator).
+    xb = np.ascontiguousarray(x, dtype=np.int8 if ab == 1 else np.dtype("<i2")).view(np.uint8)
     x_img = mem[plan.x_base:plan.x_base + M * plan.x_stride].reshape(M, plan.x_stride)
-    if plan.a_pitch == c.rows:
-        x_img[:, :K] = xb
+    if plan.a_pitch == entry:
+        x_img[:, :K * ab] = xb
     else:
-        xpad = np.zeros((M, kt * c.rows), dtype=np.uint8)
-        xpad[:, :K] = xb
-        x_img[:, :kt * plan.a_pitch].reshape(M, kt, plan.a_pitch)[:, :, :c.rows] = \
-            xpad.reshape(M, kt, c.rows)
+        xpad = np.zeros((M, kt * entry), dtype=np.uint8)
+        xpad[:, :K * ab] = xb
+        x_img[:, :kt * plan.a_pitch].reshape(M, kt, plan.a_pitch)[:, :, :entry] = \
+            xpad.reshape(M, kt, entry)
     wpad = np.zeros((kt * c.rows, nt * c.cols), dtype=np.uint8)
     wpad[:K, :N] = w.view(np.uint8)
     tiles = wpad.reshape(kt, c.rows, nt, c.cols).transpose(2, 0, 1, 3)  # [n, k, row, col]
@@ -550,6 +555,26 @@ def unpack_output(plan: GemmPlan, mem: np.ndarray) -> np.ndarray:
 
 
 # ---- argument checking ------------------------------------------------------------------------
+
+def _check_activations(name: str, a, act_bits: int) -> np.ndarray:
+    """``a`` as the int8 (``act_bits = 8``, dtype int8 required, as for weights) or int16
+    (``act_bits = 16``: any integer dtype, values in int16) array the accelerator takes."""
+    if act_bits == 8:
+        return _check_operand(name, a)
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "iu":
+        kind = a.dtype if isinstance(a, np.ndarray) else type(a).__name__
+        raise TypeError(f"{name} must be a numpy integer array (int16 activations), not {kind}")
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, not shape {a.shape}")
+    if a.size == 0:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}")
+    lo, hi = -(1 << (act_bits - 1)), (1 << (act_bits - 1)) - 1
+    if int(a.min()) < lo or int(a.max()) > hi:
+        found = int(a.min()) if int(a.min()) < lo else int(a.max())
+        raise ValueError(f"{name} must be in [{lo}, {hi}] for {act_bits}-bit activations; "
+                         f"found {found}")
+    return np.ascontiguousarray(a, dtype=np.int16)
+
 
 def _check_operand(name: str, a) -> np.ndarray:
     if not isinstance(a, np.ndarray):
@@ -635,14 +660,17 @@ class Accelerator:
         return plan_gemm(self.config, M, K, N, requant=requant)
 
     def matmul(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        """``int32[M,N] = x @ w`` for ``int8 x[M,K]``, ``int8 w[K,N]`` (int32 wrap-around)."""
+        """``int32[M,N] = x @ w`` for ``int8 x[M,K]``, ``int8 w[K,N]`` (int32 wrap-around).
+
+        With ``config.act_bits = 16`` ``x`` holds int16 activations: an array of any integer
+        dtype whose values lie in [-32768, 32767] (``ValueError`` naming ``x`` otherwise)."""
         x, w = self._check_xw(x, w)
         plan = plan_gemm(self.config, x.shape[0], x.shape[1], w.shape[1])
         return self._run_gemm(plan, x, w, None)
 
     def linear(self, x: np.ndarray, w: np.ndarray, bias=None, *, multiplier, shift,
                zero_point=0, relu: bool = False, lo=-128, hi=127) -> np.ndarray:
-        """Quantized fully connected layer: ``int8[M,N]``.
+        """Quantized fully connected layer: ``int8[M,N]`` (``x`` as in :meth:`matmul`).
 
         ``output_stage(x @ w, bias, multiplier, shift, zero_point, lo, hi)`` as
         ``sim.numerics`` defines it. ``bias`` (int32), ``multiplier`` (int32), ``shift``
@@ -691,9 +719,8 @@ class Accelerator:
         return result
 
     # -- internals
-    @staticmethod
-    def _check_xw(x, w) -> tuple[np.ndarray, np.ndarray]:
-        x = _check_operand("x", x)
+    def _check_xw(self, x, w) -> tuple[np.ndarray, np.ndarray]:
+        x = _check_activations("x", x, self.config.act_bits)
         w = _check_operand("w", w)
         if x.shape[1] != w.shape[0]:
             raise ValueError(f"shape mismatch: x is {x.shape}, w is {w.shape} "

@@ -79,7 +79,8 @@ def random_program(cfg: AcceleratorConfig, rng: np.random.Generator, *, length: 
         if kind == "load":
             target = LoadTarget(int(rng.integers(0, 3)))
             buf_addr, n_rows = span(depth[target])
-            row_bytes = int(rng.integers(1, entry[target] + 1))
+            step = cfg.act_bytes if target == LoadTarget.ACT else 1  # whole activations
+            row_bytes = int(rng.integers(1, entry[target] // step + 1)) * step
             mem_addr, stride = mem_range(n_rows, row_bytes)
             return encode(Opcode.LOAD, target=target.value, buf_addr=buf_addr, n_rows=n_rows,
                           row_bytes=row_bytes, mem_addr=mem_addr, mem_stride=stride)

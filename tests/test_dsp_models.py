@@ -34,33 +34,40 @@ pytestmark = pytest.mark.skipif(bool(_MISSING), reason="DSP cell-model simulatio
 # ---- multipliers ------------------------------------------------------------------------------
 
 # (kind, width, latency): every DSP register configuration (internal registers 1..3) and
-# fabric registers after the DSP (ice40 4, ecp5 4 and 5).
-MULT_VARIANTS = ([("ice40", 8, lat) for lat in (1, 2, 3, 4)]
-                 + [("ecp5", w, lat) for w in (8, 18) for lat in (1, 2, 3, 4, 5)])
+# fabric registers after the DSP (ice40 4, ecp5 4 and 5). Width 16 is the 16-bit activation
+# PE's int16 x int8 (a16 x b8), the others are width x width.
+MULT_VARIANTS = ([("ice40", w, lat) for w in (8, 16) for lat in (1, 2, 3, 4)]
+                 + [("ecp5", w, lat) for w in (8, 16, 18) for lat in (1, 2, 3, 4, 5)])
+# Stimulus columns (a, b) of each width, and the operand widths.
+_OPERANDS = {8: (0, 1), 18: (2, 3), 16: (5, 1)}
+_OPERAND_WIDTHS = {8: (8, 8), 18: (18, 18), 16: (16, 8)}
 
 
 def _pname(kind, width, latency):
     return f"p_{kind}_w{width}_l{latency}"
 
 
-_MULT_INPUTS = ["a8", "b8", "a18", "b18", "en"]
+_MULT_INPUTS = ["a8", "b8", "a18", "b18", "en", "a16"]
 
 
 class MultiplierBench(wiring.Component):
     """Every variant of MULT_VARIANTS side by side: 8-bit ones on a8/b8, 18-bit on a18/b18,
-    one shared clock enable; ports are plain bit patterns."""
+    16x8 on a16/b8, one shared clock enable; ports are plain bit patterns."""
 
     def __init__(self):
-        ports = {"a8": In(8), "b8": In(8), "a18": In(18), "b18": In(18), "en": In(1)}
-        ports.update({_pname(*v): Out(2 * v[1]) for v in MULT_VARIANTS})
+        ports = {"a8": In(8), "b8": In(8), "a18": In(18), "b18": In(18), "en": In(1),
+                 "a16": In(16)}
+        ports.update({_pname(*v): Out(sum(_OPERAND_WIDTHS[v[1]])) for v in MULT_VARIANTS})
         super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         for kind, width, latency in MULT_VARIANTS:
-            mult = Multiplier(kind, latency=latency, width=width, simulation=False)
+            a_width, b_width = _OPERAND_WIDTHS[width]
+            mult = Multiplier(kind, latency=latency, a_width=a_width, b_width=b_width,
+                              simulation=False)
             m.submodules[f"m_{kind}_w{width}_l{latency}"] = mult
-            a, b = (self.a8, self.b8) if width == 8 else (self.a18, self.b18)
+            a, b = (getattr(self, _MULT_INPUTS[i]) for i in _OPERANDS[width])
             m.d.comb += [mult.a.eq(a), mult.b.eq(b), mult.en.eq(self.en),
                          getattr(self, _pname(kind, width, latency)).eq(mult.p)]
         return m
@@ -72,15 +79,18 @@ def _signed(values, width):
 
 
 CORNERS_8 = [-128, -127, -65, -64, -1, 0, 1, 2, 63, 64, 126, 127]
+CORNERS_16 = [-(1 << 15), -(1 << 15) + 1, -(1 << 14), -257, -256, -129, -128, -1, 0, 1, 127,
+              128, 255, 256, (1 << 14) - 1, 1 << 14, (1 << 15) - 2, (1 << 15) - 1]
 CORNERS_18 = [-(1 << 17), -(1 << 17) + 1, -(1 << 16) - 1, -(1 << 16), -(1 << 15), -257, -256,
               -129, -128, -1, 0, 1, 127, 128, 255, 256, (1 << 15) - 1, 1 << 15, (1 << 16) - 1,
               1 << 16, (1 << 17) - 2, (1 << 17) - 1]
 
 
 def _mult_stimulus() -> np.ndarray:
-    """Columns a8, b8, a18, b18, en. First every 8x8 pair (65,536 cycles, the 18-bit operands
-    cycling through their corner pairs, then random), en held high; then 4,000 random cycles
-    with en low 25 % of the time (stalls of every register)."""
+    """Columns a8, b8, a18, b18, en, a16. First every 8x8 pair (65,536 cycles, the 18-bit
+    operands cycling through their corner pairs, then random; a16 holds each of its corners
+    for 256 cycles, i.e. against every b8, then random), en held high; then 4,000 random
+    cycles with en low 25 % of the time (stalls of every register)."""
     rng = np.random.default_rng(2024)
     a8, b8 = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij")
     a8, b8 = a8.ravel(), b8.ravel()
@@ -90,6 +100,8 @@ def _mult_stimulus() -> np.ndarray:
     a18 = rng.integers(-(1 << 17), 1 << 17, n)
     b18 = rng.integers(-(1 << 17), 1 << 17, n)
     a18[:ca.size], b18[:cb.size] = ca.ravel(), cb.ravel()
+    a16 = rng.integers(-(1 << 15), 1 << 15, n)
+    a16[:256 * len(CORNERS_16)] = np.repeat(CORNERS_16, 256)
     en = np.ones(n, dtype=np.int64)
     m = 4000
     a8 = np.concatenate([a8, rng.integers(-128, 128, m)])
@@ -98,7 +110,9 @@ def _mult_stimulus() -> np.ndarray:
                           + rng.integers(-(1 << 17), 1 << 17, m) * (rng.random(m) >= 0.3)])
     b18 = np.concatenate([b18, rng.integers(-(1 << 17), 1 << 17, m)])
     en = np.concatenate([en, (rng.random(m) >= 0.25).astype(np.int64)])
-    return np.stack([a8 & 0xFF, b8 & 0xFF, a18 & 0x3FFFF, b18 & 0x3FFFF, en], axis=1)
+    a16 = np.concatenate([a16, rng.integers(-(1 << 15), 1 << 15, m)])
+    return np.stack([a8 & 0xFF, b8 & 0xFF, a18 & 0x3FFFF, b18 & 0x3FFFF, en, a16 & 0xFFFF],
+                    axis=1)
 
 
 def _expected_products(a, b, en, latency):
@@ -119,10 +133,10 @@ def mult_run():
 
 
 def _mult_mismatches(stim, got, kind, width, latency):
-    col = 0 if width == 8 else 2
-    a, b = _signed(stim[:, col], width), _signed(stim[:, col + 1], width)
+    (col_a, col_b), (a_width, b_width) = _OPERANDS[width], _OPERAND_WIDTHS[width]
+    a, b = _signed(stim[:, col_a], a_width), _signed(stim[:, col_b], b_width)
     valid, want = _expected_products(a, b, stim[:, 4], latency)
-    got = _signed(got, 2 * width)
+    got = _signed(got, a_width + b_width)
     bad = np.flatnonzero(valid & (got != want))
     return valid, bad, want, got
 

@@ -106,6 +106,59 @@ def test_wide_multiplier_bit_exact(kind):
     assert got[:len(pairs)] == [a * b for a, b in pairs]
 
 
+@pytest.mark.parametrize("kind,latency", [
+    ("generic", 1), ("generic", 2), ("lut", 1), ("lut", 2), ("lut", 3), ("lut", 5),
+    ("ecp5", 1), ("ecp5", 3), ("ecp5", 5), ("ice40", 1), ("ice40", 2), ("ice40", 3),
+])
+def test_multiplier_16x8_bit_exact(kind, latency):
+    """int16 x int8 (the PEs with 16-bit activations), every kind at its DSP register
+    configurations: every a corner against every b corner, then random pairs, with enable
+    gaps (p follows the enabled cycles only)."""
+    dut = Multiplier(kind, latency=latency, a_width=16, b_width=8, simulation=True)
+    assert dut.p.shape() == signed(24) and dut.uses_dsp == (kind in ("ecp5", "ice40"))
+    a_corners = [-(1 << 15), -(1 << 15) + 1, -(1 << 14), -257, -129, -128, -1, 0, 1, 127,
+                 128, 255, (1 << 14) - 1, (1 << 15) - 2, (1 << 15) - 1]
+    b_corners = [-128, -127, -64, -1, 0, 1, 2, 63, 64, 126, 127]
+    rng = np.random.default_rng(1600 + latency * 10 + KINDS.index(kind))
+    pairs = [(a, b) for a in a_corners for b in b_corners]
+    pairs += [(int(rng.integers(-(1 << 15), 1 << 15)), int(rng.integers(-128, 128)))
+              for _ in range(60)]
+    enables = [1 if rng.random() < 0.8 else 0 for _ in pairs] + [1] * (latency + 1)
+    pairs += [(0, 0)] * (latency + 1)
+    issued, seen = [], []
+
+    async def bench(ctx):
+        for (a, b), en in zip(pairs, enables):
+            ctx.set(dut.a, a); ctx.set(dut.b, b); ctx.set(dut.en, en)
+            await ctx.tick()
+            if en:
+                issued.append(a * b)
+                if len(issued) >= latency:
+                    seen.append((ctx.get(dut.p), issued[-latency]))
+
+    simulate(dut, bench, max_cycles=len(pairs) + 20, name=f"mult16x8_{kind}_l{latency}")
+    assert len(seen) == sum(enables) - latency + 1
+    bad = [(got, want) for got, want in seen if got != want]
+    assert not bad, f"{len(bad)} wrong products, first {bad[:3]}"
+
+
+def test_multiplier_operand_widths():
+    """Per-operand widths: a DSP takes int16 x int8 in one primitive; the lut kind only an
+    8-bit b; the PE target passes the activation width through."""
+    assert _unused(Multiplier("ecp5", a_width=16, b_width=8)).p.shape() == signed(24)
+    assert _unused(Multiplier("ice40", a_width=16, b_width=8)).a.shape() == signed(16)
+    assert _unused(Multiplier("lut", a_width=16)).b.shape() == signed(8)
+    with pytest.raises(ValueError, match="width of a ice40 multiplier must be from 2 to 16 "
+                                         "for operand a"):
+        Multiplier("ice40", a_width=17, b_width=8)
+    with pytest.raises(ValueError, match="width of a lut multiplier must be 8 for operand b"):
+        Multiplier("lut", a_width=16, b_width=16)
+    with pytest.raises(ValueError, match="width of a generic multiplier must be at least 2"):
+        Multiplier("generic", a_width=1)
+    m = _unused(MultiplierTarget(family="ice40", dsp_pes=1).make(1, a_width=16))
+    assert m.kind == "lut" and m.a.shape() == signed(16) and m.b.shape() == signed(8)
+
+
 @pytest.mark.slow
 def test_multiplier_lut_exhaustive():
     """The shift-add multiplier against numpy on all 65,536 operand pairs (latency 1)."""
