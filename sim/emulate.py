@@ -117,9 +117,8 @@ class Emulator:
         v = self._act(xi @ wq["v_w"] + layer.v_b, (i, "v"), self.scheme.kv_bits)
         heads = lambda y: y.reshape(t, nh, d).transpose(1, 0, 2)
         p = tr.softmax(heads(q) @ heads(k).transpose(0, 2, 1) / math.sqrt(d))
-        if not self._calibrating:  # probabilities on a fixed grid of 2^-(bits-1)
-            p = np.round(p * ((1 << (self.scheme.act_bits - 1)) - 1)) / (
-                (1 << (self.scheme.act_bits - 1)) - 1)
+        if not self._calibrating:  # probabilities on the fixed grid 1 / q_max
+            p = _grid(p, 1 / ((1 << (self.scheme.act_bits - 1)) - 1), self.scheme.act_bits)
         ctx = self._act((p @ heads(v)).transpose(1, 0, 2).reshape(t, h), (i, "ctx"))
         x1 = tr.layer_norm(xi + ctx @ wq["o_w"] + layer.o_b, layer.ln1_g, layer.ln1_b, cfg.eps)
         x1i = self._act(x1, (i, "x1"))
