@@ -90,7 +90,7 @@ class Decoder(wiring.Component):
         cfg, Op = self._config, isa.Opcode
         m.submodules.checker = checker = self._checker
         m.submodules.fetch = fetch = (BufferedFetch if cfg.overlap else InPlaceFetch)(
-            checker.latency)
+            checker.latency, cfg)
         m.submodules.scoreboard = sb = (OverlapScoreboard if cfg.overlap else
                                         SerialScoreboard)(cfg)
         m.submodules.counters = counters = PerfCounters(width=cfg.counter_width,
@@ -114,7 +114,7 @@ class Decoder(wiring.Component):
         de_end = Signal(data.ArrayLayout(FOOTPRINT_WIDTH, 3))
         de_mem_end = Signal(len(checker.mem_end))
         de_param_end = Signal(FOOTPRINT_WIDTH)
-        de_is = Signal(OpFlags())   # the opcode, one-hot: it steers the issue decision
+        de_is = Signal(OpFlags(cfg))   # the opcode, one-hot: it steers the issue decision
         de_wait = Signal(range(_DECODE_WAIT + 1))  # cycles until the verdict is on this word
         # Decode refills only once empty, one cycle after an issue: the issue decision (the
         # scoreboard's compares) then never drives the enables of the fetch and decode

@@ -52,7 +52,7 @@ class _Scoreboard(wiring.Component):
             "ends": In(data.ArrayLayout(FOOTPRINT_WIDTH, 3)),
             "mem_end": In(config.mem_bytes.bit_length()),
             "param_end": In(FOOTPRINT_WIDTH),
-            "is_op": In(OpFlags()),
+            "is_op": In(OpFlags(config)),
             "all_idle": In(1),
             "load_busy": In(1),
             "store_busy": In(1),

@@ -15,11 +15,12 @@ from amaranth.lib import data, enum
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, VectorDst
 
 UNIT = {
     Opcode.NOP: "decoder", Opcode.LOAD: "load unit", Opcode.MATMUL: "execute unit",
     Opcode.STORE: "store unit", Opcode.FENCE: "decoder", Opcode.HALT: "decoder",
+    Opcode.VREQUANT: "vector unit (`vector=True`)",
 }
 
 SUMMARY = {
@@ -29,6 +30,8 @@ SUMMARY = {
     Opcode.STORE: "accumulator entries -> memory (requantized int8 or raw int32)",
     Opcode.FENCE: "wait until all units are idle",
     Opcode.HALT: "wait like FENCE, then signal done",
+    Opcode.VREQUANT: "accumulator tensor -> activation or weight tensor, requantized, "
+                     "optionally transposed",
 }
 
 
@@ -93,7 +96,9 @@ def _struct_table(cls_or_layout, comments: dict[str, str] | None = None) -> list
 def _checks_of(op: Opcode) -> list[ErrorCode]:
     layout = data.Layout.cast(isa.INSTR_LAYOUTS[op])
     zeros = {name: 0 for name, _ in layout if name != "opcode"}
-    return [code for code, _ in isa.instruction_checks(op, zeros, AcceleratorConfig())]
+    # (with the vector unit: the checks of an opcode the configuration executes)
+    return [code for code, _ in isa.instruction_checks(op, zeros,
+                                                        AcceleratorConfig(vector=True))]
 
 
 def generate() -> str:
@@ -118,6 +123,11 @@ def generate() -> str:
         a(f"| `{op.name}` | 0x{op.value:02X} | {UNIT[op]} | {SUMMARY[op]} |")
     a("")
     a(f"**Reserved opcodes.** {_doc(Opcode)}")
+    a("")
+    a("**The opcode table depends on the configuration** (`isa.opcodes(config)`): the vector "
+      "opcodes (" + ", ".join(f"`{op.name}`" for op in isa.VECTOR_OPCODES) + ") exist only "
+      "on an accelerator built with `AcceleratorConfig(vector=True)` (a square array whose "
+      "side is a power of two); with `vector=False` they are `BAD_OPCODE`.")
     a("")
 
     a("## Execution model and dependencies")
@@ -157,6 +167,7 @@ def generate() -> str:
     enum_values = {
         "target": ", ".join(f"{m.name} = {m.value}" for m in LoadTarget),
         "mode": ", ".join(f"{m.name} = {m.value}" for m in StoreMode),
+        "dst": ", ".join(f"{m.name} = {m.value}" for m in VectorDst),
     }
     for op in Opcode:
         layout = data.Layout.cast(isa.INSTR_LAYOUTS[op])
