@@ -107,6 +107,7 @@ class OutputStage(wiring.Component):
         if not isinstance(wide, bool):
             raise TypeError(f"wide must be a bool, not {wide!r}")
         if wide and not self.supports_wide:
+            self._MustUse__silence = True   # a rejected object is not "unused" by mistake
             raise ValueError(f"{type(self).__name__} has no int16 output (wide=True)")
         self._config = config
         self._tag_shape = tag_shape

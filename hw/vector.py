@@ -94,9 +94,10 @@ class VectorUnit(wiring.Component):
     write_latency = 1
 
     def __init__(self, config: AcceleratorConfig, target: MultiplierTarget | None = None):
-        if not isinstance(config, AcceleratorConfig):
-            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-        if not config.vector:
+        if not isinstance(config, AcceleratorConfig) or not config.vector:
+            self._MustUse__silence = True   # a rejected object is not "unused" by mistake
+            if not isinstance(config, AcceleratorConfig):
+                raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
             raise ValueError("VectorUnit needs AcceleratorConfig(vector=True)")
         c = config
         self._config = c
@@ -113,7 +114,11 @@ class VectorUnit(wiring.Component):
             "ii": unsigned(max(1, self._log_lanes)),  # row within its tile
             "tile_last": unsigned(1),                 # the tile's last row
         })
-        self.output_stage = OutputStage(c, self._tag, target, wide=c.act_bits == 16)
+        try:
+            self.output_stage = OutputStage(c, self._tag, target, wide=c.act_bits == 16)
+        except ValueError:
+            self._MustUse__silence = True
+            raise
         super().__init__({
             "cmd": In(stream.Signature(VectorCmd())),
             "acc_rd": In(memory.ReadPort.Signature(
