@@ -13,6 +13,13 @@ Kernels: :func:`softmax`, :func:`layernorm`, :func:`gelu`, :func:`add`, :func:`r
 their parameters: :func:`softmax_params`, :func:`layernorm_params`, :func:`gelu_params`,
 :func:`add_params`. :func:`isqrt` is the row unit's exact floor square root.
 
+A linear layer's accumulators carry one scale per output channel (``s_act * s_w[j]`` with
+per-channel weights) and need its bias added, so :func:`layernorm`, :func:`gelu` and
+:func:`add` take an optional per-channel input stage ``pre`` first (:func:`prescale`, the
+output stage's bias and multiplier without zero point or clamp; parameters from
+:func:`prescale_params`), which brings every channel to the one scale ``s_x`` the kernel's
+parameters were made for.
+
 Rounding rule everywhere: round half up, ``(v * M + 2**(sh - 1)) >> sh`` (arithmetic shift),
 except where a step says floor. All activations the kernels write are symmetric (zero point
 0) except :func:`requant`, which is the output stage with its ``OutputParams``.
@@ -34,6 +41,7 @@ __all__ = [
     "SoftmaxParams", "LayerNormParams", "GeluParams", "AddParams",
     "softmax_params", "layernorm_params", "gelu_params", "add_params",
     "softmax", "layernorm", "gelu", "add", "requant", "isqrt", "act_range", "mask_sentinel",
+    "prescale", "prescale_params",
 ]
 
 MAX_ELEMS = 4095  # n_elems is a 12-bit field of VectorInstr; the row sums are sized for it
@@ -196,6 +204,115 @@ def isqrt(v: npt.ArrayLike) -> np.ndarray:
         res = np.where(ge, (res >> 1) + bit, res >> 1)
         bit >>= 2
     return res
+
+
+# ---- per-channel input stage ------------------------------------------------------------
+
+_PRE_FIELDS = ("bias", "multiplier", "shift")
+
+
+def prescale_params(s_in: float | npt.ArrayLike, s_x: float, bias: npt.ArrayLike | None = None,
+                    n_elems: int | None = None) -> dict[str, np.ndarray]:
+    """Per-channel input-stage parameters taking accumulators of scale ``s_in[j]`` (plus a
+    real ``bias[j]``) to the common scale ``s_x``.
+
+    Parameters
+    ----------
+    s_in : float or array_like of float
+        Real scale of each input channel (``s_act * s_w[j]`` for a linear layer with
+        per-channel weights); a scalar applies to every channel.
+    s_x : float
+        The common scale after the stage: the ``s_x`` of the kernel's ``*_params``. Every
+        ratio ``s_in[j] / s_x`` must be below 1 (so that MBQM only shifts right and cannot
+        wrap; a ratio within ``2**-31`` of 1 rounds up to a left shift and is rejected too)
+        and at least ``2**-31``; ``2 * max(s_in)`` is always valid and loses one bit.
+    bias : array_like of float, optional
+        The layer's real bias per channel, quantized to ``round(bias[j] / s_in[j])``.
+    n_elems : int, optional
+        Number of channels, when neither ``s_in`` nor ``bias`` is an array.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``bias``, ``multiplier``, ``shift`` (int64, one per channel) and, so the dict packs
+        with ``sim.asm.pack_output_params`` into the parameter buffer's ``OutputParams``
+        entries, ``zero_point`` 0, ``lo`` -128, ``hi`` 127 (unused by the stage).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For non-finite or non-positive scales, a ratio outside ``[2**-31, 1)``, a bias
+        outside the int32 range once quantized, or lengths that disagree.
+    """
+    s_x = _check_scale("s_x", s_x)
+    if np.ndim(s_in) == 0:
+        s_arr = np.array([_check_scale("s_in", s_in)])
+    else:
+        s_arr = _real_vector("s_in", s_in)
+        if np.any(s_arr <= 0):
+            raise ValueError("s_in must be > 0 in every channel")
+    lengths = {len(s_arr)} - {1}
+    b_arr = None
+    if bias is not None:
+        b_arr = _real_vector("bias", bias)
+        lengths.add(len(b_arr))
+    if n_elems is not None:
+        lengths.add(int(n_elems))
+    if len(lengths) > 1:
+        raise ValueError(f"s_in, bias and n_elems disagree on the channel count: "
+                         f"{sorted(lengths)}")
+    n = lengths.pop() if lengths else 1
+    s_arr = np.broadcast_to(s_arr, (n,))
+    ratio = s_arr / s_x
+    mult, shift = numerics.quantize_multiplier(ratio)
+    # A positive MBQM shift is a left shift that wraps in int32; ratios below 1 never need one.
+    if np.any(ratio < 2.0 ** -31) or np.any(np.asarray(shift) > 0):
+        raise ValueError(f"s_in / s_x must lie in [2**-31, 1) in every channel, not "
+                         f"[{ratio.min()!r}, {ratio.max()!r}] (s_x = 2 * max(s_in) always is)")
+    q_bias = np.zeros(n, dtype=np.int64)
+    if b_arr is not None:
+        q = np.floor(b_arr / s_arr + 0.5)
+        if np.any(np.abs(q) > _INT32_MAX):
+            raise ValueError("bias / s_in must be inside the int32 range in every channel")
+        q_bias = q.astype(np.int64)
+    return {"bias": q_bias, "multiplier": np.asarray(mult, dtype=np.int64),
+            "shift": np.asarray(shift, dtype=np.int64), "zero_point": np.zeros(n, np.int64),
+            "lo": np.full(n, -128, np.int64), "hi": np.full(n, 127, np.int64)}
+
+
+def prescale(x: npt.ArrayLike, pre) -> np.ndarray:
+    """The per-channel input stage: ``MBQM(wrap32(x + bias[j]), multiplier[j], shift[j])``.
+
+    The output stage's first two steps (the same fields of ``OutputParams``, so the vector
+    unit reads them from the parameter buffer like ``VREQUANT`` does), without zero point or
+    clamp: an int32 result.
+
+    Parameters
+    ----------
+    x : array_like of int
+        int32 accumulator rows, shape ``[..., n]``.
+    pre : mapping or structured array
+        Per-channel ``bias``, ``multiplier``, ``shift`` (length ``n`` or 1), e.g. from
+        :func:`prescale_params` or ``sim.asm.unpack_output_params``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 values in the int32 range, the shape of ``x``.
+    """
+    try:
+        fields = {f: np.asarray(pre[f]) for f in _PRE_FIELDS}
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise TypeError(f"pre must have the fields {_PRE_FIELDS}: {exc}") from exc
+    x_arr = _check_rows("x", x, _INT32_MIN, _INT32_MAX)
+    n = x_arr.shape[-1]
+    for f, v in fields.items():
+        if v.ndim != 1 or v.shape[0] not in (1, n):
+            raise ValueError(f"pre[{f!r}] must be 1-D of length 1 or {n}, not shape {v.shape}")
+    shift = np.clip(fields["shift"].astype(np.int64), numerics.SHIFT_MIN, numerics.SHIFT_MAX)
+    acc = numerics._wrap_int32(x_arr + fields["bias"].astype(np.int64))
+    return numerics.multiply_by_quantized_multiplier(acc, fields["multiplier"],
+                                                     shift).astype(np.int64)
 
 
 # ---- softmax -----------------------------------------------------------------------------
@@ -428,7 +545,7 @@ def layernorm_params(s_x: float, s_out: float, gamma: npt.ArrayLike, beta: npt.A
 
 
 def layernorm(x: npt.ArrayLike, params: LayerNormParams,
-              residual: npt.ArrayLike | None = None) -> np.ndarray:
+              residual: npt.ArrayLike | None = None, pre=None) -> np.ndarray:
     """LayerNorm along the last axis, integer mean, variance, square root and reciprocal.
 
     Per row of ``n`` elements (three passes over the row; ``docs/numerics.md``)::
@@ -459,6 +576,9 @@ def layernorm(x: npt.ArrayLike, params: LayerNormParams,
     residual : array_like of int, optional
         Activation tensor (``act_bits`` range, scale ``s_residual``) added before the
         statistics, broadcast to ``x``.
+    pre : mapping, optional
+        Per-channel input stage (:func:`prescale`) applied to ``x`` first; ``s_x`` is then
+        the scale after it.
 
     Returns
     -------
@@ -472,6 +592,8 @@ def layernorm(x: npt.ArrayLike, params: LayerNormParams,
     n = x_arr.shape[-1]
     if n != params.n_elems:
         raise ValueError(f"x rows have {n} elements, params are for {params.n_elems}")
+    if pre is not None:
+        x_arr = prescale(x_arr, pre)
     h = x_arr
     if residual is not None:
         if params.res_mult is None:
@@ -562,7 +684,7 @@ def gelu_params(s_x: float, s_out: float, act_bits: int) -> GeluParams:
     return GeluParams(act_bits, im, ish, om, osh)
 
 
-def gelu(x: npt.ArrayLike, params: GeluParams) -> np.ndarray:
+def gelu(x: npt.ArrayLike, params: GeluParams, pre=None) -> np.ndarray:
     """I-BERT's integer GELU, ``x (1 + erf(x / sqrt2)) / 2``, requantized to ``act_bits``.
 
     Element-wise::
@@ -578,6 +700,8 @@ def gelu(x: npt.ArrayLike, params: GeluParams) -> np.ndarray:
     x : array_like of int
         int32, shape ``[..., n]``.
     params : GeluParams
+    pre : mapping, optional
+        Per-channel input stage (:func:`prescale`) applied to ``x`` first.
 
     Returns
     -------
@@ -587,6 +711,8 @@ def gelu(x: npt.ArrayLike, params: GeluParams) -> np.ndarray:
     if not isinstance(params, GeluParams):
         raise TypeError(f"params must be GeluParams, not {type(params).__name__}")
     x_arr = _check_rows("x", x, _INT32_MIN, _INT32_MAX)
+    if pre is not None:
+        x_arr = prescale(x_arr, pre)
     w = np.clip(_round_shift(x_arr, params.in_mult, params.in_shift, 1 << 31), -GELU_B, GELU_B)
     q = GELU_B - np.abs(w)
     q2 = q * q
@@ -646,7 +772,7 @@ def add_params(s_x: float, s_b: float, s_out: float, act_bits: int) -> AddParams
     return AddParams(act_bits, xm, xsh, bm, bsh)
 
 
-def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams) -> np.ndarray:
+def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams, pre=None) -> np.ndarray:
     """Requantize ``x`` and ``b`` to the output scale and add, saturating.
 
     Element-wise::
@@ -665,6 +791,8 @@ def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams) -> np.ndarray:
     b : array_like of int
         Activations (``act_bits`` range), broadcast to ``x``.
     params : AddParams
+    pre : mapping, optional
+        Per-channel input stage (:func:`prescale`) applied to ``x`` first.
 
     Returns
     -------
@@ -675,6 +803,8 @@ def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams) -> np.ndarray:
         raise TypeError(f"params must be AddParams, not {type(params).__name__}")
     a = params.act_bits
     x_arr = _check_rows("x", x, _INT32_MIN, _INT32_MAX)
+    if pre is not None:
+        x_arr = prescale(x_arr, pre)
     b_arr = _check_operand("b", b, a, x_arr.shape)
     ux = np.clip(_round_shift(x_arr, params.x_mult, params.x_shift, 1 << 31),
                  _INT32_MIN, _INT32_MAX)
