@@ -36,7 +36,8 @@ from . import numerics
 
 __all__ = [
     "MAX_ELEMS", "EXP_FRAC", "EXP_B", "EXP_C", "EXP_DROP", "EXP_Z_MAX",
-    "LN_CBITS", "LN_FW", "LN_KI", "LN_T_MAX", "LN_I_MAX", "GELU_FE", "GELU_B", "GELU_FP",
+    "LN_CBITS", "LN_FW", "LN_KI", "LN_T_MAX", "LN_I_MAX", "GELU_FU", "GELU_SEG_BITS", "GELU_SEGS",
+    "GELU_R_BITS", "GELU_U_MAX", "GELU_FP", "GELU_TABLE",
     "ADD_FRAC",
     "SoftmaxParams", "LayerNormParams", "GeluParams", "AddParams",
     "softmax_params", "layernorm_params", "gelu_params", "add_params",
@@ -74,14 +75,21 @@ _LN_SG_MAX = 37
 _LN_BETA_MAX = 1 << 24    # |beta / s_out| limit (in output LSBs)
 
 # ---- gelu constants ----------------------------------------------------------------------
-# erf(t) ~ sgn(t) (1 - 0.2888 (1.769 - min(|t|, 1.769))**2) (I-BERT, a = -0.2888, b = -1.769)
-# on t = x / sqrt2; the input is rescaled to w = t sqrt(0.2888) 2**GELU_FE so the square
-# needs no coefficient: erf = sgn(w) (2**32 - (GELU_B - min(|w|, GELU_B))**2) / 2**32.
-GELU_FE = 16
-GELU_B = 62303            # round(1.769 sqrt(0.2888) 2**16): 16 bits
-assert GELU_B == math.floor(1.769 * math.sqrt(0.2888) * 2 ** GELU_FE + 0.5)
-GELU_FP = 17              # phi = (1 + erf) / 2 in units of 2**-17, phi in [0, 2**17]
-assert GELU_B < 1 << 16
+# GELU(x) = x Phi(x). Phi on |x| in [0, 8) is a table of GELU_SEGS + 1 knots every 1/16,
+# linearly interpolated (a piecewise-linear polynomial; I-BERT's single second-order erf
+# polynomial is 75 output LSBs off at 16 bits and costs all-MiniLM-L6-v2 0.007 of its minimum
+# embedding cosine, docs/numerics.md); Phi(-u) = 1 - Phi(u). The knots are ROM contents,
+# computed once here with math.erf (a constant of the hardware, like EXP_B).
+GELU_FU = 16              # u = x in units of 2**-16, |u| < 8 * 2**16 after the clamp
+GELU_SEG_BITS = 4         # knots every 2**-4
+GELU_SEGS = 128           # knots 0 .. 8 (7-bit segment index)
+GELU_R_BITS = GELU_FU - GELU_SEG_BITS   # 12-bit position inside a segment
+GELU_U_MAX = (GELU_SEGS << GELU_R_BITS) - 1
+GELU_FP = 17              # phi = Phi in units of 2**-17, phi in [0, 2**17]
+GELU_TABLE = tuple(math.floor((1 + math.erf(k / 2 ** GELU_SEG_BITS / math.sqrt(2))) / 2
+                              * 2 ** GELU_FP + 0.5) for k in range(GELU_SEGS + 1))
+assert GELU_TABLE[0] == 1 << (GELU_FP - 1) and GELU_TABLE[-1] == 1 << GELU_FP
+assert max(b - a for a, b in zip(GELU_TABLE, GELU_TABLE[1:])) < 1 << 13   # 13-bit slopes
 
 # ---- add constants -----------------------------------------------------------------------
 ADD_FRAC = 12             # both operands are aligned to s_out * 2**-12 before the sum
@@ -650,8 +658,8 @@ class GeluParams:
     act_bits : int
         8 or 16; the output has the real scale ``s_out``.
     in_mult, in_shift : int
-        ``s_x sqrt(0.2888) / sqrt(2) * 2**16 ~= in_mult * 2**-in_shift``, ``in_mult`` in
-        ``[2**30, 2**31)``, ``in_shift`` in ``[1, 62]``.
+        ``s_x * 2**16 ~= in_mult * 2**-in_shift``, ``in_mult`` in ``[2**30, 2**31)``,
+        ``in_shift`` in ``[1, 62]``.
     out_mult, out_shift : int
         ``s_x / s_out`` as ``sim.numerics.quantize_multiplier`` gives it (MBQM operands).
     """
@@ -675,8 +683,7 @@ def gelu_params(s_x: float, s_out: float, act_bits: int) -> GeluParams:
     act_bits = _check_act_bits(act_bits)
     s_x = _check_scale("s_x", s_x)
     s_out = _check_scale("s_out", s_out)
-    im, ish = _fixed_multiplier("s_x * sqrt(0.2888 / 2) * 2**16",
-                                s_x * math.sqrt(0.2888 / 2) * 2 ** GELU_FE, 31, 1, 62)
+    im, ish = _fixed_multiplier("s_x * 2**16", s_x * 2 ** GELU_FU, 31, 1, 62)
     om, osh = numerics.quantize_multiplier(s_x / s_out)
     if om == 0 or (osh == numerics.SHIFT_MAX and om == numerics.INT32_MAX):
         raise ValueError(f"s_x / s_out = {s_x / s_out!r} is outside the output multiplier's "
@@ -685,14 +692,16 @@ def gelu_params(s_x: float, s_out: float, act_bits: int) -> GeluParams:
 
 
 def gelu(x: npt.ArrayLike, params: GeluParams, pre=None) -> np.ndarray:
-    """I-BERT's integer GELU, ``x (1 + erf(x / sqrt2)) / 2``, requantized to ``act_bits``.
+    """Integer GELU, ``x Phi(x)`` with ``Phi`` piecewise linear, requantized to ``act_bits``.
 
-    Element-wise::
+    Element-wise (``T = GELU_TABLE``, 129 knots of ``Phi`` every 1/16 on ``[0, 8]``)::
 
-        w   = sat((x * in_mult + 2**(in_shift-1)) >> in_shift, +-GELU_B)   # 17-bit signed
-        q   = GELU_B - |w|                                                 # 16 bits
-        phi = (2**32 + sgn(w) (2**32 - q*q) + 2**15) >> 16                 # [0, 2**17]
-        y   = (x * phi + 2**16) >> 17                                      # int32
+        u   = (x * in_mult + 2**(in_shift-1)) >> in_shift       # x in units of 2**-16
+        a   = min(|u|, GELU_U_MAX)                               # 19 bits
+        k   = a >> 12;  r = a & 0xfff                            # segment, position in it
+        p   = T[k] + (((T[k+1] - T[k]) * r + 2**11) >> 12)       # Phi(|x|), 17x13 bits
+        phi = p if u >= 0 else 2**17 - p                         # [0, 2**17]
+        y   = (x * phi + 2**16) >> 17                            # int32
         out = sat(MultiplyByQuantizedMultiplier(y, out_mult, out_shift))   # zero point 0
 
     Parameters
@@ -713,12 +722,12 @@ def gelu(x: npt.ArrayLike, params: GeluParams, pre=None) -> np.ndarray:
     x_arr = _check_rows("x", x, _INT32_MIN, _INT32_MAX)
     if pre is not None:
         x_arr = prescale(x_arr, pre)
-    w = np.clip(_round_shift(x_arr, params.in_mult, params.in_shift, 1 << 31), -GELU_B, GELU_B)
-    q = GELU_B - np.abs(w)
-    q2 = q * q
-    _fits("q*q", q2, 0, (1 << 32) - 1)
-    phi2 = (1 << 32) + np.sign(w) * ((1 << 32) - q2)
-    phi = (phi2 + (1 << 15)) >> 16
+    u = _round_shift(x_arr, params.in_mult, params.in_shift, 1 << 31)
+    a = np.minimum(np.abs(u), GELU_U_MAX)
+    k, r = a >> GELU_R_BITS, a & ((1 << GELU_R_BITS) - 1)
+    table = np.asarray(GELU_TABLE, dtype=np.int64)
+    p = table[k] + (((table[k + 1] - table[k]) * r + (1 << (GELU_R_BITS - 1))) >> GELU_R_BITS)
+    phi = np.where(u >= 0, p, (1 << GELU_FP) - p)
     _fits("phi", phi, 0, 1 << GELU_FP)
     y = (x_arr * phi + (1 << (GELU_FP - 1))) >> GELU_FP
     _fits("y", y, _INT32_MIN, _INT32_MAX)

@@ -80,10 +80,13 @@ def layernorm_row_ref(x: list[int], p: K.LayerNormParams, res: list[int] | None)
 
 
 def gelu_ref(x: int, p: K.GeluParams) -> int:
-    w = min(max(_rs(x, p.in_mult, p.in_shift), -K.GELU_B), K.GELU_B)
-    q = K.GELU_B - abs(w)
-    sgn = (w > 0) - (w < 0)
-    phi = (2 ** 32 + sgn * (2 ** 32 - q * q) + 2 ** 15) >> 16
+    u = _rs(x, p.in_mult, p.in_shift)
+    a = min(abs(u), 128 * 4096 - 1)
+    k, r = a >> 12, a & 4095
+    knot = lambda i: math.floor((1 + math.erf(i / 16 / math.sqrt(2))) / 2 * 2 ** 17 + 0.5)
+    phi = knot(k) + (((knot(k + 1) - knot(k)) * r + 2 ** 11) >> 12)
+    if u < 0:
+        phi = 2 ** 17 - phi
     y = (x * phi + 2 ** 16) >> 17
     return _clip(numerics.mbqm_reference(y, p.out_mult, p.out_shift), p.act_bits)
 
