@@ -10,6 +10,7 @@ fields must be zero; a nonzero reserved field is rejected with ``ErrorCode.BAD_F
 later versions can give those bits a meaning without old hardware silently misreading them.
 """
 
+import functools
 from dataclasses import dataclass
 
 from amaranth import unsigned, signed
@@ -164,6 +165,13 @@ INSTR_LAYOUTS: dict[Opcode, type[data.Struct]] = {
 for _layout in INSTR_LAYOUTS.values():
     assert data.Layout.cast(_layout).size == INSTR_WIDTH, _layout
 
+# (field, offset, mask) per opcode value, read once from the layouts: decode() is the golden
+# model's inner loop.
+_DECODE_TABLES = {
+    op.value: tuple((name, f.offset, (1 << f.width) - 1)
+                    for name, f in data.Layout.cast(layout) if name != "opcode")
+    for op, layout in INSTR_LAYOUTS.items()}
+
 #: The opcodes the vector unit executes: valid only on an accelerator with ``vector=True``.
 VECTOR_OPCODES = (Opcode.VREQUANT, Opcode.VADD, Opcode.VSOFTMAX, Opcode.VLAYERNORM, Opcode.VGELU)
 
@@ -204,6 +212,7 @@ assert set(VECTOR_RULES) == set(VECTOR_OPCODES)
 
 
 
+@functools.lru_cache(maxsize=64)
 def opcodes(config) -> tuple:
     """The opcode table of an accelerator built with ``config``, in ``Opcode`` order: the
     one place that decides which opcodes a configuration executes (the decoder's checker,
@@ -428,16 +437,10 @@ def decode(word: int) -> tuple[int, dict[str, int]]:
     if not 0 <= word < (1 << INSTR_WIDTH):
         raise ValueError(f"instruction word must fit in {INSTR_WIDTH} bits, not {word!r}")
     opcode = word & 0xFF
-    try:
-        layout = data.Layout.cast(INSTR_LAYOUTS[Opcode(opcode)])
-    except ValueError:
+    table = _DECODE_TABLES.get(opcode)
+    if table is None:
         return opcode, {}
-    fields = {}
-    for name, field in layout:
-        if name == "opcode":
-            continue
-        fields[name] = (word >> field.offset) & ((1 << field.width) - 1)
-    return opcode, fields
+    return opcode, {name: (word >> offset) & mask for name, offset, mask in table}
 
 
 # ---- documentation (read by scripts/gen_isa_doc.py) -----------------------------------------
