@@ -20,7 +20,7 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "VectorDst", "ErrorCode",
     "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "VectorInstr",
-    "INSTR_LAYOUTS", "VECTOR_OPCODES", "VECTOR_RULES", "VectorOpRules", "SecondOperand", "opcodes",
+    "INSTR_LAYOUTS", "VECTOR_OPCODES", "BUILT_VECTOR_OPCODES", "VECTOR_RULES", "VectorOpRules", "SecondOperand", "opcodes",
     "vector_blocks", "END_LIMIT", "SoftmaxScalars", "AddScalars",
     "GeluScalars", "LayerNormScalars", "LayerNormChannel", "VECTOR_SCALARS",
     "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
@@ -172,8 +172,13 @@ _DECODE_TABLES = {
                     for name, f in data.Layout.cast(layout) if name != "opcode")
     for op, layout in INSTR_LAYOUTS.items()}
 
-#: The opcodes the vector unit executes: valid only on an accelerator with ``vector=True``.
+#: The vector opcodes of the ISA: valid only on an accelerator with ``vector=True``.
 VECTOR_OPCODES = (Opcode.VREQUANT, Opcode.VADD, Opcode.VSOFTMAX, Opcode.VLAYERNORM, Opcode.VGELU)
+#: The vector opcodes the gateware executes today. The others are specified here and run by
+#: the golden model with ``ahead=True`` (the reference the gateware is being built against,
+#: and what the encoder-layer program is compiled for); until they are built, an accelerator
+#: reports them as ``BAD_OPCODE`` like any unknown opcode.
+BUILT_VECTOR_OPCODES = (Opcode.VREQUANT,)
 
 
 class SecondOperand(enum.Enum):
@@ -213,12 +218,15 @@ assert set(VECTOR_RULES) == set(VECTOR_OPCODES)
 
 
 @functools.lru_cache(maxsize=64)
-def opcodes(config) -> tuple:
+def opcodes(config, ahead: bool = False) -> tuple:
     """The opcode table of an accelerator built with ``config``, in ``Opcode`` order: the
     one place that decides which opcodes a configuration executes (the decoder's checker,
     its opcode flags and the golden model all ask here). Every other opcode is
-    ``BAD_OPCODE``."""
-    return tuple(op for op in Opcode if config.vector or op not in VECTOR_OPCODES)
+    ``BAD_OPCODE``. ``ahead`` adds the vector opcodes specified but not yet built
+    (:data:`BUILT_VECTOR_OPCODES`), for the golden model only."""
+    vector = VECTOR_OPCODES if ahead else BUILT_VECTOR_OPCODES
+    return tuple(op for op in Opcode
+                 if op not in VECTOR_OPCODES or (config.vector and op in vector))
 
 
 def layout_subset(layout, *names: str, **extra) -> data.StructLayout:
@@ -591,7 +599,7 @@ def instruction_ends(opcode: Opcode, f: dict, config, mux=_py_mux) -> dict:
 
 
 def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
-                       ends: dict | None = None) -> list:
+                       ends: dict | None = None, ahead: bool = False) -> list:
     """The ordered error checks of one instruction.
 
     Returns ``[(ErrorCode, condition), ...]``; the first true condition is the instruction's
@@ -599,10 +607,11 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
     operands. With plain ``int`` fields and the default ``mux`` the conditions are Python
     bools (the golden model); with Amaranth values and ``amaranth.hdl.Mux`` they are
     single-bit values (the hardware decoder). Only operators that both support are used.
-    ``ends`` is :func:`instruction_ends` of the same instruction, computed here when omitted.
+    ``ends`` is :func:`instruction_ends` of the same instruction, computed here when omitted;
+    ``ahead`` as in :func:`opcodes`.
     """
     c = config
-    if opcode not in opcodes(config):
+    if opcode not in opcodes(config, ahead):
         return [(ErrorCode.BAD_OPCODE, True)]
     if ends is None:
         ends = instruction_ends(opcode, f, config, mux)

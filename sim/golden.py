@@ -44,16 +44,22 @@ class GoldenBackend:
     ----------
     config : AcceleratorConfig
         The instance being modelled.
+    ahead : bool
+        Also execute the vector opcodes the ISA specifies but the gateware does not build
+        yet (``isa.BUILT_VECTOR_OPCODES``; needs ``vector=True``): the reference for that
+        work and for programs compiled for it, such as ``sim.encoder``'s layer program.
+        Without it the model is the accelerator's twin and reports them ``BAD_OPCODE``.
     """
 
     name = "golden"
 
-    def __init__(self, config: AcceleratorConfig | None = None):
+    def __init__(self, config: AcceleratorConfig | None = None, *, ahead: bool = False):
         if config is None:
             config = AcceleratorConfig()
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         self.config = config
+        self.ahead = bool(ahead)
         self.reset()
 
     def reset(self) -> None:
@@ -97,7 +103,8 @@ class GoldenBackend:
                 status = RunStatus(done=True, error=ErrorCode.BAD_OPCODE, fault_index=index)
                 break
             error = ErrorCode.NONE
-            for code, failed in isa.instruction_checks(op, fields, self.config):
+            for code, failed in isa.instruction_checks(op, fields, self.config,
+                                                       ahead=self.ahead):
                 if failed:
                     error = code
                     break

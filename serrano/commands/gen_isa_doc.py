@@ -21,10 +21,10 @@ UNIT = {
     Opcode.NOP: "decoder", Opcode.LOAD: "load unit", Opcode.MATMUL: "execute unit",
     Opcode.STORE: "store unit", Opcode.FENCE: "decoder", Opcode.HALT: "decoder",
     Opcode.VREQUANT: "vector unit (`vector=True`)",
-    Opcode.VADD: "vector unit (`vector=True`)",
-    Opcode.VSOFTMAX: "vector unit (`vector=True`)",
-    Opcode.VLAYERNORM: "vector unit (`vector=True`)",
-    Opcode.VGELU: "vector unit (`vector=True`)",
+    Opcode.VADD: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VSOFTMAX: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VLAYERNORM: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VGELU: "vector unit (`vector=True`; specified, gateware in progress)",
 }
 
 SUMMARY = {
@@ -135,7 +135,12 @@ def generate() -> str:
     a("**The opcode table depends on the configuration** (`isa.opcodes(config)`): the vector "
       "opcodes (" + ", ".join(f"`{op.name}`" for op in isa.VECTOR_OPCODES) + ") exist only "
       "on an accelerator built with `AcceleratorConfig(vector=True)` (a square array whose "
-      "side is a power of two); with `vector=False` they are `BAD_OPCODE`.")
+      "side is a power of two); with `vector=False` they are `BAD_OPCODE`. Of them the "
+      "gateware executes " + ", ".join(f"`{op.name}`" for op in isa.BUILT_VECTOR_OPCODES) +
+      " today; the others are specified here (encodings, checks, parameter entries, "
+      "arithmetic) and executed by the golden model with `GoldenBackend(config, "
+      "ahead=True)`, and an accelerator reports them `BAD_OPCODE` until their gateware "
+      "lands.")
     a("")
 
     a("## Execution model and dependencies")
