@@ -15,7 +15,7 @@ from serrano.sim.asm import Program, pack_output_params, unpack_output_params
 from serrano.sim.compiled import CompiledBackend, check_prerequisites
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.pysim import PysimBackend
-from programs import patch_field
+from programs import VECTOR_CONFIGS, patch_field
 
 needs_verilator = pytest.mark.skipif(
     bool(check_prerequisites("verilator")),
@@ -404,7 +404,8 @@ def test_vrequant_pysim_matches_golden_act16_all():
 
 @needs_verilator
 def test_vrequant_compiled_matches_golden():
-    cfg = vcfg(16, lanes=2, wgt_depth=32)
+    cfg = VECTOR_CONFIGS["2x2_vec16"]   # (the fuzz test's: one compiled build for both)
+    assert cfg == vcfg(16, lanes=2, wgt_depth=32)
     cases = _cases(cfg, seed=5)
     jobs = [(c.words, c.mem) for c in cases]
     ref = GoldenBackend(cfg).run_sequence(jobs)
