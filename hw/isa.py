@@ -32,7 +32,7 @@ class Opcode(enum.Enum, shape=8):
     """Instruction opcodes. 0x06-0x0F are reserved for matrix/control instructions and
     0x10-0x1F for vector operations (on accumulator rows, in the vector unit); every value
     not listed here is rejected with ``ErrorCode.BAD_OPCODE``, and so are the vector opcodes
-    on an accelerator built with ``vector=False`` (:func:`opcodes`)."""
+    on an accelerator built with ``vector=False`` (``isa.opcodes``)."""
     NOP = 0x00
     LOAD = 0x01
     MATMUL = 0x02
