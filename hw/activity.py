@@ -113,15 +113,12 @@ class ActivityCounters(wiring.Component):
     """
 
     def __init__(self, config: AcceleratorConfig, events: tuple[Event, ...] = ACTIVITY_EVENTS):
-        if not isinstance(config, AcceleratorConfig):
-            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        try:
+            self._check(config, events)
+        except (TypeError, ValueError):
+            self._MustUse__silence = True   # a rejected component is not "never used"
+            raise
         events = tuple(events)
-        if not events or not all(isinstance(e, Event) for e in events):
-            raise ValueError("events must be a non-empty sequence of Event")
-        sources = [e.source for e in events]
-        dup = sorted({s for s in sources if sources.count(s) > 1})
-        if dup:
-            raise ValueError(f"event sources named twice: {', '.join(dup)}")
         self._config = config
         self._events = events
         self._fields = tuple(f for f in isa.ACTIVITY_COUNTERS
@@ -131,6 +128,18 @@ class ActivityCounters(wiring.Component):
             "counting": In(1),
             "counters": Out(counters_layout(self._fields)),
         })
+
+    @staticmethod
+    def _check(config: AcceleratorConfig, events) -> None:
+        if not isinstance(config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+        events = tuple(events)
+        if not events or not all(isinstance(e, Event) for e in events):
+            raise ValueError("events must be a non-empty sequence of Event")
+        sources = [e.source for e in events]
+        dup = sorted({s for s in sources if sources.count(s) > 1})
+        if dup:
+            raise ValueError(f"event sources named twice: {', '.join(dup)}")
 
     @property
     def fields(self) -> tuple[str, ...]:

@@ -81,12 +81,17 @@ class PerfCounters(wiring.Component):
 
     def __init__(self, *, width: int = isa.COUNTER_WIDTH, late: tuple[str, ...] = (),
                  fields: tuple[str, ...] = isa.PERF_COUNTERS):
-        self._width = check_counter_width(width)
         fields = tuple(fields)
-        layout = counters_layout(fields)  # ValueError for a name outside isa.Counters
-        unknown = sorted(set(late) - set(fields))
-        if unknown:
-            raise ValueError(f"late names no counter of isa.Counters: {', '.join(unknown)}")
+        try:
+            self._width = check_counter_width(width)
+            layout = counters_layout(fields)  # ValueError for a name outside isa.Counters
+            unknown = sorted(set(late) - set(fields))
+            if unknown:
+                raise ValueError(f"late names no counter of isa.Counters: "
+                                 f"{', '.join(unknown)}")
+        except ValueError:
+            self._MustUse__silence = True   # a rejected component is not "never used"
+            raise
         self._late = tuple(late)
         self._fields = fields
         super().__init__({
