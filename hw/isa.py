@@ -178,7 +178,14 @@ COUNTER_WIDTH = 48
 
 class Counters(data.Struct):
     """Performance counters, cleared by ``clear``; they count from the cycle the first
-    instruction word is accepted until ``done`` rises."""
+    instruction word is accepted until ``done`` rises.
+
+    The fields from ``act_reads`` on are activity counters for an energy model: one count
+    per buffer entry read whose data is used, per buffer entry written, per memory request
+    accepted (``docs/performance.md``, "Activity counters", defines each). They depend on
+    the program only, not on timing, and read 0 with
+    ``AcceleratorConfig(activity_counters=False)``. ``array_busy`` is the MAC-active count:
+    each of its cycles is ``rows * cols`` multiply-accumulates."""
     cycles: unsigned(COUNTER_WIDTH)
     array_busy: unsigned(COUNTER_WIDTH)      # MAC-active cycles: a vector entered the array
     instructions: unsigned(COUNTER_WIDTH)    # instructions retired by the decoder
@@ -186,9 +193,7 @@ class Counters(data.Struct):
     load_stall: unsigned(COUNTER_WIDTH)      # load unit waited for the memory port
     exec_stall: unsigned(COUNTER_WIDTH)      # execute unit held work but issued no vector
     store_stall: unsigned(COUNTER_WIDTH)     # store unit waited for the memory port
-    # Activity counters (hw/activity.py; docs/performance.md, "Activity counters"): one count
-    # per buffer entry read whose data is used, per entry written, per memory request
-    # accepted. They read 0 with AcceleratorConfig(activity_counters=False).
+    # activity counters (hw/activity.py), appended: the fields above keep their offsets
     act_reads: unsigned(COUNTER_WIDTH)        # activation entries read (MATMUL vectors)
     act_writes: unsigned(COUNTER_WIDTH)       # activation entries written (LOAD rows)
     wgt_reads: unsigned(COUNTER_WIDTH)        # weight entries read into the array
