@@ -20,6 +20,7 @@ from serrano.hw.counters import PerfCounters
 from serrano.hw.isa import LoadTarget, Opcode, StoreMode, encode
 from serrano.hw.uart import COUNTER_BYTES, PROTOCOL_VERSION
 from serrano.sim.backend import COUNTER_NAMES, MemoryProfile
+from serrano.sim.compiled import CompiledBackend
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.pysim import PysimBackend
 from programs import SMALL_CONFIGS, random_program
@@ -132,6 +133,26 @@ def test_golden_counters_wrap_at_counter_width():
     got = GoldenBackend(cfg).run(words, np.zeros(8192, np.uint8)).counters
     assert got["act_writes"] == got["mem_read_beats"] == 4096
     assert got["instructions"] == 18
+
+
+@needs_verilator
+@pytest.mark.slow
+def test_compiled_wraps_and_off_like_golden():
+    """The hardware's ``counter_width``-bit activity counters wrap as the golden model's do,
+    and with ``activity_counters=False`` the compiled model reads 0 too (two more builds)."""
+    cfg = replace(SMALL_CONFIGS["1x3_w1"], counter_width=16, act_depth=4096,
+                  mem_bytes=1 << 16)
+    load = encode(Opcode.LOAD, target=LoadTarget.ACT, n_rows=4096, row_bytes=1,
+                  mem_addr=0, mem_stride=1)
+    words, memory = [load] * 17 + [HALT], np.zeros(8192, np.uint8)
+    ref = GoldenBackend(cfg).run(words, memory)
+    got = CompiledBackend(cfg).run(words, memory, max_cycles=1_000_000)
+    assert _reported(got, ref) == ref.counters
+    assert got.counters["mem_read_beats"] == 4096
+    words, expect = CASES["all"]
+    off = CompiledBackend(replace(CFG, activity_counters=False)).run(words, _memory(),
+                                                                     max_cycles=BUDGET)
+    assert {n: off.counters[n] for n in expect} == {**expect, **ZERO}
 
 
 # ---- random programs: golden, pysim and compiled agree -----------------------------------------
