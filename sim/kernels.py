@@ -13,6 +13,13 @@ Kernels: :func:`softmax`, :func:`layernorm`, :func:`gelu`, :func:`add`, :func:`r
 their parameters: :func:`softmax_params`, :func:`layernorm_params`, :func:`gelu_params`,
 :func:`add_params`. :func:`isqrt` is the row unit's exact floor square root.
 
+A linear layer's accumulators carry one scale per output channel (``s_act * s_w[j]`` with
+per-channel weights) and need its bias added, so :func:`layernorm`, :func:`gelu` and
+:func:`add` take an optional per-channel input stage ``pre`` first (:func:`prescale`, the
+output stage's bias and multiplier without zero point or clamp; parameters from
+:func:`prescale_params`), which brings every channel to the one scale ``s_x`` the kernel's
+parameters were made for.
+
 Rounding rule everywhere: round half up, ``(v * M + 2**(sh - 1)) >> sh`` (arithmetic shift),
 except where a step says floor. All activations the kernels write are symmetric (zero point
 0) except :func:`requant`, which is the output stage with its ``OutputParams``.
@@ -29,11 +36,13 @@ from . import numerics
 
 __all__ = [
     "MAX_ELEMS", "EXP_FRAC", "EXP_B", "EXP_C", "EXP_DROP", "EXP_Z_MAX",
-    "LN_CBITS", "LN_FW", "LN_KI", "LN_T_MAX", "LN_I_MAX", "GELU_FE", "GELU_B", "GELU_FP",
+    "LN_CBITS", "LN_FW", "LN_KI", "LN_T_MAX", "LN_I_MAX", "GELU_FU", "GELU_SEG_BITS", "GELU_SEGS",
+    "GELU_R_BITS", "GELU_U_MAX", "GELU_FP", "GELU_TABLE",
     "ADD_FRAC",
     "SoftmaxParams", "LayerNormParams", "GeluParams", "AddParams",
     "softmax_params", "layernorm_params", "gelu_params", "add_params",
     "softmax", "layernorm", "gelu", "add", "requant", "isqrt", "act_range", "mask_sentinel",
+    "prescale", "prescale_params",
 ]
 
 MAX_ELEMS = 4095  # n_elems is a 12-bit field of VectorInstr; the row sums are sized for it
@@ -66,14 +75,21 @@ _LN_SG_MAX = 37
 _LN_BETA_MAX = 1 << 24    # |beta / s_out| limit (in output LSBs)
 
 # ---- gelu constants ----------------------------------------------------------------------
-# erf(t) ~ sgn(t) (1 - 0.2888 (1.769 - min(|t|, 1.769))**2) (I-BERT, a = -0.2888, b = -1.769)
-# on t = x / sqrt2; the input is rescaled to w = t sqrt(0.2888) 2**GELU_FE so the square
-# needs no coefficient: erf = sgn(w) (2**32 - (GELU_B - min(|w|, GELU_B))**2) / 2**32.
-GELU_FE = 16
-GELU_B = 62303            # round(1.769 sqrt(0.2888) 2**16): 16 bits
-assert GELU_B == math.floor(1.769 * math.sqrt(0.2888) * 2 ** GELU_FE + 0.5)
-GELU_FP = 17              # phi = (1 + erf) / 2 in units of 2**-17, phi in [0, 2**17]
-assert GELU_B < 1 << 16
+# GELU(x) = x Phi(x). Phi on |x| in [0, 8) is a table of GELU_SEGS + 1 knots every 1/16,
+# linearly interpolated (a piecewise-linear polynomial; I-BERT's single second-order erf
+# polynomial is 75 output LSBs off at 16 bits and costs all-MiniLM-L6-v2 0.007 of its minimum
+# embedding cosine, docs/numerics.md); Phi(-u) = 1 - Phi(u). The knots are ROM contents,
+# computed once here with math.erf (a constant of the hardware, like EXP_B).
+GELU_FU = 16              # u = x in units of 2**-16, |u| < 8 * 2**16 after the clamp
+GELU_SEG_BITS = 4         # knots every 2**-4
+GELU_SEGS = 128           # knots 0 .. 8 (7-bit segment index)
+GELU_R_BITS = GELU_FU - GELU_SEG_BITS   # 12-bit position inside a segment
+GELU_U_MAX = (GELU_SEGS << GELU_R_BITS) - 1
+GELU_FP = 17              # phi = Phi in units of 2**-17, phi in [0, 2**17]
+GELU_TABLE = tuple(math.floor((1 + math.erf(k / 2 ** GELU_SEG_BITS / math.sqrt(2))) / 2
+                              * 2 ** GELU_FP + 0.5) for k in range(GELU_SEGS + 1))
+assert GELU_TABLE[0] == 1 << (GELU_FP - 1) and GELU_TABLE[-1] == 1 << GELU_FP
+assert max(b - a for a, b in zip(GELU_TABLE, GELU_TABLE[1:])) < 1 << 13   # 13-bit slopes
 
 # ---- add constants -----------------------------------------------------------------------
 ADD_FRAC = 12             # both operands are aligned to s_out * 2**-12 before the sum
@@ -196,6 +212,115 @@ def isqrt(v: npt.ArrayLike) -> np.ndarray:
         res = np.where(ge, (res >> 1) + bit, res >> 1)
         bit >>= 2
     return res
+
+
+# ---- per-channel input stage ------------------------------------------------------------
+
+_PRE_FIELDS = ("bias", "multiplier", "shift")
+
+
+def prescale_params(s_in: float | npt.ArrayLike, s_x: float, bias: npt.ArrayLike | None = None,
+                    n_elems: int | None = None) -> dict[str, np.ndarray]:
+    """Per-channel input-stage parameters taking accumulators of scale ``s_in[j]`` (plus a
+    real ``bias[j]``) to the common scale ``s_x``.
+
+    Parameters
+    ----------
+    s_in : float or array_like of float
+        Real scale of each input channel (``s_act * s_w[j]`` for a linear layer with
+        per-channel weights); a scalar applies to every channel.
+    s_x : float
+        The common scale after the stage: the ``s_x`` of the kernel's ``*_params``. Every
+        ratio ``s_in[j] / s_x`` must be below 1 (so that MBQM only shifts right and cannot
+        wrap; a ratio within ``2**-31`` of 1 rounds up to a left shift and is rejected too)
+        and at least ``2**-31``; ``2 * max(s_in)`` is always valid and loses one bit.
+    bias : array_like of float, optional
+        The layer's real bias per channel, quantized to ``round(bias[j] / s_in[j])``.
+    n_elems : int, optional
+        Number of channels, when neither ``s_in`` nor ``bias`` is an array.
+
+    Returns
+    -------
+    dict of numpy.ndarray
+        ``bias``, ``multiplier``, ``shift`` (int64, one per channel) and, so the dict packs
+        with ``sim.asm.pack_output_params`` into the parameter buffer's ``OutputParams``
+        entries, ``zero_point`` 0, ``lo`` -128, ``hi`` 127 (unused by the stage).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For non-finite or non-positive scales, a ratio outside ``[2**-31, 1)``, a bias
+        outside the int32 range once quantized, or lengths that disagree.
+    """
+    s_x = _check_scale("s_x", s_x)
+    if np.ndim(s_in) == 0:
+        s_arr = np.array([_check_scale("s_in", s_in)])
+    else:
+        s_arr = _real_vector("s_in", s_in)
+        if np.any(s_arr <= 0):
+            raise ValueError("s_in must be > 0 in every channel")
+    lengths = {len(s_arr)} - {1}
+    b_arr = None
+    if bias is not None:
+        b_arr = _real_vector("bias", bias)
+        lengths.add(len(b_arr))
+    if n_elems is not None:
+        lengths.add(int(n_elems))
+    if len(lengths) > 1:
+        raise ValueError(f"s_in, bias and n_elems disagree on the channel count: "
+                         f"{sorted(lengths)}")
+    n = lengths.pop() if lengths else 1
+    s_arr = np.broadcast_to(s_arr, (n,))
+    ratio = s_arr / s_x
+    mult, shift = numerics.quantize_multiplier(ratio)
+    # A positive MBQM shift is a left shift that wraps in int32; ratios below 1 never need one.
+    if np.any(ratio < 2.0 ** -31) or np.any(np.asarray(shift) > 0):
+        raise ValueError(f"s_in / s_x must lie in [2**-31, 1) in every channel, not "
+                         f"[{ratio.min()!r}, {ratio.max()!r}] (s_x = 2 * max(s_in) always is)")
+    q_bias = np.zeros(n, dtype=np.int64)
+    if b_arr is not None:
+        q = np.floor(b_arr / s_arr + 0.5)
+        if np.any(np.abs(q) > _INT32_MAX):
+            raise ValueError("bias / s_in must be inside the int32 range in every channel")
+        q_bias = q.astype(np.int64)
+    return {"bias": q_bias, "multiplier": np.asarray(mult, dtype=np.int64),
+            "shift": np.asarray(shift, dtype=np.int64), "zero_point": np.zeros(n, np.int64),
+            "lo": np.full(n, -128, np.int64), "hi": np.full(n, 127, np.int64)}
+
+
+def prescale(x: npt.ArrayLike, pre) -> np.ndarray:
+    """The per-channel input stage: ``MBQM(wrap32(x + bias[j]), multiplier[j], shift[j])``.
+
+    The output stage's first two steps (the same fields of ``OutputParams``, so the vector
+    unit reads them from the parameter buffer like ``VREQUANT`` does), without zero point or
+    clamp: an int32 result.
+
+    Parameters
+    ----------
+    x : array_like of int
+        int32 accumulator rows, shape ``[..., n]``.
+    pre : mapping or structured array
+        Per-channel ``bias``, ``multiplier``, ``shift`` (length ``n`` or 1), e.g. from
+        :func:`prescale_params` or ``sim.asm.unpack_output_params``.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 values in the int32 range, the shape of ``x``.
+    """
+    try:
+        fields = {f: np.asarray(pre[f]) for f in _PRE_FIELDS}
+    except (KeyError, ValueError, IndexError, TypeError) as exc:
+        raise TypeError(f"pre must have the fields {_PRE_FIELDS}: {exc}") from exc
+    x_arr = _check_rows("x", x, _INT32_MIN, _INT32_MAX)
+    n = x_arr.shape[-1]
+    for f, v in fields.items():
+        if v.ndim != 1 or v.shape[0] not in (1, n):
+            raise ValueError(f"pre[{f!r}] must be 1-D of length 1 or {n}, not shape {v.shape}")
+    shift = np.clip(fields["shift"].astype(np.int64), numerics.SHIFT_MIN, numerics.SHIFT_MAX)
+    acc = numerics._wrap_int32(x_arr + fields["bias"].astype(np.int64))
+    return numerics.multiply_by_quantized_multiplier(acc, fields["multiplier"],
+                                                     shift).astype(np.int64)
 
 
 # ---- softmax -----------------------------------------------------------------------------
@@ -428,7 +553,7 @@ def layernorm_params(s_x: float, s_out: float, gamma: npt.ArrayLike, beta: npt.A
 
 
 def layernorm(x: npt.ArrayLike, params: LayerNormParams,
-              residual: npt.ArrayLike | None = None) -> np.ndarray:
+              residual: npt.ArrayLike | None = None, pre=None) -> np.ndarray:
     """LayerNorm along the last axis, integer mean, variance, square root and reciprocal.
 
     Per row of ``n`` elements (three passes over the row; ``docs/numerics.md``)::
@@ -459,6 +584,9 @@ def layernorm(x: npt.ArrayLike, params: LayerNormParams,
     residual : array_like of int, optional
         Activation tensor (``act_bits`` range, scale ``s_residual``) added before the
         statistics, broadcast to ``x``.
+    pre : mapping, optional
+        Per-channel input stage (:func:`prescale`) applied to ``x`` first; ``s_x`` is then
+        the scale after it.
 
     Returns
     -------
@@ -472,6 +600,8 @@ def layernorm(x: npt.ArrayLike, params: LayerNormParams,
     n = x_arr.shape[-1]
     if n != params.n_elems:
         raise ValueError(f"x rows have {n} elements, params are for {params.n_elems}")
+    if pre is not None:
+        x_arr = prescale(x_arr, pre)
     h = x_arr
     if residual is not None:
         if params.res_mult is None:
@@ -528,8 +658,8 @@ class GeluParams:
     act_bits : int
         8 or 16; the output has the real scale ``s_out``.
     in_mult, in_shift : int
-        ``s_x sqrt(0.2888) / sqrt(2) * 2**16 ~= in_mult * 2**-in_shift``, ``in_mult`` in
-        ``[2**30, 2**31)``, ``in_shift`` in ``[1, 62]``.
+        ``s_x * 2**16 ~= in_mult * 2**-in_shift``, ``in_mult`` in ``[2**30, 2**31)``,
+        ``in_shift`` in ``[1, 62]``.
     out_mult, out_shift : int
         ``s_x / s_out`` as ``sim.numerics.quantize_multiplier`` gives it (MBQM operands).
     """
@@ -553,8 +683,7 @@ def gelu_params(s_x: float, s_out: float, act_bits: int) -> GeluParams:
     act_bits = _check_act_bits(act_bits)
     s_x = _check_scale("s_x", s_x)
     s_out = _check_scale("s_out", s_out)
-    im, ish = _fixed_multiplier("s_x * sqrt(0.2888 / 2) * 2**16",
-                                s_x * math.sqrt(0.2888 / 2) * 2 ** GELU_FE, 31, 1, 62)
+    im, ish = _fixed_multiplier("s_x * 2**16", s_x * 2 ** GELU_FU, 31, 1, 62)
     om, osh = numerics.quantize_multiplier(s_x / s_out)
     if om == 0 or (osh == numerics.SHIFT_MAX and om == numerics.INT32_MAX):
         raise ValueError(f"s_x / s_out = {s_x / s_out!r} is outside the output multiplier's "
@@ -562,15 +691,17 @@ def gelu_params(s_x: float, s_out: float, act_bits: int) -> GeluParams:
     return GeluParams(act_bits, im, ish, om, osh)
 
 
-def gelu(x: npt.ArrayLike, params: GeluParams) -> np.ndarray:
-    """I-BERT's integer GELU, ``x (1 + erf(x / sqrt2)) / 2``, requantized to ``act_bits``.
+def gelu(x: npt.ArrayLike, params: GeluParams, pre=None) -> np.ndarray:
+    """Integer GELU, ``x Phi(x)`` with ``Phi`` piecewise linear, requantized to ``act_bits``.
 
-    Element-wise::
+    Element-wise (``T = GELU_TABLE``, 129 knots of ``Phi`` every 1/16 on ``[0, 8]``)::
 
-        w   = sat((x * in_mult + 2**(in_shift-1)) >> in_shift, +-GELU_B)   # 17-bit signed
-        q   = GELU_B - |w|                                                 # 16 bits
-        phi = (2**32 + sgn(w) (2**32 - q*q) + 2**15) >> 16                 # [0, 2**17]
-        y   = (x * phi + 2**16) >> 17                                      # int32
+        u   = (x * in_mult + 2**(in_shift-1)) >> in_shift       # x in units of 2**-16
+        a   = min(|u|, GELU_U_MAX)                               # 19 bits
+        k   = a >> 12;  r = a & 0xfff                            # segment, position in it
+        p   = T[k] + (((T[k+1] - T[k]) * r + 2**11) >> 12)       # Phi(|x|), 17x13 bits
+        phi = p if u >= 0 else 2**17 - p                         # [0, 2**17]
+        y   = (x * phi + 2**16) >> 17                            # int32
         out = sat(MultiplyByQuantizedMultiplier(y, out_mult, out_shift))   # zero point 0
 
     Parameters
@@ -578,6 +709,8 @@ def gelu(x: npt.ArrayLike, params: GeluParams) -> np.ndarray:
     x : array_like of int
         int32, shape ``[..., n]``.
     params : GeluParams
+    pre : mapping, optional
+        Per-channel input stage (:func:`prescale`) applied to ``x`` first.
 
     Returns
     -------
@@ -587,12 +720,14 @@ def gelu(x: npt.ArrayLike, params: GeluParams) -> np.ndarray:
     if not isinstance(params, GeluParams):
         raise TypeError(f"params must be GeluParams, not {type(params).__name__}")
     x_arr = _check_rows("x", x, _INT32_MIN, _INT32_MAX)
-    w = np.clip(_round_shift(x_arr, params.in_mult, params.in_shift, 1 << 31), -GELU_B, GELU_B)
-    q = GELU_B - np.abs(w)
-    q2 = q * q
-    _fits("q*q", q2, 0, (1 << 32) - 1)
-    phi2 = (1 << 32) + np.sign(w) * ((1 << 32) - q2)
-    phi = (phi2 + (1 << 15)) >> 16
+    if pre is not None:
+        x_arr = prescale(x_arr, pre)
+    u = _round_shift(x_arr, params.in_mult, params.in_shift, 1 << 31)
+    a = np.minimum(np.abs(u), GELU_U_MAX)
+    k, r = a >> GELU_R_BITS, a & ((1 << GELU_R_BITS) - 1)
+    table = np.asarray(GELU_TABLE, dtype=np.int64)
+    p = table[k] + (((table[k + 1] - table[k]) * r + (1 << (GELU_R_BITS - 1))) >> GELU_R_BITS)
+    phi = np.where(u >= 0, p, (1 << GELU_FP) - p)
     _fits("phi", phi, 0, 1 << GELU_FP)
     y = (x_arr * phi + (1 << (GELU_FP - 1))) >> GELU_FP
     _fits("y", y, _INT32_MIN, _INT32_MAX)
@@ -646,13 +781,13 @@ def add_params(s_x: float, s_b: float, s_out: float, act_bits: int) -> AddParams
     return AddParams(act_bits, xm, xsh, bm, bsh)
 
 
-def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams) -> np.ndarray:
+def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams, pre=None) -> np.ndarray:
     """Requantize ``x`` and ``b`` to the output scale and add, saturating.
 
     Element-wise::
 
         ux  = sat32((x * x_mult + 2**(x_shift-1)) >> x_shift)   # s_out * 2**-12 units
-        ub  = (b * b_mult + 2**(b_shift-1)) >> b_shift           # |ub| < 2**31 - 2**(act+11)
+        ub  = sat32((b * b_mult + 2**(b_shift-1)) >> b_shift)    # add_params: never saturates
         out = sat((ux + ub + 2**11) >> 12)                       # 33-bit sum
 
     The int32 saturation of ``ux`` is exact: a saturated ``ux`` plus any ``ub`` lies beyond
@@ -665,6 +800,8 @@ def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams) -> np.ndarray:
     b : array_like of int
         Activations (``act_bits`` range), broadcast to ``x``.
     params : AddParams
+    pre : mapping, optional
+        Per-channel input stage (:func:`prescale`) applied to ``x`` first.
 
     Returns
     -------
@@ -675,11 +812,15 @@ def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams) -> np.ndarray:
         raise TypeError(f"params must be AddParams, not {type(params).__name__}")
     a = params.act_bits
     x_arr = _check_rows("x", x, _INT32_MIN, _INT32_MAX)
+    if pre is not None:
+        x_arr = prescale(x_arr, pre)
     b_arr = _check_operand("b", b, a, x_arr.shape)
     ux = np.clip(_round_shift(x_arr, params.x_mult, params.x_shift, 1 << 31),
                  _INT32_MIN, _INT32_MAX)
-    ub = _round_shift(b_arr, params.b_mult, params.b_shift, 1 << (a - 1))
-    _fits("ub", ub, -(1 << 31) + (1 << (a + ADD_FRAC - 1)), (1 << 31) - (1 << (a + ADD_FRAC - 1)))
+    # add_params keeps |ub| <= 2**31 - 2**(a+11); the saturation defines the result for any
+    # multiplier the parameter buffer holds (a 47-bit product saturated to a 32-bit register)
+    ub = np.clip(_round_shift(b_arr, params.b_mult, params.b_shift, 1 << (a - 1)),
+                 _INT32_MIN, _INT32_MAX)
     y = (ux + ub + (1 << (ADD_FRAC - 1))) >> ADD_FRAC
     lo, hi = act_range(a)
     return np.clip(y, lo, hi).astype(_out_dtype(a))

