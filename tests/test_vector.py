@@ -653,3 +653,11 @@ def test_output_stage_wide_is_bit_exact(family):
         want16 = kernels.requant(row.acc[None, :], p, 16)[0].tolist()
         assert o_data == row.expected().tolist(), (cycle, row.acc.tolist())
         assert o_wide == want16, (cycle, row.acc.tolist(), o_wide, want16)
+
+
+def test_vrequant_without_overlap():
+    """``overlap=False`` (SerialScoreboard): a vector instruction waits for every unit like
+    any other; the hazard programs still give the sequential result."""
+    cfg = vcfg(8, overlap=False)
+    cases = _cases(cfg, seed=21)
+    _pysim_matches_golden(cfg, [cases[k] for k in (0, 3, 8)] + _hazard_cases(cfg, seed=22)[:3])
