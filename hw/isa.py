@@ -15,8 +15,9 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
-    "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "ErrorCode",
-    "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "INSTR_LAYOUTS",
+    "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "VectorDst", "ErrorCode",
+    "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "VectorInstr",
+    "INSTR_LAYOUTS", "VECTOR_OPCODES", "opcodes", "vector_blocks", "END_LIMIT",
     "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters", "PERF_COUNTERS",
     "ACTIVITY_COUNTERS",
     "mem_request_layout", "MemoryPortSignature",
@@ -30,14 +31,16 @@ INSTR_WIDTH = 128
 
 class Opcode(enum.Enum, shape=8):
     """Instruction opcodes. 0x06-0x0F are reserved for matrix/control instructions and
-    0x10-0x1F for vector operations (element-wise ops on accumulator rows); every value not
-    listed here is rejected with ``ErrorCode.BAD_OPCODE``."""
+    0x10-0x1F for vector operations (on accumulator rows, in the vector unit); every value
+    not listed here is rejected with ``ErrorCode.BAD_OPCODE``, and so are the vector opcodes
+    on an accelerator built with ``vector=False`` (``isa.opcodes``)."""
     NOP = 0x00
     LOAD = 0x01
     MATMUL = 0x02
     STORE = 0x03
     FENCE = 0x04
     HALT = 0x05
+    VREQUANT = 0x10
 
 
 class LoadTarget(enum.Enum, shape=2):
@@ -51,6 +54,12 @@ class StoreMode(enum.Enum, shape=2):
     """How a STORE turns accumulator rows into memory bytes."""
     REQUANT = 0  # output stage: bias, requantize, zero point, clamp -> int8
     RAW = 1      # int32, little-endian, no output stage
+
+
+class VectorDst(enum.Enum, shape=2):
+    """Which on-chip buffer a vector instruction writes (values 2 and 3: ``BAD_FIELD``)."""
+    ACT = 0
+    WGT = 1
 
 
 class ErrorCode(enum.Enum, shape=4):
@@ -110,6 +119,26 @@ class ControlInstr(data.Struct):
     reserved0: unsigned(INSTR_WIDTH - 8)
 
 
+class VectorInstr(data.Struct):
+    """Every vector opcode (``docs/vector.md``): an int32 source tensor of ``n_rows`` x
+    ``n_elems`` in the accumulator buffer, block-major (element ``(i, j)`` in entry ``addr +
+    (j // L) * stride + i``, lane ``j % L``, ``L = cols``), and a destination tensor of the
+    same layout in ``dst`` (the ``[n_elems, n_rows]`` transpose with ``transpose = 1``)."""
+    opcode: Opcode
+    dst: VectorDst
+    transpose: unsigned(1)
+    with_b: unsigned(1)
+    reserved0: unsigned(4)
+    src_addr: unsigned(16)
+    src_stride: unsigned(16)
+    dst_addr: unsigned(16)
+    dst_stride: unsigned(16)
+    b_addr: unsigned(16)
+    n_rows: unsigned(12)
+    n_elems: unsigned(12)
+    param_addr: unsigned(8)
+
+
 INSTR_LAYOUTS: dict[Opcode, type[data.Struct]] = {
     Opcode.NOP: ControlInstr,
     Opcode.LOAD: LoadInstr,
@@ -117,10 +146,22 @@ INSTR_LAYOUTS: dict[Opcode, type[data.Struct]] = {
     Opcode.STORE: StoreInstr,
     Opcode.FENCE: ControlInstr,
     Opcode.HALT: ControlInstr,
+    Opcode.VREQUANT: VectorInstr,
 }
 
 for _layout in INSTR_LAYOUTS.values():
     assert data.Layout.cast(_layout).size == INSTR_WIDTH, _layout
+
+#: The opcodes the vector unit executes: valid only on an accelerator with ``vector=True``.
+VECTOR_OPCODES = (Opcode.VREQUANT,)
+
+
+def opcodes(config) -> tuple:
+    """The opcode table of an accelerator built with ``config``, in ``Opcode`` order: the
+    one place that decides which opcodes a configuration executes (the decoder's checker,
+    its opcode flags and the golden model all ask here). Every other opcode is
+    ``BAD_OPCODE``."""
+    return tuple(op for op in Opcode if config.vector or op not in VECTOR_OPCODES)
 
 
 def layout_subset(layout, *names: str, **extra) -> data.StructLayout:
@@ -359,6 +400,18 @@ OPCODE_DOCS = {
         "int32 little-endian (4 bytes per column). Runs in the store unit."),
     Opcode.FENCE: "Waits until every unit is idle and every memory write has been accepted.",
     Opcode.HALT: "Waits like FENCE, then sets `Status.done`; the program is over.",
+    Opcode.VREQUANT: (
+        "Vector unit (only with `vector=True`; `BAD_OPCODE` otherwise). Requantizes the int32 "
+        "tensor of `n_rows` x `n_elems` at accumulator entry `src_addr` (block-major: element "
+        "(i, j) in entry `src_addr + (j // L) * src_stride + i`, lane `j % L`, `L = cols = "
+        "rows`) through the output stage's arithmetic, block `b = j // L` with the "
+        "OutputParams in parameter entry `param_addr + b`, into the `dst` buffer at "
+        "`dst_addr` with `dst_stride`, same layout: int8 (WGT, or ACT with `act_bits = 8`) "
+        "or int16 (ACT with `act_bits = 16`: clamped to int16, `lo`/`hi` unused). Lanes past "
+        "`n_elems` in a row's last block are written 0. `transpose = 1` writes the "
+        "`[n_elems, n_rows]` transpose instead (element (j, i) in entry `dst_addr + (i // L) "
+        "* dst_stride + j`; lanes past `n_rows` are 0). `with_b` and `b_addr` are for later "
+        "vector ops (`with_b` must be 0)."),
 }
 
 FIELD_DOCS = {
@@ -377,19 +430,35 @@ FIELD_DOCS = {
     "acc_addr": "first accumulator entry",
     "mode": "REQUANT (int8 through the output stage) or RAW (int32)",
     "n_cols": "columns stored per row, 1 .. `cols`",
-    "param_addr": "parameter entry used in REQUANT mode (ignored, but not checked, in RAW mode)",
+    "param_addr": "STORE: parameter entry used in REQUANT mode (ignored, but not checked, in "
+                  "RAW mode); vector ops: first parameter entry (block `b` uses "
+                  "`param_addr + b`)",
+    "dst": "buffer written: ACT or WGT",
+    "transpose": "0: write the tensor; 1: write its transpose",
+    "with_b": "the op reads a second operand at `b_addr` (must be 0 for VREQUANT)",
+    "src_addr": "first accumulator entry of the source tensor",
+    "src_stride": "entries between the source tensor's blocks",
+    "dst_addr": "first entry of the destination tensor",
+    "dst_stride": "entries between the destination tensor's blocks",
+    "b_addr": "first activation entry of the second operand (ignored unless `with_b`)",
+    "n_elems": "elements per row, 1 .. 4095 (a row spans `ceil(n_elems / L)` blocks)",
     "reserved0": "must be zero",
     "reserved1": "must be zero",
 }
 
 ERROR_DOCS = {
     ErrorCode.NONE: "no error",
-    ErrorCode.BAD_OPCODE: "opcode not in the table",
-    ErrorCode.BAD_FIELD: "a reserved field is nonzero, or `target`/`mode` has an unassigned value",
+    ErrorCode.BAD_OPCODE: "opcode not in the table (vector opcodes: also on an accelerator "
+                          "built with `vector=False`)",
+    ErrorCode.BAD_FIELD: "a reserved field is nonzero, `target`/`mode`/`dst` has an "
+                         "unassigned value, or `with_b` is set for an op without a second "
+                         "operand",
     ErrorCode.BAD_SIZE: "`n_rows` is 0, `row_bytes` is 0 or larger than the target entry (or "
                         "odd for ACT with `act_bits = 16`), or `n_cols` is 0 or larger than "
-                        "`cols`",
-    ErrorCode.BUF_RANGE: "a buffer range runs past the end of its buffer",
+                        "`cols`, or a vector op's `n_rows` or `n_elems` is 0",
+    ErrorCode.BUF_RANGE: "a buffer range runs past the end of its buffer (vector ops: the "
+                         "hull `addr .. addr + (blocks - 1) * stride + rows` of each tensor, "
+                         "and parameter entries `param_addr .. param_addr + blocks - 1`)",
     ErrorCode.MEM_RANGE: "the memory range `mem_addr .. mem_addr + (n_rows - 1) * mem_stride + "
                          "row length` runs past `mem_bytes`",
 }
@@ -412,6 +481,8 @@ def instruction_ends(opcode: Opcode, f: dict, config, mux=_py_mux) -> dict:
     end involves a multiply) and hands the registered values to :func:`instruction_checks`.
     """
     c = config
+    if opcode in VECTOR_OPCODES:
+        return _vector_ends(f, config, mux)
     if opcode == Opcode.LOAD:
         return {"buf": f["buf_addr"] + f["n_rows"],
                 "mem": mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
@@ -440,8 +511,19 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
     ``ends`` is :func:`instruction_ends` of the same instruction, computed here when omitted.
     """
     c = config
+    if opcode not in opcodes(config):
+        return [(ErrorCode.BAD_OPCODE, True)]
     if ends is None:
         ends = instruction_ends(opcode, f, config, mux)
+    if opcode in VECTOR_OPCODES:
+        depth = mux(f["dst"] == VectorDst.ACT.value, c.act_depth, c.wgt_depth)
+        return [
+            (ErrorCode.BAD_FIELD, (f["reserved0"] != 0) | (f["dst"] > VectorDst.WGT.value) |
+                                  (f["with_b"] != 0)),
+            (ErrorCode.BAD_SIZE, (f["n_rows"] == 0) | (f["n_elems"] == 0)),
+            (ErrorCode.BUF_RANGE, (ends["src"] > c.acc_depth) | (ends["dst"] > depth) |
+                                  (ends["param"] > c.param_depth)),
+        ]
     if opcode == Opcode.LOAD:
         t = f["target"]
         is_act = t == LoadTarget.ACT.value
@@ -477,6 +559,34 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
             (ErrorCode.MEM_RANGE, ends["mem"] > c.mem_bytes),
         ]
     return [(ErrorCode.BAD_FIELD, f["reserved0"] != 0)]
+
+
+#: Range ends saturate here (the scoreboard's footprints are 17 bits): past every buffer.
+END_LIMIT = (1 << 17) - 1
+
+
+def vector_blocks(n, config):
+    """``ceil(n / L)``: the blocks of ``L = cols`` lanes that ``n`` elements take (``L`` is
+    a power of two with ``vector=True``, so this is a shift, for ints and Values alike)."""
+    return (n + (config.cols - 1)) >> (config.cols.bit_length() - 1)
+
+
+def _vector_ends(f: dict, config, mux) -> dict:
+    """Ends of a vector instruction's tensors: ``"src"`` (accumulator), ``"dst"`` (its
+    buffer) and ``"param"`` (parameter entries). A tensor of ``nb`` blocks of ``rows`` rows
+    at ``(addr, stride)`` spans ``[addr, addr + (nb - 1) * stride + rows)``; a transposed
+    destination has ``nb = ceil(n_rows / L)`` and ``rows = n_elems``. Each end saturates at
+    :data:`END_LIMIT` (for ``n_rows``, ``n_elems >= 1``)."""
+    def sat(end):
+        return mux(end > END_LIMIT, END_LIMIT, end)
+    nb = vector_blocks(f["n_elems"], config)
+    nbt = vector_blocks(f["n_rows"], config)
+    tr = f["transpose"] != 0
+    dst_blocks = mux(tr, nbt, nb)
+    dst_rows = mux(tr, f["n_elems"], f["n_rows"])
+    return {"src": sat(f["src_addr"] + (nb - 1) * f["src_stride"] + f["n_rows"]),
+            "dst": sat(f["dst_addr"] + (dst_blocks - 1) * f["dst_stride"] + dst_rows),
+            "param": f["param_addr"] + nb}
 
 
 def mem_extent_end(mem_addr, n_rows, stride, row_bytes):

@@ -21,7 +21,7 @@ import numpy as np
 from amaranth.lib import data, enum
 
 from serrano.hw import isa
-from serrano.hw.isa import LoadTarget, Opcode, StoreMode, encode
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode, VectorDst, encode
 
 __all__ = [
     "Program", "encode", "disassemble", "listing",
@@ -70,6 +70,18 @@ class Program:
         return self._append(encode(Opcode.STORE, acc_addr=acc_addr, n_rows=n_rows,
                                    n_cols=n_cols, mem_addr=mem_addr, mem_stride=mem_stride,
                                    mode=mode, param_addr=param_addr))
+
+    def vrequant(self, dst: VectorDst | int | str, src_addr: int, src_stride: int,
+                 dst_addr: int, dst_stride: int, n_rows: int, n_elems: int,
+                 param_addr: int = 0, transpose: bool | int = False) -> int:
+        """VREQUANT the int32 ``n_rows`` x ``n_elems`` tensor at accumulator entry
+        ``src_addr`` (blocks ``src_stride`` apart) into the ``dst`` buffer (ACT or WGT) at
+        ``dst_addr`` (blocks ``dst_stride`` apart), block ``b`` with parameter entry
+        ``param_addr + b``; ``transpose`` writes the ``[n_elems, n_rows]`` transpose."""
+        return self._append(encode(Opcode.VREQUANT, dst=dst, src_addr=src_addr,
+                                   src_stride=src_stride, dst_addr=dst_addr,
+                                   dst_stride=dst_stride, n_rows=n_rows, n_elems=n_elems,
+                                   param_addr=param_addr, transpose=int(bool(transpose))))
 
     def nop(self) -> int:
         return self._append(encode(Opcode.NOP))

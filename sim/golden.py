@@ -16,9 +16,9 @@ import numpy as np
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, VectorDst
 
-from . import numerics
+from . import kernels, numerics
 from .asm import unpack_output_params
 from .backend import RunResult, RunStatus
 
@@ -119,6 +119,8 @@ class GoldenBackend:
                 self._matmul(**fields)
             elif op == Opcode.STORE:
                 self._store(mem, **fields)
+            elif op == Opcode.VREQUANT:
+                self._vrequant(**fields)
             retired += 1
             if op == Opcode.HALT:
                 status = RunStatus(done=True, error=ErrorCode.NONE, fault_index=0)
@@ -190,6 +192,35 @@ class GoldenBackend:
                                       p["lo"].astype(np.int32), p["hi"].astype(np.int32))
             out = np.ascontiguousarray(y, dtype=np.int8).view(np.uint8)
         _write_rows(mem, mem_addr, mem_stride, out.reshape(n_rows, -1))
+
+    def _vrequant(self, *, dst: int, transpose: int, src_addr: int, src_stride: int,
+                  dst_addr: int, dst_stride: int, n_rows: int, n_elems: int, param_addr: int,
+                  **_unused) -> None:
+        c = self.config
+        lanes = c.cols
+        nb = isa.vector_blocks(n_elems, c)
+        # The source as one [n_rows, nb * L] matrix (block b is columns b*L .. b*L + L - 1)
+        # and its parameters as one row of nb * L columns, so requant is one numpy call.
+        entries = src_addr + np.arange(nb)[:, None] * src_stride + np.arange(n_rows)[None, :]
+        x = self.acc[entries].transpose(1, 0, 2).reshape(n_rows, nb * lanes)
+        params = unpack_output_params(self.param[param_addr:param_addr + nb])
+        to_act = VectorDst(dst) == VectorDst.ACT
+        buf = self.act if to_act else self.wgt
+        y = kernels.requant(x, params, c.act_bits if to_act else 8)
+        y[:, n_elems:] = 0
+        if transpose:
+            nbt = isa.vector_blocks(n_rows, c)
+            t = np.zeros((n_elems, nbt * lanes), dtype=y.dtype)
+            t[:, :n_rows] = y[:, :n_elems].T
+            # Block by block, in the order the unit writes (a later block wins where the
+            # destination's blocks overlap).
+            for ib in range(nbt):
+                base = dst_addr + ib * dst_stride
+                buf[base:base + n_elems] = t[:, ib * lanes:(ib + 1) * lanes]
+        else:
+            for b in range(nb):
+                base = dst_addr + b * dst_stride
+                buf[base:base + n_rows] = y[:, b * lanes:(b + 1) * lanes]
 
 
 #: The counters the model reports (those that do not depend on timing), in isa order.

@@ -15,11 +15,12 @@ from amaranth.lib import data, enum
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, VectorDst
 
 UNIT = {
     Opcode.NOP: "decoder", Opcode.LOAD: "load unit", Opcode.MATMUL: "execute unit",
     Opcode.STORE: "store unit", Opcode.FENCE: "decoder", Opcode.HALT: "decoder",
+    Opcode.VREQUANT: "vector unit (`vector=True`)",
 }
 
 SUMMARY = {
@@ -29,6 +30,8 @@ SUMMARY = {
     Opcode.STORE: "accumulator entries -> memory (requantized int8 or raw int32)",
     Opcode.FENCE: "wait until all units are idle",
     Opcode.HALT: "wait like FENCE, then signal done",
+    Opcode.VREQUANT: "accumulator tensor -> activation or weight tensor, requantized, "
+                     "optionally transposed",
 }
 
 
@@ -93,7 +96,9 @@ def _struct_table(cls_or_layout, comments: dict[str, str] | None = None) -> list
 def _checks_of(op: Opcode) -> list[ErrorCode]:
     layout = data.Layout.cast(isa.INSTR_LAYOUTS[op])
     zeros = {name: 0 for name, _ in layout if name != "opcode"}
-    return [code for code, _ in isa.instruction_checks(op, zeros, AcceleratorConfig())]
+    # (with the vector unit: the checks of an opcode the configuration executes)
+    return [code for code, _ in isa.instruction_checks(op, zeros,
+                                                        AcceleratorConfig(vector=True))]
 
 
 def generate() -> str:
@@ -119,6 +124,11 @@ def generate() -> str:
     a("")
     a(f"**Reserved opcodes.** {_doc(Opcode)}")
     a("")
+    a("**The opcode table depends on the configuration** (`isa.opcodes(config)`): the vector "
+      "opcodes (" + ", ".join(f"`{op.name}`" for op in isa.VECTOR_OPCODES) + ") exist only "
+      "on an accelerator built with `AcceleratorConfig(vector=True)` (a square array whose "
+      "side is a power of two); with `vector=False` they are `BAD_OPCODE`.")
+    a("")
 
     a("## Execution model and dependencies")
     a("")
@@ -126,7 +136,11 @@ def generate() -> str:
       "LOAD to the load unit, MATMUL to the execute unit, STORE to the store unit. The load "
       "and store units each hold one instruction; the execute unit holds two (one "
       "preloading its weight tile while the other streams activations), so loads, MATMULs "
-      "and stores of different instructions overlap.")
+      "and stores of different instructions overlap. With `vector=True` vector instructions "
+      "go to the vector unit, which holds one instruction, like the load and store units; "
+      "it shares the activation and weight buffers' write ports with the load unit, so a "
+      "LOAD into a vector instruction's destination buffer waits for it (and vice versa), "
+      "whatever the addresses.")
     a("- **Sequential semantics.** A hardware scoreboard stalls dispatch while an in-flight "
       "instruction of another unit touches an overlapping buffer range (activation, weight, "
       "parameter or accumulator entries) or an overlapping memory byte range, where at least "
@@ -157,6 +171,7 @@ def generate() -> str:
     enum_values = {
         "target": ", ".join(f"{m.name} = {m.value}" for m in LoadTarget),
         "mode": ", ".join(f"{m.name} = {m.value}" for m in StoreMode),
+        "dst": ", ".join(f"{m.name} = {m.value}" for m in VectorDst),
     }
     for op in Opcode:
         layout = data.Layout.cast(isa.INSTR_LAYOUTS[op])
