@@ -8,7 +8,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .checker import InstructionChecker
 from .config import AcceleratorConfig
-from .counters import PerfCounters
+from .counters import PerfCounters, counters_layout
 from .execute import MatmulCmd
 from .fetch import BufferedFetch, InPlaceFetch, OpFlags, op_flag
 from .interfaces import FOOTPRINT_WIDTH, FootprintSignature, UnitActivitySignature
@@ -78,7 +78,10 @@ class Decoder(wiring.Component):
             "store_activity": In(UnitActivitySignature()),
             "footprint": In(FootprintSignature()),
             "status": Out(isa.Status),
-            "counters": Out(isa.Counters),
+            # The fields of isa.PERF_COUNTERS; the top level adds the activity counters,
+            # which count in the same window, `counting`.
+            "counters": Out(counters_layout(isa.PERF_COUNTERS)),
+            "counting": Out(1),
         }
         if config.vector:
             # The vector unit: single-slot like the load and store units.
@@ -226,6 +229,7 @@ class Decoder(wiring.Component):
         ev = counters.events
         m.d.comb += [
             counters.counting.eq(fetch.started & ~done),
+            self.counting.eq(counters.counting),
             ev.cycles.eq(1),
             ev.array_busy.eq(self.footprint.issued),
             ev.instructions.eq(issue & running),

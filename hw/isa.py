@@ -20,10 +20,11 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "VectorDst", "ErrorCode",
     "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "VectorInstr",
-    "INSTR_LAYOUTS", "VECTOR_OPCODES", "BUILT_VECTOR_OPCODES", "VECTOR_RULES", "VectorOpRules", "SecondOperand", "opcodes",
-    "vector_blocks", "END_LIMIT", "SoftmaxScalars", "AddScalars",
-    "GeluScalars", "LayerNormScalars", "LayerNormChannel", "VECTOR_SCALARS",
-    "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
+    "INSTR_LAYOUTS", "VECTOR_OPCODES", "BUILT_VECTOR_OPCODES", "VECTOR_RULES",
+    "VectorOpRules", "SecondOperand", "opcodes", "vector_blocks", "END_LIMIT",
+    "SoftmaxScalars", "AddScalars", "GeluScalars", "LayerNormScalars", "LayerNormChannel",
+    "VECTOR_SCALARS", "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
+    "PERF_COUNTERS", "ACTIVITY_COUNTERS",
     "mem_request_layout", "MemoryPortSignature",
     "encode", "decode", "instruction_ends", "instruction_checks", "mem_extent_end",
     "store_row_bytes", "layout_subset", "opcode_of", "RAW_BYTES_PER_COL",
@@ -37,7 +38,7 @@ class Opcode(enum.Enum, shape=8):
     """Instruction opcodes. 0x06-0x0F are reserved for matrix/control instructions and
     0x10-0x1F for vector operations (on accumulator rows, in the vector unit); every value
     not listed here is rejected with ``ErrorCode.BAD_OPCODE``, and so are the vector opcodes
-    on an accelerator built with ``vector=False`` (:func:`opcodes`)."""
+    on an accelerator built with ``vector=False`` (``isa.opcodes``)."""
     NOP = 0x00
     LOAD = 0x01
     MATMUL = 0x02
@@ -330,14 +331,44 @@ COUNTER_WIDTH = 48
 
 class Counters(data.Struct):
     """Performance counters, cleared by ``clear``; they count from the cycle the first
-    instruction word is accepted until ``done`` rises."""
+    instruction word is accepted until ``done`` rises.
+
+    The fields from ``act_reads`` on are activity counters for an energy model: one count
+    per buffer entry read whose data is used, per buffer entry written, per memory request
+    accepted (``docs/performance.md``, "Activity counters", defines each). They depend on
+    the program only, not on timing, and read 0 with
+    ``AcceleratorConfig(activity_counters=False)``. ``array_busy`` is the MAC-active count:
+    each of its cycles is ``rows * cols`` multiply-accumulates."""
     cycles: unsigned(COUNTER_WIDTH)
-    array_busy: unsigned(COUNTER_WIDTH)      # cycles an activation vector entered the array
+    array_busy: unsigned(COUNTER_WIDTH)      # MAC-active cycles: a vector entered the array
     instructions: unsigned(COUNTER_WIDTH)    # instructions retired by the decoder
     dispatch_stall: unsigned(COUNTER_WIDTH)  # decoder held an instruction it could not issue
     load_stall: unsigned(COUNTER_WIDTH)      # load unit waited for the memory port
     exec_stall: unsigned(COUNTER_WIDTH)      # execute unit held work but issued no vector
     store_stall: unsigned(COUNTER_WIDTH)     # store unit waited for the memory port
+    # activity counters (hw/activity.py), appended: the fields above keep their offsets
+    act_reads: unsigned(COUNTER_WIDTH)        # activation entries read (MATMUL vectors)
+    act_writes: unsigned(COUNTER_WIDTH)       # activation entries written (LOAD rows)
+    wgt_reads: unsigned(COUNTER_WIDTH)        # weight entries read into the array
+    wgt_writes: unsigned(COUNTER_WIDTH)       # weight entries written (LOAD rows)
+    acc_reads: unsigned(COUNTER_WIDTH)        # accumulator entries read (STOREs, add-into)
+    acc_writes: unsigned(COUNTER_WIDTH)       # accumulator entries written (MATMUL rows)
+    param_reads: unsigned(COUNTER_WIDTH)      # parameter entries read (REQUANT STOREs)
+    param_writes: unsigned(COUNTER_WIDTH)     # parameter entries written (LOAD rows)
+    mem_read_beats: unsigned(COUNTER_WIDTH)   # memory read requests accepted (words)
+    mem_write_beats: unsigned(COUNTER_WIDTH)  # memory write requests accepted (words)
+
+
+#: The fields of ``Counters`` that the decoder's ``PerfCounters`` count (time and stalls).
+PERF_COUNTERS: tuple[str, ...] = ("cycles", "array_busy", "instructions", "dispatch_stall",
+                                  "load_stall", "exec_stall", "store_stall")
+#: The activity counters, appended after them (``hw.activity``): counts of actions, for an
+#: energy model. Independent of timing, so the golden model reproduces them.
+ACTIVITY_COUNTERS: tuple[str, ...] = ("act_reads", "act_writes", "wgt_reads", "wgt_writes",
+                                      "acc_reads", "acc_writes", "param_reads",
+                                      "param_writes", "mem_read_beats", "mem_write_beats")
+assert tuple(name for name, _ in data.Layout.cast(Counters)) == \
+    PERF_COUNTERS + ACTIVITY_COUNTERS
 
 
 def mem_request_layout(config) -> data.StructLayout:

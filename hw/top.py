@@ -5,6 +5,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
+from .activity import ActivityCounters
 from .buffers import AccumulatorBuffer, Buffer
 from .config import AcceleratorConfig
 from .decoder import Decoder
@@ -140,10 +141,15 @@ class Accelerator(wiring.Component):
         wiring.connect(m, execute.activity, decoder.exec_activity)
         wiring.connect(m, store.activity, decoder.store_activity)
 
-        m.d.comb += [
-            self.status.eq(decoder.status),
-            self.counters.eq(decoder.counters),
-        ]
+        m.d.comb += self.status.eq(decoder.status)
+        for name in isa.PERF_COUNTERS:
+            m.d.comb += self.counters[name].eq(decoder.counters[name])
+        if cfg.activity_counters:
+            m.submodules.activity = activity = with_clear(ActivityCounters(cfg))
+            self._tap_activity(m, activity, decoder, load, execute, store)
+            for name in activity.fields:
+                m.d.comb += self.counters[name].eq(activity.counters[name])
+        # (without them, and for fields no event feeds, the activity fields stay 0)
         return m
 
     def _add_vector_unit(self, m: Module, decoder, load, act_buf, wgt_buf, acc_buf, param_buf,
@@ -168,3 +174,25 @@ class Accelerator(wiring.Component):
         wiring.connect(m, vector.activity, decoder.vector_activity)
         wiring.connect(m, vector.acc_rd, acc_buf.vector_read)
         wiring.connect(m, vector.param_rd, param_buf.vector_read)
+
+    def _tap_activity(self, m: Module, activity: ActivityCounters, decoder: Decoder,
+                      load: LoadUnit, execute: ExecuteUnit, store: StoreUnit) -> None:
+        """Drive the activity counters' sources (``hw.activity.ACTIVITY_EVENTS``) from the
+        buffer ports' enables, the memory port's handshakes and the units' ``reads``."""
+        ev, upd, req = activity.events, execute.acc_update, self.mem.req
+        accepted = req.valid & req.ready
+        m.d.comb += [
+            activity.counting.eq(decoder.counting),
+            ev.act_read.eq(execute.act_rd.en),
+            ev.act_write.eq(load.act_wr.en),
+            ev.wgt_read.eq(execute.reads.wgt),
+            ev.wgt_write.eq(load.wgt_wr.en),
+            ev.acc_store_read.eq(store.reads.acc),
+            # The read-modify-write port reads for every update; only an add-into uses it.
+            ev.acc_update_read.eq(upd.valid & upd.accumulate),
+            ev.acc_write.eq(upd.committed),    # the accumulator buffer's write enable
+            ev.param_read.eq(store.reads.param),
+            ev.param_write.eq(load.param_wr.en),
+            ev.mem_read.eq(accepted & ~req.payload.write),
+            ev.mem_write.eq(accepted & req.payload.write),
+        ]

@@ -4,6 +4,10 @@ It has no notion of time. Instructions run one after another in program order, w
 semantics the hardware guarantees (its scoreboard stalls dispatch on every buffer or memory
 range conflict), so the final memory and buffer contents of any program are the same here
 and on the cycle-accurate backends.
+
+Of the counters (``isa.Counters``) it reports those that do not depend on timing, exactly as
+the hardware counts them: ``instructions``, ``array_busy`` (one per activation vector
+streamed) and the activity counters (``hw.activity``; docs/performance.md defines each).
 """
 
 from typing import Sequence
@@ -87,8 +91,13 @@ class GoldenBackend:
         return [self.execute(words, memory) for words, memory in programs]
 
     def execute(self, words: Sequence[int], memory: np.ndarray) -> RunResult:
-        """Execute ``words`` on the current buffer contents (no reset)."""
+        """Execute ``words`` on the current buffer contents (no reset).
+
+        ``RunResult.counters`` holds ``instructions``, ``array_busy`` and every field of
+        ``isa.ACTIVITY_COUNTERS`` (0 with ``activity_counters=False``), wrapped at
+        ``2**counter_width`` as the hardware's counters wrap."""
         mem = _check_memory(memory, self.config)
+        self._counts = dict.fromkeys(_TIMELESS_COUNTERS, 0)
         retired = 0
         status = RunStatus(done=False, error=ErrorCode.NONE, fault_index=0)
         for index, word in enumerate(words):
@@ -125,7 +134,17 @@ class GoldenBackend:
             if op == Opcode.HALT:
                 status = RunStatus(done=True, error=ErrorCode.NONE, fault_index=0)
                 break
-        return RunResult(memory=mem, status=status, counters={"instructions": retired})
+        self._counts["instructions"] = retired
+        c = self.config
+        if not c.activity_counters:
+            self._counts.update(dict.fromkeys(isa.ACTIVITY_COUNTERS, 0))
+        mask = (1 << c.counter_width) - 1
+        return RunResult(memory=mem, status=status,
+                         counters={name: n & mask for name, n in self._counts.items()})
+
+    def _count(self, **counts: int) -> None:
+        for name, n in counts.items():
+            self._counts[name] += int(n)
 
     # ------------------------------------------------------------------------------------------
     def _load(self, mem: np.ndarray, *, target: int, buf_addr: int, n_rows: int,
@@ -138,6 +157,9 @@ class GoldenBackend:
         entries_bytes = entries.view(np.uint8)
         entries_bytes[:, :row_bytes] = rows
         entries_bytes[:, row_bytes:] = 0
+        self._count(**{f"{t.name.lower()}_writes": n_rows,
+                       "mem_read_beats": _beats(mem_addr, n_rows, mem_stride, row_bytes,
+                                                self.config.mem_width)})
 
     def _matmul(self, *, act_addr: int, n_rows: int, wgt_addr: int, acc_addr: int,
                 accumulate: int, **_reserved) -> None:
@@ -148,6 +170,10 @@ class GoldenBackend:
         # one tile cannot wrap (the array's partial sums are psum_width bits); the add can.
         prod = (a @ w).astype(np.int32)
         dst = self.acc[acc_addr:acc_addr + n_rows]
+        # One vector (an activation entry) per row, the weight tile's rows entries, one
+        # accumulator write per row and, adding into it, one accumulator read.
+        self._count(array_busy=n_rows, act_reads=n_rows, wgt_reads=rows, acc_writes=n_rows,
+                    acc_reads=n_rows if accumulate else 0)
         if accumulate:
             dst += prod  # int32 array arithmetic wraps modulo 2**32 silently
         else:
@@ -156,7 +182,12 @@ class GoldenBackend:
     def _store(self, mem: np.ndarray, *, mode: int, acc_addr: int, n_rows: int, n_cols: int,
                param_addr: int, mem_addr: int, mem_stride: int, **_reserved) -> None:
         vals = self.acc[acc_addr:acc_addr + n_rows, :n_cols]
-        if StoreMode(mode) == StoreMode.RAW:
+        raw = StoreMode(mode) == StoreMode.RAW
+        self._count(acc_reads=n_rows, param_reads=0 if raw else 1,
+                    mem_write_beats=_beats(mem_addr, n_rows, mem_stride,
+                                           isa.store_row_bytes(n_cols, raw),
+                                           self.config.mem_width))
+        if raw:
             out = np.ascontiguousarray(vals, dtype="<i4").view(np.uint8)
         else:
             p = unpack_output_params(self.param[param_addr])[:n_cols]
@@ -245,7 +276,20 @@ def _scatter(buf: np.ndarray, addr: int, stride: int, y: np.ndarray) -> None:
         buf[base:base + n_rows] = y[:, k * lanes:(k + 1) * lanes]
 
 
+#: The counters the model reports (those that do not depend on timing), in isa order.
+_TIMELESS_COUNTERS = ("array_busy", "instructions") + isa.ACTIVITY_COUNTERS
+
+
 # ---- memory helpers ------------------------------------------------------------------------
+
+def _beats(mem_addr: int, n_rows: int, stride: int, row_bytes: int, width: int) -> int:
+    """Memory words a strided access touches, row by row: the requests the load or store
+    unit makes (a row of ``row_bytes`` bytes at lane ``addr % width`` spans
+    ``(addr % width + row_bytes - 1) // width + 1`` words; rows that share a word each
+    request it)."""
+    lanes = (mem_addr + stride * np.arange(n_rows, dtype=np.int64)) % width
+    return int(((lanes + row_bytes - 1) // width + 1).sum())
+
 
 def _check_memory(memory, config: AcceleratorConfig) -> np.ndarray:
     if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8:

@@ -149,7 +149,11 @@ def generate() -> str:
       "LOAD to the load unit, MATMUL to the execute unit, STORE to the store unit. The load "
       "and store units each hold one instruction; the execute unit holds two (one "
       "preloading its weight tile while the other streams activations), so loads, MATMULs "
-      "and stores of different instructions overlap.")
+      "and stores of different instructions overlap. With `vector=True` vector instructions "
+      "go to the vector unit, which holds one instruction, like the load and store units; "
+      "it shares the activation and weight buffers' write ports with the load unit, so a "
+      "LOAD into a vector instruction's destination buffer waits for it (and vice versa), "
+      "whatever the addresses.")
     a("- **Sequential semantics.** A hardware scoreboard stalls dispatch while an in-flight "
       "instruction of another unit touches an overlapping buffer range (activation, weight, "
       "parameter or accumulator entries) or an overlapping memory byte range, where at least "
