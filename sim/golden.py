@@ -19,7 +19,7 @@ from serrano.hw.config import AcceleratorConfig
 from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, VectorDst
 
 from . import kernels, numerics
-from .asm import unpack_output_params
+from .asm import unpack_output_params, vector_kernel_params
 from .backend import RunResult, RunStatus
 
 __all__ = ["GoldenBackend"]
@@ -48,16 +48,22 @@ class GoldenBackend:
     ----------
     config : AcceleratorConfig
         The instance being modelled.
+    ahead : bool
+        Also execute the vector opcodes the ISA specifies but the gateware does not build
+        yet (``isa.BUILT_VECTOR_OPCODES``; needs ``vector=True``): the reference for that
+        work and for programs compiled for it, such as ``sim.encoder``'s layer program.
+        Without it the model is the accelerator's twin and reports them ``BAD_OPCODE``.
     """
 
     name = "golden"
 
-    def __init__(self, config: AcceleratorConfig | None = None):
+    def __init__(self, config: AcceleratorConfig | None = None, *, ahead: bool = False):
         if config is None:
             config = AcceleratorConfig()
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         self.config = config
+        self.ahead = bool(ahead)
         self.reset()
 
     def reset(self) -> None:
@@ -106,7 +112,8 @@ class GoldenBackend:
                 status = RunStatus(done=True, error=ErrorCode.BAD_OPCODE, fault_index=index)
                 break
             error = ErrorCode.NONE
-            for code, failed in isa.instruction_checks(op, fields, self.config):
+            for code, failed in isa.instruction_checks(op, fields, self.config,
+                                                       ahead=self.ahead):
                 if failed:
                     error = code
                     break
@@ -121,6 +128,8 @@ class GoldenBackend:
                 self._store(mem, **fields)
             elif op == Opcode.VREQUANT:
                 self._vrequant(**fields)
+            elif op in isa.VECTOR_OPCODES:
+                self._vector(op, **fields)
             retired += 1
             if op == Opcode.HALT:
                 status = RunStatus(done=True, error=ErrorCode.NONE, fault_index=0)
@@ -221,6 +230,50 @@ class GoldenBackend:
             for b in range(nb):
                 base = dst_addr + b * dst_stride
                 buf[base:base + n_rows] = y[:, b * lanes:(b + 1) * lanes]
+
+    def _vector(self, op: Opcode, *, src_addr: int, src_stride: int, dst_addr: int,
+                dst_stride: int, b_addr: int, with_b: int, pre: int, n_rows: int,
+                n_elems: int, param_addr: int, **_unused) -> None:
+        """VADD, VSOFTMAX, VLAYERNORM, VGELU (``docs/vector.md``): one ``sim.kernels`` call
+        on the whole tensor; the destination is always ACT."""
+        c = self.config
+        nb = isa.vector_blocks(n_elems, c)
+        x = _gather(self.acc, src_addr, src_stride, n_rows, nb)[:, :n_elems]
+        params, pre_params = vector_kernel_params(op, self.param[param_addr:], c, n_elems,
+                                                  bool(pre), bool(with_b))
+        b = None
+        if with_b and op == Opcode.VSOFTMAX:
+            b = self.act[b_addr:b_addr + nb].reshape(-1)[:n_elems]
+        elif with_b:
+            b = _gather(self.act, b_addr, dst_stride, n_rows, nb)[:, :n_elems]
+        if op == Opcode.VADD:
+            y = kernels.add(x, b, params, pre=pre_params)
+        elif op == Opcode.VSOFTMAX:
+            y = kernels.softmax(x, b, params)
+        elif op == Opcode.VLAYERNORM:
+            y = kernels.layernorm(x, params, residual=b, pre=pre_params)
+        else:
+            y = kernels.gelu(x, params, pre=pre_params)
+        out = np.zeros((n_rows, nb * c.cols), dtype=self.act.dtype)
+        out[:, :n_elems] = y
+        _scatter(self.act, dst_addr, dst_stride, out)
+
+
+def _gather(buf: np.ndarray, addr: int, stride: int, n_rows: int, nb: int) -> np.ndarray:
+    """The block-major tensor of ``n_rows`` rows and ``nb`` blocks at ``(addr, stride)`` as
+    one ``[n_rows, nb * L]`` matrix (block ``k`` is columns ``k*L .. k*L + L - 1``)."""
+    entries = addr + np.arange(nb)[:, None] * stride + np.arange(n_rows)[None, :]
+    return buf[entries].transpose(1, 0, 2).reshape(n_rows, -1)
+
+
+def _scatter(buf: np.ndarray, addr: int, stride: int, y: np.ndarray) -> None:
+    """Write ``y`` ``[n_rows, nb * L]`` block-major at ``(addr, stride)``, block by block in
+    the order the unit writes (a later block wins where blocks overlap)."""
+    n_rows, width = y.shape
+    lanes = buf.shape[1]
+    for k in range(width // lanes):
+        base = addr + k * stride
+        buf[base:base + n_rows] = y[:, k * lanes:(k + 1) * lanes]
 
 
 #: The counters the model reports (those that do not depend on timing), in isa order.

@@ -89,7 +89,7 @@ def oracle_vrequant(g: GoldenBackend, f: dict) -> None:
 
 
 def _vr_fields(**kw) -> dict:
-    f = dict(dst=0, transpose=0, with_b=0, reserved0=0, src_addr=0, src_stride=0,
+    f = dict(dst=0, transpose=0, with_b=0, pre=0, reserved0=0, src_addr=0, src_stride=0,
              dst_addr=0, dst_stride=0, b_addr=0, n_rows=1, n_elems=1, param_addr=0)
     f.update(kw)
     return f
@@ -453,7 +453,8 @@ def _bad_vrequants(cfg) -> list[tuple[ErrorCode, int]]:
                                                         n_rows=4, n_elems=2 * L, dst_addr=8),
                                                  **kw})
     return [
-        (ErrorCode.BAD_FIELD, patch_field(ok, Opcode.VREQUANT, "reserved0", 8)),
+        (ErrorCode.BAD_FIELD, patch_field(ok, Opcode.VREQUANT, "reserved0", 4)),
+        (ErrorCode.BAD_FIELD, patch_field(ok, Opcode.VREQUANT, "pre", 1)),
         (ErrorCode.BAD_FIELD, patch_field(ok, Opcode.VREQUANT, "dst", 2)),
         (ErrorCode.BAD_FIELD, patch_field(ok, Opcode.VREQUANT, "dst", 3)),
         (ErrorCode.BAD_FIELD, vr(with_b=1)),

@@ -21,6 +21,10 @@ UNIT = {
     Opcode.NOP: "decoder", Opcode.LOAD: "load unit", Opcode.MATMUL: "execute unit",
     Opcode.STORE: "store unit", Opcode.FENCE: "decoder", Opcode.HALT: "decoder",
     Opcode.VREQUANT: "vector unit (`vector=True`)",
+    Opcode.VADD: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VSOFTMAX: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VLAYERNORM: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VGELU: "vector unit (`vector=True`; specified, gateware in progress)",
 }
 
 SUMMARY = {
@@ -32,6 +36,10 @@ SUMMARY = {
     Opcode.HALT: "wait like FENCE, then signal done",
     Opcode.VREQUANT: "accumulator tensor -> activation or weight tensor, requantized, "
                      "optionally transposed",
+    Opcode.VADD: "accumulator tensor + activation tensor -> activations (residuals)",
+    Opcode.VSOFTMAX: "softmax along rows, with an additive mask row -> probabilities",
+    Opcode.VLAYERNORM: "LayerNorm along rows (of the sum with a residual) -> activations",
+    Opcode.VGELU: "GELU -> activations",
 }
 
 
@@ -127,7 +135,12 @@ def generate() -> str:
     a("**The opcode table depends on the configuration** (`isa.opcodes(config)`): the vector "
       "opcodes (" + ", ".join(f"`{op.name}`" for op in isa.VECTOR_OPCODES) + ") exist only "
       "on an accelerator built with `AcceleratorConfig(vector=True)` (a square array whose "
-      "side is a power of two); with `vector=False` they are `BAD_OPCODE`.")
+      "side is a power of two); with `vector=False` they are `BAD_OPCODE`. Of them the "
+      "gateware executes " + ", ".join(f"`{op.name}`" for op in isa.BUILT_VECTOR_OPCODES) +
+      " today; the others are specified here (encodings, checks, parameter entries, "
+      "arithmetic) and executed by the golden model with `GoldenBackend(config, "
+      "ahead=True)`, and an accelerator reports them `BAD_OPCODE` until their gateware "
+      "lands.")
     a("")
 
     a("## Execution model and dependencies")
@@ -226,6 +239,43 @@ def generate() -> str:
       "written as int8; additions wrap in int32 (TFLite's reference arithmetic, "
       "`sim/numerics.py`).")
     a("")
+
+    a("## Vector-op parameter entries")
+    a("")
+    a("Each vector op other than VREQUANT reads, from parameter entry `param_addr` on: one "
+      "entry whose first bytes hold its scalars (the struct below; the rest of the entry is "
+      "ignored), then `channel` entries per block (VLAYERNORM: `cols` LayerNormChannel "
+      "records per entry, like OutputParams), then, with `pre`, one OutputParams entry per "
+      "block (the per-channel input stage: `bias`, `multiplier`, `shift`; the other fields "
+      "unused). The unit uses the low bits noted and clamps shifts into the ranges noted, "
+      "so every bit pattern has a defined result (`sim.asm.vector_kernel_params`; "
+      "`sim.asm.vector_params` packs them from `sim.kernels` parameters). The arithmetic is "
+      "in `docs/numerics.md`, \"Vector kernels\".")
+    a("")
+    a("| op | b operand | pre | entries from `param_addr` |")
+    a("|---|---|---|---|")
+    for op, r in isa.VECTOR_RULES.items():
+        parts = [f"{r.scalars} scalar"] if r.scalars else []
+        if r.channel:
+            parts.append(f"{r.channel} per block" + (" (OutputParams)" if not r.scalars else
+                                                     " (LayerNormChannel)"))
+        if r.pre:
+            parts.append("with `pre`: 1 per block (OutputParams)")
+        a(f"| `{op.name}` | {r.b.value} | {'yes' if r.pre else 'no'} | {'; '.join(parts)} |")
+    a("")
+    for struct in (*isa.VECTOR_SCALARS.values(), isa.LayerNormChannel):
+        a(f"### `{struct.__name__}`")
+        a("")
+        if struct.__doc__:
+            a(_doc(struct))
+            a("")
+        a("| field | bits | byte offset | type | meaning |")
+        a("|---|---|---|---|---|")
+        comments = _source_comments(struct)
+        for name, f in data.Layout.cast(struct):
+            a(f"| `{name}` | {_bits(f.offset, f.width)} | {f.offset // 8} | "
+              f"{_shape_text(f.shape)} | {comments.get(name, '')} |")
+        a("")
 
     a("## Status (`Status`)")
     a("")
