@@ -388,10 +388,10 @@ def test_driver_rejects_another_protocol_version():
     version-1 bridge's 42 bytes as the new struct."""
     cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=256)
     info = bytearray(info_bytes(cfg, 1_000_000, 250_000))
-    assert info[4] == PROTOCOL_VERSION == 2
+    assert info[4] == PROTOCOL_VERSION == 3
     assert BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info().config() == cfg
     info[4] = 1
-    with pytest.raises(BridgeError, match="bridge protocol version 1, host speaks 2"):
+    with pytest.raises(BridgeError, match="bridge protocol version 1, host speaks 3"):
         BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info()
 
 
