@@ -100,10 +100,13 @@ def activity_events(config: AcceleratorConfig) -> tuple[Event, ...]:
 def driven_counter_bits(config: AcceleratorConfig, name: str) -> int:
     """Low bits of field ``name`` of ``isa.Counters`` that an accelerator built with
     ``config`` can make nonzero: ``counter_width``, or 0 for an activity counter with
-    ``activity_counters=False``. (The UART bridge reads only those.)"""
+    ``activity_counters=False`` or with no source (``vector_elements`` without the vector
+    unit). (The UART bridge reads only those.)"""
     if name not in isa.PERF_COUNTERS + isa.ACTIVITY_COUNTERS:
         raise ValueError(f"{name!r} is not a field of isa.Counters")
-    if name in isa.ACTIVITY_COUNTERS and not config.activity_counters:
+    if name in isa.ACTIVITY_COUNTERS and (
+            not config.activity_counters
+            or not any(e.field == name for e in activity_events(config))):
         return 0
     return config.counter_width
 

@@ -349,12 +349,12 @@ class Counters(data.Struct):
     store_stall: unsigned(COUNTER_WIDTH)     # store unit waited for the memory port
     # activity counters (hw/activity.py), appended: the fields above keep their offsets
     act_reads: unsigned(COUNTER_WIDTH)        # activation entries read (MATMUL vectors)
-    act_writes: unsigned(COUNTER_WIDTH)       # activation entries written (LOAD rows)
+    act_writes: unsigned(COUNTER_WIDTH)       # activation entries written (LOAD, VREQUANT)
     wgt_reads: unsigned(COUNTER_WIDTH)        # weight entries read into the array
-    wgt_writes: unsigned(COUNTER_WIDTH)       # weight entries written (LOAD rows)
-    acc_reads: unsigned(COUNTER_WIDTH)        # accumulator entries read (STOREs, add-into)
+    wgt_writes: unsigned(COUNTER_WIDTH)       # weight entries written (LOAD, VREQUANT)
+    acc_reads: unsigned(COUNTER_WIDTH)        # accumulator entries read (STORE, add-into, vector)
     acc_writes: unsigned(COUNTER_WIDTH)       # accumulator entries written (MATMUL rows)
-    param_reads: unsigned(COUNTER_WIDTH)      # parameter entries read (REQUANT STOREs)
+    param_reads: unsigned(COUNTER_WIDTH)      # parameter entries read (STORE REQUANT, vector)
     param_writes: unsigned(COUNTER_WIDTH)     # parameter entries written (LOAD rows)
     mem_read_beats: unsigned(COUNTER_WIDTH)   # memory read requests accepted (words)
     mem_write_beats: unsigned(COUNTER_WIDTH)  # memory write requests accepted (words)
