@@ -7,9 +7,9 @@ the program only, never on timing or memory latency, so the golden model reprodu
 
 The counter set of an accelerator is :func:`activity_events`: :data:`ACTIVITY_EVENTS`, a list
 of (field of ``isa.Counters``, event source) pairs every accelerator has, and with the vector
-unit :func:`vector_events`; the top level (``hw/top.py``) drives each source from a buffer port's enable,
-a memory handshake or a unit's ``reads`` observation port (``BufferReadsSignature``,
-``VectorReadsSignature``). A new
+unit :func:`vector_events`; the top level (``hw/top.py``) drives each source from a buffer
+port's enable, a memory handshake or a unit's ``reads`` observation port
+(``BufferReadsSignature``, ``VectorReadsSignature``). A new
 unit adds its counter by appending a field to ``isa.Counters`` (and to
 ``isa.ACTIVITY_COUNTERS``), an :class:`Event` here, the source's tap in the top level and
 its count in the golden model. Several sources may feed one field (their pulses add up), and

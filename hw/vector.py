@@ -266,7 +266,8 @@ class VectorUnit(wiring.Component):
         # tile's padding) reads whatever is there and is written as 0 (row_valid).
         return SimpleNamespace(issue=active, acc_addr=(src_blk + inner)[:len(self.acc_rd.addr)],
                                param_addr=param[:len(self.param_rd.addr)], tag=tag,
-                               elements=elements, active=active, start=start, done=done, transpose=tr)
+                               elements=elements, active=active, start=start, done=done,
+                               transpose=tr)
 
     def _result_row(self, m: Module, ostage) -> Value:
         """The output stage's row as ``L`` elements of ``act_bits``: int16 (``o_wide``) into
