@@ -384,15 +384,17 @@ class _CannedPort:
 
 
 def test_driver_rejects_another_protocol_version():
-    """Version 2 changed the COUNTERS reply (the activity counters): a host must not parse a
-    version-1 bridge's 42 bytes as the new struct."""
+    """Versions 2 and 3 changed the COUNTERS reply (the activity counters, then
+    vector_elements): a host must not parse an older bridge's 42 or 102 bytes as the new
+    struct."""
     cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=256)
     info = bytearray(info_bytes(cfg, 1_000_000, 250_000))
     assert info[4] == PROTOCOL_VERSION == 3
     assert BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info().config() == cfg
-    info[4] = 1
-    with pytest.raises(BridgeError, match="bridge protocol version 1, host speaks 3"):
-        BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info()
+    for old in (1, 2):
+        info[4] = old
+        with pytest.raises(BridgeError, match=f"bridge protocol version {old}, host speaks 3"):
+            BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info()
 
 
 # ---- the real board top over a simulated serial line -----------------------------------------
