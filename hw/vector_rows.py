@@ -1,0 +1,445 @@
+"""Row engines of the vector unit: softmax and LayerNorm along rows, ``L`` lanes per cycle.
+
+:class:`SoftmaxRow` and :class:`LayerNormRow` are bit-exact with ``sim.kernels.softmax`` and
+``sim.kernels.layernorm`` (``docs/numerics.md``, "Vector kernels"). The vector unit
+(``hw/vector.py``) instantiates them behind its walker; each is a standalone Component here.
+
+Contract with the walker
+------------------------
+A row of ``n`` elements is ``nb = ceil(n / L)`` *blocks* of ``L = config.cols`` int32 lanes
+(the accumulator entries of the row). A row is processed in three *passes*; the walker
+re-reads the row's ``nb`` blocks from the accumulator buffer for each pass (the buffer is the
+row storage: rows of up to 4095 elements do not fit in the engine).
+
+- ``want_pass`` (:class:`RowPass`) says what the engine takes next: ``FIRST``, ``SECOND`` or
+  ``OUTPUT`` (the pass number of the current row), or ``WAIT`` (it is working between passes:
+  send nothing). ``FIRST`` is also "ready for a new row": the engine shows it once the previous
+  row's output pass has been accepted, so a row's first pass overlaps the previous row's
+  output draining.
+- ``i`` (a stream) carries one block per transfer, blocks of a pass in order, and ``i.ready``
+  is 0 unless ``want_pass != WAIT``. Payload: ``data`` (``L`` x int32), ``b`` (``L`` x
+  ``act_bits``: softmax's additive mask row, LayerNorm's residual; zeros when there is none),
+  ``lanes`` (bit ``l`` set iff lane ``l`` holds an element of the row: all ones but in a row's
+  last block), ``last`` (the pass's last block) and ``tag`` (anything; passed through to the
+  output of the same block on the output pass, dropped on the other passes). LayerNorm's
+  payload also has ``gamma`` and ``beta`` (the per-channel ``G[j]``, ``Bw[j]`` of the block's
+  lanes), read only on the output pass. What each pass reads is in each class's docstring.
+- After the block with ``last`` of a pass, ``want_pass`` is ``WAIT`` until the engine has
+  finished with that pass (pipeline drain, row-unit steps), then the next pass.
+- ``o`` (a stream) carries one output block (``L`` x ``act_bits``; lanes outside the row are
+  0) per block of the output pass, in order, with its ``tag`` and ``last``. Backpressure on
+  ``o`` stalls the whole pipeline (and so ``i.ready``).
+- ``cfg`` holds the instruction's constants; it must be stable from the cycle the first block
+  of a row is offered until that row's last output block is taken.
+- ``busy``: a row is in progress or a block is still in the pipeline.
+
+Throughput: one block (``L`` elements) per cycle on every pass. Cycles per row (a source that
+sends a block in every cycle it may, a sink always ready), from the first block of the first
+pass to the last output block of the row: ``row_cycles(nb)`` of each engine, ``3 * nb`` plus
+a constant (the pipeline drains and the row unit's sequential steps), checked against
+simulation by ``tests/test_vector_rows.py``. When rows follow each other, the next row's
+first pass starts ``output_latency`` cycles before the last output block, so a row costs
+``row_cycles(nb) - output_latency`` cycles in a stream of rows.
+"""
+
+
+
+from amaranth import C, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, enum, fifo, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..sim import kernels
+from .config import AcceleratorConfig
+from .vector_rowsteps import Pipe, bit_length, ceil_log2, smax, smin, tree_levels, tree_reduce
+
+__all__ = ["RowPass", "SequentialDivider", "SequentialSqrt", "SoftmaxRow", "LayerNormRow",
+           "softmax_cfg_layout", "layernorm_cfg_layout"]
+
+
+class RowPass(enum.Enum, shape=2):
+    """``want_pass``: which pass of the row the engine takes next."""
+    WAIT = 0
+    FIRST = 1
+    SECOND = 2
+    OUTPUT = 3
+
+
+# ---- the row unit's sequential steps -----------------------------------------------------
+
+class SequentialDivider(wiring.Component):
+    """Restoring division, one quotient bit per cycle: ``quotient = dividend // divisor``.
+
+    ``start`` (while not ``busy``) loads the operands; ``busy`` is then 1 for exactly
+    ``quotient_bits`` cycles, after which ``quotient`` and ``remainder`` hold the result
+    until the next start. The caller guarantees ``dividend >> quotient_bits < divisor`` (so
+    the quotient fits); otherwise the result is meaningless. The partial remainder is only
+    ``divisor_width + 1`` bits wide: one compare-and-subtract of that width per cycle.
+
+    Parameters
+    ----------
+    dividend_width, divisor_width, quotient_bits : int
+    """
+
+    def __init__(self, dividend_width: int, divisor_width: int, quotient_bits: int):
+        if not 1 <= quotient_bits <= dividend_width:
+            raise ValueError(f"quotient_bits must be in [1, dividend_width], "
+                             f"not {quotient_bits}")
+        self._wn, self._wd, self._q = dividend_width, divisor_width, quotient_bits
+        super().__init__({
+            "start": In(1), "dividend": In(dividend_width), "divisor": In(divisor_width),
+            "busy": Out(1), "quotient": Out(quotient_bits), "remainder": Out(divisor_width),
+        })
+
+    @property
+    def cycles(self) -> int:
+        """Cycles ``busy`` stays high after a start."""
+        return self._q
+
+    def elaborate(self, platform):
+        m = Module()
+        q = self._q
+        hi = Signal(self._wd + 1)          # the partial remainder, always < divisor
+        lo = Signal(q)                     # dividend bits still to bring down, then quotient
+        count = Signal(range(q + 1))
+        trial = Signal(self._wd + 2)
+        m.d.comb += [trial.eq(Cat(lo[q - 1], hi)), self.quotient.eq(lo),
+                     self.remainder.eq(hi), self.busy.eq(count != 0)]
+        with m.If(count != 0):
+            ge = trial >= self.divisor
+            m.d.sync += [hi.eq(Mux(ge, trial - self.divisor, trial)),
+                         lo.eq(Cat(ge, lo[:q - 1])), count.eq(count - 1)]
+        with m.Elif(self.start):
+            m.d.sync += [hi.eq(self.dividend >> q), lo.eq(self.dividend[:q]), count.eq(q)]
+        return m
+
+
+class SequentialSqrt(wiring.Component):
+    """Exact floor square root of a ``2 * result_bits``-bit radicand, digit by digit.
+
+    One result bit per cycle (restoring: bring down two radicand bits, compare with
+    ``4 * res + 1``, subtract), the same result as ``sim.kernels.isqrt``. ``start`` (while
+    not ``busy``) loads ``radicand``; ``busy`` is then 1 for ``result_bits`` cycles, after
+    which ``root`` holds the result. The remainder is ``result_bits + 2`` bits wide.
+    """
+
+    def __init__(self, result_bits: int = 31):
+        self._n = result_bits
+        super().__init__({"start": In(1), "radicand": In(2 * result_bits),
+                          "busy": Out(1), "root": Out(result_bits)})
+
+    @property
+    def cycles(self) -> int:
+        return self._n
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self._n
+        rad = Signal(2 * n)
+        rem = Signal(n + 2)                # rem <= 2 * root: n + 1 bits, one spare
+        root = Signal(n)
+        count = Signal(range(n + 1))
+        brought = Cat(rad[2 * n - 2:], rem)            # 4 rem + next two bits
+        trial = Cat(C(1, 2), root)                      # 4 root + 1
+        ge = brought >= trial
+        m.d.comb += [self.root.eq(root), self.busy.eq(count != 0)]
+        with m.If(count != 0):
+            m.d.sync += [rem.eq(Mux(ge, brought - trial, brought)),
+                         root.eq(Cat(ge, root[:n - 1])), rad.eq(rad << 2),
+                         count.eq(count - 1)]
+        with m.Elif(self.start):
+            m.d.sync += [rad.eq(self.radicand), rem.eq(0), root.eq(0), count.eq(n)]
+        return m
+
+
+# ---- shared ports and front end ----------------------------------------------------------
+
+def _check_config(config) -> AcceleratorConfig:
+    if not isinstance(config, AcceleratorConfig):
+        raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+    return config
+
+
+class _RowEngine(wiring.Component):
+    """Ports, the input register stage and the block counter of both engines.
+
+    Subclasses set ``_extra_in`` (payload fields beyond data, b, lanes, last, tag) and the
+    ``cfg`` layout, and build the lanes and the pass sequence.
+    """
+
+    def __init__(self, config: AcceleratorConfig, tag_shape, cfg_layout, extra_in: dict):
+        self._config = _check_config(config)
+        self._tag_shape = tag_shape
+        L, a = config.cols, config.act_bits
+        self.in_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(32), L),
+            "b": data.ArrayLayout(signed(a), L),
+            "lanes": unsigned(L),
+            "last": unsigned(1),
+            "tag": tag_shape,
+            **extra_in,
+        })
+        self.out_layout = data.StructLayout({
+            "data": data.ArrayLayout(signed(a), L), "last": unsigned(1), "tag": tag_shape})
+        super().__init__({
+            "i": In(stream.Signature(self.in_layout)),
+            "o": Out(stream.Signature(self.out_layout)),
+            "cfg": In(cfg_layout),
+            "want_pass": Out(RowPass),
+            "busy": Out(1),
+        })
+
+    @property
+    def lanes(self) -> int:
+        return self._config.cols
+
+    @property
+    def act_bits(self) -> int:
+        return self._config.act_bits
+
+    @property
+    def max_blocks(self) -> int:
+        """Blocks of the longest row (``kernels.MAX_ELEMS`` elements)."""
+        return -(-kernels.MAX_ELEMS // self.lanes)
+
+    @property
+    def levels(self) -> int:
+        """Register levels of a reduction tree over the ``L`` lanes."""
+        return tree_levels(self.lanes)
+
+    def _front(self, m: Module, pipe: Pipe, want: Signal, depth: int):
+        """The handshake, the block counter and the stage-1 registers; the control fields
+        (valid, pass, first, last, blk) delayed to every stage up to ``depth``.
+
+        Returns ``(take, blk, s1, ctl)``: ``s1`` the registered payload, ``ctl[k]`` a
+        namespace of stage ``k``'s control signals (``ctl[1]`` is stage 1).
+        """
+        take = Signal()
+        blk = Signal(range(self.max_blocks))
+        m.d.comb += [self.i.ready.eq(pipe.en & (want != RowPass.WAIT)),
+                     take.eq(self.i.valid & self.i.ready)]
+        with m.If(take):
+            m.d.sync += blk.eq(Mux(self.i.payload.last, 0, blk + 1))
+        s1 = pipe.reg(self.in_layout, "s1", self.i.payload)
+        ctl_layout = data.StructLayout({"pass_": RowPass, "first": 1, "last": 1,
+                                        "blk": range(self.max_blocks)})
+        ctl0 = Signal(ctl_layout)
+        m.d.comb += [ctl0.pass_.eq(want), ctl0.first.eq(blk == 0),
+                     ctl0.last.eq(self.i.payload.last), ctl0.blk.eq(blk)]
+        valids = [pipe.reg(1, "s1_valid", take, reset=True)]
+        ctls = [pipe.reg(ctl_layout, "s1_ctl", ctl0)]
+        for k in range(2, depth + 1):
+            valids.append(pipe.reg(1, f"s{k}_valid", valids[-1], reset=True))
+            ctls.append(pipe.reg(ctl_layout, f"s{k}_ctl", ctls[-1]))
+        ctl = [None] + [_Ctl(v, c) for v, c in zip(valids, ctls)]
+        return take, blk, s1, ctl
+
+
+class _Ctl:
+    """Stage control: ``valid`` and the block's ``pass_``, ``first``, ``last``, ``blk``."""
+
+    def __init__(self, valid, c):
+        self.valid = valid
+        self.c = c
+
+    def is_(self, p: RowPass):
+        return self.valid & (self.c.pass_ == p)
+
+    def done(self, p: RowPass):
+        """The pass ``p``'s last block is at this stage."""
+        return self.is_(p) & self.c.last
+
+
+# ---- softmax -----------------------------------------------------------------------------
+
+def softmax_cfg_layout() -> data.StructLayout:
+    """``cfg`` of :class:`SoftmaxRow`: ``SoftmaxParams.multiplier`` and ``shift``."""
+    return data.StructLayout({"multiplier": unsigned(29), "shift": unsigned(6)})
+
+
+class SoftmaxRow(_RowEngine):
+    """``sim.kernels.softmax`` of one row at a time, ``L`` lanes per cycle.
+
+    Passes (``docs/numerics.md``, VSOFTMAX):
+
+    1. ``FIRST`` (reads ``data`` = x, ``b`` = mask): ``t = x + mask`` (34 bits), the row
+       maximum ``m`` over the unmasked keys (``mask != sentinel`` and in ``lanes``).
+    2. ``SECOND`` (reads x, mask): per lane ``d = m - t`` (33 bits), ``v = (d * multiplier +
+       2**(shift-1)) >> shift``, ``z = min(v >> 15, 18)``, ``r = v & 0x7fff``, ``e = ((EXP_B
+       - r)**2 + EXP_C + 2**(z+15)) >> (z+16)`` (0 if masked), written to the *e buffer*;
+       ``S = sum(e)`` (29 bits). Then the row unit's one division ``R = numerator // S``
+       (0 if ``S = 0``: every key masked), :class:`SequentialDivider`, 17 cycles.
+    3. ``OUTPUT`` (reads only ``lanes``, ``last``, ``tag``: a walker may skip the reads):
+       ``q = (e * R + 2**(k-1)) >> k`` with ``e`` from the e buffer.
+
+    Why the e buffer (``ceil(4095 / L)`` x ``L`` x 17 bits: four DP16KD on ECP5 for any L):
+    recomputing ``e`` in pass 3 needs the 33x29 multiplier and the square there as well as
+    ``e * R``; with ``e`` kept, pass 3 runs ``e * R`` on the square's 18x18 multiplier, and
+    each lane has one 33x29 and one 18x18 multiplier instead of one 33x29 and two 18x18
+    (``L`` DSPs fewer for four block RAMs).
+
+    ``cfg``: :func:`softmax_cfg_layout` (``shift`` in ``[1, 61]``); ``k`` and ``numerator``
+    follow from ``config.act_bits``.
+    """
+
+    # Stage numbers (stage 1 is the input register).
+    _S_T = 2        # t, live
+    _S_D = 3        # d
+    _S_P = 4        # d * multiplier
+    _S_W = 5        # + 2**(shift-1)
+    _S_ZR = 6       # z, r
+    _S_OP = 7       # the 18x18 multiplier's operands
+    _S_PROD = 8     # its product, and the addend
+    _S_SUM = 9      # product + addend
+    _S_RES = 10     # e (pass 2) or q (pass 3): the output register
+
+    def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1)):
+        super().__init__(config, tag_shape, softmax_cfg_layout(), {})
+        self._k = 34 - config.act_bits
+        self._numerator = kernels.act_range(config.act_bits)[1] << self._k
+
+    @property
+    def divider(self) -> int:
+        """Cycles of the row's division."""
+        return 17
+
+    @property
+    def output_latency(self) -> int:
+        """Cycles from a block's acceptance to its output block on ``o`` (no stall)."""
+        return self._S_RES
+
+    def gaps(self) -> tuple[int, int, int]:
+        """Cycles between the last block of a pass being accepted and the first block of the
+        next pass (a source that answers ``want_pass`` at once), and from the last accepted
+        block of the output pass to its output block."""
+        lv = self.levels
+        g1 = self._S_T + lv + 2            # tree, m register, want_pass
+        g2 = self._S_RES + lv + 2 + self.divider + 1
+        return g1, g2, self.output_latency
+
+    def row_cycles(self, nb: int) -> int:
+        """Cycles from the first accepted block of a row's first pass to its last output
+        block on ``o``, inclusive of both (no stalls): ``3 * nb - 2 + g1 + g2 + g3`` with
+        :meth:`gaps`."""
+        return 3 * nb + sum(self.gaps()) - 2
+
+    def elaborate(self, platform):
+        m = Module()
+        L, a = self.lanes, self.act_bits
+        en = Signal()
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        pipe = Pipe(m, en)
+        want = Signal(RowPass)
+        m.d.comb += self.want_pass.eq(want)
+        take, blk, s1, ctl = self._front(m, pipe, want, self._S_RES + self.levels)
+
+        m.submodules.ebuf = ebuf = memory.Memory(shape=data.ArrayLayout(unsigned(17), L),
+                                                 depth=self.max_blocks, init=[])
+        rd = ebuf.read_port()
+        wr = ebuf.write_port()
+        m.d.comb += [rd.addr.eq(blk), rd.en.eq(en)]   # data arrives with stage 1
+
+        m_row = Signal(signed(34))          # the row maximum (pass 1's result)
+        r_row = Signal(17)                  # the reciprocal (after pass 2)
+        s_row = Signal(29)                  # the sum of e (pass 2's result)
+        e_out, q_out = self._lanes(m, pipe, s1, ctl, rd.data, m_row, r_row)
+
+        # Pass 1: the row maximum over the unmasked keys (the sentinel -2**33 for none).
+        blk_max = tree_reduce(pipe, e_out["tv"], smax, signed(34), "max")
+        tap1 = ctl[self._S_T + self.levels]
+        with m.If(en & tap1.is_(RowPass.FIRST)):
+            m.d.sync += m_row.eq(Mux(tap1.c.first, blk_max, smax(m_row, blk_max)))
+        # Pass 2: e into the buffer, the row sum.
+        res = ctl[self._S_RES]
+        m.d.comb += [wr.addr.eq(res.c.blk), wr.en.eq(en & res.is_(RowPass.SECOND))]
+        for i in range(L):
+            m.d.comb += wr.data[i].eq(e_out["res"][i])
+        blk_sum = tree_reduce(pipe, e_out["res"], lambda x, y: x + y, unsigned(17 + self.levels),
+                              "sum")
+        tap2 = ctl[self._S_RES + self.levels]
+        with m.If(en & tap2.is_(RowPass.SECOND)):
+            m.d.sync += s_row.eq(Mux(tap2.c.first, blk_sum, s_row + blk_sum))
+        # Pass 3: the output register.
+        m.d.comb += [self.o.valid.eq(res.is_(RowPass.OUTPUT)), self.o.payload.last.eq(res.c.last),
+                     self.o.payload.tag.eq(pipe.delay(s1.tag, self._S_RES - 1, "tag"))]
+        for i in range(L):
+            m.d.comb += self.o.payload.data[i].eq(q_out[i][:a])
+
+        pass_done = Signal()                # a pass's last block finished its reduction
+        m.d.sync += pass_done.eq(en & (tap1.done(RowPass.FIRST) | tap2.done(RowPass.SECOND)))
+        self._fsm(m, take, want, pass_done, s_row, r_row)
+        m.d.comb += self.busy.eq((want != RowPass.FIRST) |
+                                 Cat(c.valid for c in ctl[1:]).any())
+        return m
+
+    def _lanes(self, m: Module, pipe: Pipe, s1, ctl, ebuf_data, m_row, r_row):
+        """The ``L`` lanes from stage 1 to the result register; returns the pass-1 tree inputs
+        ``tv`` and the result lanes ``res`` (e on pass 2, q on pass 3)."""
+        cfg = self.cfg
+        sentinel = kernels.mask_sentinel(self.act_bits)
+        half = Signal(62)
+        m.d.comb += half.eq((Const(1, 63) << cfg.shift)[1:])    # 2**(shift-1)
+        pass3_op = ctl[self._S_OP - 1].c.pass_ == RowPass.OUTPUT
+        pass3_sum = ctl[self._S_PROD].c.pass_ == RowPass.OUTPUT
+        rnd_q = 1 << (self._k - 1)
+        tv, res = [], []
+        for i in range(self.lanes):
+            n = f"l{i}_"
+            x, b = s1.data[i], s1.b[i]
+            t = pipe.reg(signed(34), n + "t", x + b)
+            live = pipe.reg(1, n + "live", s1.lanes[i] & (b != sentinel))
+            tv.append(Mux(live, t, -(1 << 33)))
+            d = pipe.reg(33, n + "d", Mux(live, m_row - t, 0))
+            p = pipe.reg(62, n + "p", d * cfg.multiplier)
+            w = pipe.reg(63, n + "w", p + half)
+            v = Signal(63, name=n + "v")
+            m.d.comb += v.eq(w >> cfg.shift)
+            sat = v >= (kernels.EXP_Z_MAX << kernels.EXP_FRAC)
+            z = pipe.reg(5, n + "z", Mux(sat, kernels.EXP_Z_MAX, v[15:20]))
+            r = pipe.reg(15, n + "r", v[:15])
+            e_buf = pipe.delay(ebuf_data[i], self._S_OP - 2, n + "ebuf")
+            base = kernels.EXP_B - r
+            op_a = pipe.reg(17, n + "op_a", Mux(pass3_op, e_buf, base))
+            op_b = pipe.reg(17, n + "op_b", Mux(pass3_op, r_row, base))
+            z_op = pipe.reg(5, n + "z_op", z)
+            prod = pipe.reg(34, n + "prod", op_a * op_b)
+            addend = pipe.reg(34, n + "addend",
+                              kernels.EXP_C + (Const(1 << (kernels.EXP_DROP - 1), 34) << z_op))
+            z_prod = pipe.reg(5, n + "z_prod", z_op)
+            live_sum = pipe.delay(live, self._S_SUM - self._S_T, n + "live")
+            total = pipe.reg(35, n + "total", prod + Mux(pass3_sum, rnd_q, addend))
+            z_sum = pipe.reg(5, n + "z_sum", z_prod)
+            e = Mux(live_sum, total >> (z_sum + kernels.EXP_DROP), 0)
+            q = total >> self._k
+            res.append(pipe.reg(17, n + "res", Mux(ctl[self._S_SUM].c.pass_ == RowPass.OUTPUT,
+                                                   q, e)))
+        return {"tv": tv, "res": res}, res
+
+    def _fsm(self, m: Module, take, want, pass_done, s_row, r_row) -> None:
+        """The pass sequence and the row unit (the division)."""
+        m.submodules.div = div = SequentialDivider(33, 29, self.divider)
+        m.d.comb += [div.dividend.eq(self._numerator), div.divisor.eq(s_row)]
+        last = self.i.payload.last
+        with m.FSM(name="softmax"):
+            with m.State("MAX_PASS"):
+                m.d.comb += want.eq(RowPass.FIRST)
+                with m.If(take & last):
+                    m.next = "MAX_DRAIN"
+            with m.State("MAX_DRAIN"):
+                with m.If(pass_done):
+                    m.next = "EXP_PASS"
+            with m.State("EXP_PASS"):
+                m.d.comb += want.eq(RowPass.SECOND)
+                with m.If(take & last):
+                    m.next = "SUM_DRAIN"
+            with m.State("SUM_DRAIN"):
+                with m.If(pass_done):
+                    m.d.comb += div.start.eq(1)
+                    m.next = "DIVIDE"
+            with m.State("DIVIDE"):
+                with m.If(~div.busy):
+                    m.d.sync += r_row.eq(Mux(s_row == 0, 0, div.quotient))
+                    m.next = "OUTPUT_PASS"
+            with m.State("OUTPUT_PASS"):
+                m.d.comb += want.eq(RowPass.OUTPUT)
+                with m.If(take & last):
+                    m.next = "MAX_PASS"

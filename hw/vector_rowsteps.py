@@ -1,0 +1,86 @@
+"""Small pure helpers shared by the row engines (``hw.vector_rows``).
+
+The engines are pipelines with one global clock enable (the output stream's backpressure
+stalls every stage at once), so every register here loads only when the pipeline's enable
+is high. Nothing here holds state of its own except the registers the names say.
+"""
+
+from collections.abc import Callable, Sequence
+
+from amaranth import Module, Mux, Signal, Value
+
+from .delay import delay
+
+__all__ = ["Pipe", "tree_reduce", "tree_levels", "bit_length", "ceil_log2", "smax", "smin"]
+
+
+def ceil_log2(n: int) -> int:
+    """``ceil(log2(n))`` for ``n >= 1``."""
+    return max(0, (n - 1).bit_length())
+
+
+class Pipe:
+    """The registers of a pipeline that advances only while ``en`` is 1.
+
+    Payload registers are reset-less (they pack into fabric and DSP registers); the valid
+    bits that need a reset are made with ``reset=True``.
+    """
+
+    def __init__(self, m: Module, en: Value):
+        self.m = m
+        self.en = en
+
+    def reg(self, shape, name: str, value, *, reset: bool = False) -> Signal:
+        """A register ``name`` of ``shape`` loading ``value`` whenever the pipe advances."""
+        sig = Signal(shape, name=name, reset_less=not reset)
+        with self.m.If(self.en):
+            self.m.d.sync += sig.eq(value)
+        return sig
+
+    def delay(self, value, stages: int, name: str, *, reset: bool = False):
+        """``value`` delayed by ``stages`` pipe steps through ``{name}_d{k}`` registers."""
+        return delay(self.m, value, stages, name=f"{name}_d{{}}", first=1,
+                     reset_less=not reset, en=self.en)
+
+
+def tree_levels(n: int) -> int:
+    """Register levels of :func:`tree_reduce` over ``n`` values."""
+    return ceil_log2(n)
+
+
+def tree_reduce(pipe: Pipe, values: Sequence, op: Callable, shape, name: str):
+    """Reduce ``values`` with the associative ``op`` in a tree, one register per level.
+
+    Returns the registered result ``tree_levels(len(values))`` pipe steps later (the value
+    itself for a single input). ``shape`` is the shape of every node (wide enough for the
+    result: sums must be given their grown width by the caller).
+    """
+    level = list(values)
+    k = 0
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level) - 1, 2):
+            nxt.append(pipe.reg(shape, f"{name}_l{k}_{i // 2}", op(level[i], level[i + 1])))
+        if len(level) % 2:
+            nxt.append(pipe.reg(shape, f"{name}_l{k}_{len(level) // 2}", level[-1]))
+        level = nxt
+        k += 1
+    return level[0]
+
+
+def bit_length(v: Value, width: int) -> Value:
+    """The bit length of the non-negative ``width``-bit ``v`` (0 for 0): a priority encoder."""
+    out = 0
+    for i in range(width):
+        out = Mux(v[i], i + 1, out)
+    return out
+
+
+def smax(a, b):
+    """``max(a, b)`` of two signed values."""
+    return Mux(a > b, a, b)
+
+
+def smin(a, b):
+    """``min(a, b)`` of two signed values."""
+    return Mux(a < b, a, b)

@@ -1,0 +1,247 @@
+"""Row engines (hw/vector_rows.py) in amaranth.sim, bit-exact against sim.kernels."""
+
+import math
+
+import numpy as np
+import pytest
+from amaranth import unsigned
+
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.vector_rows import (RowPass, SequentialDivider, SequentialSqrt,
+                                    SoftmaxRow)
+from serrano.sim import kernels
+
+from simutil import simulate
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+TAG_BITS = 6
+
+
+def _config(lanes: int, act_bits: int) -> AcceleratorConfig:
+    return AcceleratorConfig(rows=lanes, cols=lanes, act_bits=act_bits)
+
+
+def _blocks(row: np.ndarray, lanes: int, fill: int = 0) -> list[list[int]]:
+    """The row cut into blocks of ``lanes`` (the last padded with ``fill``)."""
+    nb = -(-len(row) // lanes)
+    padded = np.full(nb * lanes, fill, dtype=np.int64)
+    padded[:len(row)] = row
+    return [[int(v) for v in padded[b * lanes:(b + 1) * lanes]] for b in range(nb)]
+
+
+class RowDriver:
+    """One testbench process: a source that follows ``want_pass`` (with random gaps) and a
+    sink with random ``ready``, cycle by cycle; records every output block and, per row, the
+    cycle of its first accepted block and of its last output block."""
+
+    def __init__(self, dut, rows, cfg, *, stall: float, seed: int):
+        self.dut = dut
+        self.rows = rows            # per row: [pass 1 blocks, pass 2 blocks, pass 3 blocks]
+        self.cfg = cfg
+        self.stall = stall
+        self.rng = np.random.default_rng(seed)
+        self.outputs = []           # (data, last, tag)
+        self.first_accept = {}
+        self.last_output = {}
+        self.want_seen = []
+
+    def n_out(self) -> int:
+        return sum(len(r[2]) for r in self.rows)
+
+    async def bench(self, ctx):
+        dut = self.dut
+        ctx.set(dut.cfg, self.cfg)
+        r = p = b = 0
+        tag = 0
+        offered = False
+        out_row, out_blk = 0, 0
+        cycle = 0
+        while len(self.outputs) < self.n_out():
+            want = ctx.get(dut.want_pass)
+            if r < len(self.rows) and not offered and want == RowPass(p + 1) \
+                    and self.rng.random() >= self.stall:
+                payload = dict(self.rows[r][p][b])
+                payload["last"] = int(b == len(self.rows[r][p]) - 1)
+                payload["tag"] = tag % (1 << TAG_BITS)
+                ctx.set(dut.i.payload, payload)
+                ctx.set(dut.i.valid, 1)
+                offered = True
+            elif not offered:
+                ctx.set(dut.i.valid, 0)
+            ready = int(self.rng.random() >= self.stall)
+            ctx.set(dut.o.ready, ready)
+            _, _, i_ready, o_valid, o_payload = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, dut.o.payload)
+            if offered and i_ready:
+                if p == 0 and b == 0:
+                    self.first_accept[r] = cycle
+                offered = False
+                tag += 1
+                b += 1
+                if b == len(self.rows[r][p]):
+                    b, p = 0, p + 1
+                    if p == 3:
+                        p, r = 0, r + 1
+            if o_valid and ready:
+                lanes = len(o_payload.data)
+                self.outputs.append(([int(o_payload.data[i]) for i in range(lanes)],
+                                     int(o_payload.last), int(o_payload.tag)))
+                out_blk += 1
+                if out_blk == len(self.rows[out_row][2]):
+                    self.last_output[out_row] = cycle
+                    out_row, out_blk = out_row + 1, 0
+            cycle += 1
+        ctx.set(dut.i.valid, 0)
+        for _ in range(3):
+            await ctx.tick()
+        assert not ctx.get(dut.busy), "busy after the last output"
+        assert ctx.get(dut.want_pass) == RowPass.FIRST
+
+    def check(self, expected: list[np.ndarray], lanes: int) -> None:
+        """Outputs against the expected rows (lanes past the row 0), tags and last flags."""
+        k = 0
+        tag = 0
+        for r, row in enumerate(expected):
+            blocks = _blocks(row, lanes)
+            tag += len(self.rows[r][0]) + len(self.rows[r][1])
+            for j, blk in enumerate(blocks):
+                got, last, got_tag = self.outputs[k]
+                assert got == blk, f"row {r} block {j}: {got} != {blk}"
+                assert last == int(j == len(blocks) - 1)
+                assert got_tag == tag % (1 << TAG_BITS)
+                k += 1
+                tag += 1
+        assert k == len(self.outputs)
+
+
+# ---- sequential steps --------------------------------------------------------------------
+
+def test_divider_and_sqrt():
+    rng = np.random.default_rng(1)
+    div = SequentialDivider(53, 31, 32)
+    cases = [(1 << 52, (1 << 20) + 1), (1 << 52, (1 << 31) - 1), (0, 5), (4094 * (1 << 32) + 7, 4095)]
+    for _ in range(20):
+        d = int(rng.integers(1, 1 << 21))   # dividend < 2**53
+        cases.append((int(rng.integers(0, d)) << 32 | int(rng.integers(0, 1 << 32)), d))
+
+    async def bench_div(ctx):
+        for n, d in cases:
+            ctx.set(div.dividend, n)
+            ctx.set(div.divisor, d)
+            ctx.set(div.start, 1)
+            await ctx.tick()
+            ctx.set(div.start, 0)
+            for _ in range(div.cycles):
+                assert ctx.get(div.busy)
+                await ctx.tick()
+            assert not ctx.get(div.busy)
+            assert (ctx.get(div.quotient), ctx.get(div.remainder)) == divmod(n, d), (n, d)
+
+    simulate(div, bench_div, max_cycles=40 * len(cases), name="divider")
+
+    sq = SequentialSqrt(31)
+    radicands = [0, 1, 2, 3, 4, (1 << 62) - 1, (1 << 62) - 2, (1 << 42) - 1, 1 << 42]
+    radicands += [int(v) for v in rng.integers(0, 1 << 62, 20)]
+
+    async def bench_sqrt(ctx):
+        for v in radicands:
+            ctx.set(sq.radicand, v)
+            ctx.set(sq.start, 1)
+            await ctx.tick()
+            ctx.set(sq.start, 0)
+            for _ in range(sq.cycles):
+                await ctx.tick()
+            assert not ctx.get(sq.busy)
+            assert ctx.get(sq.root) == math.isqrt(v) == int(kernels.isqrt(v)), v
+
+    simulate(sq, bench_sqrt, max_cycles=40 * len(radicands), name="sqrt")
+
+
+# ---- softmax -----------------------------------------------------------------------------
+
+def _softmax_rows(xs, masks, lanes, act_bits):
+    sentinel = kernels.mask_sentinel(act_bits)
+    rows = []
+    for x, mask in zip(xs, masks):
+        xb = _blocks(x, lanes)
+        mb = _blocks(mask, lanes, fill=sentinel)
+        n = len(x)
+        blocks = []
+        for j, (d, bb) in enumerate(zip(xb, mb)):
+            lanes_mask = sum(1 << i for i in range(lanes) if j * lanes + i < n)
+            blocks.append({"data": d, "b": bb, "lanes": lanes_mask})
+        rows.append([blocks, blocks, blocks])
+    return rows
+
+
+def run_softmax(lanes, act_bits, xs, masks, params, *, stall=0.0, seed=0):
+    dut = SoftmaxRow(_config(lanes, act_bits), unsigned(TAG_BITS))
+    rows = _softmax_rows(xs, masks, lanes, act_bits)
+    drv = RowDriver(dut, rows, {"multiplier": params.multiplier, "shift": params.shift},
+                    stall=stall, seed=seed)
+    nbs = [len(r[0]) for r in rows]
+    budget = sum(dut.row_cycles(nb) for nb in nbs) * (4 if stall else 1) + 50
+    simulate(dut, drv.bench, max_cycles=budget, name="softmax_row")
+    expected = [kernels.softmax(np.asarray(x)[None], np.asarray(mk)[None], params)[0]
+                for x, mk in zip(xs, masks)]
+    drv.check(expected, lanes)
+    return dut, drv
+
+
+def _random_softmax(rng, n, act_bits, p_mask=0.25, scale=3000):
+    lo, hi = kernels.act_range(act_bits)
+    x = rng.normal(0, scale, n).round().astype(np.int64)
+    mask = rng.integers(lo + 1, hi + 1, n) // 64
+    mask[rng.random(n) < p_mask] = lo
+    return x, mask
+
+
+@pytest.mark.parametrize("lanes,act_bits", [(2, 8), (2, 16), (8, 16)])
+def test_softmax_random(lanes, act_bits):
+    rng = np.random.default_rng(lanes * 100 + act_bits)
+    params = kernels.softmax_params(2.0 ** -11, act_bits)
+    xs, masks = [], []
+    for n in (1, lanes + 1, 3 * lanes, 5 * lanes - 1):
+        x, mk = _random_softmax(rng, n, act_bits)
+        xs.append(x)
+        masks.append(mk)
+    run_softmax(lanes, act_bits, xs, masks, params, stall=0.3, seed=lanes)
+
+
+def test_softmax_corners():
+    """All masked, one unmasked key, extreme int32 scores, extreme multipliers and shifts."""
+    lanes, act_bits = 2, 8
+    rng = np.random.default_rng(5)
+    lo, hi = kernels.act_range(act_bits)
+    n = 5
+    xs = [rng.integers(-100, 100, n), rng.integers(-100, 100, n),
+          np.array([INT32_MAX, INT32_MIN, INT32_MAX, INT32_MIN, 0]),
+          np.array([INT32_MIN] * 3), np.array([INT32_MAX] * 3)]
+    masks = [np.full(n, lo), np.array([lo, lo, 7, lo, lo]),
+             np.array([hi, lo + 1, hi - 1, 0, lo]), np.array([lo + 1, 0, lo + 1]),
+             np.array([hi, hi, 0])]
+    params = [kernels.softmax_params(2.0 ** -11, act_bits),
+              kernels.SoftmaxParams(act_bits, (1 << 29) - 1, 61, 26, 127 << 26),
+              kernels.SoftmaxParams(act_bits, (1 << 29) - 1, 40, 26, 127 << 26),
+              kernels.SoftmaxParams(act_bits, 1 << 28, 1, 26, 127 << 26),
+              kernels.SoftmaxParams(act_bits, 1 << 28, 44, 26, 127 << 26)]
+    for pr in params:
+        run_softmax(lanes, act_bits, xs, masks, pr, stall=0.2, seed=pr.shift)
+
+
+@pytest.mark.parametrize("lanes", [2, 8])
+def test_softmax_cycles(lanes):
+    """Back-to-back rows without stalls: each row's cycles match ``row_cycles``."""
+    rng = np.random.default_rng(9)
+    params = kernels.softmax_params(2.0 ** -11, 16)
+    xs, masks = [], []
+    for n in (1, 4 * lanes + 1):
+        x, mk = _random_softmax(rng, n, 16)
+        xs.append(x)
+        masks.append(mk)
+    dut, drv = run_softmax(lanes, 16, xs, masks, params)
+    for r, x in enumerate(xs):
+        nb = -(-len(x) // lanes)
+        assert drv.last_output[r] - drv.first_accept[r] + 1 == dut.row_cycles(nb), r
+    assert drv.first_accept[1] - drv.first_accept[0] == \
+        dut.row_cycles(-(-len(xs[0]) // lanes)) - dut.output_latency
