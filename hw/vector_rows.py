@@ -69,7 +69,7 @@ class RowPass(enum.Enum, shape=2):
 class SequentialDivider(wiring.Component):
     """Restoring division, one quotient bit per cycle: ``quotient = dividend // divisor``.
 
-    ``start`` (while not ``busy``) loads the operands; ``busy`` is then 1 for exactly
+    ``start`` (while not ``busy``) loads the operands (they need not stay); ``busy`` is then 1 for exactly
     ``quotient_bits`` cycles, after which ``quotient`` and ``remainder`` hold the result
     until the next start. The caller guarantees ``dividend >> quotient_bits < divisor`` (so
     the quotient fits); otherwise the result is meaningless. The partial remainder is only
@@ -100,16 +100,18 @@ class SequentialDivider(wiring.Component):
         q = self._q
         hi = Signal(self._wd + 1)          # the partial remainder, always < divisor
         lo = Signal(q)                     # dividend bits still to bring down, then quotient
+        divisor = Signal(self._wd)         # held from the start: the inputs need not be
         count = Signal(range(q + 1))
         trial = Signal(self._wd + 2)
         m.d.comb += [trial.eq(Cat(lo[q - 1], hi)), self.quotient.eq(lo),
                      self.remainder.eq(hi), self.busy.eq(count != 0)]
         with m.If(count != 0):
-            ge = trial >= self.divisor
-            m.d.sync += [hi.eq(Mux(ge, trial - self.divisor, trial)),
+            ge = trial >= divisor
+            m.d.sync += [hi.eq(Mux(ge, trial - divisor, trial)),
                          lo.eq(Cat(ge, lo[:q - 1])), count.eq(count - 1)]
         with m.Elif(self.start):
-            m.d.sync += [hi.eq(self.dividend >> q), lo.eq(self.dividend[:q]), count.eq(q)]
+            m.d.sync += [hi.eq(self.dividend >> q), lo.eq(self.dividend[:q]), count.eq(q),
+                         divisor.eq(self.divisor)]
         return m
 
 
@@ -443,3 +445,279 @@ class SoftmaxRow(_RowEngine):
                 m.d.comb += want.eq(RowPass.OUTPUT)
                 with m.If(take & last):
                     m.next = "MAX_PASS"
+
+
+# ---- layernorm ---------------------------------------------------------------------------
+
+def layernorm_cfg_layout() -> data.StructLayout:
+    """``cfg`` of :class:`LayerNormRow`: the row length and the scalar ``LayerNormParams``
+    (``eps_shift`` as a 12-bit signed field: the parameters give ``[-2000, 2000]``)."""
+    return data.StructLayout({
+        "n_elems": unsigned(12), "eps_mult": unsigned(32), "eps_shift": signed(12),
+        "res_mult": unsigned(24), "res_shift": unsigned(6), "out_shift": unsigned(6)})
+
+
+class LayerNormRow(_RowEngine):
+    """``sim.kernels.layernorm`` of one row at a time (with a residual, without ``pre``: the
+    separate input stage applies it before this engine), ``L`` lanes per cycle.
+
+    Every pass reads ``data`` = x and ``b`` = the residual (zeros without one: then ``h =
+    x`` for any ``res_mult`` and ``res_shift >= 1``) and recomputes ``h = sat32(x + ((res *
+    res_mult + 2**(res_shift-1)) >> res_shift))``. Passes (``docs/numerics.md``,
+    VLAYERNORM):
+
+    1. ``FIRST``: ``sum(h)`` (44 bits), ``min(h)``, ``max(h)``. Row unit: the rounded mean
+       ``mu`` and the remainder by one division of ``sum + n // 2 + n * 2**31`` by ``n`` (32
+       quotient bits, so that the dividend is never negative), ``P = bit_length(max - min) -
+       23``, then the mean's fraction ``((rem << -P) + n // 2) // n`` by a second division of
+       ``((r0 + n - n // 2) << -P) + n // 2`` (``r0`` the first remainder; the quotient less
+       ``2**-P``; always run, even when ``P >= 0`` does not need it, so the cost is fixed).
+    2. ``SECOND``: ``c'`` per lane (24 bits), ``Q = sum(c'**2)`` (58 bits). Row unit:
+       ``T = min(Q + E, 2**62 - 1)`` (``E``, eps in ``c'`` units, is made during pass 1's
+       divisions), ``sig = isqrt(T)`` (:class:`SequentialSqrt`, 31 cycles), ``I =
+       min(2**52 // max(sig, 1), 2**32 - 1)`` (the divider again, 32 cycles).
+    3. ``OUTPUT`` (also reads ``gamma`` = ``G[j]``, ``beta`` = ``Bw[j]`` of the block's
+       lanes): ``w = (c' * I + 2**29) >> 30``, ``y = sat((w * G + Bw + 2**(out_shift-1)) >>
+       out_shift)``. ``gamma`` and ``beta`` wait in a 16-entry FIFO (LUT RAM) from the input
+       to the stage that uses them instead of travelling down the pipeline registers.
+
+    Multipliers per lane: ``res * res_mult`` (16x24), one 24x33 shared by ``c'**2`` (pass
+    2) and ``c' * I`` (pass 3), ``w * G`` (24x18). ``cfg``: :func:`layernorm_cfg_layout`
+    (``n_elems`` must be the number of elements the ``lanes`` masks of a pass cover;
+    ``out_shift`` in ``[1, 37]``, ``res_shift`` in ``[1, 62]``).
+    """
+
+    _S_PR = 2       # res * res_mult
+    _S_RND = 3      # + 2**(res_shift-1)
+    _S_RR = 4       # >> res_shift
+    _S_H = 5        # h (pass 1 taps here)
+    _S_DH = 6       # h - mu
+    _S_C = 7        # c'
+    _S_OP = 8       # the shared multiplier's operands
+    _S_PROD = 9     # c'**2 or c' * I (pass 2 taps here)
+    _S_W = 10       # w (gamma and beta leave the FIFO here)
+    _S_WG = 11      # w * G, Bw
+    _S_Y0 = 12      # w * G + Bw + 2**(out_shift-1)
+    _S_Y = 13       # the output register
+    _FIFO_DEPTH = 16
+
+    def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1)):
+        L = config.cols
+        super().__init__(config, tag_shape, layernorm_cfg_layout(), {
+            "gamma": data.ArrayLayout(signed(18), L), "beta": data.ArrayLayout(signed(62), L)})
+
+    @property
+    def divider(self) -> int:
+        return 32
+
+    @property
+    def sqrt(self) -> int:
+        return 31
+
+    @property
+    def output_latency(self) -> int:
+        return self._S_Y
+
+    def gaps(self) -> tuple[int, int, int]:
+        """As :meth:`SoftmaxRow.gaps`."""
+        lv = self.levels
+        g1 = self._S_H + lv + 2 + 2 * (self.divider + 1)       # mean, fraction
+        g2 = self._S_PROD + lv + 2 + (self.sqrt + 1) + (self.divider + 1)
+        return g1, g2, self.output_latency
+
+    def row_cycles(self, nb: int) -> int:
+        """As :meth:`SoftmaxRow.row_cycles`."""
+        return 3 * nb + sum(self.gaps()) - 2
+
+    def elaborate(self, platform):
+        m = Module()
+        L, a = self.lanes, self.act_bits
+        en = Signal()
+        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        pipe = Pipe(m, en)
+        want = Signal(RowPass)
+        m.d.comb += self.want_pass.eq(want)
+        depth = max(self._S_Y, self._S_PROD + self.levels)
+        take, blk, s1, ctl = self._front(m, pipe, want, depth)
+
+        # gamma and beta of the output pass, from the input to stage _S_W.
+        m.submodules.params = pfifo = fifo.SyncFIFO(width=L * 80, depth=self._FIFO_DEPTH)
+        m.d.comb += [pfifo.w_data.eq(Cat(self.i.payload.gamma, self.i.payload.beta)),
+                     pfifo.w_en.eq(take & (want == RowPass.OUTPUT)),
+                     pfifo.r_en.eq(en & ctl[self._S_W].is_(RowPass.OUTPUT))]
+        gamma = data.View(data.ArrayLayout(signed(18), L), pfifo.r_data[:18 * L])
+        beta = data.View(data.ArrayLayout(signed(62), L), pfifo.r_data[18 * L:])
+
+        row = _LayerNormRowState(m)
+        lanes = self._lanes(m, pipe, s1, ctl, row, gamma, beta)
+
+        # Pass 1: sum, min, max of h over the row's lanes.
+        blk_sum = tree_reduce(pipe, lanes["h_sum"], lambda x, y: x + y, signed(32 + self.levels),
+                              "sum")
+        blk_min = tree_reduce(pipe, lanes["h_min"], smin, signed(32), "min")
+        blk_max = tree_reduce(pipe, lanes["h_max"], smax, signed(32), "max")
+        tap1 = ctl[self._S_H + self.levels]
+        with m.If(en & tap1.is_(RowPass.FIRST)):
+            first = tap1.c.first
+            m.d.sync += [row.total.eq(Mux(first, blk_sum, row.total + blk_sum)),
+                         row.mn.eq(Mux(first, blk_min, smin(row.mn, blk_min))),
+                         row.mx.eq(Mux(first, blk_max, smax(row.mx, blk_max)))]
+        # Pass 2: the sum of squares.
+        blk_sq = tree_reduce(pipe, lanes["sq"], lambda x, y: x + y, unsigned(47 + self.levels),
+                             "sq")
+        tap2 = ctl[self._S_PROD + self.levels]
+        with m.If(en & tap2.is_(RowPass.SECOND)):
+            m.d.sync += row.q.eq(Mux(tap2.c.first, blk_sq, row.q + blk_sq))
+        # Pass 3: the output register.
+        out = ctl[self._S_Y]
+        m.d.comb += [self.o.valid.eq(out.is_(RowPass.OUTPUT)), self.o.payload.last.eq(out.c.last),
+                     self.o.payload.tag.eq(pipe.delay(s1.tag, self._S_Y - 1, "tag"))]
+        for i in range(L):
+            m.d.comb += self.o.payload.data[i].eq(lanes["y"][i])
+
+        pass_done = Signal()
+        m.d.sync += pass_done.eq(en & (tap1.done(RowPass.FIRST) | tap2.done(RowPass.SECOND)))
+        self._fsm(m, take, want, pass_done, row)
+        m.d.comb += self.busy.eq((want != RowPass.FIRST) |
+                                 Cat(c.valid for c in ctl[1:]).any())
+        return m
+
+    def _lanes(self, m: Module, pipe: Pipe, s1, ctl, row, gamma, beta) -> dict:
+        """The ``L`` lanes: the pass-1 tree inputs ``h_sum``/``h_min``/``h_max``, the pass-2
+        ``sq`` and the output lanes ``y`` (0 outside the row)."""
+        cfg = self.cfg
+        lo, hi = kernels.act_range(self.act_bits)
+        rs = Signal(6)                      # res_shift >= 41 gives 0 like 41 (|res * mult| < 2**39)
+        m.d.comb += rs.eq(Mux(cfg.res_shift > 41, 41, cfg.res_shift))
+        rs_half = (Const(1, 42) << rs)[1:]
+        sg_half = (Const(1, 39) << cfg.out_shift)[1:]
+        pass3_op = ctl[self._S_OP - 1].c.pass_ == RowPass.OUTPUT
+        out = {"h_sum": [], "h_min": [], "h_max": [], "sq": [], "y": []}
+        for i in range(self.lanes):
+            n = f"l{i}_"
+            pr = pipe.reg(signed(40), n + "pr", s1.b[i] * cfg.res_mult)
+            x2 = pipe.reg(signed(32), n + "x2", s1.data[i])
+            rnd = pipe.reg(signed(42), n + "rnd", pr + rs_half)
+            x3 = pipe.reg(signed(32), n + "x3", x2)
+            rr = pipe.reg(signed(41), n + "rr", rnd >> rs)
+            x4 = pipe.reg(signed(32), n + "x4", x3)
+            hs = x4 + rr
+            h = pipe.reg(signed(32), n + "h",
+                         Mux(hs > kernels._INT32_MAX, kernels._INT32_MAX,
+                             Mux(hs < kernels._INT32_MIN, kernels._INT32_MIN, hs)))
+            in_row_h = pipe.delay(s1.lanes[i], self._S_H - 1, n + "lane")
+            out["h_sum"].append(Mux(in_row_h, h, 0))
+            out["h_min"].append(Mux(in_row_h, h, kernels._INT32_MAX))
+            out["h_max"].append(Mux(in_row_h, h, kernels._INT32_MIN))
+            dh = pipe.reg(signed(33), n + "dh", h - row.mu)
+            shifted = Mux(row.p_neg, (dh << row.f)[:25] - row.frac, dh >> row.p_pos)
+            c = pipe.reg(signed(24), n + "c", shifted[:24].as_signed())
+            op_a = pipe.reg(signed(24), n + "op_a", c)
+            op_b = pipe.reg(signed(33), n + "op_b", Mux(pass3_op, row.inv, c))
+            prod = pipe.reg(signed(57), n + "prod", op_a * op_b)
+            in_row_p = pipe.delay(in_row_h, self._S_PROD - self._S_H, n + "lane")
+            out["sq"].append(Mux(in_row_p, prod[:47], 0))
+            w = pipe.reg(signed(24), n + "w", ((prod + (1 << 29)) >> 30)[:24].as_signed())
+            wg = pipe.reg(signed(42), n + "wg", w * gamma[i])
+            bw = pipe.reg(signed(62), n + "bw", beta[i])
+            y0 = pipe.reg(signed(64), n + "y0", wg + bw + sg_half)
+            in_row_y = pipe.delay(in_row_p, self._S_Y0 - self._S_PROD, n + "lane")
+            ys = y0 >> cfg.out_shift
+            out["y"].append(pipe.reg(signed(self.act_bits), n + "y",
+                                     Mux(~in_row_y, 0, Mux(ys > hi, hi, Mux(ys < lo, lo, ys)))))
+        return out
+
+    def _fsm(self, m: Module, take, want, pass_done, row) -> None:
+        """The pass sequence and the row unit: two divisions, eps, the square root and the
+        reciprocal."""
+        cfg = self.cfg
+        m.submodules.div = div = SequentialDivider(53, 31, self.divider)
+        m.submodules.sqrt = sq = SequentialSqrt(self.sqrt)
+        n = cfg.n_elems
+        half_n = n >> 1
+        spread_len = bit_length((row.mx - row.mn)[:32], 32)      # max - min < 2**32
+        t_max = kernels.LN_T_MAX
+        qe = row.q + row.eps
+        eps = self._eps(m, row)
+        last = self.i.payload.last
+        with m.FSM(name="layernorm"):
+            with m.State("STATS_PASS"):
+                m.d.comb += want.eq(RowPass.FIRST)
+                with m.If(take & last):
+                    m.next = "STATS_DRAIN"
+            with m.State("STATS_DRAIN"):
+                with m.If(pass_done):
+                    # sum + n // 2 + n * 2**31 >= 0: the quotient is mu + 2**31.
+                    m.d.comb += [div.start.eq(1), div.divisor.eq(n),
+                                 div.dividend.eq(row.total + half_n + (n << 31))]
+                    neg = spread_len < kernels.LN_CBITS
+                    m.d.sync += [row.p_neg.eq(neg),
+                                 row.f.eq(Mux(neg, kernels.LN_CBITS - spread_len, 0)),
+                                 row.p_pos.eq(Mux(neg, 0, spread_len - kernels.LN_CBITS))]
+                    m.next = "MEAN_DIVIDE"
+            with m.State("MEAN_DIVIDE"):
+                m.d.sync += row.eps.eq(eps)
+                with m.If(~div.busy):
+                    m.d.sync += row.mu.eq(div.quotient ^ (1 << 31))
+                    m.d.comb += [div.start.eq(1), div.divisor.eq(n), div.dividend.eq(
+                        ((div.remainder + n - half_n) << row.f) + half_n)]
+                    m.next = "FRACTION_DIVIDE"
+            with m.State("FRACTION_DIVIDE"):
+                with m.If(~div.busy):
+                    m.d.sync += row.frac.eq(div.quotient - (Const(1, 25) << row.f))
+                    m.next = "SQUARES_PASS"
+            with m.State("SQUARES_PASS"):
+                m.d.comb += want.eq(RowPass.SECOND)
+                with m.If(take & last):
+                    m.next = "SQUARES_DRAIN"
+            with m.State("SQUARES_DRAIN"):
+                with m.If(pass_done):
+                    m.d.comb += [sq.start.eq(1), sq.radicand.eq(Mux(qe > t_max, t_max, qe))]
+                    m.next = "SQRT"
+            with m.State("SQRT"):
+                with m.If(~sq.busy):
+                    m.d.comb += [div.start.eq(1), div.dividend.eq(1 << kernels.LN_KI),
+                                 div.divisor.eq(Mux(sq.root == 0, 1, sq.root))]
+                    m.next = "RECIPROCAL"
+            with m.State("RECIPROCAL"):
+                with m.If(~div.busy):
+                    # 2**52 // sig >= 2**32 exactly when sig <= 2**20 (also sig = 0).
+                    m.d.sync += row.inv.eq(Mux(sq.root <= 1 << 20, kernels.LN_I_MAX,
+                                               div.quotient))
+                    m.next = "OUTPUT_PASS"
+            with m.State("OUTPUT_PASS"):
+                m.d.comb += want.eq(RowPass.OUTPUT)
+                with m.If(take & last):
+                    m.next = "STATS_PASS"
+
+    def _eps(self, m: Module, row):
+        """``E``: ``eps_mult >> s`` for ``s = eps_shift + 2 P >= 0``, else ``eps_mult << -s``
+        saturated at ``2**62 - 1`` (``-s >= 63`` saturates even for ``eps_mult = 0``, like
+        ``kernels._saturating_shift``)."""
+        cfg = self.cfg
+        p = Signal(signed(6))
+        s = Signal(signed(14))
+        ns = Signal(13)
+        m.d.comb += [p.eq(Mux(row.p_neg, -row.f, row.p_pos)), s.eq(cfg.eps_shift + 2 * p),
+                     ns.eq(-s)]
+        right = cfg.eps_mult >> Mux(s > 32, 32, s[:6])
+        wide = cfg.eps_mult << Mux(ns > 63, 63, ns[:6])
+        left = Mux((ns >= 63) | (wide > kernels.LN_T_MAX), kernels.LN_T_MAX, wide)
+        return Mux(s >= 0, right, left)
+
+
+class _LayerNormRowState:
+    """The per-row registers of :class:`LayerNormRow` (statistics, then constants)."""
+
+    def __init__(self, m: Module):
+        self.total = Signal(signed(44))
+        self.mn = Signal(signed(32))
+        self.mx = Signal(signed(32))
+        self.mu = Signal(signed(32))
+        self.p_neg = Signal()               # P < 0
+        self.p_pos = Signal(4)              # P when P >= 0 (<= 9)
+        self.f = Signal(5)                  # -P when P < 0 (<= 23), else 0 after the mean
+        self.frac = Signal(signed(25))      # the mean's fraction in c' units
+        self.eps = Signal(62)               # E
+        self.q = Signal(58)                 # sum of c'**2
+        self.inv = Signal(32)               # I

@@ -7,7 +7,7 @@ import pytest
 from amaranth import unsigned
 
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.vector_rows import (RowPass, SequentialDivider, SequentialSqrt,
+from serrano.hw.vector_rows import (LayerNormRow, RowPass, SequentialDivider, SequentialSqrt,
                                     SoftmaxRow)
 from serrano.sim import kernels
 
@@ -245,3 +245,102 @@ def test_softmax_cycles(lanes):
         assert drv.last_output[r] - drv.first_accept[r] + 1 == dut.row_cycles(nb), r
     assert drv.first_accept[1] - drv.first_accept[0] == \
         dut.row_cycles(-(-len(xs[0]) // lanes)) - dut.output_latency
+
+
+# ---- layernorm ---------------------------------------------------------------------------
+
+def _layernorm_rows(xs, residuals, params, lanes):
+    gm = np.asarray(params.gamma_mult, dtype=np.int64)
+    bw = np.asarray(params.beta_add, dtype=np.int64)
+    rows = []
+    for x, res in zip(xs, residuals):
+        n = len(x)
+        res = np.zeros(n, np.int64) if res is None else np.broadcast_to(res, (n,))
+        blocks = []
+        for j, (d, bb, g, be) in enumerate(zip(_blocks(x, lanes), _blocks(res, lanes),
+                                               _blocks(gm, lanes), _blocks(bw, lanes))):
+            lanes_mask = sum(1 << i for i in range(lanes) if j * lanes + i < n)
+            blocks.append({"data": d, "b": bb, "lanes": lanes_mask, "gamma": g, "beta": be})
+        rows.append([blocks, blocks, blocks])
+    return rows
+
+
+def run_layernorm(lanes, act_bits, xs, residuals, params, *, stall=0.0, seed=0):
+    dut = LayerNormRow(_config(lanes, act_bits), unsigned(TAG_BITS))
+    rows = _layernorm_rows(xs, residuals, params, lanes)
+    cfg = {"n_elems": params.n_elems, "eps_mult": params.eps_mult,
+           "eps_shift": params.eps_shift, "res_mult": params.res_mult or 0,
+           "res_shift": params.res_shift or 1, "out_shift": params.out_shift}
+    drv = RowDriver(dut, rows, cfg, stall=stall, seed=seed)
+    budget = sum(dut.row_cycles(len(r[0])) for r in rows) * (4 if stall else 1) + 50
+    simulate(dut, drv.bench, max_cycles=budget, name="layernorm_row")
+    expected = [kernels.layernorm(np.asarray(x)[None], params,
+                                  None if res is None else np.asarray(res)[None])[0]
+                for x, res in zip(xs, residuals)]
+    drv.check(expected, lanes)
+    return dut, drv
+
+
+def _ln_params(rng, n, act_bits, *, eps=1e-12, s_x=2.0 ** -14, residual=True):
+    q_max = kernels.act_range(act_bits)[1]
+    gamma = rng.normal(1, 0.3, n)
+    beta = rng.normal(0, 0.3, n)
+    return kernels.layernorm_params(s_x, 8 / q_max, gamma, beta, eps, act_bits,
+                                    4 / q_max if residual else None)
+
+
+@pytest.mark.parametrize("lanes,act_bits,n", [(2, 8, 5), (2, 16, 1), (2, 16, 12), (8, 16, 37),
+                                              (8, 8, 8)])
+def test_layernorm_random(lanes, act_bits, n):
+    rng = np.random.default_rng(lanes * 1000 + act_bits * 10 + n)
+    params = _ln_params(rng, n, act_bits)
+    lo, hi = kernels.act_range(act_bits)
+    xs = [rng.normal(0, 2 / 2.0 ** -14, n).round().astype(np.int64),
+          rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True),
+          rng.integers(-3, 4, n)]
+    residuals = [rng.integers(lo, hi, n, endpoint=True), rng.integers(lo, hi, n, endpoint=True),
+                 None]
+    run_layernorm(lanes, act_bits, xs, residuals, params, stall=0.3, seed=n)
+
+
+def test_layernorm_corners():
+    """Constant rows (variance 0, eps 0 and not), extreme int32 rows and residuals that
+    saturate h, extreme eps, G, Bw and shifts."""
+    lanes, act_bits, n = 2, 16, 5
+    rng = np.random.default_rng(11)
+    lo, hi = kernels.act_range(act_bits)
+    xs = [np.full(n, 12345), np.full(n, INT32_MIN), np.full(n, INT32_MAX),
+          np.array([INT32_MIN, INT32_MAX] * 2 + [0]), np.array([INT32_MAX - 5, 0, -7, 1, 2]),
+          np.array([0, 0, 0, 0, 1])]
+    residuals = [None, np.full(n, lo), np.full(n, hi), np.array([lo, hi, lo, hi, 0]),
+                 np.array([hi, hi, lo, 0, 1]), None]
+    base = _ln_params(rng, n, act_bits)
+    variants = [
+        base,
+        _ln_params(rng, n, act_bits, eps=0.0),
+        _ln_params(rng, n, act_bits, eps=1e3),
+        kernels.LayerNormParams(act_bits, n, ((1 << 17) - 1, -(1 << 17) + 1, 5, -3, 0),
+                                ((1 << 61) - 1, -(1 << 61) + 1, 12345, -999, 0), 1,
+                                (1 << 32) - 1, -2000, (1 << 24) - 1, 1),
+        kernels.LayerNormParams(act_bits, n, ((1 << 17) - 1, -(1 << 17) + 1, 5, -3, 77),
+                                (1 << 40, -(1 << 40), 1 << 36, -(1 << 36) + 1, 3), 37,
+                                1 << 31, 2000, 1 << 23, 62),
+        kernels.LayerNormParams(act_bits, n, (1000,) * n, (0,) * n, 20, (1 << 31) + 1, 40,
+                                (1 << 23) + 5, 30),
+    ]
+    for k, pr in enumerate(variants):
+        run_layernorm(lanes, act_bits, xs, residuals, pr, stall=0.2, seed=k)
+
+
+@pytest.mark.parametrize("lanes", [2, 8])
+def test_layernorm_cycles(lanes):
+    """Back-to-back rows without stalls: each row's cycles match ``row_cycles``."""
+    rng = np.random.default_rng(12)
+    n = 3 * lanes + 1
+    params = _ln_params(rng, n, 16)
+    xs = [rng.integers(-1 << 20, 1 << 20, n) for _ in range(2)]
+    dut, drv = run_layernorm(lanes, 16, xs, [None, None], params)
+    nb = -(-n // lanes)
+    for r in range(2):
+        assert drv.last_output[r] - drv.first_accept[r] + 1 == dut.row_cycles(nb), r
+    assert drv.first_accept[1] - drv.first_accept[0] == dut.row_cycles(nb) - dut.output_latency
