@@ -386,33 +386,38 @@ class SoftmaxRow(_RowEngine):
         tv, res = [], []
         for i in range(self.lanes):
             n = f"l{i}_"
+            # Each lane its own module: per-module statistics, and Yosys maps one lane
+            # at a time.
+            lm = Module()
+            m.submodules[f"lane{i}"] = lm
+            lp = Pipe(lm, pipe.en)
             x, b = s1.data[i], s1.b[i]
-            t = pipe.reg(signed(34), n + "t", x + b)
-            live = pipe.reg(1, n + "live", s1.lanes[i] & (b != sentinel))
+            t = lp.reg(signed(34), n + "t", x + b)
+            live = lp.reg(1, n + "live", s1.lanes[i] & (b != sentinel))
             tv.append(Mux(live, t, -(1 << 33)))
-            d = pipe.reg(33, n + "d", Mux(live, m_row - t, 0))
-            p = pipe.reg(62, n + "p", d * cfg.multiplier)
-            w = pipe.reg(63, n + "w", p + half)
+            d = lp.reg(33, n + "d", Mux(live, m_row - t, 0))
+            p = lp.reg(62, n + "p", d * cfg.multiplier)
+            w = lp.reg(63, n + "w", p + half)
             v = Signal(63, name=n + "v")
-            m.d.comb += v.eq(w >> cfg.shift)
+            lm.d.comb += v.eq(w >> cfg.shift)
             sat = v >= (kernels.EXP_Z_MAX << kernels.EXP_FRAC)
-            z = pipe.reg(5, n + "z", Mux(sat, kernels.EXP_Z_MAX, v[15:20]))
-            r = pipe.reg(15, n + "r", v[:15])
-            e_buf = pipe.delay(ebuf_data[i], self._S_OP - 2, n + "ebuf")
+            z = lp.reg(5, n + "z", Mux(sat, kernels.EXP_Z_MAX, v[15:20]))
+            r = lp.reg(15, n + "r", v[:15])
+            e_buf = lp.delay(ebuf_data[i], self._S_OP - 2, n + "ebuf")
             base = kernels.EXP_B - r
-            op_a = pipe.reg(17, n + "op_a", Mux(pass3_op, e_buf, base))
-            op_b = pipe.reg(17, n + "op_b", Mux(pass3_op, r_row, base))
-            z_op = pipe.reg(5, n + "z_op", z)
-            prod = pipe.reg(34, n + "prod", op_a * op_b)
-            addend = pipe.reg(34, n + "addend",
+            op_a = lp.reg(17, n + "op_a", Mux(pass3_op, e_buf, base))
+            op_b = lp.reg(17, n + "op_b", Mux(pass3_op, r_row, base))
+            z_op = lp.reg(5, n + "z_op", z)
+            prod = lp.reg(34, n + "prod", op_a * op_b)
+            addend = lp.reg(34, n + "addend",
                               kernels.EXP_C + (Const(1 << (kernels.EXP_DROP - 1), 34) << z_op))
-            z_prod = pipe.reg(5, n + "z_prod", z_op)
-            live_sum = pipe.delay(live, self._S_SUM - self._S_T, n + "live")
-            total = pipe.reg(35, n + "total", prod + Mux(pass3_sum, rnd_q, addend))
-            z_sum = pipe.reg(5, n + "z_sum", z_prod)
+            z_prod = lp.reg(5, n + "z_prod", z_op)
+            live_sum = lp.delay(live, self._S_SUM - self._S_T, n + "live")
+            total = lp.reg(35, n + "total", prod + Mux(pass3_sum, rnd_q, addend))
+            z_sum = lp.reg(5, n + "z_sum", z_prod)
             e = Mux(live_sum, total >> (z_sum + kernels.EXP_DROP), 0)
             q = total >> self._k
-            res.append(pipe.reg(17, n + "res", Mux(ctl[self._S_SUM].c.pass_ == RowPass.OUTPUT,
+            res.append(lp.reg(17, n + "res", Mux(ctl[self._S_SUM].c.pass_ == RowPass.OUTPUT,
                                                    q, e)))
         return {"tv": tv, "res": res}, res
 
@@ -595,35 +600,40 @@ class LayerNormRow(_RowEngine):
         out = {"h_sum": [], "h_min": [], "h_max": [], "sq": [], "y": []}
         for i in range(self.lanes):
             n = f"l{i}_"
-            pr = pipe.reg(signed(40), n + "pr", s1.b[i] * cfg.res_mult)
-            x2 = pipe.reg(signed(32), n + "x2", s1.data[i])
-            rnd = pipe.reg(signed(42), n + "rnd", pr + rs_half)
-            x3 = pipe.reg(signed(32), n + "x3", x2)
-            rr = pipe.reg(signed(41), n + "rr", rnd >> rs)
-            x4 = pipe.reg(signed(32), n + "x4", x3)
+            # Each lane its own module: per-module statistics, and Yosys maps one lane
+            # at a time.
+            lm = Module()
+            m.submodules[f"lane{i}"] = lm
+            lp = Pipe(lm, pipe.en)
+            pr = lp.reg(signed(40), n + "pr", s1.b[i] * cfg.res_mult)
+            x2 = lp.reg(signed(32), n + "x2", s1.data[i])
+            rnd = lp.reg(signed(42), n + "rnd", pr + rs_half)
+            x3 = lp.reg(signed(32), n + "x3", x2)
+            rr = lp.reg(signed(41), n + "rr", rnd >> rs)
+            x4 = lp.reg(signed(32), n + "x4", x3)
             hs = x4 + rr
-            h = pipe.reg(signed(32), n + "h",
+            h = lp.reg(signed(32), n + "h",
                          Mux(hs > kernels._INT32_MAX, kernels._INT32_MAX,
                              Mux(hs < kernels._INT32_MIN, kernels._INT32_MIN, hs)))
-            in_row_h = pipe.delay(s1.lanes[i], self._S_H - 1, n + "lane")
+            in_row_h = lp.delay(s1.lanes[i], self._S_H - 1, n + "lane")
             out["h_sum"].append(Mux(in_row_h, h, 0))
             out["h_min"].append(Mux(in_row_h, h, kernels._INT32_MAX))
             out["h_max"].append(Mux(in_row_h, h, kernels._INT32_MIN))
-            dh = pipe.reg(signed(33), n + "dh", h - row.mu)
+            dh = lp.reg(signed(33), n + "dh", h - row.mu)
             shifted = Mux(row.p_neg, (dh << row.f)[:25] - row.frac, dh >> row.p_pos)
-            c = pipe.reg(signed(24), n + "c", shifted[:24].as_signed())
-            op_a = pipe.reg(signed(24), n + "op_a", c)
-            op_b = pipe.reg(signed(33), n + "op_b", Mux(pass3_op, row.inv, c))
-            prod = pipe.reg(signed(57), n + "prod", op_a * op_b)
-            in_row_p = pipe.delay(in_row_h, self._S_PROD - self._S_H, n + "lane")
+            c = lp.reg(signed(24), n + "c", shifted[:24].as_signed())
+            op_a = lp.reg(signed(24), n + "op_a", c)
+            op_b = lp.reg(signed(33), n + "op_b", Mux(pass3_op, row.inv, c))
+            prod = lp.reg(signed(57), n + "prod", op_a * op_b)
+            in_row_p = lp.delay(in_row_h, self._S_PROD - self._S_H, n + "lane")
             out["sq"].append(Mux(in_row_p, prod[:47], 0))
-            w = pipe.reg(signed(24), n + "w", ((prod + (1 << 29)) >> 30)[:24].as_signed())
-            wg = pipe.reg(signed(42), n + "wg", w * gamma[i])
-            bw = pipe.reg(signed(62), n + "bw", beta[i])
-            y0 = pipe.reg(signed(64), n + "y0", wg + bw + sg_half)
-            in_row_y = pipe.delay(in_row_p, self._S_Y0 - self._S_PROD, n + "lane")
+            w = lp.reg(signed(24), n + "w", ((prod + (1 << 29)) >> 30)[:24].as_signed())
+            wg = lp.reg(signed(42), n + "wg", w * gamma[i])
+            bw = lp.reg(signed(62), n + "bw", beta[i])
+            y0 = lp.reg(signed(64), n + "y0", wg + bw + sg_half)
+            in_row_y = lp.delay(in_row_p, self._S_Y0 - self._S_PROD, n + "lane")
             ys = y0 >> cfg.out_shift
-            out["y"].append(pipe.reg(signed(self.act_bits), n + "y",
+            out["y"].append(lp.reg(signed(self.act_bits), n + "y",
                                      Mux(~in_row_y, 0, Mux(ys > hi, hi, Mux(ys < lo, lo, ys)))))
         return out
 
