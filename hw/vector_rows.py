@@ -50,7 +50,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..sim import kernels
 from .config import AcceleratorConfig
-from .vector_rowsteps import Pipe, bit_length, ceil_log2, smax, smin, tree_levels, tree_reduce
+from .vector_rowsteps import (Pipe, bit_length, fits_above, mask_from, shift_right_low, smax,
+                              smin, tree_levels, tree_reduce)
 
 __all__ = ["RowPass", "SequentialDivider", "SequentialSqrt", "SoftmaxRow", "LayerNormRow",
            "softmax_cfg_layout", "layernorm_cfg_layout"]
@@ -379,7 +380,9 @@ class SoftmaxRow(_RowEngine):
         cfg = self.cfg
         sentinel = kernels.mask_sentinel(self.act_bits)
         half = Signal(62)
-        m.d.comb += half.eq((Const(1, 63) << cfg.shift)[1:])    # 2**(shift-1)
+        big_mask = Signal(63)               # v >= 2**20 iff w has a bit under this mask
+        m.d.comb += [half.eq((Const(1, 63) << cfg.shift)[1:]),    # 2**(shift-1)
+                     big_mask.eq(mask_from(cfg.shift + 20, 63))]
         pass3_op = ctl[self._S_OP - 1].c.pass_ == RowPass.OUTPUT
         pass3_sum = ctl[self._S_PROD].c.pass_ == RowPass.OUTPUT
         rnd_q = 1 << (self._k - 1)
@@ -398,9 +401,9 @@ class SoftmaxRow(_RowEngine):
             d = lp.reg(33, n + "d", Mux(live, m_row - t, 0))
             p = lp.reg(62, n + "p", d * cfg.multiplier)
             w = lp.reg(63, n + "w", p + half)
-            v = Signal(63, name=n + "v")
-            lm.d.comb += v.eq(w >> cfg.shift)
-            sat = v >= (kernels.EXP_Z_MAX << kernels.EXP_FRAC)
+            v = Signal(20, name=n + "v")        # v's low 20 bits; v >= 2**20 saturates z
+            lm.d.comb += v.eq(shift_right_low(lm, w, cfg.shift, 20, n + "vsh"))
+            sat = (w & big_mask).any() | (v[15:] >= kernels.EXP_Z_MAX)
             z = lp.reg(5, n + "z", Mux(sat, kernels.EXP_Z_MAX, v[15:20]))
             r = lp.reg(15, n + "r", v[:15])
             e_buf = lp.delay(ebuf_data[i], self._S_OP - 2, n + "ebuf")
@@ -596,6 +599,10 @@ class LayerNormRow(_RowEngine):
         m.d.comb += rs.eq(Mux(cfg.res_shift > 41, 41, cfg.res_shift))
         rs_half = (Const(1, 42) << rs)[1:]
         sg_half = (Const(1, 39) << cfg.out_shift)[1:]
+        rr_mask = Signal(42)                # rr fits 34 bits iff rnd is its sign under this
+        y_mask = Signal(64)                 # y0 >> out_shift fits act_bits iff the same
+        m.d.comb += [rr_mask.eq(mask_from(rs + 33, 42)),
+                     y_mask.eq(mask_from(cfg.out_shift + (self.act_bits - 1), 64))]
         pass3_op = ctl[self._S_OP - 1].c.pass_ == RowPass.OUTPUT
         out = {"h_sum": [], "h_min": [], "h_max": [], "sq": [], "y": []}
         for i in range(self.lanes):
@@ -609,7 +616,10 @@ class LayerNormRow(_RowEngine):
             x2 = lp.reg(signed(32), n + "x2", s1.data[i])
             rnd = lp.reg(signed(42), n + "rnd", pr + rs_half)
             x3 = lp.reg(signed(32), n + "x3", x2)
-            rr = lp.reg(signed(41), n + "rr", rnd >> rs)
+            # |rr| >= 2**32 saturates h whatever x is: rr saturates at 34 bits.
+            rr = lp.reg(signed(34), n + "rr",
+                        Mux(fits_above(rnd, rr_mask), shift_right_low(lm, rnd, rs, 34, n + "rrsh").as_signed(),
+                            Mux(rnd[-1], -(1 << 32), 1 << 32)))
             x4 = lp.reg(signed(32), n + "x4", x3)
             hs = x4 + rr
             h = lp.reg(signed(32), n + "h",
@@ -620,8 +630,10 @@ class LayerNormRow(_RowEngine):
             out["h_min"].append(Mux(in_row_h, h, kernels._INT32_MAX))
             out["h_max"].append(Mux(in_row_h, h, kernels._INT32_MIN))
             dh = lp.reg(signed(33), n + "dh", h - row.mu)
-            shifted = Mux(row.p_neg, (dh << row.f)[:25] - row.frac, dh >> row.p_pos)
-            c = lp.reg(signed(24), n + "c", shifted[:24].as_signed())
+            # (dh << 23) >> (P + 23) is dh << -P or dh >> P (floor); frac is 0 for P >= 0.
+            shifted = shift_right_low(lm, Cat(C(0, kernels.LN_CBITS), dh).as_signed(), row.bl, 25,
+                                      n + "csh")
+            c = lp.reg(signed(24), n + "c", (shifted - row.frac)[:24].as_signed())
             op_a = lp.reg(signed(24), n + "op_a", c)
             op_b = lp.reg(signed(33), n + "op_b", Mux(pass3_op, row.inv, c))
             prod = lp.reg(signed(57), n + "prod", op_a * op_b)
@@ -632,9 +644,10 @@ class LayerNormRow(_RowEngine):
             bw = lp.reg(signed(62), n + "bw", beta[i])
             y0 = lp.reg(signed(64), n + "y0", wg + bw + sg_half)
             in_row_y = lp.delay(in_row_p, self._S_Y0 - self._S_PROD, n + "lane")
-            ys = y0 >> cfg.out_shift
+            ys = shift_right_low(lm, y0, cfg.out_shift, self.act_bits, n + "ysh").as_signed()
+            sat = Mux(y0[-1], lo, hi)
             out["y"].append(lp.reg(signed(self.act_bits), n + "y",
-                                     Mux(~in_row_y, 0, Mux(ys > hi, hi, Mux(ys < lo, lo, ys)))))
+                                   Mux(~in_row_y, 0, Mux(fits_above(y0, y_mask), ys, sat))))
         return out
 
     def _fsm(self, m: Module, take, want, pass_done, row) -> None:
@@ -661,7 +674,7 @@ class LayerNormRow(_RowEngine):
                     m.d.comb += [div.start.eq(1), div.divisor.eq(n),
                                  div.dividend.eq(row.total + half_n + (n << 31))]
                     neg = spread_len < kernels.LN_CBITS
-                    m.d.sync += [row.p_neg.eq(neg),
+                    m.d.sync += [row.p_neg.eq(neg), row.bl.eq(spread_len),
                                  row.f.eq(Mux(neg, kernels.LN_CBITS - spread_len, 0)),
                                  row.p_pos.eq(Mux(neg, 0, spread_len - kernels.LN_CBITS))]
                     m.next = "MEAN_DIVIDE"
@@ -674,7 +687,8 @@ class LayerNormRow(_RowEngine):
                     m.next = "FRACTION_DIVIDE"
             with m.State("FRACTION_DIVIDE"):
                 with m.If(~div.busy):
-                    m.d.sync += row.frac.eq(div.quotient - (Const(1, 25) << row.f))
+                    m.d.sync += row.frac.eq(Mux(row.p_neg, div.quotient - (Const(1, 25) << row.f),
+                                                0))
                     m.next = "SQUARES_PASS"
             with m.State("SQUARES_PASS"):
                 m.d.comb += want.eq(RowPass.SECOND)
@@ -726,6 +740,7 @@ class _LayerNormRowState:
         self.mu = Signal(signed(32))
         self.p_neg = Signal()               # P < 0
         self.p_pos = Signal(4)              # P when P >= 0 (<= 9)
+        self.bl = Signal(6)                 # P + 23, the bit length of the spread
         self.f = Signal(5)                  # -P when P < 0 (<= 23), else 0 after the mean
         self.frac = Signal(signed(25))      # the mean's fraction in c' units
         self.eps = Signal(62)               # E

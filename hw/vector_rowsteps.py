@@ -7,11 +7,12 @@ is high. Nothing here holds state of its own except the registers the names say.
 
 from collections.abc import Callable, Sequence
 
-from amaranth import Module, Mux, Signal, Value
+from amaranth import C, Cat, Const, Module, Mux, Signal, Value
 
 from .delay import delay
 
-__all__ = ["Pipe", "tree_reduce", "tree_levels", "bit_length", "ceil_log2", "smax", "smin"]
+__all__ = ["Pipe", "tree_reduce", "tree_levels", "bit_length", "ceil_log2", "smax", "smin",
+           "shift_right_low", "mask_from", "fits_above"]
 
 
 def ceil_log2(n: int) -> int:
@@ -84,3 +85,41 @@ def smax(a, b):
 def smin(a, b):
     """``min(a, b)`` of two signed values."""
     return Mux(a < b, a, b)
+
+
+def shift_right_low(m: Module, value, amount: Value, out_width: int, name: str) -> Value:
+    """``(value >> amount)[:out_width]`` (arithmetic for a signed ``value``), unsigned.
+
+    A logarithmic shifter with the largest step first, so that each stage only makes the
+    bits the later (smaller) steps can still move into the result: for a narrow result of
+    a wide value about half the multiplexers of a full ``>>``. Each stage is a signal
+    ``{name}_k{k}`` of ``m`` (an expression would repeat the earlier stages).
+    """
+    value = Value.cast(value)
+    fill = value[-1] if value.shape().signed else C(0, 1)
+    cur = value
+
+    def ext(v, width):              # v (unsigned bits) extended with the fill to width
+        return Cat(v, fill.replicate(width - len(v))) if width > len(v) else v[:width]
+    for k in reversed(range(len(amount))):
+        step = 1 << k
+        width = out_width + step - 1
+        wide = ext(cur, width + step)
+        stage = Signal(width, name=f"{name}_k{k}")
+        m.d.comb += stage.eq(Mux(amount[k], wide[step:], wide[:width]))
+        cur = stage
+    return ext(cur, out_width)
+
+
+def mask_from(amount: Value, width: int) -> Value:
+    """The ``width``-bit mask of the bits at and above position ``amount``."""
+    return (Const((1 << width) - 1, width) << amount)[:width]
+
+
+def fits_above(value: Value, mask: Value) -> Value:
+    """Whether the bits of ``value`` under ``mask`` (a :func:`mask_from` mask) all equal its
+    sign bit: with the mask from ``s + w - 1``, whether ``value >> s`` fits ``w`` signed
+    bits."""
+    value = Value.cast(value)
+    sign = value[-1] if value.shape().signed else C(0, 1)
+    return Mux(sign, (~value & mask) == 0, (value & mask) == 0)
