@@ -296,7 +296,7 @@ class SoftmaxRow(_RowEngine):
     _S_RES = 10     # e (pass 2) or q (pass 3): the output register
 
     def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1)):
-        super().__init__(config, tag_shape, softmax_cfg_layout(), {})
+        super().__init__(_check_config(config), tag_shape, softmax_cfg_layout(), {})
         self._k = 34 - config.act_bits
         self._numerator = kernels.act_range(config.act_bits)[1] << self._k
 
@@ -510,7 +510,7 @@ class LayerNormRow(_RowEngine):
     _FIFO_DEPTH = 16
 
     def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1)):
-        L = config.cols
+        L = _check_config(config).cols
         super().__init__(config, tag_shape, layernorm_cfg_layout(), {
             "gamma": data.ArrayLayout(signed(18), L), "beta": data.ArrayLayout(signed(62), L)})
 
@@ -549,7 +549,7 @@ class LayerNormRow(_RowEngine):
         take, blk, s1, ctl = self._front(m, pipe, want, depth)
 
         # gamma and beta of the output pass, from the input to stage _S_W.
-        m.submodules.params = pfifo = fifo.SyncFIFO(width=L * 80, depth=self._FIFO_DEPTH)
+        m.submodules.gamma_beta = pfifo = fifo.SyncFIFO(width=L * 80, depth=self._FIFO_DEPTH)
         m.d.comb += [pfifo.w_data.eq(Cat(self.i.payload.gamma, self.i.payload.beta)),
                      pfifo.w_en.eq(take & (want == RowPass.OUTPUT)),
                      pfifo.r_en.eq(en & ctl[self._S_W].is_(RowPass.OUTPUT))]

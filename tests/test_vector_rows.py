@@ -1,3 +1,5 @@
+# amaranth: UnusedElaboratable=no
+# (test_constructor_errors builds components that raise in __init__ and are never elaborated)
 """Row engines (hw/vector_rows.py) in amaranth.sim, bit-exact against sim.kernels."""
 
 import math
@@ -70,8 +72,9 @@ class RowDriver:
                 ctx.set(dut.i.valid, 0)
             ready = int(self.rng.random() >= self.stall)
             ctx.set(dut.o.ready, ready)
-            _, _, i_ready, o_valid, o_payload = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.payload)
+            _, _, i_ready, o_valid, o_payload, want_now = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, dut.o.payload, dut.want_pass)
+            assert not (i_ready and want_now == RowPass.WAIT), "ready while WAIT"
             if offered and i_ready:
                 if p == 0 and b == 0:
                     self.first_accept[r] = cycle
@@ -344,3 +347,43 @@ def test_layernorm_cycles(lanes):
     for r in range(2):
         assert drv.last_output[r] - drv.first_accept[r] + 1 == dut.row_cycles(nb), r
     assert drv.first_accept[1] - drv.first_accept[0] == dut.row_cycles(nb) - dut.output_latency
+
+
+# ---- long rows, many blocks --------------------------------------------------------------
+
+def test_many_blocks():
+    """Rows of 31 and 64 blocks (L = 2)."""
+    rng = np.random.default_rng(21)
+    params = kernels.softmax_params(2.0 ** -12, 16)
+    xs, masks = zip(*(_random_softmax(rng, n, 16) for n in (61, 128)))
+    run_softmax(2, 16, list(xs), list(masks), params, stall=0.1, seed=3)
+    n = 127
+    ln = _ln_params(rng, n, 8)
+    run_layernorm(2, 8, [rng.integers(-1 << 24, 1 << 24, n)], [rng.integers(-128, 128, n)], ln,
+                  stall=0.1, seed=4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act_bits", [8, 16])
+def test_longest_rows(act_bits):
+    """n = 4095 (512 blocks of 8 lanes) and n = 4089, back to back, with stalls."""
+    rng = np.random.default_rng(act_bits)
+    params = kernels.softmax_params(2.0 ** -11, act_bits)
+    xs, masks = zip(*(_random_softmax(rng, n, act_bits, scale=1000) for n in (4095, 4089)))
+    run_softmax(8, act_bits, list(xs), list(masks), params, stall=0.1, seed=5)
+    n = kernels.MAX_ELEMS
+    lo, hi = kernels.act_range(act_bits)
+    ln = _ln_params(rng, n, act_bits)
+    run_layernorm(8, act_bits, [rng.normal(0, 1e6, n).round(), rng.integers(-5, 5, n)],
+                  [rng.integers(lo, hi, n, endpoint=True), None], ln, stall=0.1, seed=6)
+
+
+def test_constructor_errors():
+    with pytest.raises(TypeError, match="AcceleratorConfig"):
+        SoftmaxRow(None)
+    with pytest.raises(TypeError, match="AcceleratorConfig"):
+        LayerNormRow("8x8")
+    with pytest.raises(ValueError, match="quotient_bits"):
+        SequentialDivider(8, 4, 9)
+    dut = SoftmaxRow(_config(8, 16))
+    assert dut.lanes == 8 and dut.max_blocks == 512 and dut.levels == 3
