@@ -35,11 +35,18 @@ row storage: rows of up to 4095 elements do not fit in the engine).
 
 Throughput: one block (``L`` elements) per cycle on every pass. Cycles per row (a source that
 sends a block in every cycle it may, a sink always ready), from the first block of the first
-pass to the last output block of the row: ``row_cycles(nb)`` of each engine, ``3 * nb`` plus
-a constant (the pipeline drains and the row unit's sequential steps), checked against
-simulation by ``tests/test_vector_rows.py``. When rows follow each other, the next row's
-first pass starts ``output_latency`` cycles before the last output block, so a row costs
-``row_cycles(nb) - output_latency`` cycles in a stream of rows.
+pass to the last output block of the row, both included (``row_cycles(nb)``, checked against
+simulation by ``tests/test_vector_rows.py``)::
+
+    SoftmaxRow:    3 nb + 2 ceil(log2 L) + 42     (L = 8: 3 nb + 48)
+    LayerNormRow:  3 nb + 2 ceil(log2 L) + 160    (L = 8: 3 nb + 166)
+
+``3 nb`` for the passes; the rest is the pipeline drains (10 and 13 stages to the output, the
+reduction trees' ``ceil(log2 L)`` levels), two cycles of hand-over per pass and the row
+unit: softmax's 17-cycle division (+1), LayerNorm's two 32-cycle divisions after pass 1 and
+its 31-cycle square root and 32-cycle division after pass 2 (+1 each). When rows follow each
+other, the next row's first pass starts ``output_latency`` cycles before the last output
+block, so in a stream of rows one costs ``row_cycles(nb) - output_latency`` cycles.
 """
 
 

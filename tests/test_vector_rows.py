@@ -378,6 +378,16 @@ def test_longest_rows(act_bits):
                   [rng.integers(lo, hi, n, endpoint=True), None], ln, stall=0.1, seed=6)
 
 
+@pytest.mark.parametrize("lanes", [1, 2, 4, 8, 16])
+def test_row_cycles_formula(lanes):
+    """The closed formulas of the module docstring (the simulations check ``row_cycles``)."""
+    lv = math.ceil(math.log2(lanes))
+    sm, ln = SoftmaxRow(_config(lanes, 8)), LayerNormRow(_config(lanes, 8))
+    for nb in (1, 7, 512):
+        assert sm.row_cycles(nb) == 3 * nb + 2 * lv + 42
+        assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 160
+
+
 def test_constructor_errors():
     with pytest.raises(TypeError, match="AcceleratorConfig"):
         SoftmaxRow(None)
