@@ -172,8 +172,8 @@ def _check_config(config) -> AcceleratorConfig:
 class _RowEngine(wiring.Component):
     """Ports, the input register stage and the block counter of both engines.
 
-    Subclasses set ``_extra_in`` (payload fields beyond data, b, lanes, last, tag) and the
-    ``cfg`` layout, and build the lanes and the pass sequence.
+    Subclasses pass the ``cfg`` layout and ``extra_in`` (payload fields beyond ``data``,
+    ``b``, ``lanes``, ``last``, ``tag``), and build the lanes and the pass sequence.
     """
 
     def __init__(self, config: AcceleratorConfig, tag_shape, cfg_layout, extra_in: dict):
@@ -351,10 +351,10 @@ class SoftmaxRow(_RowEngine):
         m_row = Signal(signed(34))          # the row maximum (pass 1's result)
         r_row = Signal(17)                  # the reciprocal (after pass 2)
         s_row = Signal(29)                  # the sum of e (pass 2's result)
-        e_out, q_out = self._lanes(m, pipe, s1, ctl, rd.data, m_row, r_row)
+        tv, res_lanes = self._lanes(m, pipe, s1, ctl, rd.data, m_row, r_row)
 
         # Pass 1: the row maximum over the unmasked keys (the sentinel -2**33 for none).
-        blk_max = tree_reduce(pipe, e_out["tv"], smax, signed(34), "max")
+        blk_max = tree_reduce(pipe, tv, smax, signed(34), "max")
         tap1 = ctl[self._S_T + self.levels]
         with m.If(en & tap1.is_(RowPass.FIRST)):
             m.d.sync += m_row.eq(Mux(tap1.c.first, blk_max, smax(m_row, blk_max)))
@@ -362,8 +362,8 @@ class SoftmaxRow(_RowEngine):
         res = ctl[self._S_RES]
         m.d.comb += [wr.addr.eq(res.c.blk), wr.en.eq(en & res.is_(RowPass.SECOND))]
         for i in range(L):
-            m.d.comb += wr.data[i].eq(e_out["res"][i])
-        blk_sum = tree_reduce(pipe, e_out["res"], lambda x, y: x + y, unsigned(17 + self.levels),
+            m.d.comb += wr.data[i].eq(res_lanes[i])
+        blk_sum = tree_reduce(pipe, res_lanes, lambda x, y: x + y, unsigned(17 + self.levels),
                               "sum")
         tap2 = ctl[self._S_RES + self.levels]
         with m.If(en & tap2.is_(RowPass.SECOND)):
@@ -372,12 +372,12 @@ class SoftmaxRow(_RowEngine):
         m.d.comb += [self.o.valid.eq(res.is_(RowPass.OUTPUT)), self.o.payload.last.eq(res.c.last),
                      self.o.payload.tag.eq(pipe.delay(s1.tag, self._S_RES - 1, "tag"))]
         for i in range(L):
-            m.d.comb += self.o.payload.data[i].eq(q_out[i][:a])
+            m.d.comb += self.o.payload.data[i].eq(res_lanes[i][:a])
 
         pass_done = Signal()                # a pass's last block finished its reduction
         m.d.sync += pass_done.eq(en & (tap1.done(RowPass.FIRST) | tap2.done(RowPass.SECOND)))
         self._fsm(m, take, want, pass_done, s_row, r_row)
-        m.d.comb += self.busy.eq((want != RowPass.FIRST) |
+        m.d.comb += self.busy.eq((want != RowPass.FIRST) | (blk != 0) |
                                  Cat(c.valid for c in ctl[1:]).any())
         return m
 
@@ -429,7 +429,7 @@ class SoftmaxRow(_RowEngine):
             q = total >> self._k
             res.append(lp.reg(17, n + "res", Mux(ctl[self._S_SUM].c.pass_ == RowPass.OUTPUT,
                                                    q, e)))
-        return {"tv": tv, "res": res}, res
+        return tv, res
 
     def _fsm(self, m: Module, take, want, pass_done, s_row, r_row) -> None:
         """The pass sequence and the row unit (the division)."""
@@ -593,7 +593,7 @@ class LayerNormRow(_RowEngine):
         pass_done = Signal()
         m.d.sync += pass_done.eq(en & (tap1.done(RowPass.FIRST) | tap2.done(RowPass.SECOND)))
         self._fsm(m, take, want, pass_done, row)
-        m.d.comb += self.busy.eq((want != RowPass.FIRST) |
+        m.d.comb += self.busy.eq((want != RowPass.FIRST) | (blk != 0) |
                                  Cat(c.valid for c in ctl[1:]).any())
         return m
 

@@ -36,11 +36,12 @@ class RowDriver:
     sink with random ``ready``, cycle by cycle; records every output block and, per row, the
     cycle of its first accepted block and of its last output block."""
 
-    def __init__(self, dut, rows, cfg, *, stall: float, seed: int):
+    def __init__(self, dut, rows, cfg, *, stall: float, seed: int, long_gap: int = 0):
         self.dut = dut
         self.rows = rows            # per row: [pass 1 blocks, pass 2 blocks, pass 3 blocks]
         self.cfg = cfg
         self.stall = stall
+        self.long_gap = long_gap    # cycles without a block after each pass's first block
         self.rng = np.random.default_rng(seed)
         self.outputs = []           # (data, last, tag)
         self.first_accept = {}
@@ -58,10 +59,12 @@ class RowDriver:
         offered = False
         out_row, out_blk = 0, 0
         cycle = 0
+        gap = 0
         while len(self.outputs) < self.n_out():
             want = ctx.get(dut.want_pass)
+            gap = max(gap - 1, 0)
             if r < len(self.rows) and not offered and want == RowPass(p + 1) \
-                    and self.rng.random() >= self.stall:
+                    and not gap and self.rng.random() >= self.stall:
                 payload = dict(self.rows[r][p][b])
                 payload["last"] = int(b == len(self.rows[r][p]) - 1)
                 payload["tag"] = tag % (1 << TAG_BITS)
@@ -72,15 +75,18 @@ class RowDriver:
                 ctx.set(dut.i.valid, 0)
             ready = int(self.rng.random() >= self.stall)
             ctx.set(dut.o.ready, ready)
-            _, _, i_ready, o_valid, o_payload, want_now = await ctx.tick().sample(
-                dut.i.ready, dut.o.valid, dut.o.payload, dut.want_pass)
+            in_row = len(self.first_accept) > out_row     # a row started, not all out
+            _, _, i_ready, o_valid, o_payload, want_now, busy = await ctx.tick().sample(
+                dut.i.ready, dut.o.valid, dut.o.payload, dut.want_pass, dut.busy)
             assert not (i_ready and want_now == RowPass.WAIT), "ready while WAIT"
+            assert busy or not in_row, f"not busy in row {out_row} (cycle {cycle})"
             if offered and i_ready:
                 if p == 0 and b == 0:
                     self.first_accept[r] = cycle
                 offered = False
                 tag += 1
                 b += 1
+                gap = self.long_gap if b == 1 else 0
                 if b == len(self.rows[r][p]):
                     b, p = 0, p + 1
                     if p == 3:
@@ -177,13 +183,13 @@ def _softmax_rows(xs, masks, lanes, act_bits):
     return rows
 
 
-def run_softmax(lanes, act_bits, xs, masks, params, *, stall=0.0, seed=0):
+def run_softmax(lanes, act_bits, xs, masks, params, *, stall=0.0, seed=0, long_gap=0):
     dut = SoftmaxRow(_config(lanes, act_bits), unsigned(TAG_BITS))
     rows = _softmax_rows(xs, masks, lanes, act_bits)
     drv = RowDriver(dut, rows, {"multiplier": params.multiplier, "shift": params.shift},
-                    stall=stall, seed=seed)
+                    stall=stall, seed=seed, long_gap=long_gap)
     nbs = [len(r[0]) for r in rows]
-    budget = sum(dut.row_cycles(nb) for nb in nbs) * (4 if stall else 1) + 50
+    budget = sum(dut.row_cycles(nb) + 3 * long_gap for nb in nbs) * (4 if stall else 1) + 50
     simulate(dut, drv.bench, max_cycles=budget, name="softmax_row")
     expected = [kernels.softmax(np.asarray(x)[None], np.asarray(mk)[None], params)[0]
                 for x, mk in zip(xs, masks)]
@@ -268,14 +274,14 @@ def _layernorm_rows(xs, residuals, params, lanes):
     return rows
 
 
-def run_layernorm(lanes, act_bits, xs, residuals, params, *, stall=0.0, seed=0):
+def run_layernorm(lanes, act_bits, xs, residuals, params, *, stall=0.0, seed=0, long_gap=0):
     dut = LayerNormRow(_config(lanes, act_bits), unsigned(TAG_BITS))
     rows = _layernorm_rows(xs, residuals, params, lanes)
     cfg = {"n_elems": params.n_elems, "eps_mult": params.eps_mult,
            "eps_shift": params.eps_shift, "res_mult": params.res_mult or 0,
            "res_shift": params.res_shift or 1, "out_shift": params.out_shift}
-    drv = RowDriver(dut, rows, cfg, stall=stall, seed=seed)
-    budget = sum(dut.row_cycles(len(r[0])) for r in rows) * (4 if stall else 1) + 50
+    drv = RowDriver(dut, rows, cfg, stall=stall, seed=seed, long_gap=long_gap)
+    budget = sum(dut.row_cycles(len(r[0])) + 3 * long_gap for r in rows) * (4 if stall else 1) + 50
     simulate(dut, drv.bench, max_cycles=budget, name="layernorm_row")
     expected = [kernels.layernorm(np.asarray(x)[None], params,
                                   None if res is None else np.asarray(res)[None])[0]
@@ -350,6 +356,18 @@ def test_layernorm_cycles(lanes):
 
 
 # ---- long rows, many blocks --------------------------------------------------------------
+
+def test_long_gaps():
+    """30 cycles without a block inside every pass: the pipeline empties mid-pass (busy must
+    stay up) and the results do not change."""
+    rng = np.random.default_rng(31)
+    params = kernels.softmax_params(2.0 ** -11, 8)
+    xs, masks = zip(*(_random_softmax(rng, n, 8) for n in (5, 6)))
+    run_softmax(2, 8, list(xs), list(masks), params, long_gap=30)
+    ln = _ln_params(rng, 5, 16)
+    run_layernorm(2, 16, [rng.integers(-1000, 1000, 5)], [rng.integers(-9, 9, 5)], ln,
+                  long_gap=30)
+
 
 def test_many_blocks():
     """Rows of 31 and 64 blocks (L = 2)."""
