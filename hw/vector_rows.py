@@ -39,12 +39,13 @@ pass to the last output block of the row, both included (``row_cycles(nb)``, che
 simulation by ``tests/test_vector_rows.py``)::
 
     SoftmaxRow:    3 nb + 2 ceil(log2 L) + 42     (L = 8: 3 nb + 48)
-    LayerNormRow:  3 nb + 2 ceil(log2 L) + 160    (L = 8: 3 nb + 166)
+    LayerNormRow:  3 nb + 2 ceil(log2 L) + 161    (L = 8: 3 nb + 167)
 
 ``3 nb`` for the passes; the rest is the pipeline drains (10 and 13 stages to the output, the
 reduction trees' ``ceil(log2 L)`` levels), two cycles of hand-over per pass and the row
-unit: softmax's 17-cycle division (+1), LayerNorm's two 32-cycle divisions after pass 1 and
-its 31-cycle square root and 32-cycle division after pass 2 (+1 each). When rows follow each
+unit: softmax's 17-cycle division (+1), LayerNorm's two 32-cycle divisions after pass 1 (+1
+each, +1 to set up the second) and its 31-cycle square root and 32-cycle division after
+pass 2 (+1 each). When rows follow each
 other, the next row's first pass starts ``output_latency`` cycles before the last output
 block, so in a stream of rows one costs ``row_cycles(nb) - output_latency`` cycles.
 """
@@ -57,7 +58,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..sim import kernels
 from .config import AcceleratorConfig
-from .vector_rowsteps import (Pipe, bit_length, fits_above, mask_from, shift_right_low, smax,
+from .vector_rowsteps import (Pipe, bit_length_steps, fits_above, mask_from, shift_right_low, smax,
                               smin, tree_levels, tree_reduce)
 
 __all__ = ["RowPass", "SequentialDivider", "SequentialSqrt", "SoftmaxRow", "LayerNormRow",
@@ -536,7 +537,7 @@ class LayerNormRow(_RowEngine):
     def gaps(self) -> tuple[int, int, int]:
         """As :meth:`SoftmaxRow.gaps`."""
         lv = self.levels
-        g1 = self._S_H + lv + 2 + 2 * (self.divider + 1)       # mean, fraction
+        g1 = self._S_H + lv + 2 + 2 * (self.divider + 1) + 1   # mean, fraction
         g2 = self._S_PROD + lv + 2 + (self.sqrt + 1) + (self.divider + 1)
         return g1, g2, self.output_latency
 
@@ -665,10 +666,17 @@ class LayerNormRow(_RowEngine):
         m.submodules.sqrt = sq = SequentialSqrt(self.sqrt)
         n = cfg.n_elems
         half_n = n >> 1
-        spread_len = bit_length((row.mx - row.mn)[:32], 32)      # max - min < 2**32
+        # Free-running registers for the row constants, so that no single cycle holds a long
+        # path: the spread's bit length (valid 6 cycles after the statistics, used 33 later),
+        # eps from the latched P (2 cycles; used after pass 2), n - n // 2.
+        spread = Signal(32)                 # max - min < 2**32
+        m.d.sync += spread.eq(row.mx - row.mn)
+        spread_len, _ = bit_length_steps(m, spread, "spread")
+        n_up = Signal(12)
+        m.d.sync += [n_up.eq(n - half_n), row.eps.eq(self._eps(m, row))]
+        neg = spread_len < kernels.LN_CBITS
         t_max = kernels.LN_T_MAX
         qe = row.q + row.eps
-        eps = self._eps(m, row)
         last = self.i.payload.last
         with m.FSM(name="layernorm"):
             with m.State("STATS_PASS"):
@@ -680,18 +688,18 @@ class LayerNormRow(_RowEngine):
                     # sum + n // 2 + n * 2**31 >= 0: the quotient is mu + 2**31.
                     m.d.comb += [div.start.eq(1), div.divisor.eq(n),
                                  div.dividend.eq(row.total + half_n + (n << 31))]
-                    neg = spread_len < kernels.LN_CBITS
-                    m.d.sync += [row.p_neg.eq(neg), row.bl.eq(spread_len),
-                                 row.f.eq(Mux(neg, kernels.LN_CBITS - spread_len, 0)),
-                                 row.p_pos.eq(Mux(neg, 0, spread_len - kernels.LN_CBITS))]
                     m.next = "MEAN_DIVIDE"
             with m.State("MEAN_DIVIDE"):
-                m.d.sync += row.eps.eq(eps)
                 with m.If(~div.busy):
-                    m.d.sync += row.mu.eq(div.quotient ^ (1 << 31))
-                    m.d.comb += [div.start.eq(1), div.divisor.eq(n), div.dividend.eq(
-                        ((div.remainder + n - half_n) << row.f) + half_n)]
-                    m.next = "FRACTION_DIVIDE"
+                    m.d.sync += [row.mu.eq(div.quotient ^ (1 << 31)), row.r0.eq(div.remainder),
+                                 row.p_neg.eq(neg), row.bl.eq(spread_len),
+                                 row.f.eq(Mux(neg, kernels.LN_CBITS - spread_len, 0)),
+                                 row.p_pos.eq(Mux(neg, 0, spread_len - kernels.LN_CBITS))]
+                    m.next = "FRACTION_START"
+            with m.State("FRACTION_START"):
+                m.d.comb += [div.start.eq(1), div.divisor.eq(n),
+                             div.dividend.eq(((row.r0 + n_up) << row.f) + half_n)]
+                m.next = "FRACTION_DIVIDE"
             with m.State("FRACTION_DIVIDE"):
                 with m.If(~div.busy):
                     m.d.sync += row.frac.eq(Mux(row.p_neg, div.quotient - (Const(1, 25) << row.f),
@@ -727,10 +735,10 @@ class LayerNormRow(_RowEngine):
         ``kernels._saturating_shift``)."""
         cfg = self.cfg
         p = Signal(signed(6))
-        s = Signal(signed(14))
+        s = Signal(signed(14))              # registered: the shifts below start from it
         ns = Signal(13)
-        m.d.comb += [p.eq(Mux(row.p_neg, -row.f, row.p_pos)), s.eq(cfg.eps_shift + 2 * p),
-                     ns.eq(-s)]
+        m.d.comb += [p.eq(Mux(row.p_neg, -row.f, row.p_pos)), ns.eq(-s)]
+        m.d.sync += s.eq(cfg.eps_shift + 2 * p)
         right = cfg.eps_mult >> Mux(s > 32, 32, s[:6])
         wide = cfg.eps_mult << Mux(ns > 63, 63, ns[:6])
         left = Mux((ns >= 63) | (wide > kernels.LN_T_MAX), kernels.LN_T_MAX, wide)
@@ -745,6 +753,7 @@ class _LayerNormRowState:
         self.mn = Signal(signed(32))
         self.mx = Signal(signed(32))
         self.mu = Signal(signed(32))
+        self.r0 = Signal(12)                # the mean division's remainder, < n
         self.p_neg = Signal()               # P < 0
         self.p_pos = Signal(4)              # P when P >= 0 (<= 9)
         self.bl = Signal(6)                 # P + 23, the bit length of the spread

@@ -11,7 +11,7 @@ from amaranth import C, Cat, Const, Module, Mux, Signal, Value
 
 from .delay import delay
 
-__all__ = ["Pipe", "tree_reduce", "tree_levels", "bit_length", "ceil_log2", "smax", "smin",
+__all__ = ["Pipe", "tree_reduce", "tree_levels", "bit_length_steps", "ceil_log2", "smax", "smin",
            "shift_right_low", "mask_from", "fits_above"]
 
 
@@ -69,12 +69,29 @@ def tree_reduce(pipe: Pipe, values: Sequence, op: Callable, shape, name: str):
     return level[0]
 
 
-def bit_length(v: Value, width: int) -> Value:
-    """The bit length of the non-negative ``width``-bit ``v`` (0 for 0): a priority encoder."""
-    out = 0
-    for i in range(width):
-        out = Mux(v[i], i + 1, out)
-    return out
+def bit_length_steps(m: Module, v: Value, name: str) -> tuple[Signal, int]:
+    """The bit length of the unsigned ``v`` (0 for 0) by binary search, one free-running
+    register per step (``v >= 2**s``, then ``s`` more and ``v >> s``, for ``s`` = 16, 8, ...,
+    1): a few LUT levels per cycle instead of a chain of ``len(v)`` multiplexers.
+
+    Returns ``(result, steps)``: the result register follows ``v`` ``steps`` cycles late.
+    """
+    v = Value.cast(v)
+    width = len(v)
+    n = Const(0, range(width + 1))
+    steps = 0
+    s = 1 << max(0, (width - 1).bit_length() - 1)
+    while s >= 1:
+        big = v[s:] != 0 if s < width else C(0, 1)
+        nv = Signal(width, name=f"{name}_v{s}")
+        nn = Signal(range(width + 1), name=f"{name}_n{s}")
+        m.d.sync += [nv.eq(Mux(big, v >> s, v)), nn.eq(n + Mux(big, s, 0))]
+        v, n = nv, nn
+        s >>= 1
+        steps += 1
+    out = Signal(range(width + 1), name=f"{name}_len")
+    m.d.sync += out.eq(n + v[0])
+    return out, steps + 1
 
 
 def smax(a, b):
