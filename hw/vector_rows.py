@@ -282,7 +282,7 @@ class SoftmaxRow(_RowEngine):
     3. ``OUTPUT`` (reads only ``lanes``, ``last``, ``tag``: a walker may skip the reads):
        ``q = (e * R + 2**(k-1)) >> k`` with ``e`` from the e buffer.
 
-    Why the e buffer (``ceil(4095 / L)`` x ``L`` x 17 bits: four DP16KD on ECP5 for any L):
+    Why the e buffer (``ceil(4095 / L)`` x ``L`` x 17 bits: four DP16KD on ECP5 for L <= 8):
     recomputing ``e`` in pass 3 needs the 33x29 multiplier and the square there as well as
     ``e * R``; with ``e`` kept, pass 3 runs ``e * R`` on the square's 18x18 multiplier, and
     each lane has one 33x29 and one 18x18 multiplier instead of one 33x29 and two 18x18
