@@ -39,9 +39,9 @@ pass to the last output block of the row, both included (``row_cycles(nb)``, che
 simulation by ``tests/test_vector_rows.py``)::
 
     SoftmaxRow:    3 nb + 2 ceil(log2 L) + 42     (L = 8: 3 nb + 48)
-    LayerNormRow:  3 nb + 2 ceil(log2 L) + 161    (L = 8: 3 nb + 167)
+    LayerNormRow:  3 nb + 2 ceil(log2 L) + 163    (L = 8: 3 nb + 169)
 
-``3 nb`` for the passes; the rest is the pipeline drains (10 and 13 stages to the output, the
+``3 nb`` for the passes; the rest is the pipeline drains (10 and 14 stages to the output, the
 reduction trees' ``ceil(log2 L)`` levels), two cycles of hand-over per pass and the row
 unit: softmax's 17-cycle division (+1), LayerNorm's two 32-cycle divisions after pass 1 (+1
 each, +1 to set up the second) and its 31-cycle square root and 32-cycle division after
@@ -58,8 +58,8 @@ from amaranth.lib.wiring import In, Out
 
 from ..sim import kernels
 from .config import AcceleratorConfig
-from .vector_rowsteps import (Pipe, bit_length_steps, fits_above, mask_from, shift_right_low, smax,
-                              smin, tree_levels, tree_reduce)
+from .vector_rowsteps import (Pipe, bit_length_steps, fits_above, limb_products, limb_sum,
+                              mask_from, shift_right_low, smax, smin, tree_levels, tree_reduce)
 
 __all__ = ["RowPass", "SequentialDivider", "SequentialSqrt", "SoftmaxRow", "LayerNormRow",
            "softmax_cfg_layout", "layernorm_cfg_layout"]
@@ -295,7 +295,7 @@ class SoftmaxRow(_RowEngine):
     # Stage numbers (stage 1 is the input register).
     _S_T = 2        # t, live
     _S_D = 3        # d
-    _S_P = 4        # d * multiplier
+    _S_P = 4        # d * multiplier as four limb products
     _S_W = 5        # + 2**(shift-1)
     _S_ZR = 6       # z, r
     _S_OP = 7       # the 18x18 multiplier's operands
@@ -407,8 +407,8 @@ class SoftmaxRow(_RowEngine):
             live = lp.reg(1, n + "live", s1.lanes[i] & (b != sentinel))
             tv.append(Mux(live, t, -(1 << 33)))
             d = lp.reg(33, n + "d", Mux(live, m_row - t, 0))
-            p = lp.reg(62, n + "p", d * cfg.multiplier)
-            w = lp.reg(63, n + "w", p + half)
+            p = limb_products(lp, d, cfg.multiplier, n + "p")   # 4 registered 17x17
+            w = lp.reg(63, n + "w", limb_sum(p) + half)
             v = Signal(20, name=n + "v")        # v's low 20 bits; v >= 2**20 saturates z
             lm.d.comb += v.eq(shift_right_low(lm, w, cfg.shift, 20, n + "vsh"))
             sat = (w & big_mask).any() | (v[15:] >= kernels.EXP_Z_MAX)
@@ -503,18 +503,19 @@ class LayerNormRow(_RowEngine):
     ``out_shift`` in ``[1, 37]``, ``res_shift`` in ``[1, 62]``).
     """
 
-    _S_PR = 2       # res * res_mult
+    _S_PR = 2       # res * res_mult (limb products)
     _S_RND = 3      # + 2**(res_shift-1)
     _S_RR = 4       # >> res_shift
     _S_H = 5        # h (pass 1 taps here)
     _S_DH = 6       # h - mu
     _S_C = 7        # c'
     _S_OP = 8       # the shared multiplier's operands
-    _S_PROD = 9     # c'**2 or c' * I (pass 2 taps here)
-    _S_W = 10       # w (gamma and beta leave the FIFO here)
-    _S_WG = 11      # w * G, Bw
-    _S_Y0 = 12      # w * G + Bw + 2**(out_shift-1)
-    _S_Y = 13       # the output register
+    _S_PROD = 9     # c'**2 or c' * I as four limb products
+    _S_FULL = 10    # their sum (pass 2 taps here)
+    _S_W = 11       # w (gamma and beta leave the FIFO here)
+    _S_WG = 12      # w * G (limb products), Bw
+    _S_Y0 = 13      # w * G + Bw + 2**(out_shift-1)
+    _S_Y = 14       # the output register
     _FIFO_DEPTH = 16
 
     def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1)):
@@ -538,7 +539,7 @@ class LayerNormRow(_RowEngine):
         """As :meth:`SoftmaxRow.gaps`."""
         lv = self.levels
         g1 = self._S_H + lv + 2 + 2 * (self.divider + 1) + 1   # mean, fraction
-        g2 = self._S_PROD + lv + 2 + (self.sqrt + 1) + (self.divider + 1)
+        g2 = self._S_FULL + lv + 2 + (self.sqrt + 1) + (self.divider + 1)
         return g1, g2, self.output_latency
 
     def row_cycles(self, nb: int) -> int:
@@ -553,7 +554,7 @@ class LayerNormRow(_RowEngine):
         pipe = Pipe(m, en)
         want = Signal(RowPass)
         m.d.comb += self.want_pass.eq(want)
-        depth = max(self._S_Y, self._S_PROD + self.levels)
+        depth = max(self._S_Y, self._S_FULL + self.levels)
         take, blk, s1, ctl = self._front(m, pipe, want, depth)
 
         # gamma and beta of the output pass, from the input to stage _S_W.
@@ -581,7 +582,7 @@ class LayerNormRow(_RowEngine):
         # Pass 2: the sum of squares.
         blk_sq = tree_reduce(pipe, lanes["sq"], lambda x, y: x + y, unsigned(47 + self.levels),
                              "sq")
-        tap2 = ctl[self._S_PROD + self.levels]
+        tap2 = ctl[self._S_FULL + self.levels]
         with m.If(en & tap2.is_(RowPass.SECOND)):
             m.d.sync += row.q.eq(Mux(tap2.c.first, blk_sq, row.q + blk_sq))
         # Pass 3: the output register.
@@ -620,9 +621,9 @@ class LayerNormRow(_RowEngine):
             lm = Module()
             m.submodules[f"lane{i}"] = lm
             lp = Pipe(lm, pipe.en)
-            pr = lp.reg(signed(40), n + "pr", s1.b[i] * cfg.res_mult)
+            pr = limb_products(lp, s1.b[i], cfg.res_mult, n + "pr")
             x2 = lp.reg(signed(32), n + "x2", s1.data[i])
-            rnd = lp.reg(signed(42), n + "rnd", pr + rs_half)
+            rnd = lp.reg(signed(42), n + "rnd", limb_sum(pr) + rs_half)
             x3 = lp.reg(signed(32), n + "x3", x2)
             # |rr| >= 2**32 saturates h whatever x is: rr saturates at 34 bits.
             rr = lp.reg(signed(34), n + "rr",
@@ -644,14 +645,15 @@ class LayerNormRow(_RowEngine):
             c = lp.reg(signed(24), n + "c", (shifted - row.frac)[:24].as_signed())
             op_a = lp.reg(signed(24), n + "op_a", c)
             op_b = lp.reg(signed(33), n + "op_b", Mux(pass3_op, row.inv, c))
-            prod = lp.reg(signed(57), n + "prod", op_a * op_b)
-            in_row_p = lp.delay(in_row_h, self._S_PROD - self._S_H, n + "lane")
+            prod = lp.reg(signed(57), n + "prod", limb_sum(limb_products(lp, op_a, op_b,
+                                                                           n + "prod")))
+            in_row_p = lp.delay(in_row_h, self._S_FULL - self._S_H, n + "lane")
             out["sq"].append(Mux(in_row_p, prod[:47], 0))
             w = lp.reg(signed(24), n + "w", ((prod + (1 << 29)) >> 30)[:24].as_signed())
-            wg = lp.reg(signed(42), n + "wg", w * gamma[i])
+            wg = limb_products(lp, w, gamma[i], n + "wg")
             bw = lp.reg(signed(62), n + "bw", beta[i])
-            y0 = lp.reg(signed(64), n + "y0", wg + bw + sg_half)
-            in_row_y = lp.delay(in_row_p, self._S_Y0 - self._S_PROD, n + "lane")
+            y0 = lp.reg(signed(64), n + "y0", limb_sum(wg) + bw + sg_half)
+            in_row_y = lp.delay(in_row_p, self._S_Y0 - self._S_FULL, n + "lane")
             ys = shift_right_low(lm, y0, cfg.out_shift, self.act_bits, n + "ysh").as_signed()
             sat = Mux(y0[-1], lo, hi)
             out["y"].append(lp.reg(signed(self.act_bits), n + "y",

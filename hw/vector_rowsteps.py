@@ -12,7 +12,7 @@ from amaranth import C, Cat, Const, Module, Mux, Signal, Value
 from .delay import delay
 
 __all__ = ["Pipe", "tree_reduce", "tree_levels", "bit_length_steps", "ceil_log2", "smax", "smin",
-           "shift_right_low", "mask_from", "fits_above"]
+           "shift_right_low", "mask_from", "fits_above", "LIMB", "limb_products", "limb_sum"]
 
 
 def ceil_log2(n: int) -> int:
@@ -140,3 +140,41 @@ def fits_above(value: Value, mask: Value) -> Value:
     value = Value.cast(value)
     sign = value[-1] if value.shape().signed else C(0, 1)
     return Mux(sign, (~value & mask) == 0, (value & mask) == 0)
+
+
+#: Bits of the low limbs of :func:`limb_products`: a 17-bit unsigned limb is an 18-bit signed
+#: multiplier operand (ECP5 MULT18X18D, 18x18 signed).
+LIMB = 17
+
+
+def _limbs(v: Value) -> list:
+    """``v`` as ``(limb, shift)`` pairs: 17-bit unsigned limbs, the top one keeps the sign."""
+    v = Value.cast(v)
+    width, signed_ = len(v), v.shape().signed
+    out = []
+    for lo in range(0, width, LIMB):
+        hi = min(lo + LIMB, width)
+        limb = v[lo:hi]
+        out.append((limb.as_signed() if signed_ and hi == width else limb, lo))
+    return out
+
+
+def limb_products(pipe: Pipe, a, b, name: str) -> list:
+    """The registered partial products of ``a * b`` over 17-bit limbs of both operands, each
+    an 18x18-class product (one DSP) between registers: a wide product in one cycle would run
+    the DSP and the fabric adders of its partial products in one path. Returns ``(product,
+    shift)`` pairs; :func:`limb_sum` of them (in the next stage) is ``a * b``."""
+    out = []
+    for la, sa in _limbs(a):
+        for lb, sb in _limbs(b):
+            shape = (Value.cast(la * lb)).shape()
+            out.append((pipe.reg(shape, f"{name}_pp{sa // LIMB}{sb // LIMB}", la * lb), sa + sb))
+    return out
+
+
+def limb_sum(products: list):
+    """``sum(p << shift)`` of :func:`limb_products` (exact, signed if any limb is)."""
+    total = 0
+    for p, sh in products:
+        total = total + (p << sh) if sh else total + p
+    return total
