@@ -392,7 +392,8 @@ def test_longest_rows(act_bits):
     n = kernels.MAX_ELEMS
     lo, hi = kernels.act_range(act_bits)
     ln = _ln_params(rng, n, act_bits)
-    run_layernorm(8, act_bits, [rng.normal(0, 1e6, n).round(), rng.integers(-5, 5, n)],
+    run_layernorm(8, act_bits, [rng.normal(0, 1e6, n).round().astype(np.int64),
+                                rng.integers(-5, 5, n)],
                   [rng.integers(lo, hi, n, endpoint=True), None], ln, stall=0.1, seed=6)
 
 
