@@ -27,8 +27,9 @@ row storage: rows of up to 4095 elements do not fit in the engine).
 - After the block with ``last`` of a pass, ``want_pass`` is ``WAIT`` until the engine has
   finished with that pass (pipeline drain, row-unit steps), then the next pass.
 - ``o`` (a stream) carries one output block (``L`` x ``act_bits``; lanes outside the row are
-  0) per block of the output pass, in order, with its ``tag`` and ``last``. Backpressure on
-  ``o`` stalls the whole pipeline (and so ``i.ready``).
+  0) per block of the output pass, in order, with its ``tag`` and ``last``, from a 16-entry
+  FIFO. Backpressure on ``o`` never stalls the pipeline: ``i.ready`` drops on the output
+  pass while the FIFO has no entry left for another block in flight.
 - ``cfg`` holds the instruction's constants; it must be stable from the cycle the first block
   of a row is offered until that row's last output block is taken.
 - ``busy``: a row is in progress or a block is still in the pipeline.
@@ -38,10 +39,11 @@ sends a block in every cycle it may, a sink always ready), from the first block 
 pass to the last output block of the row, both included (``row_cycles(nb)``, checked against
 simulation by ``tests/test_vector_rows.py``)::
 
-    SoftmaxRow:    3 nb + 2 ceil(log2 L) + 42     (L = 8: 3 nb + 48)
-    LayerNormRow:  3 nb + 2 ceil(log2 L) + 163    (L = 8: 3 nb + 169)
+    SoftmaxRow:    3 nb + 2 ceil(log2 L) + 43     (L = 8: 3 nb + 49)
+    LayerNormRow:  3 nb + 2 ceil(log2 L) + 164    (L = 8: 3 nb + 170)
 
-``3 nb`` for the passes; the rest is the pipeline drains (10 and 14 stages to the output, the
+``3 nb`` for the passes; the rest is the pipeline drains (10 and 14 stages, then the output
+FIFO's one, to the output, the
 reduction trees' ``ceil(log2 L)`` levels), two cycles of hand-over per pass and the row
 unit: softmax's 17-cycle division (+1), LayerNorm's two 32-cycle divisions after pass 1 (+1
 each, +1 to set up the second) and its 31-cycle square root and 32-cycle division after
@@ -52,7 +54,7 @@ block, so in a stream of rows one costs ``row_cycles(nb) - output_latency`` cycl
 
 
 
-from amaranth import C, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import C, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, enum, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -217,7 +219,7 @@ class _RowEngine(wiring.Component):
         """Register levels of a reduction tree over the ``L`` lanes."""
         return tree_levels(self.lanes)
 
-    def _front(self, m: Module, pipe: Pipe, want: Signal, depth: int):
+    def _front(self, m: Module, pipe: Pipe, want: Signal, depth: int, room):
         """The handshake, the block counter and the stage-1 registers; the control fields
         (valid, pass, first, last, blk) delayed to every stage up to ``depth``.
 
@@ -226,7 +228,7 @@ class _RowEngine(wiring.Component):
         """
         take = Signal()
         blk = Signal(range(self.max_blocks))
-        m.d.comb += [self.i.ready.eq(pipe.en & (want != RowPass.WAIT)),
+        m.d.comb += [self.i.ready.eq(room & (want != RowPass.WAIT)),
                      take.eq(self.i.valid & self.i.ready)]
         with m.If(take):
             m.d.sync += blk.eq(Mux(self.i.payload.last, 0, blk + 1))
@@ -243,6 +245,26 @@ class _RowEngine(wiring.Component):
             ctls.append(pipe.reg(ctl_layout, f"s{k}_ctl", ctls[-1]))
         ctl = [None] + [_Ctl(v, c) for v, c in zip(valids, ctls)]
         return take, blk, s1, ctl
+
+
+    #: Output FIFO entries: more than the blocks the pipeline holds, so it never stalls.
+    OUT_DEPTH = 16
+
+    def _out_fifo(self, m: Module, take_out, leave_out, out_val) -> tuple:
+        """The output FIFO: ``o`` reads it; ``leave_out`` writes ``out_val`` (the pipeline's
+        last stage holds an output block). Returns ``(room, nonempty)``: ``room`` lets the
+        input take an output-pass block only while the FIFO has an entry for every output
+        block in flight, so backpressure on ``o`` never reaches the pipeline registers (a
+        global stall would be one net into every register's clock enable)."""
+        m.submodules.out_fifo = f = fifo.SyncFIFO(width=Shape.cast(self.out_layout).width,
+                                                  depth=self.OUT_DEPTH)
+        inflight = Signal(range(self.OUT_DEPTH + 1))
+        m.d.sync += inflight.eq(inflight + take_out - leave_out)
+        room = Signal()
+        m.d.comb += [f.w_en.eq(leave_out), f.w_data.eq(out_val), f.r_en.eq(self.o.ready),
+                     self.o.valid.eq(f.r_rdy), self.o.payload.eq(f.r_data),
+                     room.eq(inflight + f.level < self.OUT_DEPTH)]
+        return room, f.r_rdy
 
 
 class _Ctl:
@@ -315,8 +337,9 @@ class SoftmaxRow(_RowEngine):
 
     @property
     def output_latency(self) -> int:
-        """Cycles from a block's acceptance to its output block on ``o`` (no stall)."""
-        return self._S_RES
+        """Cycles from a block's acceptance to its output block on ``o`` (no stall): the
+        pipeline, then the output FIFO."""
+        return self._S_RES + 1
 
     def gaps(self) -> tuple[int, int, int]:
         """Cycles between the last block of a pass being accepted and the first block of the
@@ -336,12 +359,12 @@ class SoftmaxRow(_RowEngine):
     def elaborate(self, platform):
         m = Module()
         L, a = self.lanes, self.act_bits
-        en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        en = C(1, 1)                        # the pipeline never stalls (see _out_fifo)
         pipe = Pipe(m, en)
         want = Signal(RowPass)
+        room = Signal()
         m.d.comb += self.want_pass.eq(want)
-        take, blk, s1, ctl = self._front(m, pipe, want, self._S_RES + self.levels)
+        take, blk, s1, ctl = self._front(m, pipe, want, self._S_RES + self.levels, room)
 
         m.submodules.ebuf = ebuf = memory.Memory(shape=data.ArrayLayout(unsigned(17), L),
                                                  depth=self.max_blocks, init=[])
@@ -370,15 +393,19 @@ class SoftmaxRow(_RowEngine):
         with m.If(en & tap2.is_(RowPass.SECOND)):
             m.d.sync += s_row.eq(Mux(tap2.c.first, blk_sum, s_row + blk_sum))
         # Pass 3: the output register.
-        m.d.comb += [self.o.valid.eq(res.is_(RowPass.OUTPUT)), self.o.payload.last.eq(res.c.last),
-                     self.o.payload.tag.eq(pipe.delay(s1.tag, self._S_RES - 1, "tag"))]
+        out_val = Signal(self.out_layout)
+        m.d.comb += [out_val.last.eq(res.c.last),
+                     out_val.tag.eq(pipe.delay(s1.tag, self._S_RES - 1, "tag"))]
         for i in range(L):
-            m.d.comb += self.o.payload.data[i].eq(res_lanes[i][:a])
+            m.d.comb += out_val.data[i].eq(res_lanes[i][:a])
+        fifo_room, nonempty = self._out_fifo(m, take & (want == RowPass.OUTPUT),
+                                             res.is_(RowPass.OUTPUT), out_val)
+        m.d.comb += room.eq(fifo_room)
 
         pass_done = Signal()                # a pass's last block finished its reduction
         m.d.sync += pass_done.eq(en & (tap1.done(RowPass.FIRST) | tap2.done(RowPass.SECOND)))
         self._fsm(m, take, want, pass_done, s_row, r_row)
-        m.d.comb += self.busy.eq((want != RowPass.FIRST) | (blk != 0) |
+        m.d.comb += self.busy.eq((want != RowPass.FIRST) | (blk != 0) | nonempty |
                                  Cat(c.valid for c in ctl[1:]).any())
         return m
 
@@ -533,7 +560,7 @@ class LayerNormRow(_RowEngine):
 
     @property
     def output_latency(self) -> int:
-        return self._S_Y
+        return self._S_Y + 1
 
     def gaps(self) -> tuple[int, int, int]:
         """As :meth:`SoftmaxRow.gaps`."""
@@ -549,13 +576,13 @@ class LayerNormRow(_RowEngine):
     def elaborate(self, platform):
         m = Module()
         L, a = self.lanes, self.act_bits
-        en = Signal()
-        m.d.comb += en.eq(~self.o.valid | self.o.ready)
+        en = C(1, 1)                        # the pipeline never stalls (see _out_fifo)
         pipe = Pipe(m, en)
         want = Signal(RowPass)
+        room = Signal()
         m.d.comb += self.want_pass.eq(want)
         depth = max(self._S_Y, self._S_FULL + self.levels)
-        take, blk, s1, ctl = self._front(m, pipe, want, depth)
+        take, blk, s1, ctl = self._front(m, pipe, want, depth, room)
 
         # gamma and beta of the output pass, from the input to stage _S_W.
         m.submodules.gamma_beta = pfifo = fifo.SyncFIFO(width=L * 80, depth=self._FIFO_DEPTH)
@@ -587,15 +614,19 @@ class LayerNormRow(_RowEngine):
             m.d.sync += row.q.eq(Mux(tap2.c.first, blk_sq, row.q + blk_sq))
         # Pass 3: the output register.
         out = ctl[self._S_Y]
-        m.d.comb += [self.o.valid.eq(out.is_(RowPass.OUTPUT)), self.o.payload.last.eq(out.c.last),
-                     self.o.payload.tag.eq(pipe.delay(s1.tag, self._S_Y - 1, "tag"))]
+        out_val = Signal(self.out_layout)
+        m.d.comb += [out_val.last.eq(out.c.last),
+                     out_val.tag.eq(pipe.delay(s1.tag, self._S_Y - 1, "tag"))]
         for i in range(L):
-            m.d.comb += self.o.payload.data[i].eq(lanes["y"][i])
+            m.d.comb += out_val.data[i].eq(lanes["y"][i])
+        fifo_room, nonempty = self._out_fifo(m, take & (want == RowPass.OUTPUT),
+                                             out.is_(RowPass.OUTPUT), out_val)
+        m.d.comb += room.eq(fifo_room)
 
         pass_done = Signal()
         m.d.sync += pass_done.eq(en & (tap1.done(RowPass.FIRST) | tap2.done(RowPass.SECOND)))
         self._fsm(m, take, want, pass_done, row)
-        m.d.comb += self.busy.eq((want != RowPass.FIRST) | (blk != 0) |
+        m.d.comb += self.busy.eq((want != RowPass.FIRST) | (blk != 0) | nonempty |
                                  Cat(c.valid for c in ctl[1:]).any())
         return m
 

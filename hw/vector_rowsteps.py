@@ -1,8 +1,8 @@
 """Small pure helpers shared by the row engines (``hw.vector_rows``).
 
-The engines are pipelines with one global clock enable (the output stream's backpressure
-stalls every stage at once), so every register here loads only when the pipeline's enable
-is high. Nothing here holds state of its own except the registers the names say.
+Registers made through :class:`Pipe` load only while its enable is high (the row engines
+tie it to 1: their output FIFO absorbs the backpressure, so no clock enable fans out to
+every register). Nothing here holds state of its own except the registers the names say.
 """
 
 from collections.abc import Callable, Sequence

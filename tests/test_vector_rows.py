@@ -36,12 +36,14 @@ class RowDriver:
     sink with random ``ready``, cycle by cycle; records every output block and, per row, the
     cycle of its first accepted block and of its last output block."""
 
-    def __init__(self, dut, rows, cfg, *, stall: float, seed: int, long_gap: int = 0):
+    def __init__(self, dut, rows, cfg, *, stall: float, seed: int, long_gap: int = 0,
+                 sink_stall: float | None = None):
         self.dut = dut
         self.rows = rows            # per row: [pass 1 blocks, pass 2 blocks, pass 3 blocks]
         self.cfg = cfg
         self.stall = stall
         self.long_gap = long_gap    # cycles without a block after each pass's first block
+        self.sink_stall = stall if sink_stall is None else sink_stall
         self.rng = np.random.default_rng(seed)
         self.outputs = []           # (data, last, tag)
         self.first_accept = {}
@@ -73,7 +75,7 @@ class RowDriver:
                 offered = True
             elif not offered:
                 ctx.set(dut.i.valid, 0)
-            ready = int(self.rng.random() >= self.stall)
+            ready = int(self.rng.random() >= self.sink_stall)
             ctx.set(dut.o.ready, ready)
             in_row = len(self.first_accept) > out_row     # a row started, not all out
             _, _, i_ready, o_valid, o_payload, want_now, busy = await ctx.tick().sample(
@@ -183,13 +185,15 @@ def _softmax_rows(xs, masks, lanes, act_bits):
     return rows
 
 
-def run_softmax(lanes, act_bits, xs, masks, params, *, stall=0.0, seed=0, long_gap=0):
+def run_softmax(lanes, act_bits, xs, masks, params, *, stall=0.0, seed=0, long_gap=0,
+                sink_stall=None):
     dut = SoftmaxRow(_config(lanes, act_bits), unsigned(TAG_BITS))
     rows = _softmax_rows(xs, masks, lanes, act_bits)
     drv = RowDriver(dut, rows, {"multiplier": params.multiplier, "shift": params.shift},
-                    stall=stall, seed=seed, long_gap=long_gap)
+                    stall=stall, seed=seed, long_gap=long_gap, sink_stall=sink_stall)
     nbs = [len(r[0]) for r in rows]
     budget = sum(dut.row_cycles(nb) + 3 * long_gap for nb in nbs) * (4 if stall else 1) + 50
+    budget += 10 * sum(nbs) if sink_stall else 0
     simulate(dut, drv.bench, max_cycles=budget, name="softmax_row")
     expected = [kernels.softmax(np.asarray(x)[None], np.asarray(mk)[None], params)[0]
                 for x, mk in zip(xs, masks)]
@@ -274,14 +278,17 @@ def _layernorm_rows(xs, residuals, params, lanes):
     return rows
 
 
-def run_layernorm(lanes, act_bits, xs, residuals, params, *, stall=0.0, seed=0, long_gap=0):
+def run_layernorm(lanes, act_bits, xs, residuals, params, *, stall=0.0, seed=0, long_gap=0,
+                  sink_stall=None):
     dut = LayerNormRow(_config(lanes, act_bits), unsigned(TAG_BITS))
     rows = _layernorm_rows(xs, residuals, params, lanes)
     cfg = {"n_elems": params.n_elems, "eps_mult": params.eps_mult,
            "eps_shift": params.eps_shift, "res_mult": params.res_mult or 0,
            "res_shift": params.res_shift or 1, "out_shift": params.out_shift}
-    drv = RowDriver(dut, rows, cfg, stall=stall, seed=seed, long_gap=long_gap)
+    drv = RowDriver(dut, rows, cfg, stall=stall, seed=seed, long_gap=long_gap,
+                    sink_stall=sink_stall)
     budget = sum(dut.row_cycles(len(r[0])) + 3 * long_gap for r in rows) * (4 if stall else 1) + 50
+    budget += 10 * sum(len(r[0]) for r in rows) if sink_stall else 0
     simulate(dut, drv.bench, max_cycles=budget, name="layernorm_row")
     expected = [kernels.layernorm(np.asarray(x)[None], params,
                                   None if res is None else np.asarray(res)[None])[0]
@@ -369,6 +376,18 @@ def test_long_gaps():
                   long_gap=30)
 
 
+def test_slow_sink():
+    """A sink ready one cycle in five: the output FIFO fills, the input waits, nothing is
+    lost or reordered."""
+    rng = np.random.default_rng(41)
+    params = kernels.softmax_params(2.0 ** -11, 16)
+    xs, masks = zip(*(_random_softmax(rng, n, 16) for n in (40, 3)))
+    run_softmax(2, 16, list(xs), list(masks), params, sink_stall=0.8, seed=7)
+    ln = _ln_params(rng, 40, 8)
+    run_layernorm(2, 8, [rng.integers(-1 << 20, 1 << 20, 40)], [None], ln, sink_stall=0.8,
+                  seed=8)
+
+
 def test_many_blocks():
     """Rows of 31 and 64 blocks (L = 2)."""
     rng = np.random.default_rng(21)
@@ -403,8 +422,8 @@ def test_row_cycles_formula(lanes):
     lv = math.ceil(math.log2(lanes))
     sm, ln = SoftmaxRow(_config(lanes, 8)), LayerNormRow(_config(lanes, 8))
     for nb in (1, 7, 512):
-        assert sm.row_cycles(nb) == 3 * nb + 2 * lv + 42
-        assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 163
+        assert sm.row_cycles(nb) == 3 * nb + 2 * lv + 43
+        assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 164
 
 
 def test_constructor_errors():
