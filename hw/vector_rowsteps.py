@@ -173,8 +173,10 @@ def limb_products(pipe: Pipe, a, b, name: str) -> list:
 
 
 def limb_sum(products: list):
-    """``sum(p << shift)`` of :func:`limb_products` (exact, signed if any limb is)."""
-    total = 0
-    for p, sh in products:
-        total = total + (p << sh) if sh else total + p
-    return total
+    """``sum(p << shift)`` of :func:`limb_products` (exact, signed if any limb is), as a
+    balanced tree of adders (two levels for four products, not a chain of three)."""
+    terms = [(p << sh) if sh else p for p, sh in products]
+    while len(terms) > 1:
+        pairs = [a + b for a, b in zip(terms[::2], terms[1::2])]
+        terms = pairs + ([terms[-1]] if len(terms) % 2 else [])
+    return terms[0]
