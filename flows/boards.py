@@ -73,10 +73,12 @@ BOARDS: dict[str, BoardSpec] = {b.name: b for b in [
         # 5,280 logic cells: the control path (decoder, load/store units, output stage) takes
         # most of them whatever the array size, and the output stage takes 4 of the 8 SB_MAC16
         # per column, the decoder 2. So: one column, two rows, a 16-bit memory port (the
-        # SPRAM's width), no overlap between units (no scoreboard) and 32-bit counters.
+        # SPRAM's width), no overlap between units (no scoreboard), 32-bit counters and no
+        # activity counters (ten more 32-bit counters do not fit; docs/fpga.md).
         # 128 KiB of memory in the 4 SPRAMs.
         AcceleratorConfig(rows=2, cols=1, act_depth=256, acc_depth=256, param_depth=16,
-                          mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32),
+                          mem_width=2, mem_bytes=128 * 1024, overlap=False, counter_width=32,
+                          activity_counters=False),
         bitstream="serrano.bin",
         # 12 MHz x 54 / 16 from the UP5K's PLL, the first setting >= 40 MHz. The 90 %-full
         # UP5K has no margin: after a change check the report's timing table, and if it is

@@ -25,15 +25,22 @@ class Buffer(wiring.Component):
     at the clock edge; read data appears one cycle after the address (read enable high). The
     read port is not transparent: the decoder's scoreboard never lets a unit read an entry
     that another unit is still writing.
+
+    ``vector_read=True`` adds a second read port of the same kind, ``vector_read``, for the
+    vector unit (``hw.vector``); without it the buffer is exactly the one-port buffer.
     """
 
-    def __init__(self, shape, depth: int):
+    def __init__(self, shape, depth: int, *, vector_read: bool = False):
         self._shape, self._depth = shape, depth
+        self._vector_read = vector_read
         aw = _addr_width(depth)
-        super().__init__({
+        members = {
             "write": Out(memory.WritePort.Signature(addr_width=aw, shape=shape)),
             "read": Out(memory.ReadPort.Signature(addr_width=aw, shape=shape)),
-        })
+        }
+        if vector_read:
+            members["vector_read"] = Out(memory.ReadPort.Signature(addr_width=aw, shape=shape))
+        super().__init__(members)
 
     @property
     def depth(self) -> int:
@@ -44,6 +51,8 @@ class Buffer(wiring.Component):
         m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth, init=[])
         wiring.connect(m, wiring.flipped(self.write), mem.write_port())
         wiring.connect(m, wiring.flipped(self.read), mem.read_port())
+        if self._vector_read:
+            wiring.connect(m, wiring.flipped(self.vector_read), mem.read_port())
         return m
 
 
@@ -66,17 +75,24 @@ class AccumulatorBuffer(wiring.Component):
         150 MHz cycle; see docs/fpga.md). ``False`` (latency
         1): the read is transparent to the write and read, add and write share a cycle;
         fewer registers, for the smallest FPGAs.
+    vector_read : bool
+        Add ``vector_read``, a second plain read port like ``read``, for the vector unit.
     """
 
-    def __init__(self, config: AcceleratorConfig, *, pipelined: bool = True):
+    def __init__(self, config: AcceleratorConfig, *, pipelined: bool = True,
+                 vector_read: bool = False):
         self._config = config
         self._pipelined = pipelined
+        self._vector_read = vector_read
         row = data.ArrayLayout(signed(32), config.cols)
         aw = config.acc_addr_width
-        super().__init__({
+        members = {
             "update": In(AccUpdateSignature(config)),
             "read": Out(memory.ReadPort.Signature(addr_width=aw, shape=row)),
-        })
+        }
+        if vector_read:
+            members["vector_read"] = Out(memory.ReadPort.Signature(addr_width=aw, shape=row))
+        super().__init__(members)
 
     @property
     def latency(self) -> int:
@@ -96,6 +112,8 @@ class AccumulatorBuffer(wiring.Component):
         m.submodules.mem = mem = memory.Memory(shape=row, depth=self._config.acc_depth,
                                                init=[])
         wp = mem.write_port()
+        if self._vector_read:
+            wiring.connect(m, wiring.flipped(self.vector_read), mem.read_port())
         if not self._pipelined:
             rmw_rd = mem.read_port(transparent_for=(wp,))
             wiring.connect(m, wiring.flipped(self.read), mem.read_port())

@@ -19,6 +19,7 @@ END_SLOTS = {
     isa.Opcode.LOAD: ("buf",),
     isa.Opcode.MATMUL: ("act", "wgt", "acc"),
     isa.Opcode.STORE: ("acc",),
+    **{op: ("src", "dst", "param") for op in isa.VECTOR_OPCODES},
 }
 
 
@@ -80,11 +81,11 @@ class InstructionChecker(wiring.Component):
         super().__init__({
             "word": In(isa.INSTR_WIDTH),
             "check_word": In(isa.INSTR_WIDTH),
-            "is_op": In(OpFlags()),
+            "is_op": In(OpFlags(config)),
             "error": Out(isa.ErrorCode),
             "ends": Out(data.ArrayLayout(FOOTPRINT_WIDTH, 3)),
             "mem_end": Out(config.mem_bytes.bit_length()),
-            "is_op_out": Out(OpFlags()),
+            "is_op_out": Out(OpFlags(config)),
         })
 
     @property
@@ -132,7 +133,8 @@ class InstructionChecker(wiring.Component):
         Returns ``{opcode: [(code, bit), ...]}`` in check order, MEM_RANGE left out."""
         cfg, mem_range = self._config, isa.ErrorCode.MEM_RANGE
         failed = {}
-        for op, layout in isa.INSTR_LAYOUTS.items():
+        for op in isa.opcodes(cfg):
+            layout = isa.INSTR_LAYOUTS[op]
             ends = isa.instruction_ends(op, _fields(layout, self.word), cfg, Mux)
             with m.If(op_flag(self.is_op, op)):
                 for slot, name in enumerate(END_SLOTS.get(op, ())):

@@ -63,6 +63,16 @@ class AcceleratorConfig:
         Width of an activation: 8 (int8, the default) or 16 (int16 activations against int8
         weights; an activation entry then takes 2 bytes per element, little-endian, and the
         partial sums in the array are 8 bits wider). The accumulators stay int32.
+    vector : bool
+        Build the vector unit (``hw.vector``, ``docs/vector.md``) and accept the vector
+        opcodes (``isa.VECTOR_OPCODES``); it needs a square array whose side is a power of
+        two (``rows == cols``, the lanes of a block). ``False`` (the default for now): the
+        vector opcodes are ``BAD_OPCODE`` and the accelerator is exactly the one without.
+    activity_counters : bool
+        Count buffer entry reads and writes and memory beats in the activity fields of
+        ``isa.Counters`` (``hw.activity``; the default). ``False`` leaves them out (about
+        ten counters of ``counter_width`` bits, for the smallest FPGAs): those fields then
+        read 0 on every backend, the golden model included.
     """
 
     rows: int = 8
@@ -76,6 +86,8 @@ class AcceleratorConfig:
     overlap: bool = True
     counter_width: int = 48
     act_bits: int = 8
+    vector: bool = False
+    activity_counters: bool = True
 
     def __post_init__(self) -> None:
         def check_int(name: str, value: object, lo: int, hi: int) -> None:
@@ -104,9 +116,18 @@ class AcceleratorConfig:
         if not isinstance(self.overlap, bool):
             raise ValueError(f"overlap must be a bool, not {self.overlap!r}")
         check_int("counter_width", self.counter_width, 16, 48)
+        if not isinstance(self.activity_counters, bool):
+            raise ValueError(f"activity_counters must be a bool, not "
+                             f"{self.activity_counters!r}")
         if (isinstance(self.act_bits, bool) or not isinstance(self.act_bits, int)
                 or self.act_bits not in _ACT_BITS):
             raise ValueError(f"act_bits must be one of {_ACT_BITS}, not {self.act_bits!r}")
+        if not isinstance(self.vector, bool):
+            raise ValueError(f"vector must be a bool, not {self.vector!r}")
+        if self.vector and (self.rows != self.cols or self.rows & (self.rows - 1)):
+            raise ValueError(
+                f"vector=True needs a square array whose side is a power of two (the vector "
+                f"unit's blocks are rows = cols lanes), not {self.rows}x{self.cols}")
         if self.wgt_depth < self.rows:
             raise ValueError(
                 f"wgt_depth must hold at least one weight tile ({self.rows} entries), "
@@ -197,4 +218,6 @@ class AcceleratorConfig:
                 f"{self.mem_bytes} B"
                 + ("" if self.overlap else ", no overlap")
                 + ("" if self.counter_width == 48 else f", {self.counter_width}-bit counters")
-                + ("" if self.act_bits == 8 else f", {self.act_bits}-bit activations"))
+                + ("" if self.act_bits == 8 else f", {self.act_bits}-bit activations")
+                + (", vector unit" if self.vector else "")
+                + ("" if self.activity_counters else ", no activity counters"))

@@ -8,13 +8,14 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .checker import InstructionChecker
 from .config import AcceleratorConfig
-from .counters import PerfCounters
+from .counters import PerfCounters, counters_layout
 from .execute import MatmulCmd
 from .fetch import BufferedFetch, InPlaceFetch, OpFlags, op_flag
 from .interfaces import FOOTPRINT_WIDTH, FootprintSignature, UnitActivitySignature
 from .loadstore import LoadCmd, StoreCmd
 from .mult import MultiplierTarget
 from .scoreboard import OverlapScoreboard, SerialScoreboard
+from .vector import VectorCmd
 
 __all__ = ["Decoder"]
 
@@ -67,7 +68,7 @@ class Decoder(wiring.Component):
         self._config = config
         self._checker = InstructionChecker(config, target)  # validates target
         self._assertions = bool(assertions)
-        super().__init__({
+        members = {
             "instr": In(stream.Signature(isa.INSTR_WIDTH)),
             "load_cmd": Out(stream.Signature(LoadCmd())),
             "exec_cmd": Out(stream.Signature(MatmulCmd(config))),
@@ -77,8 +78,16 @@ class Decoder(wiring.Component):
             "store_activity": In(UnitActivitySignature()),
             "footprint": In(FootprintSignature()),
             "status": Out(isa.Status),
-            "counters": Out(isa.Counters),
-        })
+            # The fields of isa.PERF_COUNTERS; the top level adds the activity counters,
+            # which count in the same window, `counting`.
+            "counters": Out(counters_layout(isa.PERF_COUNTERS)),
+            "counting": Out(1),
+        }
+        if config.vector:
+            # The vector unit: single-slot like the load and store units.
+            members["vector_cmd"] = Out(stream.Signature(VectorCmd()))
+            members["vector_activity"] = In(UnitActivitySignature())
+        super().__init__(members)
 
     @property
     def check_cycles(self) -> int:
@@ -90,7 +99,7 @@ class Decoder(wiring.Component):
         cfg, Op = self._config, isa.Opcode
         m.submodules.checker = checker = self._checker
         m.submodules.fetch = fetch = (BufferedFetch if cfg.overlap else InPlaceFetch)(
-            checker.latency)
+            checker.latency, cfg)
         m.submodules.scoreboard = sb = (OverlapScoreboard if cfg.overlap else
                                         SerialScoreboard)(cfg)
         m.submodules.counters = counters = PerfCounters(width=cfg.counter_width,
@@ -114,7 +123,7 @@ class Decoder(wiring.Component):
         de_end = Signal(data.ArrayLayout(FOOTPRINT_WIDTH, 3))
         de_mem_end = Signal(len(checker.mem_end))
         de_param_end = Signal(FOOTPRINT_WIDTH)
-        de_is = Signal(OpFlags())   # the opcode, one-hot: it steers the issue decision
+        de_is = Signal(OpFlags(cfg))   # the opcode, one-hot: it steers the issue decision
         de_wait = Signal(range(_DECODE_WAIT + 1))  # cycles until the verdict is on this word
         # Decode refills only once empty, one cycle after an issue: the issue decision (the
         # scoreboard's compares) then never drives the enables of the fetch and decode
@@ -142,6 +151,9 @@ class Decoder(wiring.Component):
         # safe: units only become busy by a dispatch, and none happens while decode waits.
         all_idle = Signal()
         units = (self.load_activity, self.exec_activity, self.store_activity)
+        if cfg.vector:
+            units += (self.vector_activity,)
+            m.d.comb += sb.vector_busy.eq(self.vector_activity.busy)
         m.d.sync += all_idle.eq(~Cat(unit.busy for unit in units).any())
         m.d.comb += [
             sb.take.eq(de_take), sb.word.eq(fe.word), sb.ends.eq(de_end),
@@ -174,10 +186,17 @@ class Decoder(wiring.Component):
             self.exec_cmd.valid.eq(ok & is_op(Op.MATMUL) & ~conflict_q),
             self.store_cmd.valid.eq(ok & is_op(Op.STORE) & ~conflict_q & sb.store_go),
             halt_issue.eq(ok & is_op(Op.HALT) & all_idle),
-            issue.eq(self.load_cmd.valid | (self.exec_cmd.valid & self.exec_cmd.ready) |
-                     self.store_cmd.valid | halt_issue | (ok & is_op(Op.FENCE) & all_idle) |
-                     (ok & is_op(Op.NOP))),  # (anything else has faulted)
         ]
+        issued = (self.load_cmd.valid | (self.exec_cmd.valid & self.exec_cmd.ready) |
+                  self.store_cmd.valid | halt_issue | (ok & is_op(Op.FENCE) & all_idle) |
+                  (ok & is_op(Op.NOP)))  # (anything else has faulted)
+        if cfg.vector:
+            _fill(m, self.vector_cmd.payload, isa.VectorInstr(de_word))
+            # Offered like the load unit's commands (the scoreboard's go: idle a cycle ago).
+            m.d.comb += self.vector_cmd.valid.eq(ok & is_op(Op.VREQUANT) & ~conflict_q &
+                                                 sb.vector_go)
+            issued = issued | self.vector_cmd.valid
+        m.d.comb += issue.eq(issued)
         # (`halt_issue` rather than `issue & HALT`: the units' handshakes stay off these enables.)
         with m.If(halt_issue):
             m.d.sync += [halted.eq(1), running.eq(0)]
@@ -210,6 +229,7 @@ class Decoder(wiring.Component):
         ev = counters.events
         m.d.comb += [
             counters.counting.eq(fetch.started & ~done),
+            self.counting.eq(counters.counting),
             ev.cycles.eq(1),
             ev.array_busy.eq(self.footprint.issued),
             ev.instructions.eq(issue & running),
@@ -251,3 +271,6 @@ class Decoder(wiring.Component):
             Assert(~self.store_cmd.valid | self.store_cmd.ready,
                    "store unit refused a command"),
         ]
+        if self._config.vector:
+            m.d.sync += Assert(~self.vector_cmd.valid | self.vector_cmd.ready,
+                               "vector unit refused a command")

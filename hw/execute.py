@@ -10,8 +10,8 @@ from .buffers import AccumulatorBuffer
 from .config import AcceleratorConfig
 from .delay import delay
 from .footprint import RangeLayout
-from .interfaces import (FOOTPRINT_WIDTH, AccUpdateSignature, FootprintSignature,
-                         UnitActivitySignature)
+from .interfaces import (FOOTPRINT_WIDTH, AccUpdateSignature, BufferReadsSignature,
+                         FootprintSignature, UnitActivitySignature)
 from .mult import MultiplierTarget
 
 __all__ = ["MatmulCmd", "ExecuteUnit"]
@@ -64,6 +64,9 @@ class ExecuteUnit(wiring.Component):
             # stalled: holds work but issued no vector this cycle
             "activity": Out(UnitActivitySignature()),
             "footprint": Out(FootprintSignature()),
+            # wgt: a weight row read into the array (``wgt_rd.en`` also covers the cycles a
+            # tile waits in preload); ``rows`` pulses per MATMUL
+            "reads": Out(BufferReadsSignature("wgt")),
         })
 
     @property
@@ -159,6 +162,7 @@ class ExecuteUnit(wiring.Component):
             self.act_rd.addr.eq(st_act_ptr),
 
             self.footprint.issued.eq(vec.valid),
+            self.reads.wgt.eq(w_valid),
             self.activity.stalled.eq((pre_valid | st_valid) & ~vec.valid),
             self.activity.busy.eq(pre_valid | st_valid | inflight_nz),
             self.footprint.drain.eq(drain),

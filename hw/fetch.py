@@ -14,9 +14,10 @@ from . import isa
 __all__ = ["OpFlags", "FetchSignature", "BufferedFetch", "InPlaceFetch"]
 
 
-def OpFlags() -> data.StructLayout:
-    """One flag per opcode, named by the opcode in lower case: a word's opcode, one-hot."""
-    return data.StructLayout({op.name.lower(): unsigned(1) for op in isa.Opcode})
+def OpFlags(config) -> data.StructLayout:
+    """One flag per opcode of ``config``'s table (``isa.opcodes``), named by the opcode in
+    lower case: a word's opcode, one-hot (all clear: not in the table)."""
+    return data.StructLayout({op.name.lower(): unsigned(1) for op in isa.opcodes(config)})
 
 
 def op_flag(flags, op: isa.Opcode) -> Value:
@@ -45,10 +46,10 @@ class FetchSignature(wiring.Signature):
         Decode is empty: a checked word moves there this cycle.
     """
 
-    def __init__(self):
+    def __init__(self, config):
         super().__init__({
             "valid": Out(1), "word": Out(isa.INSTR_WIDTH), "check_word": Out(isa.INSTR_WIDTH),
-            "index": Out(32), "is_op": Out(OpFlags()), "checked": Out(1), "take": In(1),
+            "index": Out(32), "is_op": Out(OpFlags(config)), "checked": Out(1), "take": In(1),
         })
 
 
@@ -59,6 +60,8 @@ class _Fetch(wiring.Component):
     ----------
     check_cycles : int
         Cycles a word must stay in fetch (the checker's latency).
+    config : AcceleratorConfig
+        Its opcode table (``isa.opcodes``) sets the opcode flags.
 
     Attributes
     ----------
@@ -74,14 +77,15 @@ class _Fetch(wiring.Component):
         A word has been accepted since reset.
     """
 
-    def __init__(self, check_cycles: int):
+    def __init__(self, check_cycles: int, config):
         if not isinstance(check_cycles, int) or check_cycles < 1:
             raise ValueError(f"check_cycles must be a positive integer, not {check_cycles!r}")
         self._check_cycles = check_cycles
+        self._ops = isa.opcodes(config)
         super().__init__({
             "instr": In(stream.Signature(isa.INSTR_WIDTH)),
             "running": In(1),
-            "out": Out(FetchSignature()),
+            "out": Out(FetchSignature(config)),
             "word_in": Out(1),
             "started": Out(1),
         })
@@ -140,7 +144,7 @@ class BufferedFetch(_Fetch):
         with m.If(load):
             m.d.sync += [out.valid.eq(self.instr.valid & self.running),
                          out.word.eq(self.instr.payload), out.index.eq(accepted),
-                         *[op_flag(out.is_op, op).eq(opcode == op) for op in isa.Opcode]]
+                         *[op_flag(out.is_op, op).eq(opcode == op) for op in self._ops]]
         with m.Elif(out.valid & out.checked & out.take):
             m.d.sync += out.valid.eq(0)
         # The checks read a copy: the word also feeds the range ends, the memory checks and
@@ -165,7 +169,7 @@ class InPlaceFetch(_Fetch):
             out.word.eq(self.instr.payload),
             out.check_word.eq(self.instr.payload),
             out.index.eq(accepted),
-            *[op_flag(out.is_op, op).eq(opcode == op) for op in isa.Opcode],
+            *[op_flag(out.is_op, op).eq(opcode == op) for op in self._ops],
             self.instr.ready.eq(~self.running | (out.checked & out.take)),
         ]
         self._age(m, self.word_in | ~self.instr.valid)

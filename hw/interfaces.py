@@ -11,8 +11,8 @@ from amaranth.lib.wiring import In, Out
 from .config import AcceleratorConfig
 from .footprint import RangeLayout
 
-__all__ = ["FOOTPRINT_WIDTH", "UnitActivitySignature", "AccUpdateSignature",
-           "FootprintSignature"]
+__all__ = ["FOOTPRINT_WIDTH", "UnitActivitySignature", "BufferReadsSignature",
+           "AccUpdateSignature", "FootprintSignature"]
 
 #: Address width of scoreboard footprints: covers the deepest buffer any configuration has.
 FOOTPRINT_WIDTH = 17
@@ -31,6 +31,25 @@ class UnitActivitySignature(wiring.Signature):
 
     def __init__(self):
         super().__init__({"busy": Out(1), "stalled": Out(1)})
+
+
+class BufferReadsSignature(wiring.Signature):
+    """Buffer reads a unit uses, for the activity counters (producer's view).
+
+    For the read ports whose enable says more than which reads count: the execute unit
+    keeps the weight buffer enabled while a tile waits in its preload stage, the store unit
+    keeps the accumulator buffer enabled while it waits for FIFO credits and the parameter
+    buffer enabled always. Each member pulses once per entry read whose data the unit uses
+    (``hw.activity``, docs/performance.md).
+
+    Parameters
+    ----------
+    *names : str
+        The buffers (``"wgt"``, ``"acc"``, ``"param"``): one ``Out(1)`` member each.
+    """
+
+    def __init__(self, *names: str):
+        super().__init__({name: Out(1) for name in names})
 
 
 class AccUpdateSignature(wiring.Signature):

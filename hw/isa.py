@@ -10,14 +10,21 @@ fields must be zero; a nonzero reserved field is rejected with ``ErrorCode.BAD_F
 later versions can give those bits a meaning without old hardware silently misreading them.
 """
 
+import functools
+from dataclasses import dataclass
+
 from amaranth import unsigned, signed
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 __all__ = [
-    "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "ErrorCode",
-    "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "INSTR_LAYOUTS",
-    "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
+    "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "VectorDst", "ErrorCode",
+    "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "VectorInstr",
+    "INSTR_LAYOUTS", "VECTOR_OPCODES", "BUILT_VECTOR_OPCODES", "VECTOR_RULES",
+    "VectorOpRules", "SecondOperand", "opcodes", "vector_blocks", "END_LIMIT",
+    "SoftmaxScalars", "AddScalars", "GeluScalars", "LayerNormScalars", "LayerNormChannel",
+    "VECTOR_SCALARS", "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
+    "PERF_COUNTERS", "ACTIVITY_COUNTERS",
     "mem_request_layout", "MemoryPortSignature",
     "encode", "decode", "instruction_ends", "instruction_checks", "mem_extent_end",
     "store_row_bytes", "layout_subset", "opcode_of", "RAW_BYTES_PER_COL",
@@ -29,14 +36,20 @@ INSTR_WIDTH = 128
 
 class Opcode(enum.Enum, shape=8):
     """Instruction opcodes. 0x06-0x0F are reserved for matrix/control instructions and
-    0x10-0x1F for vector operations (element-wise ops on accumulator rows); every value not
-    listed here is rejected with ``ErrorCode.BAD_OPCODE``."""
+    0x10-0x1F for vector operations (on accumulator rows, in the vector unit); every value
+    not listed here is rejected with ``ErrorCode.BAD_OPCODE``, and so are the vector opcodes
+    on an accelerator built with ``vector=False`` (``isa.opcodes``)."""
     NOP = 0x00
     LOAD = 0x01
     MATMUL = 0x02
     STORE = 0x03
     FENCE = 0x04
     HALT = 0x05
+    VREQUANT = 0x10
+    VADD = 0x11
+    VSOFTMAX = 0x12
+    VLAYERNORM = 0x13
+    VGELU = 0x14
 
 
 class LoadTarget(enum.Enum, shape=2):
@@ -50,6 +63,12 @@ class StoreMode(enum.Enum, shape=2):
     """How a STORE turns accumulator rows into memory bytes."""
     REQUANT = 0  # output stage: bias, requantize, zero point, clamp -> int8
     RAW = 1      # int32, little-endian, no output stage
+
+
+class VectorDst(enum.Enum, shape=2):
+    """Which on-chip buffer a vector instruction writes (values 2 and 3: ``BAD_FIELD``)."""
+    ACT = 0
+    WGT = 1
 
 
 class ErrorCode(enum.Enum, shape=4):
@@ -109,6 +128,27 @@ class ControlInstr(data.Struct):
     reserved0: unsigned(INSTR_WIDTH - 8)
 
 
+class VectorInstr(data.Struct):
+    """Every vector opcode (``docs/vector.md``): an int32 source tensor of ``n_rows`` x
+    ``n_elems`` in the accumulator buffer, block-major (element ``(i, j)`` in entry ``addr +
+    (j // L) * stride + i``, lane ``j % L``, ``L = cols``), and a destination tensor of the
+    same layout in ``dst`` (the ``[n_elems, n_rows]`` transpose with ``transpose = 1``)."""
+    opcode: Opcode
+    dst: VectorDst
+    transpose: unsigned(1)
+    with_b: unsigned(1)
+    pre: unsigned(1)
+    reserved0: unsigned(3)
+    src_addr: unsigned(16)
+    src_stride: unsigned(16)
+    dst_addr: unsigned(16)
+    dst_stride: unsigned(16)
+    b_addr: unsigned(16)
+    n_rows: unsigned(12)
+    n_elems: unsigned(12)
+    param_addr: unsigned(8)
+
+
 INSTR_LAYOUTS: dict[Opcode, type[data.Struct]] = {
     Opcode.NOP: ControlInstr,
     Opcode.LOAD: LoadInstr,
@@ -116,10 +156,78 @@ INSTR_LAYOUTS: dict[Opcode, type[data.Struct]] = {
     Opcode.STORE: StoreInstr,
     Opcode.FENCE: ControlInstr,
     Opcode.HALT: ControlInstr,
+    Opcode.VREQUANT: VectorInstr,
+    Opcode.VADD: VectorInstr,
+    Opcode.VSOFTMAX: VectorInstr,
+    Opcode.VLAYERNORM: VectorInstr,
+    Opcode.VGELU: VectorInstr,
 }
 
 for _layout in INSTR_LAYOUTS.values():
     assert data.Layout.cast(_layout).size == INSTR_WIDTH, _layout
+
+# (field, offset, mask) per opcode value, read once from the layouts: decode() is the golden
+# model's inner loop.
+_DECODE_TABLES = {
+    op.value: tuple((name, f.offset, (1 << f.width) - 1)
+                    for name, f in data.Layout.cast(layout) if name != "opcode")
+    for op, layout in INSTR_LAYOUTS.items()}
+
+#: The vector opcodes of the ISA: valid only on an accelerator with ``vector=True``.
+VECTOR_OPCODES = (Opcode.VREQUANT, Opcode.VADD, Opcode.VSOFTMAX, Opcode.VLAYERNORM, Opcode.VGELU)
+#: The vector opcodes the gateware executes today. The others are specified here and run by
+#: the golden model with ``ahead=True`` (the reference the gateware is being built against,
+#: and what the encoder-layer program is compiled for); until they are built, an accelerator
+#: reports them as ``BAD_OPCODE`` like any unknown opcode.
+BUILT_VECTOR_OPCODES = (Opcode.VREQUANT,)
+
+
+class SecondOperand(enum.Enum):
+    """How a vector op uses its second operand ``b`` (activation buffer, at ``b_addr``)."""
+    NONE = "none"          # with_b must be 0
+    TENSOR = "tensor"      # with_b optional: n_rows x n_elems, block-major, dst_stride apart
+    REQUIRED = "required"  # with_b must be 1: a tensor as above
+    ROW = "row"            # with_b optional: one row of n_elems broadcast to every row,
+                           # block k in entry b_addr + k
+
+
+@dataclass(frozen=True)
+class VectorOpRules:
+    """What one vector opcode allows (``docs/vector.md``, "Operations"): a WGT destination,
+    ``transpose``, the per-channel input stage ``pre``, the second operand ``b``, and the
+    parameter entries it reads: ``scalars`` entries first (one ``*Scalars`` struct at the
+    start of the entry), then ``channel`` per-channel entries per block (e.g. LayerNorm's
+    gamma and beta), then, with ``pre``, one ``OutputParams`` entry per block."""
+    wgt: bool = False
+    transpose: bool = False
+    pre: bool = False
+    b: "SecondOperand" = SecondOperand.NONE
+    scalars: int = 1
+    channel: int = 0
+
+
+VECTOR_RULES = {
+    Opcode.VREQUANT: VectorOpRules(wgt=True, transpose=True, scalars=0, channel=1),
+    Opcode.VADD: VectorOpRules(pre=True, b=SecondOperand.REQUIRED),
+    Opcode.VSOFTMAX: VectorOpRules(b=SecondOperand.ROW),
+    Opcode.VLAYERNORM: VectorOpRules(pre=True, b=SecondOperand.TENSOR, channel=1),
+    Opcode.VGELU: VectorOpRules(pre=True),
+}
+assert set(VECTOR_RULES) == set(VECTOR_OPCODES)
+
+
+
+
+@functools.lru_cache(maxsize=64)
+def opcodes(config, ahead: bool = False) -> tuple:
+    """The opcode table of an accelerator built with ``config``, in ``Opcode`` order: the
+    one place that decides which opcodes a configuration executes (the decoder's checker,
+    its opcode flags and the golden model all ask here). Every other opcode is
+    ``BAD_OPCODE``. ``ahead`` adds the vector opcodes specified but not yet built
+    (:data:`BUILT_VECTOR_OPCODES`), for the golden model only."""
+    vector = VECTOR_OPCODES if ahead else BUILT_VECTOR_OPCODES
+    return tuple(op for op in Opcode
+                 if op not in VECTOR_OPCODES or (config.vector and op in vector))
 
 
 def layout_subset(layout, *names: str, **extra) -> data.StructLayout:
@@ -156,6 +264,52 @@ class OutputParams(data.Struct):
 
 OUTPUT_PARAMS_BYTES = data.Layout.cast(OutputParams).size // 8
 
+# ---- vector-op parameter entries (little-endian, at the start of a parameter entry) ----------
+# Every field is byte-aligned; a field's hardware width (the bits used) and range (a shift is
+# clamped into it) are in docs/vector.md, the same for the unit and the golden model
+# (sim.asm.vector_kernel_params). Each fits in OUTPUT_PARAMS_BYTES, the smallest entry.
+
+class SoftmaxScalars(data.Struct):
+    multiplier: unsigned(32)   # low 29 bits used
+    shift: unsigned(8)         # clamped to [1, 61]
+    reserved: unsigned(56)
+
+
+class AddScalars(data.Struct):
+    x_mult: unsigned(32)       # low 31 bits used
+    x_shift: unsigned(8)       # clamped to [1, 62]
+    b_mult: unsigned(32)       # low 31 bits used
+    b_shift: unsigned(8)       # clamped to [1, 62]
+    reserved: unsigned(16)
+
+
+class GeluScalars(data.Struct):
+    in_mult: unsigned(32)      # low 31 bits used
+    in_shift: unsigned(8)      # clamped to [1, 62]
+    out_mult: signed(32)
+    out_shift: signed(8)       # clamped to [-31, 30], as OutputParams.shift
+    reserved: unsigned(16)
+
+
+class LayerNormScalars(data.Struct):
+    eps_mult: unsigned(32)
+    res_mult: unsigned(32)     # low 24 bits used
+    eps_shift: signed(16)
+    out_shift: unsigned(8)     # clamped to [1, 37]
+    res_shift: unsigned(8)     # clamped to [1, 62]
+
+
+class LayerNormChannel(data.Struct):
+    """One channel's gamma and beta (``cols`` of them per entry, like OutputParams)."""
+    gamma_mult: signed(32)     # low 18 bits used, sign-extended
+    beta_add: signed(64)       # low 62 bits used, sign-extended
+
+
+VECTOR_SCALARS = {Opcode.VADD: AddScalars, Opcode.VSOFTMAX: SoftmaxScalars,
+                  Opcode.VLAYERNORM: LayerNormScalars, Opcode.VGELU: GeluScalars}
+for _layout in (*VECTOR_SCALARS.values(), LayerNormChannel):
+    assert data.Layout.cast(_layout).size == 8 * OUTPUT_PARAMS_BYTES, _layout
+
 # The shifts docs/numerics.md defines (TFLite's exponent range: > 0 left, < 0 right). The
 # 8-bit field saturates into it, in the output stage and in the golden model alike.
 SHIFT_MIN = -31
@@ -177,14 +331,44 @@ COUNTER_WIDTH = 48
 
 class Counters(data.Struct):
     """Performance counters, cleared by ``clear``; they count from the cycle the first
-    instruction word is accepted until ``done`` rises."""
+    instruction word is accepted until ``done`` rises.
+
+    The fields from ``act_reads`` on are activity counters for an energy model: one count
+    per buffer entry read whose data is used, per buffer entry written, per memory request
+    accepted (``docs/performance.md``, "Activity counters", defines each). They depend on
+    the program only, not on timing, and read 0 with
+    ``AcceleratorConfig(activity_counters=False)``. ``array_busy`` is the MAC-active count:
+    each of its cycles is ``rows * cols`` multiply-accumulates."""
     cycles: unsigned(COUNTER_WIDTH)
-    array_busy: unsigned(COUNTER_WIDTH)      # cycles an activation vector entered the array
+    array_busy: unsigned(COUNTER_WIDTH)      # MAC-active cycles: a vector entered the array
     instructions: unsigned(COUNTER_WIDTH)    # instructions retired by the decoder
     dispatch_stall: unsigned(COUNTER_WIDTH)  # decoder held an instruction it could not issue
     load_stall: unsigned(COUNTER_WIDTH)      # load unit waited for the memory port
     exec_stall: unsigned(COUNTER_WIDTH)      # execute unit held work but issued no vector
     store_stall: unsigned(COUNTER_WIDTH)     # store unit waited for the memory port
+    # activity counters (hw/activity.py), appended: the fields above keep their offsets
+    act_reads: unsigned(COUNTER_WIDTH)        # activation entries read (MATMUL vectors)
+    act_writes: unsigned(COUNTER_WIDTH)       # activation entries written (LOAD rows)
+    wgt_reads: unsigned(COUNTER_WIDTH)        # weight entries read into the array
+    wgt_writes: unsigned(COUNTER_WIDTH)       # weight entries written (LOAD rows)
+    acc_reads: unsigned(COUNTER_WIDTH)        # accumulator entries read (STOREs, add-into)
+    acc_writes: unsigned(COUNTER_WIDTH)       # accumulator entries written (MATMUL rows)
+    param_reads: unsigned(COUNTER_WIDTH)      # parameter entries read (REQUANT STOREs)
+    param_writes: unsigned(COUNTER_WIDTH)     # parameter entries written (LOAD rows)
+    mem_read_beats: unsigned(COUNTER_WIDTH)   # memory read requests accepted (words)
+    mem_write_beats: unsigned(COUNTER_WIDTH)  # memory write requests accepted (words)
+
+
+#: The fields of ``Counters`` that the decoder's ``PerfCounters`` count (time and stalls).
+PERF_COUNTERS: tuple[str, ...] = ("cycles", "array_busy", "instructions", "dispatch_stall",
+                                  "load_stall", "exec_stall", "store_stall")
+#: The activity counters, appended after them (``hw.activity``): counts of actions, for an
+#: energy model. Independent of timing, so the golden model reproduces them.
+ACTIVITY_COUNTERS: tuple[str, ...] = ("act_reads", "act_writes", "wgt_reads", "wgt_writes",
+                                      "acc_reads", "acc_writes", "param_reads",
+                                      "param_writes", "mem_read_beats", "mem_write_beats")
+assert tuple(name for name, _ in data.Layout.cast(Counters)) == \
+    PERF_COUNTERS + ACTIVITY_COUNTERS
 
 
 def mem_request_layout(config) -> data.StructLayout:
@@ -292,16 +476,10 @@ def decode(word: int) -> tuple[int, dict[str, int]]:
     if not 0 <= word < (1 << INSTR_WIDTH):
         raise ValueError(f"instruction word must fit in {INSTR_WIDTH} bits, not {word!r}")
     opcode = word & 0xFF
-    try:
-        layout = data.Layout.cast(INSTR_LAYOUTS[Opcode(opcode)])
-    except ValueError:
+    table = _DECODE_TABLES.get(opcode)
+    if table is None:
         return opcode, {}
-    fields = {}
-    for name, field in layout:
-        if name == "opcode":
-            continue
-        fields[name] = (word >> field.offset) & ((1 << field.width) - 1)
-    return opcode, fields
+    return opcode, {name: (word >> offset) & mask for name, offset, mask in table}
 
 
 # ---- documentation (read by scripts/gen_isa_doc.py) -----------------------------------------
@@ -328,6 +506,37 @@ OPCODE_DOCS = {
         "int32 little-endian (4 bytes per column). Runs in the store unit."),
     Opcode.FENCE: "Waits until every unit is idle and every memory write has been accepted.",
     Opcode.HALT: "Waits like FENCE, then sets `Status.done`; the program is over.",
+    Opcode.VREQUANT: (
+        "Vector unit (only with `vector=True`; `BAD_OPCODE` otherwise). Requantizes the int32 "
+        "tensor of `n_rows` x `n_elems` at accumulator entry `src_addr` (block-major: element "
+        "(i, j) in entry `src_addr + (j // L) * src_stride + i`, lane `j % L`, `L = cols = "
+        "rows`) through the output stage's arithmetic, block `b = j // L` with the "
+        "OutputParams in parameter entry `param_addr + b`, into the `dst` buffer at "
+        "`dst_addr` with `dst_stride`, same layout: int8 (WGT, or ACT with `act_bits = 8`) "
+        "or int16 (ACT with `act_bits = 16`: clamped to int16, `lo`/`hi` unused). Lanes past "
+        "`n_elems` in a row's last block are written 0. `transpose = 1` writes the "
+        "`[n_elems, n_rows]` transpose instead (element (j, i) in entry `dst_addr + (i // L) "
+        "* dst_stride + j`; lanes past `n_rows` are 0). `with_b` and `pre` must be 0."),
+    Opcode.VADD: (
+        "Vector unit. `dst[i, j] = sat((ux + ub + 2**11) >> 12)`: the source (through the "
+        "input stage if `pre`) and the activation tensor `b` (`with_b` must be 1; at `b_addr`, "
+        "blocks `dst_stride` apart) each rescaled to the output by the AddScalars in "
+        "parameter entry `param_addr` (residual connections). Writes ACT; with `pre`, block "
+        "`k`'s input stage is in entry `param_addr + 1 + k`."),
+    Opcode.VSOFTMAX: (
+        "Vector unit. Softmax along each row (integer exp, one reciprocal per row; "
+        "probabilities with scale `1 / q_max`), SoftmaxScalars in entry `param_addr`; with "
+        "`with_b`, the additive mask row at `b_addr` (block `k` in entry `b_addr + k`, one row "
+        "for every row; the activation minimum masks a key). Writes ACT."),
+    Opcode.VLAYERNORM: (
+        "Vector unit. LayerNorm along each row of the source (through the input stage if "
+        "`pre`), plus the residual tensor `b` if `with_b` (blocks `dst_stride` apart): "
+        "LayerNormScalars in entry `param_addr`, each block's gamma and beta "
+        "(LayerNormChannel per lane) in `param_addr + 1 + k`, the input stage (with `pre`) in "
+        "`param_addr + 1 + nb + k`. Writes ACT."),
+    Opcode.VGELU: (
+        "Vector unit. GELU with a piecewise-linear Phi, GeluScalars in entry `param_addr`; "
+        "with `pre`, block `k`'s input stage in `param_addr + 1 + k`. Writes ACT."),
 }
 
 FIELD_DOCS = {
@@ -346,19 +555,40 @@ FIELD_DOCS = {
     "acc_addr": "first accumulator entry",
     "mode": "REQUANT (int8 through the output stage) or RAW (int32)",
     "n_cols": "columns stored per row, 1 .. `cols`",
-    "param_addr": "parameter entry used in REQUANT mode (ignored, but not checked, in RAW mode)",
+    "param_addr": "STORE: parameter entry used in REQUANT mode (ignored, but not checked, in "
+                  "RAW mode); vector ops: first parameter entry (VREQUANT: block `b` "
+                  "uses `param_addr + b`; the others: see each opcode)",
+    "dst": "buffer written: ACT or WGT",
+    "transpose": "0: write the tensor; 1: write its transpose",
+    "with_b": "the op reads a second operand at `b_addr` (VADD: must be 1; VSOFTMAX, "
+              "VLAYERNORM: optional; others: must be 0)",
+    "pre": "the per-channel input stage (bias + multiplier from OutputParams entries) runs "
+           "first (VADD, VLAYERNORM, VGELU; others: must be 0)",
+    "src_addr": "first accumulator entry of the source tensor",
+    "src_stride": "entries between the source tensor's blocks",
+    "dst_addr": "first entry of the destination tensor",
+    "dst_stride": "entries between the destination tensor's blocks",
+    "b_addr": "first activation entry of the second operand (ignored unless `with_b`)",
+    "n_elems": "elements per row, 1 .. 4095 (a row spans `ceil(n_elems / L)` blocks)",
     "reserved0": "must be zero",
     "reserved1": "must be zero",
 }
 
 ERROR_DOCS = {
     ErrorCode.NONE: "no error",
-    ErrorCode.BAD_OPCODE: "opcode not in the table",
-    ErrorCode.BAD_FIELD: "a reserved field is nonzero, or `target`/`mode` has an unassigned value",
+    ErrorCode.BAD_OPCODE: "opcode not in the table (vector opcodes: also on an accelerator "
+                          "built with `vector=False`)",
+    ErrorCode.BAD_FIELD: "a reserved field is nonzero, `target`/`mode`/`dst` has an "
+                         "unassigned value (vector ops other than VREQUANT: `dst` must be "
+                         "ACT), or a vector op sets `transpose`, `pre` or `with_b` where it "
+                         "has none (or VADD clears `with_b`)",
     ErrorCode.BAD_SIZE: "`n_rows` is 0, `row_bytes` is 0 or larger than the target entry (or "
                         "odd for ACT with `act_bits = 16`), or `n_cols` is 0 or larger than "
-                        "`cols`",
-    ErrorCode.BUF_RANGE: "a buffer range runs past the end of its buffer",
+                        "`cols`, or a vector op's `n_rows` or `n_elems` is 0",
+    ErrorCode.BUF_RANGE: "a buffer range runs past the end of its buffer (vector ops: the "
+                         "hull `addr .. addr + (blocks - 1) * stride + rows` of each tensor, "
+                         "the second operand's entries with `with_b`, and the parameter "
+                         "entries the op reads from `param_addr`)",
     ErrorCode.MEM_RANGE: "the memory range `mem_addr .. mem_addr + (n_rows - 1) * mem_stride + "
                          "row length` runs past `mem_bytes`",
 }
@@ -381,6 +611,8 @@ def instruction_ends(opcode: Opcode, f: dict, config, mux=_py_mux) -> dict:
     end involves a multiply) and hands the registered values to :func:`instruction_checks`.
     """
     c = config
+    if opcode in VECTOR_OPCODES:
+        return _vector_ends(opcode, f, config, mux)
     if opcode == Opcode.LOAD:
         return {"buf": f["buf_addr"] + f["n_rows"],
                 "mem": mem_extent_end(f["mem_addr"], f["n_rows"], f["mem_stride"],
@@ -398,7 +630,7 @@ def instruction_ends(opcode: Opcode, f: dict, config, mux=_py_mux) -> dict:
 
 
 def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
-                       ends: dict | None = None) -> list:
+                       ends: dict | None = None, ahead: bool = False) -> list:
     """The ordered error checks of one instruction.
 
     Returns ``[(ErrorCode, condition), ...]``; the first true condition is the instruction's
@@ -406,11 +638,36 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
     operands. With plain ``int`` fields and the default ``mux`` the conditions are Python
     bools (the golden model); with Amaranth values and ``amaranth.hdl.Mux`` they are
     single-bit values (the hardware decoder). Only operators that both support are used.
-    ``ends`` is :func:`instruction_ends` of the same instruction, computed here when omitted.
+    ``ends`` is :func:`instruction_ends` of the same instruction, computed here when omitted;
+    ``ahead`` as in :func:`opcodes`.
     """
     c = config
+    if opcode not in opcodes(config, ahead):
+        return [(ErrorCode.BAD_OPCODE, True)]
     if ends is None:
         ends = instruction_ends(opcode, f, config, mux)
+    if opcode in VECTOR_OPCODES:
+        r = VECTOR_RULES[opcode]
+        depth = mux(f["dst"] == VectorDst.ACT.value, c.act_depth, c.wgt_depth)
+        bad_field = (f["reserved0"] != 0) | (f["dst"] > (VectorDst.WGT if r.wgt
+                                                         else VectorDst.ACT).value)
+        if not r.transpose:
+            bad_field = bad_field | (f["transpose"] != 0)
+        if not r.pre:
+            bad_field = bad_field | (f["pre"] != 0)
+        if r.b == SecondOperand.NONE:
+            bad_field = bad_field | (f["with_b"] != 0)
+        elif r.b == SecondOperand.REQUIRED:
+            bad_field = bad_field | (f["with_b"] == 0)
+        bad_range = (ends["src"] > c.acc_depth) | (ends["dst"] > depth) | \
+                    (ends["param"] > c.param_depth)
+        if r.b != SecondOperand.NONE:
+            bad_range = bad_range | ((f["with_b"] != 0) & (ends["b"] > c.act_depth))
+        return [
+            (ErrorCode.BAD_FIELD, bad_field),
+            (ErrorCode.BAD_SIZE, (f["n_rows"] == 0) | (f["n_elems"] == 0)),
+            (ErrorCode.BUF_RANGE, bad_range),
+        ]
     if opcode == Opcode.LOAD:
         t = f["target"]
         is_act = t == LoadTarget.ACT.value
@@ -446,6 +703,47 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
             (ErrorCode.MEM_RANGE, ends["mem"] > c.mem_bytes),
         ]
     return [(ErrorCode.BAD_FIELD, f["reserved0"] != 0)]
+
+
+#: Range ends saturate here (the scoreboard's footprints are 17 bits): past every buffer.
+END_LIMIT = (1 << 17) - 1
+
+
+def vector_blocks(n, config):
+    """``ceil(n / L)``: the blocks of ``L = cols`` lanes that ``n`` elements take (``L`` is
+    a power of two with ``vector=True``, so this is a shift, for ints and Values alike)."""
+    return (n + (config.cols - 1)) >> (config.cols.bit_length() - 1)
+
+
+def _vector_ends(opcode: Opcode, f: dict, config, mux) -> dict:
+    """Ends of a vector instruction's tensors: ``"src"`` (accumulator), ``"dst"`` (its
+    buffer), ``"param"`` (parameter entries) and, for ops with a second operand, ``"b"``
+    (activation entries; meaningful when ``with_b``). A tensor of ``nb`` blocks of ``rows``
+    rows at ``(addr, stride)`` spans ``[addr, addr + (nb - 1) * stride + rows)``; a transposed
+    destination has ``nb = ceil(n_rows / L)`` and ``rows = n_elems``; a ``ROW`` operand spans
+    ``[b_addr, b_addr + nb)``. Each tensor end saturates at :data:`END_LIMIT` (for
+    ``n_rows``, ``n_elems >= 1``)."""
+    def sat(end):
+        return mux(end > END_LIMIT, END_LIMIT, end)
+    r = VECTOR_RULES[opcode]
+    nb = vector_blocks(f["n_elems"], config)
+    nbt = vector_blocks(f["n_rows"], config)
+    tr = f["transpose"] != 0
+    dst_blocks = mux(tr, nbt, nb)
+    dst_rows = mux(tr, f["n_elems"], f["n_rows"])
+    param = f["param_addr"] + r.scalars
+    if r.channel:
+        param = param + r.channel * nb
+    if r.pre:
+        param = param + mux(f["pre"] != 0, nb, 0)
+    ends = {"src": sat(f["src_addr"] + (nb - 1) * f["src_stride"] + f["n_rows"]),
+            "dst": sat(f["dst_addr"] + (dst_blocks - 1) * f["dst_stride"] + dst_rows),
+            "param": param}
+    if r.b == SecondOperand.ROW:
+        ends["b"] = f["b_addr"] + nb
+    elif r.b != SecondOperand.NONE:
+        ends["b"] = sat(f["b_addr"] + (nb - 1) * f["dst_stride"] + f["n_rows"])
+    return ends
 
 
 def mem_extent_end(mem_addr, n_rows, stride, row_bytes):

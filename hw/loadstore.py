@@ -10,7 +10,7 @@ from . import isa
 from .buffers import _addr_width
 from .config import AcceleratorConfig
 from .delay import delay
-from .interfaces import UnitActivitySignature
+from .interfaces import BufferReadsSignature, UnitActivitySignature
 from .mult import MultiplierTarget
 from .output_stage import OutputStage
 
@@ -460,6 +460,9 @@ class StoreUnit(wiring.Component):
             "mem_req": Out(stream.Signature(isa.mem_request_layout(c))),
             # stalled: wants to issue a write the memory does not accept
             "activity": Out(UnitActivitySignature()),
+            # acc: an accumulator row read (one per STORE row); param: the parameter entry
+            # read by a REQUANT STORE (one per STORE; a RAW one ignores it)
+            "reads": Out(BufferReadsSignature("acc", "param")),
         })
 
     def row_latency(self, raw: bool) -> int:
@@ -501,6 +504,8 @@ class StoreUnit(wiring.Component):
             ostage.i_valid.eq(rd.acc_valid & ~cmd.raw),
             ostage.i_acc.eq(rd.acc_row),
             ostage.i_params.eq(rd.params),
+            self.reads.acc.eq(rd.acc_read),
+            self.reads.param.eq(rd.first & ~cmd.raw),
         ]
         # While idle, the command registers (and the walkers' start values) follow the
         # payload every cycle, so that the handshake, which comes from the decoder's issue
@@ -521,8 +526,9 @@ class StoreUnit(wiring.Component):
     def _reader(self, m: Module, take_cmd: Value, pop: Value) -> SimpleNamespace:
         """Reads the parameter entry and the accumulator rows, as the FIFO's credits allow.
 
-        Returns ``active``, ``acc_valid`` (a row is in ``acc_row``), ``acc_row`` and
-        ``params`` (the fabric copy of the parameter entry)."""
+        Returns ``active``, ``acc_valid`` (a row is in ``acc_row``), ``acc_row``,
+        ``params`` (the fabric copy of the parameter entry), ``acc_read`` (a row is read
+        this cycle) and ``first`` (the parameter entry is on ``param_rd.data``)."""
         c, cols = self._config, self._config.cols
         p = self.cmd.payload
         # Block-RAM read data registers: nothing but the RAM output in front of them.
@@ -587,7 +593,7 @@ class StoreUnit(wiring.Component):
                 m.d.sync += rd_active.eq(0)
         acc_valid = delay(m, acc_read, self.read_latency, name="acc_valid_{}")
         return SimpleNamespace(active=rd_active, acc_valid=acc_valid, acc_row=acc_row,
-                               params=params_q)
+                               params=params_q, acc_read=acc_read, first=rd_first)
 
     def _shift(self, m: Module, g: "_StoreGeometry", cmd: Value, rd: SimpleNamespace,
                rows_fifo: "_RowFIFO", idle: Value) -> None:

@@ -77,16 +77,24 @@ class OutputStage(wiring.Component):
     o_valid : Out(1)
     o_data : Out(ArrayLayout(signed(8), cols))
     o_tag : Out(tag_shape)
+    o_wide : Out(ArrayLayout(signed(16), cols))
+        Only with ``wide=True``: the same rows with the int16 clamp of ``docs/numerics.md``
+        (VREQUANT into 16-bit activations): ``y`` after the zero point saturated to
+        ``[-32768, 32767]``, ``lo``/``hi`` unused, beside ``o_data`` and aligned with it.
+        The generic and ECP5 pipelines have it; the iCE40 one does not (``ValueError``).
     """
 
     def __new__(cls, config: AcceleratorConfig, tag_shape,
-                target: MultiplierTarget | None = None):
+                target: MultiplierTarget | None = None, *, wide: bool = False):
         if cls is OutputStage:
             cls = output_stage_class(target)
         return super().__new__(cls, src_loc_at=1)
 
+    #: Whether the pipeline can offer ``o_wide`` (``wide=True``).
+    supports_wide = False
+
     def __init__(self, config: AcceleratorConfig, tag_shape,
-                 target: MultiplierTarget | None = None):
+                 target: MultiplierTarget | None = None, *, wide: bool = False):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         _check_target(target)
@@ -96,10 +104,16 @@ class OutputStage(wiring.Component):
             except TypeError as exc:
                 raise TypeError(f"tag_shape must be a shape-castable object, "
                                 f"not {tag_shape!r}") from exc
+        if not isinstance(wide, bool):
+            raise TypeError(f"wide must be a bool, not {wide!r}")
+        if wide and not self.supports_wide:
+            self._MustUse__silence = True   # a rejected object is not "unused" by mistake
+            raise ValueError(f"{type(self).__name__} has no int16 output (wide=True)")
         self._config = config
         self._tag_shape = tag_shape
         self._target = target or MultiplierTarget()
-        super().__init__({
+        self._wide = wide
+        members = {
             "i_valid": In(1),
             "i_acc": In(data.ArrayLayout(signed(32), config.cols)),
             "i_params": In(data.ArrayLayout(isa.OutputParams, config.cols)),
@@ -107,7 +121,10 @@ class OutputStage(wiring.Component):
             "o_valid": Out(1),
             "o_data": Out(data.ArrayLayout(signed(8), config.cols)),
             "o_tag": Out(tag_shape),
-        })
+        }
+        if wide:
+            members["o_wide"] = Out(data.ArrayLayout(signed(16), config.cols))
+        super().__init__(members)
 
     @property
     def config(self) -> AcceleratorConfig:
@@ -132,9 +149,11 @@ class OutputStage(wiring.Component):
                                 reset_less=True)),
         ]
         for n in range(self._config.cols):
-            self._column(m, n, self.i_acc[n], self.i_params[n], self.o_data[n])
+            wide = self.o_wide[n] if self._wide else None
+            self._column(m, n, self.i_acc[n], self.i_params[n], self.o_data[n], wide)
         return m
 
-    def _column(self, m: Module, n: int, acc, params, out) -> None:
-        """Column ``n``'s pipeline from ``acc`` and ``params`` to ``out``."""
+    def _column(self, m: Module, n: int, acc, params, out, wide=None) -> None:
+        """Column ``n``'s pipeline from ``acc`` and ``params`` to ``out`` (and the int16
+        result to ``wide`` unless it is ``None``)."""
         raise NotImplementedError

@@ -16,7 +16,8 @@ from .delay import delay
 
 __all__ = ["INT32_MAX", "Column", "Stage1", "stage1", "saturate_shift", "carry_save_sum",
            "rounding_half_sum", "saturated", "round_increment", "carry_in_sum",
-           "byte_shift", "ShiftCodes", "shift_codes", "mask_bits", "greater"]
+           "byte_shift", "ShiftCodes", "shift_codes", "mask_bits", "greater",
+           "saturate_int16"]
 
 INT32_MAX = (1 << 31) - 1
 
@@ -196,3 +197,12 @@ def mask_bits(codes: ShiftCodes) -> tuple:
 def greater(a, b):
     """``a > b`` for int8 ``a``, ``b``: the sign bit of the 9-bit ``b - a``."""
     return (b - a)[8]
+
+
+def saturate_int16(y):
+    """Signed 32-bit ``y`` saturated to int16: the top 17 bits all equal (in range) keep the
+    low 16, otherwise the bound of ``y``'s sign; an AND/OR reduction beside a mux, no
+    compare's carry chain."""
+    top = y.as_unsigned()[15:]
+    in_range = (top == 0) | (top == (1 << len(top)) - 1)
+    return Mux(in_range, y[:16], Mux(y[31], C(-(1 << 15), 16), C((1 << 15) - 1, 16))).as_signed()

@@ -9,7 +9,7 @@ from .mult import Multiplier
 from .output_stage import OutputStage
 from .output_steps import (INT32_MAX, Column, Stage1, byte_shift, carry_in_sum, carry_save_sum,
                            greater, mask_bits, round_increment, rounding_half_sum, saturated,
-                           shift_codes, stage1)
+                           saturate_int16, shift_codes, stage1)
 
 __all__ = ["GenericOutputStage", "ECP5OutputStage"]
 
@@ -52,7 +52,7 @@ def high_mul(col: Column, a, b, sp: int, product):
     return col.sync(signed(33), f"s{sh}_h", rounding_half_sum(p, q))
 
 
-def zero_point_and_clamp(col: Column, s1: Stage1, s_q, s_inc, sq: int):
+def zero_point_and_clamp(col: Column, s1: Stage1, s_q, s_inc, sq: int, wide=None):
     """``y = q + zero_point + inc`` (an int32 add that wraps, with the rounding increment as
     its carry-in) in stage ``sq + 1``, then the clamp in two stages; returns the value the
     caller registers as the output (stage ``sq + 3``).
@@ -64,6 +64,10 @@ def zero_point_and_clamp(col: Column, s1: Stage1, s_q, s_inc, sq: int):
     compares registered a stage earlier, so that no 8-bit compare's carry chain is in the
     stage; the second is the two muxes alone (outside int8 one of "y > hi", "y < lo" is
     always set, so the low byte needs no saturation).
+
+    ``wide`` (a signal, or ``None``): also ``y`` saturated to int16 (``output_steps.
+    saturate_int16``), registered in the first clamp stage and again beside the caller's
+    output register, and driven onto ``wide`` aligned with the output.
     """
     sy = sq + 1
     zp = col.delay(s1.zp, 1, sq, "zp")
@@ -98,6 +102,9 @@ def zero_point_and_clamp(col: Column, s1: Stage1, s_q, s_inc, sq: int):
     ]
     lo_f = col.delay(lo, sy, sf, "lo")
     hi_f = col.delay(hi, sy, sf, "hi")
+    if wide is not None:
+        s_y16 = col.sync(signed(16), f"s{sf}_y16", saturate_int16(s_y))
+        col.m.d.comb += wide.eq(col.sync(signed(16), f"s{sf + 1}_wide", s_y16))
     return Mux(s_gt | s_lo_gt, hi_f, Mux(s_lt, lo_f, s_y8))
 
 
@@ -121,7 +128,9 @@ class GenericOutputStage(OutputStage):
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
         return 2 + self.PRODUCT_LATENCY + 2 + 1 + 1 + 2
 
-    def _column(self, m, n: int, acc, params, out) -> None:
+    supports_wide = True
+
+    def _column(self, m, n: int, acc, params, out, wide=None) -> None:
         col = Column(m, n)
         s1 = stage1(col, acc, params)
         s2_mul = col.delay(s1.mul, 1, 2, "mul")
@@ -133,7 +142,7 @@ class GenericOutputStage(OutputStage):
         s_q, s_inc = self._divide(col, s1, s_h, sp)
         assert sq + 3 == self.latency
         s_out = col.sync(signed(8), f"s{self.latency}_out",
-                         zero_point_and_clamp(col, s1, s_q, s_inc, sq))
+                         zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
         m.d.comb += out.eq(s_out)
 
     @staticmethod
@@ -194,7 +203,9 @@ class ECP5OutputStage(OutputStage):
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
         return 1 + 2 + 1 + self.PRODUCT_LATENCY + 2 + 3 + 1 + 2
 
-    def _column(self, m, n: int, acc, params, out) -> None:
+    supports_wide = True
+
+    def _column(self, m, n: int, acc, params, out, wide=None) -> None:
         col = Column(m, n)
         acc = col.sync(acc.shape(), "s0_acc", acc)
         params = col.sync(isa.OutputParams, "s0_params", params)
@@ -213,7 +224,7 @@ class ECP5OutputStage(OutputStage):
         s_q, s_inc, sq = self._divide(col, s1, s_h, sp)
         assert sq + 3 + 1 == self.latency  # (+ stage 0)
         s_out = col.sync(signed(8), f"s{self.latency}_out",
-                         zero_point_and_clamp(col, s1, s_q, s_inc, sq))
+                         zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
         m.d.comb += out.eq(s_out)
 
     def _product(self, col: Column, a, b, name: str):

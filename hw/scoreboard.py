@@ -36,23 +36,29 @@ class _Scoreboard(wiring.Component):
     all_idle : In(1)
         Every unit was idle in the previous cycle.
     load_busy, store_busy : In(1)
+    vector_busy : In(1)
+        Only with ``config.vector``.
     footprint : In(FootprintSignature)
         The execute unit's in-flight ranges.
     conflict : Out(1)
         The instruction in decode may not go yet (registered by the decoder).
     load_go, store_go : Out(1)
         The load (store) unit may be offered a command this cycle.
+    vector_go : Out(1)
+        The same for the vector unit (only with ``config.vector``).
     """
 
     def __init__(self, config: AcceleratorConfig):
         self._config = config
+        vector = {"vector_busy": In(1), "vector_go": Out(1)} if config.vector else {}
         super().__init__({
+            **vector,
             "take": In(1),
             "word": In(isa.INSTR_WIDTH),
             "ends": In(data.ArrayLayout(FOOTPRINT_WIDTH, 3)),
             "mem_end": In(config.mem_bytes.bit_length()),
             "param_end": In(FOOTPRINT_WIDTH),
-            "is_op": In(OpFlags()),
+            "is_op": In(OpFlags(config)),
             "all_idle": In(1),
             "load_busy": In(1),
             "store_busy": In(1),
@@ -76,9 +82,12 @@ class SerialScoreboard(_Scoreboard):
     def elaborate(self, platform):
         m = Module()
         is_op = lambda op: op_flag(self.is_op, op)
+        units = [isa.Opcode.LOAD, isa.Opcode.MATMUL, isa.Opcode.STORE]
+        if self._config.vector:
+            units += isa.BUILT_VECTOR_OPCODES
+            m.d.comb += self.vector_go.eq(1)
         m.d.comb += [
-            self.conflict.eq((is_op(isa.Opcode.LOAD) | is_op(isa.Opcode.MATMUL) |
-                              is_op(isa.Opcode.STORE)) & ~self.all_idle),
+            self.conflict.eq(Cat(is_op(op) for op in units).any() & ~self.all_idle),
             self.load_go.eq(1),
             self.store_go.eq(1),
         ]
@@ -156,8 +165,96 @@ class OverlapScoreboard(_Scoreboard):
 
         terms = self._overlaps(m, new, held, sb_ld.target, ld_target, sb_raw, load_busy_q,
                                store_busy_q)
+        if cfg.vector:
+            terms += self._vector_overlaps(m, sb_word, new, held, sb_ld.target, ld_target,
+                                           load_busy_q)
         m.d.comb += self.conflict.eq(Cat(*terms).any())
         return m
+
+    def _vector_overlaps(self, m: Module, sb_word: Value, new: dict, held: dict,
+                         new_target: Value, ld_target: Value, load_busy_q: Value) -> list:
+        """The vector unit's hazards, ``docs/vector.md``'s table: its footprints (source in
+        the accumulator, destination in ACT or WGT, parameter entries) held while it is
+        busy, as the load and store units' are, against decode's, and decode's vector
+        instruction against the load unit's and the execute unit's. A LOAD into the vector
+        destination's buffer and a vector instruction never run together (they share the
+        buffer's write port: structural, whatever the addresses). Stores only read what the
+        vector unit reads, so they never conflict with it."""
+        cfg, Op, Target = self._config, isa.Opcode, isa.LoadTarget
+        vr = isa.VectorInstr(sb_word)
+        op = isa.BUILT_VECTOR_OPCODES[0]   # (all vector opcodes share the format and the slots)
+        is_v = Cat(op_flag(self.is_op, v) for v in isa.BUILT_VECTOR_OPCODES).any()
+        is_ld, is_mm = op_flag(self.is_op, Op.LOAD), op_flag(self.is_op, Op.MATMUL)
+
+        def rng(lo, name):
+            r = Signal(RangeLayout(FOOTPRINT_WIDTH), name=f"v_new_{name}")
+            m.d.comb += [r.valid.eq(1), r.lo.eq(lo), r.hi.eq(end_slot(self.ends, op, name))]
+            return r
+
+        new_v = {"src": rng(vr.src_addr, "src"), "dst": rng(vr.dst_addr, "dst"),
+                 "param": rng(vr.param_addr, "param")}
+        new_to_act = vr.dst == isa.VectorDst.ACT
+        held_v = {name: Signal(r.shape(), name=f"v_held_{name}") for name, r in new_v.items()}
+        held_to_act = Signal(name="v_held_to_act")
+        with m.If(~self.vector_busy):
+            m.d.sync += [*(held_v[name].eq(new_v[name]) for name in new_v),
+                         held_to_act.eq(new_to_act)]
+        busy_q = Signal(name="vector_busy_q")
+        m.d.sync += busy_q.eq(self.vector_busy)
+        m.d.comb += self.vector_go.eq(~busy_q)
+
+        width = {"act": cfg.act_depth.bit_length(), "wgt": cfg.wgt_depth.bit_length(),
+                 "acc": cfg.acc_depth.bit_length(), "param": cfg.param_depth.bit_length()}
+        terms = []
+
+        def flag(cond, name, busy):
+            r = Signal(name=f"vsb_{name}")
+            m.d.sync += r.eq(cond)
+            terms.append(r & busy)
+
+        def ov(a, b, name, when, busy, buf):
+            def trim(r, side):
+                t = Signal(RangeLayout(width[buf]), name=f"vsb_{name}_{side}")
+                m.d.comb += [t.valid.eq(r.valid), t.lo.eq(r.lo[:width[buf]]),
+                             t.hi.eq(r.hi[:width[buf]])]
+                return t
+            flag(overlaps(trim(a, "a"), trim(b, "b")) & when, name, busy)
+
+        ld_to = lambda target: is_ld & (new_target == target)
+        ld_in = lambda target: ld_target == target
+        # LOAD in decode, vector in flight: the shared write port; parameters (WAR).
+        flag(ld_to(Target.ACT) & held_to_act, "ld_act_port", busy_q)
+        flag(ld_to(Target.WGT) & ~held_to_act, "ld_wgt_port", busy_q)
+        ov(new["ld_buf"], held_v["param"], "ld_v_param", ld_to(Target.PARAM), busy_q, "param")
+        # MATMUL in decode, vector in flight: its destination (RAW), its source (WAR).
+        ov(new["mm_act"], held_v["dst"], "mm_act_v", is_mm & held_to_act, busy_q, "act")
+        ov(new["mm_wgt"], held_v["dst"], "mm_wgt_v", is_mm & ~held_to_act, busy_q, "wgt")
+        ov(new["mm_acc"], held_v["src"], "mm_acc_v", is_mm, busy_q, "acc")
+        # Vector in decode, LOAD in flight: the shared write port; parameters (RAW).
+        flag(is_v & ld_in(Target.ACT) & new_to_act, "v_ld_act_port", load_busy_q)
+        flag(is_v & ld_in(Target.WGT) & ~new_to_act, "v_ld_wgt_port", load_busy_q)
+        ov(new_v["param"], held["ld_buf"], "v_param_ld", is_v & ld_in(Target.PARAM),
+           load_busy_q, "param")
+        # Vector in decode, MATMULs in flight: its source (RAW), its destination (WAR).
+        fp = self.footprint
+        for name, r in [("pre_acc", fp.pre_acc), ("stream_acc", fp.stream_acc),
+                        ("drain0", fp.drain[0]), ("drain1", fp.drain[1])]:
+            ov(new_v["src"], self._remote(m, r, width["acc"], f"v_{name}"), f"v_src_{name}",
+               is_v, C(1), "acc")
+        for name, r in [("pre_act", fp.pre_act), ("stream_act", fp.stream_act)]:
+            ov(new_v["dst"], self._remote(m, r, width["act"], f"v_{name}"), f"v_dst_{name}",
+               is_v & new_to_act, C(1), "act")
+        ov(new_v["dst"], self._remote(m, fp.pre_wgt, width["wgt"], "v_pre_wgt"),
+           "v_dst_pre_wgt", is_v & ~new_to_act, C(1), "wgt")
+        return terms
+
+    @staticmethod
+    def _remote(m: Module, r, bits: int, name: str):
+        """An execute-unit footprint registered on the way in (trimmed), as ``_overlaps``
+        registers its own copies (a cycle older is still safe: ``footprint_delay``)."""
+        q = Signal(RangeLayout(bits), name=f"fp_{name}_q")
+        m.d.sync += [q.valid.eq(r.valid), q.lo.eq(r.lo[:bits]), q.hi.eq(r.hi[:bits])]
+        return q
 
     def _overlaps(self, m: Module, new: dict, held: dict, new_target: Value,
                   ld_target: Value, sb_raw: Value, load_busy_q: Value,

@@ -5,12 +5,14 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
+from .activity import ActivityCounters
 from .buffers import AccumulatorBuffer, Buffer
 from .config import AcceleratorConfig
 from .decoder import Decoder
 from .execute import ExecuteUnit
 from .loadstore import LoadUnit, StoreUnit
 from .mult import Family, MultiplierTarget
+from .vector import VectorUnit, WriteMux
 
 __all__ = ["MemoryArbiter", "Accelerator"]
 
@@ -87,7 +89,8 @@ class Accelerator(wiring.Component):
         # The accumulator's pipelined read-modify-write costs registers that only fast
         # fabrics need; iCE40 (40 MHz, 5k logic cells) takes the one-cycle version.
         family = self._target.family if self._target is not None else Family.GENERIC
-        acc_buf = AccumulatorBuffer(cfg, pipelined=family is not Family.ICE40)
+        vec = cfg.vector
+        acc_buf = AccumulatorBuffer(cfg, pipelined=family is not Family.ICE40, vector_read=vec)
         decoder = Decoder(cfg, self._target, assertions=self._assertions)
         load = LoadUnit(cfg)
         execute = ExecuteUnit(cfg, self._target, acc_latency=acc_buf.latency)
@@ -95,7 +98,8 @@ class Accelerator(wiring.Component):
         arbiter = MemoryArbiter(cfg)
         act_buf = Buffer(data.ArrayLayout(signed(cfg.act_bits), cfg.rows), cfg.act_depth)
         wgt_buf = Buffer(data.ArrayLayout(signed(8), cfg.cols), cfg.wgt_depth)
-        param_buf = Buffer(data.ArrayLayout(isa.OutputParams, cfg.cols), cfg.param_depth)
+        param_buf = Buffer(data.ArrayLayout(isa.OutputParams, cfg.cols), cfg.param_depth,
+                           vector_read=vec)
 
         # `clear` resets every register of the control path; memories keep their contents.
         with_clear = ResetInserter(self.clear)
@@ -114,8 +118,12 @@ class Accelerator(wiring.Component):
         wiring.connect(m, decoder.exec_cmd, execute.cmd)
         wiring.connect(m, decoder.store_cmd, store.cmd)
 
-        wiring.connect(m, load.act_wr, act_buf.write)
-        wiring.connect(m, load.wgt_wr, wgt_buf.write)
+        if vec:
+            self._add_vector_unit(m, decoder, load, act_buf, wgt_buf, acc_buf, param_buf,
+                                  with_clear)
+        else:
+            wiring.connect(m, load.act_wr, act_buf.write)
+            wiring.connect(m, load.wgt_wr, wgt_buf.write)
         wiring.connect(m, load.param_wr, param_buf.write)
         wiring.connect(m, execute.act_rd, act_buf.read)
         wiring.connect(m, execute.wgt_rd, wgt_buf.read)
@@ -133,8 +141,58 @@ class Accelerator(wiring.Component):
         wiring.connect(m, execute.activity, decoder.exec_activity)
         wiring.connect(m, store.activity, decoder.store_activity)
 
-        m.d.comb += [
-            self.status.eq(decoder.status),
-            self.counters.eq(decoder.counters),
-        ]
+        m.d.comb += self.status.eq(decoder.status)
+        for name in isa.PERF_COUNTERS:
+            m.d.comb += self.counters[name].eq(decoder.counters[name])
+        if cfg.activity_counters:
+            m.submodules.activity = activity = with_clear(ActivityCounters(cfg))
+            self._tap_activity(m, activity, decoder, load, execute, store)
+            for name in activity.fields:
+                m.d.comb += self.counters[name].eq(activity.counters[name])
+        # (without them, and for fields no event feeds, the activity fields stay 0)
         return m
+
+    def _add_vector_unit(self, m: Module, decoder, load, act_buf, wgt_buf, acc_buf, param_buf,
+                         with_clear) -> None:
+        """The vector unit: its own read ports on the accumulator and parameter buffers, and
+        the activation and weight buffers' write ports shared with the load unit (one
+        :class:`~.vector.WriteMux` each; the scoreboard keeps their writes apart)."""
+        cfg = self._config
+        m.submodules.vector = vector = with_clear(VectorUnit(cfg, self._target))
+        muxes = {}
+        for name, buf, aw in (("act", act_buf, cfg.act_addr_width),
+                              ("wgt", wgt_buf, cfg.wgt_addr_width)):
+            mux = WriteMux(aw, buf.write.signature.members["data"].shape,
+                           assertions=self._assertions)
+            m.submodules[f"{name}_write_mux"] = muxes[name] = mux
+            wiring.connect(m, mux.out, buf.write)
+        wiring.connect(m, load.act_wr, muxes["act"].a)
+        wiring.connect(m, vector.act_wr, muxes["act"].b)
+        wiring.connect(m, load.wgt_wr, muxes["wgt"].a)
+        wiring.connect(m, vector.wgt_wr, muxes["wgt"].b)
+        wiring.connect(m, decoder.vector_cmd, vector.cmd)
+        wiring.connect(m, vector.activity, decoder.vector_activity)
+        wiring.connect(m, vector.acc_rd, acc_buf.vector_read)
+        wiring.connect(m, vector.param_rd, param_buf.vector_read)
+
+    def _tap_activity(self, m: Module, activity: ActivityCounters, decoder: Decoder,
+                      load: LoadUnit, execute: ExecuteUnit, store: StoreUnit) -> None:
+        """Drive the activity counters' sources (``hw.activity.ACTIVITY_EVENTS``) from the
+        buffer ports' enables, the memory port's handshakes and the units' ``reads``."""
+        ev, upd, req = activity.events, execute.acc_update, self.mem.req
+        accepted = req.valid & req.ready
+        m.d.comb += [
+            activity.counting.eq(decoder.counting),
+            ev.act_read.eq(execute.act_rd.en),
+            ev.act_write.eq(load.act_wr.en),
+            ev.wgt_read.eq(execute.reads.wgt),
+            ev.wgt_write.eq(load.wgt_wr.en),
+            ev.acc_store_read.eq(store.reads.acc),
+            # The read-modify-write port reads for every update; only an add-into uses it.
+            ev.acc_update_read.eq(upd.valid & upd.accumulate),
+            ev.acc_write.eq(upd.committed),    # the accumulator buffer's write enable
+            ev.param_read.eq(store.reads.param),
+            ev.param_write.eq(load.param_wr.en),
+            ev.mem_read.eq(accepted & ~req.payload.write),
+            ev.mem_write.eq(accepted & req.payload.write),
+        ]

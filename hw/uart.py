@@ -45,6 +45,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
+from .activity import driven_counter_bits
 from .config import AcceleratorConfig
 
 __all__ = ["UARTRx", "UARTTx", "LineTimer", "RangeSignature", "RangeCheck",
@@ -54,7 +55,8 @@ __all__ = ["UARTRx", "UARTTx", "LineTimer", "RangeSignature", "RangeCheck",
            "ARG_BYTES", "INSTR_BYTES", "info_bytes", "MIN_DIVISOR"]
 
 MIN_DIVISOR = 4
-PROTOCOL_VERSION = 1
+# 2: isa.Counters gained the activity counters (COUNTER_BYTES 42 -> 102).
+PROTOCOL_VERSION = 2
 INFO_MAGIC = b"SRNO"
 ARG_BYTES = 8           # addr u32 + count u32
 INSTR_BYTES = isa.INSTR_WIDTH // 8
@@ -397,8 +399,10 @@ class ReplyBytes(wiring.Component):
     latency whenever the index, the source or the word change.
 
     The accelerator's counters are ``config.counter_width`` bits, zero-extended to the
-    struct's fields: only those bits are read, since under the board build's kept hierarchy
-    Yosys cannot see that the rest are zero and their bytes would cost multiplexers.
+    struct's fields (and its activity counters are 0 with ``activity_counters=False``):
+    only the bits it drives are read (``hw.activity.driven_counter_bits``), since under the
+    board build's kept hierarchy Yosys cannot see that the rest are zero and their bytes
+    would cost multiplexers.
 
     Parameters
     ----------
@@ -427,8 +431,9 @@ class ReplyBytes(wiring.Component):
         counter_parts = []   # the struct's fields in order
         for name, field in data.Layout.cast(isa.Counters):
             width = Shape.cast(field.shape).width
-            kept = min(cfg.counter_width, width)
-            counter_parts += [self.counters[name][:kept], Const(0, width - kept)]
+            kept = min(driven_counter_bits(cfg, name), width)
+            counter_parts += ([self.counters[name][:kept]] if kept else []) + \
+                [Const(0, width - kept)]
         m.d.comb += [
             status_bits.eq(self.status.as_value()),
             counter_bits.eq(Cat(*counter_parts)),
@@ -860,8 +865,9 @@ class Bridge(wiring.Component):
         One-cycle pulse for the accelerator's ``clear``.
     status : In(isa.Status)
     counters : In(isa.Counters)
-        Only the low ``config.counter_width`` bits of each field are read: the accelerator's
-        counters are that wide, zero-extended.
+        Only the low ``config.counter_width`` bits of each field are read, none of the
+        activity counters with ``activity_counters=False``: the accelerator's counters are
+        that wide, zero-extended.
     mem : Out(isa.MemoryPortSignature(config))
         The bridge's memory port (same protocol as the accelerator's; read data may come
         back any number of cycles later, in order).

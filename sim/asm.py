@@ -21,11 +21,14 @@ import numpy as np
 from amaranth.lib import data, enum
 
 from serrano.hw import isa
-from serrano.hw.isa import LoadTarget, Opcode, StoreMode, encode
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode, VectorDst, encode
+
+from . import kernels
 
 __all__ = [
     "Program", "encode", "disassemble", "listing",
-    "output_params_dtype", "pack_output_params", "unpack_output_params",
+    "output_params_dtype", "pack_output_params", "unpack_output_params", "struct_dtype",
+    "vector_params", "vector_kernel_params",
 ]
 
 
@@ -70,6 +73,57 @@ class Program:
         return self._append(encode(Opcode.STORE, acc_addr=acc_addr, n_rows=n_rows,
                                    n_cols=n_cols, mem_addr=mem_addr, mem_stride=mem_stride,
                                    mode=mode, param_addr=param_addr))
+
+    def vrequant(self, dst: VectorDst | int | str, src_addr: int, src_stride: int,
+                 dst_addr: int, dst_stride: int, n_rows: int, n_elems: int,
+                 param_addr: int = 0, transpose: bool | int = False) -> int:
+        """VREQUANT the int32 ``n_rows`` x ``n_elems`` tensor at accumulator entry
+        ``src_addr`` (blocks ``src_stride`` apart) into the ``dst`` buffer (ACT or WGT) at
+        ``dst_addr`` (blocks ``dst_stride`` apart), block ``b`` with parameter entry
+        ``param_addr + b``; ``transpose`` writes the ``[n_elems, n_rows]`` transpose."""
+        return self._append(encode(Opcode.VREQUANT, dst=dst, src_addr=src_addr,
+                                   src_stride=src_stride, dst_addr=dst_addr,
+                                   dst_stride=dst_stride, n_rows=n_rows, n_elems=n_elems,
+                                   param_addr=param_addr, transpose=int(bool(transpose))))
+
+    def _vector(self, op: Opcode, src_addr: int, src_stride: int, dst_addr: int,
+                dst_stride: int, n_rows: int, n_elems: int, param_addr: int,
+                b_addr: int | None, pre: bool | int) -> int:
+        return self._append(encode(op, dst=VectorDst.ACT, src_addr=src_addr,
+                                   src_stride=src_stride, dst_addr=dst_addr,
+                                   dst_stride=dst_stride, n_rows=n_rows, n_elems=n_elems,
+                                   param_addr=param_addr, with_b=int(b_addr is not None),
+                                   b_addr=b_addr or 0, pre=int(bool(pre))))
+
+    def vadd(self, src_addr: int, src_stride: int, dst_addr: int, dst_stride: int,
+             n_rows: int, n_elems: int, b_addr: int, param_addr: int = 0,
+             pre: bool | int = False) -> int:
+        """VADD: the accumulator tensor (through the input stage if ``pre``) plus the
+        activation tensor at ``b_addr`` (blocks ``dst_stride`` apart) into ACT."""
+        return self._vector(Opcode.VADD, src_addr, src_stride, dst_addr, dst_stride, n_rows,
+                            n_elems, param_addr, b_addr, pre)
+
+    def vsoftmax(self, src_addr: int, src_stride: int, dst_addr: int, dst_stride: int,
+                 n_rows: int, n_elems: int, param_addr: int = 0,
+                 mask_addr: int | None = None) -> int:
+        """VSOFTMAX along rows into ACT; ``mask_addr``: the additive mask row (block ``k``
+        in activation entry ``mask_addr + k``)."""
+        return self._vector(Opcode.VSOFTMAX, src_addr, src_stride, dst_addr, dst_stride,
+                            n_rows, n_elems, param_addr, mask_addr, False)
+
+    def vlayernorm(self, src_addr: int, src_stride: int, dst_addr: int, dst_stride: int,
+                   n_rows: int, n_elems: int, param_addr: int = 0,
+                   residual_addr: int | None = None, pre: bool | int = False) -> int:
+        """VLAYERNORM along rows into ACT, of the source (through the input stage if
+        ``pre``) plus the residual activation tensor at ``residual_addr``."""
+        return self._vector(Opcode.VLAYERNORM, src_addr, src_stride, dst_addr, dst_stride,
+                            n_rows, n_elems, param_addr, residual_addr, pre)
+
+    def vgelu(self, src_addr: int, src_stride: int, dst_addr: int, dst_stride: int,
+              n_rows: int, n_elems: int, param_addr: int = 0, pre: bool | int = False) -> int:
+        """VGELU into ACT (through the input stage if ``pre``)."""
+        return self._vector(Opcode.VGELU, src_addr, src_stride, dst_addr, dst_stride, n_rows,
+                            n_elems, param_addr, None, pre)
 
     def nop(self) -> int:
         return self._append(encode(Opcode.NOP))
@@ -157,20 +211,28 @@ def listing(words: Sequence[int]) -> str:
 
 # ---- output parameters -----------------------------------------------------------------------
 
+def struct_dtype(struct) -> np.dtype:
+    """numpy structured dtype (little-endian) of a byte-aligned ``data.Struct`` of ``isa``,
+    with field offsets and widths taken from its Amaranth layout. A field wider than 8 bytes
+    (a reserved pad) becomes a byte array."""
+    layout = data.Layout.cast(struct)
+    names, formats, offsets = [], [], []
+    for name, field in layout:
+        if field.offset % 8 or field.width % 8:
+            raise AssertionError(f"{struct.__name__}.{name} is not byte-aligned")
+        nbytes = field.width // 8
+        kind = "i" if field.shape.signed else "u"
+        names.append(name)
+        formats.append(f"<{kind}{nbytes}" if nbytes in (1, 2, 4, 8) else f"({nbytes},)u1")
+        offsets.append(field.offset // 8)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                     "itemsize": layout.size // 8})
+
+
 def output_params_dtype() -> np.dtype:
     """numpy structured dtype of one ``isa.OutputParams`` (little-endian), with field offsets
     and widths taken from its Amaranth layout."""
-    layout = data.Layout.cast(isa.OutputParams)
-    names, formats, offsets = [], [], []
-    for name, field in layout:
-        if field.offset % 8 or field.width % 8 or field.width // 8 not in (1, 2, 4, 8):
-            raise AssertionError(f"OutputParams.{name} is not a byte-aligned integer")
-        kind = "i" if field.shape.signed else "u"
-        names.append(name)
-        formats.append(f"<{kind}{field.width // 8}")
-        offsets.append(field.offset // 8)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                     "itemsize": isa.OUTPUT_PARAMS_BYTES})
+    return struct_dtype(isa.OutputParams)
 
 
 _PARAM_RANGES = {
@@ -230,3 +292,147 @@ def unpack_output_params(entry_bytes: np.ndarray) -> np.ndarray:
     ``OUTPUT_PARAMS_BYTES``: returns a structured array of ``output_params_dtype()``."""
     b = np.ascontiguousarray(entry_bytes, dtype=np.uint8).reshape(-1)
     return b.view(output_params_dtype())
+
+
+# ---- vector-op parameters --------------------------------------------------------------------
+# Field widths the unit uses and the ranges shifts are clamped into (docs/vector.md): the unit
+# and the golden model read a parameter entry through vector_kernel_params, so any bit
+# pattern in the buffer has one defined result.
+
+_SCALAR_FIELDS = {
+    Opcode.VSOFTMAX: {"multiplier": (29, None), "shift": (None, (1, 61))},
+    Opcode.VADD: {"x_mult": (31, None), "x_shift": (None, (1, 62)),
+                  "b_mult": (31, None), "b_shift": (None, (1, 62))},
+    Opcode.VGELU: {"in_mult": (31, None), "in_shift": (None, (1, 62)),
+                   "out_mult": (None, None), "out_shift": (None, (isa.SHIFT_MIN, isa.SHIFT_MAX))},
+    Opcode.VLAYERNORM: {"eps_mult": (None, None), "res_mult": (24, None),
+                        "eps_shift": (None, None), "out_shift": (None, (1, 37)),
+                        "res_shift": (None, (1, 62))},
+}
+_LN_GAMMA_BITS, _LN_BETA_BITS = 18, 62
+
+
+def _sign_extend(v: np.ndarray, bits: int) -> np.ndarray:
+    v = v.astype(np.int64) & ((1 << bits) - 1)
+    return np.where(v >= 1 << (bits - 1), v - (1 << bits), v)
+
+
+def _entry_bytes(config) -> int:
+    return config.param_entry_bytes
+
+
+def _entries(records: np.ndarray, config) -> np.ndarray:
+    """Structured records, ``cols`` per entry, as ``uint8[n_entries, entry_bytes]``."""
+    per_entry = config.cols
+    n = -(-len(records) // per_entry)
+    out = np.zeros(n * per_entry, dtype=records.dtype)
+    out[:len(records)] = records
+    return out.view(np.uint8).reshape(n, _entry_bytes(config))
+
+
+def vector_params(op: Opcode, params, config, pre=None) -> np.ndarray:
+    """The parameter entries a vector op reads, in its order, from ``param_addr``.
+
+    Parameters
+    ----------
+    op : Opcode
+        VREQUANT (``params`` = per-column OutputParams fields, a mapping or structured
+        array), VADD, VSOFTMAX, VLAYERNORM or VGELU (``params`` = the ``sim.kernels`` params
+        dataclass of the op: ``AddParams``, ``SoftmaxParams``, ``LayerNormParams``,
+        ``GeluParams``).
+    config : AcceleratorConfig
+        The accelerator (``cols`` records per entry, ``act_bits``).
+    pre : mapping, optional
+        The per-channel input stage (``sim.kernels.prescale_params``) for ops with ``pre``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8[n_entries, param_entry_bytes]``, to LOAD into the parameter buffer.
+    """
+    op = Opcode(op)
+    rules = isa.VECTOR_RULES[op]
+    if op == Opcode.VREQUANT:
+        return pack_output_params(*(np.asarray(params[f]) for f in
+                                    ("bias", "multiplier", "shift", "zero_point", "lo", "hi")),
+                                  cols=config.cols)
+    expected = {Opcode.VADD: kernels.AddParams, Opcode.VSOFTMAX: kernels.SoftmaxParams,
+                Opcode.VLAYERNORM: kernels.LayerNormParams, Opcode.VGELU: kernels.GeluParams}
+    if not isinstance(params, expected[op]):
+        raise TypeError(f"{op.name} takes {expected[op].__name__}, not "
+                        f"{type(params).__name__}")
+    if params.act_bits != config.act_bits:
+        raise ValueError(f"params are for act_bits={params.act_bits}, the accelerator has "
+                         f"act_bits={config.act_bits}")
+    if pre is not None and not rules.pre:
+        raise ValueError(f"{op.name} has no input stage")
+    struct = isa.VECTOR_SCALARS[op]
+    rec = np.zeros(1, dtype=struct_dtype(struct))
+    for name in _SCALAR_FIELDS[op]:
+        value = getattr(params, name)
+        rec[name] = 0 if value is None else value
+    blocks = [_entries(rec, config)[:1]]
+    if op == Opcode.VLAYERNORM:
+        ch = np.zeros(params.n_elems, dtype=struct_dtype(isa.LayerNormChannel))
+        ch["gamma_mult"] = params.gamma_mult
+        ch["beta_add"] = params.beta_add
+        blocks.append(_entries(ch, config))
+    if pre is not None:
+        blocks.append(pack_output_params(*(np.asarray(pre[f]) for f in
+                                           ("bias", "multiplier", "shift", "zero_point", "lo",
+                                            "hi")), cols=config.cols))
+    return np.concatenate(blocks)
+
+
+def vector_kernel_params(op: Opcode, entries: np.ndarray, config, n_elems: int, pre: bool,
+                         with_b: bool = False):
+    """Decode the parameter entries of one vector instruction, as the unit reads them.
+
+    ``entries`` are the ``uint8[k, param_entry_bytes]`` from ``param_addr`` on (at least the
+    op's count). Fields are masked to the widths the unit uses and shifts clamped into
+    their ranges, so every bit pattern gives valid ``sim.kernels`` parameters.
+
+    Returns
+    -------
+    (params, pre_params)
+        The kernel's params (OutputParams records for VREQUANT) and the input stage's
+        OutputParams records (None without ``pre``).
+    """
+    op = Opcode(op)
+    rules = isa.VECTOR_RULES[op]
+    nb = isa.vector_blocks(n_elems, config)
+    entries = np.ascontiguousarray(entries, dtype=np.uint8)
+    at = rules.scalars
+    pre_params = None
+    if op == Opcode.VREQUANT:
+        return unpack_output_params(entries[:nb])[:n_elems], None
+    rec = entries[0, :isa.OUTPUT_PARAMS_BYTES].view(struct_dtype(isa.VECTOR_SCALARS[op]))[0]
+    f = {}
+    for name, (bits, rng) in _SCALAR_FIELDS[op].items():
+        v = int(rec[name])
+        if bits is not None:
+            v &= (1 << bits) - 1
+        if rng is not None:
+            v = min(max(v, rng[0]), rng[1])
+        f[name] = v
+    a = config.act_bits
+    if op == Opcode.VSOFTMAX:
+        k = 34 - a
+        params = kernels.SoftmaxParams(a, f["multiplier"], f["shift"], k,
+                                       kernels.act_range(a)[1] << k)
+    elif op == Opcode.VADD:
+        params = kernels.AddParams(a, f["x_mult"], f["x_shift"], f["b_mult"], f["b_shift"])
+    elif op == Opcode.VGELU:
+        params = kernels.GeluParams(a, f["in_mult"], f["in_shift"], f["out_mult"],
+                                    f["out_shift"])
+    else:
+        ch = entries[at:at + nb].reshape(-1).view(struct_dtype(isa.LayerNormChannel))[:n_elems]
+        at += nb
+        params = kernels.LayerNormParams(
+            a, n_elems, tuple(_sign_extend(ch["gamma_mult"], _LN_GAMMA_BITS).tolist()),
+            tuple(_sign_extend(ch["beta_add"], _LN_BETA_BITS).tolist()), f["out_shift"],
+            f["eps_mult"], f["eps_shift"], f["res_mult"] if with_b else None,
+            f["res_shift"] if with_b else None)
+    if pre:
+        pre_params = unpack_output_params(entries[at:at + nb])[:n_elems]
+    return params, pre_params

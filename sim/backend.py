@@ -154,7 +154,8 @@ class RunStatus:
 @dataclass
 class RunResult:
     """What a backend returns. ``counters`` holds the fields of ``isa.Counters`` by name (the
-    golden model, which has no notion of time, reports only ``instructions``)."""
+    golden model, which has no notion of time, reports only those that do not depend on it:
+    ``instructions``, ``array_busy`` and the activity counters)."""
     memory: np.ndarray
     status: RunStatus
     counters: dict[str, int] = field(default_factory=dict)

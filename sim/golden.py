@@ -4,6 +4,10 @@ It has no notion of time. Instructions run one after another in program order, w
 semantics the hardware guarantees (its scoreboard stalls dispatch on every buffer or memory
 range conflict), so the final memory and buffer contents of any program are the same here
 and on the cycle-accurate backends.
+
+Of the counters (``isa.Counters``) it reports those that do not depend on timing, exactly as
+the hardware counts them: ``instructions``, ``array_busy`` (one per activation vector
+streamed) and the activity counters (``hw.activity``; docs/performance.md defines each).
 """
 
 from typing import Sequence
@@ -12,10 +16,10 @@ import numpy as np
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, VectorDst
 
-from . import numerics
-from .asm import unpack_output_params
+from . import kernels, numerics
+from .asm import unpack_output_params, vector_kernel_params
 from .backend import RunResult, RunStatus
 
 __all__ = ["GoldenBackend"]
@@ -44,16 +48,22 @@ class GoldenBackend:
     ----------
     config : AcceleratorConfig
         The instance being modelled.
+    ahead : bool
+        Also execute the vector opcodes the ISA specifies but the gateware does not build
+        yet (``isa.BUILT_VECTOR_OPCODES``; needs ``vector=True``): the reference for that
+        work and for programs compiled for it, such as ``sim.encoder``'s layer program.
+        Without it the model is the accelerator's twin and reports them ``BAD_OPCODE``.
     """
 
     name = "golden"
 
-    def __init__(self, config: AcceleratorConfig | None = None):
+    def __init__(self, config: AcceleratorConfig | None = None, *, ahead: bool = False):
         if config is None:
             config = AcceleratorConfig()
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         self.config = config
+        self.ahead = bool(ahead)
         self.reset()
 
     def reset(self) -> None:
@@ -81,8 +91,13 @@ class GoldenBackend:
         return [self.execute(words, memory) for words, memory in programs]
 
     def execute(self, words: Sequence[int], memory: np.ndarray) -> RunResult:
-        """Execute ``words`` on the current buffer contents (no reset)."""
+        """Execute ``words`` on the current buffer contents (no reset).
+
+        ``RunResult.counters`` holds ``instructions``, ``array_busy`` and every field of
+        ``isa.ACTIVITY_COUNTERS`` (0 with ``activity_counters=False``), wrapped at
+        ``2**counter_width`` as the hardware's counters wrap."""
         mem = _check_memory(memory, self.config)
+        self._counts = dict.fromkeys(_TIMELESS_COUNTERS, 0)
         retired = 0
         status = RunStatus(done=False, error=ErrorCode.NONE, fault_index=0)
         for index, word in enumerate(words):
@@ -97,7 +112,8 @@ class GoldenBackend:
                 status = RunStatus(done=True, error=ErrorCode.BAD_OPCODE, fault_index=index)
                 break
             error = ErrorCode.NONE
-            for code, failed in isa.instruction_checks(op, fields, self.config):
+            for code, failed in isa.instruction_checks(op, fields, self.config,
+                                                       ahead=self.ahead):
                 if failed:
                     error = code
                     break
@@ -110,11 +126,25 @@ class GoldenBackend:
                 self._matmul(**fields)
             elif op == Opcode.STORE:
                 self._store(mem, **fields)
+            elif op == Opcode.VREQUANT:
+                self._vrequant(**fields)
+            elif op in isa.VECTOR_OPCODES:
+                self._vector(op, **fields)
             retired += 1
             if op == Opcode.HALT:
                 status = RunStatus(done=True, error=ErrorCode.NONE, fault_index=0)
                 break
-        return RunResult(memory=mem, status=status, counters={"instructions": retired})
+        self._counts["instructions"] = retired
+        c = self.config
+        if not c.activity_counters:
+            self._counts.update(dict.fromkeys(isa.ACTIVITY_COUNTERS, 0))
+        mask = (1 << c.counter_width) - 1
+        return RunResult(memory=mem, status=status,
+                         counters={name: n & mask for name, n in self._counts.items()})
+
+    def _count(self, **counts: int) -> None:
+        for name, n in counts.items():
+            self._counts[name] += int(n)
 
     # ------------------------------------------------------------------------------------------
     def _load(self, mem: np.ndarray, *, target: int, buf_addr: int, n_rows: int,
@@ -127,6 +157,9 @@ class GoldenBackend:
         entries_bytes = entries.view(np.uint8)
         entries_bytes[:, :row_bytes] = rows
         entries_bytes[:, row_bytes:] = 0
+        self._count(**{f"{t.name.lower()}_writes": n_rows,
+                       "mem_read_beats": _beats(mem_addr, n_rows, mem_stride, row_bytes,
+                                                self.config.mem_width)})
 
     def _matmul(self, *, act_addr: int, n_rows: int, wgt_addr: int, acc_addr: int,
                 accumulate: int, **_reserved) -> None:
@@ -137,6 +170,10 @@ class GoldenBackend:
         # one tile cannot wrap (the array's partial sums are psum_width bits); the add can.
         prod = (a @ w).astype(np.int32)
         dst = self.acc[acc_addr:acc_addr + n_rows]
+        # One vector (an activation entry) per row, the weight tile's rows entries, one
+        # accumulator write per row and, adding into it, one accumulator read.
+        self._count(array_busy=n_rows, act_reads=n_rows, wgt_reads=rows, acc_writes=n_rows,
+                    acc_reads=n_rows if accumulate else 0)
         if accumulate:
             dst += prod  # int32 array arithmetic wraps modulo 2**32 silently
         else:
@@ -145,7 +182,12 @@ class GoldenBackend:
     def _store(self, mem: np.ndarray, *, mode: int, acc_addr: int, n_rows: int, n_cols: int,
                param_addr: int, mem_addr: int, mem_stride: int, **_reserved) -> None:
         vals = self.acc[acc_addr:acc_addr + n_rows, :n_cols]
-        if StoreMode(mode) == StoreMode.RAW:
+        raw = StoreMode(mode) == StoreMode.RAW
+        self._count(acc_reads=n_rows, param_reads=0 if raw else 1,
+                    mem_write_beats=_beats(mem_addr, n_rows, mem_stride,
+                                           isa.store_row_bytes(n_cols, raw),
+                                           self.config.mem_width))
+        if raw:
             out = np.ascontiguousarray(vals, dtype="<i4").view(np.uint8)
         else:
             p = unpack_output_params(self.param[param_addr])[:n_cols]
@@ -160,8 +202,94 @@ class GoldenBackend:
             out = np.ascontiguousarray(y, dtype=np.int8).view(np.uint8)
         _write_rows(mem, mem_addr, mem_stride, out.reshape(n_rows, -1))
 
+    def _vrequant(self, *, dst: int, transpose: int, src_addr: int, src_stride: int,
+                  dst_addr: int, dst_stride: int, n_rows: int, n_elems: int, param_addr: int,
+                  **_unused) -> None:
+        c = self.config
+        lanes = c.cols
+        nb = isa.vector_blocks(n_elems, c)
+        # The source as one [n_rows, nb * L] matrix (block b is columns b*L .. b*L + L - 1)
+        # and its parameters as one row of nb * L columns, so requant is one numpy call.
+        entries = src_addr + np.arange(nb)[:, None] * src_stride + np.arange(n_rows)[None, :]
+        x = self.acc[entries].transpose(1, 0, 2).reshape(n_rows, nb * lanes)
+        params = unpack_output_params(self.param[param_addr:param_addr + nb])
+        to_act = VectorDst(dst) == VectorDst.ACT
+        buf = self.act if to_act else self.wgt
+        y = kernels.requant(x, params, c.act_bits if to_act else 8)
+        y[:, n_elems:] = 0
+        if transpose:
+            nbt = isa.vector_blocks(n_rows, c)
+            t = np.zeros((n_elems, nbt * lanes), dtype=y.dtype)
+            t[:, :n_rows] = y[:, :n_elems].T
+            # Block by block, in the order the unit writes (a later block wins where the
+            # destination's blocks overlap).
+            for ib in range(nbt):
+                base = dst_addr + ib * dst_stride
+                buf[base:base + n_elems] = t[:, ib * lanes:(ib + 1) * lanes]
+        else:
+            for b in range(nb):
+                base = dst_addr + b * dst_stride
+                buf[base:base + n_rows] = y[:, b * lanes:(b + 1) * lanes]
+
+    def _vector(self, op: Opcode, *, src_addr: int, src_stride: int, dst_addr: int,
+                dst_stride: int, b_addr: int, with_b: int, pre: int, n_rows: int,
+                n_elems: int, param_addr: int, **_unused) -> None:
+        """VADD, VSOFTMAX, VLAYERNORM, VGELU (``docs/vector.md``): one ``sim.kernels`` call
+        on the whole tensor; the destination is always ACT."""
+        c = self.config
+        nb = isa.vector_blocks(n_elems, c)
+        x = _gather(self.acc, src_addr, src_stride, n_rows, nb)[:, :n_elems]
+        params, pre_params = vector_kernel_params(op, self.param[param_addr:], c, n_elems,
+                                                  bool(pre), bool(with_b))
+        b = None
+        if with_b and op == Opcode.VSOFTMAX:
+            b = self.act[b_addr:b_addr + nb].reshape(-1)[:n_elems]
+        elif with_b:
+            b = _gather(self.act, b_addr, dst_stride, n_rows, nb)[:, :n_elems]
+        if op == Opcode.VADD:
+            y = kernels.add(x, b, params, pre=pre_params)
+        elif op == Opcode.VSOFTMAX:
+            y = kernels.softmax(x, b, params)
+        elif op == Opcode.VLAYERNORM:
+            y = kernels.layernorm(x, params, residual=b, pre=pre_params)
+        else:
+            y = kernels.gelu(x, params, pre=pre_params)
+        out = np.zeros((n_rows, nb * c.cols), dtype=self.act.dtype)
+        out[:, :n_elems] = y
+        _scatter(self.act, dst_addr, dst_stride, out)
+
+
+def _gather(buf: np.ndarray, addr: int, stride: int, n_rows: int, nb: int) -> np.ndarray:
+    """The block-major tensor of ``n_rows`` rows and ``nb`` blocks at ``(addr, stride)`` as
+    one ``[n_rows, nb * L]`` matrix (block ``k`` is columns ``k*L .. k*L + L - 1``)."""
+    entries = addr + np.arange(nb)[:, None] * stride + np.arange(n_rows)[None, :]
+    return buf[entries].transpose(1, 0, 2).reshape(n_rows, -1)
+
+
+def _scatter(buf: np.ndarray, addr: int, stride: int, y: np.ndarray) -> None:
+    """Write ``y`` ``[n_rows, nb * L]`` block-major at ``(addr, stride)``, block by block in
+    the order the unit writes (a later block wins where blocks overlap)."""
+    n_rows, width = y.shape
+    lanes = buf.shape[1]
+    for k in range(width // lanes):
+        base = addr + k * stride
+        buf[base:base + n_rows] = y[:, k * lanes:(k + 1) * lanes]
+
+
+#: The counters the model reports (those that do not depend on timing), in isa order.
+_TIMELESS_COUNTERS = ("array_busy", "instructions") + isa.ACTIVITY_COUNTERS
+
 
 # ---- memory helpers ------------------------------------------------------------------------
+
+def _beats(mem_addr: int, n_rows: int, stride: int, row_bytes: int, width: int) -> int:
+    """Memory words a strided access touches, row by row: the requests the load or store
+    unit makes (a row of ``row_bytes`` bytes at lane ``addr % width`` spans
+    ``(addr % width + row_bytes - 1) // width + 1`` words; rows that share a word each
+    request it)."""
+    lanes = (mem_addr + stride * np.arange(n_rows, dtype=np.int64)) % width
+    return int(((lanes + row_bytes - 1) // width + 1).sum())
+
 
 def _check_memory(memory, config: AcceleratorConfig) -> np.ndarray:
     if not isinstance(memory, np.ndarray) or memory.dtype != np.uint8:

@@ -787,7 +787,7 @@ def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams, pre=None) -> np.n
     Element-wise::
 
         ux  = sat32((x * x_mult + 2**(x_shift-1)) >> x_shift)   # s_out * 2**-12 units
-        ub  = (b * b_mult + 2**(b_shift-1)) >> b_shift           # |ub| < 2**31 - 2**(act+11)
+        ub  = sat32((b * b_mult + 2**(b_shift-1)) >> b_shift)    # add_params: never saturates
         out = sat((ux + ub + 2**11) >> 12)                       # 33-bit sum
 
     The int32 saturation of ``ux`` is exact: a saturated ``ux`` plus any ``ub`` lies beyond
@@ -817,8 +817,10 @@ def add(x: npt.ArrayLike, b: npt.ArrayLike, params: AddParams, pre=None) -> np.n
     b_arr = _check_operand("b", b, a, x_arr.shape)
     ux = np.clip(_round_shift(x_arr, params.x_mult, params.x_shift, 1 << 31),
                  _INT32_MIN, _INT32_MAX)
-    ub = _round_shift(b_arr, params.b_mult, params.b_shift, 1 << (a - 1))
-    _fits("ub", ub, -(1 << 31) + (1 << (a + ADD_FRAC - 1)), (1 << 31) - (1 << (a + ADD_FRAC - 1)))
+    # add_params keeps |ub| <= 2**31 - 2**(a+11); the saturation defines the result for any
+    # multiplier the parameter buffer holds (a 47-bit product saturated to a 32-bit register)
+    ub = np.clip(_round_shift(b_arr, params.b_mult, params.b_shift, 1 << (a - 1)),
+                 _INT32_MIN, _INT32_MAX)
     y = (ux + ub + (1 << (ADD_FRAC - 1))) >> ADD_FRAC
     lo, hi = act_range(a)
     return np.clip(y, lo, hi).astype(_out_dtype(a))

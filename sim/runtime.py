@@ -94,6 +94,17 @@ class Stats:
     load_stall: int | None = None
     exec_stall: int | None = None
     store_stall: int | None = None
+    # activity counters (docs/performance.md, "Activity counters")
+    act_reads: int | None = None
+    act_writes: int | None = None
+    wgt_reads: int | None = None
+    wgt_writes: int | None = None
+    acc_reads: int | None = None
+    acc_writes: int | None = None
+    param_reads: int | None = None
+    param_writes: int | None = None
+    mem_read_beats: int | None = None
+    mem_write_beats: int | None = None
     plan: "GemmPlan | None" = None
 
     def __getitem__(self, key: str) -> Any:

@@ -21,6 +21,14 @@ SMALL_CONFIGS = {
 }
 
 
+# With the vector unit (square power-of-two arrays): VREQUANT joins the random programs.
+VECTOR_CONFIGS = {
+    "2x2_vec16": AcceleratorConfig(rows=2, cols=2, act_depth=128, wgt_depth=32, acc_depth=128,
+                                   param_depth=16, mem_width=8, mem_bytes=1 << 14,
+                                   vector=True, act_bits=16),
+}
+
+
 def gemm_program(cfg: AcceleratorConfig, x_addr: int, w_addr: int, out_addr: int, m: int, *,
                  halt: bool = False) -> list[int]:
     """One tile: x[m, rows] (row-major at x_addr) times w[rows, cols] (at w_addr), raw int32
@@ -73,9 +81,39 @@ def random_program(cfg: AcceleratorConfig, rng: np.random.Generator, *, length: 
             extent = row_bytes
         return int(rng.integers(0, mem_size - extent + 1)), stride
 
+    def hull(addr_limit: int, n_blocks: int, n_rows: int) -> tuple[int, int]:
+        """(addr, stride) of a block-major tensor whose hull fits ``addr_limit`` entries."""
+        stride = int(rng.choice([n_rows, n_rows + int(rng.integers(0, 4)),
+                                 max(1, n_rows - 1)]))
+        extent = (n_blocks - 1) * stride + n_rows
+        if extent > addr_limit:
+            stride, extent = n_rows, n_blocks * n_rows
+        return int(rng.integers(0, addr_limit - extent + 1)), stride
+
+    def valid_vrequant() -> int:
+        L = cfg.cols
+        dst = int(rng.integers(0, 2))
+        transpose = int(rng.integers(0, 2))
+        dst_depth = cfg.act_depth if dst == 0 else cfg.wgt_depth
+        n_rows = int(rng.integers(1, 2 * L + 2))
+        n_elems = int(rng.integers(1, 4 * L + 2))
+        nb = -(-n_elems // L)
+        d_blocks, d_rows = (-(-n_rows // L), n_elems) if transpose else (nb, n_rows)
+        if nb * n_rows > cfg.acc_depth or d_blocks * d_rows > dst_depth or \
+                nb > cfg.param_depth:
+            n_rows, n_elems, nb, d_blocks, d_rows = 1, 1, 1, 1, 1
+        src_addr, src_stride = hull(cfg.acc_depth, nb, n_rows)
+        dst_addr, dst_stride = hull(dst_depth, d_blocks, d_rows)
+        return encode(Opcode.VREQUANT, dst=dst, transpose=transpose, src_addr=src_addr,
+                      src_stride=src_stride, dst_addr=dst_addr, dst_stride=dst_stride,
+                      n_rows=n_rows, n_elems=n_elems,
+                      param_addr=int(rng.integers(0, cfg.param_depth - nb + 1)))
+
     def valid_instruction() -> int:
-        kind = rng.choice(["load", "load", "load", "matmul", "matmul", "store", "store",
-                           "nop", "fence"])
+        kinds = ["load", "load", "load", "matmul", "matmul", "store", "store", "nop", "fence"]
+        kind = rng.choice(kinds + (["vrequant", "vrequant"] if cfg.vector else []))
+        if kind == "vrequant":
+            return valid_vrequant()
         if kind == "load":
             target = LoadTarget(int(rng.integers(0, 3)))
             buf_addr, n_rows = span(depth[target])

@@ -18,8 +18,9 @@ from serrano.flows.boards import BOARDS, build_board, get_board
 from serrano.flows.devices import DEVICES, DesignDoesNotFit, preflight
 from serrano.hw.board import BoardTop, SharedMemory, uart_divisor
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.uart import (COUNTER_BYTES, INFO_BYTES, STATUS_BYTES, Bridge, BridgeFlags, Command,
-                     Reply, UARTRx, UARTTx, info_bytes)
+from serrano.hw.uart import (COUNTER_BYTES, INFO_BYTES, PROTOCOL_VERSION, STATUS_BYTES, Bridge,
+                             BridgeFlags, Command, Reply, UARTRx, UARTTx, info_bytes)
+from serrano.sim.backend import counters_from_bits
 from serrano.sim.uart_driver import BridgeError, BridgeLink, SimulatedSerial, UARTBackend
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -343,6 +344,55 @@ def test_bridge_counters_of_narrow_counters():
         assert reply[-1] == Reply.OK.value
 
     run_sim(dut, bench, 5_000)
+
+
+def test_bridge_counters_without_activity_counters():
+    """With ``activity_counters=False`` the activity fields are sent as 0 whatever the
+    bridge's input (the accelerator drives them 0), the others as before."""
+    cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=256,
+                            activity_counters=False)
+    div = 4
+    dut = _Rig(cfg, div, 400)
+    layout = data.Layout.cast(isa.Counters)
+    values = {name: (0xABCDE0 + 17 * i) << 20 for i, (name, _) in enumerate(layout)}
+
+    async def bench(ctx):
+        ctx.set(dut.counters, layout.const(values))
+        await send_byte(ctx, dut.rx, Command.COUNTERS.value, div)
+        reply = bytes([await recv_byte(ctx, dut.tx, div, 2000)
+                       for _ in range(COUNTER_BYTES + 1)])
+        got = counters_from_bits(int.from_bytes(reply[:-1], "little"))
+        assert got == {name: 0 if name in isa.ACTIVITY_COUNTERS else v
+                       for name, v in values.items()}
+        assert reply[-1] == Reply.OK.value
+
+    run_sim(dut, bench, 8_000)
+
+
+class _CannedPort:
+    """A serial port that answers every command with canned bytes."""
+
+    def __init__(self, reply: bytes):
+        self.reply, self.sent = bytearray(reply), bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def read(self, n: int) -> bytes:
+        out, self.reply = bytes(self.reply[:n]), self.reply[n:]
+        return out
+
+
+def test_driver_rejects_another_protocol_version():
+    """Version 2 changed the COUNTERS reply (the activity counters): a host must not parse a
+    version-1 bridge's 42 bytes as the new struct."""
+    cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=256)
+    info = bytearray(info_bytes(cfg, 1_000_000, 250_000))
+    assert info[4] == PROTOCOL_VERSION == 2
+    assert BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info().config() == cfg
+    info[4] = 1
+    with pytest.raises(BridgeError, match="bridge protocol version 1, host speaks 2"):
+        BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info()
 
 
 # ---- the real board top over a simulated serial line -----------------------------------------

@@ -16,7 +16,8 @@ import pytest
 from serrano.hw.isa import ErrorCode, Opcode, encode
 from serrano.sim.backend import SimulationTimeout
 from serrano.sim.golden import GoldenBackend
-from programs import SMALL_CONFIGS, boundary_words, garbage_program, random_program
+from programs import (SMALL_CONFIGS, VECTOR_CONFIGS, boundary_words, garbage_program,
+                      random_program)
 from test_compiled import assert_identical, backend, needs_verilator
 
 KINDS = ("valid", "malformed", "garbage", "edge")
@@ -53,7 +54,7 @@ def fuzz(cfg, n_words: int, seed: int) -> dict[str, collections.Counter]:
             stats[kind]["hangs"] += 1
             raise AssertionError(f"{what} hung: no done within {CYCLE_BUDGET} cycles")
         assert_identical(got, ref, what, counters=False)
-        assert got.counters["instructions"] == ref.counters["instructions"], what
+        assert {n: got.counters[n] for n in ref.counters} == ref.counters, what
         if ref.status.error != ErrorCode.NONE and ref.status.fault_index == 0:
             np.testing.assert_array_equal(got.memory, memory, err_msg=what)
         s = stats[kind]
@@ -74,7 +75,7 @@ def _report(name: str, stats: dict[str, collections.Counter]) -> None:
 
 
 def _check(name: str, n_words: int, seed: int) -> None:
-    stats = fuzz(SMALL_CONFIGS[name], n_words, seed)
+    stats = fuzz({**SMALL_CONFIGS, **VECTOR_CONFIGS}[name], n_words, seed)
     _report(name, stats)
     total = sum(s["words"] for s in stats.values())
     assert total >= n_words
@@ -98,3 +99,18 @@ def test_fuzz_compiled_against_golden(name):
 def test_fuzz_compiled_against_golden_long(name):
     """10^5 words on each of four shapes (memory widths 1 to 16 bytes): 4 x 10^5."""
     _check(name, 100_000, seed=7)
+
+
+@needs_verilator
+def test_fuzz_compiled_against_golden_vector():
+    """The vector unit's VREQUANT mixed into the random programs (2x2, 16-bit activations:
+    the configuration test_vector.py's compiled test builds): 5 x 10^3 words."""
+    stats = fuzz(VECTOR_CONFIGS["2x2_vec16"], 5_000, seed=13)
+    _report("2x2_vec16", stats)
+    assert stats["valid"]["error NONE"] > stats["valid"]["programs"] // 2
+
+
+@needs_verilator
+@pytest.mark.slow
+def test_fuzz_compiled_against_golden_vector_long():
+    _check("2x2_vec16", 100_000, seed=14)

@@ -15,11 +15,16 @@ from amaranth.lib import data, enum
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
-from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode
+from serrano.hw.isa import ErrorCode, LoadTarget, Opcode, StoreMode, VectorDst
 
 UNIT = {
     Opcode.NOP: "decoder", Opcode.LOAD: "load unit", Opcode.MATMUL: "execute unit",
     Opcode.STORE: "store unit", Opcode.FENCE: "decoder", Opcode.HALT: "decoder",
+    Opcode.VREQUANT: "vector unit (`vector=True`)",
+    Opcode.VADD: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VSOFTMAX: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VLAYERNORM: "vector unit (`vector=True`; specified, gateware in progress)",
+    Opcode.VGELU: "vector unit (`vector=True`; specified, gateware in progress)",
 }
 
 SUMMARY = {
@@ -29,6 +34,12 @@ SUMMARY = {
     Opcode.STORE: "accumulator entries -> memory (requantized int8 or raw int32)",
     Opcode.FENCE: "wait until all units are idle",
     Opcode.HALT: "wait like FENCE, then signal done",
+    Opcode.VREQUANT: "accumulator tensor -> activation or weight tensor, requantized, "
+                     "optionally transposed",
+    Opcode.VADD: "accumulator tensor + activation tensor -> activations (residuals)",
+    Opcode.VSOFTMAX: "softmax along rows, with an additive mask row -> probabilities",
+    Opcode.VLAYERNORM: "LayerNorm along rows (of the sum with a residual) -> activations",
+    Opcode.VGELU: "GELU -> activations",
 }
 
 
@@ -93,7 +104,9 @@ def _struct_table(cls_or_layout, comments: dict[str, str] | None = None) -> list
 def _checks_of(op: Opcode) -> list[ErrorCode]:
     layout = data.Layout.cast(isa.INSTR_LAYOUTS[op])
     zeros = {name: 0 for name, _ in layout if name != "opcode"}
-    return [code for code, _ in isa.instruction_checks(op, zeros, AcceleratorConfig())]
+    # (with the vector unit: the checks of an opcode the configuration executes)
+    return [code for code, _ in isa.instruction_checks(op, zeros,
+                                                        AcceleratorConfig(vector=True))]
 
 
 def generate() -> str:
@@ -119,6 +132,16 @@ def generate() -> str:
     a("")
     a(f"**Reserved opcodes.** {_doc(Opcode)}")
     a("")
+    a("**The opcode table depends on the configuration** (`isa.opcodes(config)`): the vector "
+      "opcodes (" + ", ".join(f"`{op.name}`" for op in isa.VECTOR_OPCODES) + ") exist only "
+      "on an accelerator built with `AcceleratorConfig(vector=True)` (a square array whose "
+      "side is a power of two); with `vector=False` they are `BAD_OPCODE`. Of them the "
+      "gateware executes " + ", ".join(f"`{op.name}`" for op in isa.BUILT_VECTOR_OPCODES) +
+      " today; the others are specified here (encodings, checks, parameter entries, "
+      "arithmetic) and executed by the golden model with `GoldenBackend(config, "
+      "ahead=True)`, and an accelerator reports them `BAD_OPCODE` until their gateware "
+      "lands.")
+    a("")
 
     a("## Execution model and dependencies")
     a("")
@@ -126,7 +149,11 @@ def generate() -> str:
       "LOAD to the load unit, MATMUL to the execute unit, STORE to the store unit. The load "
       "and store units each hold one instruction; the execute unit holds two (one "
       "preloading its weight tile while the other streams activations), so loads, MATMULs "
-      "and stores of different instructions overlap.")
+      "and stores of different instructions overlap. With `vector=True` vector instructions "
+      "go to the vector unit, which holds one instruction, like the load and store units; "
+      "it shares the activation and weight buffers' write ports with the load unit, so a "
+      "LOAD into a vector instruction's destination buffer waits for it (and vice versa), "
+      "whatever the addresses.")
     a("- **Sequential semantics.** A hardware scoreboard stalls dispatch while an in-flight "
       "instruction of another unit touches an overlapping buffer range (activation, weight, "
       "parameter or accumulator entries) or an overlapping memory byte range, where at least "
@@ -157,6 +184,7 @@ def generate() -> str:
     enum_values = {
         "target": ", ".join(f"{m.name} = {m.value}" for m in LoadTarget),
         "mode": ", ".join(f"{m.name} = {m.value}" for m in StoreMode),
+        "dst": ", ".join(f"{m.name} = {m.value}" for m in VectorDst),
     }
     for op in Opcode:
         layout = data.Layout.cast(isa.INSTR_LAYOUTS[op])
@@ -211,6 +239,43 @@ def generate() -> str:
       "written as int8; additions wrap in int32 (TFLite's reference arithmetic, "
       "`sim/numerics.py`).")
     a("")
+
+    a("## Vector-op parameter entries")
+    a("")
+    a("Each vector op other than VREQUANT reads, from parameter entry `param_addr` on: one "
+      "entry whose first bytes hold its scalars (the struct below; the rest of the entry is "
+      "ignored), then `channel` entries per block (VLAYERNORM: `cols` LayerNormChannel "
+      "records per entry, like OutputParams), then, with `pre`, one OutputParams entry per "
+      "block (the per-channel input stage: `bias`, `multiplier`, `shift`; the other fields "
+      "unused). The unit uses the low bits noted and clamps shifts into the ranges noted, "
+      "so every bit pattern has a defined result (`sim.asm.vector_kernel_params`; "
+      "`sim.asm.vector_params` packs them from `sim.kernels` parameters). The arithmetic is "
+      "in `docs/numerics.md`, \"Vector kernels\".")
+    a("")
+    a("| op | b operand | pre | entries from `param_addr` |")
+    a("|---|---|---|---|")
+    for op, r in isa.VECTOR_RULES.items():
+        parts = [f"{r.scalars} scalar"] if r.scalars else []
+        if r.channel:
+            parts.append(f"{r.channel} per block" + (" (OutputParams)" if not r.scalars else
+                                                     " (LayerNormChannel)"))
+        if r.pre:
+            parts.append("with `pre`: 1 per block (OutputParams)")
+        a(f"| `{op.name}` | {r.b.value} | {'yes' if r.pre else 'no'} | {'; '.join(parts)} |")
+    a("")
+    for struct in (*isa.VECTOR_SCALARS.values(), isa.LayerNormChannel):
+        a(f"### `{struct.__name__}`")
+        a("")
+        if struct.__doc__:
+            a(_doc(struct))
+            a("")
+        a("| field | bits | byte offset | type | meaning |")
+        a("|---|---|---|---|---|")
+        comments = _source_comments(struct)
+        for name, f in data.Layout.cast(struct):
+            a(f"| `{name}` | {_bits(f.offset, f.width)} | {f.offset // 8} | "
+              f"{_shape_text(f.shape)} | {comments.get(name, '')} |")
+        a("")
 
     a("## Status (`Status`)")
     a("")

@@ -247,6 +247,38 @@ def check(results: list[dict]) -> list[str]:
     return bad
 
 
+def speed(seed: int = 0, repeat: int = 3) -> dict[str, float]:
+    """Seconds (median of ``repeat`` runs) each kernel takes on one MiniLM layer's worth of
+    its work at 256 tokens (softmax 12 heads x 32 x 32 per sequence of 32, LayerNorm and add
+    256 x 384, GELU 256 x 1536), 16-bit."""
+    rng = np.random.default_rng(seed)
+    n = 384
+    work = {
+        "softmax": lambda: kernels.softmax(rng.integers(-2 ** 14, 2 ** 14, (8, 12, 32, 32)),
+                                           np.zeros(32, dtype=np.int64),
+                                           kernels.softmax_params(2 ** -11, 16)),
+        "layernorm": lambda: kernels.layernorm(
+            rng.integers(-2 ** 20, 2 ** 20, (256, n)),
+            kernels.layernorm_params(1e-4, 0.05, np.ones(n), np.zeros(n), 1e-12, 16,
+                                     s_residual=0.05),
+            residual=rng.integers(-128, 128, (256, n))),
+        "gelu": lambda: kernels.gelu(rng.integers(-2 ** 20, 2 ** 20, (256, 1536)),
+                                     kernels.gelu_params(1e-5, 0.05, 16)),
+        "add": lambda: kernels.add(rng.integers(-2 ** 20, 2 ** 20, (256, n)),
+                                   rng.integers(-128, 128, (256, n)),
+                                   kernels.add_params(1e-5, 0.05, 0.1, 16)),
+    }
+    out = {}
+    for name, run in work.items():
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        out[name] = float(np.median(times))
+    return out
+
+
 def table(results: list[dict]) -> str:
     """The figures as a Markdown table."""
     lines = ["| kernel | bits | inputs | max | mean | bound | max (poly) | mean (poly) "
@@ -276,10 +308,14 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print(f"\nerrors in output LSBs against float64 (before rounding); seed {args.seed}, "
           f"{args.rows} rows per case, {time.perf_counter() - t0:.1f} s")
+    times = speed(args.seed)
+    print("one MiniLM layer's worth at 256 tokens (median of 3): " + ", ".join(
+        f"{k} {v * 1e3:.0f} ms" for k, v in times.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"command": "python scripts/kernel_errors.py " + " ".join(argv),
-                       "seed": args.seed, "rows": args.rows, "results": results}, f, indent=1)
+                       "seed": args.seed, "rows": args.rows, "results": results,
+                       "seconds": times}, f, indent=1)
     bad = check(results)
     for line in bad:
         print(f"over the bound: {line}", file=sys.stderr)

@@ -37,6 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dispatch each instruction only when every unit is idle (smaller)")
     p.add_argument("--counter-width", type=int, default=None,
                    help="bits per performance counter, 16..48 (default 48)")
+    p.add_argument("--no-activity-counters", action="store_true",
+                   help="leave out the activity counters (AcceleratorConfig("
+                        "activity_counters=False); smaller)")
     p.add_argument("--act-bits", type=int, default=None, choices=(8, 16),
                    help="activation width (AcceleratorConfig.act_bits; default 8)")
     p.add_argument("--device", default="ecp5-85k", metavar="DEVICE",
@@ -99,6 +102,8 @@ def config_from_args(args: argparse.Namespace) -> AcceleratorConfig:
         kwargs["counter_width"] = args.counter_width
     if args.act_bits is not None:
         kwargs["act_bits"] = args.act_bits
+    if args.no_activity_counters:
+        kwargs["activity_counters"] = False
     return AcceleratorConfig(**kwargs)
 
 

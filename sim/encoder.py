@@ -1,0 +1,305 @@
+"""One BERT encoder layer as one accelerator program (``docs/vector.md``, "The encoder-layer
+program").
+
+:func:`build_layer` turns a :class:`sim.quantized.QuantizedLayer` and a sequence of ``T``
+tokens into a program and its memory image: weights stream from memory tile by tile under
+the MATMULs, every intermediate (Q, K^T and V per head, scores, probabilities, context, the
+attention output, LayerNorms, the FFN's hidden activations) stays in the on-chip buffers, and
+the vector unit does the requantizations, softmax, LayerNorms and GELU. The layer's output
+stays in the activation buffer; the program ends by copying it to the accumulator through
+identity MATMULs and storing it RAW, so the host can read it. :func:`run_layer` runs it on a
+backend and returns the output activations, bit-exact with
+:meth:`sim.quantized.QuantizedEncoder.layer`.
+
+Block-major tensors everywhere (``docs/vector.md``, "Tensors in the buffers"): a ``[T, n]``
+tensor at ``(addr, stride = T)`` keeps element ``(i, j)`` in entry ``addr + (j // L) * T +
+i``, lane ``j % L``.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode, VectorDst
+
+from . import kernels
+from .asm import Program, pack_output_params, vector_params
+from .quantized import QuantizedLayer
+
+__all__ = ["LayerPlan", "plan_layer", "layer_config", "build_layer", "run_layer"]
+
+_WGT_SLOTS = 4        # streaming weight tiles in flight (LOADs run ahead of the MATMULs)
+_PARAM_HALF = 128     # parameter entries are loaded per op into alternating halves
+
+
+def _blocks(n: int, lanes: int) -> int:
+    return -(-n // lanes)
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Where every tensor of one layer lives (buffer entries and memory bytes)."""
+    tokens: int
+    hidden: int
+    heads: int
+    head_dim: int
+    intermediate: int
+    lanes: int
+    group: int                 # FFN output blocks per GELU group
+    act: dict[str, int]        # activation-buffer regions: name -> first entry
+    wgt: dict[str, int]
+    acc: dict[str, int]
+    act_entries: int
+    wgt_entries: int
+    acc_entries: int
+
+    @property
+    def tb(self) -> int:
+        """Token blocks, ``ceil(T / L)``."""
+        return _blocks(self.tokens, self.lanes)
+
+
+def plan_layer(tokens: int, hidden: int, heads: int, intermediate: int, lanes: int,
+               group: int = 16) -> LayerPlan:
+    """The buffer regions of one layer over ``tokens`` tokens (``ValueError`` for shapes the
+    program cannot map: dimensions must be multiples of ``lanes``)."""
+    if tokens < 1:
+        raise ValueError(f"tokens must be at least 1, not {tokens}")
+    for name, v in (("hidden", hidden), ("intermediate", intermediate),
+                    ("head_dim", hidden // heads)):
+        if v % lanes:
+            raise ValueError(f"{name} ({v}) must be a multiple of the array's {lanes} lanes")
+    d = hidden // heads
+    L, T = lanes, tokens
+    nh, nd, nf, tb = hidden // L, d // L, intermediate // L, _blocks(tokens, lanes)
+    group = max(1, min(group, nf))
+    while nf % group:
+        group -= 1
+
+    def regions(sizes: dict[str, int]) -> tuple[dict[str, int], int]:
+        out, at = {}, 0
+        for name, size in sizes.items():
+            out[name] = at
+            at += size
+        return out, at
+
+    act, act_n = regions({"x": nh * T, "x1": nh * T, "ctx": nh * T, "q": nd * T,
+                          "p": tb * T, "mask": tb, "h": group * T})
+    wgt, wgt_n = regions({"stream": _WGT_SLOTS * L, "kt": tb * d, "v": nd * T, "eye": L})
+    acc, acc_n = regions({"q": nd * T, "k": nd * T, "v": nd * T, "s": tb * T, "c": nd * T,
+                          "o": nh * T, "f": group * T})
+    return LayerPlan(T, hidden, heads, d, intermediate, L, group, act, wgt, acc, act_n, wgt_n,
+                     acc_n)
+
+
+def layer_config(plan: LayerPlan, **overrides) -> AcceleratorConfig:
+    """An accelerator (square ``lanes`` array, 16-bit activations, the vector unit) whose
+    buffers hold ``plan``; ``overrides`` go to ``AcceleratorConfig``."""
+    kw = dict(rows=plan.lanes, cols=plan.lanes, act_bits=16, vector=True,
+              act_depth=plan.act_entries, wgt_depth=plan.wgt_entries,
+              acc_depth=plan.acc_entries, param_depth=2 * _PARAM_HALF)
+    kw.update(overrides)
+    return AcceleratorConfig(**kw)
+
+
+class _Builder:
+    """Appends one layer's instructions and lays out its memory image."""
+
+    def __init__(self, plan: LayerPlan, config: AcceleratorConfig):
+        self.plan, self.c = plan, config
+        self.prog = Program()
+        self.chunks: list[tuple[int, bytes]] = []
+        self.mem_at = 0
+        self.slot = 0
+        self.half = 0
+
+    # -- memory image
+    def put(self, data: np.ndarray) -> int:
+        """Place ``data`` (bytes) in memory, aligned to the memory word; its address."""
+        raw = np.ascontiguousarray(data).view(np.uint8).reshape(-1)
+        addr = self.mem_at
+        self.chunks.append((addr, raw.tobytes()))
+        w = self.c.mem_width
+        self.mem_at += -(-len(raw) // w) * w
+        return addr
+
+    def memory(self) -> np.ndarray:
+        mem = np.zeros(max(self.mem_at, 1), dtype=np.uint8)
+        for addr, raw in self.chunks:
+            mem[addr:addr + len(raw)] = np.frombuffer(raw, dtype=np.uint8)
+        return mem
+
+    # -- instructions
+    def params(self, entries: np.ndarray) -> int:
+        """LOAD parameter entries into the next half of the parameter buffer; the entry."""
+        if len(entries) > _PARAM_HALF:
+            raise ValueError(f"an op needs {len(entries)} parameter entries, more than "
+                             f"{_PARAM_HALF}")
+        base = self.half * _PARAM_HALF
+        self.half ^= 1
+        n_bytes = entries.shape[1]
+        self.prog.load(LoadTarget.PARAM, buf_addr=base, n_rows=len(entries),
+                       row_bytes=n_bytes, mem_addr=self.put(entries), mem_stride=n_bytes)
+        return base
+
+    def tile(self, addr: int) -> int:
+        """LOAD the weight tile at memory ``addr`` into the next streaming slot; its entry."""
+        L = self.plan.lanes
+        entry = self.plan.wgt["stream"] + self.slot * L
+        self.slot = (self.slot + 1) % _WGT_SLOTS
+        self.prog.load(LoadTarget.WGT, buf_addr=entry, n_rows=L, row_bytes=L,
+                       mem_addr=addr, mem_stride=L)
+        return entry
+
+    def linear(self, x_addr: int, w_tiles: int, kb_range, nb_range, kb_total: int,
+               acc_addr: int, rows: int, accumulate_first: bool = False) -> None:
+        """``acc[nb] (+)= sum_kb x[kb] @ W[kb, nb]`` over the given blocks; the weight tiles
+        of the whole matrix are at ``w_tiles`` in memory, tile ``(kb, nb)`` at
+        ``w_tiles + (nb * kb_total + kb) * L * L``; ``acc`` block ``j`` of ``nb_range`` at
+        ``acc_addr + j * rows``."""
+        L, T = self.plan.lanes, self.plan.tokens
+        for j, nb in enumerate(nb_range):
+            for i, kb in enumerate(kb_range):
+                entry = self.tile(w_tiles + (nb * kb_total + kb) * L * L)
+                self.prog.matmul(act_addr=x_addr + kb * T, n_rows=rows, wgt_addr=entry,
+                                 acc_addr=acc_addr + j * rows,
+                                 accumulate=accumulate_first or i > 0)
+
+
+def _tiles(w: np.ndarray, lanes: int) -> np.ndarray:
+    """``[K, N]`` int8 as tiles ``(nb, kb)`` of ``L x L`` (row ``k`` = one weight entry)."""
+    K, N = w.shape
+    L = lanes
+    return np.ascontiguousarray(
+        w.reshape(K // L, L, N // L, L).transpose(2, 0, 1, 3)).astype(np.int8)
+
+
+def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
+                plan: LayerPlan, key_mask: np.ndarray | None = None
+                ) -> tuple[list[int], np.ndarray, int]:
+    """The program, the memory image and the output's address for layer ``ql`` on the int
+    activations ``x`` ``[T, hidden]``.
+
+    The output (``[T, hidden]`` int32 values of the int16 activations) is stored RAW at the
+    returned address, block-major: block ``k`` of token ``i`` at ``addr + (k * T + i) * 4 L``.
+    """
+    c, p = config, plan
+    L, T, d, H = p.lanes, p.tokens, p.head_dim, p.hidden
+    if (c.rows, c.cols) != (L, L) or c.act_bits != ql.act_bits or not c.vector:
+        raise ValueError(f"the plan needs a {L}x{L} array with act_bits={ql.act_bits} and the "
+                         f"vector unit, not {c.rows}x{c.cols}, act_bits={c.act_bits}, "
+                         f"vector={c.vector}")
+    for buf in ("act", "wgt", "acc"):
+        if getattr(c, f"{buf}_depth") < getattr(p, f"{buf}_entries"):
+            raise ValueError(f"{buf}_depth {getattr(c, f'{buf}_depth')} is smaller than the "
+                             f"{getattr(p, f'{buf}_entries')} entries the layer needs "
+                             f"(layer_config(plan) gives one that fits)")
+    if c.param_depth < 2 * _PARAM_HALF:
+        raise ValueError(f"param_depth must be at least {2 * _PARAM_HALF}")
+    x = np.asarray(x)
+    if x.shape != (T, H):
+        raise ValueError(f"x must be [{T}, {H}], not {list(x.shape)}")
+    b = _Builder(p, c)
+    prog, A, W, C = b.prog, p.act, p.wgt, p.acc
+    nh, nd, nf, tb = H // L, d // L, p.intermediate // L, p.tb
+
+    # the input, block-major, and the weights as tiles
+    xb = x.astype(np.int16).reshape(T, nh, L).transpose(1, 0, 2)
+    prog.load(LoadTarget.ACT, buf_addr=A["x"], n_rows=nh * T, row_bytes=2 * L,
+              mem_addr=b.put(xb), mem_stride=2 * L)
+    tiles = {name: b.put(_tiles(ql.w[name], L)) for name in ql.w}
+    eye = b.put(np.eye(L, dtype=np.int8))
+    mask_row = None
+    if key_mask is not None:
+        km = np.asarray(key_mask)
+        if km.shape != (T,):
+            raise ValueError(f"key_mask must be [{T}], not {list(km.shape)}")
+        row = np.zeros(tb * L, dtype=np.int16)
+        row[:T] = np.where(km != 0, 0, kernels.mask_sentinel(16))
+        prog.load(LoadTarget.ACT, buf_addr=A["mask"], n_rows=tb, row_bytes=2 * L,
+                  mem_addr=b.put(row), mem_stride=2 * L)
+        mask_row = A["mask"]
+
+    def cols(params: dict, lo: int, hi: int) -> dict:
+        return {k: np.asarray(v)[lo:hi] for k, v in params.items()}
+
+    # attention, head by head
+    softmax_p = vector_params(Opcode.VSOFTMAX, ql.softmax, c)
+    ctx_p = vector_params(Opcode.VREQUANT, ql.requant["ctx"], c)
+    for h in range(p.heads):
+        heads_blocks = range(h * nd, (h + 1) * nd)
+        for name in "qkv":
+            b.linear(A["x"], tiles[name], range(nh), heads_blocks, nh, C[name], T)
+            pa = b.params(vector_params(Opcode.VREQUANT, cols(ql.requant[name], h * d,
+                                                              (h + 1) * d), c))
+            if name == "q":
+                prog.vrequant(VectorDst.ACT, C["q"], T, A["q"], T, T, d, pa)
+            elif name == "k":   # K^T: weight tiles of Q K^T (stride d: token block k at kt + k d)
+                prog.vrequant(VectorDst.WGT, C["k"], T, W["kt"], d, T, d, pa, transpose=True)
+            else:               # V: weight tiles of P V (dim block j at v + j T)
+                prog.vrequant(VectorDst.WGT, C["v"], T, W["v"], T, T, d, pa)
+        for j in range(tb):     # S = Q_h K_h^T, scores of key block j
+            for kb in range(nd):
+                prog.matmul(act_addr=A["q"] + kb * T, n_rows=T, wgt_addr=W["kt"] + j * d + kb * L,
+                            acc_addr=C["s"] + j * T, accumulate=kb > 0)
+        pa = b.params(softmax_p)
+        prog.vsoftmax(C["s"], T, A["p"], T, T, T, pa, mask_addr=mask_row)
+        for j in range(nd):     # C_h = P V_h
+            for kb in range(tb):
+                prog.matmul(act_addr=A["p"] + kb * T, n_rows=T, wgt_addr=W["v"] + j * T + kb * L,
+                            acc_addr=C["c"] + j * T, accumulate=kb > 0)
+        pa = b.params(ctx_p)
+        prog.vrequant(VectorDst.ACT, C["c"], T, A["ctx"] + h * nd * T, T, T, d, pa)
+
+    # attention output, residual, LayerNorm
+    b.linear(A["ctx"], tiles["o"], range(nh), range(nh), nh, C["o"], T)
+    pa = b.params(vector_params(Opcode.VLAYERNORM, ql.ln1, c, pre=ql.pre["o"]))
+    prog.vlayernorm(C["o"], T, A["x1"], T, T, H, pa, residual_addr=A["x"], pre=True)
+
+    # FFN in groups of G output blocks: GELU, then accumulate the second projection
+    G = p.group
+    for g in range(nf // G):
+        f_blocks = range(g * G, (g + 1) * G)
+        b.linear(A["x1"], tiles["ffn1"], range(nh), f_blocks, nh, C["f"], T)
+        pa = b.params(vector_params(Opcode.VGELU, ql.gelu, c,
+                                    pre=cols(ql.pre["ffn1"], g * G * L, (g + 1) * G * L)))
+        prog.vgelu(C["f"], T, A["h"], T, T, G * L, pa, pre=True)
+        for nb in range(nh):
+            for i, kb in enumerate(f_blocks):
+                entry = b.tile(tiles["ffn2"] + (nb * nf + kb) * L * L)
+                prog.matmul(act_addr=A["h"] + i * T, n_rows=T, wgt_addr=entry,
+                            acc_addr=C["o"] + nb * T, accumulate=g > 0 or i > 0)
+    pa = b.params(vector_params(Opcode.VLAYERNORM, ql.ln2, c, pre=ql.pre["ffn2"]))
+    prog.vlayernorm(C["o"], T, A["x"], T, T, H, pa, residual_addr=A["x1"], pre=True)
+
+    # out: identity MATMULs copy the activations into the accumulator, a RAW store
+    prog.load(LoadTarget.WGT, buf_addr=W["eye"], n_rows=L, row_bytes=L, mem_addr=eye,
+              mem_stride=L)
+    for k in range(nh):
+        prog.matmul(act_addr=A["x"] + k * T, n_rows=T, wgt_addr=W["eye"],
+                    acc_addr=C["o"] + k * T, accumulate=False)
+    out = b.put(np.zeros(nh * T * 4 * L, dtype=np.uint8))
+    prog.store(C["o"], nh * T, L, out, 4 * L, StoreMode.RAW)
+    prog.halt()
+    return prog.words, b.memory(), out
+
+
+def run_layer(backend, ql: QuantizedLayer, x: np.ndarray, plan: LayerPlan,
+              key_mask: np.ndarray | None = None, max_cycles: int | None = None):
+    """Run one layer on ``backend`` (its config must fit ``plan``); returns ``(y, result)``:
+    the output activations ``[T, hidden]`` and the backend's ``RunResult``."""
+    words, mem, out = build_layer(ql, x, backend.config, plan, key_mask)
+    if len(mem) > backend.config.mem_bytes:
+        raise ValueError(f"the layer's memory image ({len(mem)} bytes) exceeds mem_bytes "
+                         f"({backend.config.mem_bytes})")
+    image = np.zeros(backend.config.mem_bytes, dtype=np.uint8)
+    image[:len(mem)] = mem
+    res = backend.run(words, image, max_cycles=max_cycles)
+    if res.status.error != isa.ErrorCode.NONE:
+        raise RuntimeError(f"the layer program faulted at instruction "
+                           f"{res.status.fault_index}: {res.status.error.name}")
+    L, T, nh = plan.lanes, plan.tokens, plan.hidden // plan.lanes
+    raw = res.memory[out:out + nh * T * 4 * L].view("<i4").reshape(nh, T, L)
+    return raw.transpose(1, 0, 2).reshape(T, plan.hidden).astype(np.int64), res
