@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
-from amaranth import unsigned
+from amaranth import Module, unsigned
 from amaranth.back import rtlil
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
 
 from serrano.hw.mult import MultiplierTarget
 from serrano.hw.vector_lanes import AddLanes, GeluLanes, PrescaleLanes
@@ -35,12 +37,16 @@ class Command:
 
 
 def run(dut, commands: list[Command], rng: np.random.Generator, *, p_valid: float = 1.0,
-        p_ready: float = 1.0, name: str, check_timing: bool = False) -> None:
+        p_ready: float = 1.0, name: str, check_timing: bool = False, block_params=None,
+        fixed: tuple | None = None) -> None:
     """Drive ``commands`` into ``dut`` (a command's scalars set once the previous command's
     results have all left), take the results with ``o.ready`` high with probability
     ``p_ready`` and check every one, with its tag, in order; no result may appear beyond them.
     With ``check_timing`` (needs ``p_valid = p_ready = 1``): each result exactly
-    ``dut.latency`` cycles after its block was accepted, and no block ever waits."""
+    ``dut.latency`` cycles after its block was accepted, and no block ever waits.
+    ``block_params`` is where per-block parameters go (``dut.params``); ``fixed`` a
+    ``(signal, value)`` set once at the start."""
+    block_params = dut.params if block_params is None else block_params
     total = sum(len(c.blocks) for c in commands)
     tags = [int(t) for t in rng.integers(0, 1 << TAG.width, total)]
     accepted: list[int] = []
@@ -49,6 +55,8 @@ def run(dut, commands: list[Command], rng: np.random.Generator, *, p_valid: floa
     async def producer(ctx):
         now = 0
         k = 0
+        if fixed is not None:
+            ctx.set(*fixed)
         for c in commands:
             while len(received) < k:     # drain: scalars change only between commands
                 await ctx.tick()
@@ -61,7 +69,7 @@ def run(dut, commands: list[Command], rng: np.random.Generator, *, p_valid: floa
                     now += 1
                 ctx.set(dut.i.payload, dict(blk, tag=tags[k]))
                 if c.scalars is None:
-                    ctx.set(dut.params, c.params[j])
+                    ctx.set(block_params, c.params[j])
                 ctx.set(dut.i.valid, 1)
                 while True:              # i.ready depends on registers only
                     ready = ctx.get(dut.i.ready)
@@ -414,7 +422,7 @@ def test_constructor_errors():
 @pytest.mark.slow
 @pytest.mark.parametrize("act_bits", [8, 16])
 def test_long_random_ecp5(act_bits):
-    """Many parameter sets on the ECP5 pipelines at L = 8 (about 2 minutes)."""
+    """Many parameter sets on the ECP5 pipelines at L = 8 (about 40 s each)."""
     rng = np.random.default_rng(1350 + act_bits)
     lanes = 8
     run(PrescaleLanes(lanes=lanes, tag_shape=TAG, target=ECP5),
@@ -425,3 +433,60 @@ def test_long_random_ecp5(act_bits):
     run(AddLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=ECP5),
         [add_command(rng, lanes, act_bits, 24, extreme=k % 4 == 3) for k in range(16)],
         rng, p_valid=0.9, p_ready=0.7, name="long_add")
+
+
+class _PrescaledGelu(wiring.Component):
+    """PrescaleLanes into GeluLanes, as the unit chains them for ``VGELU`` with ``pre``: the
+    stream handshake straight through, the int32 results as GELU's ``x``."""
+
+    def __init__(self, lanes: int, act_bits: int, target):
+        self.pre = PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target)
+        self.gelu = GeluLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target)
+        self.lanes = lanes
+        self.latency = self.pre.latency + self.gelu.latency
+        super().__init__({
+            "i": In(self.pre.i.signature.flip()),
+            "o": Out(self.gelu.o.signature),
+            "pre_params": In(self.pre.params.shape()),
+            "params": In(self.gelu.params.shape()),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.pre, m.submodules.gelu = self.pre, self.gelu
+        wiring.connect(m, wiring.flipped(self.i), self.pre.i)
+        wiring.connect(m, self.gelu.o, wiring.flipped(self.o))
+        m.d.comb += [
+            self.pre.params.eq(self.pre_params),
+            self.gelu.params.eq(self.params),
+            self.gelu.i.valid.eq(self.pre.o.valid),
+            self.pre.o.ready.eq(self.gelu.i.ready),
+            self.gelu.i.payload.x.eq(self.pre.o.payload.y),
+            self.gelu.i.payload.tag.eq(self.pre.o.payload.tag),
+        ]
+        return m
+
+
+@pytest.mark.parametrize("target", [GENERIC, ECP5], ids=["generic", "ecp5"])
+def test_prescaled_gelu_chain(target):
+    """``gelu(x, params, pre)`` bit-exactly from the two datapaths in a row, with per-block
+    prescale parameters riding alongside one GELU parameter set."""
+    rng = np.random.default_rng(1360)
+    lanes, act_bits, n_blocks = 2, 16, 24
+    size = lanes * n_blocks
+    s_in = 2.0 ** rng.uniform(-24, -14, size)
+    pre = kernels.prescale_params(s_in, 2 * s_in.max(), rng.normal(0, 0.5, size))
+    p = kernels.gelu_params(2 * s_in.max(), 8 / 32767, act_bits)
+    x = np.clip(np.round(rng.normal(0, 3, size) / s_in), INT32_MIN, INT32_MAX).astype(np.int64)
+    x[:4] = [INT32_MIN, INT32_MAX, 0, -1]
+    expected = kernels.gelu(x, p, pre=pre).reshape(n_blocks, lanes)
+    params = [[{"bias": int(pre["bias"][i]), "multiplier": int(pre["multiplier"][i]),
+                "shift": int(pre["shift"][i]), "zero_point": 0, "lo": -128, "hi": 127}
+               for i in range(b * lanes, (b + 1) * lanes)] for b in range(n_blocks)]
+    dut = _PrescaledGelu(lanes, act_bits, target)
+    cmd = Command(None, blocks_of(lanes, x=x), expected, params)
+    scalars = {"in_mult": p.in_mult, "in_shift": p.in_shift, "out_mult": p.out_mult,
+               "out_shift": p.out_shift}
+
+    run(dut, [cmd], rng, p_valid=0.8, p_ready=0.5, name="prescaled_gelu",
+        block_params=dut.pre_params, fixed=(dut.params, scalars))
