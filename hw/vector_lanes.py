@@ -23,8 +23,8 @@ from . import isa
 from .delay import delay
 from .mult import MultiplierTarget
 from .output_steps import Column, rounding_half_sum, stage1
-from .vector_steps import (lane_arith, lo_hi, round_shift_staged, saturate_to, scalar_stage1,
-                           wide_sum)
+from .vector_steps import (lane_arith, lo_hi, ram_delay, round_shift_staged, saturate_to,
+                           scalar_stage1, wide_sum)
 
 __all__ = ["LaneDatapath", "PrescaleLanes", "GeluLanes", "AddLanes", "GeluScalars",
            "AddScalars", "GELU_ROM"]
@@ -145,10 +145,15 @@ class LaneDatapath(wiring.Component):
         """Stages of the arithmetic, from the block's acceptance to its result at the FIFO."""
         raise NotImplementedError
 
-    def _lane(self, m: Module, n: int, block, params):
+    def _lane(self, m: Module, n: int, block, params, shared):
         """Lane ``n``'s result (a register ``pipeline_latency - 1`` stages after the stage-0
-        registers ``block``, the accepted payload, and ``params`` as the subclass samples)."""
+        registers ``block``, the accepted payload, and ``params`` as the subclass samples;
+        ``shared`` is what :meth:`_shared` made for all lanes)."""
         raise NotImplementedError
+
+    def _shared(self, m: Module, block, params):
+        """What the lanes share (a ROM, a delay line of the whole block); default none."""
+        return None
 
     def _stage0_params(self, m: Module, accept):
         """``params`` as ``_lane`` sees them: scalars as they are (held for the command)."""
@@ -182,11 +187,12 @@ class LaneDatapath(wiring.Component):
         block = Signal(self.input_layout, name="s0_block", reset_less=True)
         m.d.sync += block.eq(self.i.payload)
         params = self._stage0_params(m, accept)
-        results = [self._lane(m, n, block, params) for n in range(self._lanes)]
+        shared = self._shared(m, block, params)
+        results = [self._lane(m, n, block, params, shared) for n in range(self._lanes)]
         stages = self.pipeline_latency
         # (s0_block is stage 0: the results are the registers of stage `stages - 1`)
         done = delay(m, accept, stages, name="s{}_valid")
-        tag = delay(m, block.tag, stages - 1, name="s{}_tag", first=1, reset_less=True)
+        tag = ram_delay(m, block.tag, stages - 1, name="tag_delay")
 
         # Credits: every accepted block has a FIFO entry reserved until it is read. (One
         # spare entry: SyncFIFOBuffered refuses writes while its inner memory is full.)
@@ -237,7 +243,7 @@ class PrescaleLanes(LaneDatapath):
         m.d.sync += s0.eq(self.params)
         return s0
 
-    def _lane(self, m, n, block, params):
+    def _lane(self, m, n, block, params, shared):
         col = Column(m, n)
         return self._arith.mbqm(col, stage1(col, block.x[n], params[n]))
 
@@ -298,13 +304,16 @@ class GeluLanes(_ActLanes):
     def pipeline_latency(self) -> int:
         return 3 * self._arith.PRODUCT_LATENCY + 12 + 1 + self._arith.MBQM_STAGES + 1 + 1
 
-    def elaborate(self, platform):
-        self._rom = Memory(shape=GELU_ROM, depth=kernels.GELU_SEGS, init=_GELU_ROM_INIT)
-        m = super().elaborate(platform)
-        m.submodules.rom = self._rom
-        return m
+    def _shared(self, m, block, params):
+        """The ROM, and the block's ``x`` delayed to the ``x * phi`` products (stage
+        ``2P + 10``) in one memory for all lanes."""
+        m.submodules.rom = rom = Memory(shape=GELU_ROM, depth=kernels.GELU_SEGS,
+                                        init=_GELU_ROM_INIT)
+        P = self._arith.PRODUCT_LATENCY
+        return rom, ram_delay(m, block.x, 2 * P + 10, name="x_delay")
 
-    def _lane(self, m, n, block, params):
+    def _lane(self, m, n, block, params, shared):
+        rom, x_late = shared
         arith, P = self._arith, self._arith.PRODUCT_LATENCY
         col = Column(m, n)
         x = block.x[n]
@@ -321,7 +330,7 @@ class GeluLanes(_ActLanes):
         s_a = col.sync(unsigned(19), f"s{P + 7}_a",
                        Mux(mag[19:].any(), kernels.GELU_U_MAX, mag[:19]))
 
-        port = self._rom.read_port()                  # entry in stage P + 8
+        port = rom.read_port()                        # entry in stage P + 8
         m.d.comb += port.addr.eq(s_a[kernels.GELU_R_BITS:])
         s_r = col.delay(s_a[:kernels.GELU_R_BITS], P + 7, P + 8, "r")
         s_slope_r = arith.product(col, port.data.slope, s_r, 2 * P + 8, "slope_r")
@@ -334,7 +343,7 @@ class GeluLanes(_ActLanes):
         e = Cat(s_phi[:16], s_phi[17])                # p - 2**16, p in [2**16, 2**17]
         s_phid = col.sync(signed(18), f"s{2 * P + 10}_phid", Mux(pos, e, -e))
 
-        x_a = col.delay(x, 0, 2 * P + 10, "x")
+        x_a = x_late[n]
         prod = lambda a, b, name: arith.product(col, a, b, 3 * P + 10, name)
         xa_lo, xa_hi = lo_hi(x_a)
         hi = prod(xa_hi, s_phid, "y_hi")
@@ -384,7 +393,7 @@ class AddLanes(_ActLanes):
     def pipeline_latency(self) -> int:
         return self._arith.PRODUCT_LATENCY + 12
 
-    def _lane(self, m, n, block, params):
+    def _lane(self, m, n, block, params, shared):
         arith, P = self._arith, self._arith.PRODUCT_LATENCY
         col = Column(m, n)
         prod = lambda a, b, name: arith.product(col, a, b, P, name)

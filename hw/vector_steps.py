@@ -14,15 +14,17 @@ free-running, like the output stage, and ``hw.vector_lanes`` puts the backpressu
 them.
 """
 
-from amaranth import C, Cat, Mux, Signal, signed, unsigned
+from amaranth import C, Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib.memory import Memory
 
+from .delay import delay
 from .mult import Family, Multiplier, MultiplierTarget
 from .output_steps import (Column, Stage1, byte_shift, carry_in_sum, carry_save_sum,
                            saturate_shift)
 from .output_wide import ECP5OutputStage, GenericOutputStage, high_mul
 
 __all__ = ["GenericLaneArith", "ECP5LaneArith", "lane_arith", "scalar_stage1", "lo_hi",
-           "wide_sum", "round_shift_staged", "saturate_to"]
+           "wide_sum", "round_shift_staged", "saturate_to", "ram_delay"]
 
 
 class GenericLaneArith:
@@ -163,3 +165,25 @@ def saturate_to(v, bits: int):
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     return Mux(in_range, v[:bits].as_signed(),
                Mux(v[-1], C(lo, signed(bits)), C(hi, signed(bits))))
+
+
+def ram_delay(m: Module, value, stages: int, *, name: str):
+    """``value`` delayed by ``stages`` cycles (like ``hw.delay.delay``), through a memory when
+    that is long: one write and one read on every cycle at a constant distance, so that a
+    wide, long delay line is a LUT RAM or a block RAM rather than ``stages`` registers per bit
+    (ECP5 has no shift-register primitive). Free-running, without reset: the payload of a
+    pipeline whose valid bits travel in registers. Below 4 stages: plain registers."""
+    shape = value.shape() if hasattr(value, "shape") else Value.cast(value).shape()
+    if stages < 4:
+        return delay(m, value, stages, name=name + "_d{}", reset_less=True)
+    depth = 1 << (stages - 1).bit_length()          # >= stages: no entry is overwritten
+    m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=[])
+    w_port = mem.write_port()
+    r_port = mem.read_port()                        # synchronous: the last of the stages
+    ptr = Signal(range(depth), name=f"{name}_ptr")
+    m.d.sync += ptr.eq(ptr + 1)
+    m.d.comb += [
+        w_port.addr.eq(ptr), w_port.data.eq(value), w_port.en.eq(1),
+        r_port.addr.eq(ptr - (stages - 1)),         # written stages - 1 cycles ago
+    ]
+    return r_port.data
