@@ -308,7 +308,7 @@ class GeluLanes(_ActLanes):
         """The ROM, and the block's ``x`` delayed to the ``x * phi`` products (stage
         ``2P + 10``) in one memory for all lanes."""
         m.submodules.rom = rom = Memory(shape=GELU_ROM, depth=kernels.GELU_SEGS,
-                                        init=_GELU_ROM_INIT)
+                                        init=_GELU_ROM_INIT, attrs={"rom_style": "block"})
         P = self._arith.PRODUCT_LATENCY
         return rom, ram_delay(m, block.x, 2 * P + 10, name="x_delay")
 
@@ -404,7 +404,7 @@ class AddLanes(_ActLanes):
         b = block.b[n]
         bm_lo, bm_hi = lo_hi(params.b_mult)
         b_hi, b_lo = prod(b, bm_hi, "ub_hi"), prod(b, bm_lo, "ub_lo")
-        s_pb1 = col.sync(signed(64), f"s{P + 1}_ub",
+        s_pb1 = col.sync(signed(48), f"s{P + 1}_ub",          # |b * b_mult| < 2**46
                          (b_hi[:34].as_signed() << 16) + b_lo[:34].as_signed())
         s_pb = col.delay(s_pb1, P + 1, P + 2, "ub")
         s_qx = round_shift_staged(col, s_px, params.x_shift, P + 2, "ux")

@@ -180,10 +180,13 @@ def ram_delay(m: Module, value, stages: int, *, name: str):
     m.submodules[name] = mem = Memory(shape=shape, depth=depth, init=[])
     w_port = mem.write_port()
     r_port = mem.read_port()                        # synchronous: the last of the stages
-    ptr = Signal(range(depth), name=f"{name}_ptr")
-    m.d.sync += ptr.eq(ptr + 1)
+    # Two counters a constant distance apart (no subtraction in front of the read address):
+    # the read address is the one written stages - 1 cycles ago.
+    w_ptr = Signal(range(depth), name=f"{name}_w_ptr")
+    r_ptr = Signal(range(depth), name=f"{name}_r_ptr", init=(1 - stages) % depth)
+    m.d.sync += [w_ptr.eq(w_ptr + 1), r_ptr.eq(r_ptr + 1)]
     m.d.comb += [
-        w_port.addr.eq(ptr), w_port.data.eq(value), w_port.en.eq(1),
-        r_port.addr.eq(ptr - (stages - 1)),         # written stages - 1 cycles ago
+        w_port.addr.eq(w_ptr), w_port.data.eq(value), w_port.en.eq(1),
+        r_port.addr.eq(r_ptr),
     ]
     return r_port.data

@@ -5,7 +5,8 @@ print LUT / FF / DSP / block RAM counts and Fmax (the figures of docs/vector.md,
 datapaths").
 
 Usage: ``python scripts/synth_lanes.py [--lanes 8] [--act-bits 16] [--no-pnr] [--out DIR]
-[prescale gelu add]``
+[--keep-hierarchy] [prescale gelu add]`` (flattened by default, so that Yosys trims the
+product bits a lane does not use).
 """
 
 import argparse
@@ -19,6 +20,7 @@ from serrano.flows.flow import run_flow
 from serrano.hw.mult import MultiplierTarget
 from serrano.hw.vector_lanes import AddLanes, GeluLanes, PrescaleLanes
 
+KINDS = ("prescale", "gelu", "add")
 TAG = unsigned(16)   # a plausible tag: row, last flag and a destination address
 
 
@@ -34,18 +36,23 @@ def _design(kind: str, lanes: int, act_bits: int) -> Design:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("kinds", nargs="*", default=["prescale", "gelu", "add"],
-                    choices=["prescale", "gelu", "add"])
+    ap.add_argument("kinds", nargs="*", default=list(KINDS), help=", ".join(KINDS))
     ap.add_argument("--lanes", type=int, default=8)
     ap.add_argument("--act-bits", type=int, default=16, choices=[8, 16])
     ap.add_argument("--device", default="ecp5-85k")
     ap.add_argument("--no-pnr", action="store_true")
+    ap.add_argument("--keep-hierarchy", action="store_true",
+                    help="keep the multipliers as modules (their unused output bits stay)")
     ap.add_argument("--out", default="build/lanes")
     args = ap.parse_args()
     for kind in args.kinds:
+        if kind not in KINDS:
+            ap.error(f"unknown datapath {kind!r} (choose from {', '.join(KINDS)})")
+    for kind in args.kinds:
         out = Path(args.out) / kind
         report = run_flow(_design(kind, args.lanes, args.act_bits), args.device, out,
-                          pnr=not args.no_pnr, check_fit=False, log=print)
+                          pnr=not args.no_pnr, check_fit=False, log=print,
+                          keep_hierarchy=args.keep_hierarchy)
         core = report["synthesis"]["core"]
         fmax = (report.get("timing") or {}).get("fmax_mhz")
         print(json.dumps({"kind": kind, "lanes": args.lanes, "act_bits": args.act_bits,
