@@ -66,10 +66,10 @@ class LaneDatapath(wiring.Component):
 
     Backpressure is a credit scheme: the arithmetic is a free-running pipeline of
     ``pipeline_latency`` stages (no clock enables, so DSP and fabric registers pack as in the
-    output stage) in front of a FIFO of ``credits`` entries; a block is accepted only while
-    fewer than ``credits`` blocks are in the pipeline or the FIFO, so nothing is ever lost
-    while ``o.ready`` is low. ``credits = latency + 1``: with ``o.ready`` high a block is
-    accepted on every cycle, one block of ``L`` lanes per cycle.
+    output stage) in front of a FIFO (``SyncFIFOBuffered``, ``credits + 1`` entries); a block
+    is accepted only while fewer than ``credits`` blocks are in the pipeline or the FIFO, so
+    nothing is ever lost while ``o.ready`` is low. ``credits = latency + 1``: with ``o.ready``
+    high a block is accepted on every cycle, one block of ``L`` lanes per cycle.
 
     Parameters
     ----------
@@ -155,7 +155,7 @@ class LaneDatapath(wiring.Component):
         """What the lanes share (a ROM, a delay line of the whole block); default none."""
         return None
 
-    def _stage0_params(self, m: Module, accept):
+    def _stage0_params(self, m: Module):
         """``params`` as ``_lane`` sees them: scalars as they are (held for the command)."""
         return self.params
 
@@ -170,7 +170,7 @@ class LaneDatapath(wiring.Component):
 
     @property
     def credits(self) -> int:
-        """Blocks in flight at most (pipeline and FIFO), the FIFO's depth."""
+        """Blocks in flight at most (accepted, not yet read from ``o``)."""
         return self.latency + 1
 
     @property
@@ -186,7 +186,7 @@ class LaneDatapath(wiring.Component):
         # Stage 0: the block registered as it is accepted (it comes from block RAMs).
         block = Signal(self.input_layout, name="s0_block", reset_less=True)
         m.d.sync += block.eq(self.i.payload)
-        params = self._stage0_params(m, accept)
+        params = self._stage0_params(m)
         shared = self._shared(m, block, params)
         results = [self._lane(m, n, block, params, shared) for n in range(self._lanes)]
         stages = self.pipeline_latency
@@ -238,7 +238,7 @@ class PrescaleLanes(LaneDatapath):
     def pipeline_latency(self) -> int:
         return 2 + self._arith.MBQM_STAGES
 
-    def _stage0_params(self, m, accept):
+    def _stage0_params(self, m):
         s0 = Signal(self.params_layout, name="s0_params", reset_less=True)
         m.d.sync += s0.eq(self.params)
         return s0
@@ -293,7 +293,8 @@ class GeluLanes(_ActLanes):
     constant for the whole command (from the first block's acceptance until its last result
     has left). ``in_shift`` must be in ``[1, 62]``; ``out_shift`` saturates into
     ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 MULT18X18D per lane).
-    The ROM (:data:`GELU_ROM`, from ``sim.kernels.GELU_TABLE``) has one read port per lane.
+    The ROM (:data:`GELU_ROM`, from ``sim.kernels.GELU_TABLE``) has one read port per lane
+    and asks for block RAM (``rom_style``): one DP16KD per two lanes on ECP5.
     """
 
     @property
