@@ -294,7 +294,8 @@ class GeluLanes(_ActLanes):
     has left). ``in_shift`` must be in ``[1, 62]``; ``out_shift`` saturates into
     ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 MULT18X18D per lane).
     The ROM (:data:`GELU_ROM`, from ``sim.kernels.GELU_TABLE``) has one read port per lane
-    and asks for block RAM (``rom_style``): one DP16KD per two lanes on ECP5.
+    and asks for block RAM (``rom_style``): on ECP5 two DP16KD (the 31-bit entry in 18-bit
+    halves) per two lanes.
     """
 
     @property
