@@ -8,6 +8,7 @@ venv.
 """
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,13 +21,18 @@ import pytest
 from amaranth import *
 from amaranth.back import rtlil
 from amaranth.hdl import Assume
+from amaranth.lib import wiring
+
+from serrano.hw import isa
+from serrano.hw.config import AcceleratorConfig
 
 with warnings.catch_warnings():             # amaranth 0.5 keeps AnyConst in amaranth.asserts
     warnings.simplefilter("ignore", DeprecationWarning)
     from amaranth.asserts import AnyConst, AnySeq  # noqa: F401  (re-exported for harnesses)
 
 __all__ = ["AnyConst", "AnySeq", "PATH", "SOLVERS", "ProofFailed", "ProofResult",
-           "available_solvers", "needs_tools", "prove", "assume_stream_rule", "any_drive"]
+           "available_solvers", "needs_tools", "prove", "assume_stream_rule", "any_drive",
+           "assume_decoder_commands", "ShiftedCommand"]
 
 BIN = Path(sys.executable).parent
 PATH = os.pathsep.join([str(BIN), os.environ.get("PATH", "")])
@@ -114,7 +120,8 @@ def prove(tmp_path: Path, top: Elaboratable, depth: int, mode: str = "bmc",
     log = proc.stdout + proc.stderr
     if proc.returncode == 0 and "DONE (PASS" in log:
         return ProofResult(mode, depth, solver, seconds, log)
-    status = "FAIL" if "DONE (FAIL" in log else "ERROR"
+    done = re.search(r"DONE \((\w+)", log)
+    status = done.group(1) if done else "ERROR"     # FAIL, UNKNOWN (induction), ERROR
     traces = sorted((tmp_path / "proof").glob("engine_*/trace*.vcd"))
     trace = traces[0] if traces else None
     failed = [line for line in log.splitlines() if "Assert failed" in line or
@@ -145,3 +152,49 @@ def assume_stream_rule(m: Module, stream_intf) -> None:
                  last.eq(Value.cast(stream_intf.payload))]
     with m.If(waiting):
         m.d.comb += Assume(stream_intf.valid & (Value.cast(stream_intf.payload) == last))
+
+
+def assume_decoder_commands(m: Module, cmd, op: isa.Opcode, fields: dict,
+                            cfg: AcceleratorConfig) -> None:
+    """What a unit may assume of the decoder: its commands pass ``op``'s ISA checks
+    (``fields`` read from the payload) and stay on ``cmd``, unchanged, until taken."""
+    checks = isa.instruction_checks(op, fields, cfg, Mux)
+    m.d.comb += Assume(~cmd.valid | ~Cat(failed for _, failed in checks).any())
+    held_valid = Signal()
+    held = Signal.like(cmd.payload)
+    m.d.sync += [held_valid.eq(cmd.valid & ~cmd.ready), held.eq(cmd.payload)]
+    with m.If(held_valid):
+        m.d.comb += Assume(cmd.valid & (cmd.payload.as_value() == held.as_value()))
+
+
+class ShiftedCommand(wiring.Component):
+    """A mutant for the proofs: ``unit`` behind a wrapper that adds ``delta`` to one field of
+    every command it takes (``cmd.payload[field]``), while the harness sees the original
+    command. A unit that honours its commands then touches a range shifted by ``delta``:
+    the range proofs must fail on it. Every other port is passed through, by signature."""
+
+    def __init__(self, unit: wiring.Component, field: str, delta: int):
+        self.inner = unit
+        self._field = field
+        self._delta = delta
+        super().__init__(unit.signature)
+
+    def __getattr__(self, name):        # harnesses read unit attributes (array, ...)
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.inner = self.inner
+        for path, member, outer in self.signature.flatten(self):
+            inner = self.inner
+            for step in path:
+                inner = inner[step] if isinstance(step, int) else getattr(inner, step)
+            if member.flow == wiring.In:
+                m.d.comb += Value.cast(inner).eq(Value.cast(outer))
+            else:
+                m.d.comb += Value.cast(outer).eq(Value.cast(inner))
+        field = self.inner.cmd.payload[self._field]
+        m.d.comb += field.eq(self.cmd.payload[self._field] + self._delta)
+        return m
