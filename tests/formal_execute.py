@@ -25,7 +25,7 @@ from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.execute import ExecuteUnit
 
-from formal_harness import AnySeq, any_drive, assume_decoder_commands
+from formal_harness import any_drive, assume_decoder_commands
 
 __all__ = ["ExecuteHarness"]
 
@@ -42,7 +42,7 @@ class ExecuteHarness(Elaboratable):
         p = cmd.payload
         # Everything the unit takes in, arbitrary (robust to added input ports).
         for path, member, value in ex.signature.flatten(ex):
-            if member.flow == wiring.In and not (path[0] == "cmd" and path[-1] == "ready"):
+            if member.flow == wiring.In:
                 any_drive(m, value)
         fields = {name: Value.cast(p[name]) for name in ("act_addr", "n_rows", "wgt_addr",
                                                         "acc_addr")}

@@ -24,13 +24,12 @@ Asserted:
 
 from amaranth import *
 from amaranth.hdl import Assert, Assume
-from amaranth.lib import wiring
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.top import Accelerator
 
-from formal_harness import AnySeq, assume_stream_rule
+from formal_harness import AnySeq
 
 __all__ = ["SystemHarness"]
 

@@ -21,24 +21,23 @@ Access table (who reads ``R`` / writes ``W`` which range)::
     STORE   acc [acc_addr, acc end)            R     param [param_addr, +1)      R (not RAW)
             memory [mem_addr, mem end)         W
 
-The execute unit is modelled as the real one is built: a *preload* slot (act, wgt, acc), a
-*stream* slot (act, acc: its weights are in the array) and a *drain* slot (acc: results
-still on their way to the accumulator buffer); a command moves on when the solver says so
-and the next slot is free. The real unit reports exactly these stages' ranges in its
+The execute unit is modelled as the real one is built: a *preload* slot (act, acc, and wgt
+until its weights are in the array), a *stream* slot (act, acc) and a *drain* slot (acc:
+results still on their way to the accumulator buffer); a command moves on when the solver
+says so and the next slot is free. The real unit reports exactly these stages' ranges in its
 ``footprint`` (``hw/execute.py``), which the abstract one reproduces.
 """
 
 from amaranth import *
-from amaranth.hdl import Assert, Assume
-from amaranth.lib import data, stream, wiring
+from amaranth.hdl import Assert
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.decoder import Decoder
 from serrano.hw.execute import MatmulCmd
-from serrano.hw.footprint import RangeLayout
-from serrano.hw.interfaces import FOOTPRINT_WIDTH, FootprintSignature, UnitActivitySignature
+from serrano.hw.interfaces import FootprintSignature, UnitActivitySignature
 from serrano.hw.loadstore import LoadCmd, StoreCmd
 
 from formal_harness import AnySeq, assume_stream_rule
@@ -147,6 +146,9 @@ class AbstractExecuteUnit(wiring.Component):
         self.slots = {name: (Signal(name=f"{name}_valid"),
                              Signal(MatmulCmd(config), name=f"{name}_cmd"))
                       for name in self.SLOT_PARTS}
+        #: The preload slot's weights are all in the array (the real unit's ``pre_done``):
+        #: from then on it no longer reads the weight buffer.
+        self.wgt_done = Signal()
 
     def _range(self, m: Module, port, valid, cmd, part: str) -> None:
         [acc] = accesses(Op.MATMUL, cmd, self._config, parts=(part,))
@@ -167,11 +169,13 @@ class AbstractExecuteUnit(wiring.Component):
             m.d.sync += [dv.eq(1), dc.eq(sc), sv.eq(0)]
         with m.If(pre_leaves):
             m.d.sync += [sv.eq(1), sc.eq(pc), pv.eq(0)]
+        with m.If(pv & AnySeq(1)):
+            m.d.sync += self.wgt_done.eq(1)
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [pv.eq(1), pc.eq(self.cmd.payload)]
+            m.d.sync += [pv.eq(1), pc.eq(self.cmd.payload), self.wgt_done.eq(0)]
         fp = self.footprint
         self._range(m, fp.pre_act, pv, pc, "act")
-        self._range(m, fp.pre_wgt, pv, pc, "wgt")
+        self._range(m, fp.pre_wgt, pv & ~self.wgt_done, pc, "wgt")
         self._range(m, fp.pre_acc, pv, pc, "acc")
         self._range(m, fp.stream_act, sv, sc, "act")
         self._range(m, fp.stream_acc, sv, sc, "acc")
@@ -210,7 +214,12 @@ class DispatchHarness(Elaboratable):
                  ("store", store.busy, accesses(Op.STORE, store.held, self.cfg))]
         for name, parts in AbstractExecuteUnit.SLOT_PARTS.items():
             valid, cmd = execute.slots[name]
-            items.append(("execute", valid, accesses(Op.MATMUL, cmd, self.cfg, parts)))
+            found = accesses(Op.MATMUL, cmd, self.cfg, parts)
+            if name == "pre":
+                for a in found:
+                    if a.resource == "wgt":
+                        a.when = a.when & ~execute.wgt_done
+            items.append(("execute", valid, found))
         return items
 
     def elaborate(self, platform):

