@@ -1,4 +1,4 @@
-"""The proofs of the default formal set by name, for ``scripts/formal_bench.py``: each is a
+"""The proofs of the default formal set by name, for ``tests/formal_bench.py``: each is a
 harness factory, a depth and a mode, the same ones ``tests/test_formal.py`` runs."""
 
 import statistics

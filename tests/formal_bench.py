@@ -1,21 +1,21 @@
 #!/usr/bin/env python3
 """Time the default formal proofs with every installed SymbiYosys solver; print a table.
 
-    .venv/bin/python scripts/formal_bench.py [--runs 3] [--solver yices --solver z3]
+    .venv/bin/python tests/formal_bench.py [--runs 3] [--solver yices --solver z3]
         [--proof "no hang"] [--timeout 600]
 
-The proofs and the timing are ``tests/formal_proofs.py`` (``PROOFS``, ``bench``); solvers
-are found by ``tests/formal_harness.py`` (``available_solvers``).
+It lives beside the harnesses it times (Python puts this folder first on the import path
+when it runs the file), not in scripts/, whose scripts wrap ``serrano.commands`` and the
+installed package, which the test harnesses are not part of. The proofs and the timing are
+``tests/formal_proofs.py`` (``PROOFS``, ``bench``); solvers are found by
+``tests/formal_harness.py`` (``available_solvers``).
 """
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from formal_harness import SOLVERS, available_solvers  # noqa: E402
-from formal_proofs import PROOFS, bench, format_table  # noqa: E402
+from formal_harness import SOLVERS, available_solvers
+from formal_proofs import PROOFS, bench, format_table
 
 
 def main(argv: list[str] | None = None) -> int:
