@@ -18,6 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -n auto tests
 
+# `-m formal` here replaces pyproject's default `-m "not slow"`: slow proofs run too.
 formal: $(STAMP)
 	$(PY) -m pytest -q -m formal tests
 

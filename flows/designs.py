@@ -98,6 +98,11 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
             from amaranth import unsigned
             from serrano.hw.output_stage import OutputStage
             return OutputStage(config, unsigned(1), target)
+        if name in ("softmax_row", "layernorm_row"):
+            from amaranth import unsigned
+            from serrano.hw.vector_rows import LayerNormRow, SoftmaxRow
+            cls = SoftmaxRow if name == "softmax_row" else LayerNormRow
+            return cls(config, unsigned(1))
         raise AssertionError(name)
     n_pes = config.rows * config.cols if name == "execute" else 0
     wired = True
@@ -108,13 +113,14 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
 
 
 BLOCKS = ("accelerator", "array", "decoder", "load", "store", "execute", "output_stage",
-          "acc_buf")
+          "acc_buf", "softmax_row", "layernorm_row")
 
 
 def block_design(block: str, config: AcceleratorConfig) -> Design:
     """A :class:`Design` for one block of the accelerator (or the whole of it), synthesized
     on its own: ``accelerator``, ``array``, ``decoder``, ``load``, ``store``, ``execute``,
-    ``output_stage``, ``acc_buf`` (the accumulator buffer and its read-modify-write)."""
+    ``output_stage``, ``acc_buf`` (the accumulator buffer and its read-modify-write),
+    ``softmax_row``, ``layernorm_row`` (the vector unit's row engines, ``L = cols``)."""
     if block not in BLOCKS:
         raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}")
     if not isinstance(config, AcceleratorConfig):

@@ -18,6 +18,7 @@ COMMANDS = {
     "demo": ("demo", "what `make demo` runs"),
     "gen-isa-doc": ("gen_isa_doc", "regenerate docs/isa.md from hw/isa.py"),
     "synth": ("synth", "Yosys + nextpnr resource and timing report"),
+    "synth-lanes": ("synth_lanes", "the vector lane datapaths alone through the ECP5 flow"),
     "build-board": ("build_board", "a board top to a bitstream"),
     "sweep": ("sweep", "design-space sweep on dask.distributed"),
     "precision-study": ("precision_study", "activation precision a BERT model needs"),
