@@ -5,9 +5,11 @@ An energy model multiplies each count by the energy of one such action and sums
 the program only, never on timing or memory latency, so the golden model reproduces them
 (``sim.golden``) and the tests compare them bit-exactly across backends.
 
-The counter set is :data:`ACTIVITY_EVENTS`, a list of (field of ``isa.Counters``, event
-source) pairs; the top level (``hw/top.py``) drives each source from a buffer port's enable,
-a memory handshake or a unit's ``reads`` observation port (``BufferReadsSignature``). A new
+The counter set of an accelerator is :func:`activity_events`: :data:`ACTIVITY_EVENTS`, a list
+of (field of ``isa.Counters``, event source) pairs every accelerator has, and with the vector
+unit :func:`vector_events`; the top level (``hw/top.py``) drives each source from a buffer
+port's enable, a memory handshake or a unit's ``reads`` observation port
+(``BufferReadsSignature``, ``VectorReadsSignature``). A new
 unit adds its counter by appending a field to ``isa.Counters`` (and to
 ``isa.ACTIVITY_COUNTERS``), an :class:`Event` here, the source's tap in the top level and
 its count in the golden model. Several sources may feed one field (their pulses add up), and
@@ -24,7 +26,8 @@ from . import isa
 from .config import AcceleratorConfig
 from .counters import add_counter, counters_layout
 
-__all__ = ["Event", "ACTIVITY_EVENTS", "ActivityCounters", "driven_counter_bits"]
+__all__ = ["Event", "ACTIVITY_EVENTS", "vector_events", "activity_events", "ActivityCounters",
+           "driven_counter_bits"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,18 +72,41 @@ ACTIVITY_EVENTS: tuple[Event, ...] = (
     Event(field="param_writes", source="param_write"),    # param_buf.write.en (load)
     Event(field="mem_read_beats", source="mem_read"),     # mem.req handshake, write = 0
     Event(field="mem_write_beats", source="mem_write"),   # mem.req handshake, write = 1
-    # vector_elements comes with the vector unit: Event(field="vector_elements",
-    # source="vector_elements", width=clog2(cols + 1)).
 )
+
+
+def vector_events(config: AcceleratorConfig) -> tuple[Event, ...]:
+    """The vector unit's events (``config.vector``): its accumulator and parameter reads
+    (``vector.reads``), its writes into the ACT and WGT buffers (its side of the write
+    muxes it shares with the load unit) and the elements it takes in, up to ``cols`` per
+    cycle."""
+    return (
+        Event(field="act_writes", source="vector_act_write"),   # vector.act_wr.en
+        Event(field="wgt_writes", source="vector_wgt_write"),   # vector.wgt_wr.en
+        Event(field="acc_reads", source="vector_acc_read"),     # vector.reads.acc
+        Event(field="param_reads", source="vector_param_read"),  # vector.reads.param
+        Event(field="vector_elements", source="vector_elements",
+              width=config.cols.bit_length()),                  # vector.reads.elements
+    )
+
+
+def activity_events(config: AcceleratorConfig) -> tuple[Event, ...]:
+    """The counter set of an accelerator built with ``config``: :data:`ACTIVITY_EVENTS`, and
+    :func:`vector_events` with the vector unit (without it ``vector_elements`` has no
+    source and reads 0)."""
+    return ACTIVITY_EVENTS + (vector_events(config) if config.vector else ())
 
 
 def driven_counter_bits(config: AcceleratorConfig, name: str) -> int:
     """Low bits of field ``name`` of ``isa.Counters`` that an accelerator built with
     ``config`` can make nonzero: ``counter_width``, or 0 for an activity counter with
-    ``activity_counters=False``. (The UART bridge reads only those.)"""
+    ``activity_counters=False`` or with no source (``vector_elements`` without the vector
+    unit). (The UART bridge reads only those.)"""
     if name not in isa.PERF_COUNTERS + isa.ACTIVITY_COUNTERS:
         raise ValueError(f"{name!r} is not a field of isa.Counters")
-    if name in isa.ACTIVITY_COUNTERS and not config.activity_counters:
+    if name in isa.ACTIVITY_COUNTERS and (
+            not config.activity_counters
+            or not any(e.field == name for e in activity_events(config))):
         return 0
     return config.counter_width
 
@@ -100,8 +126,8 @@ class ActivityCounters(wiring.Component):
     Parameters
     ----------
     config : AcceleratorConfig
-    events : tuple of Event
-        The counter set (default :data:`ACTIVITY_EVENTS`).
+    events : tuple of Event or None
+        The counter set (default ``activity_events(config)``).
 
     Attributes
     ----------
@@ -112,8 +138,10 @@ class ActivityCounters(wiring.Component):
         The fields of ``isa.Counters`` that ``events`` feed, in ``isa.Counters`` order.
     """
 
-    def __init__(self, config: AcceleratorConfig, events: tuple[Event, ...] = ACTIVITY_EVENTS):
+    def __init__(self, config: AcceleratorConfig, events: tuple[Event, ...] | None = None):
         try:
+            if events is None and isinstance(config, AcceleratorConfig):
+                events = activity_events(config)
             self._check(config, events)
         except (TypeError, ValueError):
             self._MustUse__silence = True   # a rejected component is not "never used"

@@ -12,7 +12,7 @@ from .config import AcceleratorConfig
 from .footprint import RangeLayout
 
 __all__ = ["FOOTPRINT_WIDTH", "UnitActivitySignature", "BufferReadsSignature",
-           "AccUpdateSignature", "FootprintSignature"]
+           "VectorReadsSignature", "AccUpdateSignature", "FootprintSignature"]
 
 #: Address width of scoreboard footprints: covers the deepest buffer any configuration has.
 FOOTPRINT_WIDTH = 17
@@ -50,6 +50,33 @@ class BufferReadsSignature(wiring.Signature):
 
     def __init__(self, *names: str):
         super().__init__({name: Out(1) for name in names})
+
+
+class VectorReadsSignature(wiring.Signature):
+    """What the vector unit takes in, for the activity counters (producer's view).
+
+    Its accumulator and parameter read ports are enabled every cycle, so their enables say
+    nothing; these members pulse once per entry read whose data the unit uses (a transposed
+    tile's padding rows past ``n_rows`` are read but not used, so not counted).
+
+    Parameters
+    ----------
+    lanes : int
+        Lanes of one accumulator entry (``config.cols``).
+
+    Members
+    -------
+    acc : Out(1)
+        An accumulator entry read (one source row of one block).
+    param : Out(1)
+        The parameter entry of that row's block, read with it.
+    elements : Out(range(lanes + 1))
+        The valid lanes of that entry (lanes below the ``n_elems`` left), 0 without a read.
+    """
+
+    def __init__(self, lanes: int):
+        super().__init__({"acc": Out(1), "param": Out(1),
+                          "elements": Out(range(lanes + 1))})
 
 
 class AccUpdateSignature(wiring.Signature):

@@ -335,7 +335,8 @@ class Counters(data.Struct):
 
     The fields from ``act_reads`` on are activity counters for an energy model: one count
     per buffer entry read whose data is used, per buffer entry written, per memory request
-    accepted (``docs/performance.md``, "Activity counters", defines each). They depend on
+    accepted, per source element the vector unit takes into its datapath
+    (``docs/performance.md``, "Activity counters", defines each). They depend on
     the program only, not on timing, and read 0 with
     ``AcceleratorConfig(activity_counters=False)``. ``array_busy`` is the MAC-active count:
     each of its cycles is ``rows * cols`` multiply-accumulates."""
@@ -348,15 +349,17 @@ class Counters(data.Struct):
     store_stall: unsigned(COUNTER_WIDTH)     # store unit waited for the memory port
     # activity counters (hw/activity.py), appended: the fields above keep their offsets
     act_reads: unsigned(COUNTER_WIDTH)        # activation entries read (MATMUL vectors)
-    act_writes: unsigned(COUNTER_WIDTH)       # activation entries written (LOAD rows)
+    act_writes: unsigned(COUNTER_WIDTH)       # activation entries written (LOAD, VREQUANT)
     wgt_reads: unsigned(COUNTER_WIDTH)        # weight entries read into the array
-    wgt_writes: unsigned(COUNTER_WIDTH)       # weight entries written (LOAD rows)
-    acc_reads: unsigned(COUNTER_WIDTH)        # accumulator entries read (STOREs, add-into)
+    wgt_writes: unsigned(COUNTER_WIDTH)       # weight entries written (LOAD, VREQUANT)
+    acc_reads: unsigned(COUNTER_WIDTH)        # accumulator entries read (STORE, add-into, vector)
     acc_writes: unsigned(COUNTER_WIDTH)       # accumulator entries written (MATMUL rows)
-    param_reads: unsigned(COUNTER_WIDTH)      # parameter entries read (REQUANT STOREs)
+    param_reads: unsigned(COUNTER_WIDTH)      # parameter entries read (STORE REQUANT, vector)
     param_writes: unsigned(COUNTER_WIDTH)     # parameter entries written (LOAD rows)
     mem_read_beats: unsigned(COUNTER_WIDTH)   # memory read requests accepted (words)
     mem_write_beats: unsigned(COUNTER_WIDTH)  # memory write requests accepted (words)
+    # appended with the vector unit: the fields above keep their offsets
+    vector_elements: unsigned(COUNTER_WIDTH)  # source elements the vector unit took in
 
 
 #: The fields of ``Counters`` that the decoder's ``PerfCounters`` count (time and stalls).
@@ -366,7 +369,8 @@ PERF_COUNTERS: tuple[str, ...] = ("cycles", "array_busy", "instructions", "dispa
 #: energy model. Independent of timing, so the golden model reproduces them.
 ACTIVITY_COUNTERS: tuple[str, ...] = ("act_reads", "act_writes", "wgt_reads", "wgt_writes",
                                       "acc_reads", "acc_writes", "param_reads",
-                                      "param_writes", "mem_read_beats", "mem_write_beats")
+                                      "param_writes", "mem_read_beats", "mem_write_beats",
+                                      "vector_elements")
 assert tuple(name for name, _ in data.Layout.cast(Counters)) == \
     PERF_COUNTERS + ACTIVITY_COUNTERS
 

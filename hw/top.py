@@ -118,9 +118,10 @@ class Accelerator(wiring.Component):
         wiring.connect(m, decoder.exec_cmd, execute.cmd)
         wiring.connect(m, decoder.store_cmd, store.cmd)
 
+        vector = None
         if vec:
-            self._add_vector_unit(m, decoder, load, act_buf, wgt_buf, acc_buf, param_buf,
-                                  with_clear)
+            vector = self._add_vector_unit(m, decoder, load, act_buf, wgt_buf, acc_buf,
+                                           param_buf, with_clear)
         else:
             wiring.connect(m, load.act_wr, act_buf.write)
             wiring.connect(m, load.wgt_wr, wgt_buf.write)
@@ -146,14 +147,14 @@ class Accelerator(wiring.Component):
             m.d.comb += self.counters[name].eq(decoder.counters[name])
         if cfg.activity_counters:
             m.submodules.activity = activity = with_clear(ActivityCounters(cfg))
-            self._tap_activity(m, activity, decoder, load, execute, store)
+            self._tap_activity(m, activity, decoder, load, execute, store, vector)
             for name in activity.fields:
                 m.d.comb += self.counters[name].eq(activity.counters[name])
         # (without them, and for fields no event feeds, the activity fields stay 0)
         return m
 
     def _add_vector_unit(self, m: Module, decoder, load, act_buf, wgt_buf, acc_buf, param_buf,
-                         with_clear) -> None:
+                         with_clear) -> VectorUnit:
         """The vector unit: its own read ports on the accumulator and parameter buffers, and
         the activation and weight buffers' write ports shared with the load unit (one
         :class:`~.vector.WriteMux` each; the scoreboard keeps their writes apart)."""
@@ -174,10 +175,12 @@ class Accelerator(wiring.Component):
         wiring.connect(m, vector.activity, decoder.vector_activity)
         wiring.connect(m, vector.acc_rd, acc_buf.vector_read)
         wiring.connect(m, vector.param_rd, param_buf.vector_read)
+        return vector
 
     def _tap_activity(self, m: Module, activity: ActivityCounters, decoder: Decoder,
-                      load: LoadUnit, execute: ExecuteUnit, store: StoreUnit) -> None:
-        """Drive the activity counters' sources (``hw.activity.ACTIVITY_EVENTS``) from the
+                      load: LoadUnit, execute: ExecuteUnit, store: StoreUnit,
+                      vector: VectorUnit | None) -> None:
+        """Drive the activity counters' sources (``hw.activity.activity_events``) from the
         buffer ports' enables, the memory port's handshakes and the units' ``reads``."""
         ev, upd, req = activity.events, execute.acc_update, self.mem.req
         accepted = req.valid & req.ready
@@ -196,3 +199,13 @@ class Accelerator(wiring.Component):
             ev.mem_read.eq(accepted & ~req.payload.write),
             ev.mem_write.eq(accepted & req.payload.write),
         ]
+        if vector is not None:
+            # The load unit's writes are tapped before the write muxes, the vector unit's
+            # here: each write enable is one entry written (the two never write together).
+            m.d.comb += [
+                ev.vector_act_write.eq(vector.act_wr.en),
+                ev.vector_wgt_write.eq(vector.wgt_wr.en),
+                ev.vector_acc_read.eq(vector.reads.acc),
+                ev.vector_param_read.eq(vector.reads.param),
+                ev.vector_elements.eq(vector.reads.elements),
+            ]

@@ -56,7 +56,8 @@ __all__ = ["UARTRx", "UARTTx", "LineTimer", "RangeSignature", "RangeCheck",
 
 MIN_DIVISOR = 4
 # 2: isa.Counters gained the activity counters (COUNTER_BYTES 42 -> 102).
-PROTOCOL_VERSION = 2
+# 3: and vector_elements (COUNTER_BYTES 102 -> 108).
+PROTOCOL_VERSION = 3
 INFO_MAGIC = b"SRNO"
 ARG_BYTES = 8           # addr u32 + count u32
 INSTR_BYTES = isa.INSTR_WIDTH // 8

@@ -11,7 +11,7 @@ from amaranth.lib.wiring import In, Out
 from . import isa
 from .config import AcceleratorConfig
 from .delay import delay
-from .interfaces import UnitActivitySignature
+from .interfaces import UnitActivitySignature, VectorReadsSignature
 from .mult import MultiplierTarget
 from .output_stage import OutputStage
 
@@ -80,6 +80,12 @@ class VectorUnit(wiring.Component):
     scoreboard's structural rule). Cycle cost from the command's acceptance to ``busy``
     falling: :meth:`cycles`.
 
+    ``reads`` reports, for the activity counters, each accumulator entry read whose data is
+    used, with its block's parameter entry and its valid lanes: ``n_rows * nb`` reads and
+    ``n_rows * n_elems`` elements per VREQUANT, transposed or not (a tile's padding rows are
+    read, since the ports are always enabled, but their data is dropped: a gated port would
+    not read them). The writes are counted from ``act_wr.en`` and ``wgt_wr.en``.
+
     Parameters
     ----------
     config : AcceleratorConfig
@@ -131,6 +137,7 @@ class VectorUnit(wiring.Component):
             "wgt_wr": In(_write_signature(c.wgt_addr_width,
                                           data.ArrayLayout(signed(8), c.cols))),
             "activity": Out(UnitActivitySignature()),
+            "reads": Out(VectorReadsSignature(c.cols)),
         })
 
     @property
@@ -184,14 +191,18 @@ class VectorUnit(wiring.Component):
             self.activity.stalled.eq(0),  # no backpressure: the unit never waits
             self.cmd.ready.eq(~busy),
         ]
+        used = walk.issue & walk.tag.row_valid  # a read whose row is written (not padding)
+        m.d.comb += [self.reads.acc.eq(used), self.reads.param.eq(used),
+                     self.reads.elements.eq(Mux(used, walk.elements, 0))]
         return m
 
     def _walker(self, m: Module):
         """The address walker: one source row per cycle while ``active``.
 
         Returns a namespace of ``issue`` (a row enters the pipeline), ``acc_addr``,
-        ``param_addr``, ``tag`` (the row's bookkeeping), ``active``, ``start`` (the cycle
-        after acceptance), ``done`` (the last row is issued) and ``transpose``."""
+        ``param_addr``, ``tag`` (the row's bookkeeping), ``elements`` (the row's valid
+        lanes, ``min(n_elems left, L)``), ``active``, ``start`` (the cycle after
+        acceptance), ``done`` (the last row is issued) and ``transpose``."""
         c, lanes, p = self._config, self._lanes, self.cmd.payload
         cmd = Signal(VectorCmd())
         take = Signal()
@@ -238,6 +249,8 @@ class VectorUnit(wiring.Component):
             with m.Else():
                 m.d.sync += active.eq(0)
 
+        elements = Signal(range(lanes + 1))
+        m.d.comb += elements.eq(Mux(elems_left >= lanes, lanes, elems_left))
         tag = Signal(self._tag)
         row_valid = ~tr | (row_base + inner < cmd.n_rows)
         m.d.comb += [
@@ -253,7 +266,8 @@ class VectorUnit(wiring.Component):
         # tile's padding) reads whatever is there and is written as 0 (row_valid).
         return SimpleNamespace(issue=active, acc_addr=(src_blk + inner)[:len(self.acc_rd.addr)],
                                param_addr=param[:len(self.param_rd.addr)], tag=tag,
-                               active=active, start=start, done=done, transpose=tr)
+                               elements=elements, active=active, start=start, done=done,
+                               transpose=tr)
 
     def _result_row(self, m: Module, ostage) -> Value:
         """The output stage's row as ``L`` elements of ``act_bits``: int16 (``o_wide``) into

@@ -215,6 +215,14 @@ class GoldenBackend:
         params = unpack_output_params(self.param[param_addr:param_addr + nb])
         to_act = VectorDst(dst) == VectorDst.ACT
         buf = self.act if to_act else self.wgt
+        # One accumulator entry per source row and block, each with its block's parameter
+        # entry (the unit reads it with every row; a tile's padding rows are not counted),
+        # and every element below n_elems; the writes: n_rows per block, or transposed
+        # n_elems per row block.
+        writes = n_rows * nb if not transpose else n_elems * isa.vector_blocks(n_rows, c)
+        self._count(acc_reads=n_rows * nb, param_reads=n_rows * nb,
+                    vector_elements=n_rows * n_elems,
+                    **{"act_writes" if to_act else "wgt_writes": writes})
         y = kernels.requant(x, params, c.act_bits if to_act else 8)
         y[:, n_elems:] = 0
         if transpose:
@@ -238,6 +246,11 @@ class GoldenBackend:
         on the whole tensor; the destination is always ACT."""
         c = self.config
         nb = isa.vector_blocks(n_elems, c)
+        # The planned definition (docs/performance.md): every source element taken into the
+        # datapath, once per pass over the row (one pass for VADD and VGELU, three for
+        # VSOFTMAX and VLAYERNORM). Their buffer reads and writes depend on how the gateware
+        # will schedule the passes, so they are counted with it, not here.
+        self._count(vector_elements=n_rows * n_elems * _VECTOR_PASSES[op])
         x = _gather(self.acc, src_addr, src_stride, n_rows, nb)[:, :n_elems]
         params, pre_params = vector_kernel_params(op, self.param[param_addr:], c, n_elems,
                                                   bool(pre), bool(with_b))
@@ -257,6 +270,10 @@ class GoldenBackend:
         out = np.zeros((n_rows, nb * c.cols), dtype=self.act.dtype)
         out[:, :n_elems] = y
         _scatter(self.act, dst_addr, dst_stride, out)
+
+
+#: Passes over each source row of the vector ops the gateware does not build yet.
+_VECTOR_PASSES = {Opcode.VADD: 1, Opcode.VGELU: 1, Opcode.VSOFTMAX: 3, Opcode.VLAYERNORM: 3}
 
 
 def _gather(buf: np.ndarray, addr: int, stride: int, n_rows: int, nb: int) -> np.ndarray:

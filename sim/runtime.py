@@ -105,6 +105,7 @@ class Stats:
     param_writes: int | None = None
     mem_read_beats: int | None = None
     mem_write_beats: int | None = None
+    vector_elements: int | None = None
     plan: "GemmPlan | None" = None
 
     def __getitem__(self, key: str) -> Any:

@@ -14,16 +14,17 @@ import pytest
 from amaranth.lib import data
 
 from serrano.hw import isa
-from serrano.hw.activity import ACTIVITY_EVENTS, ActivityCounters, Event, driven_counter_bits
+from serrano.hw.activity import (ACTIVITY_EVENTS, ActivityCounters, Event, activity_events,
+                                 driven_counter_bits)
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.counters import PerfCounters
-from serrano.hw.isa import LoadTarget, Opcode, StoreMode, encode
+from serrano.hw.isa import LoadTarget, Opcode, StoreMode, VectorDst, encode
 from serrano.hw.uart import COUNTER_BYTES, PROTOCOL_VERSION
 from serrano.sim.backend import COUNTER_NAMES, MemoryProfile
 from serrano.sim.compiled import CompiledBackend
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.pysim import PysimBackend
-from programs import SMALL_CONFIGS, random_program
+from programs import SMALL_CONFIGS, VECTOR_CONFIGS, random_program
 from test_compiled import backend, needs_verilator
 
 CFG = SMALL_CONFIGS["2x2_w4"]    # rows = cols = 2, 4-byte memory words
@@ -155,6 +156,127 @@ def test_compiled_wraps_and_off_like_golden():
     assert {n: off.counters[n] for n in expect} == {**expect, **ZERO}
 
 
+# ---- the vector unit (VREQUANT) ------------------------------------------------------------------
+
+VCFG = VECTOR_CONFIGS["2x2_vec16"]   # L = 2 lanes; the fuzz test's compiled build
+
+
+def _vr(dst: VectorDst, *, transpose: int = 0, n_rows: int, n_elems: int,
+        dst_addr: int = 0) -> int:
+    return encode(Opcode.VREQUANT, dst=dst.value, transpose=transpose, src_addr=0,
+                  src_stride=8, dst_addr=dst_addr, dst_stride=8, n_rows=n_rows,
+                  n_elems=n_elems, param_addr=0)
+
+
+# A VREQUANT of n_rows x n_elems (nb = ceil(n_elems / 2) blocks) reads one accumulator entry
+# per row and block, each with its block's parameter entry, and takes in n_rows * n_elems
+# elements; it writes n_rows entries per block, or transposed n_elems entries per row block
+# (ceil(n_rows / 2) of them). A transposed tile's padding rows (past n_rows) count nothing.
+VCASES = {
+    # 3 x 4: 2 blocks -> 6 reads, 6 ACT writes, 12 elements
+    "vrequant_act": ([_vr(VectorDst.ACT, n_rows=3, n_elems=4), HALT],
+                     _counts(instructions=2, acc_reads=6, param_reads=6, act_writes=6,
+                             vector_elements=12)),
+    # 5 x 1: 1 block (one lane of two valid) -> 5 reads, 5 WGT writes, 5 elements
+    "vrequant_wgt": ([_vr(VectorDst.WGT, n_rows=5, n_elems=1), HALT],
+                     _counts(instructions=2, acc_reads=5, param_reads=5, wgt_writes=5,
+                             vector_elements=5)),
+    # 3 x 4 transposed: 2 row blocks of 2 tiles, the second row block half padding: 6 reads
+    # (not 8), 2 x 4 columns written, 12 elements
+    "vrequant_wgt_transposed": ([_vr(VectorDst.WGT, transpose=1, n_rows=3, n_elems=4), HALT],
+                                _counts(instructions=2, acc_reads=6, param_reads=6,
+                                        wgt_writes=8, vector_elements=12)),
+    # 2 x 3 transposed: one row block, 2 tiles, 3 columns written
+    "vrequant_act_transposed": ([_vr(VectorDst.ACT, transpose=1, n_rows=2, n_elems=3), HALT],
+                                _counts(instructions=2, acc_reads=4, param_reads=4,
+                                        act_writes=3, vector_elements=6)),
+    # The load unit's and the vector unit's writes add up in act_writes (LOAD_ACT: 3 rows of
+    # 2 bytes at lanes 1, 6, 3 of 8-byte words -> 3 beats), the STORE's and the VREQUANT's
+    # reads in acc_reads and param_reads (STORE_Q: rows at lanes 1, 4, 7 -> 1+1+2 beats).
+    "vrequant_mixed": ([LOAD_ACT, _vr(VectorDst.ACT, n_rows=3, n_elems=3, dst_addr=16),
+                        STORE_Q, HALT],
+                       _counts(instructions=4, act_writes=3 + 6, mem_read_beats=3,
+                               acc_reads=6 + 3, param_reads=6 + 1, vector_elements=9,
+                               mem_write_beats=4)),
+    # A faulting VREQUANT (n_elems = 0) counts nothing, nor does anything after it.
+    "vrequant_fault": ([_vr(VectorDst.ACT, n_rows=3, n_elems=4),
+                        _vr(VectorDst.ACT, n_rows=3, n_elems=0), LOAD_ACT, HALT],
+                       _counts(instructions=1, acc_reads=6, param_reads=6, act_writes=6,
+                               vector_elements=12)),
+}
+
+
+def _vmemory() -> np.ndarray:
+    return np.random.default_rng(6).integers(0, 256, 512, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("case", VCASES)
+def test_golden_vrequant_counts_hand_computed(case):
+    words, expect = VCASES[case]
+    assert GoldenBackend(VCFG).run(words, _vmemory()).counters == expect
+
+
+@needs_verilator
+def test_compiled_vrequant_counts_hand_computed():
+    got = backend(VCFG).run_sequence([(w, _vmemory()) for w, _ in VCASES.values()],
+                                     max_cycles=BUDGET)
+    for case, res in zip(VCASES, got):
+        expect = VCASES[case][1]
+        assert {name: res.counters[name] for name in expect} == expect, case
+
+
+def test_pysim_vrequant_counts_hand_computed_and_off():
+    """pysim counts every VREQUANT case as computed; with ``activity_counters=False`` the
+    activity fields (vector_elements included) read 0 and nothing else changes."""
+    jobs = [(w, _vmemory()) for w, _ in VCASES.values()]
+    on = PysimBackend(VCFG).run_sequence(jobs, max_cycles=BUDGET)
+    for case, res in zip(VCASES, on):
+        expect = VCASES[case][1]
+        assert {name: res.counters[name] for name in expect} == expect, case
+    off_cfg = replace(VCFG, activity_counters=False)
+    words, expect = VCASES["vrequant_mixed"]
+    off = PysimBackend(off_cfg).run(words, _vmemory(), max_cycles=BUDGET)
+    mixed = on[list(VCASES).index("vrequant_mixed")]
+    assert {n: off.counters[n] for n in isa.ACTIVITY_COUNTERS} == ZERO
+    assert {n: off.counters[n] for n in isa.PERF_COUNTERS} == \
+        {n: mixed.counters[n] for n in isa.PERF_COUNTERS}
+    assert off.status == mixed.status and np.array_equal(off.memory, mixed.memory)
+    assert GoldenBackend(off_cfg).run(words, _vmemory()).counters == {**expect, **ZERO}
+
+
+def test_golden_counts_elements_of_the_ops_ahead():
+    """The vector ops the gateware does not build yet count only ``vector_elements``, by the
+    planned definition: elements x passes (VADD, VGELU one pass; VSOFTMAX, VLAYERNORM
+    three)."""
+    from serrano.sim.golden import _VECTOR_PASSES
+    assert _VECTOR_PASSES == {Opcode.VADD: 1, Opcode.VGELU: 1, Opcode.VSOFTMAX: 3,
+                              Opcode.VLAYERNORM: 3}
+    g = GoldenBackend(VCFG, ahead=True)
+    for op, passes in ((Opcode.VGELU, 1), (Opcode.VLAYERNORM, 3)):
+        word = encode(op, dst=VectorDst.ACT.value, src_addr=0, src_stride=8, dst_addr=0,
+                      dst_stride=8, n_rows=3, n_elems=5, param_addr=0)
+        res = g.run([word, HALT], np.zeros(64, np.uint8))
+        assert res.status.ok, (op, res.status)
+        assert res.counters == _counts(instructions=2, vector_elements=3 * 5 * passes), op
+
+
+@needs_verilator
+def test_random_vector_programs_compiled_against_golden():
+    """Random programs with VREQUANTs (and malformed ones): every counter golden = compiled."""
+    rng = np.random.default_rng(43)
+    busy = dict.fromkeys(isa.ACTIVITY_COUNTERS, 0)
+    jobs = [random_program(VCFG, rng, length=int(rng.integers(1, 14)), malformed=i % 4 == 3)
+            for i in range(60)]
+    refs = [GoldenBackend(VCFG).run(w, m) for w, m in jobs]
+    for i, ((words, memory), ref) in enumerate(zip(jobs, refs)):
+        got = backend(VCFG).run(words, memory, max_cycles=BUDGET)
+        assert got.status == ref.status, f"program {i}"
+        assert _reported(got, ref) == ref.counters, f"program {i}"
+        for n in busy:
+            busy[n] += ref.counters[n]
+    assert all(busy.values()), busy
+
+
 # ---- random programs: golden, pysim and compiled agree -----------------------------------------
 
 @needs_verilator
@@ -162,7 +284,8 @@ def test_compiled_wraps_and_off_like_golden():
 def test_random_programs_compiled_against_golden(name):
     cfg = SMALL_CONFIGS[name]
     rng = np.random.default_rng(41)
-    busy = dict.fromkeys(isa.ACTIVITY_COUNTERS, 0)
+    # (vector_elements has no source without the vector unit)
+    busy = {n: 0 for n in isa.ACTIVITY_COUNTERS if driven_counter_bits(cfg, n)}
     for i in range(120):
         words, memory = random_program(cfg, rng, length=int(rng.integers(1, 16)),
                                        malformed=i % 3 == 2)
@@ -219,9 +342,16 @@ def test_counters_layout_appends_activity_fields():
     assert COUNTER_NAMES == isa.PERF_COUNTERS + isa.ACTIVITY_COUNTERS
     for i, name in enumerate(COUNTER_NAMES):
         assert (layout[name].offset, layout[name].width) == (48 * i, 48), name
-    assert COUNTER_BYTES == 17 * 6 and PROTOCOL_VERSION == 2
-    # every activity field has an event source, and only activity fields do
-    assert {e.field for e in ACTIVITY_EVENTS} == set(isa.ACTIVITY_COUNTERS)
+    assert COUNTER_BYTES == 18 * 6 and PROTOCOL_VERSION == 3
+    assert COUNTER_NAMES[-1] == "vector_elements"
+    # with the vector unit every activity field has an event source, and only activity
+    # fields do; without it vector_elements has none
+    assert {e.field for e in activity_events(VCFG)} == set(isa.ACTIVITY_COUNTERS)
+    assert activity_events(CFG) == ACTIVITY_EVENTS
+    assert {e.field for e in ACTIVITY_EVENTS} == set(isa.ACTIVITY_COUNTERS) - {"vector_elements"}
+    # up to cols elements per cycle
+    assert [e.width for e in activity_events(replace(VCFG, rows=8, cols=8))
+            if e.field == "vector_elements"] == [4]
 
 
 def test_config_and_events_are_validated():
@@ -242,6 +372,8 @@ def test_config_and_events_are_validated():
     assert driven_counter_bits(off, "cycles") == 20
     assert driven_counter_bits(off, "acc_reads") == 0
     assert driven_counter_bits(CFG, "acc_reads") == 48
+    assert driven_counter_bits(CFG, "vector_elements") == 0      # no vector unit
+    assert driven_counter_bits(VCFG, "vector_elements") == 48
 
 
 def test_activity_counters_add_several_sources_and_wide_events():

@@ -17,6 +17,7 @@ from serrano.hw import isa
 from serrano.flows.boards import BOARDS, build_board, get_board
 from serrano.flows.devices import DEVICES, DesignDoesNotFit, preflight
 from serrano.hw.board import BoardTop, SharedMemory, uart_divisor
+from serrano.hw.activity import driven_counter_bits
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.uart import (COUNTER_BYTES, INFO_BYTES, PROTOCOL_VERSION, STATUS_BYTES, Bridge,
                              BridgeFlags, Command, Reply, UARTRx, UARTTx, info_bytes)
@@ -339,7 +340,10 @@ def test_bridge_counters_of_narrow_counters():
         await send_byte(ctx, dut.rx, Command.COUNTERS.value, div)
         reply = bytes([await recv_byte(ctx, dut.tx, div, 2000)
                        for _ in range(COUNTER_BYTES + 1)])
-        expect = layout.const({name: v & 0xFFFFF for name, v in values.items()})
+        # (vector_elements has no source without the vector unit: sent as 0)
+        expect = layout.const({name: v & ((1 << driven_counter_bits(cfg, name)) - 1)
+                               for name, v in values.items()})
+        assert driven_counter_bits(cfg, "acc_reads") == 20
         assert int.from_bytes(reply[:-1], "little") == expect.as_value().value
         assert reply[-1] == Reply.OK.value
 
@@ -384,15 +388,17 @@ class _CannedPort:
 
 
 def test_driver_rejects_another_protocol_version():
-    """Version 2 changed the COUNTERS reply (the activity counters): a host must not parse a
-    version-1 bridge's 42 bytes as the new struct."""
+    """Versions 2 and 3 changed the COUNTERS reply (the activity counters, then
+    vector_elements): a host must not parse an older bridge's 42 or 102 bytes as the new
+    struct."""
     cfg = AcceleratorConfig(rows=2, cols=2, act_depth=64, acc_depth=64, mem_bytes=256)
     info = bytearray(info_bytes(cfg, 1_000_000, 250_000))
-    assert info[4] == PROTOCOL_VERSION == 2
+    assert info[4] == PROTOCOL_VERSION == 3
     assert BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info().config() == cfg
-    info[4] = 1
-    with pytest.raises(BridgeError, match="bridge protocol version 1, host speaks 2"):
-        BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info()
+    for old in (1, 2):
+        info[4] = old
+        with pytest.raises(BridgeError, match=f"bridge protocol version {old}, host speaks 3"):
+            BridgeLink(_CannedPort(bytes(info) + bytes([Reply.OK.value]))).info()
 
 
 # ---- the real board top over a simulated serial line -----------------------------------------
