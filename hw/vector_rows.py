@@ -238,10 +238,10 @@ class _RowEngine(wiring.Component):
         ctl0 = Signal(ctl_layout)
         m.d.comb += [ctl0.pass_.eq(want), ctl0.first.eq(blk == 0),
                      ctl0.last.eq(self.i.payload.last), ctl0.blk.eq(blk)]
-        valids = [pipe.reg(1, "s1_valid", take, reset=True)]
+        valids = [pipe.reg(1, "s1_valid", take, resettable=True)]
         ctls = [pipe.reg(ctl_layout, "s1_ctl", ctl0)]
         for k in range(2, depth + 1):
-            valids.append(pipe.reg(1, f"s{k}_valid", valids[-1], reset=True))
+            valids.append(pipe.reg(1, f"s{k}_valid", valids[-1], resettable=True))
             ctls.append(pipe.reg(ctl_layout, f"s{k}_ctl", ctls[-1]))
         ctl = [None] + [_Ctl(v, c) for v, c in zip(valids, ctls)]
         return take, blk, s1, ctl

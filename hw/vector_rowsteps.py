@@ -24,24 +24,24 @@ class Pipe:
     """The registers of a pipeline that advances only while ``en`` is 1.
 
     Payload registers are reset-less (they pack into fabric and DSP registers); the valid
-    bits that need a reset are made with ``reset=True``.
+    bits that need a reset are made with ``resettable=True``.
     """
 
     def __init__(self, m: Module, en: Value):
         self.m = m
         self.en = en
 
-    def reg(self, shape, name: str, value, *, reset: bool = False) -> Signal:
+    def reg(self, shape, name: str, value, *, resettable: bool = False) -> Signal:
         """A register ``name`` of ``shape`` loading ``value`` whenever the pipe advances."""
-        sig = Signal(shape, name=name, reset_less=not reset)
+        sig = Signal(shape, name=name, reset_less=not resettable)
         with self.m.If(self.en):
             self.m.d.sync += sig.eq(value)
         return sig
 
-    def delay(self, value, stages: int, name: str, *, reset: bool = False):
+    def delay(self, value, stages: int, name: str, *, resettable: bool = False):
         """``value`` delayed by ``stages`` pipe steps through ``{name}_d{k}`` registers."""
         return delay(self.m, value, stages, name=f"{name}_d{{}}", first=1,
-                     reset_less=not reset, en=self.en)
+                     reset_less=not resettable, en=self.en)
 
 
 def tree_levels(n: int) -> int:
