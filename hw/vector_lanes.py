@@ -26,8 +26,8 @@ from .output_steps import Column, rounding_half_sum, stage1
 from .vector_steps import (lane_arith, lo_hi, ram_delay, round_shift_staged, saturate_to,
                            scalar_stage1, wide_sum)
 
-__all__ = ["LaneDatapath", "PrescaleLanes", "GeluLanes", "AddLanes", "GeluScalars",
-           "AddScalars", "GELU_ROM"]
+__all__ = ["LaneDatapath", "PrescaleLanes", "GeluLanes", "AddLanes", "GeluLaneParams",
+           "AddLaneParams", "GELU_ROM"]
 
 _OUTPUT_PARAMS = data.Layout.cast(isa.OutputParams)
 _MBQM_MULT = _OUTPUT_PARAMS["multiplier"].shape   # MBQM operands as in OutputParams
@@ -36,13 +36,16 @@ _MBQM_SHIFT = _OUTPUT_PARAMS["shift"].shape
 _FIXED_MULT = unsigned(31)
 _FIXED_SHIFT = unsigned(6)
 
-#: ``GeluLanes.params``: ``sim.kernels.GeluParams`` without ``act_bits``.
-GeluScalars = data.StructLayout({
+#: ``GeluLanes.params``: ``sim.kernels.GeluParams`` without ``act_bits``, at the widths the lanes
+#: use (the parameter entry's ``isa.GeluScalars`` after masking and clamping,
+#: ``sim.asm.vector_kernel_params``).
+GeluLaneParams = data.StructLayout({
     "in_mult": _FIXED_MULT, "in_shift": _FIXED_SHIFT,
     "out_mult": _MBQM_MULT, "out_shift": _MBQM_SHIFT,
 })
-#: ``AddLanes.params``: ``sim.kernels.AddParams`` without ``act_bits``.
-AddScalars = data.StructLayout({
+#: ``AddLanes.params``: ``sim.kernels.AddParams`` without ``act_bits``, at the widths the lanes
+#: use (``isa.AddScalars`` after masking and clamping).
+AddLaneParams = data.StructLayout({
     "x_mult": _FIXED_MULT, "x_shift": _FIXED_SHIFT,
     "b_mult": _FIXED_MULT, "b_shift": _FIXED_SHIFT,
 })
@@ -289,7 +292,7 @@ class GeluLanes(_ActLanes):
         + 7 / 14   MBQM(y, out_mult, out_shift) (the output stage's, generic / ECP5)
         + 1        saturated to act_bits
 
-    ``params`` (:data:`GeluScalars`) is read while blocks are in flight and must be held
+    ``params`` (:data:`GeluLaneParams`) is read while blocks are in flight and must be held
     constant for the whole command (from the first block's acceptance until its last result
     has left). ``in_shift`` must be in ``[1, 62]``; ``out_shift`` saturates into
     ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 MULT18X18D per lane).
@@ -300,7 +303,7 @@ class GeluLanes(_ActLanes):
 
     @property
     def params_layout(self) -> data.Layout:
-        return GeluScalars
+        return GeluLaneParams
 
     @property
     def pipeline_latency(self) -> int:
@@ -376,7 +379,7 @@ class AddLanes(_ActLanes):
         P + 10   (s >> 11 + 1) >> 1 = (ux + ub + 2**11) >> 12
         P + 11   saturated to act_bits
 
-    ``params`` (:data:`AddScalars`) is held constant for the whole command, shifts in
+    ``params`` (:data:`AddLaneParams`) is held constant for the whole command, shifts in
     ``[1, 62]``. Latency: 15 cycles generic, 19 ECP5 (six MULT18X18D per lane).
     """
 
@@ -389,7 +392,7 @@ class AddLanes(_ActLanes):
 
     @property
     def params_layout(self) -> data.Layout:
-        return AddScalars
+        return AddLaneParams
 
     @property
     def pipeline_latency(self) -> int:
