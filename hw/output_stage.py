@@ -6,7 +6,7 @@
 :class:`~.output_ice40.ICE40OutputStage` (SB_MAC16 partial products, a compact pipeline).
 """
 
-from amaranth import Module, Shape, ShapeCastable, signed
+from amaranth import Module, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -14,6 +14,7 @@ from . import isa
 from .config import AcceleratorConfig
 from .delay import delay
 from .mult import Family, MultiplierTarget
+from .output_steps import check_tag_shape
 
 __all__ = ["OutputStage", "output_stage_class"]
 
@@ -98,12 +99,7 @@ class OutputStage(wiring.Component):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         _check_target(target)
-        if not isinstance(tag_shape, ShapeCastable):
-            try:
-                Shape.cast(tag_shape)
-            except TypeError as exc:
-                raise TypeError(f"tag_shape must be a shape-castable object, "
-                                f"not {tag_shape!r}") from exc
+        check_tag_shape(tag_shape)
         if not isinstance(wide, bool):
             raise TypeError(f"wide must be a bool, not {wide!r}")
         if wide and not self.supports_wide:

@@ -9,17 +9,28 @@ pipeline starts with. They add no registers of their own except where the name s
 
 from dataclasses import dataclass
 
-from amaranth import C, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import C, Cat, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
 
 from . import isa
 from .delay import delay
 
-__all__ = ["INT32_MAX", "Column", "Stage1", "stage1", "saturate_shift", "carry_save_sum",
+__all__ = ["INT32_MAX", "check_tag_shape", "Column", "Stage1", "stage1", "saturate_shift", "carry_save_sum",
            "rounding_half_sum", "saturated", "round_increment", "carry_in_sum",
            "byte_shift", "ShiftCodes", "shift_codes", "mask_bits", "greater",
            "saturate_int16"]
 
 INT32_MAX = (1 << 31) - 1
+
+
+def check_tag_shape(tag_shape) -> None:
+    """Raise ``TypeError`` unless ``tag_shape`` (a pipeline's pass-through tag) is
+    shape-castable."""
+    if not isinstance(tag_shape, ShapeCastable):
+        try:
+            Shape.cast(tag_shape)
+        except TypeError as exc:
+            raise TypeError(f"tag_shape must be a shape-castable object, "
+                            f"not {tag_shape!r}") from exc
 
 
 class Column:

@@ -12,7 +12,7 @@ second operand) with a pass-through ``tag`` on an ``amaranth.lib.stream`` input 
 it (:class:`LaneDatapath`).
 """
 
-from amaranth import C, Cat, Module, Mux, Shape, ShapeCastable, Signal, signed, unsigned
+from amaranth import C, Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -22,7 +22,7 @@ from serrano.sim import kernels
 from . import isa
 from .delay import delay
 from .mult import MultiplierTarget
-from .output_steps import Column, rounding_half_sum, stage1
+from .output_steps import Column, check_tag_shape, rounding_half_sum, stage1
 from .vector_steps import (lane_arith, lo_hi, ram_delay, round_shift_staged, saturate_to,
                            scalar_stage1, wide_sum)
 
@@ -114,12 +114,7 @@ class LaneDatapath(wiring.Component):
             raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
         if target is not None and not isinstance(target, MultiplierTarget):
             raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
-        if not isinstance(tag_shape, ShapeCastable):
-            try:
-                Shape.cast(tag_shape)
-            except TypeError as exc:
-                raise TypeError(f"tag_shape must be a shape-castable object, "
-                                f"not {tag_shape!r}") from exc
+        check_tag_shape(tag_shape)
         lane_arith(target or MultiplierTarget())   # the family's ValueError
 
     # ---- what a subclass defines ---------------------------------------------------------
