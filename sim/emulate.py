@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import transformer as tr
+from .quantized import quantize_weight
 
 __all__ = ["Scheme", "SCHEMES", "Emulator", "CALIBRATION_TEXTS", "TEST_TEXTS"]
 
@@ -89,9 +90,10 @@ class Emulator:
 
     @staticmethod
     def _weight(w: np.ndarray) -> np.ndarray:
-        """Symmetric int8 per output channel (column of ``[in, out]``)."""
-        scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127
-        return np.round(w / scale) * scale
+        """Symmetric int8 per output channel (column of ``[in, out]``), as real values: the
+        accelerator's weights (``sim.quantized``'s quantizer)."""
+        w_q, s_w = quantize_weight(w)
+        return w_q * s_w
 
     def _act(self, x: np.ndarray, key: tuple[int, str], bits: int | None = None) -> np.ndarray:
         bits = self.scheme.act_bits if bits is None else bits

@@ -24,7 +24,7 @@ import numpy as np
 
 from . import kernels, numerics, transformer as tr
 
-__all__ = ["FLOAT_OPS", "QuantizedLayer", "QuantizedEncoder"]
+__all__ = ["FLOAT_OPS", "QuantizedLayer", "QuantizedEncoder", "quantize_weight"]
 
 FLOAT_OPS = frozenset({"softmax", "layernorm", "gelu"})
 # the tensors whose static scales calibration measures, per layer
@@ -36,7 +36,7 @@ def _qmax(bits: int) -> int:
     return (1 << (bits - 1)) - 1
 
 
-def _weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 per output channel (column of ``[in, out]``): ``(w_q, s_w)``."""
     s_w = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127
     return np.clip(np.round(w / s_w), -127, 127).astype(np.int8), s_w
@@ -137,7 +137,7 @@ class QuantizedEncoder:
         w, s_w = {}, {}
         for name, attr in (("q", "q_w"), ("k", "k_w"), ("v", "v_w"), ("o", "o_w"),
                            ("ffn1", "ffn1_w"), ("ffn2", "ffn2_w")):
-            w[name], s_w[name] = _weight(getattr(layer, attr))
+            w[name], s_w[name] = quantize_weight(getattr(layer, attr))
         requant = {n: _requant_params(s["x"] * s_w[n], s[n], h, getattr(layer, f"{n}_b"),
                                       8 if n in "kv" else a) for n in "qkv"}
         # P (scale 1 / q_max) times V (s_v) into the context's scale
