@@ -84,7 +84,8 @@ def vector_events(config: AcceleratorConfig) -> tuple[Event, ...]:
         Event(field="act_writes", source="vector_act_write"),   # vector.act_wr.en
         Event(field="wgt_writes", source="vector_wgt_write"),   # vector.wgt_wr.en
         Event(field="acc_reads", source="vector_acc_read"),     # vector.reads.acc
-        Event(field="param_reads", source="vector_param_read"),  # vector.reads.param
+        Event(field="act_reads", source="vector_act_read"),     # vector.reads.act
+        Event(field="param_reads", source="vector_param_read", width=2),  # vector.reads.param
         Event(field="vector_elements", source="vector_elements",
               width=config.cols.bit_length()),                  # vector.reads.elements
     )

@@ -26,20 +26,23 @@ class Buffer(wiring.Component):
     read port is not transparent: the decoder's scoreboard never lets a unit read an entry
     that another unit is still writing.
 
-    ``vector_read=True`` adds a second read port of the same kind, ``vector_read``, for the
-    vector unit (``hw.vector``); without it the buffer is exactly the one-port buffer.
+    ``vector_reads`` (0, 1 or 2) adds that many read ports of the same kind for the vector
+    unit (``hw.vector``), ``vector_read`` and ``vector_read2``; without them the buffer is
+    exactly the one-port buffer.
     """
 
-    def __init__(self, shape, depth: int, *, vector_read: bool = False):
+    def __init__(self, shape, depth: int, *, vector_reads: int = 0):
+        if vector_reads not in (0, 1, 2):
+            raise ValueError(f"vector_reads must be 0, 1 or 2, not {vector_reads!r}")
         self._shape, self._depth = shape, depth
-        self._vector_read = vector_read
         aw = _addr_width(depth)
         members = {
             "write": Out(memory.WritePort.Signature(addr_width=aw, shape=shape)),
             "read": Out(memory.ReadPort.Signature(addr_width=aw, shape=shape)),
         }
-        if vector_read:
-            members["vector_read"] = Out(memory.ReadPort.Signature(addr_width=aw, shape=shape))
+        self._vector_ports = ("vector_read", "vector_read2")[:vector_reads]
+        for name in self._vector_ports:
+            members[name] = Out(memory.ReadPort.Signature(addr_width=aw, shape=shape))
         super().__init__(members)
 
     @property
@@ -51,8 +54,8 @@ class Buffer(wiring.Component):
         m.submodules.mem = mem = memory.Memory(shape=self._shape, depth=self._depth, init=[])
         wiring.connect(m, wiring.flipped(self.write), mem.write_port())
         wiring.connect(m, wiring.flipped(self.read), mem.read_port())
-        if self._vector_read:
-            wiring.connect(m, wiring.flipped(self.vector_read), mem.read_port())
+        for name in self._vector_ports:
+            wiring.connect(m, wiring.flipped(getattr(self, name)), mem.read_port())
         return m
 
 

@@ -10,7 +10,7 @@ from .fetch import OpFlags, op_flag
 from .interfaces import FOOTPRINT_WIDTH
 from .mult import Family, Multiplier, MultiplierTarget
 
-__all__ = ["END_SLOTS", "InstructionChecker"]
+__all__ = ["END_SLOTS", "END_SLOT_COUNT", "InstructionChecker"]
 
 #: Which output slot of :attr:`InstructionChecker.ends` holds which of
 #: ``isa.instruction_ends`` (the memory end has its own output). Shared across opcodes: only
@@ -19,8 +19,11 @@ END_SLOTS = {
     isa.Opcode.LOAD: ("buf",),
     isa.Opcode.MATMUL: ("act", "wgt", "acc"),
     isa.Opcode.STORE: ("acc",),
-    **{op: ("src", "dst", "param") for op in isa.VECTOR_OPCODES},
+    **{op: ("src", "dst", "param") + (("b",) if isa.VECTOR_RULES[op].b != isa.SecondOperand.NONE else ())
+       for op in isa.VECTOR_OPCODES},
 }
+#: Slots of :attr:`InstructionChecker.ends`: the most any opcode has.
+END_SLOT_COUNT = max(len(slots) for slots in END_SLOTS.values())
 
 
 def end_slot(ends, op: isa.Opcode, name: str) -> Value:
@@ -64,7 +67,7 @@ class InstructionChecker(wiring.Component):
         The word's opcode, one-hot.
     error : Out(ErrorCode)
         The first failing check, ``NONE`` if the word passes.
-    ends : Out(ArrayLayout(FOOTPRINT_WIDTH, 3))
+    ends : Out(ArrayLayout(FOOTPRINT_WIDTH, END_SLOT_COUNT))
         The buffer ends of ``isa.instruction_ends``, slotted by :data:`END_SLOTS`.
     mem_end : Out(mem_bytes.bit_length())
         The memory end (LOAD, STORE), meaningful when the word passes.
@@ -83,7 +86,7 @@ class InstructionChecker(wiring.Component):
             "check_word": In(isa.INSTR_WIDTH),
             "is_op": In(OpFlags(config)),
             "error": Out(isa.ErrorCode),
-            "ends": Out(data.ArrayLayout(FOOTPRINT_WIDTH, 3)),
+            "ends": Out(data.ArrayLayout(FOOTPRINT_WIDTH, END_SLOT_COUNT)),
             "mem_end": Out(config.mem_bytes.bit_length()),
             "is_op_out": Out(OpFlags(config)),
         })

@@ -6,7 +6,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
-from .checker import InstructionChecker
+from .checker import END_SLOT_COUNT, InstructionChecker
 from .config import AcceleratorConfig
 from .counters import PerfCounters, counters_layout
 from .execute import MatmulCmd
@@ -120,7 +120,7 @@ class Decoder(wiring.Component):
         de_index = Signal(32)
         de_error = Signal(isa.ErrorCode)
         de_fault = Signal()
-        de_end = Signal(data.ArrayLayout(FOOTPRINT_WIDTH, 3))
+        de_end = Signal(data.ArrayLayout(FOOTPRINT_WIDTH, END_SLOT_COUNT))
         de_mem_end = Signal(len(checker.mem_end))
         de_param_end = Signal(FOOTPRINT_WIDTH)
         de_is = Signal(OpFlags(cfg))   # the opcode, one-hot: it steers the issue decision
@@ -193,8 +193,8 @@ class Decoder(wiring.Component):
         if cfg.vector:
             _fill(m, self.vector_cmd.payload, isa.VectorInstr(de_word))
             # Offered like the load unit's commands (the scoreboard's go: idle a cycle ago).
-            m.d.comb += self.vector_cmd.valid.eq(ok & is_op(Op.VREQUANT) & ~conflict_q &
-                                                 sb.vector_go)
+            is_vector = Cat(is_op(op) for op in isa.VECTOR_OPCODES).any()
+            m.d.comb += self.vector_cmd.valid.eq(ok & is_vector & ~conflict_q & sb.vector_go)
             issued = issued | self.vector_cmd.valid
         m.d.comb += issue.eq(issued)
         # (`halt_issue` rather than `issue & HALT`: the units' handshakes stay off these enables.)

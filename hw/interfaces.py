@@ -68,14 +68,17 @@ class VectorReadsSignature(wiring.Signature):
     -------
     acc : Out(1)
         An accumulator entry read (one source row of one block).
-    param : Out(1)
-        The parameter entry of that row's block, read with it.
+    act : Out(1)
+        An activation entry read (the second operand ``b`` of that block).
+    param : Out(range(4))
+        Parameter entries read in this cycle (a block's ``OutputParams``, input-stage and
+        channel entries, an op's scalars entry).
     elements : Out(range(lanes + 1))
         The valid lanes of that entry (lanes below the ``n_elems`` left), 0 without a read.
     """
 
     def __init__(self, lanes: int):
-        super().__init__({"acc": Out(1), "param": Out(1),
+        super().__init__({"acc": Out(1), "act": Out(1), "param": Out(range(4)),
                           "elements": Out(range(lanes + 1))})
 
 

@@ -20,10 +20,10 @@ from amaranth.lib.wiring import In, Out
 __all__ = [
     "INSTR_WIDTH", "Opcode", "LoadTarget", "StoreMode", "VectorDst", "ErrorCode",
     "Header", "LoadInstr", "MatmulInstr", "StoreInstr", "ControlInstr", "VectorInstr",
-    "INSTR_LAYOUTS", "VECTOR_OPCODES", "BUILT_VECTOR_OPCODES", "VECTOR_RULES",
+    "INSTR_LAYOUTS", "VECTOR_OPCODES", "VECTOR_RULES",
     "VectorOpRules", "SecondOperand", "opcodes", "vector_blocks", "END_LIMIT",
     "SoftmaxScalars", "AddScalars", "GeluScalars", "LayerNormScalars", "LayerNormChannel",
-    "VECTOR_SCALARS", "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
+    "VECTOR_SCALARS", "VECTOR_SCALAR_FIELDS", "LN_GAMMA_BITS", "LN_BETA_BITS", "OutputParams", "OUTPUT_PARAMS_BYTES", "Status", "Counters",
     "PERF_COUNTERS", "ACTIVITY_COUNTERS",
     "mem_request_layout", "MemoryPortSignature",
     "encode", "decode", "instruction_ends", "instruction_checks", "mem_extent_end",
@@ -175,11 +175,6 @@ _DECODE_TABLES = {
 
 #: The vector opcodes of the ISA: valid only on an accelerator with ``vector=True``.
 VECTOR_OPCODES = (Opcode.VREQUANT, Opcode.VADD, Opcode.VSOFTMAX, Opcode.VLAYERNORM, Opcode.VGELU)
-#: The vector opcodes the gateware executes today. The others are specified here and run by
-#: the golden model with ``ahead=True`` (the reference the gateware is being built against,
-#: and what the encoder-layer program is compiled for); until they are built, an accelerator
-#: reports them as ``BAD_OPCODE`` like any unknown opcode.
-BUILT_VECTOR_OPCODES = (Opcode.VREQUANT,)
 
 
 class SecondOperand(enum.Enum):
@@ -219,15 +214,12 @@ assert set(VECTOR_RULES) == set(VECTOR_OPCODES)
 
 
 @functools.lru_cache(maxsize=64)
-def opcodes(config, ahead: bool = False) -> tuple:
+def opcodes(config) -> tuple:
     """The opcode table of an accelerator built with ``config``, in ``Opcode`` order: the
     one place that decides which opcodes a configuration executes (the decoder's checker,
     its opcode flags and the golden model all ask here). Every other opcode is
-    ``BAD_OPCODE``. ``ahead`` adds the vector opcodes specified but not yet built
-    (:data:`BUILT_VECTOR_OPCODES`), for the golden model only."""
-    vector = VECTOR_OPCODES if ahead else BUILT_VECTOR_OPCODES
-    return tuple(op for op in Opcode
-                 if op not in VECTOR_OPCODES or (config.vector and op in vector))
+    ``BAD_OPCODE``: the vector opcodes without ``config.vector``."""
+    return tuple(op for op in Opcode if op not in VECTOR_OPCODES or config.vector)
 
 
 def layout_subset(layout, *names: str, **extra) -> data.StructLayout:
@@ -307,13 +299,31 @@ class LayerNormChannel(data.Struct):
 
 VECTOR_SCALARS = {Opcode.VADD: AddScalars, Opcode.VSOFTMAX: SoftmaxScalars,
                   Opcode.VLAYERNORM: LayerNormScalars, Opcode.VGELU: GeluScalars}
-for _layout in (*VECTOR_SCALARS.values(), LayerNormChannel):
-    assert data.Layout.cast(_layout).size == 8 * OUTPUT_PARAMS_BYTES, _layout
 
 # The shifts docs/numerics.md defines (TFLite's exponent range: > 0 left, < 0 right). The
 # 8-bit field saturates into it, in the output stage and in the golden model alike.
 SHIFT_MIN = -31
 SHIFT_MAX = 30
+
+#: How the unit reads each scalar of a parameter entry: ``{op: {field: (bits, range)}}``, the
+#: low ``bits`` used (``None``: all) and the value then clamped into ``range`` (``None``: as
+#: it is). The vector unit's decoder (``hw.vector_ops``) and the golden model's
+#: (``sim.asm.vector_kernel_params``) both read this table, so any bit pattern has one result.
+VECTOR_SCALAR_FIELDS = {
+    Opcode.VSOFTMAX: {"multiplier": (29, None), "shift": (None, (1, 61))},
+    Opcode.VADD: {"x_mult": (31, None), "x_shift": (None, (1, 62)),
+                  "b_mult": (31, None), "b_shift": (None, (1, 62))},
+    Opcode.VGELU: {"in_mult": (31, None), "in_shift": (None, (1, 62)),
+                   "out_mult": (None, None), "out_shift": (None, (SHIFT_MIN, SHIFT_MAX))},
+    Opcode.VLAYERNORM: {"eps_mult": (None, None), "res_mult": (24, None),
+                        "eps_shift": (None, (-2048, 2047)), "out_shift": (None, (1, 37)),
+                        "res_shift": (None, (1, 62))},
+}
+#: ``LayerNormChannel``: the low bits of ``gamma_mult`` and ``beta_add`` used, sign-extended.
+LN_GAMMA_BITS, LN_BETA_BITS = 18, 62
+for _layout in (*VECTOR_SCALARS.values(), LayerNormChannel):
+    assert data.Layout.cast(_layout).size == 8 * OUTPUT_PARAMS_BYTES, _layout
+
 
 
 class Status(data.Struct):
@@ -634,7 +644,7 @@ def instruction_ends(opcode: Opcode, f: dict, config, mux=_py_mux) -> dict:
 
 
 def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
-                       ends: dict | None = None, ahead: bool = False) -> list:
+                       ends: dict | None = None) -> list:
     """The ordered error checks of one instruction.
 
     Returns ``[(ErrorCode, condition), ...]``; the first true condition is the instruction's
@@ -643,10 +653,9 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
     bools (the golden model); with Amaranth values and ``amaranth.hdl.Mux`` they are
     single-bit values (the hardware decoder). Only operators that both support are used.
     ``ends`` is :func:`instruction_ends` of the same instruction, computed here when omitted;
-    ``ahead`` as in :func:`opcodes`.
     """
     c = config
-    if opcode not in opcodes(config, ahead):
+    if opcode not in opcodes(config):
         return [(ErrorCode.BAD_OPCODE, True)]
     if ends is None:
         ends = instruction_ends(opcode, f, config, mux)
@@ -666,7 +675,14 @@ def instruction_checks(opcode: Opcode, f: dict, config, mux=_py_mux,
         bad_range = (ends["src"] > c.acc_depth) | (ends["dst"] > depth) | \
                     (ends["param"] > c.param_depth)
         if r.b != SecondOperand.NONE:
-            bad_range = bad_range | ((f["with_b"] != 0) & (ends["b"] > c.act_depth))
+            # The unit reads b while it writes the destination, so the two may share entries
+            # only exactly in place (each entry read before it is written, once).
+            overlap = (f["b_addr"] < ends["dst"]) & (f["dst_addr"] < ends["b"])
+            if r.b != SecondOperand.ROW:
+                in_place = (f["b_addr"] == f["dst_addr"]) & (
+                    (vector_blocks(f["n_elems"], c) == 1) | (f["dst_stride"] >= f["n_rows"]))
+                overlap = overlap & ~in_place
+            bad_range = bad_range | ((f["with_b"] != 0) & ((ends["b"] > c.act_depth) | overlap))
         return [
             (ErrorCode.BAD_FIELD, bad_field),
             (ErrorCode.BAD_SIZE, (f["n_rows"] == 0) | (f["n_elems"] == 0)),

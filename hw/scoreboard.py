@@ -11,7 +11,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from . import isa
-from .checker import END_SLOTS, end_slot
+from .checker import END_SLOT_COUNT, END_SLOTS, end_slot
 from .config import AcceleratorConfig
 from .fetch import OpFlags, op_flag
 from .footprint import RangeLayout, overlaps
@@ -55,7 +55,7 @@ class _Scoreboard(wiring.Component):
             **vector,
             "take": In(1),
             "word": In(isa.INSTR_WIDTH),
-            "ends": In(data.ArrayLayout(FOOTPRINT_WIDTH, 3)),
+            "ends": In(data.ArrayLayout(FOOTPRINT_WIDTH, END_SLOT_COUNT)),
             "mem_end": In(config.mem_bytes.bit_length()),
             "param_end": In(FOOTPRINT_WIDTH),
             "is_op": In(OpFlags(config)),
@@ -84,7 +84,7 @@ class SerialScoreboard(_Scoreboard):
         is_op = lambda op: op_flag(self.is_op, op)
         units = [isa.Opcode.LOAD, isa.Opcode.MATMUL, isa.Opcode.STORE]
         if self._config.vector:
-            units += isa.BUILT_VECTOR_OPCODES
+            units += isa.VECTOR_OPCODES
             m.d.comb += self.vector_go.eq(1)
         m.d.comb += [
             self.conflict.eq(Cat(is_op(op) for op in units).any() & ~self.all_idle),
@@ -182,8 +182,8 @@ class OverlapScoreboard(_Scoreboard):
         vector unit reads, so they never conflict with it."""
         cfg, Op, Target = self._config, isa.Opcode, isa.LoadTarget
         vr = isa.VectorInstr(sb_word)
-        op = isa.BUILT_VECTOR_OPCODES[0]   # (all vector opcodes share the format and the slots)
-        is_v = Cat(op_flag(self.is_op, v) for v in isa.BUILT_VECTOR_OPCODES).any()
+        op = isa.VECTOR_OPCODES[0]   # (all vector opcodes share the format and the slots)
+        is_v = Cat(op_flag(self.is_op, v) for v in isa.VECTOR_OPCODES).any()
         is_ld, is_mm = op_flag(self.is_op, Op.LOAD), op_flag(self.is_op, Op.MATMUL)
 
         def rng(lo, name):

@@ -96,10 +96,11 @@ class Accelerator(wiring.Component):
         execute = ExecuteUnit(cfg, self._target, acc_latency=acc_buf.latency)
         store = StoreUnit(cfg, self._target)
         arbiter = MemoryArbiter(cfg)
-        act_buf = Buffer(data.ArrayLayout(signed(cfg.act_bits), cfg.rows), cfg.act_depth)
+        act_buf = Buffer(data.ArrayLayout(signed(cfg.act_bits), cfg.rows), cfg.act_depth,
+                         vector_reads=int(vec))
         wgt_buf = Buffer(data.ArrayLayout(signed(8), cfg.cols), cfg.wgt_depth)
         param_buf = Buffer(data.ArrayLayout(isa.OutputParams, cfg.cols), cfg.param_depth,
-                           vector_read=vec)
+                           vector_reads=2 * vec)
 
         # `clear` resets every register of the control path; memories keep their contents.
         with_clear = ResetInserter(self.clear)
@@ -175,6 +176,8 @@ class Accelerator(wiring.Component):
         wiring.connect(m, vector.activity, decoder.vector_activity)
         wiring.connect(m, vector.acc_rd, acc_buf.vector_read)
         wiring.connect(m, vector.param_rd, param_buf.vector_read)
+        wiring.connect(m, vector.chan_rd, param_buf.vector_read2)
+        wiring.connect(m, vector.act_rd, act_buf.vector_read)
         return vector
 
     def _tap_activity(self, m: Module, activity: ActivityCounters, decoder: Decoder,
@@ -206,6 +209,7 @@ class Accelerator(wiring.Component):
                 ev.vector_act_write.eq(vector.act_wr.en),
                 ev.vector_wgt_write.eq(vector.wgt_wr.en),
                 ev.vector_acc_read.eq(vector.reads.acc),
+                ev.vector_act_read.eq(vector.reads.act),
                 ev.vector_param_read.eq(vector.reads.param),
                 ev.vector_elements.eq(vector.reads.elements),
             ]

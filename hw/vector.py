@@ -14,15 +14,17 @@ from .delay import delay
 from .interfaces import UnitActivitySignature, VectorReadsSignature
 from .mult import MultiplierTarget
 from .output_stage import OutputStage
+from .vector_ops import VectorOps
 
 __all__ = ["VectorCmd", "VectorUnit", "WriteMux"]
 
 
 def VectorCmd() -> data.StructLayout:
     """A decoded vector instruction as the decoder hands it to the vector unit: the
-    ``VectorInstr`` fields the unit uses (``with_b``/``b_addr`` belong to later ops)."""
-    return isa.layout_subset(isa.VectorInstr, "dst", "transpose", "src_addr", "src_stride",
-                             "dst_addr", "dst_stride", "n_rows", "n_elems", "param_addr")
+    ``VectorInstr`` fields the unit uses."""
+    return isa.layout_subset(isa.VectorInstr, "opcode", "dst", "transpose", "with_b", "pre",
+                             "src_addr", "src_stride", "dst_addr", "dst_stride", "b_addr",
+                             "n_rows", "n_elems", "param_addr")
 
 
 def _write_signature(addr_width: int, shape) -> wiring.Signature:
@@ -107,6 +109,7 @@ class VectorUnit(wiring.Component):
             raise ValueError("VectorUnit needs AcceleratorConfig(vector=True)")
         c = config
         self._config = c
+        self._target = target
         self._lanes = c.cols
         self._log_lanes = c.cols.bit_length() - 1
         self._elem_bits = c.act_bits  # one element of a transposer or write row
@@ -130,6 +133,11 @@ class VectorUnit(wiring.Component):
             "acc_rd": In(memory.ReadPort.Signature(
                 addr_width=c.acc_addr_width, shape=data.ArrayLayout(signed(32), c.cols))),
             "param_rd": In(memory.ReadPort.Signature(
+                addr_width=c.param_addr_width,
+                shape=data.ArrayLayout(isa.OutputParams, c.cols))),
+            "act_rd": In(memory.ReadPort.Signature(
+                addr_width=c.act_addr_width, shape=data.ArrayLayout(signed(c.act_bits), c.rows))),
+            "chan_rd": In(memory.ReadPort.Signature(
                 addr_width=c.param_addr_width,
                 shape=data.ArrayLayout(isa.OutputParams, c.cols))),
             "act_wr": In(_write_signature(c.act_addr_width,
@@ -157,10 +165,23 @@ class VectorUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.output_stage = ostage = self.output_stage
-        walk = self._walker(m)
+        m.submodules.ops = ops = VectorOps(self._config, self._target)
+        is_requant = self.cmd.payload.opcode == isa.Opcode.VREQUANT
+        walk = self._walker(m, is_requant)
+        # The other ops run in `ops`, which shares the accumulator and parameter ports
+        # (only one command runs at a time) and has the b and channel ports to itself.
+        ops_on = ops.busy
+        wiring.connect(m, wiring.flipped(self.act_rd), ops.act_rd)
+        wiring.connect(m, wiring.flipped(self.chan_rd), ops.chan_rd)
         m.d.comb += [
-            self.acc_rd.addr.eq(walk.acc_addr), self.acc_rd.en.eq(1),
-            self.param_rd.addr.eq(walk.param_addr), self.param_rd.en.eq(1),
+            ops.cmd.valid.eq(self.cmd.valid & ~is_requant & ~walk.busy),
+            *(ops.cmd.payload[name].eq(self.cmd.payload[name])
+              for name, _ in data.Layout.cast(ops.cmd.payload.shape())),
+            ops.acc_rd.data.eq(self.acc_rd.data), ops.param_rd.data.eq(self.param_rd.data),
+            self.acc_rd.addr.eq(Mux(ops_on, ops.acc_rd.addr, walk.acc_addr)),
+            self.acc_rd.en.eq(1),
+            self.param_rd.addr.eq(Mux(ops_on, ops.param_rd.addr, walk.param_addr)),
+            self.param_rd.en.eq(1),
             # The entries are on the read ports' data a cycle after their addresses.
             ostage.i_valid.eq(delay(m, walk.issue, self.read_latency, name="rd_valid_{}")),
             ostage.i_acc.eq(self.acc_rd.data),
@@ -169,12 +190,14 @@ class VectorUnit(wiring.Component):
         ]
         row = self._result_row(m, ostage)
         w_en, w_addr, w_row, w_act = self._writes(m, ostage, row)
+        ow = ops.act_wr
         m.d.comb += [
-            self.act_wr.en.eq(w_en & w_act), self.act_wr.addr.eq(w_addr),
+            self.act_wr.en.eq((w_en & w_act) | ow.en),
+            self.act_wr.addr.eq(Mux(ow.en, ow.addr, w_addr)),
             self.wgt_wr.en.eq(w_en & ~w_act), self.wgt_wr.addr.eq(w_addr),
         ]
         for lane in range(self._lanes):
-            m.d.comb += [self.act_wr.data[lane].eq(w_row[lane]),
+            m.d.comb += [self.act_wr.data[lane].eq(Mux(ow.en, ow.data[lane], w_row[lane])),
                          self.wgt_wr.data[lane].eq(w_row[lane][:8])]
 
         # Busy from the acceptance until the last write: the walker, then a countdown as
@@ -186,17 +209,19 @@ class VectorUnit(wiring.Component):
         with m.Elif(drain != 0):
             m.d.sync += drain.eq(drain - 1)
         m.d.comb += [
-            busy.eq(walk.active | walk.start | (drain != 0)),
+            walk.busy.eq(walk.active | walk.start | (drain != 0)),
+            busy.eq(walk.busy | ops.busy),
             self.activity.busy.eq(busy),
             self.activity.stalled.eq(0),  # no backpressure: the unit never waits
             self.cmd.ready.eq(~busy),
         ]
         used = walk.issue & walk.tag.row_valid  # a read whose row is written (not padding)
-        m.d.comb += [self.reads.acc.eq(used), self.reads.param.eq(used),
-                     self.reads.elements.eq(Mux(used, walk.elements, 0))]
+        m.d.comb += [self.reads.acc.eq(used | ops.reads.acc), self.reads.act.eq(ops.reads.act),
+                     self.reads.param.eq(used + ops.reads.param),
+                     self.reads.elements.eq(Mux(used, walk.elements, ops.reads.elements))]
         return m
 
-    def _walker(self, m: Module):
+    def _walker(self, m: Module, is_requant: Value):
         """The address walker: one source row per cycle while ``active``.
 
         Returns a namespace of ``issue`` (a row enters the pipeline), ``acc_addr``,
@@ -218,7 +243,7 @@ class VectorUnit(wiring.Component):
         dst_tile = Signal(18)               # dst_ob + b * L
         param = Signal(9)                   # param_addr + b
         tr = cmd.transpose
-        m.d.comb += take.eq(self.cmd.valid & self.cmd.ready)
+        m.d.comb += take.eq(self.cmd.valid & self.cmd.ready & is_requant)
         m.d.sync += start.eq(take)
         with m.If(take):
             m.d.sync += cmd.eq(p)
@@ -267,7 +292,7 @@ class VectorUnit(wiring.Component):
         return SimpleNamespace(issue=active, acc_addr=(src_blk + inner)[:len(self.acc_rd.addr)],
                                param_addr=param[:len(self.param_rd.addr)], tag=tag,
                                elements=elements, active=active, start=start, done=done,
-                               transpose=tr)
+                               transpose=tr, busy=Signal(name="requant_busy"))
 
     def _result_row(self, m: Module, ostage) -> Value:
         """The output stage's row as ``L`` elements of ``act_bits``: int16 (``o_wide``) into

@@ -299,17 +299,8 @@ def unpack_output_params(entry_bytes: np.ndarray) -> np.ndarray:
 # and the golden model read a parameter entry through vector_kernel_params, so any bit
 # pattern in the buffer has one defined result.
 
-_SCALAR_FIELDS = {
-    Opcode.VSOFTMAX: {"multiplier": (29, None), "shift": (None, (1, 61))},
-    Opcode.VADD: {"x_mult": (31, None), "x_shift": (None, (1, 62)),
-                  "b_mult": (31, None), "b_shift": (None, (1, 62))},
-    Opcode.VGELU: {"in_mult": (31, None), "in_shift": (None, (1, 62)),
-                   "out_mult": (None, None), "out_shift": (None, (isa.SHIFT_MIN, isa.SHIFT_MAX))},
-    Opcode.VLAYERNORM: {"eps_mult": (None, None), "res_mult": (24, None),
-                        "eps_shift": (None, None), "out_shift": (None, (1, 37)),
-                        "res_shift": (None, (1, 62))},
-}
-_LN_GAMMA_BITS, _LN_BETA_BITS = 18, 62
+_SCALAR_FIELDS = isa.VECTOR_SCALAR_FIELDS
+_LN_GAMMA_BITS, _LN_BETA_BITS = isa.LN_GAMMA_BITS, isa.LN_BETA_BITS
 
 
 def _sign_extend(v: np.ndarray, bits: int) -> np.ndarray:

@@ -48,22 +48,16 @@ class GoldenBackend:
     ----------
     config : AcceleratorConfig
         The instance being modelled.
-    ahead : bool
-        Also execute the vector opcodes the ISA specifies but the gateware does not build
-        yet (``isa.BUILT_VECTOR_OPCODES``; needs ``vector=True``): the reference for that
-        work and for programs compiled for it, such as ``sim.encoder``'s layer program.
-        Without it the model is the accelerator's twin and reports them ``BAD_OPCODE``.
     """
 
     name = "golden"
 
-    def __init__(self, config: AcceleratorConfig | None = None, *, ahead: bool = False):
+    def __init__(self, config: AcceleratorConfig | None = None):
         if config is None:
             config = AcceleratorConfig()
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {type(config).__name__}")
         self.config = config
-        self.ahead = bool(ahead)
         self.reset()
 
     def reset(self) -> None:
@@ -112,8 +106,7 @@ class GoldenBackend:
                 status = RunStatus(done=True, error=ErrorCode.BAD_OPCODE, fault_index=index)
                 break
             error = ErrorCode.NONE
-            for code, failed in isa.instruction_checks(op, fields, self.config,
-                                                       ahead=self.ahead):
+            for code, failed in isa.instruction_checks(op, fields, self.config):
                 if failed:
                     error = code
                     break
@@ -246,11 +239,16 @@ class GoldenBackend:
         on the whole tensor; the destination is always ACT."""
         c = self.config
         nb = isa.vector_blocks(n_elems, c)
-        # The planned definition (docs/performance.md): every source element taken into the
-        # datapath, once per pass over the row (one pass for VADD and VGELU, three for
-        # VSOFTMAX and VLAYERNORM). Their buffer reads and writes depend on how the gateware
-        # will schedule the passes, so they are counted with it, not here.
-        self._count(vector_elements=n_rows * n_elems * _VECTOR_PASSES[op])
+        passes = _VECTOR_PASSES[op]
+        # What the unit reads (hw.vector_ops): every pass reads the source (and b) but
+        # softmax's output pass, which uses only its stored exponentials; the scalars entry
+        # once; with pre the input stage's entry of each block on every pass; VLAYERNORM's
+        # output pass also the channel entry of each block.
+        used = n_rows * nb * (2 if op == Opcode.VSOFTMAX else passes)
+        self._count(vector_elements=n_rows * n_elems * passes, acc_reads=used,
+                    act_reads=used if with_b else 0, act_writes=n_rows * nb,
+                    param_reads=1 + (n_rows * nb * passes if pre else 0)
+                    + (n_rows * nb if op == Opcode.VLAYERNORM else 0))
         x = _gather(self.acc, src_addr, src_stride, n_rows, nb)[:, :n_elems]
         params, pre_params = vector_kernel_params(op, self.param[param_addr:], c, n_elems,
                                                   bool(pre), bool(with_b))
@@ -269,10 +267,15 @@ class GoldenBackend:
             y = kernels.gelu(x, params, pre=pre_params)
         out = np.zeros((n_rows, nb * c.cols), dtype=self.act.dtype)
         out[:, :n_elems] = y
-        _scatter(self.act, dst_addr, dst_stride, out)
+        if passes > 1 and nb > 1 and dst_stride < n_rows:
+            # Row by row, as the unit writes the row ops (their blocks overlap here).
+            for i in range(n_rows):
+                _scatter(self.act, dst_addr + i, dst_stride, out[i:i + 1])
+        else:
+            _scatter(self.act, dst_addr, dst_stride, out)
 
 
-#: Passes over each source row of the vector ops the gateware does not build yet.
+#: Passes over each source row of VADD, VSOFTMAX, VLAYERNORM and VGELU.
 _VECTOR_PASSES = {Opcode.VADD: 1, Opcode.VGELU: 1, Opcode.VSOFTMAX: 3, Opcode.VLAYERNORM: 3}
 
 

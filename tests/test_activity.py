@@ -244,20 +244,34 @@ def test_pysim_vrequant_counts_hand_computed_and_off():
     assert GoldenBackend(off_cfg).run(words, _vmemory()).counters == {**expect, **ZERO}
 
 
-def test_golden_counts_elements_of_the_ops_ahead():
-    """The vector ops the gateware does not build yet count only ``vector_elements``, by the
-    planned definition: elements x passes (VADD, VGELU one pass; VSOFTMAX, VLAYERNORM
-    three)."""
+def test_golden_counts_of_the_stream_ops():
+    """docs/performance.md's counts for VADD, VSOFTMAX, VLAYERNORM, VGELU (what
+    ``hw.vector_ops`` reads; pysim's counters are checked against these in
+    tests/test_vector_unit_ops.py): every pass reads each block's source entry, its ``b``
+    entry and with ``pre`` its input-stage entry, except softmax's output pass (it reads
+    only its stored exponentials); VLAYERNORM's output pass reads each block's channel
+    entry; the scalars entry is read once; elements x passes; one write per block."""
     from serrano.sim.golden import _VECTOR_PASSES
     assert _VECTOR_PASSES == {Opcode.VADD: 1, Opcode.VGELU: 1, Opcode.VSOFTMAX: 3,
                               Opcode.VLAYERNORM: 3}
-    g = GoldenBackend(VCFG, ahead=True)
-    for op, passes in ((Opcode.VGELU, 1), (Opcode.VLAYERNORM, 3)):
+    g = GoldenBackend(VCFG)
+    n_rows, n_elems = 3, 5
+    nb = -(-n_elems // VCFG.cols)
+    for op, with_b, pre in ((Opcode.VGELU, 0, 0), (Opcode.VGELU, 0, 1), (Opcode.VADD, 1, 1),
+                            (Opcode.VSOFTMAX, 1, 0), (Opcode.VSOFTMAX, 0, 0),
+                            (Opcode.VLAYERNORM, 1, 1), (Opcode.VLAYERNORM, 0, 0)):
         word = encode(op, dst=VectorDst.ACT.value, src_addr=0, src_stride=8, dst_addr=0,
-                      dst_stride=8, n_rows=3, n_elems=5, param_addr=0)
+                      dst_stride=8, n_rows=n_rows, n_elems=n_elems, param_addr=0,
+                      with_b=with_b, pre=pre, b_addr=40)
         res = g.run([word, HALT], np.zeros(64, np.uint8))
         assert res.status.ok, (op, res.status)
-        assert res.counters == _counts(instructions=2, vector_elements=3 * 5 * passes), op
+        passes = _VECTOR_PASSES[op]
+        used = n_rows * nb * (2 if op == Opcode.VSOFTMAX else passes)
+        want = _counts(instructions=2, vector_elements=n_rows * n_elems * passes,
+                       acc_reads=used, act_reads=used * with_b, act_writes=n_rows * nb,
+                       param_reads=1 + pre * n_rows * nb * passes
+                       + (n_rows * nb if op == Opcode.VLAYERNORM else 0))
+        assert res.counters == want, (op, with_b, pre)
 
 
 @needs_verilator

@@ -34,7 +34,7 @@ def test_small_layer_program_is_bit_exact(tokens, masked):
         mask = np.ones(tokens)
         mask[-masked:] = 0
     plan = plan_layer(tokens, 64, 4, 256, 8)
-    y, res = run_layer(GoldenBackend(layer_config(plan), ahead=True), qe.layers[0], x, plan, key_mask=mask)
+    y, res = run_layer(GoldenBackend(layer_config(plan)), qe.layers[0], x, plan, key_mask=mask)
     assert np.array_equal(y, qe.layer(0, x, mask))
 
 
@@ -46,7 +46,7 @@ def test_minilm_shaped_layer_program():
     x_float = tr.embeddings(w, ids[None])[0]
     x = qe._grid(x_float, qe.s_x0)
     plan = plan_layer(16, 384, 12, 1536, 8)
-    y, _ = run_layer(GoldenBackend(layer_config(plan), ahead=True), qe.layers[0], x, plan)
+    y, _ = run_layer(GoldenBackend(layer_config(plan)), qe.layers[0], x, plan)
     assert np.array_equal(y, qe.layer(0, x))
     ref = tr.encoder_layer((x * qe.s_x0)[None], w.layers[0], w.config)[0]
     got = y * qe.layers[0].scales["y"]

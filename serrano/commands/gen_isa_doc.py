@@ -135,12 +135,7 @@ def generate() -> str:
     a("**The opcode table depends on the configuration** (`isa.opcodes(config)`): the vector "
       "opcodes (" + ", ".join(f"`{op.name}`" for op in isa.VECTOR_OPCODES) + ") exist only "
       "on an accelerator built with `AcceleratorConfig(vector=True)` (a square array whose "
-      "side is a power of two); with `vector=False` they are `BAD_OPCODE`. Of them the "
-      "gateware executes " + ", ".join(f"`{op.name}`" for op in isa.BUILT_VECTOR_OPCODES) +
-      " today; the others are specified here (encodings, checks, parameter entries, "
-      "arithmetic) and executed by the golden model with `GoldenBackend(config, "
-      "ahead=True)`, and an accelerator reports them `BAD_OPCODE` until their gateware "
-      "lands.")
+      "side is a power of two); with `vector=False` they are `BAD_OPCODE`.")
     a("")
 
     a("## Execution model and dependencies")
