@@ -222,3 +222,69 @@ def test_ops_cycles_match_the_documented_formula():
         want = ops.cycles(op, r, e, bool(pre)) + VECTOR_DISPATCH_OVERHEAD + halt_only
         assert got.counters["cycles"] == want, (op.name, r, e, pre)
     ops._MustUse__silence = True   # (only asked for cycles)
+
+
+def _bad_words(cfg) -> list[tuple[ErrorCode, int]]:
+    from serrano.hw.isa import encode
+    from programs import patch_field
+    L = cfg.cols
+    base = dict(dst=0, src_stride=4, dst_stride=4, n_rows=4, n_elems=2 * L, dst_addr=40,
+                b_addr=80, param_addr=1)
+    w = lambda op, **kw: encode(op, **{**base, **kw})
+    V = Opcode
+    return [
+        (ErrorCode.BAD_FIELD, patch_field(w(V.VADD, with_b=1), V.VADD, "reserved0", 1)),
+        (ErrorCode.BAD_FIELD, w(V.VADD, with_b=1, dst=1)),            # WGT: VREQUANT only
+        (ErrorCode.BAD_FIELD, w(V.VGELU, transpose=1)),
+        (ErrorCode.BAD_FIELD, w(V.VADD, with_b=0)),                   # VADD needs b
+        (ErrorCode.BAD_FIELD, w(V.VGELU, with_b=1)),                  # VGELU has none
+        (ErrorCode.BAD_FIELD, w(V.VSOFTMAX, pre=1)),                  # no input stage
+        (ErrorCode.BAD_SIZE, w(V.VLAYERNORM, n_rows=0)),
+        (ErrorCode.BAD_SIZE, w(V.VSOFTMAX, n_elems=0)),
+        (ErrorCode.BUF_RANGE, w(V.VGELU, src_addr=cfg.acc_depth - 7)),
+        (ErrorCode.BUF_RANGE, w(V.VSOFTMAX, dst_addr=cfg.act_depth - 7)),
+        (ErrorCode.BUF_RANGE, w(V.VADD, with_b=1, b_addr=cfg.act_depth - 7)),
+        (ErrorCode.BUF_RANGE, w(V.VSOFTMAX, with_b=1, b_addr=cfg.act_depth - 1)),  # mask row
+        (ErrorCode.BUF_RANGE, w(V.VLAYERNORM, pre=1, param_addr=cfg.param_depth - 4)),
+        (ErrorCode.BUF_RANGE, w(V.VADD, with_b=1, b_addr=41)),        # b overlaps dst
+        # in place, but the destination's blocks overlap each other
+        (ErrorCode.BUF_RANGE, w(V.VLAYERNORM, with_b=1, b_addr=40, dst_stride=2)),
+        (ErrorCode.BUF_RANGE, w(V.VSOFTMAX, with_b=1, b_addr=44)),    # mask row inside dst
+    ]
+
+
+def test_malformed_ops_fault_without_side_effect():
+    """Each bad word faults with its documented code (docs/vector.md, "Checks") on golden
+    and pysim alike, and the activation buffer (the only one these ops write) is what the
+    loads left: the observing program that follows sees the same as after no op at all."""
+    from serrano.hw.isa import encode
+    cfg = vcfg(16)
+    L, ab = cfg.cols, cfg.act_bytes
+    rng = np.random.default_rng(11)
+    mem = rng.integers(0, 256, cfg.mem_bytes, dtype=np.uint8)
+    setup = Program()
+    setup.load("act", 0, cfg.act_depth, L * ab, 0, L * ab)
+    setup.load("param", 0, cfg.param_depth, cfg.param_entry_bytes, 4096, cfg.param_entry_bytes)
+    observe = Program()
+    eye = np.eye(L, dtype=np.int8)
+    mem[EYE_MEM:EYE_MEM + L * L] = eye.view(np.uint8).ravel()
+    observe.load("wgt", 0, L, L, EYE_MEM, L)
+    for k in range(0, cfg.act_depth, 32):
+        observe.matmul(k, 32, 0, 0, 0)
+        observe.store(0, 32, L, OUT_MEM + k * 4 * L, 4 * L, "raw")
+    observe.halt()
+    jobs = []
+    bad = _bad_words(cfg)
+    for _, word in bad:
+        jobs += [(setup.words + [word, encode(Opcode.HALT)], mem), (observe.words, mem)]
+    jobs += [(setup.words + [encode(Opcode.HALT)], mem), (observe.words, mem)]
+    ref = GoldenBackend(cfg).run_sequence(jobs)
+    got = PysimBackend(cfg).run_sequence(jobs, max_cycles=20_000)
+    clean = ref[-1].memory
+    assert np.any(clean[OUT_MEM:] != 0)
+    for k, (code, _) in enumerate(bad):
+        assert ref[2 * k].status.error == code, (k, ref[2 * k].status)
+        assert ref[2 * k].status.fault_index == len(setup.words), k
+        assert got[2 * k].status == ref[2 * k].status, k
+        assert np.array_equal(ref[2 * k + 1].memory, clean), k
+        assert np.array_equal(got[2 * k + 1].memory, clean), k
