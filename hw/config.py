@@ -1,6 +1,7 @@
 """The one configuration object every block, the runtime and the scripts are built from."""
 
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = ["AcceleratorConfig"]
 
@@ -133,80 +134,80 @@ class AcceleratorConfig:
                 f"wgt_depth must hold at least one weight tile ({self.rows} entries), "
                 f"not {self.wgt_depth!r}")
 
-    # ---- derived widths ------------------------------------------------------------------
-    @property
+    # ---- derived widths (cached: the golden model asks for them per instruction) ----------
+    @cached_property
     def psum_width(self) -> int:
         """Width of a partial sum inside the array: an ``act_bits`` x int8 product needs
         ``act_bits + 8`` bits (-128 * -128 = 2**14 and -32768 * -128 = 2**22 still fit) and
         the sum of ``rows`` products at most ``clog2(rows)`` more, so nothing overflows."""
         return self.act_bits + _WGT_BITS + _clog2(self.rows)
 
-    @property
+    @cached_property
     def act_bytes(self) -> int:
         """Bytes of one activation in an entry and in memory (1 or 2)."""
         return self.act_bits // 8
 
-    @property
+    @cached_property
     def act_entry_bytes(self) -> int:
         return self.rows * self.act_bytes
 
-    @property
+    @cached_property
     def wgt_entry_bytes(self) -> int:
         return self.cols
 
-    @property
+    @cached_property
     def param_entry_bytes(self) -> int:
         from .isa import OUTPUT_PARAMS_BYTES
         return OUTPUT_PARAMS_BYTES * self.cols
 
-    @property
+    @cached_property
     def acc_entry_bytes(self) -> int:
         return 4 * self.cols
 
-    @property
+    @cached_property
     def max_entry_bytes(self) -> int:
         """Widest buffer entry the load unit assembles."""
         return max(self.act_entry_bytes, self.wgt_entry_bytes, self.param_entry_bytes)
 
-    @property
+    @cached_property
     def mem_words(self) -> int:
         return self.mem_bytes // self.mem_width
 
-    @property
+    @cached_property
     def mem_addr_width(self) -> int:
         """Width of the word address on the memory port."""
         return max(1, _clog2(self.mem_words))
 
-    @property
+    @cached_property
     def mem_lane_bits(self) -> int:
         """Bits of a byte address that select the byte lane within a memory word."""
         return _clog2(self.mem_width)
 
-    @property
+    @cached_property
     def act_addr_width(self) -> int:
         """Width of an activation-buffer row address."""
         return _row_addr_width(self.act_depth)
 
-    @property
+    @cached_property
     def wgt_addr_width(self) -> int:
         """Width of a weight-buffer row address."""
         return _row_addr_width(self.wgt_depth)
 
-    @property
+    @cached_property
     def param_addr_width(self) -> int:
         """Width of a parameter-buffer row address."""
         return _row_addr_width(self.param_depth)
 
-    @property
+    @cached_property
     def acc_addr_width(self) -> int:
         """Width of an accumulator-buffer row address."""
         return _row_addr_width(self.acc_depth)
 
-    @property
+    @cached_property
     def wgt_tiles(self) -> int:
         return self.wgt_depth // self.rows
 
-    @property
+    @cached_property
     def peak_macs_per_cycle(self) -> int:
         return self.rows * self.cols
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "sweep": ("sweep", "design-space sweep on dask.distributed"),
     "precision-study": ("precision_study", "activation precision a BERT model needs"),
     "kernel-errors": ("kernel_errors", "error of the vector unit's integer kernels"),
+    "bench-layer": ("bench_layer", "a MiniLM-shaped encoder layer as one program: cycles"),
 }
 
 

@@ -40,8 +40,14 @@ def _blocks(n: int, lanes: int) -> int:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """Where every tensor of one layer lives (buffer entries and memory bytes)."""
+    """Where every tensor of one layer lives (buffer entries and memory bytes).
+
+    ``tokens`` per sequence, ``sequences`` of them: the linear layers, LayerNorms and GELU run
+    on all ``rows = sequences * tokens`` at once, attention per sequence. Per-sequence
+    scratch (scores, probabilities) has two slots, so that one sequence's MATMULs overlap
+    the previous sequence's softmax."""
     tokens: int
+    sequences: int
     hidden: int
     heads: int
     head_dim: int
@@ -57,22 +63,34 @@ class LayerPlan:
 
     @property
     def tb(self) -> int:
-        """Token blocks, ``ceil(T / L)``."""
+        """Token blocks of one sequence, ``ceil(T / L)``."""
         return _blocks(self.tokens, self.lanes)
+
+    @property
+    def rows(self) -> int:
+        """Tokens of all sequences."""
+        return self.sequences * self.tokens
 
 
 def plan_layer(tokens: int, hidden: int, heads: int, intermediate: int, lanes: int,
-               group: int = 16) -> LayerPlan:
-    """The buffer regions of one layer over ``tokens`` tokens (``ValueError`` for shapes the
-    program cannot map: dimensions must be multiples of ``lanes``)."""
+               group: int = 16, sequences: int = 1) -> LayerPlan:
+    """The buffer regions of one layer over ``sequences`` sequences of ``tokens`` tokens
+    (``ValueError`` for shapes the program cannot map: dimensions must be multiples of
+    ``lanes``, and so must ``tokens`` with more than one sequence)."""
     if tokens < 1:
         raise ValueError(f"tokens must be at least 1, not {tokens}")
+    if sequences < 1:
+        raise ValueError(f"sequences must be at least 1, not {sequences}")
+    if sequences > 1 and tokens % lanes:
+        raise ValueError(f"with several sequences, tokens ({tokens}) must be a multiple of "
+                         f"the array's {lanes} lanes (a sequence starts a token block)")
     for name, v in (("hidden", hidden), ("intermediate", intermediate),
                     ("head_dim", hidden // heads)):
         if v % lanes:
             raise ValueError(f"{name} ({v}) must be a multiple of the array's {lanes} lanes")
     d = hidden // heads
-    L, T = lanes, tokens
+    L, T, S = lanes, tokens, sequences
+    N = S * T
     nh, nd, nf, tb = hidden // L, d // L, intermediate // L, _blocks(tokens, lanes)
     group = max(1, min(group, nf))
     while nf % group:
@@ -85,13 +103,14 @@ def plan_layer(tokens: int, hidden: int, heads: int, intermediate: int, lanes: i
             at += size
         return out, at
 
-    act, act_n = regions({"x": nh * T, "x1": nh * T, "ctx": nh * T, "q": nd * T,
-                          "p": tb * T, "mask": tb, "h": group * T})
-    wgt, wgt_n = regions({"stream": _WGT_SLOTS * L, "kt": tb * d, "v": nd * T, "eye": L})
-    acc, acc_n = regions({"q": nd * T, "k": nd * T, "v": nd * T, "s": tb * T, "c": nd * T,
-                          "o": nh * T, "f": group * T})
-    return LayerPlan(T, hidden, heads, d, intermediate, L, group, act, wgt, acc, act_n, wgt_n,
-                     acc_n)
+    act, act_n = regions({"x": nh * N, "x1": nh * N, "ctx": nh * N, "q": nd * N,
+                          "p": 2 * tb * T, "mask": S * tb, "h": group * N})
+    wgt, wgt_n = regions({"stream": _WGT_SLOTS * L, "kt": S * tb * d, "v": nd * N,
+                          "eye": L})
+    acc, acc_n = regions({"q": nd * N, "k": nd * N, "v": nd * N, "s": 2 * tb * T,
+                          "c": nd * N, "o": nh * N, "f": group * N})
+    return LayerPlan(T, S, hidden, heads, d, intermediate, L, group, act, wgt, acc, act_n,
+                     wgt_n, acc_n)
 
 
 def layer_config(plan: LayerPlan, **overrides) -> AcceleratorConfig:
@@ -159,11 +178,11 @@ class _Builder:
         of the whole matrix are at ``w_tiles`` in memory, tile ``(kb, nb)`` at
         ``w_tiles + (nb * kb_total + kb) * L * L``; ``acc`` block ``j`` of ``nb_range`` at
         ``acc_addr + j * rows``."""
-        L, T = self.plan.lanes, self.plan.tokens
+        L = self.plan.lanes
         for j, nb in enumerate(nb_range):
             for i, kb in enumerate(kb_range):
                 entry = self.tile(w_tiles + (nb * kb_total + kb) * L * L)
-                self.prog.matmul(act_addr=x_addr + kb * T, n_rows=rows, wgt_addr=entry,
+                self.prog.matmul(act_addr=x_addr + kb * rows, n_rows=rows, wgt_addr=entry,
                                  acc_addr=acc_addr + j * rows,
                                  accumulate=accumulate_first or i > 0)
 
@@ -180,13 +199,15 @@ def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
                 plan: LayerPlan, key_mask: np.ndarray | None = None
                 ) -> tuple[list[int], np.ndarray, int]:
     """The program, the memory image and the output's address for layer ``ql`` on the int
-    activations ``x`` ``[T, hidden]``.
+    activations ``x`` ``[rows, hidden]`` (the plan's sequences one after the other).
 
-    The output (``[T, hidden]`` int32 values of the int16 activations) is stored RAW at the
-    returned address, block-major: block ``k`` of token ``i`` at ``addr + (k * T + i) * 4 L``.
+    ``key_mask`` (``[sequences, tokens]``, or ``[tokens]`` for one sequence; 0 marks a padded
+    key) masks each sequence's attention. The output (``[rows, hidden]`` int32 values of the
+    int16 activations) is stored RAW at the returned address, block-major: block ``k`` of
+    token ``i`` at ``addr + (k * rows + i) * 4 L``.
     """
     c, p = config, plan
-    L, T, d, H = p.lanes, p.tokens, p.head_dim, p.hidden
+    L, T, S, N, d, H = p.lanes, p.tokens, p.sequences, p.rows, p.head_dim, p.hidden
     if (c.rows, c.cols) != (L, L) or c.act_bits != ql.act_bits or not c.vector:
         raise ValueError(f"the plan needs a {L}x{L} array with act_bits={ql.act_bits} and the "
                          f"vector unit, not {c.rows}x{c.cols}, act_bits={c.act_bits}, "
@@ -199,89 +220,112 @@ def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
     if c.param_depth < 2 * _PARAM_HALF:
         raise ValueError(f"param_depth must be at least {2 * _PARAM_HALF}")
     x = np.asarray(x)
-    if x.shape != (T, H):
-        raise ValueError(f"x must be [{T}, {H}], not {list(x.shape)}")
+    if x.shape != (N, H):
+        raise ValueError(f"x must be [{N}, {H}], not {list(x.shape)}")
     b = _Builder(p, c)
     prog, A, W, C = b.prog, p.act, p.wgt, p.acc
     nh, nd, nf, tb = H // L, d // L, p.intermediate // L, p.tb
 
     # the input, block-major, and the weights as tiles
-    xb = x.astype(np.int16).reshape(T, nh, L).transpose(1, 0, 2)
-    prog.load(LoadTarget.ACT, buf_addr=A["x"], n_rows=nh * T, row_bytes=2 * L,
+    xb = x.astype(np.int16).reshape(N, nh, L).transpose(1, 0, 2)
+    prog.load(LoadTarget.ACT, buf_addr=A["x"], n_rows=nh * N, row_bytes=2 * L,
               mem_addr=b.put(xb), mem_stride=2 * L)
     tiles = {name: b.put(_tiles(ql.w[name], L)) for name in ql.w}
     eye = b.put(np.eye(L, dtype=np.int8))
-    mask_row = None
+    mask_rows = [None] * S
     if key_mask is not None:
         km = np.asarray(key_mask)
-        if km.shape != (T,):
-            raise ValueError(f"key_mask must be [{T}], not {list(km.shape)}")
-        row = np.zeros(tb * L, dtype=np.int16)
-        row[:T] = np.where(km != 0, 0, kernels.mask_sentinel(16))
-        prog.load(LoadTarget.ACT, buf_addr=A["mask"], n_rows=tb, row_bytes=2 * L,
-                  mem_addr=b.put(row), mem_stride=2 * L)
-        mask_row = A["mask"]
+        if km.shape == (T,) and S == 1:
+            km = km[None]
+        if km.shape != (S, T):
+            want = f"[{T}] or [1, {T}]" if S == 1 else f"[{S}, {T}]"
+            raise ValueError(f"key_mask must be {want}, not {list(np.shape(key_mask))}")
+        rows = np.zeros((S, tb * L), dtype=np.int16)
+        rows[:, :T] = np.where(km != 0, 0, kernels.mask_sentinel(16))
+        prog.load(LoadTarget.ACT, buf_addr=A["mask"], n_rows=S * tb, row_bytes=2 * L,
+                  mem_addr=b.put(rows), mem_stride=2 * L)
+        mask_rows = [A["mask"] + s * tb for s in range(S)]
 
     def cols(params: dict, lo: int, hi: int) -> dict:
         return {k: np.asarray(v)[lo:hi] for k, v in params.items()}
 
-    # attention, head by head
+    def scores(h: int, s: int) -> None:
+        """S = Q K^T of sequence s into its scratch slot; key block j at s_slot + j T."""
+        s_acc = C["s"] + (s % 2) * tb * T
+        for j in range(tb):
+            for kb in range(nd):
+                prog.matmul(act_addr=A["q"] + kb * N + s * T, n_rows=T,
+                            wgt_addr=W["kt"] + (s * tb + j) * d + kb * L,
+                            acc_addr=s_acc + j * T, accumulate=kb > 0)
+
+    def context(s: int) -> None:
+        """C[s] = P V of sequence s (its P in slot s % 2)."""
+        p_act = A["p"] + (s % 2) * tb * T
+        for j in range(nd):
+            for kb in range(tb):
+                prog.matmul(act_addr=p_act + kb * T, n_rows=T,
+                            wgt_addr=W["v"] + j * N + s * T + kb * L,
+                            acc_addr=C["c"] + j * N + s * T, accumulate=kb > 0)
+
+    # attention, head by head; within a head, sequence s + 1's scores and sequence s - 1's
+    # context products come between sequence s's softmax and its context product, so the
+    # array works while the vector unit normalizes.
     softmax_p = vector_params(Opcode.VSOFTMAX, ql.softmax, c)
     ctx_p = vector_params(Opcode.VREQUANT, ql.requant["ctx"], c)
     for h in range(p.heads):
         heads_blocks = range(h * nd, (h + 1) * nd)
         for name in "qkv":
-            b.linear(A["x"], tiles[name], range(nh), heads_blocks, nh, C[name], T)
+            b.linear(A["x"], tiles[name], range(nh), heads_blocks, nh, C[name], N)
             pa = b.params(vector_params(Opcode.VREQUANT, cols(ql.requant[name], h * d,
                                                               (h + 1) * d), c))
             if name == "q":
-                prog.vrequant(VectorDst.ACT, C["q"], T, A["q"], T, T, d, pa)
-            elif name == "k":   # K^T: weight tiles of Q K^T (stride d: token block k at kt + k d)
-                prog.vrequant(VectorDst.WGT, C["k"], T, W["kt"], d, T, d, pa, transpose=True)
-            else:               # V: weight tiles of P V (dim block j at v + j T)
-                prog.vrequant(VectorDst.WGT, C["v"], T, W["v"], T, T, d, pa)
-        for j in range(tb):     # S = Q_h K_h^T, scores of key block j
-            for kb in range(nd):
-                prog.matmul(act_addr=A["q"] + kb * T, n_rows=T, wgt_addr=W["kt"] + j * d + kb * L,
-                            acc_addr=C["s"] + j * T, accumulate=kb > 0)
+                prog.vrequant(VectorDst.ACT, C["q"], N, A["q"], N, N, d, pa)
+            elif name == "k":   # K^T: weight tiles of Q K^T (token block k at kt + k d)
+                prog.vrequant(VectorDst.WGT, C["k"], N, W["kt"], d, N, d, pa, transpose=True)
+            else:               # V: weight tiles of P V (dim block j at v + j N)
+                prog.vrequant(VectorDst.WGT, C["v"], N, W["v"], N, N, d, pa)
         pa = b.params(softmax_p)
-        prog.vsoftmax(C["s"], T, A["p"], T, T, T, pa, mask_addr=mask_row)
-        for j in range(nd):     # C_h = P V_h
-            for kb in range(tb):
-                prog.matmul(act_addr=A["p"] + kb * T, n_rows=T, wgt_addr=W["v"] + j * T + kb * L,
-                            acc_addr=C["c"] + j * T, accumulate=kb > 0)
+        scores(h, 0)
+        for s in range(S):
+            p_act, s_acc = A["p"] + (s % 2) * tb * T, C["s"] + (s % 2) * tb * T
+            prog.vsoftmax(s_acc, T, p_act, T, T, T, pa, mask_addr=mask_rows[s])
+            if s + 1 < S:
+                scores(h, s + 1)
+            if s > 0:
+                context(s - 1)
+        context(S - 1)
         pa = b.params(ctx_p)
-        prog.vrequant(VectorDst.ACT, C["c"], T, A["ctx"] + h * nd * T, T, T, d, pa)
+        prog.vrequant(VectorDst.ACT, C["c"], N, A["ctx"] + h * nd * N, N, N, d, pa)
 
     # attention output, residual, LayerNorm
-    b.linear(A["ctx"], tiles["o"], range(nh), range(nh), nh, C["o"], T)
+    b.linear(A["ctx"], tiles["o"], range(nh), range(nh), nh, C["o"], N)
     pa = b.params(vector_params(Opcode.VLAYERNORM, ql.ln1, c, pre=ql.pre["o"]))
-    prog.vlayernorm(C["o"], T, A["x1"], T, T, H, pa, residual_addr=A["x"], pre=True)
+    prog.vlayernorm(C["o"], N, A["x1"], N, N, H, pa, residual_addr=A["x"], pre=True)
 
     # FFN in groups of G output blocks: GELU, then accumulate the second projection
     G = p.group
     for g in range(nf // G):
         f_blocks = range(g * G, (g + 1) * G)
-        b.linear(A["x1"], tiles["ffn1"], range(nh), f_blocks, nh, C["f"], T)
+        b.linear(A["x1"], tiles["ffn1"], range(nh), f_blocks, nh, C["f"], N)
         pa = b.params(vector_params(Opcode.VGELU, ql.gelu, c,
                                     pre=cols(ql.pre["ffn1"], g * G * L, (g + 1) * G * L)))
-        prog.vgelu(C["f"], T, A["h"], T, T, G * L, pa, pre=True)
+        prog.vgelu(C["f"], N, A["h"], N, N, G * L, pa, pre=True)
         for nb in range(nh):
             for i, kb in enumerate(f_blocks):
                 entry = b.tile(tiles["ffn2"] + (nb * nf + kb) * L * L)
-                prog.matmul(act_addr=A["h"] + i * T, n_rows=T, wgt_addr=entry,
-                            acc_addr=C["o"] + nb * T, accumulate=g > 0 or i > 0)
+                prog.matmul(act_addr=A["h"] + i * N, n_rows=N, wgt_addr=entry,
+                            acc_addr=C["o"] + nb * N, accumulate=g > 0 or i > 0)
     pa = b.params(vector_params(Opcode.VLAYERNORM, ql.ln2, c, pre=ql.pre["ffn2"]))
-    prog.vlayernorm(C["o"], T, A["x"], T, T, H, pa, residual_addr=A["x1"], pre=True)
+    prog.vlayernorm(C["o"], N, A["x"], N, N, H, pa, residual_addr=A["x1"], pre=True)
 
     # out: identity MATMULs copy the activations into the accumulator, a RAW store
     prog.load(LoadTarget.WGT, buf_addr=W["eye"], n_rows=L, row_bytes=L, mem_addr=eye,
               mem_stride=L)
     for k in range(nh):
-        prog.matmul(act_addr=A["x"] + k * T, n_rows=T, wgt_addr=W["eye"],
-                    acc_addr=C["o"] + k * T, accumulate=False)
-    out = b.put(np.zeros(nh * T * 4 * L, dtype=np.uint8))
-    prog.store(C["o"], nh * T, L, out, 4 * L, StoreMode.RAW)
+        prog.matmul(act_addr=A["x"] + k * N, n_rows=N, wgt_addr=W["eye"],
+                    acc_addr=C["o"] + k * N, accumulate=False)
+    out = b.put(np.zeros(nh * N * 4 * L, dtype=np.uint8))
+    prog.store(C["o"], nh * N, L, out, 4 * L, StoreMode.RAW)
     prog.halt()
     return prog.words, b.memory(), out
 
@@ -289,7 +333,7 @@ def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
 def run_layer(backend, ql: QuantizedLayer, x: np.ndarray, plan: LayerPlan,
               key_mask: np.ndarray | None = None, max_cycles: int | None = None):
     """Run one layer on ``backend`` (its config must fit ``plan``); returns ``(y, result)``:
-    the output activations ``[T, hidden]`` and the backend's ``RunResult``."""
+    the output activations ``[rows, hidden]`` and the backend's ``RunResult``."""
     words, mem, out = build_layer(ql, x, backend.config, plan, key_mask)
     if len(mem) > backend.config.mem_bytes:
         raise ValueError(f"the layer's memory image ({len(mem)} bytes) exceeds mem_bytes "
@@ -300,6 +344,6 @@ def run_layer(backend, ql: QuantizedLayer, x: np.ndarray, plan: LayerPlan,
     if res.status.error != isa.ErrorCode.NONE:
         raise RuntimeError(f"the layer program faulted at instruction "
                            f"{res.status.fault_index}: {res.status.error.name}")
-    L, T, nh = plan.lanes, plan.tokens, plan.hidden // plan.lanes
-    raw = res.memory[out:out + nh * T * 4 * L].view("<i4").reshape(nh, T, L)
-    return raw.transpose(1, 0, 2).reshape(T, plan.hidden).astype(np.int64), res
+    L, N, nh = plan.lanes, plan.rows, plan.hidden // plan.lanes
+    raw = res.memory[out:out + nh * N * 4 * L].view("<i4").reshape(nh, N, L)
+    return raw.transpose(1, 0, 2).reshape(N, plan.hidden).astype(np.int64), res

@@ -100,9 +100,8 @@ class GoldenBackend:
             if not isinstance(word, int) or isinstance(word, bool):
                 raise TypeError(f"instruction word {index} must be an int, not {word!r}")
             opcode, fields = isa.decode(word)
-            try:
-                op = Opcode(opcode)
-            except ValueError:
+            op = _OPCODES.get(opcode)
+            if op is None:
                 status = RunStatus(done=True, error=ErrorCode.BAD_OPCODE, fault_index=index)
                 break
             error = ErrorCode.NONE
@@ -143,14 +142,14 @@ class GoldenBackend:
     def _load(self, mem: np.ndarray, *, target: int, buf_addr: int, n_rows: int,
               row_bytes: int, mem_addr: int, mem_stride: int, **_reserved) -> None:
         rows = _read_rows(mem, mem_addr, n_rows, mem_stride, row_bytes)
-        t = LoadTarget(target)
-        buf = {LoadTarget.ACT: self.act, LoadTarget.WGT: self.wgt,
-               LoadTarget.PARAM: self.param}[t]
+        buf, written = {LoadTarget.ACT.value: (self.act, "act_writes"),
+                        LoadTarget.WGT.value: (self.wgt, "wgt_writes"),
+                        LoadTarget.PARAM.value: (self.param, "param_writes")}[target]
         entries = buf[buf_addr:buf_addr + n_rows]
         entries_bytes = entries.view(np.uint8)
         entries_bytes[:, :row_bytes] = rows
         entries_bytes[:, row_bytes:] = 0
-        self._count(**{f"{t.name.lower()}_writes": n_rows,
+        self._count(**{written: n_rows,
                        "mem_read_beats": _beats(mem_addr, n_rows, mem_stride, row_bytes,
                                                 self.config.mem_width)})
 
@@ -275,6 +274,8 @@ class GoldenBackend:
             _scatter(self.act, dst_addr, dst_stride, out)
 
 
+#: Opcode values to ``Opcode`` (a dict: the enum's call is slow in the inner loop).
+_OPCODES = {op.value: op for op in Opcode}
 #: Passes over each source row of VADD, VSOFTMAX, VLAYERNORM and VGELU.
 _VECTOR_PASSES = {Opcode.VADD: 1, Opcode.VGELU: 1, Opcode.VSOFTMAX: 3, Opcode.VLAYERNORM: 3}
 
@@ -307,6 +308,8 @@ def _beats(mem_addr: int, n_rows: int, stride: int, row_bytes: int, width: int) 
     unit makes (a row of ``row_bytes`` bytes at lane ``addr % width`` spans
     ``(addr % width + row_bytes - 1) // width + 1`` words; rows that share a word each
     request it)."""
+    if stride % width == 0:   # every row at the same lane (weight tiles, aligned rows)
+        return n_rows * ((mem_addr % width + row_bytes - 1) // width + 1)
     lanes = (mem_addr + stride * np.arange(n_rows, dtype=np.int64)) % width
     return int(((lanes + row_bytes - 1) // width + 1).sum())
 
@@ -332,6 +335,8 @@ def _read_rows(mem: np.ndarray, mem_addr: int, n_rows: int, stride: int,
                row_bytes: int) -> np.ndarray:
     """``uint8[n_rows, row_bytes]``; bytes past the end of the image read as zero."""
     if isa.mem_extent_end(mem_addr, n_rows, stride, row_bytes) <= mem.size:
+        if stride == row_bytes:   # contiguous rows (weight tiles, activations)
+            return mem[mem_addr:mem_addr + n_rows * row_bytes].reshape(n_rows, row_bytes)
         view = np.lib.stride_tricks.as_strided(mem[mem_addr:], shape=(n_rows, row_bytes),
                                                strides=(stride, 1), writeable=False)
         return view.copy()

@@ -38,6 +38,23 @@ def test_small_layer_program_is_bit_exact(tokens, masked):
     assert np.array_equal(y, qe.layer(0, x, mask))
 
 
+def test_several_sequences_in_one_program():
+    """Three sequences of 8 tokens, attention per sequence with its own padding: each
+    sequence's rows are the integer reference's layer of that sequence alone."""
+    w, qe, rng = _model(64, 4, 256)
+    S, T = 3, 8
+    xs = [qe._grid(tr.embeddings(w, rng.integers(0, 100, T)[None])[0], qe.s_x0)
+          for _ in range(S)]
+    mask = np.ones((S, T))
+    mask[1, -3:] = 0
+    mask[2, 1:] = 0
+    plan = plan_layer(T, 64, 4, 256, 8, sequences=S)
+    y, _ = run_layer(GoldenBackend(layer_config(plan)), qe.layers[0], np.concatenate(xs),
+                     plan, key_mask=mask)
+    for s in range(S):
+        assert np.array_equal(y[s * T:(s + 1) * T], qe.layer(0, xs[s], mask[s])), s
+
+
 def test_minilm_shaped_layer_program():
     """384 hidden, 12 heads, 1536 FFN, 16 tokens: bit-exact with the integer reference, and
     the dequantized output within 0.05 (cosine >= 0.999 per token) of the float layer."""
@@ -69,5 +86,7 @@ def test_plan_and_config_errors():
         build_layer(qe.layers[0], x, AcceleratorConfig(rows=4, cols=4, vector=True), plan)
     with pytest.raises(ValueError, match=r"x must be \[8, 64\]"):
         build_layer(qe.layers[0], x[:4], layer_config(plan), plan)
+    with pytest.raises(ValueError, match=r"with several sequences, tokens \(6\) must be"):
+        plan_layer(6, 64, 4, 256, 8, sequences=2)
     with pytest.raises(ValueError, match=r"key_mask must be \[8\]"):
         build_layer(qe.layers[0], x, layer_config(plan), plan, key_mask=np.ones(3))
