@@ -68,7 +68,10 @@ class VectorOps(wiring.Component):
     - element-wise ops (VADD, VGELU): block ``k`` outer, row ``i`` inner, one pass, as
       VREQUANT;
     - row ops (VSOFTMAX, VLAYERNORM): row outer, each row's three passes over its ``nb``
-      blocks, a pass begun only when the engine's ``want_pass`` asks for it.
+      blocks. The walker does not wait for the engine's ``want_pass``: the blocks queue
+      in order (in the FIFO and the input stage), so the block at the head is always the
+      one the engine takes next, and a pass's first blocks are waiting when the engine
+      asks for them (its row unit's divisions and square root overlap their reads).
 
     Each issued block reads, in one cycle, accumulator entry ``src_addr + k * src_stride +
     i``, the operand ``b`` (activation entry ``b_addr + k * dst_stride + i``, or ``b_addr + k``
@@ -161,10 +164,11 @@ class VectorOps(wiring.Component):
         it against pysim).
 
         Element-wise: ``SETUP``, one block per cycle, then the feed, the input stage
-        (``pre``), the engine and the write. Row ops: each row costs the engine's
-        :meth:`~.vector_rows.SoftmaxRow.row_cycles` less its ``output_latency`` (the next
-        row's first pass overlaps the output's drain) plus, at each of its three passes,
-        the feed and the input stage that the walker's hand-over waits for."""
+        (``pre``), the engine and the write. Row ops: ``SETUP``, the feed and the input
+        stage once (the blocks of every later pass are queued before the engine asks), then
+        each row the engine's :meth:`~.vector_rows.SoftmaxRow.row_cycles` less its
+        ``output_latency`` (the next row's first pass overlaps the output's drain), then the
+        last row's drain and the write."""
         op = isa.Opcode(op)
         nb = -(-n_elems // self._lanes)
         e = self._make_engines(silent=True)
@@ -174,8 +178,8 @@ class VectorOps(wiring.Component):
         if op not in ROW_OPCODES:
             return self.SETUP + n_rows * nb + self.FEED + extra + engine.latency + tail
         lat = engine.output_latency
-        per_row = engine.row_cycles(nb) - lat + 3 * (self.FEED + extra)
-        return self.SETUP + n_rows * per_row + lat + tail
+        per_row = engine.row_cycles(nb) - lat
+        return self.SETUP + self.FEED + extra + n_rows * per_row + lat + tail
 
     def elaborate(self, platform):
         m = Module()
@@ -186,8 +190,7 @@ class VectorOps(wiring.Component):
         op = SimpleNamespace(**{o.name.lower(): Signal(name=f"is_{o.name.lower()}")
                                 for o in STREAM_OPCODES})
         row_op = op.vsoftmax | op.vlayernorm
-        want = Mux(op.vsoftmax, e.softmax.want_pass, e.layernorm.want_pass)
-        walk = self._walker(m, cmd, op, row_op, want)
+        walk = self._walker(m, cmd, op, row_op)
 
         # The read stage: every port addressed by the walker, data a cycle later.
         m.d.comb += [
@@ -228,7 +231,7 @@ class VectorOps(wiring.Component):
         ]
         return m
 
-    def _walker(self, m: Module, cmd, op, row_op, want):
+    def _walker(self, m: Module, cmd, op, row_op):
         """The command's sequence: ``setup`` (the scalars entry's address on ``param_rd``),
         ``scalars_ready`` (its data), then one block per cycle while ``issue``.
 
@@ -266,7 +269,7 @@ class VectorOps(wiring.Component):
 
         may = run & (inflight < self.CREDITS)
         issue = Signal()
-        m.d.comb += issue.eq(may & (~row_op | (want == p + 1)))
+        m.d.comb += issue.eq(may)
         last_row = i == cmd.n_rows - 1
         last_blk = k == nb - 1
         last_pass = ~row_op | (p == 2)
