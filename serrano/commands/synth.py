@@ -42,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "activity_counters=False); smaller)")
     p.add_argument("--act-bits", type=int, default=None, choices=(8, 16),
                    help="activation width (AcceleratorConfig.act_bits; default 8)")
+    p.add_argument("--vector", action="store_true",
+                   help="with the vector unit (AcceleratorConfig(vector=True))")
     p.add_argument("--device", default="ecp5-85k", metavar="DEVICE",
                    help=f"one of: {', '.join(DEVICES)} (default ecp5-85k)")
     p.add_argument("--block", default="accelerator", metavar="BLOCK",
@@ -104,6 +106,8 @@ def config_from_args(args: argparse.Namespace) -> AcceleratorConfig:
         kwargs["act_bits"] = args.act_bits
     if args.no_activity_counters:
         kwargs["activity_counters"] = False
+    if args.vector:
+        kwargs["vector"] = True
     return AcceleratorConfig(**kwargs)
 
 
