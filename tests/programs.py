@@ -21,7 +21,7 @@ SMALL_CONFIGS = {
 }
 
 
-# With the vector unit (square power-of-two arrays): VREQUANT joins the random programs.
+# With the vector unit (square power-of-two arrays): the vector ops join the random programs.
 VECTOR_CONFIGS = {
     "2x2_vec16": AcceleratorConfig(rows=2, cols=2, act_depth=128, wgt_depth=32, acc_depth=128,
                                    param_depth=16, mem_width=8, mem_bytes=1 << 14,
@@ -109,11 +109,49 @@ def random_program(cfg: AcceleratorConfig, rng: np.random.Generator, *, length: 
                       n_rows=n_rows, n_elems=n_elems,
                       param_addr=int(rng.integers(0, cfg.param_depth - nb + 1)))
 
+    def valid_stream_op() -> int:
+        """VADD, VSOFTMAX, VLAYERNORM or VGELU with in-range tensors (drawn until the ISA's
+        checks pass: b may meet the destination only in place)."""
+        from serrano.hw import isa
+        L = cfg.cols
+        for _ in range(20):
+            op = rng.choice([Opcode.VADD, Opcode.VSOFTMAX, Opcode.VLAYERNORM, Opcode.VGELU])
+            rules = isa.VECTOR_RULES[op]
+            n_rows = int(rng.integers(1, 2 * L + 2))
+            n_elems = int(rng.integers(1, 4 * L + 2))
+            nb = -(-n_elems // L)
+            if nb * n_rows > min(cfg.acc_depth, cfg.act_depth) // 2:
+                n_rows, n_elems, nb = 1, 1, 1
+            pre = int(rules.pre and rng.integers(0, 2))
+            with_b = int(rules.b == isa.SecondOperand.REQUIRED or
+                         (rules.b != isa.SecondOperand.NONE and rng.integers(0, 2)))
+            src_addr, src_stride = hull(cfg.acc_depth, nb, n_rows)
+            dst_addr, dst_stride = hull(cfg.act_depth, nb, n_rows)
+            if rules.b == isa.SecondOperand.ROW:
+                b_addr = int(rng.integers(0, cfg.act_depth - nb + 1))
+            elif rng.integers(0, 4) == 0:
+                b_addr = dst_addr                                   # in place
+            else:
+                b_addr = int(rng.integers(0, cfg.act_depth - ((nb - 1) * dst_stride + n_rows)
+                                          + 1))
+            n_params = rules.scalars + rules.channel * nb + pre * nb
+            word = encode(op, dst=0, src_addr=src_addr, src_stride=src_stride,
+                          dst_addr=dst_addr, dst_stride=dst_stride, b_addr=b_addr,
+                          with_b=with_b, pre=pre, n_rows=n_rows, n_elems=n_elems,
+                          param_addr=int(rng.integers(0, cfg.param_depth - n_params + 1)))
+            _, fields = isa.decode(word)
+            if not any(bad for _, bad in isa.instruction_checks(op, fields, cfg)):
+                return word
+        return encode(Opcode.VGELU, dst=0, n_rows=1, n_elems=1)
+
     def valid_instruction() -> int:
         kinds = ["load", "load", "load", "matmul", "matmul", "store", "store", "nop", "fence"]
-        kind = rng.choice(kinds + (["vrequant", "vrequant"] if cfg.vector else []))
+        kind = rng.choice(kinds + (["vrequant", "vrequant", "vop", "vop"] if cfg.vector
+                                   else []))
         if kind == "vrequant":
             return valid_vrequant()
+        if kind == "vop":
+            return valid_stream_op()
         if kind == "load":
             target = LoadTarget(int(rng.integers(0, 3)))
             buf_addr, n_rows = span(depth[target])

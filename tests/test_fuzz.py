@@ -103,8 +103,9 @@ def test_fuzz_compiled_against_golden_long(name):
 
 @needs_verilator
 def test_fuzz_compiled_against_golden_vector():
-    """The vector unit's VREQUANT mixed into the random programs (2x2, 16-bit activations:
-    the configuration test_vector.py's compiled test builds): 5 x 10^3 words."""
+    """The vector ops (VREQUANT, VADD, VSOFTMAX, VLAYERNORM, VGELU, with random parameter
+    bits) mixed into the random programs (2x2, 16-bit activations: the configuration
+    test_vector.py's compiled test builds): 5 x 10^3 words."""
     stats = fuzz(VECTOR_CONFIGS["2x2_vec16"], 5_000, seed=13)
     _report("2x2_vec16", stats)
     assert stats["valid"]["error NONE"] > stats["valid"]["programs"] // 2
