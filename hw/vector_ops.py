@@ -243,13 +243,18 @@ class VectorOps(wiring.Component):
         c, L = self._config, self._lanes
         lg = L.bit_length() - 1
         setup, ready, run = Signal(), Signal(), Signal()
-        i = Signal(12)                       # row
-        k = Signal(10)                       # block of the row
+        max_blocks = isa.vector_blocks((1 << len(cmd.n_elems)) - 1, c)
+        i = Signal.like(cmd.n_rows)          # row
+        k = Signal(range(max_blocks))        # block of the row
         p = Signal(2)                        # pass (row ops), 0 .. 2
-        nb = Signal(10)
-        elems_left = Signal(signed(14))      # n_elems - k * L
-        src_k, dst_k, b_k = Signal(18), Signal(18), Signal(18)   # the bases of block k
-        pre0, pre_k, ch_k = Signal(10), Signal(10), Signal(10)
+        nb = Signal(range(max_blocks + 1))
+        elems_left = Signal(signed(len(cmd.n_elems) + 2))   # n_elems - k * L
+        # The bases of block k. Every one is at most its tensor's end, which the checks keep
+        # inside the buffer, so the buffers' address widths (plus a carry bit) hold them.
+        wide = max(c.acc_addr_width, c.act_addr_width) + 2
+        src_k, dst_k, b_k = Signal(wide), Signal(wide), Signal(wide)
+        pwide = max(c.param_addr_width, len(cmd.param_addr)) + 2
+        pre0, pre_k, ch_k = Signal(pwide), Signal(pwide), Signal(pwide)
         inflight = Signal(range(self.CREDITS + 1))
         take = Signal()
 

@@ -25,7 +25,8 @@ def vcfg(act_bits: int = 16, lanes: int = 4, **kw) -> AcceleratorConfig:
     return AcceleratorConfig(**{**base, **kw})
 
 
-ACT_MEM, WGT_MEM, B_MEM, PARAM_MEM, EYE_MEM, OUT_MEM = 0, 1024, 2048, 4096, 6144, 8192
+# Memory map of the malformed-word programs.
+EYE_MEM, OUT_MEM = 6144, 8192
 
 
 def _params(op: Opcode, rng, n: int, a: int, with_b: bool, scale: float):
@@ -63,15 +64,24 @@ class OpCase:
             w = np.where(rng.random(w.shape) < 0.5, -128, 127).astype(np.int8)
         if constant:     # every column of a row the same: constant LayerNorm rows
             w[:] = w[0, :, :1]
-        mem[ACT_MEM:ACT_MEM + x.nbytes] = x.view(np.uint8).ravel()
-        mem[WGT_MEM:WGT_MEM + w.size] = w.view(np.uint8).ravel()
+        at = [0]
+
+        def put(raw: np.ndarray) -> int:
+            """Place ``raw`` in the memory image (64-byte aligned); its address."""
+            addr = at[0]
+            raw = raw.view(np.uint8).ravel()
+            mem[addr:addr + raw.size] = raw
+            at[0] = -(-(addr + raw.size) // 64) * 64
+            return addr
+
+        x_mem, w_mem = put(x), put(w)
         # About 2 in real units per source element (the kernels' interesting range).
         scale = 2.0 ** -(a + 6)
         params = _params(op, rng, n_elems, a, with_b, scale)
         pre_p = (K.prescale_params(rng.uniform(1e-7, 1e-6, n_elems), 2e-6,
                                    rng.normal(0, 1e-3, n_elems)) if pre else None)
         entries = vector_params(op, params, c, pre=pre_p)
-        mem[PARAM_MEM:PARAM_MEM + entries.size] = entries.ravel()
+        param_mem = put(entries)
         if op == Opcode.VSOFTMAX:
             b_rows = nb
             flat = np.zeros(nb * L, np.int64)
@@ -86,19 +96,18 @@ class OpCase:
         else:
             b_rows = (nb - 1) * dst_stride + n_rows
             bt = rng.integers(lo, hi + 1, (b_rows, L)).astype(act_dtype)
-        mem[B_MEM:B_MEM + bt.nbytes] = bt.view(np.uint8).ravel()
-        eye = np.eye(L, dtype=np.int8)
-        mem[EYE_MEM:EYE_MEM + L * L] = eye.view(np.uint8).ravel()
+        b_mem, eye_mem = put(bt), put(np.eye(L, dtype=np.int8))
+        self.out_mem = out_mem = at[0]
 
         p = Program()
         pe = c.param_entry_bytes
-        p.load("param", param_addr, len(entries), pe, PARAM_MEM, pe)
-        p.load("act", 0, n_rows, L * ab, ACT_MEM, L * ab)
+        p.load("param", param_addr, len(entries), pe, param_mem, pe)
+        p.load("act", 0, n_rows, L * ab, x_mem, L * ab)
         if with_b:
-            p.load("act", b_addr, b_rows, L * ab, B_MEM, L * ab)
+            p.load("act", b_addr, b_rows, L * ab, b_mem, L * ab)
         for k in range(nb):
             slot = (k % 2) * L
-            p.load("wgt", slot, L, L, WGT_MEM + k * L * L, L)
+            p.load("wgt", slot, L, L, w_mem + k * L * L, L)
             p.matmul(0, n_rows, slot, src_addr + k * src_stride, 0)
             # |x w| sums to 2**24 per MATMUL at act_bits = 16 and L = 4: 150 reach 2**31.
             for _ in range(150 if extreme else 0):
@@ -115,12 +124,14 @@ class OpCase:
         else:
             p.vgelu(**f, pre=pre)
         hull = (dst_addr, dst_addr + (nb - 1) * dst_stride + n_rows)
-        p.load("wgt", c.wgt_depth - L, L, L, EYE_MEM, L)
+        p.load("wgt", c.wgt_depth - L, L, L, eye_mem, L)
         acc_obs = c.acc_depth - 32
         for k in range(hull[0], hull[1], 32):
             n = min(32, hull[1] - k)
             p.matmul(k, n, c.wgt_depth - L, acc_obs, 0)
-            p.store(acc_obs, n, L, OUT_MEM + (k - hull[0]) * 4 * L, 4 * L, "raw")
+            p.store(acc_obs, n, L, out_mem + (k - hull[0]) * 4 * L, 4 * L, "raw")
+        if out_mem + (hull[1] - hull[0]) * 4 * L > c.mem_bytes:
+            raise ValueError("the case does not fit the configuration's memory")
         p.halt()
         self.words, self.mem, self.op = p.words, mem, op
         # One element, softmax rows with at most one key, saturating extremes: too few
@@ -187,7 +198,7 @@ def test_cases_are_not_trivial():
             if case.trivial:
                 continue
             r = GoldenBackend(cfg).execute(case.words, case.mem)
-            out = r.memory[OUT_MEM:].view("<i4")
+            out = r.memory[case.out_mem:].view("<i4")
             assert len(np.unique(out)) > 2, (act_bits, case.op)
 
 
@@ -288,3 +299,21 @@ def test_malformed_ops_fault_without_side_effect():
         assert got[2 * k].status == ref[2 * k].status, k
         assert np.array_equal(ref[2 * k + 1].memory, clean), k
         assert np.array_equal(got[2 * k + 1].memory, clean), k
+
+
+def test_long_rows_pysim_matches_golden():
+    """Rows of many entries: softmax over 512 keys (128 blocks, with a mask), LayerNorm over
+    1024 channels (256 blocks, residual and input stage: 513 parameter entries), GELU over
+    1024 elements."""
+    cfg = vcfg(16, act_depth=1024, acc_depth=1024, param_depth=1024, mem_bytes=1 << 17)
+    rng = np.random.default_rng(9)
+    V = Opcode
+    cases = [
+        OpCase(cfg, rng, V.VSOFTMAX, n_rows=2, n_elems=512, with_b=True, dst_addr=300,
+               b_addr=600, param_addr=0),
+        OpCase(cfg, rng, V.VLAYERNORM, n_rows=1, n_elems=1024, with_b=True, pre=True,
+               dst_addr=300, b_addr=600, param_addr=3),
+        OpCase(cfg, rng, V.VGELU, n_rows=1, n_elems=1021, pre=True, dst_addr=300,
+               param_addr=0),
+    ]
+    _run_and_compare(cfg, cases, PysimBackend(cfg))
