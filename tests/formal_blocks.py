@@ -54,6 +54,8 @@ class DecoderHarness(Elaboratable):
         m.d.comb += [dec.instr.valid.eq(~sent), dec.instr.payload.eq(word),
                      dec.load_cmd.ready.eq(1), dec.exec_cmd.ready.eq(1),
                      dec.store_cmd.ready.eq(1)]
+        if self.cfg.vector:
+            m.d.comb += dec.vector_cmd.ready.eq(1)
         with m.If(dec.instr.valid & dec.instr.ready):
             m.d.sync += sent.eq(1)
         with m.If(cycle != self.done_within + 1):
@@ -63,6 +65,8 @@ class DecoderHarness(Elaboratable):
         m.d.comb += expected.eq(isa_verdict(word, self.cfg))
         faults = expected != isa.ErrorCode.NONE
         dispatched = dec.load_cmd.valid | dec.exec_cmd.valid | dec.store_cmd.valid
+        if self.cfg.vector:
+            dispatched = dispatched | dec.vector_cmd.valid
         with m.If(dec.status.done):
             m.d.comb += Assert(dec.status.error == expected, "error code is the ISA's")
         with m.If(faults):

@@ -16,12 +16,15 @@ import formal_units
 from formal_harness import ProofFailed, prove
 from serrano.hw.config import AcceleratorConfig
 
-__all__ = ["SMALL", "DISPATCH_DEPTH", "EXEC_DEPTH", "SYSTEM_DEPTH", "HANG_BOUND", "Proof",
+__all__ = ["SMALL", "VSMALL", "DISPATCH_DEPTH", "EXEC_DEPTH", "SYSTEM_DEPTH", "HANG_BOUND", "Proof",
            "PROOFS", "bench", "format_table"]
 
 #: A small configuration for the dispatch, execute and whole-accelerator proofs.
 SMALL = AcceleratorConfig(rows=2, cols=2, act_depth=4, wgt_depth=4, acc_depth=4,
                           param_depth=2, mem_width=4, mem_bytes=64)
+#: SMALL with the vector unit (2x2: a square power-of-two array).
+VSMALL = AcceleratorConfig(rows=2, cols=2, act_depth=4, wgt_depth=4, acc_depth=4,
+                           param_depth=2, mem_width=4, mem_bytes=64, vector=True)
 #: Every path to two instructions in flight at once is 15 cycles long or more (fetch, the
 #: checker's 4 cycles, decode's 2-cycle verdict, dispatch, twice over); each scoreboard
 #: mutant fails at step 15. Depth 16 covers every first conflict; 20 (slow) a third word.
@@ -53,6 +56,7 @@ PROOFS: dict[str, Proof] = {
     "scoreboard (buffers)": Proof(lambda: formal_units.DispatchHarness(SMALL), DISPATCH_DEPTH),
     "no hang": Proof(lambda: formal_units.DispatchHarness(SMALL, hang_bound=HANG_BOUND,
                                                           resources=()), 20),
+    "scoreboard (vector)": Proof(lambda: formal_units.DispatchHarness(VSMALL), DISPATCH_DEPTH),
     "execute ranges": Proof(lambda: formal_execute.ExecuteHarness(SMALL), EXEC_DEPTH),
     "clear + mem stream": Proof(lambda: formal_system.SystemHarness(SMALL), SYSTEM_DEPTH),
     "clear (prove)": Proof(lambda: formal_system.SystemHarness(SMALL, check=("clear",)), 2,

@@ -30,7 +30,7 @@ says so and the next slot is free. The real unit reports exactly these stages' r
 
 from amaranth import *
 from amaranth.hdl import Assert
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from serrano.hw import isa
@@ -39,10 +39,11 @@ from serrano.hw.decoder import Decoder
 from serrano.hw.execute import MatmulCmd
 from serrano.hw.interfaces import FootprintSignature, UnitActivitySignature
 from serrano.hw.loadstore import LoadCmd, StoreCmd
+from serrano.hw.vector import VectorCmd
 
 from formal_harness import AnySeq, assume_stream_rule
 
-__all__ = ["Access", "accesses", "BUFFERS", "RESOURCES", "AbstractUnit", "AbstractExecuteUnit", "DispatchHarness"]
+__all__ = ["Access", "accesses", "vector_accesses", "BUFFERS", "RESOURCES", "AbstractUnit", "AbstractExecuteUnit", "DispatchHarness"]
 
 Op, Target = isa.Opcode, isa.LoadTarget
 _BUFFER_OF = {Target.ACT: "act", Target.WGT: "wgt", Target.PARAM: "param"}
@@ -97,6 +98,27 @@ def accesses(op: isa.Opcode, payload, cfg: AcceleratorConfig, parts=None) -> lis
                 Access("param", f["param_addr"], f["param_addr"] + 1, False, ~raw),
                 Access("mem", f["mem_addr"], ends["mem"], True)]
     raise ValueError(f"no unit executes {op!r}")
+
+
+def vector_accesses(payload, cfg: AcceleratorConfig) -> list[Access]:
+    """The accesses of a vector command (a ``VectorCmd`` view), per opcode (``docs/vector.md``):
+    the source in the accumulator ``R``, the destination (ACT or WGT) ``W``, the parameter
+    entries ``R``, and with ``with_b`` the second operand in ACT ``R``. The ends are
+    ``isa.instruction_ends``'."""
+    names = [name for name, _ in data.Layout.cast(VectorCmd())]
+    f = _fields(payload, names)
+    found = []
+    for op in isa.VECTOR_OPCODES:
+        is_op = f["opcode"] == op.value
+        ends = isa.instruction_ends(op, f, cfg, Mux)
+        to_act = f["dst"] == isa.VectorDst.ACT.value
+        found += [Access("acc", f["src_addr"], ends["src"], False, is_op),
+                  Access("act", f["dst_addr"], ends["dst"], True, is_op & to_act),
+                  Access("wgt", f["dst_addr"], ends["dst"], True, is_op & ~to_act),
+                  Access("param", f["param_addr"], ends["param"], False, is_op)]
+        if "b" in ends:
+            found.append(Access("act", f["b_addr"], ends["b"], False, is_op & f["with_b"]))
+    return found
 
 
 class AbstractUnit(wiring.Component):
@@ -206,12 +228,17 @@ class DispatchHarness(Elaboratable):
         self.decoder = Decoder(config)
         self.hang_bound = hang_bound
         self.resources = tuple(resources)
+        #: The abstract vector unit (with ``config.vector``), made in ``elaborate``.
+        self.vector = None
 
     def in_flight(self, load: AbstractUnit, store: AbstractUnit,
                   execute: AbstractExecuteUnit) -> list[tuple[str, Value, list[Access]]]:
         """(unit, live, accesses) of every instruction dispatched and not yet done."""
         items = [("load", load.busy, accesses(Op.LOAD, load.held, self.cfg)),
                  ("store", store.busy, accesses(Op.STORE, store.held, self.cfg))]
+        if self.vector is not None:
+            items.append(("vector", self.vector.busy,
+                          vector_accesses(self.vector.held, self.cfg)))
         for name, parts in AbstractExecuteUnit.SLOT_PARTS.items():
             valid, cmd = execute.slots[name]
             found = accesses(Op.MATMUL, cmd, self.cfg, parts)
@@ -235,6 +262,19 @@ class DispatchHarness(Elaboratable):
         wiring.connect(m, store.activity, dec.store_activity)
         wiring.connect(m, execute.activity, dec.exec_activity)
         wiring.connect(m, execute.footprint, dec.footprint)
+        busy = load.busy | store.busy | execute.activity.busy
+        if self.cfg.vector:
+            m.submodules.vector = self.vector = vector = AbstractUnit(VectorCmd())
+            wiring.connect(m, dec.vector_cmd, vector.cmd)
+            wiring.connect(m, vector.activity, dec.vector_activity)
+            busy = busy | vector.busy
+            # The shared write ports: a LOAD into the buffer a vector op writes never runs
+            # beside it, whatever the addresses (docs/vector.md, "Scoreboard").
+            v_to_act = vector.held.dst == isa.VectorDst.ACT
+            for target, to_buf in ((Target.ACT, v_to_act), (Target.WGT, ~v_to_act)):
+                m.d.comb += Assert(~(load.busy & (load.held.target == target) &
+                                     vector.busy & to_buf),
+                                   f"a LOAD and a vector op write {target.name} at once")
         m.d.comb += [dec.instr.valid.eq(AnySeq(1)),
                      dec.instr.payload.eq(AnySeq(isa.INSTR_WIDTH))]
         assume_stream_rule(m, dec.instr)
@@ -254,7 +294,7 @@ class DispatchHarness(Elaboratable):
                                     f"{unit_a} and {unit_b} in flight with conflicting "
                                     f"{a.resource} ranges")
         if self.hang_bound is not None:
-            idle = ~(load.busy | store.busy | execute.activity.busy)
+            idle = ~busy
             stuck = Signal(range(self.hang_bound + 2))
             with m.If(idle & ~dec.instr.ready):
                 with m.If(stuck != self.hang_bound + 1):
