@@ -11,9 +11,13 @@ The main API is re-exported here:
 
 >>> import serrano
 >>> acc = serrano.Accelerator(serrano.AcceleratorConfig(rows=4, cols=4), backend="golden")
+>>> model = serrano.load_model("path/to/hf-bert-dir", backend="golden")  # doctest: +SKIP
+>>> model.embed(["A sentence.", "Another one."]).shape                  # doctest: +SKIP
+(2, 384)
 """
 
 from .hw.config import AcceleratorConfig
+from .sim.model import Model, load_model
 from .sim.runtime import Accelerator, Stats
 
-__all__ = ["AcceleratorConfig", "Accelerator", "Stats"]
+__all__ = ["AcceleratorConfig", "Accelerator", "Stats", "Model", "load_model"]

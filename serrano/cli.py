@@ -24,6 +24,7 @@ COMMANDS = {
     "precision-study": ("precision_study", "activation precision a BERT model needs"),
     "kernel-errors": ("kernel_errors", "error of the vector unit's integer kernels"),
     "bench-layer": ("bench_layer", "a MiniLM-shaped encoder layer as one program: cycles"),
+    "run-model": ("run_model", "embed sentences with a Hugging Face BERT on the accelerator"),
 }
 
 

@@ -28,7 +28,8 @@ from . import kernels
 from .asm import Program, pack_output_params, vector_params
 from .quantized import QuantizedLayer
 
-__all__ = ["LayerPlan", "plan_layer", "layer_config", "build_layer", "run_layer"]
+__all__ = ["LayerPlan", "plan_layer", "layer_config", "build_encoder", "build_layer",
+           "run_encoder", "run_layer"]
 
 _WGT_SLOTS = 4        # streaming weight tiles in flight (LOADs run ahead of the MATMULs)
 _PARAM_HALF = 128     # parameter entries are loaded per op into alternating halves
@@ -195,56 +196,13 @@ def _tiles(w: np.ndarray, lanes: int) -> np.ndarray:
         w.reshape(K // L, L, N // L, L).transpose(2, 0, 1, 3)).astype(np.int8)
 
 
-def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
-                plan: LayerPlan, key_mask: np.ndarray | None = None
-                ) -> tuple[list[int], np.ndarray, int]:
-    """The program, the memory image and the output's address for layer ``ql`` on the int
-    activations ``x`` ``[rows, hidden]`` (the plan's sequences one after the other).
-
-    ``key_mask`` (``[sequences, tokens]``, or ``[tokens]`` for one sequence; 0 marks a padded
-    key) masks each sequence's attention. The output (``[rows, hidden]`` int32 values of the
-    int16 activations) is stored RAW at the returned address, block-major: block ``k`` of
-    token ``i`` at ``addr + (k * rows + i) * 4 L``.
-    """
-    c, p = config, plan
-    L, T, S, N, d, H = p.lanes, p.tokens, p.sequences, p.rows, p.head_dim, p.hidden
-    if (c.rows, c.cols) != (L, L) or c.act_bits != ql.act_bits or not c.vector:
-        raise ValueError(f"the plan needs a {L}x{L} array with act_bits={ql.act_bits} and the "
-                         f"vector unit, not {c.rows}x{c.cols}, act_bits={c.act_bits}, "
-                         f"vector={c.vector}")
-    for buf in ("act", "wgt", "acc"):
-        if getattr(c, f"{buf}_depth") < getattr(p, f"{buf}_entries"):
-            raise ValueError(f"{buf}_depth {getattr(c, f'{buf}_depth')} is smaller than the "
-                             f"{getattr(p, f'{buf}_entries')} entries the layer needs "
-                             f"(layer_config(plan) gives one that fits)")
-    if c.param_depth < 2 * _PARAM_HALF:
-        raise ValueError(f"param_depth must be at least {2 * _PARAM_HALF}")
-    x = np.asarray(x)
-    if x.shape != (N, H):
-        raise ValueError(f"x must be [{N}, {H}], not {list(x.shape)}")
-    b = _Builder(p, c)
+def _emit_layer(b: "_Builder", ql: QuantizedLayer, tiles: dict[str, int],
+                mask_rows: list[int | None]) -> None:
+    """One layer's instructions: its input in ``act["x"]``, its output left there too."""
+    c, p = b.c, b.plan
     prog, A, W, C = b.prog, p.act, p.wgt, p.acc
+    L, T, S, N, d, H = p.lanes, p.tokens, p.sequences, p.rows, p.head_dim, p.hidden
     nh, nd, nf, tb = H // L, d // L, p.intermediate // L, p.tb
-
-    # the input, block-major, and the weights as tiles
-    xb = x.astype(np.int16).reshape(N, nh, L).transpose(1, 0, 2)
-    prog.load(LoadTarget.ACT, buf_addr=A["x"], n_rows=nh * N, row_bytes=2 * L,
-              mem_addr=b.put(xb), mem_stride=2 * L)
-    tiles = {name: b.put(_tiles(ql.w[name], L)) for name in ql.w}
-    eye = b.put(np.eye(L, dtype=np.int8))
-    mask_rows = [None] * S
-    if key_mask is not None:
-        km = np.asarray(key_mask)
-        if km.shape == (T,) and S == 1:
-            km = km[None]
-        if km.shape != (S, T):
-            want = f"[{T}] or [1, {T}]" if S == 1 else f"[{S}, {T}]"
-            raise ValueError(f"key_mask must be {want}, not {list(np.shape(key_mask))}")
-        rows = np.zeros((S, tb * L), dtype=np.int16)
-        rows[:, :T] = np.where(km != 0, 0, kernels.mask_sentinel(16))
-        prog.load(LoadTarget.ACT, buf_addr=A["mask"], n_rows=S * tb, row_bytes=2 * L,
-                  mem_addr=b.put(rows), mem_stride=2 * L)
-        mask_rows = [A["mask"] + s * tb for s in range(S)]
 
     def cols(params: dict, lo: int, hi: int) -> dict:
         return {k: np.asarray(v)[lo:hi] for k, v in params.items()}
@@ -318,6 +276,67 @@ def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
     pa = b.params(vector_params(Opcode.VLAYERNORM, ql.ln2, c, pre=ql.pre["ffn2"]))
     prog.vlayernorm(C["o"], N, A["x"], N, N, H, pa, residual_addr=A["x1"], pre=True)
 
+
+def build_encoder(layers: list[QuantizedLayer], x: np.ndarray, config: AcceleratorConfig,
+                  plan: LayerPlan, key_mask: np.ndarray | None = None
+                  ) -> tuple[list[int], np.ndarray, int]:
+    """The program, the memory image and the output's address for the encoder layers
+    ``layers`` (one after the other, each layer's output left in the activation buffer as the
+    next one's input: their scales chain, ``QuantizedEncoder``) on the int activations ``x``
+    ``[rows, hidden]`` (the plan's sequences one after the other).
+
+    ``key_mask`` (``[sequences, tokens]``, or ``[tokens]`` for one sequence; 0 marks a padded
+    key) masks each sequence's attention. The output (``[rows, hidden]`` int32 values of the
+    int16 activations) is stored RAW at the returned address, block-major: block ``k`` of
+    token ``i`` at ``addr + (k * rows + i) * 4 L``.
+    """
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layers must hold at least one QuantizedLayer")
+    ql = layers[0]
+    c, p = config, plan
+    L, T, S, N, d, H = p.lanes, p.tokens, p.sequences, p.rows, p.head_dim, p.hidden
+    if (c.rows, c.cols) != (L, L) or c.act_bits != ql.act_bits or not c.vector:
+        raise ValueError(f"the plan needs a {L}x{L} array with act_bits={ql.act_bits} and the "
+                         f"vector unit, not {c.rows}x{c.cols}, act_bits={c.act_bits}, "
+                         f"vector={c.vector}")
+    for buf in ("act", "wgt", "acc"):
+        if getattr(c, f"{buf}_depth") < getattr(p, f"{buf}_entries"):
+            raise ValueError(f"{buf}_depth {getattr(c, f'{buf}_depth')} is smaller than the "
+                             f"{getattr(p, f'{buf}_entries')} entries the layer needs "
+                             f"(layer_config(plan) gives one that fits)")
+    if c.param_depth < 2 * _PARAM_HALF:
+        raise ValueError(f"param_depth must be at least {2 * _PARAM_HALF}")
+    x = np.asarray(x)
+    if x.shape != (N, H):
+        raise ValueError(f"x must be [{N}, {H}], not {list(x.shape)}")
+    b = _Builder(p, c)
+    prog, A, W, C = b.prog, p.act, p.wgt, p.acc
+    nh, nd, nf, tb = H // L, d // L, p.intermediate // L, p.tb
+
+    # the input, block-major, and the weights as tiles
+    xb = x.astype(np.int16).reshape(N, nh, L).transpose(1, 0, 2)
+    prog.load(LoadTarget.ACT, buf_addr=A["x"], n_rows=nh * N, row_bytes=2 * L,
+              mem_addr=b.put(xb), mem_stride=2 * L)
+    eye = b.put(np.eye(L, dtype=np.int8))
+    mask_rows = [None] * S
+    if key_mask is not None:
+        km = np.asarray(key_mask)
+        if km.shape == (T,) and S == 1:
+            km = km[None]
+        if km.shape != (S, T):
+            want = f"[{T}] or [1, {T}]" if S == 1 else f"[{S}, {T}]"
+            raise ValueError(f"key_mask must be {want}, not {list(np.shape(key_mask))}")
+        rows = np.zeros((S, tb * L), dtype=np.int16)
+        rows[:, :T] = np.where(km != 0, 0, kernels.mask_sentinel(16))
+        prog.load(LoadTarget.ACT, buf_addr=A["mask"], n_rows=S * tb, row_bytes=2 * L,
+                  mem_addr=b.put(rows), mem_stride=2 * L)
+        mask_rows = [A["mask"] + s * tb for s in range(S)]
+
+    for ql in layers:
+        tiles = {name: b.put(_tiles(ql.w[name], L)) for name in ql.w}
+        _emit_layer(b, ql, tiles, mask_rows)
+
     # out: identity MATMULs copy the activations into the accumulator, a RAW store
     prog.load(LoadTarget.WGT, buf_addr=W["eye"], n_rows=L, row_bytes=L, mem_addr=eye,
               mem_stride=L)
@@ -330,20 +349,34 @@ def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
     return prog.words, b.memory(), out
 
 
-def run_layer(backend, ql: QuantizedLayer, x: np.ndarray, plan: LayerPlan,
-              key_mask: np.ndarray | None = None, max_cycles: int | None = None):
-    """Run one layer on ``backend`` (its config must fit ``plan``); returns ``(y, result)``:
-    the output activations ``[rows, hidden]`` and the backend's ``RunResult``."""
-    words, mem, out = build_layer(ql, x, backend.config, plan, key_mask)
+def build_layer(ql: QuantizedLayer, x: np.ndarray, config: AcceleratorConfig,
+                plan: LayerPlan, key_mask: np.ndarray | None = None
+                ) -> tuple[list[int], np.ndarray, int]:
+    """:func:`build_encoder` of the one layer ``ql``."""
+    return build_encoder([ql], x, config, plan, key_mask)
+
+
+def run_encoder(backend, layers: list[QuantizedLayer], x: np.ndarray, plan: LayerPlan,
+                key_mask: np.ndarray | None = None, max_cycles: int | None = None):
+    """Run :func:`build_encoder`'s program on ``backend`` (its config must fit ``plan``);
+    returns ``(y, result)``: the last layer's output activations ``[rows, hidden]`` and the
+    backend's ``RunResult``."""
+    words, mem, out = build_encoder(layers, x, backend.config, plan, key_mask)
     if len(mem) > backend.config.mem_bytes:
-        raise ValueError(f"the layer's memory image ({len(mem)} bytes) exceeds mem_bytes "
+        raise ValueError(f"the program's memory image ({len(mem)} bytes) exceeds mem_bytes "
                          f"({backend.config.mem_bytes})")
     image = np.zeros(backend.config.mem_bytes, dtype=np.uint8)
     image[:len(mem)] = mem
     res = backend.run(words, image, max_cycles=max_cycles)
     if res.status.error != isa.ErrorCode.NONE:
-        raise RuntimeError(f"the layer program faulted at instruction "
+        raise RuntimeError(f"the encoder program faulted at instruction "
                            f"{res.status.fault_index}: {res.status.error.name}")
     L, N, nh = plan.lanes, plan.rows, plan.hidden // plan.lanes
     raw = res.memory[out:out + nh * N * 4 * L].view("<i4").reshape(nh, N, L)
     return raw.transpose(1, 0, 2).reshape(N, plan.hidden).astype(np.int64), res
+
+
+def run_layer(backend, ql: QuantizedLayer, x: np.ndarray, plan: LayerPlan,
+              key_mask: np.ndarray | None = None, max_cycles: int | None = None):
+    """:func:`run_encoder` of the one layer ``ql``."""
+    return run_encoder(backend, [ql], x, plan, key_mask, max_cycles)

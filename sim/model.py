@@ -1,0 +1,260 @@
+"""A trained BERT encoder on the accelerator: load, quantize, compile, embed sentences.
+
+``load_model(path)`` reads a Hugging Face directory (``config.json``, ``model.safetensors``,
+``tokenizer.json``, and the sentence-transformers pooling files where present), quantizes it
+(``sim.quantized.QuantizedEncoder``: per-channel int8 weights, 16-bit activations with static
+scales calibrated on built-in or given sentences, the vector unit's integer kernels) and
+returns a :class:`Model` whose :meth:`Model.embed` and :meth:`Model.run` execute the whole
+encoder, every layer, as one accelerator program per batch (``sim.encoder.build_encoder``):
+the host does only the tokenization, the embedding lookup and the pooling. Programs and
+backends are built once per batch shape and cached.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serrano.hw.config import AcceleratorConfig
+
+from . import transformer as tr
+from .encoder import LayerPlan, layer_config, plan_layer, run_encoder
+from .quantized import QuantizedEncoder
+
+__all__ = ["Model", "ModelStats", "load_model", "BACKENDS"]
+
+#: Backend names :func:`load_model` takes.
+BACKENDS = ("golden", "compiled", "pysim")
+_LANES = 8
+
+
+@dataclass
+class ModelStats:
+    """What the runs so far cost on the accelerator (summed over calls)."""
+    runs: int = 0
+    sequences: int = 0
+    tokens: int = 0                  # real (unpadded) tokens
+    cycles: int = 0
+    ideal_mac_cycles: float = 0.0    # the products' MACs / (rows * cols)
+    counters: dict = field(default_factory=dict)
+
+    @property
+    def utilization(self) -> float:
+        """Ideal MAC cycles over cycles (0 before any run; the golden model counts no
+        cycles)."""
+        return self.ideal_mac_cycles / self.cycles if self.cycles else 0.0
+
+    def seconds_at(self, mhz: float) -> float:
+        """Modeled time of the runs at a clock of ``mhz``."""
+        return self.cycles / (mhz * 1e6)
+
+
+class Model:
+    """A quantized encoder with its tokenizer and pooling, bound to a backend.
+
+    Parameters
+    ----------
+    weights : sim.transformer.BertWeights
+    tokenizer : tokenizers.Tokenizer
+    backend : str
+        One of :data:`BACKENDS`.
+    pooling : str
+        ``"mean"`` (mean of the unmasked tokens) or ``"cls"``.
+    normalize : bool
+        L2-normalize the embeddings.
+    calibration : sequence of str or None
+        Sentences whose float forward passes set the static activation scales (default: the
+        built-in ``sim.emulate.CALIBRATION_TEXTS``).
+    max_tokens : int or None
+        Truncate longer inputs (default: the model's position embeddings).
+    """
+
+    def __init__(self, weights: tr.BertWeights, tokenizer, *, backend: str = "compiled",
+                 pooling: str = "mean", normalize: bool = True,
+                 calibration: Sequence[str] | None = None, max_tokens: int | None = None):
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
+        cfg = weights.config
+        for name, v in (("hidden", cfg.hidden), ("intermediate", cfg.intermediate),
+                        ("head size", cfg.head_dim)):
+            if v % _LANES:
+                raise ValueError(f"the model's {name} ({v}) is not a multiple of the "
+                                 f"{_LANES}x{_LANES} array's {_LANES} lanes")
+        # Padding and truncation are this class's business (per batch, masked keys).
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
+        self.weights, self.tokenizer = weights, tokenizer
+        self.backend_name, self.pooling, self.normalize = backend, pooling, normalize
+        self.max_tokens = min(max_tokens or cfg.max_positions, cfg.max_positions)
+        if calibration is None:
+            from .emulate import CALIBRATION_TEXTS
+            calibration = CALIBRATION_TEXTS
+        self.quantized = QuantizedEncoder(weights, [self._ids(t) for t in calibration])
+        self.stats = ModelStats()
+        self._backends: dict[tuple[int, int], object] = {}
+
+    # ---- inputs ---------------------------------------------------------------------------
+    def _ids(self, text: str) -> np.ndarray:
+        ids = self.tokenizer.encode(text).ids[:self.max_tokens]
+        return np.asarray(ids, dtype=np.int64)
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, attention_mask)``, both ``[n, T]`` (padded with id 0 and mask 0 to
+        the longest text)."""
+        if isinstance(texts, str):
+            raise TypeError("texts must be a sequence of strings, not one string")
+        seqs = [self._ids(t) for t in texts]
+        if not seqs:
+            raise ValueError("texts is empty")
+        T = max(len(s) for s in seqs)
+        ids = np.zeros((len(seqs), T), dtype=np.int64)
+        mask = np.zeros((len(seqs), T), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)], mask[i, :len(s)] = s, 1
+        return ids, mask
+
+    # ---- running ---------------------------------------------------------------------------
+    def _backend(self, plan: LayerPlan):
+        key = (plan.sequences, plan.tokens)
+        if key not in self._backends:
+            cfg = layer_config(plan)
+            if self.backend_name == "golden":
+                from .golden import GoldenBackend
+                self._backends[key] = GoldenBackend(cfg)
+            elif self.backend_name == "compiled":
+                from .compiled import CompiledBackend
+                self._backends[key] = CompiledBackend(cfg)
+            else:
+                from .pysim import PysimBackend
+                self._backends[key] = PysimBackend(cfg)
+        return self._backends[key]
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
+            ) -> np.ndarray:
+        """The last hidden state, float32 ``[batch, seq, hidden]`` (dequantized), of one
+        batch: every layer on the accelerator, attention per sequence."""
+        ids = np.asarray(input_ids)
+        if ids.ndim != 2 or ids.shape[1] < 1:
+            raise ValueError(f"input_ids must be [batch, seq], not shape {ids.shape}")
+        S, seq = ids.shape
+        if seq > self.max_tokens:
+            raise ValueError(f"sequences of {seq} tokens exceed the model's {self.max_tokens}")
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask must be {list(ids.shape)}, not {list(mask.shape)}")
+        # Pad to whole token blocks (masked keys): several sequences must start at block
+        # boundaries, and lengths that round alike share one compiled program shape.
+        T = -(-seq // _LANES) * _LANES
+        pad_ids = np.zeros((S, T), dtype=np.int64)
+        pad_mask = np.zeros((S, T), dtype=np.int64)
+        pad_ids[:, :seq], pad_mask[:, :seq] = ids, mask
+        q = self.quantized
+        x = q._grid(tr.embeddings(self.weights, pad_ids), q.s_x0).reshape(S * T, -1)
+        cfg = self.weights.config
+        plan = plan_layer(T, cfg.hidden, cfg.heads, cfg.intermediate, _LANES, sequences=S)
+        y, res = run_encoder(self._backend(plan), q.layers, x, plan, key_mask=pad_mask)
+        self._account(res, plan, pad_mask)
+        h = (y * q.layers[-1].scales["y"]).reshape(S, T, cfg.hidden)[:, :seq]
+        return h.astype(np.float32)
+
+    def _account(self, res, plan: LayerPlan, mask: np.ndarray) -> None:
+        cfg, s = self.weights.config, self.stats
+        N, T, H, F = plan.rows, plan.tokens, cfg.hidden, cfg.intermediate
+        macs = cfg.layers * (N * (4 * H * H + 2 * H * F)
+                             + plan.sequences * cfg.heads * 2 * T * T * cfg.head_dim)
+        s.runs += 1
+        s.sequences += plan.sequences
+        s.tokens += int(mask.sum())
+        s.cycles += int(res.counters.get("cycles", 0))
+        s.ideal_mac_cycles += macs / (_LANES * _LANES)
+        for name, v in res.counters.items():
+            s.counters[name] = s.counters.get(name, 0) + int(v)
+
+    def embed(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+        """Sentence embeddings, float32 ``[n, hidden]``: the model's pooling over each
+        text's tokens, L2-normalized if the model says so; ``batch_size`` texts per run."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+        ids, mask = self.tokenize(texts)
+        out = []
+        for i in range(0, len(ids), batch_size):
+            b_ids, b_mask = ids[i:i + batch_size], mask[i:i + batch_size]
+            seq = int(b_mask.sum(axis=1).max())
+            h = self.run(b_ids[:, :seq], b_mask[:, :seq]).astype(np.float64)
+            if self.pooling == "cls":
+                e = h[:, 0]
+                if self.normalize:
+                    e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            else:
+                e = tr.mean_pool(h, b_mask[:, :seq], normalize=self.normalize)
+            out.append(e)
+        return np.concatenate(out).astype(np.float32)
+
+    def reference_embed(self, texts: Sequence[str]) -> np.ndarray:
+        """The float64 model's embeddings of ``texts`` (numpy forward pass, same pooling)."""
+        out = []
+        for t in texts:
+            ids = self._ids(t)[None]
+            h = tr.bert_forward(self.weights, ids)
+            mask = np.ones_like(ids)
+            e = h[:, 0] if self.pooling == "cls" else tr.mean_pool(h, mask, normalize=False)
+            if self.normalize:
+                e = e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+            out.append(e[0])
+        return np.stack(out).astype(np.float32)
+
+
+def _pooling(path: Path) -> tuple[str, bool]:
+    """The sentence-transformers pooling mode and normalization of a model directory (mean
+    and normalized when it has no such files, the common sentence-embedding setup)."""
+    mode, normalize = "mean", True
+    pool = path / "1_Pooling" / "config.json"
+    if pool.is_file():
+        cfg = json.loads(pool.read_text())
+        if cfg.get("pooling_mode_cls_token"):
+            mode = "cls"
+        elif not cfg.get("pooling_mode_mean_tokens", True):
+            raise ValueError(f"{pool}: only mean and CLS pooling are supported")
+    modules = path / "modules.json"
+    if modules.is_file():
+        types = [m.get("type", "") for m in json.loads(modules.read_text())]
+        normalize = any(t.endswith("Normalize") for t in types)
+    return mode, normalize
+
+
+def load_model(path, config: AcceleratorConfig | None = None, backend: str = "compiled",
+               tokenizer=None, **kwargs) -> Model:
+    """A :class:`Model` from a Hugging Face BERT directory.
+
+    ``tokenizer``: a ``tokenizer.json`` path or a ``tokenizers.Tokenizer`` (default: the
+    directory's ``tokenizer.json``). ``config`` is reserved: the accelerator is sized for each
+    batch shape (``sim.encoder.layer_config``); passing one raises ``NotImplementedError``.
+    Other keyword arguments go to :class:`Model`.
+    """
+    from tokenizers import Tokenizer
+    path = Path(path)
+    if config is not None:
+        raise NotImplementedError("load_model sizes the accelerator per batch shape; a fixed "
+                                  "config is not supported yet")
+    if path.suffix == ".onnx" or path.is_file():
+        raise NotImplementedError(f"{path}: ONNX import is not built yet (issue 14); give a "
+                                  f"Hugging Face directory (config.json, model.safetensors, "
+                                  f"tokenizer.json)")
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a model directory")
+    weights = tr.load_bert(path)
+    if tokenizer is None:
+        tok_file = path / "tokenizer.json"
+        if not tok_file.is_file():
+            raise FileNotFoundError(f"{path} has no tokenizer.json; pass tokenizer=")
+        tokenizer = Tokenizer.from_file(str(tok_file))
+    elif isinstance(tokenizer, (str, Path)):
+        tokenizer = Tokenizer.from_file(str(tokenizer))
+    pooling, normalize = _pooling(path)
+    kwargs.setdefault("pooling", pooling)
+    kwargs.setdefault("normalize", normalize)
+    return Model(weights, tokenizer, backend=backend, **kwargs)

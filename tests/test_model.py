@@ -1,0 +1,113 @@
+"""sim.model (serrano.load_model): a tiny BERT written by the test as a Hugging Face directory
+(config.json, model.safetensors, tokenizer.json, sentence-transformers pooling files), run as
+one accelerator program per batch: golden vs compiled bit-exact, equal to the integer
+reference (QuantizedEncoder), close to the float model; batches equal single runs; padding
+does not change a sequence's result; clear errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+import serrano
+from serrano.sim import transformer as tr
+from serrano.sim.compiled import check_prerequisites
+from serrano.sim.model import load_model
+
+from test_transformer import _hf_dir
+
+needs_verilator = pytest.mark.skipif(
+    bool(check_prerequisites("verilator")),
+    reason="compiled backend prerequisites missing: " + "; ".join(
+        check_prerequisites("verilator")))
+
+WORDS = ("the a cat dog sat on mat ran fast slow red blue big small house tree car "
+         "sun moon rain is was very and").split()
+TEXTS = ["the cat sat on the mat", "a dog ran", "the big red car is very fast",
+         "sun", "the moon and the sun and the rain", "a small blue house"]
+CALIBRATION = ["the dog sat", "a red tree", "the cat is very slow and small", "rain"]
+
+
+def _tiny_dir(path, layers: int = 2, seed: int = 0):
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    rng = np.random.default_rng(seed)
+    vocab = {tok: i for i, tok in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+    cfg = tr.BertConfig(hidden=32, heads=2, intermediate=64, layers=layers, vocab=len(vocab),
+                        max_positions=40)
+    f = lambda *s: (rng.standard_normal(s) * 0.5).astype(np.float32)
+    w = tr.BertWeights(config=cfg, word=f(cfg.vocab, 32), position=f(40, 32),
+                       token_type=f(2, 32), emb_ln_g=1 + f(32) * 0.1, emb_ln_b=f(32) * 0.1,
+                       layers=[tr.random_layer(cfg, rng, 0.15) for _ in range(layers)])
+    _hf_dir(path, w)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    tok.save(str(path / "tokenizer.json"))
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}))
+    (path / "modules.json").write_text(json.dumps(
+        [{"type": "sentence_transformers.models.Transformer"},
+         {"type": "sentence_transformers.models.Pooling"},
+         {"type": "sentence_transformers.models.Normalize"}]))
+    return w
+
+
+def test_golden_embeddings_are_the_integer_reference_and_close_to_float(tmp_path):
+    _tiny_dir(tmp_path)
+    model = serrano.load_model(tmp_path, backend="golden", calibration=CALIBRATION)
+    emb = model.embed(TEXTS, batch_size=4)
+    assert emb.shape == (len(TEXTS), 32) and emb.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    q = model.quantized
+    want = np.stack([q.embed(model._ids(t)) for t in TEXTS])
+    np.testing.assert_allclose(emb, want, atol=1e-6)   # (float32 of the same integers)
+    ref = model.reference_embed(TEXTS)
+    cos = np.sum(emb * ref, axis=1)
+    assert cos.min() > 0.99, cos
+
+
+def test_batches_equal_single_runs_and_padding_changes_nothing(tmp_path):
+    _tiny_dir(tmp_path, seed=1)
+    model = load_model(tmp_path, backend="golden", calibration=CALIBRATION)
+    together = model.embed(TEXTS, batch_size=len(TEXTS))
+    alone = np.concatenate([model.embed([t]) for t in TEXTS])
+    assert np.array_equal(together, alone)
+    ids, mask = model.tokenize(["a dog ran", "the cat sat on the mat"])
+    h = model.run(ids, mask)
+    h0 = model.run(ids[:1, :int(mask[0].sum())])
+    assert np.array_equal(h[0, :int(mask[0].sum())], h0[0])
+
+
+@needs_verilator
+def test_compiled_is_bit_exact_with_golden(tmp_path):
+    _tiny_dir(tmp_path, seed=2)
+    g = load_model(tmp_path, backend="golden", calibration=CALIBRATION)
+    c = load_model(tmp_path, backend="compiled", calibration=CALIBRATION)
+    ids, mask = g.tokenize(TEXTS[:3])
+    assert np.array_equal(c.run(ids, mask), g.run(ids, mask))
+    assert c.stats.cycles > 0 and 0 < c.stats.utilization < 1
+    assert c.stats.counters["array_busy"] == g.stats.counters["array_busy"]
+
+
+def test_errors(tmp_path):
+    _tiny_dir(tmp_path)
+    with pytest.raises(NotImplementedError, match="ONNX import is not built yet"):
+        load_model(tmp_path / "model.onnx")
+    with pytest.raises(FileNotFoundError, match="is not a model directory"):
+        load_model(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_model(tmp_path, backend="fpga")
+    model = load_model(tmp_path, backend="golden", calibration=CALIBRATION)
+    with pytest.raises(TypeError, match="sequence of strings"):
+        model.embed("one string")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        model.embed(TEXTS, batch_size=0)
+    with pytest.raises(ValueError, match="input_ids must be"):
+        model.run(np.zeros(3, np.int64))
+    with pytest.raises(ValueError, match="exceed the model's 40"):
+        model.run(np.zeros((1, 41), np.int64))
+    (tmp_path / "tokenizer.json").unlink()
+    with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+        load_model(tmp_path)
