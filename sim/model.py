@@ -118,10 +118,14 @@ class Model:
         return ids, mask
 
     # ---- running ---------------------------------------------------------------------------
-    def _backend(self, plan: LayerPlan):
-        key = (plan.sequences, plan.tokens)
+    def _backend(self, sequences: int, tokens: int):
+        """The backend for a batch: built once per (sequences, tokens rounded up to whole
+        blocks), with buffers for the rounded shape (a shorter plan fits in them)."""
+        cfg_m, L = self.weights.config, _LANES
+        key = (sequences, -(-tokens // L) * L)
         if key not in self._backends:
-            cfg = layer_config(plan)
+            cfg = layer_config(plan_layer(key[1], cfg_m.hidden, cfg_m.heads,
+                                          cfg_m.intermediate, L, sequences=sequences))
             if self.backend_name == "golden":
                 from .golden import GoldenBackend
                 self._backends[key] = GoldenBackend(cfg)
@@ -146,9 +150,9 @@ class Model:
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask must be {list(ids.shape)}, not {list(mask.shape)}")
-        # Pad to whole token blocks (masked keys): several sequences must start at block
-        # boundaries, and lengths that round alike share one compiled program shape.
-        T = -(-seq // _LANES) * _LANES
+        # Several sequences start at token-block boundaries: pad them to whole blocks
+        # (masked keys). One sequence runs at its own length.
+        T = seq if S == 1 else -(-seq // _LANES) * _LANES
         pad_ids = np.zeros((S, T), dtype=np.int64)
         pad_mask = np.zeros((S, T), dtype=np.int64)
         pad_ids[:, :seq], pad_mask[:, :seq] = ids, mask
@@ -156,16 +160,18 @@ class Model:
         x = q._grid(tr.embeddings(self.weights, pad_ids), q.s_x0).reshape(S * T, -1)
         cfg = self.weights.config
         plan = plan_layer(T, cfg.hidden, cfg.heads, cfg.intermediate, _LANES, sequences=S)
-        y, res = run_encoder(self._backend(plan), q.layers, x, plan, key_mask=pad_mask)
+        y, res = run_encoder(self._backend(S, T), q.layers, x, plan, key_mask=pad_mask)
         self._account(res, plan, pad_mask)
         h = (y * q.layers[-1].scales["y"]).reshape(S, T, cfg.hidden)[:, :seq]
         return h.astype(np.float32)
 
     def _account(self, res, plan: LayerPlan, mask: np.ndarray) -> None:
+        """Add a run to the stats; the ideal MACs are those of the real (unmasked) tokens."""
         cfg, s = self.weights.config, self.stats
-        N, T, H, F = plan.rows, plan.tokens, cfg.hidden, cfg.intermediate
-        macs = cfg.layers * (N * (4 * H * H + 2 * H * F)
-                             + plan.sequences * cfg.heads * 2 * T * T * cfg.head_dim)
+        H, F = cfg.hidden, cfg.intermediate
+        t = mask.sum(axis=1).astype(np.int64)
+        macs = cfg.layers * (int(t.sum()) * (4 * H * H + 2 * H * F)
+                             + cfg.heads * 2 * int((t * t).sum()) * cfg.head_dim)
         s.runs += 1
         s.sequences += plan.sequences
         s.tokens += int(mask.sum())

