@@ -21,6 +21,7 @@ from serrano.hw.config import AcceleratorConfig
 
 from . import transformer as tr
 from .encoder import LayerPlan, layer_config, plan_layer, run_encoder
+from .energy import energy_breakdown
 from .quantized import QuantizedEncoder
 
 __all__ = ["Model", "ModelStats", "load_model", "BACKENDS"]
@@ -39,6 +40,14 @@ class ModelStats:
     cycles: int = 0
     ideal_mac_cycles: float = 0.0    # the products' MACs / (rows * cols)
     counters: dict = field(default_factory=dict)
+    #: Modeled joules by part (``sim.energy.energy_breakdown``: an ASIC-class 45 nm
+    #: estimate, not a measurement).
+    energy: dict = field(default_factory=dict)
+
+    @property
+    def joules_per_sequence(self) -> float:
+        """Modeled energy per sequence (an estimate, ``docs/performance.md``)."""
+        return self.energy.get("total", 0.0) / self.sequences if self.sequences else 0.0
 
     @property
     def utilization(self) -> float:
@@ -160,12 +169,14 @@ class Model:
         x = q._grid(tr.embeddings(self.weights, pad_ids), q.s_x0).reshape(S * T, -1)
         cfg = self.weights.config
         plan = plan_layer(T, cfg.hidden, cfg.heads, cfg.intermediate, _LANES, sequences=S)
-        y, res = run_encoder(self._backend(S, T), q.layers, x, plan, key_mask=pad_mask)
-        self._account(res, plan, pad_mask)
+        backend = self._backend(S, T)
+        y, res = run_encoder(backend, q.layers, x, plan, key_mask=pad_mask)
+        self._account(res, plan, pad_mask, backend.config)
         h = (y * q.layers[-1].scales["y"]).reshape(S, T, cfg.hidden)[:, :seq]
         return h.astype(np.float32)
 
-    def _account(self, res, plan: LayerPlan, mask: np.ndarray) -> None:
+    def _account(self, res, plan: LayerPlan, mask: np.ndarray,
+                 config: AcceleratorConfig) -> None:
         """Add a run to the stats; the ideal MACs are those of the real (unmasked) tokens."""
         cfg, s = self.weights.config, self.stats
         H, F = cfg.hidden, cfg.intermediate
@@ -179,6 +190,8 @@ class Model:
         s.ideal_mac_cycles += macs / (_LANES * _LANES)
         for name, v in res.counters.items():
             s.counters[name] = s.counters.get(name, 0) + int(v)
+        for name, j in energy_breakdown(res.counters, config).items():
+            s.energy[name] = s.energy.get(name, 0.0) + j
 
     def embed(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
         """Sentence embeddings, float32 ``[n, hidden]``: the model's pooling over each

@@ -66,6 +66,10 @@ def test_golden_embeddings_are_the_integer_reference_and_close_to_float(tmp_path
     ref = model.reference_embed(TEXTS)
     cos = np.sum(emb * ref, axis=1)
     assert cos.min() > 0.99, cos
+    e = model.stats.energy          # modeled from the golden model's activity counters
+    assert e["total"] > 0 and e["macs"] > 0 and e["memory"] > 0
+    assert e["total"] == pytest.approx(sum(v for k, v in e.items() if k != "total"))
+    assert model.stats.joules_per_sequence == pytest.approx(e["total"] / len(TEXTS))
 
 
 def test_batches_equal_single_runs_and_padding_changes_nothing(tmp_path):

@@ -200,6 +200,8 @@ def run_sentence_model(compiled: bool) -> int:
     with np.printoptions(precision=3, suppress=True):
         print("    similarity, Serrano:       " + str(emb @ emb.T).replace("\n", "\n" + " " * 31))
         print("    similarity, float model:   " + str(ref @ ref.T).replace("\n", "\n" + " " * 31))
+    print(f"    modeled energy {1e6 * s.joules_per_sequence:.0f} uJ per sentence (an "
+          f"ASIC-class 45 nm estimate, docs/performance.md; not a measurement)")
     print(f"    bit-exact vs the integer reference: {'OK' if ok else 'MISMATCH'}")
     return 0 if ok else 1
 

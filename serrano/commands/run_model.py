@@ -69,7 +69,20 @@ def main(argv: list[str] | None = None) -> int:
               f"({s.sequences / s.seconds_at(args.mhz):.0f} sentences/s)")
     else:
         print("(the golden model counts no cycles: use --backend compiled for timing)")
+    print(_energy_line(s))
     return 0
+
+
+def _energy_line(stats) -> str:
+    """The modeled energy per sentence, by part (an estimate, not a measurement)."""
+    e, total = stats.energy, stats.energy.get("total", 0.0)
+    parts = ", ".join(f"{name} {100 * e[name] / total:.0f} %"
+                      for name in ("macs", "act", "wgt", "acc", "param", "vector", "memory")
+                      if total and e.get(name))
+    return (f"modeled energy {1e6 * stats.joules_per_sequence:.1f} uJ per sentence "
+            f"({1 / stats.joules_per_sequence:,.0f} sentences/J; {parts}): an ASIC-class "
+            f"estimate from a 45 nm energy table (Horowitz 2014), not a measurement"
+            if stats.joules_per_sequence else "modeled energy: no run")
 
 
 def _shapes(model, path, args) -> int:
@@ -102,6 +115,7 @@ def _shapes(model, path, args) -> int:
                   f"{100 * st.utilization:.1f} %, {S / st.seconds_at(args.mhz):.1f} sentences/s "
                   f"at {args.mhz:g} MHz (modeled); {wall:.0f} s wall")
         print(f"  bit-exact with the golden model: {exact}", flush=True)
+        print("  " + _energy_line(st), flush=True)
     return 0 if ok else 1
 
 
