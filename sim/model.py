@@ -247,7 +247,8 @@ def _pooling(path: Path) -> tuple[str, bool]:
 
 def load_model(path, config: AcceleratorConfig | None = None, backend: str = "compiled",
                tokenizer=None, **kwargs) -> Model:
-    """A :class:`Model` from a Hugging Face BERT directory.
+    """A :class:`Model` from a Hugging Face BERT directory or an ONNX BERT export
+    (``sim.onnx_import``; pooling files and ``tokenizer.json`` are looked for beside it).
 
     ``tokenizer``: a ``tokenizer.json`` path or a ``tokenizers.Tokenizer`` (default: the
     directory's ``tokenizer.json``). ``config`` is reserved: the accelerator is sized for each
@@ -259,21 +260,27 @@ def load_model(path, config: AcceleratorConfig | None = None, backend: str = "co
     if config is not None:
         raise NotImplementedError("load_model sizes the accelerator per batch shape; a fixed "
                                   "config is not supported yet")
-    if path.suffix == ".onnx" or path.is_file():
-        raise NotImplementedError(f"{path}: ONNX import is not built yet (issue 14); give a "
-                                  f"Hugging Face directory (config.json, model.safetensors, "
-                                  f"tokenizer.json)")
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a model directory")
-    weights = tr.load_bert(path)
+    if path.suffix == ".onnx":
+        from .onnx_import import load_onnx
+        directory = path.parent
+        if tokenizer is None and not (directory / "tokenizer.json").is_file():
+            raise FileNotFoundError(f"{path} needs a tokenizer: pass tokenizer= (a "
+                                    f"tokenizer.json or a tokenizers.Tokenizer), or put "
+                                    f"tokenizer.json beside the file")
+        weights = load_onnx(path)
+    elif path.is_dir():
+        weights = tr.load_bert(path)
+        directory = path
+    else:
+        raise FileNotFoundError(f"{path} is not a model directory or an .onnx file")
     if tokenizer is None:
-        tok_file = path / "tokenizer.json"
+        tok_file = directory / "tokenizer.json"
         if not tok_file.is_file():
             raise FileNotFoundError(f"{path} has no tokenizer.json; pass tokenizer=")
         tokenizer = Tokenizer.from_file(str(tok_file))
     elif isinstance(tokenizer, (str, Path)):
         tokenizer = Tokenizer.from_file(str(tokenizer))
-    pooling, normalize = _pooling(path)
+    pooling, normalize = _pooling(directory)
     kwargs.setdefault("pooling", pooling)
     kwargs.setdefault("normalize", normalize)
     return Model(weights, tokenizer, backend=backend, **kwargs)

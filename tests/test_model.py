@@ -97,8 +97,6 @@ def test_compiled_is_bit_exact_with_golden(tmp_path):
 
 def test_errors(tmp_path):
     _tiny_dir(tmp_path)
-    with pytest.raises(NotImplementedError, match="ONNX import is not built yet"):
-        load_model(tmp_path / "model.onnx")
     with pytest.raises(FileNotFoundError, match="is not a model directory"):
         load_model(tmp_path / "nothing")
     with pytest.raises(ValueError, match="backend must be one of"):
