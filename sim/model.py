@@ -28,6 +28,8 @@ __all__ = ["Model", "ModelStats", "load_model", "BACKENDS"]
 
 #: Backend names :func:`load_model` takes.
 BACKENDS = ("golden", "compiled", "pysim")
+#: The version of :meth:`Model.save`'s file layout.
+_SAVE_FORMAT = "serrano-model-1"
 _LANES = 8
 
 
@@ -82,7 +84,8 @@ class Model:
 
     def __init__(self, weights: tr.BertWeights, tokenizer, *, backend: str = "compiled",
                  pooling: str = "mean", normalize: bool = True,
-                 calibration: Sequence[str] | None = None, max_tokens: int | None = None):
+                 calibration: Sequence[str] | None = None, max_tokens: int | None = None,
+                 quantized: QuantizedEncoder | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if pooling not in ("mean", "cls"):
@@ -99,12 +102,29 @@ class Model:
         self.weights, self.tokenizer = weights, tokenizer
         self.backend_name, self.pooling, self.normalize = backend, pooling, normalize
         self.max_tokens = min(max_tokens or cfg.max_positions, cfg.max_positions)
-        if calibration is None:
-            from .emulate import CALIBRATION_TEXTS
-            calibration = CALIBRATION_TEXTS
-        self.quantized = QuantizedEncoder(weights, [self._ids(t) for t in calibration])
+        if quantized is not None:          # (a saved model: no recalibration)
+            if quantized.weights is not weights:
+                raise ValueError("quantized must be the QuantizedEncoder of these weights")
+            self.quantized = quantized
+        else:
+            if calibration is None:
+                from .emulate import CALIBRATION_TEXTS
+                calibration = CALIBRATION_TEXTS
+            self.quantized = QuantizedEncoder(weights, [self._ids(t) for t in calibration])
         self.stats = ModelStats()
         self._backends: dict[tuple[int, int], object] = {}
+
+    # ---- saving ---------------------------------------------------------------------------
+    def save(self, path) -> None:
+        """Write the quantized model (weights, scales, integer parameters, tokenizer,
+        pooling) to ``path`` (a ``.serrano`` file, Python pickle format: load only files you
+        trust); :func:`load_model` reads it back without recalibrating."""
+        import pickle
+        state = {"format": _SAVE_FORMAT, "quantized": self.quantized,
+                 "tokenizer": self.tokenizer.to_str(), "pooling": self.pooling,
+                 "normalize": self.normalize, "max_tokens": self.max_tokens}
+        with open(path, "wb") as f:
+            pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
 
     # ---- inputs ---------------------------------------------------------------------------
     def _ids(self, text: str) -> np.ndarray:
@@ -260,6 +280,8 @@ def load_model(path, config: AcceleratorConfig | None = None, backend: str = "co
     if config is not None:
         raise NotImplementedError("load_model sizes the accelerator per batch shape; a fixed "
                                   "config is not supported yet")
+    if path.suffix == ".serrano":
+        return _load_saved(path, backend, tokenizer, kwargs)
     if path.suffix == ".onnx":
         from .onnx_import import load_onnx
         directory = path.parent
@@ -284,3 +306,26 @@ def load_model(path, config: AcceleratorConfig | None = None, backend: str = "co
     kwargs.setdefault("pooling", pooling)
     kwargs.setdefault("normalize", normalize)
     return Model(weights, tokenizer, backend=backend, **kwargs)
+
+
+def _load_saved(path: Path, backend: str, tokenizer, kwargs: dict) -> Model:
+    """A model written by :meth:`Model.save`."""
+    import pickle
+    from tokenizers import Tokenizer
+    try:
+        with open(path, "rb") as f:
+            state = pickle.load(f)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"{path}: not a saved Serrano model ({exc})") from None
+    if not isinstance(state, dict) or state.get("format") != _SAVE_FORMAT:
+        raise ValueError(f"{path}: not a saved Serrano model of format {_SAVE_FORMAT!r}")
+    q = state["quantized"]
+    if tokenizer is None:
+        tokenizer = Tokenizer.from_str(state["tokenizer"])
+    elif isinstance(tokenizer, (str, Path)):
+        tokenizer = Tokenizer.from_file(str(tokenizer))
+    for name in ("pooling", "normalize", "max_tokens"):
+        kwargs.setdefault(name, state[name])
+    return Model(q.weights, tokenizer, backend=backend, quantized=q, **kwargs)

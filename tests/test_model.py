@@ -84,6 +84,18 @@ def test_batches_equal_single_runs_and_padding_changes_nothing(tmp_path):
     assert np.array_equal(h[0, :int(mask[0].sum())], h0[0])
 
 
+def test_save_and_load_without_recalibrating(tmp_path):
+    _tiny_dir(tmp_path, seed=3)
+    model = load_model(tmp_path, backend="golden", calibration=CALIBRATION)
+    model.save(tmp_path / "tiny.serrano")
+    again = load_model(tmp_path / "tiny.serrano", backend="golden")
+    assert np.array_equal(again.embed(TEXTS), model.embed(TEXTS))
+    assert again.quantized.s_x0 == model.quantized.s_x0
+    (tmp_path / "bad.serrano").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a saved Serrano model"):
+        load_model(tmp_path / "bad.serrano")
+
+
 @needs_verilator
 def test_compiled_is_bit_exact_with_golden(tmp_path):
     _tiny_dir(tmp_path, seed=2)
