@@ -191,10 +191,9 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
         raise OnnxImportError(f"{path}: found {len(lns)} LayerNorms; {n_layers} layers need "
                               f"{1 + 2 * n_layers}")
     inter = linears[4][0].shape[1]
-    gelu_tanh = any(n.op_type == "Tanh" for n in graph.node)
-    if gelu_tanh:
-        raise OnnxImportError(f"{path}: GELU in the tanh form is not supported yet (the erf "
-                              f"form is: the accelerator's GELU kernel follows erf)")
+    # GELU: the erf form, or the tanh approximation (the accelerator runs both with its
+    # erf-form kernel; the float reference keeps the model's own).
+    act = "gelu_tanh" if any(n.op_type == "Tanh" for n in graph.node) else "gelu"
     layers = []
     for i in range(n_layers):
         (qw, qb), (kw, kb), (vw, vb), (ow, ob), (f1w, f1b), (f2w, f2b) = linears[6 * i:6 * i + 6]
@@ -215,7 +214,7 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
     for heads in sorted(candidates, key=lambda h: abs(hidden // h - 64)):
         config = tr.BertConfig(hidden=hidden, heads=heads, intermediate=inter, layers=n_layers,
                                vocab=word.shape[0], max_positions=position.shape[0],
-                               type_vocab=token_type.shape[0], eps=eps)
+                               type_vocab=token_type.shape[0], eps=eps, hidden_act=act)
         weights = tr.BertWeights(config=config, word=word.astype(np.float32),
                                  position=position.astype(np.float32),
                                  token_type=token_type.astype(np.float32),

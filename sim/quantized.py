@@ -123,7 +123,7 @@ class QuantizedEncoder:
                 ctx = (p @ heads(vv)).transpose(1, 0, 2).reshape(t, -1)
                 x1 = tr.layer_norm(x + ctx @ layer.o_w + layer.o_b, layer.ln1_g, layer.ln1_b,
                                    cfg.eps)
-                g = tr.gelu(x1 @ layer.ffn1_w + layer.ffn1_b)
+                g = tr.gelu(x1 @ layer.ffn1_w + layer.ffn1_b, cfg.hidden_act)
                 y = tr.layer_norm(x1 + g @ layer.ffn2_w + layer.ffn2_b, layer.ln2_g,
                                   layer.ln2_b, cfg.eps)
                 for name, val in zip(_TENSORS, (x, qv, kv, vv, ctx, x1, g, y)):
@@ -208,7 +208,7 @@ class QuantizedEncoder:
             x1 = kernels.layernorm(acc_o, ql.ln1, residual=x, pre=ql.pre["o"]).astype(np.int64)
         acc_1 = self._matmul(x1, ql.w["ffn1"])
         if "gelu" in fops:
-            g = self._grid(tr.gelu(self._dequant(acc_1, ql, "ffn1")), s["g"])
+            g = self._grid(tr.gelu(self._dequant(acc_1, ql, "ffn1"), cfg.hidden_act), s["g"])
         else:
             g = kernels.gelu(acc_1, ql.gelu, pre=ql.pre["ffn1"]).astype(np.int64)
         acc_2 = self._matmul(g, ql.w["ffn2"])

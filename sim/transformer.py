@@ -34,6 +34,10 @@ class BertConfig:
     max_positions: int = 512
     type_vocab: int = 2
     eps: float = 1e-12
+    #: ``"gelu"`` (the erf form) or ``"gelu_tanh"`` (the tanh approximation, Hugging Face's
+    #: ``gelu_new`` / ``gelu_pytorch_tanh``). The accelerator's GELU kernel follows the erf
+    #: form either way (``docs/numerics.md``: the two differ by at most 4.7e-4).
+    hidden_act: str = "gelu"
 
     def __post_init__(self) -> None:
         for name in ("hidden", "heads", "intermediate", "layers", "vocab", "max_positions",
@@ -46,6 +50,9 @@ class BertConfig:
                              f"({self.heads})")
         if not (isinstance(self.eps, (int, float)) and self.eps > 0 and math.isfinite(self.eps)):
             raise ValueError(f"eps must be a positive number, not {self.eps!r}")
+        if self.hidden_act not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"hidden_act must be 'gelu' or 'gelu_tanh', not "
+                             f"{self.hidden_act!r}")
 
     @property
     def head_dim(self) -> int:
@@ -57,8 +64,11 @@ class BertConfig:
         if cfg.get("model_type", "bert") != "bert":
             raise ValueError(f"model_type must be 'bert', not {cfg.get('model_type')!r}")
         act = cfg.get("hidden_act", "gelu")
-        if act != "gelu":
-            raise ValueError(f"hidden_act {act!r} is not supported (only 'gelu', the erf form)")
+        acts = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+        if act not in acts:
+            raise ValueError(f"hidden_act {act!r} is not supported (only 'gelu', the erf "
+                             f"form, and its tanh approximations 'gelu_new', "
+                             f"'gelu_pytorch_tanh')")
         pos = cfg.get("position_embedding_type", "absolute")
         if pos != "absolute":
             raise ValueError(f"position_embedding_type {pos!r} is not supported "
@@ -69,7 +79,7 @@ class BertConfig:
                        vocab=cfg.get("vocab_size", 30522),
                        max_positions=cfg.get("max_position_embeddings", 512),
                        type_vocab=cfg.get("type_vocab_size", 2),
-                       eps=cfg.get("layer_norm_eps", 1e-12))
+                       eps=cfg.get("layer_norm_eps", 1e-12), hidden_act=acts[act])
         except KeyError as exc:
             raise ValueError(f"config.json has no {exc.args[0]!r}") from None
 
@@ -200,9 +210,12 @@ def random_layer(config: BertConfig, rng: np.random.Generator,
 
 _ERF = np.frompyfunc(math.erf, 1, 1)  # exact to double precision; numpy has no erf
 
-def gelu(x: np.ndarray) -> np.ndarray:
-    """GELU, the erf form BERT uses: ``x * (1 + erf(x / sqrt(2))) / 2``."""
+def gelu(x: np.ndarray, form: str = "gelu") -> np.ndarray:
+    """GELU: the erf form BERT uses, ``x * (1 + erf(x / sqrt(2))) / 2``, or (``form =
+    "gelu_tanh"``) the tanh approximation ``x * (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) / 2``."""
     x = np.asarray(x, dtype=np.float64)
+    if form == "gelu_tanh":
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
     return 0.5 * x * (1.0 + _ERF(x / math.sqrt(2.0)).astype(np.float64))
 
 
@@ -254,7 +267,7 @@ def encoder_layer(x: np.ndarray, layer: EncoderLayerWeights, config: BertConfig,
         scores = scores + additive_mask(mask)
     ctx = (softmax(scores) @ v).transpose(0, 2, 1, 3).reshape(b, t, h)
     x1 = layer_norm(x + ctx @ layer.o_w + layer.o_b, layer.ln1_g, layer.ln1_b, config.eps)
-    ffn = gelu(x1 @ layer.ffn1_w + layer.ffn1_b) @ layer.ffn2_w + layer.ffn2_b
+    ffn = gelu(x1 @ layer.ffn1_w + layer.ffn1_b, config.hidden_act) @ layer.ffn2_w + layer.ffn2_b
     return layer_norm(x1 + ffn, layer.ln2_g, layer.ln2_b, config.eps)
 
 
