@@ -80,12 +80,20 @@ class Model:
         built-in ``sim.emulate.CALIBRATION_TEXTS``).
     max_tokens : int or None
         Truncate longer inputs (default: the model's position embeddings).
+    config : AcceleratorConfig or None
+        One accelerator for every batch (an 8x8 array with ``act_bits=16`` and the vector
+        unit); a batch whose buffers it cannot hold raises ``ValueError`` naming the buffer.
+        ``None``: an accelerator sized for each batch shape (``sim.encoder.layer_config``).
+    onnx_path : path or None
+        The ONNX file the weights came from: :meth:`reference_embed` then runs it with
+        onnxruntime instead of the numpy forward pass.
     """
 
     def __init__(self, weights: tr.BertWeights, tokenizer, *, backend: str = "compiled",
                  pooling: str = "mean", normalize: bool = True,
                  calibration: Sequence[str] | None = None, max_tokens: int | None = None,
-                 quantized: QuantizedEncoder | None = None):
+                 quantized: QuantizedEncoder | None = None,
+                 config: AcceleratorConfig | None = None, onnx_path=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if pooling not in ("mean", "cls"):
@@ -99,6 +107,14 @@ class Model:
         # Padding and truncation are this class's business (per batch, masked keys).
         tokenizer.no_padding()
         tokenizer.no_truncation()
+        if config is not None:
+            if not isinstance(config, AcceleratorConfig):
+                raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
+            if (config.rows, config.cols, config.act_bits, config.vector) != (_LANES, _LANES,
+                                                                              16, True):
+                raise ValueError(f"config must be an {_LANES}x{_LANES} array with act_bits=16 "
+                                 f"and vector=True, not {config.describe()}")
+        self.config, self.onnx_path = config, onnx_path
         self.weights, self.tokenizer = weights, tokenizer
         self.backend_name, self.pooling, self.normalize = backend, pooling, normalize
         self.max_tokens = min(max_tokens or cfg.max_positions, cfg.max_positions)
@@ -151,10 +167,11 @@ class Model:
         """The backend for a batch: built once per (sequences, tokens rounded up to whole
         blocks), with buffers for the rounded shape (a shorter plan fits in them)."""
         cfg_m, L = self.weights.config, _LANES
-        key = (sequences, -(-tokens // L) * L)
+        key = (sequences, -(-tokens // L) * L) if self.config is None else "fixed"
         if key not in self._backends:
-            cfg = layer_config(plan_layer(key[1], cfg_m.hidden, cfg_m.heads,
-                                          cfg_m.intermediate, L, sequences=sequences))
+            cfg = self.config or layer_config(plan_layer(key[1], cfg_m.hidden, cfg_m.heads,
+                                                         cfg_m.intermediate, L,
+                                                         sequences=sequences))
             if self.backend_name == "golden":
                 from .golden import GoldenBackend
                 self._backends[key] = GoldenBackend(cfg)
@@ -234,11 +251,16 @@ class Model:
         return np.concatenate(out).astype(np.float32)
 
     def reference_embed(self, texts: Sequence[str]) -> np.ndarray:
-        """The float64 model's embeddings of ``texts`` (numpy forward pass, same pooling)."""
+        """The float model's embeddings of ``texts``, same pooling: the ONNX file run by
+        onnxruntime for a model loaded from one, else the numpy float64 forward pass."""
+        run = None
+        if self.onnx_path is not None:
+            from .onnx_import import graph_runner
+            run = graph_runner(self.onnx_path)
         out = []
         for t in texts:
             ids = self._ids(t)[None]
-            h = tr.bert_forward(self.weights, ids)
+            h = run(ids) if run is not None else tr.bert_forward(self.weights, ids)
             mask = np.ones_like(ids)
             e = h[:, 0] if self.pooling == "cls" else tr.mean_pool(h, mask, normalize=False)
             if self.normalize:
@@ -271,17 +293,13 @@ def load_model(path, config: AcceleratorConfig | None = None, backend: str = "co
     (``sim.onnx_import``; pooling files and ``tokenizer.json`` are looked for beside it).
 
     ``tokenizer``: a ``tokenizer.json`` path or a ``tokenizers.Tokenizer`` (default: the
-    directory's ``tokenizer.json``). ``config`` is reserved: the accelerator is sized for each
-    batch shape (``sim.encoder.layer_config``); passing one raises ``NotImplementedError``.
-    Other keyword arguments go to :class:`Model`.
+    directory's ``tokenizer.json``). ``config``: one accelerator for every batch (see
+    :class:`Model`). Other keyword arguments go to :class:`Model`.
     """
     from tokenizers import Tokenizer
     path = Path(path)
-    if config is not None:
-        raise NotImplementedError("load_model sizes the accelerator per batch shape; a fixed "
-                                  "config is not supported yet")
     if path.suffix == ".serrano":
-        return _load_saved(path, backend, tokenizer, kwargs)
+        return _load_saved(path, backend, tokenizer, {**kwargs, "config": config})
     if path.suffix == ".onnx":
         from .onnx_import import load_onnx
         directory = path.parent
@@ -290,6 +308,7 @@ def load_model(path, config: AcceleratorConfig | None = None, backend: str = "co
                                     f"tokenizer.json or a tokenizers.Tokenizer), or put "
                                     f"tokenizer.json beside the file")
         weights = load_onnx(path)
+        kwargs.setdefault("onnx_path", path)
     elif path.is_dir():
         weights = tr.load_bert(path)
         directory = path
@@ -305,7 +324,7 @@ def load_model(path, config: AcceleratorConfig | None = None, backend: str = "co
     pooling, normalize = _pooling(directory)
     kwargs.setdefault("pooling", pooling)
     kwargs.setdefault("normalize", normalize)
-    return Model(weights, tokenizer, backend=backend, **kwargs)
+    return Model(weights, tokenizer, backend=backend, config=config, **kwargs)
 
 
 def _load_saved(path: Path, backend: str, tokenizer, kwargs: dict) -> Model:

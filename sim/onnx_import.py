@@ -31,7 +31,7 @@ import numpy as np
 
 from . import transformer as tr
 
-__all__ = ["ONNX_OPS", "OnnxImportError", "load_onnx"]
+__all__ = ["ONNX_OPS", "OnnxImportError", "load_onnx", "graph_runner"]
 
 #: Ops a BERT export may contain, and what the importer does with them.
 ONNX_OPS = {
@@ -227,6 +227,17 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
     raise OnnxImportError(f"{path}: the graph's output is not that of the BERT encoder read "
                           f"from it for any head count (checked with onnxruntime on random "
                           f"ids); the graph is not a BERT encoder this importer maps")
+
+
+def graph_runner(path):
+    """``run(ids) -> last hidden state`` (float64): the ONNX file at ``path`` on token ids
+    ``[batch, seq]`` (all-ones mask, token type 0), by onnxruntime when it is installed."""
+    import onnx
+    model = onnx.load(str(path))
+    consts = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in consts]
+    ids_name = next((n for n in inputs if "input_ids" in n), inputs[0])
+    return _graph_runner(model, inputs, ids_name)
 
 
 def _graph_runner(model, inputs: list[str], ids_name: str):

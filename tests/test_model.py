@@ -84,6 +84,22 @@ def test_batches_equal_single_runs_and_padding_changes_nothing(tmp_path):
     assert np.array_equal(h[0, :int(mask[0].sum())], h0[0])
 
 
+def test_fixed_config(tmp_path):
+    """One accelerator for every batch that fits; a batch that does not names the buffer."""
+    from serrano.hw.config import AcceleratorConfig
+    from serrano.sim.encoder import layer_config, plan_layer
+    _tiny_dir(tmp_path, seed=4)
+    big = layer_config(plan_layer(16, 32, 2, 64, 8, sequences=4))
+    model = load_model(tmp_path, backend="golden", config=big, calibration=CALIBRATION)
+    free = load_model(tmp_path, backend="golden", calibration=CALIBRATION)
+    assert np.array_equal(model.embed(TEXTS, batch_size=3), free.embed(TEXTS, batch_size=3))
+    assert list(model._backends) == ["fixed"]
+    with pytest.raises(ValueError, match="act_depth .* smaller than"):
+        model.embed(TEXTS, batch_size=6)        # 6 sequences do not fit a 4-sequence config
+    with pytest.raises(ValueError, match="config must be an 8x8 array with act_bits=16"):
+        load_model(tmp_path, config=AcceleratorConfig(rows=8, cols=8))
+
+
 def test_save_and_load_without_recalibrating(tmp_path):
     _tiny_dir(tmp_path, seed=3)
     model = load_model(tmp_path, backend="golden", calibration=CALIBRATION)

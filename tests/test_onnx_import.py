@@ -144,6 +144,9 @@ def test_onnx_model_embeds_like_the_hf_directory(tmp_path):
     b = load_model(tmp_path / "m.onnx", backend="golden", calibration=CALIBRATION,
                    tokenizer=tmp_path / "hf" / "tokenizer.json")
     np.testing.assert_allclose(b.embed(TEXTS), a.embed(TEXTS), atol=1e-5)
+    # The ONNX model's float reference is onnxruntime's; it agrees with the numpy forward pass.
+    np.testing.assert_allclose(b.reference_embed(TEXTS), a.reference_embed(TEXTS), atol=1e-5)
+    assert np.sum(b.embed(TEXTS) * b.reference_embed(TEXTS), axis=1).min() > 0.99
 
 
 def test_tanh_gelu_model_runs_close_to_its_float_model(tmp_path):
