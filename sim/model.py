@@ -45,6 +45,16 @@ class ModelStats:
     #: Modeled joules by part (``sim.energy.energy_breakdown``: an ASIC-class 45 nm
     #: estimate, not a measurement).
     energy: dict = field(default_factory=dict)
+    #: The array's busy cycles by op class, from the programs (``linear``: the six linear
+    #: layers; ``attention``: Q K^T and P V; ``copy_out``: the identity MATMULs that hand the
+    #: result to the host), padding included: they add up to ``counters["array_busy"]``.
+    array_cycles: dict = field(default_factory=dict)
+
+    def cycles_by_class(self) -> dict[str, int]:
+        """``array_cycles`` and ``array_idle`` (cycles in which no vector entered the array:
+        weight loads and vector work not hidden under MATMULs, fills and drains)."""
+        busy = sum(self.array_cycles.values())
+        return {**self.array_cycles, "array_idle": max(self.cycles - busy, 0)}
 
     @property
     def joules_per_sequence(self) -> float:
@@ -229,6 +239,13 @@ class Model:
             s.counters[name] = s.counters.get(name, 0) + int(v)
         for name, j in energy_breakdown(res.counters, config).items():
             s.energy[name] = s.energy.get(name, 0.0) + j
+        L, N, T, tb = _LANES, plan.rows, plan.tokens, plan.tb
+        parts = {"linear": cfg.layers * N * (4 * H * H + 2 * H * F) // (L * L),
+                 "attention": cfg.layers * cfg.heads * plan.sequences * 2 * T * tb
+                 * (cfg.head_dim // L),
+                 "copy_out": N * H // L}
+        for name, v in parts.items():
+            s.array_cycles[name] = s.array_cycles.get(name, 0) + v
 
     def embed(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
         """Sentence embeddings, float32 ``[n, hidden]``: the model's pooling over each

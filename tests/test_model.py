@@ -70,6 +70,8 @@ def test_golden_embeddings_are_the_integer_reference_and_close_to_float(tmp_path
     assert e["total"] > 0 and e["macs"] > 0 and e["memory"] > 0
     assert e["total"] == pytest.approx(sum(v for k, v in e.items() if k != "total"))
     assert model.stats.joules_per_sequence == pytest.approx(e["total"] / len(TEXTS))
+    # The array's cycles by op class add up to what the golden model counted.
+    assert sum(model.stats.array_cycles.values()) == model.stats.counters["array_busy"]
 
 
 def test_batches_equal_single_runs_and_padding_changes_nothing(tmp_path):
@@ -121,6 +123,8 @@ def test_compiled_is_bit_exact_with_golden(tmp_path):
     assert np.array_equal(c.run(ids, mask), g.run(ids, mask))
     assert c.stats.cycles > 0 and 0 < c.stats.utilization < 1
     assert c.stats.counters["array_busy"] == g.stats.counters["array_busy"]
+    by = c.stats.cycles_by_class()
+    assert sum(by.values()) == c.stats.cycles and by["array_idle"] > 0
 
 
 def test_errors(tmp_path):

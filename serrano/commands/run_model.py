@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("(the golden model counts no cycles: use --backend compiled for timing)")
     print(_energy_line(s))
+    if s.cycles:
+        by = s.cycles_by_class()
+        print("cycles by class: " + ", ".join(f"{k} {100 * v / s.cycles:.1f} %"
+                                               for k, v in by.items()))
     return 0
 
 
