@@ -3,9 +3,18 @@
 import os
 from pathlib import Path
 
+import pytest
 from amaranth.sim import Simulator
 
+from serrano.sim.compiled import check_prerequisites
+
 WAVES = Path(__file__).resolve().parent.parent / "build" / "waves"
+
+#: Skip a test that needs the compiled (Verilator) backend when its prerequisites are missing.
+needs_verilator = pytest.mark.skipif(
+    bool(check_prerequisites("verilator")),
+    reason="compiled backend prerequisites missing: " + "; ".join(
+        check_prerequisites("verilator")))
 
 
 def simulate(dut, *benches, max_cycles: int, name: str = "test") -> None:

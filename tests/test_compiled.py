@@ -21,11 +21,8 @@ from serrano.sim.numerics import output_stage
 from serrano.sim.pysim import PysimBackend
 from serrano.sim.runtime import Accelerator, build_program, pack_memory, plan_gemm, unpack_output
 from programs import SMALL_CONFIGS as CONFIGS, garbage_program, gemm_program, random_program
+from simutil import needs_verilator
 
-needs_verilator = pytest.mark.skipif(
-    bool(check_prerequisites("verilator")),
-    reason="compiled backend prerequisites missing: " + "; ".join(
-        check_prerequisites("verilator")))
 needs_cxxrtl = pytest.mark.skipif(
     bool(check_prerequisites("cxxrtl")),
     reason="CXXRTL prerequisites missing: " + "; ".join(check_prerequisites("cxxrtl")))

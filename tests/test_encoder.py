@@ -7,15 +7,12 @@ import pytest
 from serrano.hw.config import AcceleratorConfig
 from serrano.sim import transformer as tr
 from serrano.sim.encoder import build_layer, layer_config, plan_layer, run_layer
-from serrano.sim.compiled import CompiledBackend, check_prerequisites
+from serrano.sim.compiled import CompiledBackend
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.quantized import QuantizedEncoder
+from simutil import needs_verilator
 
 
-needs_verilator = pytest.mark.skipif(
-    bool(check_prerequisites("verilator")),
-    reason="compiled backend prerequisites missing: " + "; ".join(
-        check_prerequisites("verilator")))
 
 
 def _model(hidden: int, heads: int, intermediate: int, seed: int = 0):

@@ -12,16 +12,13 @@ import pytest
 from serrano.hw.isa import Opcode, encode
 from serrano.sim.backend import (MAX_EXTRA_LATENCY, MemoryFaults, MemoryProfile, SplitMix64,
                                  check_mem_profile)
-from serrano.sim.compiled import CompiledBackend, check_prerequisites
+from serrano.sim.compiled import CompiledBackend
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.pysim import PysimBackend
 from serrano.sim.runtime import Accelerator
 from programs import SMALL_CONFIGS, gemm_program, random_program
+from simutil import needs_verilator
 
-needs_verilator = pytest.mark.skipif(
-    bool(check_prerequisites("verilator")),
-    reason="compiled backend prerequisites missing: " + "; ".join(
-        check_prerequisites("verilator")))
 
 DEFAULT_CONFIGS = ("2x2_w4", "4x1_w16")  # the models tests/test_compiled.py builds by default
 PROFILES = {

@@ -11,15 +11,11 @@ import pytest
 
 import serrano
 from serrano.sim import transformer as tr
-from serrano.sim.compiled import check_prerequisites
 from serrano.sim.model import load_model
 
 from test_transformer import _hf_dir
+from simutil import needs_verilator
 
-needs_verilator = pytest.mark.skipif(
-    bool(check_prerequisites("verilator")),
-    reason="compiled backend prerequisites missing: " + "; ".join(
-        check_prerequisites("verilator")))
 
 WORDS = ("the a cat dog sat on mat ran fast slow red blue big small house tree car "
          "sun moon rain is was very and").split()

@@ -12,15 +12,12 @@ from serrano.hw.top import Accelerator
 from serrano.hw.vector import VectorUnit
 from serrano.sim import numerics
 from serrano.sim.asm import Program, pack_output_params, unpack_output_params
-from serrano.sim.compiled import CompiledBackend, check_prerequisites
+from serrano.sim.compiled import CompiledBackend
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.pysim import PysimBackend
 from programs import VECTOR_CONFIGS, patch_field
+from simutil import needs_verilator
 
-needs_verilator = pytest.mark.skipif(
-    bool(check_prerequisites("verilator")),
-    reason="compiled backend prerequisites missing: " + "; ".join(
-        check_prerequisites("verilator")))
 
 
 def vcfg(act_bits: int = 8, lanes: int = 4, **kw) -> AcceleratorConfig:

@@ -8,14 +8,11 @@ from serrano.hw.config import AcceleratorConfig
 from serrano.hw.isa import ErrorCode, Opcode
 from serrano.sim import kernels as K
 from serrano.sim.asm import Program, vector_params
-from serrano.sim.compiled import CompiledBackend, check_prerequisites
+from serrano.sim.compiled import CompiledBackend
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.pysim import PysimBackend
+from simutil import needs_verilator
 
-needs_verilator = pytest.mark.skipif(
-    bool(check_prerequisites("verilator")),
-    reason="compiled backend prerequisites missing: " + "; ".join(
-        check_prerequisites("verilator")))
 
 
 def vcfg(act_bits: int = 16, lanes: int = 4, **kw) -> AcceleratorConfig:
