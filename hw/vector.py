@@ -1,5 +1,6 @@
 """The vector unit (``docs/vector.md``): VREQUANT of accumulator tensors into the activation or
-weight buffer, optionally transposed, ``L = cols`` elements per cycle."""
+weight buffer, optionally transposed, ``L = cols`` elements per cycle; VADD, VSOFTMAX,
+VLAYERNORM and VGELU in its stream path, ``hw.vector_ops.VectorOps``."""
 
 from types import SimpleNamespace
 
@@ -59,7 +60,12 @@ class WriteMux(wiring.Component):
 
 
 class VectorUnit(wiring.Component):
-    """Executes VREQUANT: the int32 tensor ``n_rows`` x ``n_elems`` at ``src_addr`` in the
+    """Executes every vector opcode, one command at a time: VREQUANT itself (below), the
+    others in its :class:`~.vector_ops.VectorOps` submodule, which shares the accumulator and
+    parameter read ports and the activation write port (only one of the two runs) and has
+    the ``b`` (``act_rd``) and channel (``chan_rd``) ports to itself.
+
+    VREQUANT: the int32 tensor ``n_rows`` x ``n_elems`` at ``src_addr`` in the
     accumulator buffer, block by block through the output stage, into the ACT or WGT buffer.
 
     Single-slot: it takes a command when idle (``cmd.ready = ~busy``), as the load and store
