@@ -17,6 +17,9 @@ onto a BERT encoder:
   two FFN projections; q, k and v read the same tensor);
 - the head count: the one value for which the imported float encoder reproduces the graph.
 
+Only the nodes the last hidden state depends on (the output named ``last_hidden_state``, else
+the first) are considered: a pooler or other heads beside it are left out.
+
 The result is then checked numerically: the graph run by ``onnxruntime`` (or onnx's reference
 evaluator when onnxruntime is missing) on random token ids must equal the imported encoder's
 float forward pass (``sim.transformer.bert_forward``) to within 1e-3 relative; otherwise the
@@ -110,7 +113,9 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
     except onnx.checker.ValidationError as exc:
         raise OnnxImportError(f"{path}: not a valid ONNX model: {exc}") from None
     graph = model.graph
-    for node in graph.node:
+    out_name = _hidden_output(graph)
+    nodes = _needed_nodes(graph, out_name)    # (a pooler or other heads are left out)
+    for node in nodes:
         if node.op_type not in ONNX_OPS or (node.domain not in ("", "ai.onnx")):
             raise OnnxImportError(
                 f"{path}: node {node.name or node.output[0]!r} is a {node.domain + '.' if node.domain else ''}"
@@ -125,7 +130,7 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
 
     # Embeddings.
     tables = []
-    for node in graph.node:
+    for node in nodes:
         if node.op_type == "Gather":
             t = value(node.input[0])
             if t is not None and t.ndim == 2 and t.dtype.kind == "f":
@@ -141,7 +146,7 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
 
     # LayerNorms, in graph order.
     lns = []
-    for node in graph.node:
+    for node in nodes:
         if node.op_type == "LayerNormalization":
             eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
             g, b = value(node.input[1]), value(node.input[2]) if len(node.input) > 2 else None
@@ -169,7 +174,7 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
 
     # Linear layers: MatMul or Gemm by a constant matrix, the constant Add after it.
     linears = []
-    for node in graph.node:
+    for node in nodes:
         if node.op_type not in ("MatMul", "Gemm"):
             continue
         w = value(node.input[1])
@@ -193,7 +198,7 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
     inter = linears[4][0].shape[1]
     # GELU: the erf form, or the tanh approximation (the accelerator runs both with its
     # erf-form kernel; the float reference keeps the model's own).
-    act = "gelu_tanh" if any(n.op_type == "Tanh" for n in graph.node) else "gelu"
+    act = "gelu_tanh" if any(n.op_type == "Tanh" for n in nodes) else "gelu"
     layers = []
     for i in range(n_layers):
         (qw, qb), (kw, kb), (vw, vb), (ow, ob), (f1w, f1b), (f2w, f2b) = linears[6 * i:6 * i + 6]
@@ -207,7 +212,7 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
     candidates = [h for h in range(1, hidden + 1) if hidden % h == 0]
     if not check:
         raise OnnxImportError("check=False is not supported: the head count comes from the check")
-    reference = _graph_runner(model, inputs, ids_name)
+    reference = _graph_runner(model, inputs, ids_name, out_name)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, word.shape[0], (2, 7))
     want = reference(ids)
@@ -229,6 +234,24 @@ def load_onnx(path, *, check: bool = True) -> tr.BertWeights:
                           f"ids); the graph is not a BERT encoder this importer maps")
 
 
+def _hidden_output(graph) -> str:
+    """The last hidden state's output: the one named ``last_hidden_state``, else the first."""
+    names = [o.name for o in graph.output]
+    return "last_hidden_state" if "last_hidden_state" in names else names[0]
+
+
+def _needed_nodes(graph, output: str) -> list:
+    """The nodes ``output`` depends on, in graph order."""
+    producer = {out: node for node in graph.node for out in node.output}
+    needed, todo = set(), [output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is not None and id(node) not in needed:
+            needed.add(id(node))
+            todo.extend(i for i in node.input if i)
+    return [node for node in graph.node if id(node) in needed]
+
+
 def graph_runner(path):
     """``run(ids) -> last hidden state`` (float64): the ONNX file at ``path`` on token ids
     ``[batch, seq]`` (all-ones mask, token type 0), by onnxruntime when it is installed."""
@@ -237,11 +260,11 @@ def graph_runner(path):
     consts = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in consts]
     ids_name = next((n for n in inputs if "input_ids" in n), inputs[0])
-    return _graph_runner(model, inputs, ids_name)
+    return _graph_runner(model, inputs, ids_name, _hidden_output(model.graph))
 
 
-def _graph_runner(model, inputs: list[str], ids_name: str):
-    """``run(ids) -> last hidden state``: the graph on ``ids`` (all-ones mask, type 0)."""
+def _graph_runner(model, inputs: list[str], ids_name: str, output: str):
+    """``run(ids) -> output``: the graph on ``ids`` (all-ones mask, type 0)."""
     def feeds(ids):
         out = {}
         for name in inputs:
@@ -252,8 +275,8 @@ def _graph_runner(model, inputs: list[str], ids_name: str):
         import onnxruntime as ort
         session = ort.InferenceSession(model.SerializeToString(),
                                        providers=["CPUExecutionProvider"])
-        return lambda ids: np.asarray(session.run(None, feeds(ids))[0], np.float64)
+        return lambda ids: np.asarray(session.run([output], feeds(ids))[0], np.float64)
     except ImportError:
         from onnx.reference import ReferenceEvaluator
         ev = ReferenceEvaluator(model)
-        return lambda ids: np.asarray(ev.run(None, feeds(ids))[0], np.float64)
+        return lambda ids: np.asarray(ev.run([output], feeds(ids))[0], np.float64)

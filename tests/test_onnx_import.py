@@ -55,7 +55,7 @@ class _Graph:
 
 
 def _write_onnx(path, w: tr.BertWeights, *, fused_ln=True, quantized=False, extra=None,
-                tanh=False):
+                tanh=False, pooler=False):
     """A BERT export of ``w``: inputs input_ids and attention_mask [batch, seq] (int64),
     output last_hidden_state; position ids from Shape/Gather/Range/Unsqueeze."""
     c = w.config
@@ -103,25 +103,37 @@ def _write_onnx(path, w: tr.BertWeights, *, fused_ln=True, quantized=False, extr
     if extra is not None:
         x = extra(G, x)
     G.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="out"))
+    outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
+                                             ["batch", "seq", c.hidden])]
+    if pooler:      # BertModel's pooler: tanh(dense(the first token)), a second output
+        rng = np.random.default_rng(5)
+        first = G.op("Gather", x, G.const(0, np.int64), axis=1)
+        dense = G.op("Gemm", first, G.const(rng.standard_normal((c.hidden, c.hidden)) * 0.1),
+                     G.const(np.zeros(c.hidden)), transB=1)
+        G.nodes.append(helper.make_node("Tanh", [dense], ["pooler_output"], name="pool"))
+        outputs.append(helper.make_tensor_value_info("pooler_output", TensorProto.FLOAT,
+                                                     ["batch", c.hidden]))
     graph = helper.make_graph(
         G.nodes, "bert",
         [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
-         for n in ("input_ids", "attention_mask")],
-        [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT,
-                                       ["batch", "seq", c.hidden])], G.inits)
+         for n in ("input_ids", "attention_mask")], outputs, G.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(path))
 
 
-@pytest.mark.parametrize("fused_ln, quantized, tanh",
-                         [(True, False, False), (False, False, False), (True, True, False),
-                          (False, False, True)],
-                         ids=["fused", "decomposed", "int8", "tanh-gelu"])
-def test_import_matches_onnxruntime(tmp_path, fused_ln, quantized, tanh):
+@pytest.mark.parametrize("fused_ln, quantized, tanh, pooler",
+                         [(True, False, False, False), (False, False, False, False),
+                          (True, True, False, False), (False, False, True, False),
+                          (True, False, False, True)],
+                         ids=["fused", "decomposed", "int8", "tanh-gelu", "with-pooler"])
+def test_import_matches_onnxruntime(tmp_path, fused_ln, quantized, tanh, pooler):
+    """The graph's nodes that the last hidden state does not depend on (BertModel's pooler,
+    a Gemm and a Tanh) are left out of the mapping."""
     (tmp_path / "hf").mkdir()
     w = _tiny_dir(tmp_path / "hf")
-    _write_onnx(tmp_path / "m.onnx", w, fused_ln=fused_ln, quantized=quantized, tanh=tanh)
+    _write_onnx(tmp_path / "m.onnx", w, fused_ln=fused_ln, quantized=quantized, tanh=tanh,
+                pooler=pooler)
     got = load_onnx(tmp_path / "m.onnx")
     assert got.config.hidden_act == ("gelu_tanh" if tanh else "gelu")
     assert got.config.heads == w.config.heads and got.config.layers == len(w.layers)
@@ -129,7 +141,7 @@ def test_import_matches_onnxruntime(tmp_path, fused_ln, quantized, tanh):
     sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     ids = np.array([[2, 5, 9, 11, 3, 0, 0]])
     mask = np.array([[1, 1, 1, 1, 1, 0, 0]])
-    want = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+    want = sess.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": mask})[0]
     ref = tr.bert_forward(got, ids, mask)
     np.testing.assert_allclose(ref[0, :5], want[0, :5], atol=2e-4, rtol=1e-3)
 
