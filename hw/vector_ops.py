@@ -204,11 +204,11 @@ class VectorOps(wiring.Component):
         f = self._block_fifo(m, cmd, walk)
         mid = self._input_stage(m, e, cmd, f)
         self._engines(m, e, op, mid)
-        w_en = self._writes(m, e, op)
+        w_en = self._writes(m, e)
 
         # Busy until every output block the walker issued is written.
         outstanding = Signal(range(1 << 14))
-        m.d.sync += outstanding.eq(outstanding + (walk.issue & walk.out) - w_en)
+        m.d.sync += outstanding.eq(outstanding + (walk.issue & walk.output_pass) - w_en)
         drain = Signal()
         with m.If(walk.done):
             m.d.sync += drain.eq(1)
@@ -235,13 +235,12 @@ class VectorOps(wiring.Component):
         """The command's sequence: ``setup`` (the scalars entry's address on ``param_rd``),
         ``scalars_ready`` (its data), then one block per cycle while ``issue``.
 
-        Returns a namespace: ``issue``, ``out`` (the issued block gives an output block),
-        ``output_pass``, the read addresses, the block's ``tag`` (``lanes``, ``last``,
-        ``entry``), ``elements`` (its valid lanes), ``credit`` (for the FIFO:
-        ``take`` pulses when it hands a block on), ``setup``, ``scalars_ready``, ``busy``
-        and ``done`` (the last block issued)."""
+        Returns a namespace: ``issue``, ``output_pass`` (the issued block gives an output
+        block: every block of an element-wise op, the third pass's of a row op), the read
+        addresses, the block's ``tag`` (``lanes``, ``last``, ``entry``), ``elements`` (its
+        valid lanes), ``take`` (to drive: the FIFO hands a block on, returning its credit),
+        ``setup``, ``scalars_ready``, ``busy`` and ``done`` (the last block issued)."""
         c, L = self._config, self._lanes
-        lg = L.bit_length() - 1
         setup, ready, run = Signal(), Signal(), Signal()
         max_blocks = isa.vector_blocks((1 << len(cmd.n_elems)) - 1, c)
         i = Signal.like(cmd.n_rows)          # row
@@ -277,9 +276,9 @@ class VectorOps(wiring.Component):
         m.d.comb += issue.eq(may)
         last_row = i == cmd.n_rows - 1
         last_blk = k == nb - 1
-        last_pass = ~row_op | (p == 2)
+        output_pass = ~row_op | (p == 2)      # (also the last pass)
         done = Signal()
-        m.d.comb += done.eq(issue & last_row & last_blk & last_pass)
+        m.d.comb += done.eq(issue & last_row & last_blk & output_pass)
         step_blk = [k.eq(k + 1), elems_left.eq(elems_left - L), src_k.eq(src_k + cmd.src_stride),
                     dst_k.eq(dst_k + cmd.dst_stride), b_k.eq(b_k + b_step),
                     pre_k.eq(pre_k + 1), ch_k.eq(ch_k + 1)]
@@ -303,18 +302,17 @@ class VectorOps(wiring.Component):
         m.d.sync += inflight.eq(inflight + issue - take)
 
         tag = Signal(self._walk_tag)
-        output_pass = ~row_op | (p == 2)
         m.d.comb += [tag.lanes.eq(Cat(elems_left > n for n in range(L))),
                      tag.last.eq(last_blk), tag.entry.eq(dst_k + i)]
         elements = Signal(range(L + 1))
         m.d.comb += elements.eq(Mux(elems_left >= L, L, elems_left))
         return SimpleNamespace(
-            issue=issue, out=output_pass, output_pass=output_pass,
+            issue=issue, output_pass=output_pass,
             acc_addr=(src_k + i)[:len(self.acc_rd.addr)],
             b_addr=Mux(row_mask, b_k, b_k + i)[:len(self.act_rd.addr)],
             pre_addr=pre_k[:len(self.param_rd.addr)], ch_addr=ch_k[:len(self.chan_rd.addr)],
             tag=tag, elements=elements, take=take, setup=setup, scalars_ready=ready,
-            busy=setup | ready | run, done=done, log_lanes=lg)
+            busy=setup | ready | run, done=done)
 
     def _decode_params(self, m: Module, e, cmd, op, ready) -> None:
         """The engines' constants from the scalars entry (``param_rd`` in ``ready``), held
@@ -390,7 +388,7 @@ class VectorOps(wiring.Component):
         m.d.comb += [e.layernorm.i.payload.gamma.eq(mid.rest.gamma),
                      e.layernorm.i.payload.beta.eq(mid.rest.beta)]
 
-    def _writes(self, m: Module, e, op) -> Value:
+    def _writes(self, m: Module, e) -> Value:
         """The write register behind the engines' outputs (always ready: one engine runs
         at a time and the write port is the unit's). Returns the write enable."""
         L, a = self._lanes, self._config.act_bits

@@ -28,8 +28,8 @@ from . import kernels
 from .asm import Program, pack_output_params, vector_params
 from .quantized import QuantizedLayer
 
-__all__ = ["LayerPlan", "plan_layer", "layer_config", "build_encoder", "build_layer",
-           "run_encoder", "run_layer"]
+__all__ = ["LayerPlan", "plan_layer", "layer_macs", "array_cycles", "layer_config",
+           "build_encoder", "build_layer", "run_encoder", "run_layer"]
 
 _WGT_SLOTS = 4        # streaming weight tiles in flight (LOADs run ahead of the MATMULs)
 _PARAM_HALF = 128     # parameter entries are loaded per op into alternating halves
@@ -112,6 +112,29 @@ def plan_layer(tokens: int, hidden: int, heads: int, intermediate: int, lanes: i
                           "c": nd * N, "o": nh * N, "f": group * N})
     return LayerPlan(T, S, hidden, heads, d, intermediate, L, group, act, wgt, acc, act_n,
                      wgt_n, acc_n)
+
+
+def layer_macs(plan: LayerPlan, tokens=None) -> int:
+    """Multiply-accumulates of one layer's products (the six linear layers, Q K^T and P V)
+    over sequences of ``tokens`` real tokens each (default: ``plan.tokens`` for every
+    sequence; padding not counted): the ideal work that utilization figures divide by."""
+    t = np.full(plan.sequences, plan.tokens) if tokens is None else np.asarray(tokens)
+    H, F = plan.hidden, plan.intermediate
+    return int(t.sum()) * (4 * H * H + 2 * H * F) + plan.heads * 2 * int((t * t).sum()) \
+        * plan.head_dim
+
+
+def array_cycles(plan: LayerPlan, layers: int = 1) -> dict[str, int]:
+    """The cycles in which the array takes a vector, by op class, of :func:`build_encoder`'s
+    program over ``layers`` layers (one per MATMUL row, padding included, so they add up to
+    the ``array_busy`` counter): ``linear`` (``N`` rows per weight tile), ``attention``
+    (``T`` rows per score and context tile of each sequence and head) and ``copy_out``
+    (the identity MATMULs that hand the result to the host)."""
+    L, N, T, H, F = plan.lanes, plan.rows, plan.tokens, plan.hidden, plan.intermediate
+    return {"linear": layers * N * (4 * H * H + 2 * H * F) // (L * L),
+            "attention": layers * plan.heads * plan.sequences * 2 * T * plan.tb
+            * (plan.head_dim // L),
+            "copy_out": N * H // L}
 
 
 def layer_config(plan: LayerPlan, **overrides) -> AcceleratorConfig:

@@ -20,7 +20,7 @@ import numpy as np
 from serrano.hw.config import AcceleratorConfig
 
 from . import transformer as tr
-from .encoder import LayerPlan, layer_config, plan_layer, run_encoder
+from .encoder import LayerPlan, array_cycles, layer_config, layer_macs, plan_layer, run_encoder
 from .energy import energy_breakdown
 from .quantized import QuantizedEncoder
 
@@ -225,11 +225,8 @@ class Model:
     def _account(self, res, plan: LayerPlan, mask: np.ndarray,
                  config: AcceleratorConfig) -> None:
         """Add a run to the stats; the ideal MACs are those of the real (unmasked) tokens."""
-        cfg, s = self.weights.config, self.stats
-        H, F = cfg.hidden, cfg.intermediate
-        t = mask.sum(axis=1).astype(np.int64)
-        macs = cfg.layers * (int(t.sum()) * (4 * H * H + 2 * H * F)
-                             + cfg.heads * 2 * int((t * t).sum()) * cfg.head_dim)
+        s, layers = self.stats, self.weights.config.layers
+        macs = layers * layer_macs(plan, mask.sum(axis=1))
         s.runs += 1
         s.sequences += plan.sequences
         s.tokens += int(mask.sum())
@@ -239,12 +236,7 @@ class Model:
             s.counters[name] = s.counters.get(name, 0) + int(v)
         for name, j in energy_breakdown(res.counters, config).items():
             s.energy[name] = s.energy.get(name, 0.0) + j
-        L, N, T, tb = _LANES, plan.rows, plan.tokens, plan.tb
-        parts = {"linear": cfg.layers * N * (4 * H * H + 2 * H * F) // (L * L),
-                 "attention": cfg.layers * cfg.heads * plan.sequences * 2 * T * tb
-                 * (cfg.head_dim // L),
-                 "copy_out": N * H // L}
-        for name, v in parts.items():
+        for name, v in array_cycles(plan, layers).items():
             s.array_cycles[name] = s.array_cycles.get(name, 0) + v
 
     def embed(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:

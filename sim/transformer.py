@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["BertConfig", "EncoderLayerWeights", "BertWeights", "load_bert", "random_layer",
+           "random_bert",
            "encoder_layer", "embeddings", "bert_forward", "additive_mask", "mean_pool",
            "gelu", "layer_norm", "softmax"]
 
@@ -209,6 +210,19 @@ def random_layer(config: BertConfig, rng: np.random.Generator,
 # ---- float kernels (float64) ----------------------------------------------------------------
 
 _ERF = np.frompyfunc(math.erf, 1, 1)  # exact to double precision; numpy has no erf
+
+def random_bert(config: BertConfig, rng: np.random.Generator, *, embedding_scale: float = 0.5,
+                layer_scale: float = 0.1) -> BertWeights:
+    """A BERT of random weights of ``config``'s shape (unit LayerNorm gains, zero biases on
+    the embeddings), for tests and benchmarks."""
+    h = config.hidden
+    emb = lambda *s: (rng.standard_normal(s) * embedding_scale).astype(np.float32)
+    return BertWeights(config=config, word=emb(config.vocab, h),
+                       position=emb(config.max_positions, h), token_type=emb(config.type_vocab, h),
+                       emb_ln_g=np.ones(h, np.float32), emb_ln_b=np.zeros(h, np.float32),
+                       layers=[random_layer(config, rng, layer_scale)
+                               for _ in range(config.layers)])
+
 
 def gelu(x: np.ndarray, form: str = "gelu") -> np.ndarray:
     """GELU: the erf form BERT uses, ``x * (1 + erf(x / sqrt(2))) / 2``, or (``form =

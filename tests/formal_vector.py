@@ -21,7 +21,7 @@ from serrano.hw import isa
 from serrano.hw.config import AcceleratorConfig
 from serrano.hw.vector_ops import STREAM_OPCODES, VectorOps
 
-from formal_harness import AnySeq
+from formal_harness import AnySeq, any_drive
 
 __all__ = ["VCFG", "AbstractEngine", "AbstractVectorOps", "VectorOpsHarness"]
 
@@ -56,10 +56,8 @@ class AbstractEngine(wiring.Component):
         leave = AnySeq(1)
         m.d.comb += [self.o.valid.eq(q.r_rdy & leave), q.r_en.eq(leave),
                      Value.cast(self.o.payload.tag).eq(q.r_data)]
-        for name, _ in self.o.payload.shape():
-            if name not in ("tag",):
-                field = Value.cast(self.o.payload[name])
-                m.d.comb += field.eq(AnySeq(len(field)))
+        any_drive(m, *(self.o.payload[name] for name, _ in self.o.payload.shape()
+                       if name != "tag"))     # (the results: arbitrary)
         if self._rows:
             m.d.comb += [Value.cast(self.want_pass).eq(0), self.busy.eq(0)]
         return m
@@ -84,11 +82,8 @@ class VectorOpsHarness(Elaboratable):
         m.submodules.ops = ops = self.unit
         cfg, cmd = self.cfg, ops.cmd
         p = cmd.payload
-        m.d.comb += [cmd.valid.eq(AnySeq(1)), cmd.payload.eq(AnySeq(len(p.as_value()))),
-                     ops.acc_rd.data.eq(AnySeq(len(ops.acc_rd.data.as_value()))),
-                     ops.act_rd.data.eq(AnySeq(len(ops.act_rd.data.as_value()))),
-                     ops.param_rd.data.eq(AnySeq(len(ops.param_rd.data.as_value()))),
-                     ops.chan_rd.data.eq(AnySeq(len(ops.chan_rd.data.as_value())))]
+        any_drive(m, cmd.valid, p, ops.acc_rd.data, ops.act_rd.data, ops.param_rd.data,
+                  ops.chan_rd.data)
         f = {name: Value.cast(p[name]) for name, _ in p.shape()}
         f.update(dst=C(isa.VectorDst.ACT.value, 2), transpose=C(0, 1), reserved0=C(0, 3))
         # The decoder's commands: a stream opcode whose ISA checks pass, held until taken.

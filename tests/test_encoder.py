@@ -17,13 +17,8 @@ from simutil import needs_verilator
 
 def _model(hidden: int, heads: int, intermediate: int, seed: int = 0):
     rng = np.random.default_rng(seed)
-    cfg = tr.BertConfig(hidden=hidden, heads=heads, intermediate=intermediate, layers=1,
-                        vocab=100, max_positions=64)
-    emb = lambda *s: (rng.standard_normal(s) * 0.5).astype(np.float32)
-    w = tr.BertWeights(config=cfg, word=emb(100, hidden), position=emb(64, hidden),
-                       token_type=emb(2, hidden), emb_ln_g=np.ones(hidden, np.float32),
-                       emb_ln_b=np.zeros(hidden, np.float32),
-                       layers=[tr.random_layer(cfg, rng, 0.1)])
+    w = tr.random_bert(tr.BertConfig(hidden=hidden, heads=heads, intermediate=intermediate,
+                                     layers=1, vocab=100, max_positions=64), rng)
     qe = QuantizedEncoder(w, [rng.integers(0, 100, n) for n in (5, 9, 17)])
     return w, qe, rng
 

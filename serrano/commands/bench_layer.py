@@ -24,7 +24,7 @@ import numpy as np
 
 from serrano.hw.isa import Opcode, VECTOR_OPCODES, decode, encode
 from serrano.sim import transformer as tr
-from serrano.sim.encoder import build_layer, layer_config, plan_layer
+from serrano.sim.encoder import build_layer, layer_config, layer_macs, plan_layer
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.quantized import QuantizedEncoder
 
@@ -33,13 +33,8 @@ HIDDEN, HEADS, FFN, LANES = 384, 12, 1536, 8
 
 def _model(seed: int):
     rng = np.random.default_rng(seed)
-    cfg = tr.BertConfig(hidden=HIDDEN, heads=HEADS, intermediate=FFN, layers=1, vocab=100,
-                        max_positions=64)
-    emb = lambda *s: (rng.standard_normal(s) * 0.5).astype(np.float32)
-    w = tr.BertWeights(config=cfg, word=emb(100, HIDDEN), position=emb(64, HIDDEN),
-                       token_type=emb(2, HIDDEN), emb_ln_g=np.ones(HIDDEN, np.float32),
-                       emb_ln_b=np.zeros(HIDDEN, np.float32),
-                       layers=[tr.random_layer(cfg, rng, 0.1)])
+    w = tr.random_bert(tr.BertConfig(hidden=HIDDEN, heads=HEADS, intermediate=FFN, layers=1,
+                                     vocab=100, max_positions=64), rng)
     return w, QuantizedEncoder(w, [rng.integers(0, 100, n) for n in (5, 9, 17)]), rng
 
 
@@ -92,8 +87,7 @@ def measure(sequences: int, tokens: int, seed: int = 1) -> dict:
     yf = tr.encoder_layer(np.stack(xs) * qe.s_x0, w.layers[0], w.config).reshape(N, HIDDEN)
     got = y * qe.layers[0].scales["y"]
     cos = np.sum(got * yf, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(yf, axis=1)
-    macs = N * (4 * HIDDEN * HIDDEN + 2 * HIDDEN * FFN) + S * HEADS * 2 * T * T * (HIDDEN // HEADS)
-    ideal = macs / (LANES * LANES)
+    ideal = layer_macs(plan) / (LANES * LANES)
     cycles, mm = res.counters["cycles"], alone.counters["cycles"]
     return {"sequences": S, "tokens": T, "cycles": cycles, "matmul_alone_cycles": mm,
             "overhead": cycles / mm - 1, "ideal_mac_cycles": ideal,
