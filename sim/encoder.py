@@ -28,7 +28,7 @@ from . import kernels
 from .asm import Program, pack_output_params, vector_params
 from .quantized import QuantizedLayer
 
-__all__ = ["LayerPlan", "plan_layer", "layer_macs", "array_cycles", "layer_config",
+__all__ = ["LayerPlan", "plan_layer", "plan_packed", "layer_macs", "array_cycles", "layer_config",
            "build_encoder", "build_layer", "run_encoder", "run_layer"]
 
 _WGT_SLOTS = 4        # streaming weight tiles in flight (LOADs run ahead of the MATMULs)
@@ -43,12 +43,13 @@ def _blocks(n: int, lanes: int) -> int:
 class LayerPlan:
     """Where every tensor of one layer lives (buffer entries and memory bytes).
 
-    ``tokens`` per sequence, ``sequences`` of them: the linear layers, LayerNorms and GELU run
-    on all ``rows = sequences * tokens`` at once, attention per sequence. Per-sequence
-    scratch (scores, probabilities) has two slots, so that one sequence's MATMULs overlap
-    the previous sequence's softmax."""
-    tokens: int
-    sequences: int
+    Packed sequences: sequence ``s`` has ``lengths[s]`` tokens and occupies rows
+    ``offsets[s] .. offsets[s] + lengths[s] - 1`` of every ``[rows, n]`` tensor, with no
+    padding between sequences. The linear layers, LayerNorms and GELU run on all ``rows``
+    at once, attention per sequence. Per-sequence scratch (scores, probabilities) has two
+    slots of the longest sequence's size, so that one sequence's MATMULs overlap the
+    previous sequence's softmax."""
+    lengths: tuple[int, ...]
     hidden: int
     heads: int
     head_dim: int
@@ -63,36 +64,67 @@ class LayerPlan:
     acc_entries: int
 
     @property
+    def sequences(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def tokens(self) -> int:
+        """The longest sequence's tokens."""
+        return max(self.lengths)
+
+    @property
     def tb(self) -> int:
-        """Token blocks of one sequence, ``ceil(T / L)``."""
+        """Token blocks of the longest sequence, ``ceil(tokens / L)``."""
         return _blocks(self.tokens, self.lanes)
 
     @property
     def rows(self) -> int:
         """Tokens of all sequences."""
-        return self.sequences * self.tokens
+        return sum(self.lengths)
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """The first row of each sequence."""
+        return tuple(int(v) for v in np.cumsum((0,) + self.lengths[:-1]))
+
+    def key_blocks(self) -> tuple[int, ...]:
+        """The first key block of each sequence in the K^T tiles and the mask rows (sequence
+        ``s`` has ``ceil(lengths[s] / L)`` of them)."""
+        tbs = [_blocks(t, self.lanes) for t in self.lengths]
+        return tuple(int(v) for v in np.cumsum([0] + tbs[:-1]))
 
 
 def plan_layer(tokens: int, hidden: int, heads: int, intermediate: int, lanes: int,
                group: int = 16, sequences: int = 1) -> LayerPlan:
-    """The buffer regions of one layer over ``sequences`` sequences of ``tokens`` tokens
-    (``ValueError`` for shapes the program cannot map: dimensions must be multiples of
-    ``lanes``, and so must ``tokens`` with more than one sequence)."""
-    if tokens < 1:
-        raise ValueError(f"tokens must be at least 1, not {tokens}")
-    if sequences < 1:
-        raise ValueError(f"sequences must be at least 1, not {sequences}")
-    if sequences > 1 and tokens % lanes:
-        raise ValueError(f"with several sequences, tokens ({tokens}) must be a multiple of "
-                         f"the array's {lanes} lanes (a sequence starts a token block)")
+    """:func:`plan_packed` of ``sequences`` sequences of ``tokens`` tokens each (padded
+    batches: the padding is masked keys, ``build_encoder``'s ``key_mask``)."""
+    if isinstance(sequences, bool) or not isinstance(sequences, int) or sequences < 1:
+        raise ValueError(f"sequences must be a positive integer, not {sequences!r}")
+    return plan_packed([tokens] * sequences, hidden, heads, intermediate, lanes, group)
+
+
+def plan_packed(lengths, hidden: int, heads: int, intermediate: int, lanes: int,
+                group: int = 16) -> LayerPlan:
+    """The buffer regions of one layer over packed sequences of ``lengths`` tokens
+    (``ValueError`` for shapes the program cannot map: ``hidden``, ``intermediate`` and the
+    head size must be multiples of ``lanes``; every length at least 1)."""
+    lengths = tuple(lengths)
+    if not lengths:
+        raise ValueError("lengths must name at least one sequence")
+    for i, t in enumerate(lengths):
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 1:
+            raise ValueError(f"tokens must be at least 1, not {t!r} (sequence {i})")
+    lengths = tuple(int(t) for t in lengths)
+    if hidden % heads:
+        raise ValueError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
     for name, v in (("hidden", hidden), ("intermediate", intermediate),
                     ("head_dim", hidden // heads)):
         if v % lanes:
             raise ValueError(f"{name} ({v}) must be a multiple of the array's {lanes} lanes")
     d = hidden // heads
-    L, T, S = lanes, tokens, sequences
-    N = S * T
-    nh, nd, nf, tb = hidden // L, d // L, intermediate // L, _blocks(tokens, lanes)
+    L, T, N = lanes, max(lengths), sum(lengths)
+    nh, nd, nf, tb = hidden // L, d // L, intermediate // L, _blocks(T, L)
+    kb_all = sum(_blocks(t, L) for t in lengths)
     group = max(1, min(group, nf))
     while nf % group:
         group -= 1
@@ -105,20 +137,20 @@ def plan_layer(tokens: int, hidden: int, heads: int, intermediate: int, lanes: i
         return out, at
 
     act, act_n = regions({"x": nh * N, "x1": nh * N, "ctx": nh * N, "q": nd * N,
-                          "p": 2 * tb * T, "mask": S * tb, "h": group * N})
-    wgt, wgt_n = regions({"stream": _WGT_SLOTS * L, "kt": S * tb * d, "v": nd * N,
+                          "p": 2 * tb * T, "mask": kb_all, "h": group * N})
+    wgt, wgt_n = regions({"stream": _WGT_SLOTS * L, "kt": kb_all * d, "v": nd * N,
                           "eye": L})
     acc, acc_n = regions({"q": nd * N, "k": nd * N, "v": nd * N, "s": 2 * tb * T,
                           "c": nd * N, "o": nh * N, "f": group * N})
-    return LayerPlan(T, S, hidden, heads, d, intermediate, L, group, act, wgt, acc, act_n,
-                     wgt_n, acc_n)
+    return LayerPlan(lengths, hidden, heads, d, intermediate, L, group, act, wgt, acc,
+                     act_n, wgt_n, acc_n)
 
 
 def layer_macs(plan: LayerPlan, tokens=None) -> int:
     """Multiply-accumulates of one layer's products (the six linear layers, Q K^T and P V)
-    over sequences of ``tokens`` real tokens each (default: ``plan.tokens`` for every
-    sequence; padding not counted): the ideal work that utilization figures divide by."""
-    t = np.full(plan.sequences, plan.tokens) if tokens is None else np.asarray(tokens)
+    over sequences of ``tokens`` real tokens each (default: ``plan.lengths``; padding not
+    counted): the ideal work that utilization figures divide by."""
+    t = np.asarray(plan.lengths if tokens is None else tokens, dtype=np.int64)
     H, F = plan.hidden, plan.intermediate
     return int(t.sum()) * (4 * H * H + 2 * H * F) + plan.heads * 2 * int((t * t).sum()) \
         * plan.head_dim
@@ -127,13 +159,13 @@ def layer_macs(plan: LayerPlan, tokens=None) -> int:
 def array_cycles(plan: LayerPlan, layers: int = 1) -> dict[str, int]:
     """The cycles in which the array takes a vector, by op class, of :func:`build_encoder`'s
     program over ``layers`` layers (one per MATMUL row, padding included, so they add up to
-    the ``array_busy`` counter): ``linear`` (``N`` rows per weight tile), ``attention``
-    (``T`` rows per score and context tile of each sequence and head) and ``copy_out``
-    (the identity MATMULs that hand the result to the host)."""
-    L, N, T, H, F = plan.lanes, plan.rows, plan.tokens, plan.hidden, plan.intermediate
+    the ``array_busy`` counter): ``linear`` (``rows`` per weight tile), ``attention``
+    (a sequence's tokens per score and context tile of each sequence and head) and
+    ``copy_out`` (the identity MATMULs that hand the result to the host)."""
+    L, N, H, F = plan.lanes, plan.rows, plan.hidden, plan.intermediate
+    att = sum(2 * t * _blocks(t, L) for t in plan.lengths) * (plan.head_dim // L)
     return {"linear": layers * N * (4 * H * H + 2 * H * F) // (L * L),
-            "attention": layers * plan.heads * plan.sequences * 2 * T * plan.tb
-            * (plan.head_dim // L),
+            "attention": layers * plan.heads * att,
             "copy_out": N * H // L}
 
 
@@ -224,29 +256,32 @@ def _emit_layer(b: "_Builder", ql: QuantizedLayer, tiles: dict[str, int],
     """One layer's instructions: its input in ``act["x"]``, its output left there too."""
     c, p = b.c, b.plan
     prog, A, W, C = b.prog, p.act, p.wgt, p.acc
-    L, T, S, N, d, H = p.lanes, p.tokens, p.sequences, p.rows, p.head_dim, p.hidden
-    nh, nd, nf, tb = H // L, d // L, p.intermediate // L, p.tb
+    L, S, N, d, H = p.lanes, p.sequences, p.rows, p.head_dim, p.hidden
+    nh, nd, nf, slot = H // L, d // L, p.intermediate // L, p.tb * p.tokens
+    offs, kbs = p.offsets, p.key_blocks()
 
     def cols(params: dict, lo: int, hi: int) -> dict:
         return {k: np.asarray(v)[lo:hi] for k, v in params.items()}
 
-    def scores(h: int, s: int) -> None:
-        """S = Q K^T of sequence s into its scratch slot; key block j at s_slot + j T."""
-        s_acc = C["s"] + (s % 2) * tb * T
-        for j in range(tb):
+    def scores(s: int) -> None:
+        """S = Q K^T of sequence s into its scratch slot; key block j at s_slot + j t."""
+        t, s_acc = p.lengths[s], C["s"] + (s % 2) * slot
+        for j in range(_blocks(t, L)):
             for kb in range(nd):
-                prog.matmul(act_addr=A["q"] + kb * N + s * T, n_rows=T,
-                            wgt_addr=W["kt"] + (s * tb + j) * d + kb * L,
-                            acc_addr=s_acc + j * T, accumulate=kb > 0)
+                prog.matmul(act_addr=A["q"] + kb * N + offs[s], n_rows=t,
+                            wgt_addr=W["kt"] + (kbs[s] + j) * d + kb * L,
+                            acc_addr=s_acc + j * t, accumulate=kb > 0)
 
     def context(s: int) -> None:
-        """C[s] = P V of sequence s (its P in slot s % 2)."""
-        p_act = A["p"] + (s % 2) * tb * T
+        """C[s] = P V of sequence s (its P in slot s % 2). A last partial key block reads
+        V rows past the sequence: its probabilities there are 0 (softmax zeroes the lanes
+        past its row)."""
+        t, p_act = p.lengths[s], A["p"] + (s % 2) * slot
         for j in range(nd):
-            for kb in range(tb):
-                prog.matmul(act_addr=p_act + kb * T, n_rows=T,
-                            wgt_addr=W["v"] + j * N + s * T + kb * L,
-                            acc_addr=C["c"] + j * N + s * T, accumulate=kb > 0)
+            for kb in range(_blocks(t, L)):
+                prog.matmul(act_addr=p_act + kb * t, n_rows=t,
+                            wgt_addr=W["v"] + j * N + offs[s] + kb * L,
+                            acc_addr=C["c"] + j * N + offs[s], accumulate=kb > 0)
 
     # attention, head by head; within a head, sequence s + 1's scores and sequence s - 1's
     # context products come between sequence s's softmax and its context product, so the
@@ -261,17 +296,20 @@ def _emit_layer(b: "_Builder", ql: QuantizedLayer, tiles: dict[str, int],
                                                               (h + 1) * d), c))
             if name == "q":
                 prog.vrequant(VectorDst.ACT, C["q"], N, A["q"], N, N, d, pa)
-            elif name == "k":   # K^T: weight tiles of Q K^T (token block k at kt + k d)
-                prog.vrequant(VectorDst.WGT, C["k"], N, W["kt"], d, N, d, pa, transpose=True)
+            elif name == "k":   # K^T per sequence: its key block j at kt + (kbs[s] + j) d
+                for s in range(S):
+                    prog.vrequant(VectorDst.WGT, C["k"] + offs[s], N, W["kt"] + kbs[s] * d,
+                                  d, p.lengths[s], d, pa, transpose=True)
             else:               # V: weight tiles of P V (dim block j at v + j N)
                 prog.vrequant(VectorDst.WGT, C["v"], N, W["v"], N, N, d, pa)
         pa = b.params(softmax_p)
-        scores(h, 0)
+        scores(0)
         for s in range(S):
-            p_act, s_acc = A["p"] + (s % 2) * tb * T, C["s"] + (s % 2) * tb * T
-            prog.vsoftmax(s_acc, T, p_act, T, T, T, pa, mask_addr=mask_rows[s])
+            t = p.lengths[s]
+            p_act, s_acc = A["p"] + (s % 2) * slot, C["s"] + (s % 2) * slot
+            prog.vsoftmax(s_acc, t, p_act, t, t, t, pa, mask_addr=mask_rows[s])
             if s + 1 < S:
-                scores(h, s + 1)
+                scores(s + 1)
             if s > 0:
                 context(s - 1)
         context(S - 1)
@@ -308,8 +346,10 @@ def build_encoder(layers: list[QuantizedLayer], x: np.ndarray, config: Accelerat
     next one's input: their scales chain, ``QuantizedEncoder``) on the int activations ``x``
     ``[rows, hidden]`` (the plan's sequences one after the other).
 
-    ``key_mask`` (``[sequences, tokens]``, or ``[tokens]`` for one sequence; 0 marks a padded
-    key) masks each sequence's attention. The output (``[rows, hidden]`` int32 values of the
+    ``key_mask`` (``[sequences, plan.tokens]``, or ``[tokens]`` for one sequence; 0 marks a
+    padded key; row ``s`` applies through its first ``plan.lengths[s]`` entries) masks each
+    sequence's attention: padded batches need it, packed ones (each sequence at its own
+    length) do not. The output (``[rows, hidden]`` int32 values of the
     int16 activations) is stored RAW at the returned address, block-major: block ``k`` of
     token ``i`` at ``addr + (k * rows + i) * 4 L``.
     """
@@ -335,7 +375,7 @@ def build_encoder(layers: list[QuantizedLayer], x: np.ndarray, config: Accelerat
         raise ValueError(f"x must be [{N}, {H}], not {list(x.shape)}")
     b = _Builder(p, c)
     prog, A, W, C = b.prog, p.act, p.wgt, p.acc
-    nh, nd, nf, tb = H // L, d // L, p.intermediate // L, p.tb
+    nh = H // L
 
     # the input, block-major, and the weights as tiles
     xb = x.astype(np.int16).reshape(N, nh, L).transpose(1, 0, 2)
@@ -345,16 +385,20 @@ def build_encoder(layers: list[QuantizedLayer], x: np.ndarray, config: Accelerat
     mask_rows = [None] * S
     if key_mask is not None:
         km = np.asarray(key_mask)
-        if km.shape == (T,) and S == 1:
+        if km.ndim == 1 and S == 1:
             km = km[None]
         if km.shape != (S, T):
             want = f"[{T}] or [1, {T}]" if S == 1 else f"[{S}, {T}]"
             raise ValueError(f"key_mask must be {want}, not {list(np.shape(key_mask))}")
-        rows = np.zeros((S, tb * L), dtype=np.int16)
-        rows[:, :T] = np.where(km != 0, 0, kernels.mask_sentinel(16))
-        prog.load(LoadTarget.ACT, buf_addr=A["mask"], n_rows=S * tb, row_bytes=2 * L,
+        kbs = p.key_blocks()
+        rows = np.zeros((kbs[-1] + _blocks(p.lengths[-1], L), L), dtype=np.int16)
+        for s, t in enumerate(p.lengths):
+            m = np.zeros(_blocks(t, L) * L, dtype=np.int16)
+            m[:t] = np.where(km[s, :t] != 0, 0, kernels.mask_sentinel(16))
+            rows[kbs[s]:kbs[s] + _blocks(t, L)] = m.reshape(-1, L)
+        prog.load(LoadTarget.ACT, buf_addr=A["mask"], n_rows=len(rows), row_bytes=2 * L,
                   mem_addr=b.put(rows), mem_stride=2 * L)
-        mask_rows = [A["mask"] + s * tb for s in range(S)]
+        mask_rows = [A["mask"] + kbs[s] for s in range(S)]
 
     for ql in layers:
         tiles = {name: b.put(_tiles(ql.w[name], L)) for name in ql.w}

@@ -20,7 +20,8 @@ import numpy as np
 from serrano.hw.config import AcceleratorConfig
 
 from . import transformer as tr
-from .encoder import LayerPlan, array_cycles, layer_config, layer_macs, plan_layer, run_encoder
+from .encoder import (LayerPlan, array_cycles, layer_config, layer_macs, plan_layer,
+                      plan_packed, run_encoder)
 from .energy import energy_breakdown
 from .quantized import QuantizedEncoder
 
@@ -30,7 +31,6 @@ __all__ = ["Model", "ModelStats", "load_model", "BACKENDS"]
 BACKENDS = ("golden", "compiled", "pysim")
 #: The version of :meth:`Model.save`'s file layout.
 _SAVE_FORMAT = "serrano-model-1"
-_LANES = 8
 
 
 @dataclass
@@ -91,9 +91,12 @@ class Model:
     max_tokens : int or None
         Truncate longer inputs (default: the model's position embeddings).
     config : AcceleratorConfig or None
-        One accelerator for every batch (an 8x8 array with ``act_bits=16`` and the vector
+        One accelerator for every batch (a square array with ``act_bits=16`` and the vector
         unit); a batch whose buffers it cannot hold raises ``ValueError`` naming the buffer.
-        ``None``: an accelerator sized for each batch shape (``sim.encoder.layer_config``).
+        ``None``: an accelerator with a ``lanes x lanes`` array sized for each batch shape
+        (``sim.encoder.layer_config``).
+    lanes : int
+        The array's rows and columns when ``config`` is ``None`` (default 8).
     onnx_path : path or None
         The ONNX file the weights came from: :meth:`reference_embed` then runs it with
         onnxruntime instead of the numpy forward pass.
@@ -103,27 +106,30 @@ class Model:
                  pooling: str = "mean", normalize: bool = True,
                  calibration: Sequence[str] | None = None, max_tokens: int | None = None,
                  quantized: QuantizedEncoder | None = None,
-                 config: AcceleratorConfig | None = None, onnx_path=None):
+                 config: AcceleratorConfig | None = None, lanes: int = 8, onnx_path=None):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
         if pooling not in ("mean", "cls"):
             raise ValueError(f"pooling must be 'mean' or 'cls', not {pooling!r}")
         cfg = weights.config
-        for name, v in (("hidden", cfg.hidden), ("intermediate", cfg.intermediate),
-                        ("head size", cfg.head_dim)):
-            if v % _LANES:
-                raise ValueError(f"the model's {name} ({v}) is not a multiple of the "
-                                 f"{_LANES}x{_LANES} array's {_LANES} lanes")
-        # Padding and truncation are this class's business (per batch, masked keys).
-        tokenizer.no_padding()
-        tokenizer.no_truncation()
         if config is not None:
             if not isinstance(config, AcceleratorConfig):
                 raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-            if (config.rows, config.cols, config.act_bits, config.vector) != (_LANES, _LANES,
-                                                                              16, True):
-                raise ValueError(f"config must be an {_LANES}x{_LANES} array with act_bits=16 "
-                                 f"and vector=True, not {config.describe()}")
+            if config.rows != config.cols or (config.act_bits, config.vector) != (16, True):
+                raise ValueError(f"config must be a square array with act_bits=16 and "
+                                 f"vector=True, not {config.describe()}")
+            lanes = config.rows
+        elif isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes must be a positive integer, not {lanes!r}")
+        for name, v in (("hidden", cfg.hidden), ("intermediate", cfg.intermediate),
+                        ("head size", cfg.head_dim)):
+            if v % lanes:
+                raise ValueError(f"the model's {name} ({v}) is not a multiple of the "
+                                 f"{lanes}x{lanes} array's {lanes} lanes")
+        self.lanes = lanes
+        # Padding and truncation are this class's business (per batch, masked keys).
+        tokenizer.no_padding()
+        tokenizer.no_truncation()
         self.config, self.onnx_path = config, onnx_path
         self.weights, self.tokenizer = weights, tokenizer
         self.backend_name, self.pooling, self.normalize = backend, pooling, normalize
@@ -174,9 +180,10 @@ class Model:
 
     # ---- running ---------------------------------------------------------------------------
     def _backend(self, sequences: int, tokens: int):
-        """The backend for a batch: built once per (sequences, tokens rounded up to whole
-        blocks), with buffers for the rounded shape (a shorter plan fits in them)."""
-        cfg_m, L = self.weights.config, _LANES
+        """The backend for a batch: built once per (sequences, longest sequence rounded up to
+        whole blocks), with the buffers of that padded shape (which hold every packed or
+        shorter batch of as many sequences)."""
+        cfg_m, L = self.weights.config, self.lanes
         key = (sequences, -(-tokens // L) * L) if self.config is None else "fixed"
         if key not in self._backends:
             cfg = self.config or layer_config(plan_layer(key[1], cfg_m.hidden, cfg_m.heads,
@@ -193,10 +200,24 @@ class Model:
                 self._backends[key] = PysimBackend(cfg)
         return self._backends[key]
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None
-            ) -> np.ndarray:
-        """The last hidden state, float32 ``[batch, seq, hidden]`` (dequantized), of one
-        batch: every layer on the accelerator, attention per sequence."""
+    def plan(self, lengths: Sequence[int], packed: bool = True) -> LayerPlan:
+        """The layer plan of one batch of sequences of ``lengths`` tokens: packed (each at
+        its own length, no padding) or padded to the longest."""
+        cfg = self.weights.config
+        if not packed:
+            return plan_layer(max(lengths), cfg.hidden, cfg.heads, cfg.intermediate,
+                              self.lanes, sequences=len(lengths))
+        return plan_packed(lengths, cfg.hidden, cfg.heads, cfg.intermediate, self.lanes)
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
+            packed: bool = True) -> np.ndarray:
+        """The last hidden state, float32 ``[batch, seq, hidden]`` (dequantized; 0 at padded
+        positions when packed), of one batch: every layer on the accelerator, attention per
+        sequence.
+
+        ``packed``: the linear layers run over the concatenated real tokens of all sequences
+        (a mask must then mark each sequence's tokens as a prefix, ones then zeros);
+        ``False``: every sequence padded to ``seq`` tokens, the padding masked keys."""
         ids = np.asarray(input_ids)
         if ids.ndim != 2 or ids.shape[1] < 1:
             raise ValueError(f"input_ids must be [batch, seq], not shape {ids.shape}")
@@ -206,21 +227,30 @@ class Model:
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
         if mask.shape != ids.shape:
             raise ValueError(f"attention_mask must be {list(ids.shape)}, not {list(mask.shape)}")
-        # Several sequences start at token-block boundaries: pad them to whole blocks
-        # (masked keys). One sequence runs at its own length.
-        T = seq if S == 1 else -(-seq // _LANES) * _LANES
-        pad_ids = np.zeros((S, T), dtype=np.int64)
-        pad_mask = np.zeros((S, T), dtype=np.int64)
-        pad_ids[:, :seq], pad_mask[:, :seq] = ids, mask
-        q = self.quantized
-        x = q._grid(tr.embeddings(self.weights, pad_ids), q.s_x0).reshape(S * T, -1)
-        cfg = self.weights.config
-        plan = plan_layer(T, cfg.hidden, cfg.heads, cfg.intermediate, _LANES, sequences=S)
-        backend = self._backend(S, T)
-        y, res = run_encoder(backend, q.layers, x, plan, key_mask=pad_mask)
-        self._account(res, plan, pad_mask, backend.config)
-        h = (y * q.layers[-1].scales["y"]).reshape(S, T, cfg.hidden)[:, :seq]
-        return h.astype(np.float32)
+        lengths = (mask != 0).sum(axis=1)
+        if packed:
+            prefix = np.arange(seq)[None, :] < lengths[:, None]
+            if not np.array_equal(mask != 0, prefix):
+                raise ValueError("packed batches need each attention_mask row to be ones "
+                                 "then zeros (run with packed=False for other masks)")
+            if (lengths < 1).any():
+                raise ValueError(f"sequence {int(np.argmin(lengths))} has no tokens")
+        q, cfg = self.quantized, self.weights.config
+        x = q._grid(tr.embeddings(self.weights, ids), q.s_x0)
+        plan = self.plan(lengths.tolist() if packed else [seq] * S, packed)
+        if packed:
+            x = np.concatenate([x[s, :t] for s, t in enumerate(lengths)])
+        backend = self._backend(S, seq)
+        y, res = run_encoder(backend, q.layers, x.reshape(plan.rows, -1), plan,
+                             key_mask=None if packed else mask)
+        self._account(res, plan, mask, backend.config)
+        y = y * q.layers[-1].scales["y"]
+        if not packed:
+            return y.reshape(S, seq, cfg.hidden).astype(np.float32)
+        h = np.zeros((S, seq, cfg.hidden), dtype=np.float32)
+        for s, (o, t) in enumerate(zip(plan.offsets, plan.lengths)):
+            h[s, :t] = y[o:o + t]
+        return h
 
     def _account(self, res, plan: LayerPlan, mask: np.ndarray,
                  config: AcceleratorConfig) -> None:
@@ -231,7 +261,7 @@ class Model:
         s.sequences += plan.sequences
         s.tokens += int(mask.sum())
         s.cycles += int(res.counters.get("cycles", 0))
-        s.ideal_mac_cycles += macs / (_LANES * _LANES)
+        s.ideal_mac_cycles += macs / (self.lanes * self.lanes)
         for name, v in res.counters.items():
             s.counters[name] = s.counters.get(name, 0) + int(v)
         for name, j in energy_breakdown(res.counters, config).items():
@@ -239,9 +269,11 @@ class Model:
         for name, v in array_cycles(plan, layers).items():
             s.array_cycles[name] = s.array_cycles.get(name, 0) + v
 
-    def embed(self, texts: Sequence[str], batch_size: int = 8) -> np.ndarray:
+    def embed(self, texts: Sequence[str], batch_size: int = 8, packed: bool = True
+              ) -> np.ndarray:
         """Sentence embeddings, float32 ``[n, hidden]``: the model's pooling over each
-        text's tokens, L2-normalized if the model says so; ``batch_size`` texts per run."""
+        text's tokens, L2-normalized if the model says so; ``batch_size`` texts per run,
+        packed or padded (:meth:`run`)."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
         ids, mask = self.tokenize(texts)
@@ -249,7 +281,7 @@ class Model:
         for i in range(0, len(ids), batch_size):
             b_ids, b_mask = ids[i:i + batch_size], mask[i:i + batch_size]
             seq = int(b_mask.sum(axis=1).max())
-            h = self.run(b_ids[:, :seq], b_mask[:, :seq]).astype(np.float64)
+            h = self.run(b_ids[:, :seq], b_mask[:, :seq], packed).astype(np.float64)
             if self.pooling == "cls":
                 e = h[:, 0]
                 if self.normalize:

@@ -6,7 +6,8 @@ import pytest
 
 from serrano.hw.config import AcceleratorConfig
 from serrano.sim import transformer as tr
-from serrano.sim.encoder import build_layer, layer_config, plan_layer, run_layer
+from serrano.sim.encoder import (array_cycles, build_layer, layer_config, plan_layer,
+                                 plan_packed, run_layer)
 from serrano.sim.compiled import CompiledBackend
 from serrano.sim.golden import GoldenBackend
 from serrano.sim.quantized import QuantizedEncoder
@@ -85,10 +86,47 @@ def test_plan_and_config_errors():
         build_layer(qe.layers[0], x, AcceleratorConfig(rows=4, cols=4, vector=True), plan)
     with pytest.raises(ValueError, match=r"x must be \[8, 64\]"):
         build_layer(qe.layers[0], x[:4], layer_config(plan), plan)
-    with pytest.raises(ValueError, match=r"with several sequences, tokens \(6\) must be"):
-        plan_layer(6, 64, 4, 256, 8, sequences=2)
+    with pytest.raises(ValueError, match=r"tokens must be at least 1, not 0 \(sequence 1\)"):
+        plan_packed([6, 0], 64, 4, 256, 8)
+    with pytest.raises(ValueError, match="lengths must name at least one sequence"):
+        plan_packed([], 64, 4, 256, 8)
+    with pytest.raises(ValueError, match="sequences must be a positive integer, not 0"):
+        plan_layer(8, 64, 4, 256, 8, sequences=0)
     with pytest.raises(ValueError, match=r"key_mask must be \[8\]"):
         build_layer(qe.layers[0], x, layer_config(plan), plan, key_mask=np.ones(3))
+
+
+@pytest.mark.parametrize("lengths", [(3, 8, 13, 1), (1,), (9, 9), (16, 5)])
+def test_packed_sequences(lengths):
+    """Packed sequences (each at its own length, no padding between them): each sequence's
+    rows are the integer reference's layer of that sequence alone, and a key mask inside a
+    packed sequence still applies."""
+    w, qe, rng = _model(64, 4, 256, seed=3)
+    xs = [qe._grid(tr.embeddings(w, rng.integers(0, 100, t)[None])[0], qe.s_x0)
+          for t in lengths]
+    plan = plan_packed(lengths, 64, 4, 256, 8)
+    assert plan.rows == sum(lengths) and plan.offsets[-1] == sum(lengths[:-1])
+    cfg = layer_config(plan)
+    y, res = run_layer(GoldenBackend(cfg), qe.layers[0], np.concatenate(xs), plan)
+    for s, t in enumerate(lengths):
+        o = plan.offsets[s]
+        assert np.array_equal(y[o:o + t], qe.layer(0, xs[s], None)), s
+    assert res.counters["array_busy"] == sum(array_cycles(plan).values())
+    mask = np.zeros((len(lengths), plan.tokens))
+    for s, t in enumerate(lengths):
+        mask[s, :t] = 1
+    mask[0, 0] = 0 if lengths[0] > 1 else 1
+    y, _ = run_layer(GoldenBackend(cfg), qe.layers[0], np.concatenate(xs), plan,
+                     key_mask=mask)
+    for s, t in enumerate(lengths):
+        o = plan.offsets[s]
+        assert np.array_equal(y[o:o + t], qe.layer(0, xs[s], mask[s, :t])), s
+
+
+def _small_config():
+    """One compiled model for the small-shape tests (a build per config costs minutes):
+    buffers for two sequences of 16 tokens, which hold every small batch below."""
+    return layer_config(plan_layer(16, 64, 4, 256, 8, sequences=2))
 
 
 def _compiled_matches_golden(hidden, heads, ffn, S, T, seed):
@@ -98,7 +136,7 @@ def _compiled_matches_golden(hidden, heads, ffn, S, T, seed):
     mask = np.ones((S, T))
     mask[-1, -2:] = 0
     plan = plan_layer(T, hidden, heads, ffn, 8, sequences=S)
-    cfg = layer_config(plan)
+    cfg = _small_config() if hidden == 64 else layer_config(plan)
     x = np.concatenate(xs)
     y, res = run_layer(CompiledBackend(cfg), qe.layers[0], x, plan, key_mask=mask)
     y_g, ref = run_layer(GoldenBackend(cfg), qe.layers[0], x, plan, key_mask=mask)
@@ -113,6 +151,26 @@ def test_small_layer_program_compiled():
     """Two sequences of 8 tokens (one padded) at a small shape on the compiled model:
     bit-exact with the golden model and the integer reference."""
     _compiled_matches_golden(64, 4, 256, 2, 8, seed=2)
+
+
+@needs_verilator
+def test_packed_layer_program_compiled():
+    """Packed sequences of 3, 11 and 6 tokens on the compiled model: bit-exact with the
+    golden model (memory and counters) and the integer reference."""
+    w, qe, rng = _model(64, 4, 256, seed=4)
+    lengths = (3, 11, 6)
+    xs = [qe._grid(tr.embeddings(w, rng.integers(0, 100, t)[None])[0], qe.s_x0)
+          for t in lengths]
+    plan = plan_packed(lengths, 64, 4, 256, 8)
+    cfg = _small_config()
+    x = np.concatenate(xs)
+    y, res = run_layer(CompiledBackend(cfg), qe.layers[0], x, plan)
+    y_g, ref = run_layer(GoldenBackend(cfg), qe.layers[0], x, plan)
+    assert np.array_equal(res.memory, ref.memory) and np.array_equal(y, y_g)
+    assert res.counters["array_busy"] == sum(array_cycles(plan).values())
+    for s, t in enumerate(lengths):
+        o = plan.offsets[s]
+        assert np.array_equal(y[o:o + t], qe.layer(0, xs[s], None)), s
 
 
 @needs_verilator

@@ -11,7 +11,7 @@ import pytest
 
 import serrano
 from serrano.sim import transformer as tr
-from serrano.sim.model import load_model
+from serrano.sim.model import Model, load_model
 
 from test_transformer import _hf_dir
 from simutil import needs_verilator
@@ -87,15 +87,44 @@ def test_fixed_config(tmp_path):
     from serrano.hw.config import AcceleratorConfig
     from serrano.sim.encoder import layer_config, plan_layer
     _tiny_dir(tmp_path, seed=4)
-    big = layer_config(plan_layer(16, 32, 2, 64, 8, sequences=4))
+    big = layer_config(plan_layer(16, 32, 2, 64, 8, sequences=2))   # 32 rows
     model = load_model(tmp_path, backend="golden", config=big, calibration=CALIBRATION)
     free = load_model(tmp_path, backend="golden", calibration=CALIBRATION)
     assert np.array_equal(model.embed(TEXTS, batch_size=3), free.embed(TEXTS, batch_size=3))
     assert list(model._backends) == ["fixed"]
     with pytest.raises(ValueError, match="act_depth .* smaller than"):
-        model.embed(TEXTS, batch_size=6)        # 6 sequences do not fit a 4-sequence config
-    with pytest.raises(ValueError, match="config must be an 8x8 array with act_bits=16"):
+        model.embed(TEXTS, batch_size=6)        # 41 tokens do not fit 32 rows
+    with pytest.raises(ValueError, match="config must be a square array with act_bits=16"):
         load_model(tmp_path, config=AcceleratorConfig(rows=8, cols=8))
+
+
+def test_packed_and_padded_batches_and_other_arrays(tmp_path):
+    """Packed batches (the default) give the padded batches' results with fewer rows, so
+    a higher utilization; a 16x16 array gives the 8x8 array's results."""
+    _tiny_dir(tmp_path, seed=5)
+    model = load_model(tmp_path, backend="golden", calibration=CALIBRATION)
+    packed = model.embed(TEXTS, batch_size=len(TEXTS))
+    busy_packed = model.stats.counters["array_busy"]
+    padded = model.embed(TEXTS, batch_size=len(TEXTS), packed=False)
+    busy_padded = model.stats.counters["array_busy"] - busy_packed
+    assert np.array_equal(packed, padded)
+    assert busy_packed < busy_padded
+    ids, mask = model.tokenize(TEXTS[:2])
+    h = model.run(ids, mask)
+    assert not h[1, int(mask[1].sum()):].any()         # packed: zeros at the padding
+    same = dict(backend="golden", quantized=model.quantized)
+    wide = Model(model.weights, model.tokenizer, lanes=16, **same)
+    assert wide.lanes == 16
+    assert np.array_equal(wide.embed(TEXTS, batch_size=4), packed)
+    hole = mask.copy()
+    hole[0, 1] = 0
+    with pytest.raises(ValueError, match="packed batches need each attention_mask row"):
+        model.run(ids, hole)
+    assert model.run(ids, hole, packed=False).shape == h.shape
+    with pytest.raises(ValueError, match="lanes must be a positive integer"):
+        Model(model.weights, model.tokenizer, lanes=0, **same)
+    with pytest.raises(ValueError, match="not a multiple of the 64x64 array's 64 lanes"):
+        Model(model.weights, model.tokenizer, lanes=64, **same)
 
 
 def test_save_and_load_without_recalibrating(tmp_path):
