@@ -25,6 +25,7 @@ COMMANDS = {
     "kernel-errors": ("kernel_errors", "error of the vector unit's integer kernels"),
     "bench-layer": ("bench_layer", "a MiniLM-shaped encoder layer as one program: cycles"),
     "run-model": ("run_model", "embed sentences with a Hugging Face BERT on the accelerator"),
+    "cycle-model": ("cycle_model", "calibrate the encoder's cycle model against the RTL"),
 }
 
 
