@@ -51,6 +51,12 @@ ONNX_OPS = {
     "Constant": "constants", "Cast": "masks, quantized weights", "Where": "masks",
     "Equal": "masks", "Not": "masks", "Identity": "no-op",
     "DequantizeLinear": "quantized weights",
+    # seen in torch.onnx exports of transformers' BertModel (opset 14 TorchScript, opset 18
+    # dynamo): the buffered token types and the mask's construction, and the guard that
+    # zeroes a fully masked row's NaN probabilities
+    "GatherElements": "token types, positions", "GatherND": "masks", "Flatten": "shapes",
+    "GreaterOrEqual": "masks", "And": "masks", "Max": "masks",
+    "IsNaN": "the softmax's guard for fully masked rows",
 }
 
 
