@@ -58,13 +58,17 @@ CALIBRATION_TOKENS, CALIBRATION_ROWS = 32, 256
 
 
 def calibration_config(lanes: int, hidden: int, heads: int, intermediate: int, **overrides):
-    """An accelerator whose buffers hold every batch of :data:`DEFAULT_CALIBRATION` (and
-    every packed batch of at most 256 tokens, sequences of at most 32); ``overrides`` go to
-    ``AcceleratorConfig`` (``mem_width=16``, say)."""
+    """An accelerator whose buffers hold every batch of :data:`DEFAULT_CALIBRATION`: every
+    packed batch of at most 8 sequences of at most 32 tokens, or of 16 of at most 16;
+    ``overrides`` go to ``AcceleratorConfig`` (``mem_width=16``, say)."""
     from .encoder import layer_config, plan_layer
-    return layer_config(plan_layer(CALIBRATION_TOKENS, hidden, heads, intermediate, lanes,
-                                   sequences=CALIBRATION_ROWS // CALIBRATION_TOKENS),
-                        **overrides)
+    plans = [plan_layer(CALIBRATION_TOKENS, hidden, heads, intermediate, lanes,
+                        sequences=CALIBRATION_ROWS // CALIBRATION_TOKENS),
+             plan_layer(CALIBRATION_TOKENS // 2, hidden, heads, intermediate, lanes,
+                        sequences=2 * CALIBRATION_ROWS // CALIBRATION_TOKENS)]
+    depths = {f"{b}_depth": max(getattr(p, f"{b}_entries") for p in plans)
+              for b in ("act", "wgt", "acc")}
+    return layer_config(plans[0], **(depths | overrides))
 
 
 @lru_cache(maxsize=None)
