@@ -84,3 +84,13 @@ def test_errors(tmp_path):
     with pytest.raises(ValueError, match="not a saved CycleModel"):
         cm.CycleModel.load(tmp_path / "bad.json")
     assert math.isnan(cm.max_error([]))
+
+
+@pytest.mark.parametrize("lanes", [8, 16, 32])
+def test_calibration_config_holds_every_calibration_batch(lanes):
+    from serrano.sim.encoder import plan_packed
+    c = cm.calibration_config(lanes, 384, 12, 1536)
+    for lengths, _ in cm.DEFAULT_CALIBRATION:
+        p = plan_packed(lengths, 384, 12, 1536, lanes)
+        for b in ("act", "wgt", "acc"):
+            assert getattr(p, f"{b}_entries") <= getattr(c, f"{b}_depth"), (lengths, b)
