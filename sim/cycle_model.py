@@ -151,6 +151,13 @@ class CycleModel:
             raise ValueError(f"coef lacks {', '.join(sorted(missing))}")
 
     @property
+    def label(self) -> str:
+        """How tables name this service model."""
+        return (f"cycle model of the {self.layers}-layer encoder on {self.lanes}x{self.lanes}, "
+                f"{self.mem_width} B/cycle (calibrated on the compiled RTL, leave-one-out "
+                f"error {self.loo_error:.2%})")
+
+    @property
     def tile_load_cycles(self) -> int:
         """Memory cycles of one ``L x L`` int8 weight tile."""
         return -(-self.lanes * self.lanes // self.mem_width)
