@@ -9,7 +9,11 @@ second operand) with a pass-through ``tag`` on an ``amaranth.lib.stream`` input 
 ``L`` results with the tag on a stream output, bit-exact with ``sim.kernels``. The arithmetic
 (``hw.vector_steps``) is a free-running pipeline like the output stage's, generic or ECP5
 (MULT18X18D partial products) after ``target.family``; backpressure is a credit scheme around
-it (:class:`LaneDatapath`).
+it (:class:`LaneDatapath`). The multipliers are not the datapath's own: it drives the
+operands of ``products`` 18x18 products per lane on its ``mul`` port
+(:class:`~.vector_bank.ProductsSignature`) and a :class:`~.vector_bank.ProductBank` outside
+computes them, shared by the datapaths that never run together (the vector unit's ``AddLanes``
+and ``GeluLanes``). :class:`SoloLanes` gives a datapath a bank of its own.
 """
 
 from amaranth import C, Cat, Module, Mux, Shape, Signal, signed, unsigned
@@ -23,10 +27,11 @@ from . import isa
 from .delay import delay
 from .mult import MultiplierTarget
 from .output_steps import Column, check_tag_shape, rounding_half_sum, stage1
+from .vector_bank import LaneProducts, ProductBank, ProductsSignature
 from .vector_steps import (lane_arith, lo_hi, ram_delay, round_shift_staged, saturate_to,
                            scalar_stage1, wide_sum)
 
-__all__ = ["LaneDatapath", "PrescaleLanes", "GeluLanes", "AddLanes", "GeluLaneParams",
+__all__ = ["LaneDatapath", "SoloLanes", "PrescaleLanes", "GeluLanes", "AddLanes", "GeluLaneParams",
            "AddLaneParams", "GELU_ROM"]
 
 _OUTPUT_PARAMS = data.Layout.cast(isa.OutputParams)
@@ -90,6 +95,9 @@ class LaneDatapath(wiring.Component):
     o : Out(stream.Signature(output_layout))
     params : In(params_layout)
         The subclass says when it is sampled.
+    mul : Out(ProductsSignature(lanes, products))
+        The datapath's products, to a :class:`~.vector_bank.ProductBank` of ``target``
+        (whose ``sel`` must pick this datapath while it has blocks in flight).
     """
 
     def __init__(self, *, lanes: int, tag_shape, target: MultiplierTarget | None = None):
@@ -106,6 +114,7 @@ class LaneDatapath(wiring.Component):
             "i": In(stream.Signature(self.input_layout)),
             "o": Out(stream.Signature(self.output_layout)),
             "params": In(self.params_layout),
+            "mul": Out(ProductsSignature(lanes, self.products)),
         })
 
     @staticmethod
@@ -143,10 +152,14 @@ class LaneDatapath(wiring.Component):
         """Stages of the arithmetic, from the block's acceptance to its result at the FIFO."""
         raise NotImplementedError
 
-    def _lane(self, m: Module, n: int, block, params, shared):
+    #: 18x18 products per lane (slots of the ``mul`` port).
+    products: int
+
+    def _lane(self, m: Module, n: int, block, params, shared, arith):
         """Lane ``n``'s result (a register ``pipeline_latency - 1`` stages after the stage-0
         registers ``block``, the accepted payload, and ``params`` as the subclass samples;
-        ``shared`` is what :meth:`_shared` made for all lanes)."""
+        ``shared`` is what :meth:`_shared` made for all lanes; ``arith`` the family's
+        arithmetic on the lane's product slots)."""
         raise NotImplementedError
 
     def _shared(self, m: Module, block, params):
@@ -186,7 +199,11 @@ class LaneDatapath(wiring.Component):
         m.d.sync += block.eq(self.i.payload)
         params = self._stage0_params(m)
         shared = self._shared(m, block, params)
-        results = [self._lane(m, n, block, params, shared) for n in range(self._lanes)]
+        results = []
+        for n in range(self._lanes):
+            slots = LaneProducts(self.mul, n)
+            results.append(self._lane(m, n, block, params, shared, self._arith.for_lane(slots)))
+            slots.check()                   # the port has exactly the products the lane uses
         stages = self.pipeline_latency
         # (s0_block is stage 0: the results are the registers of stage `stages - 1`)
         done = delay(m, accept, stages, name="s{}_valid")
@@ -241,9 +258,11 @@ class PrescaleLanes(LaneDatapath):
         m.d.sync += s0.eq(self.params)
         return s0
 
-    def _lane(self, m, n, block, params, shared):
+    products = 4
+
+    def _lane(self, m, n, block, params, shared, arith):
         col = Column(m, n)
-        return self._arith.mbqm(col, stage1(col, block.x[n], params[n]))
+        return arith.mbqm(col, stage1(col, block.x[n], params[n]))
 
 
 class _ActLanes(LaneDatapath):
@@ -312,9 +331,11 @@ class GeluLanes(_ActLanes):
         P = self._arith.PRODUCT_LATENCY
         return rom, ram_delay(m, block.x, 2 * P + 10, name="x_delay")
 
-    def _lane(self, m, n, block, params, shared):
+    products = 11
+
+    def _lane(self, m, n, block, params, shared, arith):
         rom, x_late = shared
-        arith, P = self._arith, self._arith.PRODUCT_LATENCY
+        P = arith.PRODUCT_LATENCY
         col = Column(m, n)
         x = block.x[n]
         x_lo, x_hi = lo_hi(x)
@@ -393,8 +414,10 @@ class AddLanes(_ActLanes):
     def pipeline_latency(self) -> int:
         return self._arith.PRODUCT_LATENCY + 12
 
-    def _lane(self, m, n, block, params, shared):
-        arith, P = self._arith, self._arith.PRODUCT_LATENCY
+    products = 6
+
+    def _lane(self, m, n, block, params, shared, arith):
+        P = arith.PRODUCT_LATENCY
         col = Column(m, n)
         prod = lambda a, b, name: arith.product(col, a, b, P, name)
         x_lo, x_hi = lo_hi(block.x[n])
@@ -419,3 +442,42 @@ class AddLanes(_ActLanes):
         s_r = col.sync(signed(24), f"s{P + 10}_r", (s_sum[11:].as_signed() + 1) >> 1)
         return col.sync(signed(self._act_bits), f"s{P + 11}_out",
                         saturate_to(s_r, self._act_bits))
+
+
+class SoloLanes(wiring.Component):
+    """A lane datapath with a :class:`~.vector_bank.ProductBank` of its own: the datapath
+    alone, with the ports of ``datapath`` but ``mul`` (for its tests and ``synth-lanes``; the
+    vector unit shares one bank between datapaths instead).
+
+    Other attributes (``latency``, ``credits``, ``lanes``, ...) are the datapath's.
+    """
+
+    def __init__(self, datapath: LaneDatapath):
+        assert isinstance(datapath, LaneDatapath), datapath
+        self._datapath = datapath
+        members = dict(datapath.signature.members)
+        del members["mul"]
+        self._ports = set(members)
+        super().__init__(members)
+
+    def __getattr__(self, name):
+        # (only for what is not found on self; the ports are our own, made by __init__)
+        if name.startswith("_") or name in self._ports:
+            raise AttributeError(name)
+        return getattr(self._datapath, name)
+
+    @property
+    def datapath(self) -> LaneDatapath:
+        return self._datapath
+
+    def elaborate(self, platform):
+        m = Module()
+        d = self._datapath
+        m.submodules.datapath = d
+        m.submodules.bank = bank = ProductBank(d.target, lanes=d.lanes,
+                                               users={"lanes": d.products})
+        wiring.connect(m, d.mul, bank.lanes)
+        wiring.connect(m, wiring.flipped(self.i), d.i)
+        wiring.connect(m, d.o, wiring.flipped(self.o))
+        m.d.comb += [d.params.eq(self.params), bank.sel.eq(0)]
+        return m

@@ -20,6 +20,7 @@ from .config import AcceleratorConfig
 from .delay import delay
 from .interfaces import VectorReadsSignature
 from .mult import MultiplierTarget
+from .vector_bank import ProductBank
 from .vector_lanes import AddLanes, GeluLanes, PrescaleLanes
 from .vector_rows import LayerNormRow, RowPass, SoftmaxRow
 
@@ -140,7 +141,10 @@ class VectorOps(wiring.Component):
         })
 
     def _make_engines(self, *, silent: bool = False) -> SimpleNamespace:
-        """The input stage and the four engines (``silent``: only to ask their latencies)."""
+        """The input stage, the four engines and the lane datapaths' multiplier banks
+        (``silent``: only to ask their latencies). The input stage runs beside an engine and
+        has a bank of its own; ``AddLanes`` and ``GeluLanes`` never run together and share
+        one (``lane_bank.sel``: 1 for VGELU)."""
         c, L, t = self._config, self._lanes, self._target
         e = SimpleNamespace(
             prescale=PrescaleLanes(lanes=L, tag_shape=self._rest, target=t),
@@ -148,6 +152,10 @@ class VectorOps(wiring.Component):
             gelu=GeluLanes(lanes=L, act_bits=c.act_bits, tag_shape=self._write_tag, target=t),
             softmax=SoftmaxRow(c, tag_shape=self._rest["entry"].shape),
             layernorm=LayerNormRow(c, tag_shape=self._rest["entry"].shape))
+        e.pre_bank = ProductBank(e.prescale.target, lanes=L,
+                                 users={"prescale": e.prescale.products})
+        e.lane_bank = ProductBank(e.add.target, lanes=L,
+                                  users={"add": e.add.products, "gelu": e.gelu.products})
         if silent:
             for engine in vars(e).values():
                 engine._MustUse__silence = True
@@ -204,6 +212,10 @@ class VectorOps(wiring.Component):
         f = self._block_fifo(m, cmd, walk)
         mid = self._input_stage(m, e, cmd, f)
         self._engines(m, e, op, mid)
+        wiring.connect(m, e.prescale.mul, e.pre_bank.prescale)
+        wiring.connect(m, e.add.mul, e.lane_bank.add)
+        wiring.connect(m, e.gelu.mul, e.lane_bank.gelu)
+        m.d.comb += [e.pre_bank.sel.eq(0), e.lane_bank.sel.eq(op.vgelu)]
         w_en = self._writes(m, e)
 
         # Busy until every output block the walker issued is written.
