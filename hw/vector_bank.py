@@ -18,7 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from .mult import Family, Multiplier, MultiplierTarget
 
-__all__ = ["OPERAND", "PRODUCT", "ProductsSignature", "ProductBank", "LaneProducts",
+__all__ = ["OPERAND", "PRODUCT", "ProductsSignature", "ProductBank", "LaneProducts", "Solo",
            "product_latency"]
 
 #: The multipliers' operands (MULT18X18D: 18x18 signed) and product.
@@ -63,6 +63,9 @@ class ProductBank(wiring.Component):
     lanes : int
     users : dict of str to int
         Each user's name and its products per lane; the bank has a port of that name.
+    latency : int or None
+        Cycles from operands to product: ``None`` for :func:`product_latency` (the lane
+        datapaths'), 1 for the row engines' (on ECP5 the DSP's output register only).
 
     Attributes
     ----------
@@ -72,10 +75,13 @@ class ProductBank(wiring.Component):
         held while that user's products are in flight. Every user receives the products.
     """
 
-    def __init__(self, target: MultiplierTarget, *, lanes: int, users: dict):
+    def __init__(self, target: MultiplierTarget, *, lanes: int, users: dict,
+                 latency: int | None = None):
         assert users and all(name.isidentifier() and name != "sel" for name in users), users
         assert all(isinstance(s, int) and s >= 1 for s in users.values()), users
         self._target = target
+        self._latency = product_latency(target) if latency is None else latency
+        assert self._latency >= 1
         self._lanes = lanes
         self._users = dict(users)
         self.slots = max(users.values())
@@ -86,13 +92,14 @@ class ProductBank(wiring.Component):
 
     @property
     def latency(self) -> int:
-        return product_latency(self._target)
+        return self._latency
 
     def _multiplier(self) -> Multiplier:
         t = self._target
         if t.family is Family.ECP5:
-            return Multiplier("ecp5", latency=self.latency, width=18, simulation=t.simulation)
-        return Multiplier("generic", latency=1, width=18)
+            return Multiplier("ecp5", latency=self._latency, width=18, simulation=t.simulation)
+        # (generic with more latency puts registers in front; every user here has 1 or P)
+        return Multiplier("generic", latency=self._latency, width=18)
 
     def elaborate(self, platform):
         m = Module()
@@ -115,12 +122,14 @@ class LaneProducts:
 
     ``take(m, a, b)`` drives the next slot's operands in module ``m`` (``a`` and ``b`` at most
     18 bits signed or 17 unsigned: they are extended into the signed operands exactly) and
-    returns its product (:data:`PRODUCT`). :meth:`check` asserts that every slot was used,
-    so that the port's width and the engine's products agree.
+    returns its product (:data:`PRODUCT`), ``latency`` cycles later (the bank's, which the
+    engine states). :meth:`check` asserts that every slot was used, so that the port's width
+    and the engine's products agree.
     """
 
-    def __init__(self, port, lane: int):
+    def __init__(self, port, lane: int, latency: int):
         self._port, self._lane, self.used = port, lane, 0
+        self.latency = latency
 
     def take(self, m: Module, a, b):
         k = self.used
@@ -134,3 +143,59 @@ class LaneProducts:
 
     def check(self) -> None:
         assert self.used == self._port.signature.slots, (self.used, self._port.signature.slots)
+
+
+class Solo(wiring.Component):
+    """An engine with a :class:`ProductBank` of its own: the engine alone, with its ports but
+    ``mul`` (for its tests and block synthesis; the vector unit shares banks between engines).
+
+    Other attributes (``latency``, ``credits``, ``lanes``, ...) are the engine's.
+
+    Parameters
+    ----------
+    engine : wiring.Component
+        With a ``mul`` port (``Out(ProductsSignature)``) and a ``products`` attribute.
+    target : MultiplierTarget
+    latency : int or None
+        The bank's (:class:`ProductBank`).
+    """
+
+    def __init__(self, engine, *, target: MultiplierTarget, latency: int | None = None):
+        self._engine = engine
+        self._bank_args = dict(target=target, latency=latency)
+        members = dict(engine.signature.members)
+        del members["mul"]
+        self._ports = set(members)
+        super().__init__(members)
+
+    def __getattr__(self, name):
+        # (only for what is not found on self; the ports are our own, made by __init__)
+        if name.startswith("_") or name in self._ports:
+            raise AttributeError(name)
+        return getattr(self._engine, name)
+
+    @property
+    def engine(self):
+        return self._engine
+
+    def elaborate(self, platform):
+        m = Module()
+        e = self._engine
+        m.submodules.engine = e
+        m.submodules.bank = bank = ProductBank(lanes=e.mul.signature.lanes,
+                                               users={"engine": e.products}, **self._bank_args)
+        assert bank.latency == e.product_latency
+        wiring.connect(m, e.mul, bank.engine)
+        m.d.comb += bank.sel.eq(0)
+        for name, member in self.signature.members.items():
+            outer, inner = getattr(self, name), getattr(e, name)
+            if member.is_signature:
+                if member.flow == wiring.In:
+                    wiring.connect(m, wiring.flipped(outer), inner)
+                else:
+                    wiring.connect(m, inner, wiring.flipped(outer))
+            elif member.flow == wiring.In:
+                m.d.comb += inner.eq(outer)
+            else:
+                m.d.comb += outer.eq(inner)
+        return m

@@ -27,11 +27,12 @@ from . import isa
 from .delay import delay
 from .mult import MultiplierTarget
 from .output_steps import Column, check_tag_shape, rounding_half_sum, stage1
-from .vector_bank import LaneProducts, ProductBank, ProductsSignature
+from .output_wide import zero_point_and_clamp
+from .vector_bank import LaneProducts, ProductsSignature, Solo
 from .vector_steps import (lane_arith, lo_hi, ram_delay, round_shift_staged, saturate_to,
                            scalar_stage1, wide_sum)
 
-__all__ = ["LaneDatapath", "SoloLanes", "PrescaleLanes", "GeluLanes", "AddLanes", "GeluLaneParams",
+__all__ = ["LaneDatapath", "SoloLanes", "PrescaleLanes", "RequantLanes", "REQUANT_RESULT", "GeluLanes", "AddLanes", "GeluLaneParams",
            "AddLaneParams", "GELU_ROM"]
 
 _OUTPUT_PARAMS = data.Layout.cast(isa.OutputParams)
@@ -180,6 +181,11 @@ class LaneDatapath(wiring.Component):
         return self._target
 
     @property
+    def product_latency(self) -> int:
+        """Cycles of each product of the ``mul`` port (the bank's latency)."""
+        return self._arith.PRODUCT_LATENCY
+
+    @property
     def credits(self) -> int:
         """Blocks in flight at most (accepted, not yet read from ``o``)."""
         return self.latency + 1
@@ -201,7 +207,7 @@ class LaneDatapath(wiring.Component):
         shared = self._shared(m, block, params)
         results = []
         for n in range(self._lanes):
-            slots = LaneProducts(self.mul, n)
+            slots = LaneProducts(self.mul, n, self.product_latency)
             results.append(self._lane(m, n, block, params, shared, self._arith.for_lane(slots)))
             slots.check()                   # the port has exactly the products the lane uses
         stages = self.pipeline_latency
@@ -263,6 +269,54 @@ class PrescaleLanes(LaneDatapath):
     def _lane(self, m, n, block, params, shared, arith):
         col = Column(m, n)
         return arith.mbqm(col, stage1(col, block.x[n], params[n]))
+
+
+#: :class:`RequantLanes`' result per lane: the output stage's int8 (``o_data``) and int16
+#: (``o_wide``) results.
+REQUANT_RESULT = data.StructLayout({"int8": signed(8), "int16": signed(16)})
+
+
+class RequantLanes(LaneDatapath):
+    """VREQUANT's arithmetic: lane ``n`` is the output stage's column with ``params[n]``
+    (``isa.OutputParams``: bias, multiplier, shift, zero point, clamp), bit-exact with
+    ``sim.numerics.output_stage`` (``int8``) and ``sim.kernels.requant`` at 16 bits
+    (``int16``, the output stage's ``wide`` result), built from the output stage's own
+    pipeline pieces: ``stage1``, the MBQM of :class:`PrescaleLanes` before its increment,
+    then ``output_wide.zero_point_and_clamp``. Its products come through the ``mul`` port,
+    so the vector unit shares them with :class:`PrescaleLanes` (VREQUANT never runs beside
+    another op).
+
+    ``params`` is sampled with the block, as in :class:`PrescaleLanes`. Latency: 12 cycles
+    generic, 19 ECP5 (four MULT18X18D per lane).
+    """
+
+    products = 4
+
+    @property
+    def out_shape(self) -> data.StructLayout:
+        return REQUANT_RESULT
+
+    @property
+    def params_layout(self) -> data.Layout:
+        return data.ArrayLayout(isa.OutputParams, self._lanes)
+
+    @property
+    def pipeline_latency(self) -> int:
+        return 1 + self._arith.MBQM_STAGES + 3
+
+    def _stage0_params(self, m):
+        s0 = Signal(self.params_layout, name="s0_params", reset_less=True)
+        m.d.sync += s0.eq(self.params)
+        return s0
+
+    def _lane(self, m, n, block, params, shared, arith):
+        col = Column(m, n)
+        s1 = stage1(col, block.x[n], params[n])
+        s_q, s_inc, sq = arith.mbqm_parts(col, s1)
+        wide = Signal(signed(16), name=f"c{n}_wide")
+        out = col.sync(signed(8), f"s{sq + 3}_out",
+                       zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
+        return Cat(out, wide)
 
 
 class _ActLanes(LaneDatapath):
@@ -444,40 +498,17 @@ class AddLanes(_ActLanes):
                         saturate_to(s_r, self._act_bits))
 
 
-class SoloLanes(wiring.Component):
-    """A lane datapath with a :class:`~.vector_bank.ProductBank` of its own: the datapath
-    alone, with the ports of ``datapath`` but ``mul`` (for its tests and ``synth-lanes``; the
-    vector unit shares one bank between datapaths instead).
-
-    Other attributes (``latency``, ``credits``, ``lanes``, ...) are the datapath's.
-    """
+class SoloLanes(Solo):
+    """A lane datapath with a :class:`~.vector_bank.ProductBank` of its own (of the
+    datapath's target): the datapath alone, with its ports but ``mul`` (for its tests and
+    ``synth-lanes``; the vector unit shares one bank between ``AddLanes`` and
+    ``GeluLanes``). Other attributes (``latency``, ``credits``, ``lanes``, ...) are the
+    datapath's."""
 
     def __init__(self, datapath: LaneDatapath):
         assert isinstance(datapath, LaneDatapath), datapath
-        self._datapath = datapath
-        members = dict(datapath.signature.members)
-        del members["mul"]
-        self._ports = set(members)
-        super().__init__(members)
-
-    def __getattr__(self, name):
-        # (only for what is not found on self; the ports are our own, made by __init__)
-        if name.startswith("_") or name in self._ports:
-            raise AttributeError(name)
-        return getattr(self._datapath, name)
+        super().__init__(datapath, target=datapath.target)
 
     @property
     def datapath(self) -> LaneDatapath:
-        return self._datapath
-
-    def elaborate(self, platform):
-        m = Module()
-        d = self._datapath
-        m.submodules.datapath = d
-        m.submodules.bank = bank = ProductBank(d.target, lanes=d.lanes,
-                                               users={"lanes": d.products})
-        wiring.connect(m, d.mul, bank.lanes)
-        wiring.connect(m, wiring.flipped(self.i), d.i)
-        wiring.connect(m, d.o, wiring.flipped(self.o))
-        m.d.comb += [d.params.eq(self.params), bank.sel.eq(0)]
-        return m
+        return self.engine

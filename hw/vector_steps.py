@@ -54,19 +54,25 @@ class GenericLaneArith:
         multiplier slot (:meth:`for_lane`); ``name`` only documents the call."""
         return self.products.take(col.m, a, b)
 
-    def mbqm(self, col: Column, s1: Stage1):
-        """``MultiplyByQuantizedMultiplier(s1.x, s1.mul, shift)`` of the stage-1 registers (only
-        ``x``, ``left``, ``right``, ``mul`` are used): the generic output stage's shift, four
-        partial products, high multiply and RoundingDivideByPOT, then the rounding increment
-        added (where the output stage adds the zero point). Returns the int32 result, a
-        register of stage ``1 + MBQM_STAGES``."""
+    def mbqm_parts(self, col: Column, s1: Stage1):
+        """MBQM of the stage-1 registers (only ``x``, ``left``, ``right``, ``mul`` are used)
+        before its rounding increment: the generic output stage's shift, four partial
+        products, high multiply and RoundingDivideByPOT. Returns ``(q, inc, sq)``, ``q`` and
+        ``inc`` registers of stage ``sq = MBQM_STAGES`` (the output stage's ``_divide``)."""
         s2_mul = col.delay(s1.mul, 1, 2, "mul")
         s2_a = col.sync(signed(32), "s2_a", (s1.x << s1.left)[:32].as_signed())
         sp = 2 + self.PRODUCT_LATENCY
         s_h = high_mul(col, s2_a, s2_mul, sp,
                        lambda a, b, name: self.product(col, a, b, sp, name))
         s_q, s_inc = GenericOutputStage._divide(col, s1, s_h, sp)
-        return _add_increment(col, s_q, s_inc, sp + 3)
+        return s_q, s_inc, sp + 3
+
+    def mbqm(self, col: Column, s1: Stage1):
+        """``MultiplyByQuantizedMultiplier(s1.x, s1.mul, shift)`` of the stage-1 registers (only
+        ``x``, ``left``, ``right``, ``mul`` are used): :meth:`mbqm_parts`, then the rounding
+        increment added (where the output stage adds the zero point). Returns the int32
+        result, a register of stage ``1 + MBQM_STAGES``."""
+        return _add_increment(col, *self.mbqm_parts(col, s1))
 
 
 class ECP5LaneArith(GenericLaneArith):
@@ -79,7 +85,7 @@ class ECP5LaneArith(GenericLaneArith):
     #: Two shift stages, the products, ``t``, ``h``, three division stages, ``q + inc``.
     MBQM_STAGES = 2 + PRODUCT_LATENCY + 2 + 3 + 1
 
-    def mbqm(self, col: Column, s1: Stage1):
+    def mbqm_parts(self, col: Column, s1: Stage1):
         s2_mul = col.delay(s1.mul, 1, 2, "mul")
         s2_x = col.sync(signed(32), "s2_x", (s1.x << s1.left[:3])[:32].as_signed())
         s2_bytes = col.sync(unsigned(2), "s2_bytes", s1.left[3:])
@@ -89,7 +95,8 @@ class ECP5LaneArith(GenericLaneArith):
         s_h = high_mul(col, s3_a, s3_mul, sp,
                        lambda a, b, name: self.product(col, a, b, sp, name))
         s_q, s_inc, sq = ECP5OutputStage._divide(col, s1, s_h, sp)
-        return _add_increment(col, s_q, s_inc, sq)
+        assert sq == self.MBQM_STAGES
+        return s_q, s_inc, sq
 
 
 def lane_arith(target: MultiplierTarget) -> GenericLaneArith:
