@@ -244,7 +244,7 @@ class PrescaleLanes(LaneDatapath):
     ``params`` is ``L`` ``isa.OutputParams`` (the parameter-buffer entries ``VREQUANT``
     reads; ``zero_point``, ``lo`` and ``hi`` are ignored), sampled with the block (in the
     cycle it is accepted). ``shift`` saturates into ``[-31, 30]`` as in the output stage.
-    Latency: 10 cycles generic, 17 ECP5 (four MULT18X18D per lane).
+    Latency: 10 cycles generic, 17 ECP5 (four products per lane, ``products``).
     """
 
     @property
@@ -287,7 +287,7 @@ class RequantLanes(LaneDatapath):
     another op).
 
     ``params`` is sampled with the block, as in :class:`PrescaleLanes`. Latency: 12 cycles
-    generic, 19 ECP5 (four MULT18X18D per lane).
+    generic, 19 ECP5 (four products per lane).
     """
 
     products = 4
@@ -363,7 +363,7 @@ class GeluLanes(_ActLanes):
     ``params`` (:data:`GeluLaneParams`) is read while blocks are in flight and must be held
     constant for the whole command (from the first block's acceptance until its last result
     has left). ``in_shift`` must be in ``[1, 62]``; ``out_shift`` saturates into
-    ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 MULT18X18D per lane).
+    ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 products per lane).
     The ROM (:data:`GELU_ROM`, from ``sim.kernels.GELU_TABLE``) has one read port per lane
     and asks for block RAM (``rom_style``): on ECP5 two DP16KD (the 31-bit entry in 18-bit
     halves) per two lanes.
@@ -450,7 +450,7 @@ class AddLanes(_ActLanes):
         P + 11   saturated to act_bits
 
     ``params`` (:data:`AddLaneParams`) is held constant for the whole command, shifts in
-    ``[1, 62]``. Latency: 15 cycles generic, 19 ECP5 (six MULT18X18D per lane).
+    ``[1, 62]``. Latency: 15 cycles generic, 19 ECP5 (six products per lane).
     """
 
     @property
