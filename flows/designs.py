@@ -100,9 +100,11 @@ def _unit_design(name: str, config: AcceleratorConfig) -> Design:
             return OutputStage(config, unsigned(1), target)
         if name in ("softmax_row", "layernorm_row"):
             from amaranth import unsigned
-            from serrano.hw.vector_rows import LayerNormRow, SoftmaxRow
+            from serrano.hw.vector_rows import LayerNormRow, SoftmaxRow, SoloRow
             cls = SoftmaxRow if name == "softmax_row" else LayerNormRow
-            return cls(config, unsigned(1))
+            # (with its multipliers: in the vector unit the row engines share a bank)
+            return SoloRow(cls(config, unsigned(1),
+                               target=MultiplierTarget(family=target.family)))
         raise AssertionError(name)
     n_pes = config.rows * config.cols if name == "execute" else 0
     wired = True

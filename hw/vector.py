@@ -14,7 +14,8 @@ from .config import AcceleratorConfig
 from .delay import delay
 from .interfaces import UnitActivitySignature, VectorReadsSignature
 from .mult import MultiplierTarget
-from .output_stage import OutputStage
+from .vector_bank import ProductBank
+from .vector_lanes import RequantLanes
 from .vector_ops import VectorOps
 
 __all__ = ["VectorCmd", "VectorUnit", "WriteMux"]
@@ -66,14 +67,16 @@ class VectorUnit(wiring.Component):
     the ``b`` (``act_rd``) and channel (``chan_rd``) ports to itself.
 
     VREQUANT: the int32 tensor ``n_rows`` x ``n_elems`` at ``src_addr`` in the
-    accumulator buffer, block by block through the output stage, into the ACT or WGT buffer.
+    accumulator buffer, block by block through the output stage's arithmetic, into the ACT or
+    WGT buffer.
 
     Single-slot: it takes a command when idle (``cmd.ready = ~busy``), as the load and store
     units do, and the decoder's scoreboard keeps its ranges apart from the other units'.
     A walker reads one accumulator entry (``L = cols`` lanes) and the parameter entry of its
-    block every cycle; the rows go through an :class:`~.output_stage.OutputStage` (the same
-    pipeline as the store unit's, with ``wide=True`` for int16 activations); lanes past
-    ``n_elems`` and rows past ``n_rows`` are zeroed on the way out.
+    block every cycle; the rows go through a :class:`~.vector_lanes.RequantLanes` (the
+    store unit's output stage arithmetic, int8 and int16 results, on multipliers it shares
+    with the stream ops' input stage); lanes past ``n_elems`` and rows past ``n_rows`` are
+    zeroed on the way out.
 
     - ``transpose = 0``: blocks in order, rows in order; row ``i`` of block ``b`` is written
       to entry ``dst_addr + b * dst_stride + i``. ``n_rows * nb`` rows.
@@ -99,7 +102,8 @@ class VectorUnit(wiring.Component):
     config : AcceleratorConfig
         Needs ``vector=True`` (a square power-of-two array).
     target : MultiplierTarget or None
-        The output stage's multipliers (as the store unit's); not iCE40 (no int16 output).
+        The datapaths' multipliers: generic or ECP5 (not iCE40: a UP5K's 8 DSPs are fewer
+        than one lane needs).
     """
 
     #: Cycles from a read address to its data (the block RAMs' registered output).
@@ -130,7 +134,7 @@ class VectorUnit(wiring.Component):
             "tile_last": unsigned(1),                 # the tile's last row
         })
         try:
-            self.output_stage = OutputStage(c, self._tag, target, wide=c.act_bits == 16)
+            self.requant = RequantLanes(lanes=c.cols, tag_shape=self._tag, target=target)
         except ValueError:
             self._MustUse__silence = True
             raise
@@ -156,9 +160,9 @@ class VectorUnit(wiring.Component):
 
     @property
     def latency(self) -> int:
-        """Cycles from a row's read to its write (non-transposed): the read, the output
-        stage, the write register."""
-        return self.read_latency + self.output_stage.latency + self.write_latency
+        """Cycles from a row's read to its write (non-transposed): the read, the requantizing
+        datapath, the write register."""
+        return self.read_latency + self.requant.latency + self.write_latency
 
     def cycles(self, n_rows: int, n_elems: int, transpose: bool) -> int:
         """Cycles from the cycle after a VREQUANT is accepted until the unit is idle again:
@@ -170,8 +174,15 @@ class VectorUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.output_stage = ostage = self.output_stage
+        m.submodules.requant = rq = self.requant
         m.submodules.ops = ops = VectorOps(self._config, self._target)
+        # VREQUANT's products and the stream ops' input stage's: one bank (one runs at a
+        # time; sel is held while either has rows in flight, the busy that covers them).
+        m.submodules.bank = bank = ProductBank(
+            rq.target, lanes=self._lanes,
+            users={"prescale": ops.mul.signature.slots, "requant": rq.products})
+        wiring.connect(m, ops.mul, bank.prescale)
+        wiring.connect(m, rq.mul, bank.requant)
         is_requant = self.cmd.payload.opcode == isa.Opcode.VREQUANT
         walk = self._walker(m, is_requant)
         # The other ops run in `ops`, which shares the accumulator and parameter ports
@@ -188,14 +199,17 @@ class VectorUnit(wiring.Component):
             self.acc_rd.en.eq(1),
             self.param_rd.addr.eq(Mux(ops_on, ops.param_rd.addr, walk.param_addr)),
             self.param_rd.en.eq(1),
-            # The entries are on the read ports' data a cycle after their addresses.
-            ostage.i_valid.eq(delay(m, walk.issue, self.read_latency, name="rd_valid_{}")),
-            ostage.i_acc.eq(self.acc_rd.data),
-            ostage.i_params.eq(self.param_rd.data),
-            ostage.i_tag.eq(delay(m, walk.tag, self.read_latency, name="rd_tag_{}")),
+            # The entries are on the read ports' data a cycle after their addresses. (With
+            # o.ready high the datapath always takes a row: i.ready is never low.)
+            rq.i.valid.eq(delay(m, walk.issue, self.read_latency, name="rd_valid_{}")),
+            rq.i.payload.x.eq(self.acc_rd.data),
+            rq.params.eq(self.param_rd.data),
+            rq.i.payload.tag.eq(delay(m, walk.tag, self.read_latency, name="rd_tag_{}")),
+            rq.o.ready.eq(1),
+            bank.sel.eq(walk.busy),
         ]
-        row = self._result_row(m, ostage)
-        w_en, w_addr, w_row, w_act = self._writes(m, ostage, row)
+        row = self._result_row(m, rq.o)
+        w_en, w_addr, w_row, w_act = self._writes(m, rq.o, row)
         ow = ops.act_wr
         m.d.comb += [
             self.act_wr.en.eq((w_en & w_act) | ow.en),
@@ -300,24 +314,25 @@ class VectorUnit(wiring.Component):
                                elements=elements, active=active, start=start, done=done,
                                transpose=tr, busy=Signal(name="requant_busy"))
 
-    def _result_row(self, m: Module, ostage) -> Value:
-        """The output stage's row as ``L`` elements of ``act_bits``: int16 (``o_wide``) into
-        16-bit activations, else int8 (``o_data``, sign-extended); lanes past ``n_elems``
-        and rows past ``n_rows`` zero."""
-        tag = ostage.o_tag
+    def _result_row(self, m: Module, out) -> Value:
+        """The requantized row (``out``, the datapath's output stream) as ``L`` elements of
+        ``act_bits``: int16 into 16-bit activations, else int8 (sign-extended); lanes past
+        ``n_elems`` and rows past ``n_rows`` zero."""
+        tag = out.payload.tag
         row = Signal(data.ArrayLayout(signed(self._elem_bits), self._lanes))
         for lane in range(self._lanes):
-            value = ostage.o_data[lane]
+            y = out.payload.y[lane]
+            value = y.int8
             if self._config.act_bits == 16:
-                value = Mux(tag.to_act, ostage.o_wide[lane], ostage.o_data[lane])
+                value = Mux(tag.to_act, y.int16, y.int8)
             m.d.comb += row[lane].eq(Mux(tag.lanes[lane] & tag.row_valid, value, 0))
         return row
 
-    def _writes(self, m: Module, ostage, row: Value) -> tuple:
+    def _writes(self, m: Module, out, row: Value) -> tuple:
         """The write register, fed by rows (no transpose) or by the transposer's columns.
 
         Returns ``(en, addr, row, to_act)``, registers."""
-        lanes, tag = self._lanes, ostage.o_tag
+        lanes, tag = self._lanes, out.payload.tag
         row_shape = data.ArrayLayout(signed(self._elem_bits), lanes)
         # Tile rows 0 .. L-2 wait here; the last row goes straight into the emitter.
         fill = [Signal(row_shape, name=f"tp_fill{i}", reset_less=True) for i in range(lanes - 1)]
@@ -325,7 +340,7 @@ class VectorUnit(wiring.Component):
         em_mask = Signal(lanes)            # columns of the emitting tile still to go
         em_entry = Signal(len(tag.entry))  # the next column's destination entry
         em_act = Signal()
-        arrive = ostage.o_valid & tag.transpose
+        arrive = out.valid & tag.transpose
         for i in range(lanes - 1):
             with m.If(arrive & ~tag.tile_last & (tag.ii == i)):
                 m.d.sync += fill[i].eq(row)
@@ -346,7 +361,7 @@ class VectorUnit(wiring.Component):
         w_addr = Signal(self._entry_bits)
         w_row = Signal(row_shape, reset_less=True)
         w_act = Signal()
-        direct = ostage.o_valid & ~tag.transpose
+        direct = out.valid & ~tag.transpose
         m.d.sync += [
             w_en.eq(direct | em_mask[0]),
             w_addr.eq(Mux(direct, tag.entry, em_entry)),

@@ -9,7 +9,11 @@ second operand) with a pass-through ``tag`` on an ``amaranth.lib.stream`` input 
 ``L`` results with the tag on a stream output, bit-exact with ``sim.kernels``. The arithmetic
 (``hw.vector_steps``) is a free-running pipeline like the output stage's, generic or ECP5
 (MULT18X18D partial products) after ``target.family``; backpressure is a credit scheme around
-it (:class:`LaneDatapath`).
+it (:class:`LaneDatapath`). The multipliers are not the datapath's own: it drives the
+operands of ``products`` 18x18 products per lane on its ``mul`` port
+(:class:`~.vector_bank.ProductsSignature`) and a :class:`~.vector_bank.ProductBank` outside
+computes them, shared by the datapaths that never run together (the vector unit's ``AddLanes``
+and ``GeluLanes``). :class:`SoloLanes` gives a datapath a bank of its own.
 """
 
 from amaranth import C, Cat, Module, Mux, Shape, Signal, signed, unsigned
@@ -23,10 +27,12 @@ from . import isa
 from .delay import delay
 from .mult import MultiplierTarget
 from .output_steps import Column, check_tag_shape, rounding_half_sum, stage1
+from .output_wide import zero_point_and_clamp
+from .vector_bank import LaneProducts, ProductsSignature, Solo
 from .vector_steps import (lane_arith, lo_hi, ram_delay, round_shift_staged, saturate_to,
                            scalar_stage1, wide_sum)
 
-__all__ = ["LaneDatapath", "PrescaleLanes", "GeluLanes", "AddLanes", "GeluLaneParams",
+__all__ = ["LaneDatapath", "SoloLanes", "PrescaleLanes", "RequantLanes", "REQUANT_RESULT", "GeluLanes", "AddLanes", "GeluLaneParams",
            "AddLaneParams", "GELU_ROM"]
 
 _OUTPUT_PARAMS = data.Layout.cast(isa.OutputParams)
@@ -90,6 +96,9 @@ class LaneDatapath(wiring.Component):
     o : Out(stream.Signature(output_layout))
     params : In(params_layout)
         The subclass says when it is sampled.
+    mul : Out(ProductsSignature(lanes, products))
+        The datapath's products, to a :class:`~.vector_bank.ProductBank` of ``target``
+        (whose ``sel`` must pick this datapath while it has blocks in flight).
     """
 
     def __init__(self, *, lanes: int, tag_shape, target: MultiplierTarget | None = None):
@@ -106,6 +115,7 @@ class LaneDatapath(wiring.Component):
             "i": In(stream.Signature(self.input_layout)),
             "o": Out(stream.Signature(self.output_layout)),
             "params": In(self.params_layout),
+            "mul": Out(ProductsSignature(lanes, self.products)),
         })
 
     @staticmethod
@@ -143,10 +153,14 @@ class LaneDatapath(wiring.Component):
         """Stages of the arithmetic, from the block's acceptance to its result at the FIFO."""
         raise NotImplementedError
 
-    def _lane(self, m: Module, n: int, block, params, shared):
+    #: 18x18 products per lane (slots of the ``mul`` port).
+    products: int
+
+    def _lane(self, m: Module, n: int, block, params, shared, arith):
         """Lane ``n``'s result (a register ``pipeline_latency - 1`` stages after the stage-0
         registers ``block``, the accepted payload, and ``params`` as the subclass samples;
-        ``shared`` is what :meth:`_shared` made for all lanes)."""
+        ``shared`` is what :meth:`_shared` made for all lanes; ``arith`` the family's
+        arithmetic on the lane's product slots)."""
         raise NotImplementedError
 
     def _shared(self, m: Module, block, params):
@@ -165,6 +179,11 @@ class LaneDatapath(wiring.Component):
     @property
     def target(self) -> MultiplierTarget:
         return self._target
+
+    @property
+    def product_latency(self) -> int:
+        """Cycles of each product of the ``mul`` port (the bank's latency)."""
+        return self._arith.PRODUCT_LATENCY
 
     @property
     def credits(self) -> int:
@@ -186,7 +205,11 @@ class LaneDatapath(wiring.Component):
         m.d.sync += block.eq(self.i.payload)
         params = self._stage0_params(m)
         shared = self._shared(m, block, params)
-        results = [self._lane(m, n, block, params, shared) for n in range(self._lanes)]
+        results = []
+        for n in range(self._lanes):
+            slots = LaneProducts(self.mul, n, self.product_latency)
+            results.append(self._lane(m, n, block, params, shared, self._arith.for_lane(slots)))
+            slots.check()                   # the port has exactly the products the lane uses
         stages = self.pipeline_latency
         # (s0_block is stage 0: the results are the registers of stage `stages - 1`)
         done = delay(m, accept, stages, name="s{}_valid")
@@ -221,7 +244,7 @@ class PrescaleLanes(LaneDatapath):
     ``params`` is ``L`` ``isa.OutputParams`` (the parameter-buffer entries ``VREQUANT``
     reads; ``zero_point``, ``lo`` and ``hi`` are ignored), sampled with the block (in the
     cycle it is accepted). ``shift`` saturates into ``[-31, 30]`` as in the output stage.
-    Latency: 10 cycles generic, 17 ECP5 (four MULT18X18D per lane).
+    Latency: 10 cycles generic, 17 ECP5 (four products per lane, ``products``).
     """
 
     @property
@@ -241,9 +264,59 @@ class PrescaleLanes(LaneDatapath):
         m.d.sync += s0.eq(self.params)
         return s0
 
-    def _lane(self, m, n, block, params, shared):
+    products = 4
+
+    def _lane(self, m, n, block, params, shared, arith):
         col = Column(m, n)
-        return self._arith.mbqm(col, stage1(col, block.x[n], params[n]))
+        return arith.mbqm(col, stage1(col, block.x[n], params[n]))
+
+
+#: :class:`RequantLanes`' result per lane: the output stage's int8 (``o_data``) and int16
+#: (``o_wide``) results.
+REQUANT_RESULT = data.StructLayout({"int8": signed(8), "int16": signed(16)})
+
+
+class RequantLanes(LaneDatapath):
+    """VREQUANT's arithmetic: lane ``n`` is the output stage's column with ``params[n]``
+    (``isa.OutputParams``: bias, multiplier, shift, zero point, clamp), bit-exact with
+    ``sim.numerics.output_stage`` (``int8``) and ``sim.kernels.requant`` at 16 bits
+    (``int16``, the output stage's ``wide`` result), built from the output stage's own
+    pipeline pieces: ``stage1``, the MBQM of :class:`PrescaleLanes` before its increment,
+    then ``output_wide.zero_point_and_clamp``. Its products come through the ``mul`` port,
+    so the vector unit shares them with :class:`PrescaleLanes` (VREQUANT never runs beside
+    another op).
+
+    ``params`` is sampled with the block, as in :class:`PrescaleLanes`. Latency: 12 cycles
+    generic, 19 ECP5 (four products per lane).
+    """
+
+    products = 4
+
+    @property
+    def out_shape(self) -> data.StructLayout:
+        return REQUANT_RESULT
+
+    @property
+    def params_layout(self) -> data.Layout:
+        return data.ArrayLayout(isa.OutputParams, self._lanes)
+
+    @property
+    def pipeline_latency(self) -> int:
+        return 1 + self._arith.MBQM_STAGES + 3
+
+    def _stage0_params(self, m):
+        s0 = Signal(self.params_layout, name="s0_params", reset_less=True)
+        m.d.sync += s0.eq(self.params)
+        return s0
+
+    def _lane(self, m, n, block, params, shared, arith):
+        col = Column(m, n)
+        s1 = stage1(col, block.x[n], params[n])
+        s_q, s_inc, sq = arith.mbqm_parts(col, s1)
+        wide = Signal(signed(16), name=f"c{n}_wide")
+        out = col.sync(signed(8), f"s{sq + 3}_out",
+                       zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
+        return Cat(out, wide)
 
 
 class _ActLanes(LaneDatapath):
@@ -290,7 +363,7 @@ class GeluLanes(_ActLanes):
     ``params`` (:data:`GeluLaneParams`) is read while blocks are in flight and must be held
     constant for the whole command (from the first block's acceptance until its last result
     has left). ``in_shift`` must be in ``[1, 62]``; ``out_shift`` saturates into
-    ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 MULT18X18D per lane).
+    ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 products per lane).
     The ROM (:data:`GELU_ROM`, from ``sim.kernels.GELU_TABLE``) has one read port per lane
     and asks for block RAM (``rom_style``): on ECP5 two DP16KD (the 31-bit entry in 18-bit
     halves) per two lanes.
@@ -312,9 +385,11 @@ class GeluLanes(_ActLanes):
         P = self._arith.PRODUCT_LATENCY
         return rom, ram_delay(m, block.x, 2 * P + 10, name="x_delay")
 
-    def _lane(self, m, n, block, params, shared):
+    products = 11
+
+    def _lane(self, m, n, block, params, shared, arith):
         rom, x_late = shared
-        arith, P = self._arith, self._arith.PRODUCT_LATENCY
+        P = arith.PRODUCT_LATENCY
         col = Column(m, n)
         x = block.x[n]
         x_lo, x_hi = lo_hi(x)
@@ -375,7 +450,7 @@ class AddLanes(_ActLanes):
         P + 11   saturated to act_bits
 
     ``params`` (:data:`AddLaneParams`) is held constant for the whole command, shifts in
-    ``[1, 62]``. Latency: 15 cycles generic, 19 ECP5 (six MULT18X18D per lane).
+    ``[1, 62]``. Latency: 15 cycles generic, 19 ECP5 (six products per lane).
     """
 
     @property
@@ -393,8 +468,10 @@ class AddLanes(_ActLanes):
     def pipeline_latency(self) -> int:
         return self._arith.PRODUCT_LATENCY + 12
 
-    def _lane(self, m, n, block, params, shared):
-        arith, P = self._arith, self._arith.PRODUCT_LATENCY
+    products = 6
+
+    def _lane(self, m, n, block, params, shared, arith):
+        P = arith.PRODUCT_LATENCY
         col = Column(m, n)
         prod = lambda a, b, name: arith.product(col, a, b, P, name)
         x_lo, x_hi = lo_hi(block.x[n])
@@ -419,3 +496,19 @@ class AddLanes(_ActLanes):
         s_r = col.sync(signed(24), f"s{P + 10}_r", (s_sum[11:].as_signed() + 1) >> 1)
         return col.sync(signed(self._act_bits), f"s{P + 11}_out",
                         saturate_to(s_r, self._act_bits))
+
+
+class SoloLanes(Solo):
+    """A lane datapath with a :class:`~.vector_bank.ProductBank` of its own (of the
+    datapath's target): the datapath alone, with its ports but ``mul`` (for its tests and
+    ``synth-lanes``; the vector unit shares one bank between ``AddLanes`` and
+    ``GeluLanes``). Other attributes (``latency``, ``credits``, ``lanes``, ...) are the
+    datapath's."""
+
+    def __init__(self, datapath: LaneDatapath):
+        assert isinstance(datapath, LaneDatapath), datapath
+        super().__init__(datapath, target=datapath.target)
+
+    @property
+    def datapath(self) -> LaneDatapath:
+        return self.engine

@@ -20,6 +20,7 @@ from .config import AcceleratorConfig
 from .delay import delay
 from .interfaces import VectorReadsSignature
 from .mult import MultiplierTarget
+from .vector_bank import ProductBank, ProductsSignature, product_latency
 from .vector_lanes import AddLanes, GeluLanes, PrescaleLanes
 from .vector_rows import LayerNormRow, RowPass, SoftmaxRow
 
@@ -90,6 +91,12 @@ class VectorOps(wiring.Component):
         ``vector=True``.
     target : MultiplierTarget or None
         The engines' arithmetic (generic or ECP5).
+
+    Attributes
+    ----------
+    mul : Out(ProductsSignature(cols, PrescaleLanes.products))
+        The input stage's products, to a :class:`~.vector_bank.ProductBank` outside (the
+        vector unit shares it with VREQUANT's datapath); the engines' bank is inside.
     """
 
     #: Blocks issued and not yet taken from the FIFO, at most.
@@ -137,17 +144,21 @@ class VectorOps(wiring.Component):
                                                     shape=data.ArrayLayout(signed(a), L))),
             "busy": Out(1),
             "reads": Out(VectorReadsSignature(L)),
+            "mul": Out(ProductsSignature(L, PrescaleLanes.products)),
         })
 
     def _make_engines(self, *, silent: bool = False) -> SimpleNamespace:
-        """The input stage and the four engines (``silent``: only to ask their latencies)."""
+        """The input stage and the four engines (``silent``: only to ask their
+        latencies)."""
         c, L, t = self._config, self._lanes, self._target
         e = SimpleNamespace(
             prescale=PrescaleLanes(lanes=L, tag_shape=self._rest, target=t),
             add=AddLanes(lanes=L, act_bits=c.act_bits, tag_shape=self._write_tag, target=t),
             gelu=GeluLanes(lanes=L, act_bits=c.act_bits, tag_shape=self._write_tag, target=t),
-            softmax=SoftmaxRow(c, tag_shape=self._rest["entry"].shape),
-            layernorm=LayerNormRow(c, tag_shape=self._rest["entry"].shape))
+            softmax=SoftmaxRow(c, tag_shape=self._rest["entry"].shape, target=t),
+            layernorm=LayerNormRow(c, tag_shape=self._rest["entry"].shape, target=t))
+        assert all(engine.product_latency == product_latency(e.add.target)
+                   for engine in vars(e).values())
         if silent:
             for engine in vars(e).values():
                 engine._MustUse__silence = True
@@ -204,6 +215,7 @@ class VectorOps(wiring.Component):
         f = self._block_fifo(m, cmd, walk)
         mid = self._input_stage(m, e, cmd, f)
         self._engines(m, e, op, mid)
+        self._banks(m, e, op)
         w_en = self._writes(m, e)
 
         # Busy until every output block the walker issued is written.
@@ -313,6 +325,22 @@ class VectorOps(wiring.Component):
             pre_addr=pre_k[:len(self.param_rd.addr)], ch_addr=ch_k[:len(self.chan_rd.addr)],
             tag=tag, elements=elements, take=take, setup=setup, scalars_ready=ready,
             busy=setup | ready | run, done=done)
+
+    def _banks(self, m: Module, e, op) -> None:
+        """The engines' multipliers. The input stage runs beside an engine: its products go
+        out on ``mul``; the four engines never run together and share one bank (as many
+        multipliers per lane as the hungriest engine needs), which the command's opcode
+        selects."""
+        t, L = self._target or MultiplierTarget(), self._lanes
+        slots = lambda engine: engine.mul.signature.slots
+        wiring.connect(m, wiring.flipped(self.mul), e.prescale.mul)
+        m.submodules.bank = bank = ProductBank(
+            t, lanes=L, users={o.name.lower(): slots(self._engine(e, o)) for o in STREAM_OPCODES})
+        for index, o in enumerate(STREAM_OPCODES):   # (the bank's users in this order)
+            name = o.name.lower()
+            wiring.connect(m, self._engine(e, o).mul, getattr(bank, name))
+            with m.If(getattr(op, name)):
+                m.d.comb += bank.sel.eq(index)
 
     def _decode_params(self, m: Module, e, cmd, op, ready) -> None:
         """The engines' constants from the scalars entry (``param_rd`` in ``ready``), held

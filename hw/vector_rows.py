@@ -27,9 +27,10 @@ row storage: rows of up to 4095 elements do not fit in the engine).
 - After the block with ``last`` of a pass, ``want_pass`` is ``WAIT`` until the engine has
   finished with that pass (pipeline drain, row-unit steps), then the next pass.
 - ``o`` (a stream) carries one output block (``L`` x ``act_bits``; lanes outside the row are
-  0) per block of the output pass, in order, with its ``tag`` and ``last``, from a 16-entry
-  FIFO. Backpressure on ``o`` never stalls the pipeline: ``i.ready`` drops on the output
-  pass while the FIFO has no entry left for another block in flight.
+  0) per block of the output pass, in order, with its ``tag`` and ``last``, from a FIFO
+  (``out_depth`` entries: 16, 32 with the ECP5 products). Backpressure on ``o`` never stalls
+  the pipeline: ``i.ready`` drops on the output pass while the FIFO has no entry left for
+  another block in flight.
 - ``cfg`` holds the instruction's constants; it must be stable from the cycle the first block
   of a row is offered until that row's last output block is taken.
 - ``busy``: a row is in progress or a block is still in the pipeline.
@@ -39,11 +40,12 @@ sends a block in every cycle it may, a sink always ready), from the first block 
 pass to the last output block of the row, both included (``row_cycles(nb)``, checked against
 simulation by ``tests/test_vector_rows.py``)::
 
-    SoftmaxRow:    3 nb + 2 ceil(log2 L) + 43     (L = 8: 3 nb + 49)
-    LayerNormRow:  3 nb + 2 ceil(log2 L) + 164    (L = 8: 3 nb + 170)
+    SoftmaxRow:    3 nb + 2 ceil(log2 L) + 43 + 4 (P - 1)    (L = 8: 3 nb + 49 + 4 (P - 1))
+    LayerNormRow:  3 nb + 2 ceil(log2 L) + 164 + 6 (P - 1)   (L = 8: 3 nb + 170 + 6 (P - 1))
 
-``3 nb`` for the passes; the rest is the pipeline drains (10 and 14 stages, then the output
-FIFO's one, to the output, the
+with ``P`` the products' latency (``target``: 1 generic, 5 ECP5). ``3 nb`` for the passes;
+the rest is the pipeline drains (10 and 14 stages with ``P = 1``, 2 and 3 products more
+with each ``P - 1`` deeper, then the output FIFO's one, to the output, the
 reduction trees' ``ceil(log2 L)`` levels), two cycles of hand-over per pass and the row
 unit: softmax's 17-cycle division (+1), LayerNorm's two 32-cycle divisions after pass 1 (+1
 each, +1 to set up the second) and its 31-cycle square root and 32-cycle division after
@@ -60,11 +62,14 @@ from amaranth.lib.wiring import In, Out
 
 from ..sim import kernels
 from .config import AcceleratorConfig
-from .vector_rowsteps import (Pipe, bit_length_steps, fits_above, limb_products, limb_sum,
+from .mult import Family, MultiplierTarget
+from .vector_bank import LaneProducts, ProductsSignature, Solo, product_latency
+from .vector_rowsteps import (Pipe, bit_length_steps, ceil_log2, fits_above, limb_count,
+                              limb_products, limb_sum,
                               mask_from, shift_right_low, smax, smin, tree_levels, tree_reduce)
 
 __all__ = ["RowPass", "SequentialDivider", "SequentialSqrt", "SoftmaxRow", "LayerNormRow",
-           "softmax_cfg_layout", "layernorm_cfg_layout"]
+           "SoloRow", "softmax_cfg_layout", "layernorm_cfg_layout"]
 
 
 class RowPass(enum.Enum, shape=2):
@@ -172,15 +177,29 @@ def _check_config(config) -> AcceleratorConfig:
     return config
 
 
+def _check_target(target) -> MultiplierTarget:
+    target = MultiplierTarget() if target is None else target
+    if not isinstance(target, MultiplierTarget):
+        raise TypeError(f"target must be a MultiplierTarget or None, not {target!r}")
+    if target.family not in (Family.GENERIC, Family.ECP5):
+        raise ValueError(f"the row engines support the generic and ecp5 families, "
+                         f"not {target.family.value}")
+    return target
+
+
 class _RowEngine(wiring.Component):
     """Ports, the input register stage and the block counter of both engines.
 
     Subclasses pass the ``cfg`` layout and ``extra_in`` (payload fields beyond ``data``,
-    ``b``, ``lanes``, ``last``, ``tag``), and build the lanes and the pass sequence.
+    ``b``, ``lanes``, ``last``, ``tag``), and build the lanes and the pass sequence. The
+    multipliers are outside, on the ``mul`` port (``hw.vector_bank``): the vector unit's
+    engines that never run together share them.
     """
 
-    def __init__(self, config: AcceleratorConfig, tag_shape, cfg_layout, extra_in: dict):
+    def __init__(self, config: AcceleratorConfig, tag_shape, cfg_layout, extra_in: dict,
+                 target: MultiplierTarget | None):
         self._config = _check_config(config)
+        self._target = _check_target(target)
         self._tag_shape = tag_shape
         L, a = config.cols, config.act_bits
         self.in_layout = data.StructLayout({
@@ -199,11 +218,26 @@ class _RowEngine(wiring.Component):
             "cfg": In(cfg_layout),
             "want_pass": Out(RowPass),
             "busy": Out(1),
+            "mul": Out(ProductsSignature(L, self.products)),
         })
+
+    #: 18x18 products per lane: slots of the ``mul`` port, to a
+    #: :class:`~.vector_bank.ProductBank` of ``target`` (products ``product_latency`` cycles
+    #: after their operands), whose ``sel`` picks this engine while it has blocks in flight.
+    products: int
 
     @property
     def lanes(self) -> int:
         return self._config.cols
+
+    @property
+    def target(self) -> MultiplierTarget:
+        return self._target
+
+    @property
+    def product_latency(self) -> int:
+        """``P``: cycles of each product of the ``mul`` port (1 generic, 5 ECP5)."""
+        return product_latency(self._target)
 
     @property
     def act_bits(self) -> int:
@@ -247,8 +281,11 @@ class _RowEngine(wiring.Component):
         return take, blk, s1, ctl
 
 
-    #: Output FIFO entries: more than the blocks the pipeline holds, so it never stalls.
-    OUT_DEPTH = 16
+    @property
+    def out_depth(self) -> int:
+        """Output FIFO entries: more than the blocks the pipeline holds, so it never
+        stalls."""
+        return max(16, 1 << ceil_log2(self.output_latency + 1))
 
     def _out_fifo(self, m: Module, take_out, leave_out, out_val) -> tuple:
         """The output FIFO: ``o`` reads it; ``leave_out`` writes ``out_val`` (the pipeline's
@@ -257,13 +294,13 @@ class _RowEngine(wiring.Component):
         block in flight, so backpressure on ``o`` never reaches the pipeline registers (a
         global stall would be one net into every register's clock enable)."""
         m.submodules.out_fifo = f = fifo.SyncFIFO(width=Shape.cast(self.out_layout).width,
-                                                  depth=self.OUT_DEPTH)
-        inflight = Signal(range(self.OUT_DEPTH + 1))
+                                                  depth=self.out_depth)
+        inflight = Signal(range(self.out_depth + 1))
         m.d.sync += inflight.eq(inflight + take_out - leave_out)
         room = Signal()
         m.d.comb += [f.w_en.eq(leave_out), f.w_data.eq(out_val), f.r_en.eq(self.o.ready),
                      self.o.valid.eq(f.r_rdy), self.o.payload.eq(f.r_data),
-                     room.eq(inflight + f.level < self.OUT_DEPTH)]
+                     room.eq(inflight + f.level < self.out_depth)]
         return room, f.r_rdy
 
 
@@ -314,19 +351,23 @@ class SoftmaxRow(_RowEngine):
     follow from ``config.act_bits``.
     """
 
-    # Stage numbers (stage 1 is the input register).
-    _S_T = 2        # t, live
-    _S_D = 3        # d
-    _S_P = 4        # d * multiplier as four limb products
-    _S_W = 5        # + 2**(shift-1)
-    _S_ZR = 6       # z, r
-    _S_OP = 7       # the 18x18 multiplier's operands
-    _S_PROD = 8     # its product, and the addend
-    _S_SUM = 9      # product + addend
-    _S_RES = 10     # e (pass 2) or q (pass 3): the output register
+    #: ``d * multiplier`` (33 x 29 bits: four limb products) and the 17x17 square / ``e * R``.
+    products = limb_count(33, 29) + 1
 
-    def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1)):
-        super().__init__(_check_config(config), tag_shape, softmax_cfg_layout(), {})
+    def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1),
+                 target: MultiplierTarget | None = None):
+        super().__init__(_check_config(config), tag_shape, softmax_cfg_layout(), {}, target)
+        # Stage numbers (stage 1 is the input register), with the product latency P.
+        P = self.product_latency
+        self._S_T = 2                   # t, live
+        self._S_D = 3                   # d
+        self._S_P = self._S_D + P       # d * multiplier as four limb products
+        self._S_W = self._S_P + 1       # + 2**(shift-1)
+        self._S_ZR = self._S_W + 1      # z, r
+        self._S_OP = self._S_ZR + 1     # the 18x18 multiplier's operands
+        self._S_PROD = self._S_OP + P   # its product, and the addend
+        self._S_SUM = self._S_PROD + 1  # product + addend
+        self._S_RES = self._S_SUM + 1   # e (pass 2) or q (pass 3): the output register
         self._k = 34 - config.act_bits
         self._numerator = kernels.act_range(config.act_bits)[1] << self._k
 
@@ -370,7 +411,9 @@ class SoftmaxRow(_RowEngine):
                                                  depth=self.max_blocks, init=[])
         rd = ebuf.read_port()
         wr = ebuf.write_port()
-        m.d.comb += [rd.addr.eq(blk), rd.en.eq(en)]   # data arrives with stage 1
+        # The block's e is read when it is at stage _S_OP - 2, so that it arrives as op_a's
+        # operand (no delay line of e in the lanes).
+        m.d.comb += [rd.addr.eq(ctl[self._S_OP - 2].c.blk), rd.en.eq(en)]
 
         m_row = Signal(signed(34))          # the row maximum (pass 1's result)
         r_row = Signal(17)                  # the reciprocal (after pass 2)
@@ -429,27 +472,31 @@ class SoftmaxRow(_RowEngine):
             lm = Module()
             m.submodules[f"lane{i}"] = lm
             lp = Pipe(lm, pipe.en)
+            slots = LaneProducts(self.mul, i, self.product_latency)
             x, b = s1.data[i], s1.b[i]
             t = lp.reg(signed(34), n + "t", x + b)
             live = lp.reg(1, n + "live", s1.lanes[i] & (b != sentinel))
             tv.append(Mux(live, t, -(1 << 33)))
             d = lp.reg(33, n + "d", Mux(live, m_row - t, 0))
-            p = limb_products(lp, d, cfg.multiplier, n + "p")   # 4 registered 17x17
+            p = limb_products(lp, d, cfg.multiplier, n + "p", slots)   # 4 17x17, P cycles
             w = lp.reg(63, n + "w", limb_sum(p) + half)
             v = Signal(20, name=n + "v")        # v's low 20 bits; v >= 2**20 saturates z
             lm.d.comb += v.eq(shift_right_low(lm, w, cfg.shift, 20, n + "vsh"))
             sat = (w & big_mask).any() | (v[15:] >= kernels.EXP_Z_MAX)
             z = lp.reg(5, n + "z", Mux(sat, kernels.EXP_Z_MAX, v[15:20]))
             r = lp.reg(15, n + "r", v[:15])
-            e_buf = lp.delay(ebuf_data[i], self._S_OP - 2, n + "ebuf")
+            e_buf = ebuf_data[i]                # (read for stage _S_OP - 1)
             base = kernels.EXP_B - r
             op_a = lp.reg(17, n + "op_a", Mux(pass3_op, e_buf, base))
             op_b = lp.reg(17, n + "op_b", Mux(pass3_op, r_row, base))
             z_op = lp.reg(5, n + "z_op", z)
-            prod = lp.reg(34, n + "prod", op_a * op_b)
-            addend = lp.reg(34, n + "addend",
-                              kernels.EXP_C + (Const(1 << (kernels.EXP_DROP - 1), 34) << z_op))
-            z_prod = lp.reg(5, n + "z_prod", z_op)
+            prod = slots.take(lm, op_a, op_b)[:34]      # P cycles, in the bank
+            # (computed a stage after the operands, then waiting for the product)
+            addend = lp.delay(
+                lp.reg(34, n + "addend",
+                       kernels.EXP_C + (Const(1 << (kernels.EXP_DROP - 1), 34) << z_op)),
+                self.product_latency - 1, n + "addend")
+            z_prod = lp.delay(z_op, self.product_latency, n + "z_prod")
             live_sum = lp.delay(live, self._S_SUM - self._S_T, n + "live")
             total = lp.reg(35, n + "total", prod + Mux(pass3_sum, rnd_q, addend))
             z_sum = lp.reg(5, n + "z_sum", z_prod)
@@ -457,6 +504,7 @@ class SoftmaxRow(_RowEngine):
             q = total >> self._k
             res.append(lp.reg(17, n + "res", Mux(ctl[self._S_SUM].c.pass_ == RowPass.OUTPUT,
                                                    q, e)))
+            slots.check()
         return tv, res
 
     def _fsm(self, m: Module, take, want, pass_done, s_row, r_row) -> None:
@@ -521,8 +569,9 @@ class LayerNormRow(_RowEngine):
        min(2**52 // max(sig, 1), 2**32 - 1)`` (the divider again, 32 cycles).
     3. ``OUTPUT`` (also reads ``gamma`` = ``G[j]``, ``beta`` = ``Bw[j]`` of the block's
        lanes): ``w = (c' * I + 2**29) >> 30``, ``y = sat((w * G + Bw + 2**(out_shift-1)) >>
-       out_shift)``. ``gamma`` and ``beta`` wait in a 16-entry FIFO (LUT RAM) from the input
-       to the stage that uses them instead of travelling down the pipeline registers.
+       out_shift)``. ``gamma`` and ``beta`` wait in FIFOs (LUT RAM; 16 entries, 32 with the
+       ECP5 products) from the input to the stages that use them instead of travelling down
+       the pipeline registers.
 
     Multipliers per lane: ``res * res_mult`` (16x24), one 24x33 shared by ``c'**2`` (pass
     2) and ``c' * I`` (pass 3), ``w * G`` (24x18). ``cfg``: :func:`layernorm_cfg_layout`
@@ -530,25 +579,33 @@ class LayerNormRow(_RowEngine):
     ``out_shift`` in ``[1, 37]``, ``res_shift`` in ``[1, 62]``).
     """
 
-    _S_PR = 2       # res * res_mult (limb products)
-    _S_RND = 3      # + 2**(res_shift-1)
-    _S_RR = 4       # >> res_shift
-    _S_H = 5        # h (pass 1 taps here)
-    _S_DH = 6       # h - mu
-    _S_C = 7        # c'
-    _S_OP = 8       # the shared multiplier's operands
-    _S_PROD = 9     # c'**2 or c' * I as four limb products
-    _S_FULL = 10    # their sum (pass 2 taps here)
-    _S_W = 11       # w (gamma and beta leave the FIFO here)
-    _S_WG = 12      # w * G (limb products), Bw
-    _S_Y0 = 13      # w * G + Bw + 2**(out_shift-1)
-    _S_Y = 14       # the output register
-    _FIFO_DEPTH = 16
+    #: ``res * res_mult`` (16 x 24 bits), ``c'**2`` / ``c' * I`` (24 x 33), ``w * G`` (24 x
+    #: 18: the gamma's sign limb is a fabric product).
+    products = limb_count(16, 24) + limb_count(24, 33) + limb_count(24, 18)
 
-    def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1)):
+    def __init__(self, config: AcceleratorConfig, tag_shape=unsigned(1),
+                 target: MultiplierTarget | None = None):
         L = _check_config(config).cols
         super().__init__(config, tag_shape, layernorm_cfg_layout(), {
-            "gamma": data.ArrayLayout(signed(18), L), "beta": data.ArrayLayout(signed(62), L)})
+            "gamma": data.ArrayLayout(signed(18), L), "beta": data.ArrayLayout(signed(62), L)},
+            target)
+        # Stage numbers (stage 1 is the input register), with the product latency P.
+        P = self.product_latency
+        self._S_PR = 1 + P              # res * res_mult (limb products)
+        self._S_RND = self._S_PR + 1    # + 2**(res_shift-1)
+        self._S_RR = self._S_RND + 1    # >> res_shift
+        self._S_H = self._S_RR + 1      # h (pass 1 taps here)
+        self._S_DH = self._S_H + 1      # h - mu
+        self._S_C = self._S_DH + 1      # c'
+        self._S_OP = self._S_C + 1      # the shared multiplier's operands
+        self._S_PROD = self._S_OP + P   # c'**2 or c' * I as four limb products
+        self._S_FULL = self._S_PROD + 1  # their sum (pass 2 taps here)
+        self._S_W = self._S_FULL + 1    # w (gamma and beta leave the FIFO here)
+        self._S_WG = self._S_W + P      # w * G (limb products), Bw
+        self._S_Y0 = self._S_WG + 1     # w * G + Bw + 2**(out_shift-1)
+        self._S_Y = self._S_Y0 + 1      # the output register
+        # gamma and beta wait for up to _S_WG - 1 blocks
+        self._fifo_depth = max(16, 1 << ceil_log2(self._S_WG))
 
     @property
     def divider(self) -> int:
@@ -584,13 +641,19 @@ class LayerNormRow(_RowEngine):
         depth = max(self._S_Y, self._S_FULL + self.levels)
         take, blk, s1, ctl = self._front(m, pipe, want, depth, room)
 
-        # gamma and beta of the output pass, from the input to stage _S_W.
-        m.submodules.gamma_beta = pfifo = fifo.SyncFIFO(width=L * 80, depth=self._FIFO_DEPTH)
-        m.d.comb += [pfifo.w_data.eq(Cat(self.i.payload.gamma, self.i.payload.beta)),
-                     pfifo.w_en.eq(take & (want == RowPass.OUTPUT)),
-                     pfifo.r_en.eq(en & ctl[self._S_W].is_(RowPass.OUTPUT))]
-        gamma = data.View(data.ArrayLayout(signed(18), L), pfifo.r_data[:18 * L])
-        beta = data.View(data.ArrayLayout(signed(62), L), pfifo.r_data[18 * L:])
+        # gamma and beta of the output pass, from the input to the stages that use them: G
+        # into w * G at _S_W, Bw into its register at _S_WG (in a FIFO, not a delay line).
+        side = {}
+        for name, stage in (("gamma", self._S_W), ("beta", self._S_WG - 1)):
+            assert self._fifo_depth > stage   # a slot for every output-pass block in flight
+            shape = self.in_layout[name].shape
+            m.submodules[name] = f = fifo.SyncFIFO(width=Shape.cast(shape).width,
+                                                   depth=self._fifo_depth)
+            m.d.comb += [f.w_data.eq(self.i.payload[name]),
+                         f.w_en.eq(take & (want == RowPass.OUTPUT)),
+                         f.r_en.eq(en & ctl[stage].is_(RowPass.OUTPUT))]
+            side[name] = data.View(shape, f.r_data)
+        gamma, beta = side["gamma"], side["beta"]
 
         row = _LayerNormRowState(m)
         lanes = self._lanes(m, pipe, s1, ctl, row, gamma, beta)
@@ -652,8 +715,9 @@ class LayerNormRow(_RowEngine):
             lm = Module()
             m.submodules[f"lane{i}"] = lm
             lp = Pipe(lm, pipe.en)
-            pr = limb_products(lp, s1.b[i], cfg.res_mult, n + "pr")
-            x2 = lp.reg(signed(32), n + "x2", s1.data[i])
+            slots = LaneProducts(self.mul, i, self.product_latency)
+            pr = limb_products(lp, s1.b[i], cfg.res_mult, n + "pr", slots)
+            x2 = lp.delay(s1.data[i], self.product_latency, n + "x")   # beside res * res_mult
             rnd = lp.reg(signed(42), n + "rnd", limb_sum(pr) + rs_half)
             x3 = lp.reg(signed(32), n + "x3", x2)
             # |rr| >= 2**32 saturates h whatever x is: rr saturates at 34 bits.
@@ -677,11 +741,11 @@ class LayerNormRow(_RowEngine):
             op_a = lp.reg(signed(24), n + "op_a", c)
             op_b = lp.reg(signed(33), n + "op_b", Mux(pass3_op, row.inv, c))
             prod = lp.reg(signed(57), n + "prod", limb_sum(limb_products(lp, op_a, op_b,
-                                                                           n + "prod")))
+                                                                           n + "prod", slots)))
             in_row_p = lp.delay(in_row_h, self._S_FULL - self._S_H, n + "lane")
             out["sq"].append(Mux(in_row_p, prod[:47], 0))
             w = lp.reg(signed(24), n + "w", ((prod + (1 << 29)) >> 30)[:24].as_signed())
-            wg = limb_products(lp, w, gamma[i], n + "wg")
+            wg = limb_products(lp, w, gamma[i], n + "wg", slots)
             bw = lp.reg(signed(62), n + "bw", beta[i])
             y0 = lp.reg(signed(64), n + "y0", limb_sum(wg) + bw + sg_half)
             in_row_y = lp.delay(in_row_p, self._S_Y0 - self._S_FULL, n + "lane")
@@ -689,6 +753,7 @@ class LayerNormRow(_RowEngine):
             sat = Mux(y0[-1], lo, hi)
             out["y"].append(lp.reg(signed(self.act_bits), n + "y",
                                    Mux(~in_row_y, 0, Mux(fits_above(y0, y_mask), ys, sat))))
+            slots.check()
         return out
 
     def _fsm(self, m: Module, take, want, pass_done, row) -> None:
@@ -795,3 +860,13 @@ class _LayerNormRowState:
         self.eps = Signal(62)               # E
         self.q = Signal(58)                 # sum of c'**2
         self.inv = Signal(32)               # I
+
+
+class SoloRow(Solo):
+    """A row engine with a :class:`~.vector_bank.ProductBank` of its own (of the engine's
+    target): the engine alone, with its ports but ``mul`` (its tests, block synthesis).
+    Other attributes are the engine's."""
+
+    def __init__(self, engine: _RowEngine):
+        assert isinstance(engine, _RowEngine), engine
+        super().__init__(engine, target=engine.target)

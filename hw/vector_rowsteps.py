@@ -12,7 +12,8 @@ from amaranth import C, Cat, Const, Module, Mux, Signal, Value
 from .delay import delay
 
 __all__ = ["Pipe", "tree_reduce", "tree_levels", "bit_length_steps", "ceil_log2", "smax", "smin",
-           "shift_right_low", "mask_from", "fits_above", "LIMB", "limb_products", "limb_sum"]
+           "shift_right_low", "mask_from", "fits_above", "LIMB", "limb_products", "limb_count",
+           "limb_sum"]
 
 
 def ceil_log2(n: int) -> int:
@@ -159,17 +160,34 @@ def _limbs(v: Value) -> list:
     return out
 
 
-def limb_products(pipe: Pipe, a, b, name: str) -> list:
-    """The registered partial products of ``a * b`` over 17-bit limbs of both operands, each
-    an 18x18-class product (one DSP) between registers: a wide product in one cycle would run
-    the DSP and the fabric adders of its partial products in one path. Returns ``(product,
-    shift)`` pairs; :func:`limb_sum` of them (in the next stage) is ``a * b``."""
+def limb_products(pipe: Pipe, a, b, name: str, products) -> list:
+    """The partial products of ``a * b`` over 17-bit limbs of both operands, each an
+    18x18-class product (one DSP) between registers: a wide product in one cycle would run
+    the DSP and the fabric adders of its partial products in one path. The products come
+    from the lane's slots ``products`` (a :class:`~.vector_bank.LaneProducts`), ``P =
+    products.latency`` pipe steps after ``a`` and ``b``, but for a 1-bit limb (a sign), whose
+    product is a register in fabric (delayed to the same stage). Returns ``(product,
+    shift)`` pairs at their exact widths; :func:`limb_sum` of them (in the next stage) is
+    ``a * b``."""
     out = []
     for la, sa in _limbs(a):
         for lb, sb in _limbs(b):
             shape = (Value.cast(la * lb)).shape()
-            out.append((pipe.reg(shape, f"{name}_pp{sa // LIMB}{sb // LIMB}", la * lb), sa + sb))
+            if min(len(la), len(lb)) == 1:
+                pp = f"{name}_pp{sa // LIMB}{sb // LIMB}"
+                p = pipe.delay(pipe.reg(shape, pp, la * lb), products.latency - 1, pp)
+            else:
+                raw = products.take(pipe.m, la, lb)
+                p = raw[:shape.width].as_signed() if shape.signed else raw[:shape.width]
+            out.append((p, sa + sb))
     return out
+
+
+def limb_count(a_width: int, b_width: int) -> int:
+    """Bank slots :func:`limb_products` takes for operands of these widths."""
+    def widths(w):
+        return [min(LIMB, w - lo) for lo in range(0, w, LIMB)]
+    return sum(1 for x in widths(a_width) for y in widths(b_width) if min(x, y) > 1)
 
 
 def limb_sum(products: list):

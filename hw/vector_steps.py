@@ -3,7 +3,8 @@
 Two families of products, as separate classes with one interface (:class:`GenericLaneArith`,
 :class:`ECP5LaneArith`, picked by :func:`lane_arith`): the wide products of the kernels
 (``x * in_mult``, ``x * phi``, ...) split into partial products of 16-bit halves that each fit
-one 18x18 DSP, and ``MultiplyByQuantizedMultiplier`` built from the output stage's own steps
+one 18x18 DSP (a slot of the lane's :class:`~.vector_bank.ProductBank`, which engines that
+never run together share), and ``MultiplyByQuantizedMultiplier`` built from the output stage's own steps
 (``hw.output_steps``, ``hw.output_wide``), so there is one MBQM in the gateware.
 
 Everything here works on one lane's :class:`~.output_steps.Column` (names ``c{lane}_...``)
@@ -18,17 +19,19 @@ from amaranth import C, Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib.memory import Memory
 
 from .delay import delay
-from .mult import Family, Multiplier, MultiplierTarget
+from .mult import Family, MultiplierTarget
 from .output_steps import (Column, Stage1, byte_shift, carry_in_sum, carry_save_sum,
                            saturate_shift)
 from .output_wide import ECP5OutputStage, GenericOutputStage, high_mul
+from .vector_bank import LaneProducts, product_latency
 
 __all__ = ["GenericLaneArith", "ECP5LaneArith", "lane_arith", "scalar_stage1", "lo_hi",
            "wide_sum", "round_shift_staged", "saturate_to", "ram_delay"]
 
 
 class GenericLaneArith:
-    """Plain registered ``*`` partial products and the generic output stage's MBQM."""
+    """Registered ``*`` partial products (from a :class:`~.vector_bank.ProductBank`) and the
+    generic output stage's MBQM."""
 
     #: Cycles of every partial product.
     PRODUCT_LATENCY = 1
@@ -36,47 +39,53 @@ class GenericLaneArith:
     #: ``h``, the division, the ``q + inc`` add.
     MBQM_STAGES = 1 + PRODUCT_LATENCY + 2 + 1 + 1
 
-    def __init__(self, target: MultiplierTarget):
+    def __init__(self, target: MultiplierTarget, products: LaneProducts | None = None):
+        assert self.PRODUCT_LATENCY == product_latency(target)
         self.target = target
+        self.products = products
+
+    def for_lane(self, products: LaneProducts) -> "GenericLaneArith":
+        """The same arithmetic with its products from one lane's bank slots."""
+        return type(self)(self.target, products)
 
     def product(self, col: Column, a, b, stage: int, name: str):
-        """``a * b`` (each at most 18 bits signed or 17 unsigned) in register ``s{stage}_{name}``,
-        ``PRODUCT_LATENCY`` cycles after ``a`` and ``b``."""
-        return col.sync(signed(len(a) + len(b) + 1), f"s{stage}_{name}", a * b)
+        """``a * b`` (each at most 18 bits signed or 17 unsigned) as a stage-``stage`` value
+        (36 bits signed), ``PRODUCT_LATENCY`` cycles after ``a`` and ``b``: the lane's next
+        multiplier slot (:meth:`for_lane`); ``name`` only documents the call."""
+        return self.products.take(col.m, a, b)
 
-    def mbqm(self, col: Column, s1: Stage1):
-        """``MultiplyByQuantizedMultiplier(s1.x, s1.mul, shift)`` of the stage-1 registers (only
-        ``x``, ``left``, ``right``, ``mul`` are used): the generic output stage's shift, four
-        partial products, high multiply and RoundingDivideByPOT, then the rounding increment
-        added (where the output stage adds the zero point). Returns the int32 result, a
-        register of stage ``1 + MBQM_STAGES``."""
+    def mbqm_parts(self, col: Column, s1: Stage1):
+        """MBQM of the stage-1 registers (only ``x``, ``left``, ``right``, ``mul`` are used)
+        before its rounding increment: the generic output stage's shift, four partial
+        products, high multiply and RoundingDivideByPOT. Returns ``(q, inc, sq)``, ``q`` and
+        ``inc`` registers of stage ``sq = MBQM_STAGES`` (the output stage's ``_divide``)."""
         s2_mul = col.delay(s1.mul, 1, 2, "mul")
         s2_a = col.sync(signed(32), "s2_a", (s1.x << s1.left)[:32].as_signed())
         sp = 2 + self.PRODUCT_LATENCY
         s_h = high_mul(col, s2_a, s2_mul, sp,
                        lambda a, b, name: self.product(col, a, b, sp, name))
         s_q, s_inc = GenericOutputStage._divide(col, s1, s_h, sp)
-        return _add_increment(col, s_q, s_inc, sp + 3)
+        return s_q, s_inc, sp + 3
+
+    def mbqm(self, col: Column, s1: Stage1):
+        """``MultiplyByQuantizedMultiplier(s1.x, s1.mul, shift)`` of the stage-1 registers (only
+        ``x``, ``left``, ``right``, ``mul`` are used): :meth:`mbqm_parts`, then the rounding
+        increment added (where the output stage adds the zero point). Returns the int32
+        result, a register of stage ``1 + MBQM_STAGES``."""
+        return _add_increment(col, *self.mbqm_parts(col, s1))
 
 
 class ECP5LaneArith(GenericLaneArith):
-    """MULT18X18D partial products (``hw.mult.Multiplier``, with ``target.simulation`` its
-    cycle-equivalent model) and the ECP5 output stage's MBQM (every stage at most a 4:1 mux
-    or one carry chain per bit)."""
+    """MULT18X18D partial products (the bank's ``hw.mult.Multiplier``, with
+    ``target.simulation`` its cycle-equivalent model) and the ECP5 output stage's MBQM (every
+    stage at most a 4:1 mux or one carry chain per bit)."""
 
     #: The DSP's input, pipeline and output registers and two fabric registers.
     PRODUCT_LATENCY = ECP5OutputStage.PRODUCT_LATENCY
     #: Two shift stages, the products, ``t``, ``h``, three division stages, ``q + inc``.
     MBQM_STAGES = 2 + PRODUCT_LATENCY + 2 + 3 + 1
 
-    def product(self, col: Column, a, b, stage: int, name: str):
-        mult = Multiplier("ecp5", latency=self.PRODUCT_LATENCY, width=18,
-                          simulation=self.target.simulation)
-        col.m.submodules[f"c{col.n}_{name}"] = mult
-        col.m.d.comb += [mult.a.eq(a), mult.b.eq(b)]  # sign-/zero-extended into signed(18)
-        return mult.p
-
-    def mbqm(self, col: Column, s1: Stage1):
+    def mbqm_parts(self, col: Column, s1: Stage1):
         s2_mul = col.delay(s1.mul, 1, 2, "mul")
         s2_x = col.sync(signed(32), "s2_x", (s1.x << s1.left[:3])[:32].as_signed())
         s2_bytes = col.sync(unsigned(2), "s2_bytes", s1.left[3:])
@@ -86,7 +95,8 @@ class ECP5LaneArith(GenericLaneArith):
         s_h = high_mul(col, s3_a, s3_mul, sp,
                        lambda a, b, name: self.product(col, a, b, sp, name))
         s_q, s_inc, sq = ECP5OutputStage._divide(col, s1, s_h, sp)
-        return _add_increment(col, s_q, s_inc, sq)
+        assert sq == self.MBQM_STAGES
+        return s_q, s_inc, sq
 
 
 def lane_arith(target: MultiplierTarget) -> GenericLaneArith:

@@ -550,7 +550,7 @@ def test_vector_config_and_unit_validation():
     with pytest.raises(ValueError, match="vector=True"):
         VectorUnit(AcceleratorConfig())
     from serrano.hw.mult import MultiplierTarget
-    with pytest.raises(ValueError, match="int16"):
+    with pytest.raises(ValueError, match="ice40"):
         VectorUnit(vcfg(16), MultiplierTarget(family="ice40"))
     # Without the unit the accelerator has no vector ports, buffers' extra read ports or muxes.
     from amaranth.hdl import Fragment
@@ -570,7 +570,7 @@ def test_vrequant_cycles_match_the_documented_formula():
     plus a fixed dispatch-and-retire overhead, measured here on pysim for several shapes."""
     cfg = vcfg(8)
     unit = VectorUnit(cfg)
-    unit._MustUse__silence = unit.output_stage._MustUse__silence = True  # only asked for cycles
+    unit._MustUse__silence = unit.requant._MustUse__silence = True  # only asked for cycles
     L = cfg.cols
     shapes = [(1, 1, False), (5, 7, False), (20, 13, False), (1, 1, True), (6, 7, True),
               (9, 16, True)]
@@ -659,3 +659,48 @@ def test_vrequant_without_overlap():
     cfg = vcfg(8, overlap=False)
     cases = _cases(cfg, seed=21)
     _pysim_matches_golden(cfg, [cases[k] for k in (0, 3, 8)] + _hazard_cases(cfg, seed=22)[:3])
+
+
+@pytest.mark.parametrize("family", ["generic", "ecp5"])
+def test_requant_lanes_are_the_output_stage(family):
+    """``RequantLanes`` (VREQUANT's datapath, on products from a bank) gives the output
+    stage's int8 result and kernels.requant at 16 bits, on the output-stage corner values
+    and random rows, back to back, one row per cycle at its documented latency."""
+    from amaranth.lib import data
+    from serrano.hw.mult import MultiplierTarget
+    from serrano.hw.vector_lanes import RequantLanes, SoloLanes
+    from serrano.sim import kernels
+    from simutil import simulate
+    from test_output_stage import corner_rows, halfword_rows, random_rows
+    cols = 4
+    target = None if family == "generic" else MultiplierTarget(family="ecp5", simulation=True)
+    dut = SoloLanes(RequantLanes(lanes=cols, tag_shape=data.ArrayLayout(1, 1), target=target))
+    assert dut.latency == (12 if family == "generic" else 19)
+    rng = np.random.default_rng(5)
+    rows = corner_rows(cols) + random_rows(rng, cols, 30) + halfword_rows(rng, cols, 20)
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for cycle in range(len(rows) + dut.latency + 2):
+            if cycle < len(rows):
+                row = rows[cycle]
+                assert ctx.get(dut.i.ready)
+                ctx.set(dut.i.valid, 1)
+                ctx.set(dut.i.payload.x, [int(v) for v in row.acc])
+                ctx.set(dut.params, [{f: int(row.params[f][n]) for f in row.params}
+                                     for n in range(cols)])
+            else:
+                ctx.set(dut.i.valid, 0)
+            if ctx.get(dut.o.valid):
+                y = ctx.get(dut.o.payload.y)
+                got.append((cycle, [int(y[n].int8) for n in range(cols)],
+                            [int(y[n].int16) for n in range(cols)]))
+            await ctx.tick()
+
+    simulate(dut, bench, max_cycles=len(rows) + dut.latency + 10, name=f"requant_{family}")
+    assert [c for c, *_ in got] == [dut.latency + i for i in range(len(rows))]
+    for (cycle, y8, y16), row in zip(got, rows):
+        p = {f: np.asarray(v) for f, v in row.params.items()}
+        assert y8 == row.expected().tolist(), (cycle, row.acc.tolist())
+        assert y16 == kernels.requant(row.acc[None, :], p, 16)[0].tolist(), cycle

@@ -14,7 +14,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from serrano.hw.mult import MultiplierTarget
-from serrano.hw.vector_lanes import AddLanes, GeluLanes, PrescaleLanes
+from serrano.hw.vector_lanes import AddLanes, GeluLanes, PrescaleLanes, SoloLanes
 from serrano.sim import kernels
 from serrano.sim.numerics import INT32_MAX, INT32_MIN
 
@@ -234,7 +234,7 @@ FLOWS = [(1.0, 1.0), (0.7, 0.35), (0.9, 0.8)]   # (p_valid, p_ready)
 ], ids=["generic-2", "generic-8", "ecp5-2", "ecp5-8"])
 def test_prescale(target, lanes, n_blocks, flow):
     rng = np.random.default_rng(1300 + lanes)
-    dut = PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target)
+    dut = SoloLanes(PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target))
     run(dut, [prescale_command(rng, lanes, n_blocks)], rng, p_valid=flow[0], p_ready=flow[1],
         name=f"prescale_{lanes}")
 
@@ -245,7 +245,7 @@ def test_prescale(target, lanes, n_blocks, flow):
 ], ids=["generic-2-8", "generic-2-16", "generic-8-16", "ecp5-2-16", "ecp5-8-8"])
 def test_gelu(target, lanes, act_bits, n_cmds, flow):
     rng = np.random.default_rng(1310 + lanes + act_bits)
-    dut = GeluLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target)
+    dut = SoloLanes(GeluLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target))
     cmds = [gelu_command(rng, lanes, act_bits, 48 // lanes, extreme=k % 3 == 2)
             for k in range(n_cmds)]
     run(dut, cmds, rng, p_valid=flow[0], p_ready=flow[1], name=f"gelu_{lanes}_{act_bits}")
@@ -257,7 +257,7 @@ def test_gelu(target, lanes, act_bits, n_cmds, flow):
 ], ids=["generic-2-8", "generic-2-16", "generic-8-8", "ecp5-2-8", "ecp5-8-16"])
 def test_add(target, lanes, act_bits, n_cmds, flow):
     rng = np.random.default_rng(1320 + lanes + act_bits)
-    dut = AddLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target)
+    dut = SoloLanes(AddLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target))
     cmds = [add_command(rng, lanes, act_bits, 48 // lanes, extreme=k % 3 == 2)
             for k in range(n_cmds)]
     run(dut, cmds, rng, p_valid=flow[0], p_ready=flow[1], name=f"add_{lanes}_{act_bits}")
@@ -313,7 +313,7 @@ def add_corner_commands(lanes: int, act_bits: int) -> list[Command]:
 @pytest.mark.parametrize("act_bits", [8, 16])
 @pytest.mark.parametrize("target", [GENERIC, ECP5], ids=["generic", "ecp5"])
 def test_gelu_corners(target, act_bits):
-    dut = GeluLanes(lanes=2, act_bits=act_bits, tag_shape=TAG, target=target)
+    dut = SoloLanes(GeluLanes(lanes=2, act_bits=act_bits, tag_shape=TAG, target=target))
     cmds = gelu_corner_commands(2, act_bits)
     outs = np.concatenate([c.expected.ravel() for c in cmds])
     lo, hi = kernels.act_range(act_bits)
@@ -326,7 +326,7 @@ def test_gelu_corners(target, act_bits):
 @pytest.mark.parametrize("act_bits", [8, 16])
 @pytest.mark.parametrize("target", [GENERIC, ECP5], ids=["generic", "ecp5"])
 def test_add_corners(target, act_bits):
-    dut = AddLanes(lanes=2, act_bits=act_bits, tag_shape=TAG, target=target)
+    dut = SoloLanes(AddLanes(lanes=2, act_bits=act_bits, tag_shape=TAG, target=target))
     cmds = add_corner_commands(2, act_bits)
     outs = np.concatenate([c.expected.ravel() for c in cmds])
     lo, hi = kernels.act_range(act_bits)
@@ -343,15 +343,15 @@ def test_throughput_and_latency(kind, target):
     rng = np.random.default_rng(1340)
     lanes = 2
     if kind == "prescale":
-        dut = PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target)
+        dut = SoloLanes(PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target))
         cmds = [prescale_command(rng, lanes, 2 * dut.latency)]
         documented = {GENERIC: 10, ECP5: 17}
     elif kind == "gelu":
-        dut = GeluLanes(lanes=lanes, act_bits=16, tag_shape=TAG, target=target)
+        dut = SoloLanes(GeluLanes(lanes=lanes, act_bits=16, tag_shape=TAG, target=target))
         cmds = [gelu_command(rng, lanes, 16, 2 * dut.latency)]
         documented = {GENERIC: 26, ECP5: 45}
     else:
-        dut = AddLanes(lanes=lanes, act_bits=8, tag_shape=TAG, target=target)
+        dut = SoloLanes(AddLanes(lanes=lanes, act_bits=8, tag_shape=TAG, target=target))
         cmds = [add_command(rng, lanes, 8, 2 * dut.latency)]
         documented = {GENERIC: 15, ECP5: 19}
     assert dut.latency == documented[target]
@@ -362,7 +362,7 @@ def test_full_backpressure():
     """The output stalled for longer than the pipeline: the input stops after exactly
     ``credits`` blocks, nothing is lost, and everything drains in order."""
     rng = np.random.default_rng(1341)
-    dut = AddLanes(lanes=2, act_bits=16, tag_shape=TAG)
+    dut = SoloLanes(AddLanes(lanes=2, act_bits=16, tag_shape=TAG))
     cmd = add_command(rng, 2, 16, 3 * dut.credits)
     accepted = []
 
@@ -394,13 +394,15 @@ def test_full_backpressure():
 
 def test_struct_tag_and_rtlil():
     """A structured tag (the unit's row / last / address bookkeeping) elaborates, and the
-    ECP5 lanes instantiate MULT18X18D (no models) with the documented count per lane."""
+    ECP5 lanes instantiate MULT18X18D (no models) with the documented count per lane, in the
+    bank of :class:`SoloLanes` (the datapath itself has none)."""
     from amaranth.lib import data
     tag = data.StructLayout({"row": unsigned(12), "last": unsigned(1), "addr": unsigned(16)})
     for cls, kw, dsps in ((PrescaleLanes, {}, 4), (GeluLanes, {"act_bits": 16}, 11),
                           (AddLanes, {"act_bits": 8}, 6)):
         dut = cls(lanes=1, tag_shape=tag, target=MultiplierTarget(family="ecp5"), **kw)
-        text = rtlil.convert(dut)
+        assert dut.products == dsps
+        text = rtlil.convert(SoloLanes(dut))
         assert text.count("cell \\MULT18X18D") == dsps, cls.__name__
 
 
@@ -425,12 +427,12 @@ def test_long_random_ecp5(act_bits):
     """Many parameter sets on the ECP5 pipelines at L = 8 (about 40 s each)."""
     rng = np.random.default_rng(1350 + act_bits)
     lanes = 8
-    run(PrescaleLanes(lanes=lanes, tag_shape=TAG, target=ECP5),
+    run(SoloLanes(PrescaleLanes(lanes=lanes, tag_shape=TAG, target=ECP5)),
         [prescale_command(rng, lanes, 400)], rng, p_valid=0.8, p_ready=0.5, name="long_pre")
-    run(GeluLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=ECP5),
+    run(SoloLanes(GeluLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=ECP5)),
         [gelu_command(rng, lanes, act_bits, 24, extreme=k % 4 == 3) for k in range(16)],
         rng, p_valid=0.9, p_ready=0.7, name="long_gelu")
-    run(AddLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=ECP5),
+    run(SoloLanes(AddLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=ECP5)),
         [add_command(rng, lanes, act_bits, 24, extreme=k % 4 == 3) for k in range(16)],
         rng, p_valid=0.9, p_ready=0.7, name="long_add")
 
@@ -440,8 +442,9 @@ class _PrescaledGelu(wiring.Component):
     stream handshake straight through, the int32 results as GELU's ``x``."""
 
     def __init__(self, lanes: int, act_bits: int, target):
-        self.pre = PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target)
-        self.gelu = GeluLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target)
+        self.pre = SoloLanes(PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target))
+        self.gelu = SoloLanes(GeluLanes(lanes=lanes, act_bits=act_bits, tag_shape=TAG,
+                                        target=target))
         self.lanes = lanes
         self.latency = self.pre.latency + self.gelu.latency
         super().__init__({

@@ -9,14 +9,18 @@ import pytest
 from amaranth import unsigned
 
 from serrano.hw.config import AcceleratorConfig
+from serrano.hw.mult import MultiplierTarget
 from serrano.hw.vector_rows import (LayerNormRow, RowPass, SequentialDivider, SequentialSqrt,
-                                    SoftmaxRow)
+                                    SoftmaxRow, SoloRow)
 from serrano.sim import kernels
 
 from simutil import simulate
 
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 TAG_BITS = 6
+#: The engines' products as on ECP5 (the MULT18X18D models: P = 5, longer pipelines).
+ECP5 = MultiplierTarget(family="ecp5", simulation=True)
+TARGETS = pytest.mark.parametrize("target", [None, ECP5], ids=["generic", "ecp5"])
 
 
 def _config(lanes: int, act_bits: int) -> AcceleratorConfig:
@@ -186,8 +190,8 @@ def _softmax_rows(xs, masks, lanes, act_bits):
 
 
 def run_softmax(lanes, act_bits, xs, masks, params, *, stall=0.0, seed=0, long_gap=0,
-                sink_stall=None):
-    dut = SoftmaxRow(_config(lanes, act_bits), unsigned(TAG_BITS))
+                sink_stall=None, target=None):
+    dut = SoloRow(SoftmaxRow(_config(lanes, act_bits), unsigned(TAG_BITS), target=target))
     rows = _softmax_rows(xs, masks, lanes, act_bits)
     drv = RowDriver(dut, rows, {"multiplier": params.multiplier, "shift": params.shift},
                     stall=stall, seed=seed, long_gap=long_gap, sink_stall=sink_stall)
@@ -242,8 +246,9 @@ def test_softmax_corners():
         run_softmax(lanes, act_bits, xs, masks, pr, stall=0.2, seed=pr.shift)
 
 
+@TARGETS
 @pytest.mark.parametrize("lanes", [2, 8])
-def test_softmax_cycles(lanes):
+def test_softmax_cycles(lanes, target):
     """Back-to-back rows without stalls: each row's cycles match ``row_cycles``."""
     rng = np.random.default_rng(9)
     params = kernels.softmax_params(2.0 ** -11, 16)
@@ -252,7 +257,7 @@ def test_softmax_cycles(lanes):
         x, mk = _random_softmax(rng, n, 16)
         xs.append(x)
         masks.append(mk)
-    dut, drv = run_softmax(lanes, 16, xs, masks, params)
+    dut, drv = run_softmax(lanes, 16, xs, masks, params, target=target)
     for r, x in enumerate(xs):
         nb = -(-len(x) // lanes)
         assert drv.last_output[r] - drv.first_accept[r] + 1 == dut.row_cycles(nb), r
@@ -279,8 +284,8 @@ def _layernorm_rows(xs, residuals, params, lanes):
 
 
 def run_layernorm(lanes, act_bits, xs, residuals, params, *, stall=0.0, seed=0, long_gap=0,
-                  sink_stall=None):
-    dut = LayerNormRow(_config(lanes, act_bits), unsigned(TAG_BITS))
+                  sink_stall=None, target=None):
+    dut = SoloRow(LayerNormRow(_config(lanes, act_bits), unsigned(TAG_BITS), target=target))
     rows = _layernorm_rows(xs, residuals, params, lanes)
     cfg = {"n_elems": params.n_elems, "eps_mult": params.eps_mult,
            "eps_shift": params.eps_shift, "res_mult": params.res_mult or 0,
@@ -348,14 +353,15 @@ def test_layernorm_corners():
         run_layernorm(lanes, act_bits, xs, residuals, pr, stall=0.2, seed=k)
 
 
+@TARGETS
 @pytest.mark.parametrize("lanes", [2, 8])
-def test_layernorm_cycles(lanes):
+def test_layernorm_cycles(lanes, target):
     """Back-to-back rows without stalls: each row's cycles match ``row_cycles``."""
     rng = np.random.default_rng(12)
     n = 3 * lanes + 1
     params = _ln_params(rng, n, 16)
     xs = [rng.integers(-1 << 20, 1 << 20, n) for _ in range(2)]
-    dut, drv = run_layernorm(lanes, 16, xs, [None, None], params)
+    dut, drv = run_layernorm(lanes, 16, xs, [None, None], params, target=target)
     nb = -(-n // lanes)
     for r in range(2):
         assert drv.last_output[r] - drv.first_accept[r] + 1 == dut.row_cycles(nb), r
@@ -376,16 +382,33 @@ def test_long_gaps():
                   long_gap=30)
 
 
-def test_slow_sink():
+@TARGETS
+def test_slow_sink(target):
     """A sink ready one cycle in five: the output FIFO fills, the input waits, nothing is
     lost or reordered."""
     rng = np.random.default_rng(41)
     params = kernels.softmax_params(2.0 ** -11, 16)
     xs, masks = zip(*(_random_softmax(rng, n, 16) for n in (40, 3)))
-    run_softmax(2, 16, list(xs), list(masks), params, sink_stall=0.8, seed=7)
+    run_softmax(2, 16, list(xs), list(masks), params, sink_stall=0.8, seed=7, target=target)
     ln = _ln_params(rng, 40, 8)
     run_layernorm(2, 8, [rng.integers(-1 << 20, 1 << 20, 40)], [None], ln, sink_stall=0.8,
-                  seed=8)
+                  seed=8, target=target)
+
+
+def test_ecp5_random():
+    """Random rows with the ECP5 products (P = 5: every stage after a product moves), with
+    stalls, residuals and masks, bit-exact."""
+    rng = np.random.default_rng(77)
+    params = kernels.softmax_params(2.0 ** -11, 16)
+    xs, masks = zip(*(_random_softmax(rng, n, 16) for n in (1, 3, 9)))
+    run_softmax(2, 16, list(xs), list(masks), params, stall=0.3, seed=1, target=ECP5)
+    n = 12
+    ln = _ln_params(rng, n, 16)
+    lo, hi = kernels.act_range(16)
+    run_layernorm(2, 16, [rng.normal(0, 2 / 2.0 ** -14, n).round().astype(np.int64),
+                          rng.integers(INT32_MIN, INT32_MAX, n, endpoint=True)],
+                  [rng.integers(lo, hi, n, endpoint=True), None], ln, stall=0.3, seed=2,
+                  target=ECP5)
 
 
 def test_many_blocks():
@@ -424,6 +447,12 @@ def test_row_cycles_formula(lanes):
     for nb in (1, 7, 512):
         assert sm.row_cycles(nb) == 3 * nb + 2 * lv + 43
         assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 164
+    # With products of latency P, each product on a pass's path adds P - 1 (softmax: 4
+    # product stages over the passes and the output, LayerNorm 6).
+    sm, ln = (cls(_config(lanes, 8), target=ECP5) for cls in (SoftmaxRow, LayerNormRow))
+    for nb in (1, 7, 512):
+        assert sm.row_cycles(nb) == 3 * nb + 2 * lv + 43 + 4 * 4
+        assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 164 + 6 * 4
 
 
 def test_constructor_errors():

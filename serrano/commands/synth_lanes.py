@@ -19,7 +19,7 @@ from amaranth import unsigned
 from serrano.flows.designs import Design
 from serrano.flows.flow import run_flow
 from serrano.hw.mult import MultiplierTarget
-from serrano.hw.vector_lanes import AddLanes, GeluLanes, PrescaleLanes
+from serrano.hw.vector_lanes import AddLanes, GeluLanes, PrescaleLanes, SoloLanes
 
 KINDS = ("prescale", "gelu", "add")
 TAG = unsigned(16)   # a plausible tag: row, last flag and a destination address
@@ -29,9 +29,11 @@ def _design(kind: str, lanes: int, act_bits: int) -> Design:
     def build(target: MultiplierTarget):
         target = MultiplierTarget(family=target.family)
         if kind == "prescale":
-            return PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target)
+            return SoloLanes(PrescaleLanes(lanes=lanes, tag_shape=TAG, target=target))
         cls = GeluLanes if kind == "gelu" else AddLanes
-        return cls(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target)
+        # (with a bank of multipliers of its own: in the vector unit AddLanes and GeluLanes
+        # share one)
+        return SoloLanes(cls(lanes=lanes, act_bits=act_bits, tag_shape=TAG, target=target))
     return Design(name=f"{kind}_lanes", build=build, wired=True)
 
 
