@@ -229,14 +229,18 @@ def measure(backend, qlayers, heads: int, lengths: Sequence[int],
     """Cycles of :func:`sim.encoder.run_encoder` on ``backend`` for packed sequences of
     ``lengths`` tokens through the quantized layers ``qlayers`` of ``heads`` heads (random
     int16 inputs: the cycles do not depend on them)."""
+    return int(_run(backend, qlayers, heads, lengths, rng).counters["cycles"])
+
+
+def _run(backend, qlayers, heads: int, lengths: Sequence[int], rng: np.random.Generator):
+    """:func:`measure`'s run; the backend's ``RunResult``."""
     from .encoder import plan_packed, run_encoder
     ql = qlayers[0]
     H = ql.w["q"].shape[0]
     F = ql.w["ffn1"].shape[1]
     plan = plan_packed(lengths, H, heads, F, backend.config.rows)
     x = rng.integers(-3000, 3000, size=(plan.rows, H))
-    _, res = run_encoder(backend, list(qlayers), x, plan)
-    return int(res.counters["cycles"])
+    return run_encoder(backend, list(qlayers), x, plan)[1]
 
 
 def _solve(base: CycleModel, runs: list, a: int, b: int) -> np.ndarray:

@@ -10,10 +10,14 @@ array, a 64-bit DRAM access 1.3-2.6 nJ.
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 from serrano.hw.config import AcceleratorConfig
 
-__all__ = ["EnergyTable", "HOROWITZ_45NM", "energy_breakdown"]
+__all__ = ["EnergyTable", "HOROWITZ_45NM", "energy_breakdown", "BatchEnergy",
+           "fit_batch_energy", "ENERGY_BATCHES"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,3 +73,74 @@ def energy_breakdown(counters: dict, config: AcceleratorConfig,
     joules = {name: v * 1e-12 for name, v in pj.items()}
     joules["total"] = sum(joules.values())
     return joules
+
+
+@dataclass(frozen=True, kw_only=True)
+class BatchEnergy:
+    """Modeled joules of one packed batch of the whole encoder (``sim.encoder``) on one
+    accelerator, from its sequences' token counts: ``e0 + e1 N + e2 A + e3 S`` with
+    ``N = sum(t)``, ``A = sum(t * ceil(t / L) * L)`` (the attention's padded key columns) and
+    ``S`` sequences, fitted to :func:`energy_breakdown` of golden-model runs (the activity
+    counters are linear in these; :func:`fit_batch_energy`). An ASIC-class 45 nm estimate,
+    not a measurement."""
+    lanes: int
+    coef: tuple[float, float, float, float]
+    fitted_on: list            # [lengths, joules]
+    max_error: float           # the largest relative error on the runs fitted to
+
+    def features(self, lengths) -> np.ndarray:
+        t = np.asarray(lengths, dtype=np.int64)
+        if t.ndim != 1 or len(t) == 0 or (t < 1).any():
+            raise ValueError(f"lengths must be positive token counts, not {list(lengths)!r}")
+        L = self.lanes
+        return np.array([1.0, t.sum(), (t * (-(-t // L)) * L).sum(), len(t)], dtype=float)
+
+    def __call__(self, lengths) -> float:
+        return float(self.features(lengths) @ np.asarray(self.coef))
+
+    @property
+    def label(self) -> str:
+        return (f"modeled energy (Horowitz 45 nm table, fitted to golden-model activity "
+                f"counters on {self.lanes}x{self.lanes}, max error {self.max_error:.2%}; an "
+                f"estimate, not a measurement)")
+
+    def save(self, path) -> None:
+        import json
+        from dataclasses import asdict
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path) -> "BatchEnergy":
+        import json
+        try:
+            d = json.loads(Path(path).read_text())
+            return cls(**{**d, "coef": tuple(d["coef"])})
+        except (json.JSONDecodeError, TypeError, KeyError) as exc:
+            raise ValueError(f"{path}: not a saved BatchEnergy ({exc})") from None
+
+
+#: The batches :func:`fit_batch_energy` runs by default.
+ENERGY_BATCHES = ((1,), (16,), (5, 9), (12, 30, 7, 22), (8,) * 8, (3, 17, 9, 30, 1, 25),
+                  (20, 11, 4))
+
+
+def fit_batch_energy(qlayers, heads: int, config: AcceleratorConfig,
+                     batches=ENERGY_BATCHES, seed: int = 0) -> BatchEnergy:
+    """Fit :class:`BatchEnergy` to the golden model's counters of ``batches`` run through
+    all of ``qlayers`` on ``config``."""
+    from .cycle_model import _run
+    from .golden import GoldenBackend
+    backend = GoldenBackend(config)
+    rng = np.random.default_rng(seed)
+    runs = []
+    for ln in batches:
+        res = _run(backend, qlayers, heads, ln, rng)
+        runs.append([list(ln), energy_breakdown(res.counters, config)["total"]])
+    base = BatchEnergy(lanes=config.rows, coef=(0.0,) * 4, fitted_on=runs, max_error=0.0)
+    X = np.array([base.features(ln) for ln, _ in runs])
+    y = np.array([j for _, j in runs])
+    coef, *_ = np.linalg.lstsq(X / y[:, None], np.ones(len(y)), rcond=None)
+    err = float(np.max(np.abs(X @ coef - y) / y))
+    return BatchEnergy(lanes=config.rows, coef=tuple(map(float, coef)), fitted_on=runs,
+                       max_error=err)

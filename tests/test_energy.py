@@ -3,6 +3,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 
 from serrano.hw.config import AcceleratorConfig
@@ -37,3 +39,30 @@ def test_table_scaling_and_act16():
     assert energy_breakdown({"array_busy": 1}, cfg16)["macs"] == pytest.approx(4 * 0.5e-12)
     assert energy_breakdown({}, cfg16)["total"] == 0
     assert HOROWITZ_45NM == EnergyTable()
+
+
+def test_batch_energy_fits_the_golden_counters(tmp_path):
+    """BatchEnergy, fitted to golden runs of a small 2-layer encoder, predicts other
+    batches' modeled energy within 1 %; save and load round-trip."""
+    from serrano.sim import transformer as tr
+    from serrano.sim.cycle_model import _run
+    from serrano.sim.encoder import layer_config, plan_layer
+    from serrano.sim.energy import BatchEnergy, energy_breakdown, fit_batch_energy
+    from serrano.sim.golden import GoldenBackend
+    from serrano.sim.quantized import QuantizedEncoder
+    rng = np.random.default_rng(0)
+    w = tr.random_bert(tr.BertConfig(hidden=64, heads=4, intermediate=256, layers=2,
+                                     vocab=100, max_positions=64), rng)
+    layers = QuantizedEncoder(w, [rng.integers(0, 100, n) for n in (5, 9)]).layers
+    cfg = layer_config(plan_layer(16, 64, 4, 256, 8, sequences=4))
+    fitted = fit_batch_energy(layers, 4, cfg, batches=[(1,), (16,), (5, 9), (3, 12, 7),
+                                                       (8, 8, 8, 8), (2, 16, 1)])
+    assert fitted.max_error < 0.01
+    for ln in [(7,), (12, 3), (6, 6, 6, 6), (15, 2, 9)]:
+        res = _run(GoldenBackend(cfg), layers, 4, ln, rng)
+        want = energy_breakdown(res.counters, cfg)["total"]
+        assert abs(fitted(ln) - want) / want < 0.01, ln
+    fitted.save(tmp_path / "e.json")
+    assert BatchEnergy.load(tmp_path / "e.json") == fitted
+    with pytest.raises(ValueError, match="lengths must be positive token counts"):
+        fitted([0])
