@@ -497,7 +497,7 @@ class LinearService:
             raise ValueError("a and b cannot both be 0 (batches would take no time)")
 
     def __call__(self, lengths: Sequence[int]) -> int:
-        return int(round(self.a + self.b * sum(lengths)))
+        return math.ceil(self.a + self.b * sum(lengths))   # (a started cycle counts)
 
     @property
     def label(self) -> str:
