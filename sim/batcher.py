@@ -140,13 +140,14 @@ class BatchPolicy:
         return sum(self.device_lengths(lengths))
 
     def describe(self) -> str:
-        """The fields that differ from the defaults, as ``name=value`` (for tables)."""
+        """``max_batch_requests`` and the other fields that differ from the defaults, as
+        ``name=value`` (for tables)."""
         parts = []
         for f in fields(self):
             v = getattr(self, f.name)
-            if v != f.default:
+            if v != f.default or f.name == "max_batch_requests":
                 parts.append(f"{f.name}={v}")
-        return ", ".join(parts) or "defaults"
+        return ", ".join(parts)
 
     @classmethod
     def from_spec(cls, spec: str) -> "BatchPolicy":
@@ -492,6 +493,11 @@ class Batcher:
 
 
 # ---- service models ------------------------------------------------------------------------
+def _num(v: float) -> str:
+    """A number as written on a command line (integers without an exponent)."""
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else f"{v:g}"
+
+
 @dataclass(frozen=True, kw_only=True)
 class LinearService:
     """An ASSUMED service model (not the chip's cycle model): ``a + b * tokens`` cycles for a
@@ -513,7 +519,8 @@ class LinearService:
 
     @property
     def label(self) -> str:
-        return f"linear:{self.a:g},{self.b:g} (assumed: {self.a:g} + {self.b:g} x tokens cycles)"
+        a, b = _num(self.a), _num(self.b)
+        return f"linear:{a},{b} (assumed: {a} + {b} x tokens cycles)"
 
     @classmethod
     def from_spec(cls, text: str) -> "LinearService":
@@ -545,7 +552,8 @@ class LinearEnergy:
 
     @property
     def label(self) -> str:
-        return f"linear:{self.a:g},{self.b:g} (assumed: {self.a:g} + {self.b:g} x tokens J)"
+        a, b = _num(self.a), _num(self.b)
+        return f"linear:{a},{b} (assumed: {a} + {b} x tokens J)"
 
     @classmethod
     def from_spec(cls, text: str) -> "LinearEnergy":

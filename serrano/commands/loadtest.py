@@ -79,6 +79,7 @@ def parse_lengths(spec: str, model: str | None):
             raise FileNotFoundError(f"{tok_file} not found: --lengths sentences needs a model "
                                     f"directory with a tokenizer.json (--model)")
         tok = Tokenizer.from_file(str(tok_file))
+        tok.no_padding()          # (a tokenizer.json may pad to a fixed length)
         tok.no_truncation()
         counts = tuple(len(tok.encode(t).ids) for t in texts)
         return Lengths(values=counts, label=f"{len(texts)} sentences of {source} "
@@ -256,7 +257,7 @@ def plot(rows: list[dict], results: list[dict], points: list[dict], out: Path,
                         marker="o", markersize=3, label=f"{name} p99")
         ax.plot([r["throughput"] for r in pts], [r["p50_ms"] for r in pts], linestyle="--",
                 linewidth=0.8, color=line.get_color())
-    ax.axhline(bound_ms, color="grey", linestyle=":", linewidth=0.8)
+    ax.axhline(bound_ms, color="grey", linestyle=":", linewidth=0.8, label="p99 bound")
     ax.set_yscale("log")
     ax.set_xlabel("throughput (requests per second of device time)")
     ax.set_ylabel("latency (ms of device time; solid p99, dashed p50)")
@@ -267,22 +268,23 @@ def plot(rows: list[dict], results: list[dict], points: list[dict], out: Path,
     made = [out / "latency_vs_throughput.png"]
     fig.savefig(made[0], dpi=110)
     plt.close(fig)
-    # Batch sizes at the heaviest load, per policy.
-    heavy = max(pt["load"] for pt in points)
-    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    # Batch sizes per policy at a middle load of the grid and at the heaviest.
+    loads = sorted({pt["load"] for pt in points})
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 4.0), sharey=True)
     width = 0.8 / max(len(names), 1)
-    for k, name in enumerate(names):
-        hist = next(r["batch_sizes"] for pt, r in zip(points, results)
-                    if pt["name"] == name and pt["load"] == heavy)
-        sizes = sorted(hist)
-        total = sum(hist.values())
-        ax.bar([s + (k - len(names) / 2 + 0.5) * width for s in sizes],
-               [hist[s] / total for s in sizes], width=width, label=name)
-    ax.set_xlabel("batch size (requests)")
-    ax.set_ylabel("fraction of batches")
-    ax.set_title(f"batch sizes at the heaviest load ({heavy:.2f}x the no-batching capacity)",
-                 fontsize="small")
-    ax.legend(fontsize="small")
+    for ax, load in zip(axes, (loads[len(loads) // 2], loads[-1])):
+        for k, name in enumerate(names):
+            hist = next(r["batch_sizes"] for pt, r in zip(points, results)
+                        if pt["name"] == name and pt["load"] == load)
+            sizes, total = sorted(hist), sum(hist.values())
+            ax.bar([s + (k - len(names) / 2 + 0.5) * width for s in sizes],
+                   [hist[s] / total for s in sizes], width=width, label=name)
+        ax.set_xlabel("batch size (requests)")
+        ax.set_title(f"offered load {load:.2f}x the no-batching capacity", fontsize="small")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0].set_ylabel("fraction of batches")
+    axes[0].legend(fontsize="small")
+    fig.suptitle(title, fontsize="small")
     fig.tight_layout()
     made.append(out / "batch_sizes.png")
     fig.savefig(made[1], dpi=110)

@@ -39,7 +39,8 @@ def _seconds(text: str) -> float:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="serrano serve", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", help="a Hugging Face BERT directory, .onnx or .serrano file")
-    ap.add_argument("--name", help="the model name clients send (default: the directory name)")
+    ap.add_argument("--name", help="the model name clients send (default: the directory or "
+                    "file name; all-MiniLM-L6-v2 without --model)")
     ap.add_argument("--tokenizer", help="a tokenizer.json (default: the model's)")
     ap.add_argument("--backend", default="golden", choices=("golden", "compiled"),
                     help="golden (fast, no cycles: device time from --service) or compiled "
@@ -101,7 +102,8 @@ def build(args: argparse.Namespace):
     if args.backend == "golden" and service is None:
         print("note: the golden backend counts no cycles; without --service the metrics have "
               "no device time", flush=True)
-    name = args.name or Path(path).name
+    # (the MiniLM wheel's directory is called "model": name it as its model card does)
+    name = args.name or ("all-MiniLM-L6-v2" if args.model is None else Path(path).stem)
     info = {"service": service_label(service) if service else "none"}
     return create_app(model, name=name, policy=policy, service_cycles=service, mhz=args.mhz,
                       max_tokens=args.max_tokens, info=info), name, policy
