@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BatchPolicy", "Request", "Batch", "Batcher", "QueueFull", "RequestTooLarge",
-           "LinearService", "LinearEnergy", "service_from_spec", "service_label", "Lengths", "Arrival", "poisson_arrivals", "read_trace",
-           "SimResult", "simulate", "load_point", "OUTCOMES"]
+           "LinearService", "LinearEnergy", "service_from_spec", "service_label", "Lengths",
+           "Arrival", "poisson_arrivals", "read_trace", "parse_seconds", "SimResult",
+           "simulate", "load_point", "OUTCOMES"]
 
 #: How a request can be answered.
 OUTCOMES = ("done", "failed", "timeout", "rejected")
@@ -849,7 +850,8 @@ def simulate(arrivals: Sequence[Arrival], policy: BatchPolicy,
     outcome = np.array([batcher.outcomes[i] for i in range(n)], dtype=object)
     b = np.array(batches, dtype=float).reshape(-1, 7)
     return SimResult(
-        arrival=np.array([a.time for a in arrivals]), tokens=np.array([a.tokens for a in arrivals]),
+        arrival=np.array([a.time for a in arrivals]),
+        tokens=np.array([a.tokens for a in arrivals]),
         outcome=outcome, dispatch=dispatch, finish=finish, batch=bidx, replica=ridx,
         batch_start=b[:, 0], batch_end=b[:, 1], batch_size=b[:, 2].astype(np.int64),
         batch_tokens=b[:, 3].astype(np.int64), batch_cycles=b[:, 4].astype(np.int64),
