@@ -201,7 +201,6 @@ def _escape(v: str) -> str:
 class _Input:
     text: str
     future: concurrent.futures.Future
-    arrival: float
 
 
 class EmbeddingWorker:
@@ -257,8 +256,8 @@ class EmbeddingWorker:
     def submit(self, texts: Sequence[str], tokens: Sequence[int]
                ) -> list[concurrent.futures.Future]:
         """Queue ``texts`` (of ``tokens`` tokens each) as one request each, all or none:
-        :class:`QueueFull` if the queue cannot take them all, :class:`ShuttingDown` if the
-        worker stopped."""
+        :class:`QueueFull` if the queue cannot take them all, :class:`RequestTooLarge` if one
+        is longer than any batch may be, :class:`ShuttingDown` if the worker stopped."""
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down")
@@ -268,12 +267,17 @@ class EmbeddingWorker:
                     self.metrics.rejected += len(texts)
                 raise QueueFull(f"the queue is full ({self.policy.max_queue_length} inputs "
                                 f"waiting at most; {free} free, {len(texts)} asked)")
+            p = self.policy
+            for n in tokens:                 # (checked first: all or none are queued)
+                if p.max_batch_tokens is not None and p.batch_tokens([n]) > p.max_batch_tokens:
+                    raise RequestTooLarge(f"an input of {n} tokens exceeds max_batch_tokens "
+                                          f"({p.max_batch_tokens})")
             now = self.clock()
             futures = []
             for text, n in zip(texts, tokens):
                 self._ids += 1
                 fut: concurrent.futures.Future = concurrent.futures.Future()
-                self.batcher.submit(self._ids, n, now, payload=_Input(text, fut, now))
+                self.batcher.submit(self._ids, n, now, payload=_Input(text, fut))
                 futures.append(fut)
             self._cond.notify_all()
         return futures
@@ -528,7 +532,7 @@ def create_app(model, *, name: str, policy: BatchPolicy | None = None,
                                type="rate_limit_error", code="queue_full",
                                headers={"Retry-After": "1"}) from None
             except RequestTooLarge as exc:
-                raise ApiError(400, f"an input is too long for any batch: {exc}",
+                raise ApiError(400, f"an input is too long for this server's batches: {exc}",
                                param="input", code="input_too_long") from None
             except ShuttingDown as exc:
                 raise ApiError(503, str(exc), type="server_error") from None

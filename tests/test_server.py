@@ -193,7 +193,8 @@ class _Gated:
 
 def test_full_queue_429_and_timeouts_503(tiny):
     model = _Gated(load_model(tiny, backend="golden", calibration=CALIBRATION))
-    policy = BatchPolicy(max_batch_requests=1, max_queue_length=2, timeout=0.5)
+    policy = BatchPolicy(max_batch_requests=1, max_queue_length=2, timeout=0.5,
+                         max_batch_tokens=8)
     app = create_app(model, name="tiny", policy=policy, service_cycles=SERVICE)
     with _Server(app) as srv, httpx.Client(base_url=srv.url, timeout=WAIT) as client, \
             concurrent.futures.ThreadPoolExecutor(3) as pool:
@@ -216,6 +217,11 @@ def test_full_queue_429_and_timeouts_503(tiny):
             assert r.status_code == 503 and r.json()["error"]["code"] == "timeout"
         assert 0.45 <= time.monotonic() - t0 < WAIT
         assert not first.done()                          # still held
+        # An input longer than max_batch_tokens: 400, and its short companion is not queued.
+        long = client.post("/v1/embeddings", json={"input": ["the cat", TEXTS[2]]})
+        assert long.status_code == 400 and long.json()["error"]["code"] == "input_too_long"
+        assert "9 tokens exceeds max_batch_tokens (8)" in long.json()["error"]["message"]
+        assert client.get("/health").json()["queue_length"] == 0
         model.gate.set()
         assert first.result(timeout=WAIT).status_code == 200
         assert client.get("/health").json()["status"] == "ok"
@@ -225,6 +231,8 @@ def test_full_queue_429_and_timeouts_503(tiny):
         assert m["serrano_http_requests_total[code=429]"] == 2
         assert m["serrano_http_requests_total[code=503]"] == 2
         assert m["serrano_http_requests_total[code=200]"] == 2
+        assert m["serrano_http_requests_total[code=400]"] == 1
+        assert m["serrano_inputs_total"] == 2
 
 
 def test_serve_command_reports_a_rejected_config_cleanly(tiny, capsys):
