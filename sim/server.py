@@ -3,8 +3,9 @@
 :func:`create_app` wraps a :class:`~serrano.sim.model.Model` in a FastAPI application:
 
 - ``POST /v1/embeddings``: the OpenAI embeddings API (``input`` a string or a list of
-  strings, ``model``, ``encoding_format`` ``"float"`` or ``"base64"``); each input is one
-  request to the batcher, and the HTTP response waits for all of its inputs;
+  strings, ``model``, ``encoding_format`` ``"float"`` or ``"base64"``, and Serrano's
+  ``priority``); each input is one request to the batcher, and the HTTP response waits for
+  all of its inputs;
 - ``GET /v1/models``: the one model served, in OpenAI's list format;
 - ``GET /health``: ``{"status": "ok", ...}`` while the batch worker runs (503 otherwise);
 - ``GET /metrics``: Prometheus text format (requests by status, inputs, batches, batch sizes
@@ -253,7 +254,7 @@ class EmbeddingWorker:
             return len(self.batcher)
 
     # -- submitting
-    def submit(self, texts: Sequence[str], tokens: Sequence[int]
+    def submit(self, texts: Sequence[str], tokens: Sequence[int], *, priority: int = 0
                ) -> list[concurrent.futures.Future]:
         """Queue ``texts`` (of ``tokens`` tokens each) as one request each, all or none:
         :class:`QueueFull` if the queue cannot take them all, :class:`RequestTooLarge` if one
@@ -277,7 +278,8 @@ class EmbeddingWorker:
             for text, n in zip(texts, tokens):
                 self._ids += 1
                 fut: concurrent.futures.Future = concurrent.futures.Future()
-                self.batcher.submit(self._ids, n, now, payload=_Input(text, fut))
+                self.batcher.submit(self._ids, n, now, priority=priority,
+                                    payload=_Input(text, fut))
                 futures.append(fut)
             self._cond.notify_all()
         return futures
@@ -398,8 +400,9 @@ async def _wait(worker: EmbeddingWorker, futures, timeout: float | None) -> list
 
 
 # ---- the HTTP layer ------------------------------------------------------------------------
-def _parse(body: bytes, name: str, hidden: int) -> tuple[list[str], str]:
-    """The inputs and encoding format of an embeddings request (``ApiError`` 400/404)."""
+def _parse(body: bytes, name: str, hidden: int) -> tuple[list[str], str, int]:
+    """The inputs, encoding format and priority of an embeddings request (``ApiError``
+    400/404)."""
     try:
         req = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -445,7 +448,13 @@ def _parse(body: bytes, name: str, hidden: int) -> tuple[list[str], str]:
     if dims is not None and dims != hidden:
         raise ApiError(400, f"this model's embeddings have {hidden} dimensions; it cannot "
                             f"give {dims!r}", param="dimensions")
-    return inputs, fmt
+    # (a Serrano extension: the batcher's priority, 0 first; OpenAI clients send it with
+    # extra_body)
+    priority = req.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise ApiError(400, f"priority must be a non-negative integer (0 is served first), "
+                            f"not {priority!r}", param="priority")
+    return inputs, fmt, priority
 
 
 def create_app(model, *, name: str, policy: BatchPolicy | None = None,
@@ -512,7 +521,7 @@ def create_app(model, *, name: str, policy: BatchPolicy | None = None,
     @app.post("/v1/embeddings")
     async def embeddings(request: Request):
         try:
-            inputs, fmt = _parse(await request.body(), name, hidden)
+            inputs, fmt, priority = _parse(await request.body(), name, hidden)
             tokens = []
             for i, text in enumerate(inputs):
                 # Untruncated: a text longer than the limit is refused, never cut.
@@ -526,7 +535,7 @@ def create_app(model, *, name: str, policy: BatchPolicy | None = None,
                 raise ApiError(503, "the server is not running its batch worker",
                                type="server_error")
             try:
-                futures = worker.submit(inputs, tokens)
+                futures = worker.submit(inputs, tokens, priority=priority)
             except QueueFull as exc:
                 raise ApiError(429, f"too many requests: {exc}; retry later",
                                type="rate_limit_error", code="queue_full",

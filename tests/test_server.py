@@ -155,6 +155,7 @@ def test_base64_models_and_health(served):
     ({"input": "the cat", "dimensions": 8}, 400, "32 dimensions"),
     ({"input": " ".join(WORDS * 2)}, 400,            # (with [CLS] and [SEP])
      f"has {2 * len(WORDS) + 2} tokens; this model takes at most 40"),
+    ({"input": "the cat", "priority": -1}, 400, "priority must be a non-negative integer"),
     ("not json", 400, "not valid JSON"),
     ([1, 2], 400, "must be a JSON object"),
 ])
@@ -181,11 +182,13 @@ class _Gated:
     def __init__(self, model):
         self._model = model
         self.gate, self.entered = threading.Event(), threading.Event()
+        self.seen = []                       # the batches' texts, in the order they ran
 
     def __getattr__(self, name):
         return getattr(self._model, name)
 
     def embed(self, texts, batch_size=8):
+        self.seen.append(list(texts))
         self.entered.set()
         assert self.gate.wait(WAIT), "the gate was never opened"
         return self._model.embed(texts, batch_size=batch_size)
@@ -233,6 +236,29 @@ def test_full_queue_429_and_timeouts_503(tiny):
         assert m["serrano_http_requests_total[code=200]"] == 2
         assert m["serrano_http_requests_total[code=400]"] == 1
         assert m["serrano_inputs_total"] == 2
+
+
+def test_priorities_over_http(tiny):
+    model = _Gated(load_model(tiny, backend="golden", calibration=CALIBRATION))
+    app = create_app(model, name="tiny", policy=BatchPolicy(max_batch_requests=1))
+    with _Server(app) as srv, httpx.Client(base_url=srv.url, timeout=WAIT) as client, \
+            concurrent.futures.ThreadPoolExecutor(3) as pool:
+        post = lambda text, pr: client.post("/v1/embeddings",
+                                            json={"input": text, "priority": pr})
+        first = pool.submit(post, "the cat", 0)          # held in embed
+        assert model.entered.wait(WAIT)
+        low = pool.submit(post, "a dog", 5)
+        deadline = time.monotonic() + WAIT
+        while client.get("/health").json()["queue_length"] < 1:
+            assert time.monotonic() < deadline, "the request never queued"
+            time.sleep(0.01)
+        high = pool.submit(post, "the sun", 0)           # arrives later, served first
+        while client.get("/health").json()["queue_length"] < 2:
+            assert time.monotonic() < deadline, "the request never queued"
+            time.sleep(0.01)
+        model.gate.set()
+        assert all(f.result(timeout=WAIT).status_code == 200 for f in (first, low, high))
+    assert model.seen == [["the cat"], ["the sun"], ["a dog"]]
 
 
 def test_serve_command_reports_a_rejected_config_cleanly(tiny, capsys):

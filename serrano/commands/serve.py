@@ -138,11 +138,17 @@ def _config(model, policy, args):
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        import fastapi  # noqa: F401
+        import uvicorn
+    except ImportError as exc:
+        print(f"error: serve needs FastAPI and uvicorn ({exc}): pip install -e '.[serve]'",
+              file=sys.stderr)
+        return 2
+    try:
         app, name, policy = build(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    import uvicorn
     print(f"serving {name!r} on http://{args.host}:{args.port}/v1/embeddings "
           f"(policy: {policy.describe()})", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
