@@ -323,6 +323,8 @@ class Batcher:
         _seconds("timeout", timeout, positive=True, optional=True)
         if rid in self._live:
             raise ValueError(f"request id {rid!r} is already queued or in a batch")
+        if self.outcomes is not None and rid in self.outcomes:
+            raise ValueError(f"request id {rid!r} was answered already (ids are unique)")
         self._expire(now)                 # timed-out requests do not hold queue slots
         self.submitted += 1
         self._live.add(rid)

@@ -167,6 +167,8 @@ def test_rejections_exactly_when_the_queue_is_full():
     # An id that is live cannot be submitted again; time cannot go backwards.
     with pytest.raises(ValueError, match="already queued"):
         b.submit(4, 4, 0.2)
+    with pytest.raises(ValueError, match="answered already"):
+        b.submit(3, 4, 0.2)
     with pytest.raises(ValueError, match="time went backwards"):
         b.poll(0.05)
 
