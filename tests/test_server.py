@@ -277,3 +277,33 @@ def test_serve_command_reports_a_rejected_config_cleanly(tiny, capsys):
                                       "--max-batch", "2", "--service", "linear:1000,50"])
     app, name, policy = serve.build(args)
     assert name == tiny.name and policy.max_batch_requests == 2
+
+
+class _Failing:
+    """The model, with ``embed`` raising for a batch that holds the text "boom"."""
+
+    def __init__(self, model):
+        self._model = model
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+    def embed(self, texts, batch_size=8):
+        if "boom" in texts:
+            raise RuntimeError("the simulated chip faulted")
+        return self._model.embed(texts, batch_size=batch_size)
+
+
+def test_a_failing_batch_gets_500_and_the_server_keeps_serving(tiny):
+    model = _Failing(load_model(tiny, backend="golden", calibration=CALIBRATION))
+    app = create_app(model, name="tiny", policy=BatchPolicy(max_batch_requests=1))
+    with _Server(app) as srv, httpx.Client(base_url=srv.url, timeout=WAIT) as client:
+        r = client.post("/v1/embeddings", json={"input": "boom"})
+        assert r.status_code == 500
+        assert r.json()["error"] == {"message": "the accelerator failed on this batch: "
+                                                "RuntimeError: the simulated chip faulted",
+                                     "type": "server_error", "param": None, "code": None}
+        assert client.get("/health").json()["status"] == "ok"
+        assert client.post("/v1/embeddings", json={"input": "the cat"}).status_code == 200
+        m = _metrics(client)
+        assert m["serrano_failed_batches_total"] == 1 and m["serrano_batches_total"] == 1
