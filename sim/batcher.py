@@ -569,37 +569,38 @@ class LinearEnergy:
 
 
 #: The ``--service`` forms :func:`service_from_spec` takes.
-SERVICE_FORMS = ("linear:A,B", "cycle-model")
+SERVICE_FORMS = ("linear:A,B", "cycle-model:PATH")
 
 
 def service_from_spec(spec: str) -> Callable[[Sequence[int]], int]:
     """The service model a command line names: ``linear:A,B`` (:class:`LinearService`, an
-    assumed model) or ``cycle-model``.
+    assumed model) or ``cycle-model:PATH``.
 
-    ``cycle-model`` is the hook for the calibrated cycle model of the whole encoder
-    (``sim/cycle_model.py``): it takes that module's ``service_cycles`` (lengths -> cycles of
-    one packed batch), and raises ``ValueError`` saying so while the module does not exist.
-    The result has a ``label`` attribute where the model gives one (printed with every
-    table, so an assumed model is never mistaken for the chip's).
+    ``cycle-model:PATH`` is the calibrated cycle model of the whole encoder
+    (``sim.cycle_model.CycleModel``, callable on a packed batch's token counts) saved at
+    ``PATH`` by ``serrano cycle-model --out PATH``. The result has a ``label`` (printed with
+    every table, so an assumed model is never mistaken for the chip's).
     """
     kind, _, rest = spec.partition(":")
     if kind == "linear":
         return LinearService.from_spec(rest)
     if kind == "cycle-model":
+        if not rest:
+            raise ValueError("--service cycle-model:PATH needs the calibrated model's file "
+                             "(written by serrano cycle-model --out PATH)")
         import importlib
         try:
             cycle_model = importlib.import_module(f"{__package__}.cycle_model")
         except ModuleNotFoundError as exc:
             if exc.name != f"{__package__}.cycle_model":
                 raise                      # the module exists but something it needs does not
-            raise ValueError("--service cycle-model needs sim/cycle_model.py (the calibrated "
-                             "cycle model of the encoder), which this tree does not have yet; "
-                             "use --service linear:A,B (an assumed model) meanwhile") from None
-        fn = getattr(cycle_model, "service_cycles", None)
-        if not callable(fn):
-            raise ValueError("sim/cycle_model.py has no callable service_cycles(lengths) -> "
-                             "cycles for --service cycle-model")
-        return fn
+            raise ValueError("--service cycle-model:PATH needs sim/cycle_model.py, which "
+                             "this tree does not have") from None
+        try:
+            return cycle_model.CycleModel.load(rest)
+        except FileNotFoundError:
+            raise ValueError(f"{rest}: no such cycle model file (serrano cycle-model --out "
+                             f"writes one)") from None
     raise ValueError(f"unknown service model {spec!r}; use one of {', '.join(SERVICE_FORMS)}")
 
 

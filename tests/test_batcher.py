@@ -389,7 +389,34 @@ def test_loadtest_lengths_trace_and_errors(tmp_path, capsys):
     assert all(p["completed"] == 50 for p in doc["points"])
     capsys.readouterr()
     assert _loadtest(["--service", "cycle-model", "--out", str(out)]) == 2
-    assert "sim/cycle_model.py" in capsys.readouterr().err
+    assert "cycle-model:PATH needs the calibrated model's file" in capsys.readouterr().err
+    assert _loadtest(["--service", f"cycle-model:{tmp_path / 'none.json'}",
+                      "--out", str(out)]) == 2
+    assert "no such cycle model file" in capsys.readouterr().err
     assert _loadtest(["--service", "linear:1,1", "--policy", "x=max_batch_requests=0",
                       "--out", str(out)]) == 2
     assert "max_batch_requests must be a positive integer, not 0" in capsys.readouterr().err
+
+
+def test_loadtest_with_a_saved_cycle_model(tmp_path, capsys):
+    """--service cycle-model:PATH: the saved CycleModel is the service (its cycles, its
+    label, not marked assumed)."""
+    from serrano.sim.batcher import service_from_spec
+    from serrano.sim.cycle_model import IO_FEATURES, LAYER_FEATURES, CycleModel
+    # Coefficients chosen by the test (a real one comes from serrano cycle-model).
+    cm = CycleModel(lanes=8, mem_width=8, hidden=32, heads=2, intermediate=64, layers=2,
+                    a=2, b=3, coef=dict.fromkeys(LAYER_FEATURES + IO_FEATURES, 1.0),
+                    calibrated_on=[], loo_error=0.01)
+    path = tmp_path / "cm.json"
+    cm.save(path)
+    service = service_from_spec(f"cycle-model:{path}")
+    assert [service(ls) for ls in ([5], [3, 9, 16])] == [cm.cycles([5]), cm.cycles([3, 9, 16])]
+    out = tmp_path / "lt"
+    assert _loadtest(["--service", f"cycle-model:{path}", "--requests", "200", "--points", "3",
+                      "--policy", "b4=max_batch_requests=4", "--out", str(out), "--no-plots",
+                      "--no-progress", "--lengths", "list:5,9"]) == 0
+    assert cm.label in capsys.readouterr().out
+    doc = json.loads((out / "loadtest.json").read_text())
+    assert doc["service"] == cm.label and not doc["assumed_service_model"]
+    idle = (cm.cycles([5]) + cm.cycles([9])) / 2 / 150e6
+    assert doc["idle_latency_s"] == pytest.approx(idle)

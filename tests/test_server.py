@@ -261,23 +261,44 @@ def test_priorities_over_http(tiny):
     assert model.seen == [["the cat"], ["the sun"], ["a dog"]]
 
 
-def test_serve_command_reports_a_rejected_config_cleanly(tiny, capsys):
+def test_serve_command_reports_a_rejected_config_cleanly(tiny, capsys, monkeypatch):
     """--rows/--cols: an accelerator the model rejects is an error at startup, not a crash."""
     from serrano.commands import serve
-    assert serve.main(["--model", str(tiny), "--rows", "16", "--cols", "16",
+
+    def no_server(*args, **kwargs):       # (a startup that gets this far would serve forever)
+        raise AssertionError("serve.main started a server")
+    monkeypatch.setattr(uvicorn, "run", no_server)
+    assert serve.main(["--model", str(tiny), "--rows", "16", "--cols", "8",
                        "--max-batch", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: config must be an 8x8 array")
+    assert err.startswith("error: ") and "square array" in err
+    assert serve.main(["--model", str(tiny), "--rows", "3", "--cols", "3"]) == 2
+    assert "multiple of" in capsys.readouterr().err
     assert serve.main(["--model", str(tiny / "missing")]) == 2
     assert "is not a model directory" in capsys.readouterr().err
     assert serve.main(["--model", str(tiny), "--service", "cycle-model"]) == 2
-    assert "sim/cycle_model.py" in capsys.readouterr().err
+    assert "cycle-model:PATH" in capsys.readouterr().err
+    # A cycle model of another encoder is refused; one of this one is taken.
+    from serrano.sim.cycle_model import IO_FEATURES, LAYER_FEATURES, CycleModel
+    for layers, ok in ((6, False), (2, True)):
+        cm = CycleModel(lanes=8, mem_width=8, hidden=32, heads=2, intermediate=64,
+                        layers=layers, a=0, b=0, calibrated_on=[],
+                        coef=dict.fromkeys(LAYER_FEATURES + IO_FEATURES, 1.0))
+        cm.save(tiny / f"cm{layers}.json")
+        args = serve.parser().parse_args(["--model", str(tiny), "--service",
+                                          f"cycle-model:{tiny / f'cm{layers}.json'}"])
+        if ok:
+            assert serve.build(args)[0] is not None
+        else:
+            with pytest.raises(ValueError, match="is not of this accelerator and model"):
+                serve.build(args)
     # An accepted shape builds an app without running anything.
-    args = serve.parser().parse_args(["--model", str(tiny), "--rows", "8", "--cols", "8",
-                                      "--max-batch", "2", "--service", "linear:1000,50"])
-    app, name, policy = serve.build(args)
-    assert name == tiny.name and policy.max_batch_requests == 2
-
+    for side in (8, 16):
+        args = serve.parser().parse_args(["--model", str(tiny), "--rows", str(side), "--cols",
+                                          str(side), "--max-batch", "2",
+                                          "--service", "linear:1000,50"])
+        app, name, policy = serve.build(args)
+        assert name == tiny.name and policy.max_batch_requests == 2
 
 class _Failing:
     """The model, with ``embed`` raising for a batch that holds the text "boom"."""

@@ -11,8 +11,8 @@ to ``--out``, with the throughput each policy sustains under a p99 latency bound
     serrano loadtest --service linear:945754,171765 --mhz 150 --out build/loadtest/8x8
 
 ``--service linear:A,B``: cycles = A + B x device tokens of the batch, an ASSUMED model (the
-output says so). ``--service cycle-model``: the calibrated cycle model of the encoder
-(``sim/cycle_model.py``), an error until that module exists. ``--lengths``: ``fixed:N``,
+output says so). ``--service cycle-model:PATH``: the calibrated cycle model of the encoder
+(``sim.cycle_model.CycleModel``) that ``serrano cycle-model --out PATH`` wrote. ``--lengths``: ``fixed:N``,
 ``uniform:LO,HI``, ``list:N,N,...`` or ``sentences[:FILE]`` (the token counts of FILE's lines,
 default the built-in test sentences, with the tokenizer of ``--model``). Points run in this
 process, on a local Dask cluster (``--workers N``) or on an existing scheduler
@@ -103,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from serrano.sim.batcher import parse_seconds
     p = argparse.ArgumentParser(prog="serrano loadtest", description=__doc__.split("\n\n")[0])
     p.add_argument("--service", required=True,
-                   help="linear:A,B (assumed: A + B x tokens cycles) or cycle-model")
+                   help="linear:A,B (assumed: A + B x tokens cycles) or cycle-model:PATH")
     p.add_argument("--mhz", type=float, default=150.0,
                    help="clock (default 150: the ECP5 target, an assumption, not a measured "
                         "Fmax of the design with the vector unit)")

