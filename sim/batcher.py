@@ -87,7 +87,7 @@ class BatchPolicy:
         rounded up to ``pad_block`` tokens (the device processes the padding). ``False``: packed
         (the device processes only the real tokens).
     pad_block : int
-        The padded length's granularity (the accelerator's token block, 8 lanes today).
+        The padded length's granularity (the accelerator's token block: its lanes, 8 on 8x8).
 
     Requests are served in priority order (0 first, larger numbers later), then in arrival
     order; a batch is a prefix of that order (a request that does not fit ends the batch
