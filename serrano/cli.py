@@ -26,6 +26,8 @@ COMMANDS = {
     "bench-layer": ("bench_layer", "a MiniLM-shaped encoder layer as one program: cycles"),
     "run-model": ("run_model", "embed sentences with a Hugging Face BERT on the accelerator"),
     "cycle-model": ("cycle_model", "calibrate the encoder's cycle model against the RTL"),
+    "serve": ("serve", "an OpenAI-compatible embeddings server with dynamic batching"),
+    "loadtest": ("loadtest", "the batcher's latency against throughput in device time"),
 }
 
 
