@@ -87,7 +87,8 @@ class BatchPolicy:
         rounded up to ``pad_block`` tokens (the device processes the padding). ``False``: packed
         (the device processes only the real tokens).
     pad_block : int
-        The padded length's granularity (the accelerator's token block: its lanes, 8 on 8x8).
+        The padded length's granularity (default 1: ``Model.run(packed=False)`` pads to the
+        longest sequence, at any length).
 
     Requests are served in priority order (0 first, larger numbers later), then in arrival
     order; a batch is a prefix of that order (a request that does not fit ends the batch
@@ -101,7 +102,7 @@ class BatchPolicy:
     max_queue_length: int | None = None
     timeout: float | None = None
     padded: bool = False
-    pad_block: int = 8
+    pad_block: int = 1
 
     def __post_init__(self):
         _positive_int("max_batch_requests", self.max_batch_requests)

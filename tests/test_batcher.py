@@ -41,7 +41,9 @@ def test_policy_validates_up_front():
         BatchPolicy.from_spec("batch=3")
     # Padded: the longest rounded up to the block, for every request; one request alone is
     # not padded.
-    assert p.device_lengths([5, 11, 3]) == (16, 16, 16) and p.device_lengths([11]) == (11,)
+    assert p.device_lengths([5, 11, 3]) == (11, 11, 11) and p.device_lengths([11]) == (11,)
+    blocks = BatchPolicy(padded=True, pad_block=8)     # (rounded up to whole token blocks)
+    assert blocks.device_lengths([5, 11, 3]) == (16, 16, 16)
     assert BatchPolicy().device_lengths([5, 11]) == (5, 11)
 
 
@@ -122,7 +124,7 @@ def test_token_limit_ends_a_batch_and_oversized_requests_are_refused():
         b.submit("d", 21, 0.0)
     assert b.outcomes["d"] == "rejected"
     padded = Batcher(BatchPolicy(max_batch_requests=8, max_batch_tokens=32, padded=True,
-                                 max_queue_delay=5.0))
+                                 pad_block=8, max_queue_delay=5.0))
     padded.submit(0, 3, 0.0)
     padded.submit(1, 9, 0.0)                  # 2 x 16 = 32 device tokens: fits
     padded.submit(2, 1, 0.0)                  # 3 x 16 = 48: does not
@@ -262,7 +264,8 @@ def test_des_two_replicas_padding_energy_and_timeouts():
     assert list(res.replica) == [0, 1, 0, 1]
     assert res.summary()["energy_per_request"] == pytest.approx(45e-6 / 4)
     # Padded: batch [1, 2] is 2 x 24 device tokens (1000 + 4800 cycles).
-    pad = simulate(TRACE, BatchPolicy(max_batch_requests=4, padded=True), _service, mhz=1.0)
+    pad = simulate(TRACE, BatchPolicy(max_batch_requests=4, padded=True, pad_block=8),
+                   _service, mhz=1.0)
     assert list(pad.batch_tokens) == [10, 48, 5] and pad.batch_cycles[1] == 5800
     # A timeout of 1.2 ms on request 1: still queued at 1.7 ms, so it times out then;
     # 2 goes alone at 2 ms.

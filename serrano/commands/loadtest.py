@@ -124,7 +124,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "policy's capacity, geometric)")
     p.add_argument("--points", type=int, default=12, help="load points (default 12)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--energy", help="joules per batch: linear:A,B (assumed: A + B x tokens)")
+    p.add_argument("--energy", help="joules per batch: model:PATH (a sim.energy.BatchEnergy "
+                   "that serrano cycle-model wrote; the default with --service "
+                   "cycle-model:X.json when X.energy.json exists) or linear:A,B (assumed: "
+                   "A + B x tokens)")
     p.add_argument("--p99-bound", type=float, default=4.0,
                    help="the headline's p99 bound, as a multiple of one request's latency on "
                         "an idle chip (default 4)")
@@ -270,10 +273,13 @@ def headline(rows: list[dict], bound_ms: float, points: list[dict] | None = None
 
 def plot(rows: list[dict], results: list[dict], points: list[dict], out: Path,
          title: str, bound_ms: float) -> list[Path]:
+    import textwrap
+
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    title = textwrap.fill(title, 110)     # (the service model's label is long)
     names = list(dict.fromkeys(r["policy"] for r in rows))
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     for name in names:
@@ -325,11 +331,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         service = service_from_spec(args.service)
         args.energy_fn = None
-        if args.energy:
-            kind, _, rest = args.energy.partition(":")
-            if kind != "linear":
-                raise ValueError(f"bad --energy {args.energy!r}: use linear:A,B")
-            args.energy_fn = LinearEnergy.from_spec(rest)
+        energy = args.energy
+        kind, _, rest = args.service.partition(":")
+        beside = Path(rest).with_suffix(".energy.json") if kind == "cycle-model" else None
+        if energy is None and beside is not None and beside.is_file():
+            energy = f"model:{beside}"      # what serrano cycle-model wrote beside it
+        if energy:
+            kind, _, rest = energy.partition(":")
+            if kind == "linear":
+                args.energy_fn = LinearEnergy.from_spec(rest)
+            elif kind == "model":
+                from serrano.sim.energy import BatchEnergy
+                args.energy_fn = BatchEnergy.load(rest)
+            else:
+                raise ValueError(f"bad --energy {energy!r}: use linear:A,B or model:PATH")
         lengths = parse_lengths(args.lengths, args.model)
         hz = args.mhz * 1e6
         idle = float(np.mean([service([int(t)]) for t in lengths.values])) / hz
