@@ -398,8 +398,8 @@ def test_struct_tag_and_rtlil():
     bank of :class:`SoloLanes` (the datapath itself has none)."""
     from amaranth.lib import data
     tag = data.StructLayout({"row": unsigned(12), "last": unsigned(1), "addr": unsigned(16)})
-    for cls, kw, dsps in ((PrescaleLanes, {}, 4), (GeluLanes, {"act_bits": 16}, 11),
-                          (AddLanes, {"act_bits": 8}, 6)):
+    for cls, kw, dsps in ((PrescaleLanes, {}, 3), (GeluLanes, {"act_bits": 16}, 9),
+                          (AddLanes, {"act_bits": 8}, 5)):
         dut = cls(lanes=1, tag_shape=tag, target=MultiplierTarget(family="ecp5"), **kw)
         assert dut.products == dsps
         text = rtlil.convert(SoloLanes(dut))
