@@ -127,9 +127,7 @@ class GenericOutputStage(OutputStage):
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
         return 2 + self.PRODUCT_LATENCY + 2 + 1 + 1 + 2
 
-    supports_wide = True
-
-    def _column(self, m, n: int, acc, params, out, wide=None) -> None:
+    def _column(self, m, n: int, acc, params, out) -> None:
         col = Column(m, n)
         s1 = stage1(col, acc, params)
         s2_mul = col.delay(s1.mul, 1, 2, "mul")
@@ -141,7 +139,7 @@ class GenericOutputStage(OutputStage):
         s_q, s_inc = self._divide(col, s1, s_h, sp)
         assert sq + 3 == self.latency
         s_out = col.sync(signed(8), f"s{self.latency}_out",
-                         zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
+                         zero_point_and_clamp(col, s1, s_q, s_inc, sq))
         m.d.comb += out.eq(s_out)
 
     @staticmethod
@@ -202,9 +200,7 @@ class ECP5OutputStage(OutputStage):
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
         return 1 + 2 + 1 + self.PRODUCT_LATENCY + 2 + 3 + 1 + 2
 
-    supports_wide = True
-
-    def _column(self, m, n: int, acc, params, out, wide=None) -> None:
+    def _column(self, m, n: int, acc, params, out) -> None:
         col = Column(m, n)
         acc = col.sync(acc.shape(), "s0_acc", acc)
         params = col.sync(isa.OutputParams, "s0_params", params)
@@ -223,7 +219,7 @@ class ECP5OutputStage(OutputStage):
         s_q, s_inc, sq = self._divide(col, s1, s_h, sp)
         assert sq + 3 + 1 == self.latency  # (+ stage 0)
         s_out = col.sync(signed(8), f"s{self.latency}_out",
-                         zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
+                         zero_point_and_clamp(col, s1, s_q, s_inc, sq))
         m.d.comb += out.eq(s_out)
 
     def _product(self, col: Column, a, b, name: str):

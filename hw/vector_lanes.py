@@ -271,8 +271,8 @@ class PrescaleLanes(LaneDatapath):
         return arith.mbqm(col, stage1(col, block.x[n], params[n]))
 
 
-#: :class:`RequantLanes`' result per lane: the output stage's int8 (``o_data``) and int16
-#: (``o_wide``) results.
+#: :class:`RequantLanes`' result per lane: the output stage's int8 result (``o_data``) and the
+#: int16 one of ``output_wide.zero_point_and_clamp``.
 REQUANT_RESULT = data.StructLayout({"int8": signed(8), "int16": signed(16)})
 
 
