@@ -66,7 +66,7 @@ class OutputStage(wiring.Component):
         delayed by ``latency`` cycles.
     target : MultiplierTarget or None
         Only ``family`` and ``simulation`` matter. ``family`` picks the pipeline and with it
-        ``latency``: 9 generic, 17 ECP5, 8 iCE40. With ``simulation`` the vendor DSPs are
+        ``latency``: 9 generic, 15 ECP5, 8 iCE40. With ``simulation`` the vendor DSPs are
         their cycle-equivalent models.
 
     Attributes

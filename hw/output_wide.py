@@ -174,26 +174,27 @@ class GenericOutputStage(OutputStage):
 
 
 class ECP5OutputStage(OutputStage):
-    """The ECP5 pipeline (17 stages): each partial product an instantiated ``MULT18X18D``
+    """The ECP5 pipeline (15 stages): each partial product an instantiated ``MULT18X18D``
     (``hw.mult.Multiplier``, ``width=18``; with ``target.simulation`` its cycle-equivalent
     model) with input, pipeline and output registers, and every stage at most a 4:1 mux or
     one carry chain per bit.
 
     0. the accumulator row and parameters registered before any logic (both come from block
        RAMs far away); stage numbers count from stage 1 regardless, so the registers of
-       stage ``k`` are named ``s{k}_*`` and the output register ``s17_out``;
+       stage ``k`` are named ``s{k}_*`` and the output register ``s15_out``;
     1. as generic; 2. the left shift by the amount's low 3 bits (0..7);
     3. the whole-byte rest of the shift (0, 8, 16 or 24: one 4:1 mux level), so that the
        DSPs' input registers are fed from fabric registers;
-    4-8. the partial products: the DSP's three registers, then two fabric registers that let
-       the placer split the route from the DSP rows to the adders;
-    9. ``t``, the shift amount's codes; 10. ``h``, the rounding masks from the codes;
-    11-13. RoundingDivideByPOT in three stages (``_divide``);
-    14. the zero point; 15-16. the clamp.
+    4-6. the Karatsuba products: the DSP's input, pipeline and output registers (no fabric
+       registers after them: each would cost 36 flip-flops per product, and the whole 8x8
+       accelerator with the vector unit did not fit the 85F's flip-flops with two);
+    7. ``t``, the shift amount's codes; 8. ``h``, the rounding masks from the codes;
+    9-11. RoundingDivideByPOT in three stages (``_divide``);
+    12. the zero point; 13-14. the clamp.
     """
 
-    #: Cycles of each partial product: the DSP's three registers and two fabric registers.
-    PRODUCT_LATENCY = 5
+    #: Cycles of each partial product: the DSP's input, pipeline and output registers.
+    PRODUCT_LATENCY = 3
 
     @property
     def latency(self) -> int:

@@ -244,7 +244,7 @@ class PrescaleLanes(LaneDatapath):
     ``params`` is ``L`` ``isa.OutputParams`` (the parameter-buffer entries ``VREQUANT``
     reads; ``zero_point``, ``lo`` and ``hi`` are ignored), sampled with the block (in the
     cycle it is accepted). ``shift`` saturates into ``[-31, 30]`` as in the output stage.
-    Latency: 10 cycles generic, 17 ECP5 (three products per lane, ``products``).
+    Latency: 10 cycles generic, 15 ECP5 (three products per lane, ``products``).
     """
 
     @property
@@ -287,7 +287,7 @@ class RequantLanes(LaneDatapath):
     another op).
 
     ``params`` is sampled with the block, as in :class:`PrescaleLanes`. Latency: 12 cycles
-    generic, 19 ECP5 (three products per lane).
+    generic, 17 ECP5 (three products per lane).
     """
 
     products = 3
@@ -343,7 +343,7 @@ class GeluLanes(_ActLanes):
     """GELU on each lane, bit-exact with ``sim.kernels.gelu`` (without ``pre``: put a
     :class:`PrescaleLanes` in front for the input stage).
 
-    Per lane (stage numbers with the product latency ``P``, 1 generic, 5 ECP5)::
+    Per lane (stage numbers with the product latency ``P``, 1 generic, 3 ECP5)::
 
         0          x registered
         P + 2      x * in_mult: four 16-bit partial products, summed (64 bits)
@@ -363,7 +363,7 @@ class GeluLanes(_ActLanes):
     ``params`` (:data:`GeluLaneParams`) is read while blocks are in flight and must be held
     constant for the whole command (from the first block's acceptance until its last result
     has left). ``in_shift`` must be in ``[1, 62]``; ``out_shift`` saturates into
-    ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (nine products per lane).
+    ``[-31, 30]``. Latency: 26 cycles generic, 37 ECP5 (nine products per lane).
     The ROM (:data:`GELU_ROM`, from ``sim.kernels.GELU_TABLE``) has one read port per lane
     and asks for block RAM (``rom_style``): on ECP5 two DP16KD (the 31-bit entry in 18-bit
     halves) per two lanes.
@@ -447,7 +447,7 @@ class AddLanes(_ActLanes):
         P + 11   saturated to act_bits
 
     ``params`` (:data:`AddLaneParams`) is held constant for the whole command, shifts in
-    ``[1, 62]``. Latency: 15 cycles generic, 19 ECP5 (five products per lane).
+    ``[1, 62]``. Latency: 15 cycles generic, 17 ECP5 (five products per lane).
     """
 
     @property

@@ -80,7 +80,7 @@ class ECP5LaneArith(GenericLaneArith):
     ``target.simulation`` its cycle-equivalent model) and the ECP5 output stage's MBQM (every
     stage at most a 4:1 mux or one carry chain per bit)."""
 
-    #: The DSP's input, pipeline and output registers and two fabric registers.
+    #: The DSP's input, pipeline and output registers.
     PRODUCT_LATENCY = ECP5OutputStage.PRODUCT_LATENCY
     #: Two shift stages, the products, ``t``, ``h``, three division stages, ``q + inc``.
     MBQM_STAGES = 2 + PRODUCT_LATENCY + 2 + 3 + 1

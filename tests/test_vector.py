@@ -619,7 +619,7 @@ def test_requant_lanes_are_the_output_stage(family):
     cols = 4
     target = None if family == "generic" else MultiplierTarget(family="ecp5", simulation=True)
     dut = SoloLanes(RequantLanes(lanes=cols, tag_shape=data.ArrayLayout(1, 1), target=target))
-    assert dut.latency == (12 if family == "generic" else 19)
+    assert dut.latency == (12 if family == "generic" else 17)
     rng = np.random.default_rng(5)
     rows = corner_rows(cols) + random_rows(rng, cols, 30) + halfword_rows(rng, cols, 20)
     # Extra rows whose y lands on and around the int16 bounds.
