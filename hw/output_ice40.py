@@ -39,7 +39,7 @@ class ICE40OutputStage(OutputStage):
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
         return 8
 
-    def _column(self, m, n: int, acc, params, out, wide=None) -> None:
+    def _column(self, m, n: int, acc, params, out) -> None:
         col = Column(m, n)
         s1 = stage1(col, acc, params)
         s3_lo = self._fold_bounds(col, s1)

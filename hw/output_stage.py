@@ -66,7 +66,7 @@ class OutputStage(wiring.Component):
         delayed by ``latency`` cycles.
     target : MultiplierTarget or None
         Only ``family`` and ``simulation`` matter. ``family`` picks the pipeline and with it
-        ``latency``: 9 generic, 17 ECP5, 8 iCE40. With ``simulation`` the vendor DSPs are
+        ``latency``: 9 generic, 15 ECP5, 8 iCE40. With ``simulation`` the vendor DSPs are
         their cycle-equivalent models.
 
     Attributes
@@ -78,37 +78,23 @@ class OutputStage(wiring.Component):
     o_valid : Out(1)
     o_data : Out(ArrayLayout(signed(8), cols))
     o_tag : Out(tag_shape)
-    o_wide : Out(ArrayLayout(signed(16), cols))
-        Only with ``wide=True``: the same rows with the int16 clamp of ``docs/numerics.md``
-        (VREQUANT into 16-bit activations): ``y`` after the zero point saturated to
-        ``[-32768, 32767]``, ``lo``/``hi`` unused, beside ``o_data`` and aligned with it.
-        The generic and ECP5 pipelines have it; the iCE40 one does not (``ValueError``).
     """
 
     def __new__(cls, config: AcceleratorConfig, tag_shape,
-                target: MultiplierTarget | None = None, *, wide: bool = False):
+                target: MultiplierTarget | None = None):
         if cls is OutputStage:
             cls = output_stage_class(target)
         return super().__new__(cls, src_loc_at=1)
 
-    #: Whether the pipeline can offer ``o_wide`` (``wide=True``).
-    supports_wide = False
-
     def __init__(self, config: AcceleratorConfig, tag_shape,
-                 target: MultiplierTarget | None = None, *, wide: bool = False):
+                 target: MultiplierTarget | None = None):
         if not isinstance(config, AcceleratorConfig):
             raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
         _check_target(target)
         check_tag_shape(tag_shape)
-        if not isinstance(wide, bool):
-            raise TypeError(f"wide must be a bool, not {wide!r}")
-        if wide and not self.supports_wide:
-            self._MustUse__silence = True   # a rejected object is not "unused" by mistake
-            raise ValueError(f"{type(self).__name__} has no int16 output (wide=True)")
         self._config = config
         self._tag_shape = tag_shape
         self._target = target or MultiplierTarget()
-        self._wide = wide
         members = {
             "i_valid": In(1),
             "i_acc": In(data.ArrayLayout(signed(32), config.cols)),
@@ -118,8 +104,6 @@ class OutputStage(wiring.Component):
             "o_data": Out(data.ArrayLayout(signed(8), config.cols)),
             "o_tag": Out(tag_shape),
         }
-        if wide:
-            members["o_wide"] = Out(data.ArrayLayout(signed(16), config.cols))
         super().__init__(members)
 
     @property
@@ -145,11 +129,9 @@ class OutputStage(wiring.Component):
                                 reset_less=True)),
         ]
         for n in range(self._config.cols):
-            wide = self.o_wide[n] if self._wide else None
-            self._column(m, n, self.i_acc[n], self.i_params[n], self.o_data[n], wide)
+            self._column(m, n, self.i_acc[n], self.i_params[n], self.o_data[n])
         return m
 
-    def _column(self, m: Module, n: int, acc, params, out, wide=None) -> None:
-        """Column ``n``'s pipeline from ``acc`` and ``params`` to ``out`` (and the int16
-        result to ``wide`` unless it is ``None``)."""
+    def _column(self, m: Module, n: int, acc, params, out) -> None:
+        """Column ``n``'s pipeline from ``acc`` and ``params`` to ``out``."""
         raise NotImplementedError

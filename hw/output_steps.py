@@ -15,7 +15,7 @@ from . import isa
 from .delay import delay
 
 __all__ = ["INT32_MAX", "check_tag_shape", "Column", "Stage1", "stage1", "saturate_shift", "carry_save_sum",
-           "rounding_half_sum", "saturated", "round_increment", "carry_in_sum",
+           "karatsuba", "karatsuba_middle", "rounding_half_sum", "saturated", "round_increment", "carry_in_sum",
            "byte_shift", "ShiftCodes", "shift_codes", "mask_bits", "greater",
            "saturate_int16"]
 
@@ -123,6 +123,40 @@ def carry_save_sum(col: Column, stage: int, lh, hl, llhi, width: int = 34):
     csa_s = x3 ^ y3 ^ z3
     csa_c = (x3 & y3) | (x3 & z3) | (y3 & z3)
     return csa_s + Cat(C(0, 1), csa_c[:width - 1])
+
+
+def karatsuba(product, a_hi, a_lo, b_hi, b_lo, name: str = ""):
+    """The three products of ``a * b`` for ``a = a_hi * 2**16 + a_lo`` and ``b = b_hi * 2**16
+    + b_lo`` (``a_lo``, ``b_lo`` unsigned 16 bits; ``a_hi``, ``b_hi`` at most 17 bits signed
+    or 15 unsigned, so that each sum ``hi + lo`` is an 18x18 DSP operand): ``(hh, mid, ll)``
+    with ``hh = a_hi * b_hi``, ``ll = a_lo * b_lo`` and ``mid = (a_hi + a_lo) (b_hi + b_lo)``,
+    so that ``lh + hl = mid - hh - ll`` (Karatsuba: three products for four).
+    ``product(x, y, name)`` gives ``x * y``."""
+    for v in (a_hi, b_hi):
+        shape = v.shape()
+        assert shape.width <= (17 if shape.signed else 15), shape
+    hh = product(a_hi, b_hi, f"{name}hh")
+    mid = product(a_hi + a_lo, b_hi + b_lo, f"{name}mid")
+    ll = product(a_lo, b_lo, f"{name}ll")
+    return hh, mid, ll
+
+
+def karatsuba_middle(col: Column, stage: int, name: str, hh, mid, ll, width: int):
+    """``lh + hl + (ll >> 16) = mid - hh - ll + (ll >> 16)`` mod ``2**width`` of the products
+    of :func:`karatsuba` (``ll`` unsigned, 32 bits) in one carry chain behind two carry-save
+    layers (two LUT levels): ``-v`` is ``~v + 1``, and the two ``+ 1`` ride in on the free low
+    bits of the two shifted carry vectors. The value has more than ``width`` bits: slice
+    it."""
+    ll = ll.as_unsigned()[:32]
+    x1 = col.wire(width, f"s{stage}_{name}mid_ext", mid)
+    x2 = ~col.wire(width, f"s{stage}_{name}hh_ext", hh)
+    x3 = ~col.wire(width, f"s{stage}_{name}ll_ext", ll)
+    x4 = col.wire(width, f"s{stage}_{name}llhi_ext", ll[16:])
+    s1 = x1 ^ x2 ^ x3
+    c1 = Cat(C(1, 1), ((x1 & x2) | (x1 & x3) | (x2 & x3))[:width - 1])
+    s2 = s1 ^ c1 ^ x4
+    c2 = Cat(C(1, 1), ((s1 & c1) | (s1 & x4) | (c1 & x4))[:width - 1])
+    return s2 + c2
 
 
 def rounding_half_sum(p, q):

@@ -1,5 +1,5 @@
-"""The output stage's wide pipelines: the 32x32 product as four 16-bit partial products, each
-alone between registers, as plain ``*`` (:class:`GenericOutputStage`) or as instantiated
+"""The output stage's wide pipelines: the 32x32 product as three Karatsuba products of 16-bit
+halves, each alone between registers, as plain ``*`` (:class:`GenericOutputStage`) or as instantiated
 MULT18X18D blocks (:class:`ECP5OutputStage`)."""
 
 from amaranth import C, Cat, Mux, signed, unsigned
@@ -7,9 +7,9 @@ from amaranth import C, Cat, Mux, signed, unsigned
 from . import isa
 from .mult import Multiplier
 from .output_stage import OutputStage
-from .output_steps import (INT32_MAX, Column, Stage1, byte_shift, carry_in_sum, carry_save_sum,
-                           greater, mask_bits, round_increment, rounding_half_sum, saturated,
-                           saturate_int16, shift_codes, stage1)
+from .output_steps import (INT32_MAX, Column, Stage1, byte_shift, carry_in_sum, greater,
+                           karatsuba, karatsuba_middle, mask_bits, round_increment,
+                           rounding_half_sum, saturated, saturate_int16, shift_codes, stage1)
 
 __all__ = ["GenericOutputStage", "ECP5OutputStage"]
 
@@ -19,10 +19,11 @@ def high_mul(col: Column, a, b, sp: int, product):
     ``b`` (int32) in the stage-``sp + 2`` register ``s{sp+2}_h`` (33 bits, see
     :func:`~.output_steps.saturated`).
 
-    ``product(x, y, name)`` gives ``x * y`` (16-bit operands, each signed or unsigned) in the
-    stage-``sp`` registers, as a value of at least 32 bits: the four partial products of
-    16-bit halves (signed high, unsigned low), each small enough for one 18x18 DSP,
-    ``a * b = hh * 2**32 + (lh + hl) * 2**16 + ll``.
+    ``product(x, y, name)`` gives ``x * y`` (operands of at most 18 bits signed, 17
+    unsigned) in the stage-``sp`` registers, as a value of at least 34 bits: the three
+    Karatsuba products of 16-bit halves (signed high, unsigned low; ``output_steps.
+    karatsuba``), each one 18x18 DSP, ``a * b = hh * 2**32 + (lh + hl) * 2**16 + ll`` with
+    ``lh + hl = mid - hh - ll``.
 
     The nudge and truncating division: for ab >= 0, trunc((ab + 2**30) / 2**31) =
     floor((ab + 2**30) / 2**31); for ab < 0, trunc((ab + 1 - 2**30) / 2**31) = ceil(...) =
@@ -30,20 +31,18 @@ def high_mul(col: Column, a, b, sp: int, product):
     one floor of ab + 2**30, and since 2**30 only touches bits >= 30 that is
     ((ab >> 30) + 1) >> 1. With t = lh + hl + (ll >> 16), which is ab >> 16 less hh * 2**16
     (the low 16 bits of ll produce no carry), ab >> 30 = hh * 4 + (t >> 14).
-    Stage sp + 1 computes t mod 2**34 (where it fits, |t| < 2**33), stage sp + 2
-    h = ((t >> 14) + 4 hh + 1) >> 1.
+    Stage sp + 1 computes t mod 2**34 (where it fits, |t| < 2**33; ``output_steps.
+    karatsuba_middle``), stage sp + 2 h = ((t >> 14) + 4 hh + 1) >> 1.
     """
     a_lo, a_hi = a.as_unsigned()[:16], a[16:].as_signed()
     b_lo, b_hi = b.as_unsigned()[:16], b[16:].as_signed()
-    llhi = product(a_lo, b_lo, "ll")[16:32]  # bits 0..15 never matter
-    lh = product(a_lo, b_hi, "lh")[:32].as_signed()  # |lh|, |hl| < 2**31,
-    hl = product(a_hi, b_lo, "hl")[:32].as_signed()  # hh <= 2**30
-    hh = product(a_hi, b_hi, "hh")[:32].as_signed()
+    hh, mid, ll = karatsuba(product, a_hi, a_lo, b_hi, b_lo)   # |hh| <= 2**30
+    hh = hh[:32].as_signed()
 
     st = sp + 1
     tw = 34
-    s_t = col.sync(signed(tw), f"s{st}_t", carry_save_sum(col, st, lh, hl, llhi, tw)[:tw]
-                   .as_signed())
+    s_t = col.sync(signed(tw), f"s{st}_t",
+                   karatsuba_middle(col, st, "", hh, mid, ll, tw)[:tw].as_signed())
     s_hh = col.delay(hh, sp, st, "hh")
 
     sh = sp + 2
@@ -114,7 +113,7 @@ class GenericOutputStage(OutputStage):
     1. ``acc + bias``, the shift decode, the clamp bounds (``output_steps.stage1``);
     2. the left barrel shift (wraps in int32), in a cycle of its own so that the multipliers'
        operands come straight from registers;
-    3. the four partial products (``high_mul``);
+    3. the three Karatsuba products (``high_mul``);
     4. ``t``; 5. ``h`` beside the rounding masks decoded from the shift amount;
     6. RoundingDivideByPOT's shift and increment;
     7. the zero point; 8-9. the clamp (``zero_point_and_clamp``).
@@ -128,9 +127,7 @@ class GenericOutputStage(OutputStage):
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
         return 2 + self.PRODUCT_LATENCY + 2 + 1 + 1 + 2
 
-    supports_wide = True
-
-    def _column(self, m, n: int, acc, params, out, wide=None) -> None:
+    def _column(self, m, n: int, acc, params, out) -> None:
         col = Column(m, n)
         s1 = stage1(col, acc, params)
         s2_mul = col.delay(s1.mul, 1, 2, "mul")
@@ -142,7 +139,7 @@ class GenericOutputStage(OutputStage):
         s_q, s_inc = self._divide(col, s1, s_h, sp)
         assert sq + 3 == self.latency
         s_out = col.sync(signed(8), f"s{self.latency}_out",
-                         zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
+                         zero_point_and_clamp(col, s1, s_q, s_inc, sq))
         m.d.comb += out.eq(s_out)
 
     @staticmethod
@@ -177,35 +174,34 @@ class GenericOutputStage(OutputStage):
 
 
 class ECP5OutputStage(OutputStage):
-    """The ECP5 pipeline (17 stages): each partial product an instantiated ``MULT18X18D``
+    """The ECP5 pipeline (15 stages): each partial product an instantiated ``MULT18X18D``
     (``hw.mult.Multiplier``, ``width=18``; with ``target.simulation`` its cycle-equivalent
     model) with input, pipeline and output registers, and every stage at most a 4:1 mux or
     one carry chain per bit.
 
     0. the accumulator row and parameters registered before any logic (both come from block
        RAMs far away); stage numbers count from stage 1 regardless, so the registers of
-       stage ``k`` are named ``s{k}_*`` and the output register ``s17_out``;
+       stage ``k`` are named ``s{k}_*`` and the output register ``s15_out``;
     1. as generic; 2. the left shift by the amount's low 3 bits (0..7);
     3. the whole-byte rest of the shift (0, 8, 16 or 24: one 4:1 mux level), so that the
        DSPs' input registers are fed from fabric registers;
-    4-8. the partial products: the DSP's three registers, then two fabric registers that let
-       the placer split the route from the DSP rows to the adders;
-    9. ``t``, the shift amount's codes; 10. ``h``, the rounding masks from the codes;
-    11-13. RoundingDivideByPOT in three stages (``_divide``);
-    14. the zero point; 15-16. the clamp.
+    4-6. the Karatsuba products: the DSP's input, pipeline and output registers (no fabric
+       registers after them: each would cost 36 flip-flops per product, and the whole 8x8
+       accelerator with the vector unit did not fit the 85F's flip-flops with two);
+    7. ``t``, the shift amount's codes; 8. ``h``, the rounding masks from the codes;
+    9-11. RoundingDivideByPOT in three stages (``_divide``);
+    12. the zero point; 13-14. the clamp.
     """
 
-    #: Cycles of each partial product: the DSP's three registers and two fabric registers.
-    PRODUCT_LATENCY = 5
+    #: Cycles of each partial product: the DSP's input, pipeline and output registers.
+    PRODUCT_LATENCY = 3
 
     @property
     def latency(self) -> int:
         """Cycles from a row on the inputs (``i_valid``) to its result (``o_valid``)."""
         return 1 + 2 + 1 + self.PRODUCT_LATENCY + 2 + 3 + 1 + 2
 
-    supports_wide = True
-
-    def _column(self, m, n: int, acc, params, out, wide=None) -> None:
+    def _column(self, m, n: int, acc, params, out) -> None:
         col = Column(m, n)
         acc = col.sync(acc.shape(), "s0_acc", acc)
         params = col.sync(isa.OutputParams, "s0_params", params)
@@ -224,7 +220,7 @@ class ECP5OutputStage(OutputStage):
         s_q, s_inc, sq = self._divide(col, s1, s_h, sp)
         assert sq + 3 + 1 == self.latency  # (+ stage 0)
         s_out = col.sync(signed(8), f"s{self.latency}_out",
-                         zero_point_and_clamp(col, s1, s_q, s_inc, sq, wide))
+                         zero_point_and_clamp(col, s1, s_q, s_inc, sq))
         m.d.comb += out.eq(s_out)
 
     def _product(self, col: Column, a, b, name: str):

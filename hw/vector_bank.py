@@ -28,8 +28,7 @@ PRODUCT = signed(36)
 
 def product_latency(target: MultiplierTarget) -> int:
     """Cycles of one product for ``target.family``: the ECP5 DSP's input, pipeline and output
-    registers and two fabric registers (``hw.output_wide.ECP5OutputStage``), one register
-    generic."""
+    registers (``hw.output_wide.ECP5OutputStage``), one register generic."""
     from .output_wide import ECP5OutputStage
     return ECP5OutputStage.PRODUCT_LATENCY if target.family is Family.ECP5 else 1
 

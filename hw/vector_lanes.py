@@ -30,7 +30,7 @@ from .output_steps import Column, check_tag_shape, rounding_half_sum, stage1
 from .output_wide import zero_point_and_clamp
 from .vector_bank import LaneProducts, ProductsSignature, Solo
 from .vector_steps import (lane_arith, lo_hi, ram_delay, round_shift_staged, saturate_to,
-                           scalar_stage1, wide_sum)
+                           scalar_stage1, wide_products, wide_sum)
 
 __all__ = ["LaneDatapath", "SoloLanes", "PrescaleLanes", "RequantLanes", "REQUANT_RESULT", "GeluLanes", "AddLanes", "GeluLaneParams",
            "AddLaneParams", "GELU_ROM"]
@@ -244,7 +244,7 @@ class PrescaleLanes(LaneDatapath):
     ``params`` is ``L`` ``isa.OutputParams`` (the parameter-buffer entries ``VREQUANT``
     reads; ``zero_point``, ``lo`` and ``hi`` are ignored), sampled with the block (in the
     cycle it is accepted). ``shift`` saturates into ``[-31, 30]`` as in the output stage.
-    Latency: 10 cycles generic, 17 ECP5 (four products per lane, ``products``).
+    Latency: 10 cycles generic, 15 ECP5 (three products per lane, ``products``).
     """
 
     @property
@@ -264,15 +264,15 @@ class PrescaleLanes(LaneDatapath):
         m.d.sync += s0.eq(self.params)
         return s0
 
-    products = 4
+    products = 3
 
     def _lane(self, m, n, block, params, shared, arith):
         col = Column(m, n)
         return arith.mbqm(col, stage1(col, block.x[n], params[n]))
 
 
-#: :class:`RequantLanes`' result per lane: the output stage's int8 (``o_data``) and int16
-#: (``o_wide``) results.
+#: :class:`RequantLanes`' result per lane: the output stage's int8 result (``o_data``) and the
+#: int16 one of ``output_wide.zero_point_and_clamp``.
 REQUANT_RESULT = data.StructLayout({"int8": signed(8), "int16": signed(16)})
 
 
@@ -287,10 +287,10 @@ class RequantLanes(LaneDatapath):
     another op).
 
     ``params`` is sampled with the block, as in :class:`PrescaleLanes`. Latency: 12 cycles
-    generic, 19 ECP5 (four products per lane).
+    generic, 17 ECP5 (three products per lane).
     """
 
-    products = 4
+    products = 3
 
     @property
     def out_shape(self) -> data.StructLayout:
@@ -343,7 +343,7 @@ class GeluLanes(_ActLanes):
     """GELU on each lane, bit-exact with ``sim.kernels.gelu`` (without ``pre``: put a
     :class:`PrescaleLanes` in front for the input stage).
 
-    Per lane (stage numbers with the product latency ``P``, 1 generic, 5 ECP5)::
+    Per lane (stage numbers with the product latency ``P``, 1 generic, 3 ECP5)::
 
         0          x registered
         P + 2      x * in_mult: four 16-bit partial products, summed (64 bits)
@@ -363,7 +363,7 @@ class GeluLanes(_ActLanes):
     ``params`` (:data:`GeluLaneParams`) is read while blocks are in flight and must be held
     constant for the whole command (from the first block's acceptance until its last result
     has left). ``in_shift`` must be in ``[1, 62]``; ``out_shift`` saturates into
-    ``[-31, 30]``. Latency: 26 cycles generic, 45 ECP5 (11 products per lane).
+    ``[-31, 30]``. Latency: 26 cycles generic, 37 ECP5 (nine products per lane).
     The ROM (:data:`GELU_ROM`, from ``sim.kernels.GELU_TABLE``) has one read port per lane
     and asks for block RAM (``rom_style``): on ECP5 two DP16KD (the 31-bit entry in 18-bit
     halves) per two lanes.
@@ -385,18 +385,15 @@ class GeluLanes(_ActLanes):
         P = self._arith.PRODUCT_LATENCY
         return rom, ram_delay(m, block.x, 2 * P + 10, name="x_delay")
 
-    products = 11
+    products = 9
 
     def _lane(self, m, n, block, params, shared, arith):
         rom, x_late = shared
         P = arith.PRODUCT_LATENCY
         col = Column(m, n)
         x = block.x[n]
-        x_lo, x_hi = lo_hi(x)
-        m_lo, m_hi = lo_hi(params.in_mult)
         prod = lambda a, b, name: arith.product(col, a, b, P, name)
-        s_p = wide_sum(col, P, "u", prod(x_hi, m_hi, "u_hh"), prod(x_lo, m_hi, "u_lh"),
-                       prod(x_hi, m_lo, "u_hl"), prod(x_lo, m_lo, "u_ll"))
+        s_p = wide_sum(col, P, "u", *wide_products(prod, x, params.in_mult, "u"))
         s_q = round_shift_staged(col, s_p, params.in_shift, P + 2, "u")
         s_qc = col.sync(signed(22), f"s{P + 6}_u_q", saturate_to(s_q, 22))
         neg = s_qc[-1]
@@ -440,7 +437,7 @@ class AddLanes(_ActLanes):
     Per lane (product latency ``P``)::
 
         0        x, b registered
-        P + 2    x * x_mult (four partial products, 64 bits); b * b_mult (two)
+        P + 2    x * x_mult (three Karatsuba products, 64 bits); b * b_mult (two)
         P + 5    Qx = (2 x x_mult) >> x_shift, Qb = (2 b b_mult) >> b_shift
         P + 6    both clamped to 34 bits (the rounding below then saturates exactly)
         P + 7    ux' = (Qx + 1) >> 1, ub = (Qb + 1) >> 1
@@ -450,7 +447,7 @@ class AddLanes(_ActLanes):
         P + 11   saturated to act_bits
 
     ``params`` (:data:`AddLaneParams`) is held constant for the whole command, shifts in
-    ``[1, 62]``. Latency: 15 cycles generic, 19 ECP5 (six products per lane).
+    ``[1, 62]``. Latency: 15 cycles generic, 17 ECP5 (five products per lane).
     """
 
     @property
@@ -468,16 +465,13 @@ class AddLanes(_ActLanes):
     def pipeline_latency(self) -> int:
         return self._arith.PRODUCT_LATENCY + 12
 
-    products = 6
+    products = 5
 
     def _lane(self, m, n, block, params, shared, arith):
         P = arith.PRODUCT_LATENCY
         col = Column(m, n)
         prod = lambda a, b, name: arith.product(col, a, b, P, name)
-        x_lo, x_hi = lo_hi(block.x[n])
-        xm_lo, xm_hi = lo_hi(params.x_mult)
-        s_px = wide_sum(col, P, "ux", prod(x_hi, xm_hi, "ux_hh"), prod(x_lo, xm_hi, "ux_lh"),
-                        prod(x_hi, xm_lo, "ux_hl"), prod(x_lo, xm_lo, "ux_ll"))
+        s_px = wide_sum(col, P, "ux", *wide_products(prod, block.x[n], params.x_mult, "ux"))
         b = block.b[n]
         bm_lo, bm_hi = lo_hi(params.b_mult)
         b_hi, b_lo = prod(b, bm_hi, "ub_hi"), prod(b, bm_lo, "ub_lo")

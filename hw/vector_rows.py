@@ -43,7 +43,7 @@ simulation by ``tests/test_vector_rows.py``)::
     SoftmaxRow:    3 nb + 2 ceil(log2 L) + 43 + 4 (P - 1)    (L = 8: 3 nb + 49 + 4 (P - 1))
     LayerNormRow:  3 nb + 2 ceil(log2 L) + 164 + 6 (P - 1)   (L = 8: 3 nb + 170 + 6 (P - 1))
 
-with ``P`` the products' latency (``target``: 1 generic, 5 ECP5). ``3 nb`` for the passes;
+with ``P`` the products' latency (``target``: 1 generic, 3 ECP5). ``3 nb`` for the passes;
 the rest is the pipeline drains (10 and 14 stages with ``P = 1``, 2 and 3 products more
 with each ``P - 1`` deeper, then the output FIFO's one, to the output, the
 reduction trees' ``ceil(log2 L)`` levels), two cycles of hand-over per pass and the row
@@ -236,7 +236,7 @@ class _RowEngine(wiring.Component):
 
     @property
     def product_latency(self) -> int:
-        """``P``: cycles of each product of the ``mul`` port (1 generic, 5 ECP5)."""
+        """``P``: cycles of each product of the ``mul`` port (1 generic, 3 ECP5)."""
         return product_latency(self._target)
 
     @property

@@ -20,13 +20,13 @@ from amaranth.lib.memory import Memory
 
 from .delay import delay
 from .mult import Family, MultiplierTarget
-from .output_steps import (Column, Stage1, byte_shift, carry_in_sum, carry_save_sum,
+from .output_steps import (Column, Stage1, byte_shift, carry_in_sum, karatsuba, karatsuba_middle,
                            saturate_shift)
 from .output_wide import ECP5OutputStage, GenericOutputStage, high_mul
 from .vector_bank import LaneProducts, product_latency
 
 __all__ = ["GenericLaneArith", "ECP5LaneArith", "lane_arith", "scalar_stage1", "lo_hi",
-           "wide_sum", "round_shift_staged", "saturate_to", "ram_delay"]
+           "wide_products", "wide_sum", "round_shift_staged", "saturate_to", "ram_delay"]
 
 
 class GenericLaneArith:
@@ -80,7 +80,7 @@ class ECP5LaneArith(GenericLaneArith):
     ``target.simulation`` its cycle-equivalent model) and the ECP5 output stage's MBQM (every
     stage at most a 4:1 mux or one carry chain per bit)."""
 
-    #: The DSP's input, pipeline and output registers and two fabric registers.
+    #: The DSP's input, pipeline and output registers.
     PRODUCT_LATENCY = ECP5OutputStage.PRODUCT_LATENCY
     #: Two shift stages, the products, ``t``, ``h``, three division stages, ``q + inc``.
     MBQM_STAGES = 2 + PRODUCT_LATENCY + 2 + 3 + 1
@@ -136,15 +136,25 @@ def lo_hi(v):
     return v.as_unsigned()[:16], hi
 
 
-def wide_sum(col: Column, stage: int, name: str, hh, lh, hl, ll):
-    """``hh * 2**32 + (lh + hl) * 2**16 + ll`` (the four partial products of two 32-bit
-    operands split by :func:`lo_hi`, stage-``stage`` values) as 64 signed bits, in two stages:
-    ``t = lh + hl + (ll >> 16)`` behind a carry-save layer (as the output stage's high
+def wide_products(product, a, b, name: str):
+    """The three Karatsuba products (``output_steps.karatsuba``) of ``a * b``, each operand at
+    most 33 bits signed or 31 unsigned, split by :func:`lo_hi`: ``(hh, mid, ll)`` for
+    :func:`wide_sum`. ``product(x, y, name)`` gives ``x * y``; the names are
+    ``{name}_hh`` etc."""
+    a_lo, a_hi = lo_hi(a)
+    b_lo, b_hi = lo_hi(b)
+    return karatsuba(product, a_hi, a_lo, b_hi, b_lo, f"{name}_")
+
+
+def wide_sum(col: Column, stage: int, name: str, hh, mid, ll):
+    """``hh * 2**32 + (mid - hh - ll) * 2**16 + ll`` (the Karatsuba products of
+    :func:`wide_products`, stage-``stage`` values) as 64 signed bits, in two stages:
+    ``t = lh + hl + (ll >> 16)`` behind two carry-save layers (as the output stage's high
     multiply), then ``hh * 2**16 + t`` above ``ll``'s low 16 bits. Returns the register of
     stage ``stage + 2``."""
     t = col.sync(signed(36), f"s{stage + 1}_{name}_t",
-                 carry_save_sum(col, stage + 1, lh[:36].as_signed(), hl[:36].as_signed(),
-                                ll.as_unsigned()[16:], 36)[:36].as_signed())
+                 karatsuba_middle(col, stage + 1, f"{name}_", hh[:36].as_signed(), mid, ll,
+                                  36)[:36].as_signed())
     s_hh = col.delay(hh, stage, stage + 1, f"{name}_hh")
     s_ll = col.delay(ll.as_unsigned()[:16], stage, stage + 1, f"{name}_ll")
     return col.sync(signed(64), f"s{stage + 2}_{name}",

@@ -330,6 +330,6 @@ def test_output_stage_ice40_sb_mac16():
 
 
 def test_output_stage_ecp5_mult18x18d():
-    """The ECP5 OutputStage (latency 11, four MULT18X18D per column on zero-/sign-extended
-    16-bit halves) through the MULT18X18D model."""
+    """The ECP5 OutputStage (three Karatsuba MULT18X18D per column on zero-/sign-extended
+    16-bit halves and their 18-bit sums) through the MULT18X18D model."""
     _os_check("ecp5", seed=11)

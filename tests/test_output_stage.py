@@ -339,8 +339,8 @@ def test_latency_and_ports():
 
 
 def test_latency_per_target():
-    """The ECP5 partial products are 3-cycle DSPs (input, pipeline and output registers)
-    followed by two fabric registers, behind an input stage and a stage for the byte shift,
+    """The ECP5 Karatsuba products are 3-cycle DSPs (input, pipeline and output registers, no
+    fabric registers after them), behind an input stage and a stage for the byte shift,
     and RoundingDivideByPOT takes three stages;
     the generic path keeps a single registered product, so no flip-flop is added there; iCE40 has
     its own compact 8-stage pipeline with the products in SB_MAC16 registers. The target can
@@ -350,7 +350,7 @@ def test_latency_per_target():
     ice40 = OutputStage(config, unsigned(1), MultiplierTarget(family="ice40"))
     ecp5 = OutputStage(config, unsigned(1), target=MultiplierTarget(family="ecp5"))
     assert generic.latency == 9
-    assert ecp5.latency == generic.latency + 4 + 4
+    assert ecp5.latency == generic.latency + 2 + 4
     assert ice40.latency == 8
     il40 = rtlil.convert(ice40)
     assert il40.count("SB_MAC16") >= 4 * config.cols
@@ -358,7 +358,7 @@ def test_latency_per_target():
     assert "SB_MAC16" not in rtlil.convert(OutputStage(
         config, unsigned(1), MultiplierTarget(family="ice40", simulation=True)))
     il = rtlil.convert(ecp5)
-    assert il.count("MULT18X18D") >= 4 * config.cols  # one instance per partial product
+    assert il.count("MULT18X18D") >= 3 * config.cols  # one instance per Karatsuba product
     assert f"s{ecp5.latency}_out" in il
     assert "MULT18X18D" not in rtlil.convert(OutputStage(
         config, unsigned(1), MultiplierTarget(family="ecp5", simulation=True)))
@@ -386,7 +386,7 @@ def test_entry_point_picks_the_family_pipeline():
     config = AcceleratorConfig(cols=2)
     cases = [(None, GenericOutputStage, 9),
              (MultiplierTarget(family="generic"), GenericOutputStage, 9),
-             (MultiplierTarget(family="ecp5"), ECP5OutputStage, 17),
+             (MultiplierTarget(family="ecp5"), ECP5OutputStage, 15),
              (MultiplierTarget(family="ice40", simulation=True), ICE40OutputStage, 8)]
     for target, cls, latency in cases:
         dut = OutputStage(config, unsigned(1), target)

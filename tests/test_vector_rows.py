@@ -449,10 +449,13 @@ def test_row_cycles_formula(lanes):
         assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 164
     # With products of latency P, each product on a pass's path adds P - 1 (softmax: 4
     # product stages over the passes and the output, LayerNorm 6).
+    from serrano.hw.vector_bank import product_latency
+    P = product_latency(ECP5)
+    assert P == 3
     sm, ln = (cls(_config(lanes, 8), target=ECP5) for cls in (SoftmaxRow, LayerNormRow))
     for nb in (1, 7, 512):
-        assert sm.row_cycles(nb) == 3 * nb + 2 * lv + 43 + 4 * 4
-        assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 164 + 6 * 4
+        assert sm.row_cycles(nb) == 3 * nb + 2 * lv + 43 + 4 * (P - 1)
+        assert ln.row_cycles(nb) == 3 * nb + 2 * lv + 164 + 6 * (P - 1)
 
 
 def test_constructor_errors():
