@@ -615,7 +615,9 @@ class RefModel:
         retired = 0
         for idx, word in enumerate(words):
             opcode, f = isa.decode(word)
-            if opcode not in [o.value for o in Opcode]:
+            # (the vector opcodes exist only with the vector unit: docs/isa.md)
+            if opcode not in [o.value for o in Opcode] or (
+                    not self.c.vector and Opcode(opcode) in isa.VECTOR_OPCODES):
                 return bytes(mem), (True, ErrorCode.BAD_OPCODE, idx), retired
             op = Opcode(opcode)
             err = self._error(op, f)
