@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -503,70 +503,66 @@ def _num(v: float) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class LinearService:
-    """An ASSUMED service model (not the chip's cycle model): ``a + b * tokens`` cycles for a
-    batch of ``tokens`` device tokens in total. Picklable, for Dask workers."""
+class _Linear:
+    """``a + b * tokens`` of a batch of ``tokens`` device tokens: the assumed models'
+    shared validation, label and ``A,B`` spec (``unit``: what they count)."""
     a: float
     b: float
+    unit: ClassVar[str]
+    kind: ClassVar[str]
 
     def __post_init__(self):
         for name in ("a", "b"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
                     or not math.isfinite(v):
-                raise ValueError(f"{name} must be a non-negative number of cycles, not {v!r}")
-        if self.a == 0 and self.b == 0:
-            raise ValueError("a and b cannot both be 0 (batches would take no time)")
+                raise ValueError(f"{name} must be a non-negative number of {self.unit}, "
+                                 f"not {v!r}")
 
-    def __call__(self, lengths: Sequence[int]) -> int:
-        return math.ceil(self.a + self.b * sum(lengths))   # (a started cycle counts)
-
-    @property
-    def label(self) -> str:
-        a, b = _num(self.a), _num(self.b)
-        return f"linear:{a},{b} (assumed: {a} + {b} x tokens cycles)"
-
-    @classmethod
-    def from_spec(cls, text: str) -> "LinearService":
-        """``"A,B"`` (the part after ``linear:``)."""
-        try:
-            a, b = (float(v) for v in text.split(","))
-        except ValueError:
-            raise ValueError(f"bad linear service {text!r}: use linear:A,B (cycles = A + B x "
-                             f"tokens)") from None
-        return cls(a=a, b=b)
-
-
-@dataclass(frozen=True, kw_only=True)
-class LinearEnergy:
-    """An ASSUMED energy model: ``a + b * tokens`` joules for a batch of ``tokens`` device
-    tokens (e.g. fitted to ``model.stats.energy`` of measured batches). Picklable."""
-    a: float
-    b: float
-
-    def __post_init__(self):
-        for name in ("a", "b"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 \
-                    or not math.isfinite(v):
-                raise ValueError(f"{name} must be a non-negative number of joules, not {v!r}")
-
-    def __call__(self, lengths: Sequence[int]) -> float:
+    def _value(self, lengths: Sequence[int]) -> float:
         return self.a + self.b * sum(lengths)
 
     @property
     def label(self) -> str:
         a, b = _num(self.a), _num(self.b)
-        return f"linear:{a},{b} (assumed: {a} + {b} x tokens J)"
+        return f"linear:{a},{b} (assumed: {a} + {b} x tokens {self.unit})"
 
     @classmethod
-    def from_spec(cls, text: str) -> "LinearEnergy":
+    def from_spec(cls, text: str):
+        """``"A,B"`` (the part after ``linear:``)."""
         try:
             a, b = (float(v) for v in text.split(","))
         except ValueError:
-            raise ValueError(f"bad linear energy {text!r}: use linear:A,B (joules = A + B x "
-                             f"tokens)") from None
+            raise ValueError(f"bad linear {cls.kind} {text!r}: use linear:A,B ({cls.unit} = "
+                             f"A + B x tokens)") from None
         return cls(a=a, b=b)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearService(_Linear):
+    """An ASSUMED service model (not the chip's cycle model): ``a + b * tokens`` cycles for a
+    batch of ``tokens`` device tokens in total. Picklable, for Dask workers."""
+    unit: ClassVar[str] = "cycles"
+    kind: ClassVar[str] = "service"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.a == 0 and self.b == 0:
+            raise ValueError("a and b cannot both be 0 (batches would take no time)")
+
+    def __call__(self, lengths: Sequence[int]) -> int:
+        return math.ceil(self._value(lengths))   # (a started cycle counts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LinearEnergy(_Linear):
+    """An ASSUMED energy model: ``a + b * tokens`` joules for a batch of ``tokens`` device
+    tokens. Picklable. (``sim.energy.BatchEnergy`` is the one fitted to the counters.)"""
+    unit: ClassVar[str] = "joules"
+    kind: ClassVar[str] = "energy"
+
+    def __call__(self, lengths: Sequence[int]) -> float:
+        return self._value(lengths)
 
 
 #: The ``--service`` forms :func:`service_from_spec` takes.

@@ -33,7 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["CycleModel", "calibration_config", "fit", "calibrate", "check", "max_error", "measure", "FIXED", "LAYER_FEATURES", "IO_FEATURES",
+from .encoder import gelu_group, linear_tiles, plan_packed, run_encoder
+
+__all__ = ["CycleModel", "calibration_config", "fit", "calibrate", "check", "max_error",
+           "measure", "run_batch", "FIXED", "LAYER_FEATURES", "IO_FEATURES",
            "DEFAULT_CALIBRATION"]
 
 #: The per-layer features (multiplied by the number of layers) and the per-program ones.
@@ -175,14 +178,12 @@ class CycleModel:
         L, H, F = self.lanes, self.hidden, self.intermediate
         N, nh, nd, nf = int(t.sum()), H // L, H // self.heads // L, F // L
         tb = -(-t // L)
-        group = max(1, min(16, nf))      # (sim.encoder.plan_packed's GELU groups)
-        while nf % group:
-            group -= 1
+        group = gelu_group(nf)
         # The vector ops the next MATMUL waits for: both LayerNorms and every GELU group.
         vector = 2 * _vector_cycles(L, "VLAYERNORM", N, H, True) \
             + nf // group * _vector_cycles(L, "VGELU", N, group * L, True)
         per_layer = {
-            "linear": nh * (4 * nh + 2 * nf) * max(N + a, self.tile_load_cycles + b),
+            "linear": linear_tiles(H, F, L) * max(N + a, self.tile_load_cycles + b),
             "attention": self.heads * _attention_chain(t.tolist(), L, nd),
             "attn_tiles": self.heads * 2 * nd * int(tb.sum()),
             "vector": vector,
@@ -229,12 +230,13 @@ def measure(backend, qlayers, heads: int, lengths: Sequence[int],
     """Cycles of :func:`sim.encoder.run_encoder` on ``backend`` for packed sequences of
     ``lengths`` tokens through the quantized layers ``qlayers`` of ``heads`` heads (random
     int16 inputs: the cycles do not depend on them)."""
-    return int(_run(backend, qlayers, heads, lengths, rng).counters["cycles"])
+    return int(run_batch(backend, qlayers, heads, lengths, rng).counters["cycles"])
 
 
-def _run(backend, qlayers, heads: int, lengths: Sequence[int], rng: np.random.Generator):
-    """:func:`measure`'s run; the backend's ``RunResult``."""
-    from .encoder import plan_packed, run_encoder
+def run_batch(backend, qlayers, heads: int, lengths: Sequence[int],
+              rng: np.random.Generator):
+    """:func:`measure`'s run (random inputs, packed sequences of ``lengths``); the backend's
+    ``RunResult``."""
     ql = qlayers[0]
     H = ql.w["q"].shape[0]
     F = ql.w["ffn1"].shape[1]

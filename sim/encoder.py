@@ -28,7 +28,8 @@ from . import kernels
 from .asm import Program, pack_output_params, vector_params
 from .quantized import QuantizedLayer
 
-__all__ = ["LayerPlan", "plan_layer", "plan_packed", "layer_macs", "array_cycles", "layer_config",
+__all__ = ["LayerPlan", "plan_layer", "plan_packed", "gelu_group", "linear_tiles",
+           "layer_macs", "array_cycles", "layer_config",
            "build_encoder", "build_layer", "run_encoder", "run_layer"]
 
 _WGT_SLOTS = 4        # streaming weight tiles in flight (LOADs run ahead of the MATMULs)
@@ -94,6 +95,20 @@ class LayerPlan:
         return tuple(int(v) for v in np.cumsum([0] + tbs[:-1]))
 
 
+def gelu_group(ffn_blocks: int, group: int = 16) -> int:
+    """FFN output blocks per GELU group: the largest divisor of ``ffn_blocks`` that is at
+    most ``group``."""
+    group = max(1, min(group, ffn_blocks))
+    while ffn_blocks % group:
+        group -= 1
+    return group
+
+
+def linear_tiles(hidden: int, intermediate: int, lanes: int) -> int:
+    """``L x L`` weight tiles of one layer's six linear layers (Q, K, V, O, FFN1, FFN2)."""
+    return (4 * hidden * hidden + 2 * hidden * intermediate) // (lanes * lanes)
+
+
 def plan_layer(tokens: int, hidden: int, heads: int, intermediate: int, lanes: int,
                group: int = 16, sequences: int = 1) -> LayerPlan:
     """:func:`plan_packed` of ``sequences`` sequences of ``tokens`` tokens each (padded
@@ -125,9 +140,7 @@ def plan_packed(lengths, hidden: int, heads: int, intermediate: int, lanes: int,
     L, T, N = lanes, max(lengths), sum(lengths)
     nh, nd, nf, tb = hidden // L, d // L, intermediate // L, _blocks(T, L)
     kb_all = sum(_blocks(t, L) for t in lengths)
-    group = max(1, min(group, nf))
-    while nf % group:
-        group -= 1
+    group = gelu_group(nf, group)
 
     def regions(sizes: dict[str, int]) -> tuple[dict[str, int], int]:
         out, at = {}, 0
@@ -164,7 +177,7 @@ def array_cycles(plan: LayerPlan, layers: int = 1) -> dict[str, int]:
     ``copy_out`` (the identity MATMULs that hand the result to the host)."""
     L, N, H, F = plan.lanes, plan.rows, plan.hidden, plan.intermediate
     att = sum(2 * t * _blocks(t, L) for t in plan.lengths) * (plan.head_dim // L)
-    return {"linear": layers * N * (4 * H * H + 2 * H * F) // (L * L),
+    return {"linear": layers * N * linear_tiles(H, F, L),
             "attention": layers * plan.heads * att,
             "copy_out": N * H // L}
 

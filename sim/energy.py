@@ -129,13 +129,13 @@ def fit_batch_energy(qlayers, heads: int, config: AcceleratorConfig,
                      batches=ENERGY_BATCHES, seed: int = 0) -> BatchEnergy:
     """Fit :class:`BatchEnergy` to the golden model's counters of ``batches`` run through
     all of ``qlayers`` on ``config``."""
-    from .cycle_model import _run
+    from .cycle_model import run_batch
     from .golden import GoldenBackend
     backend = GoldenBackend(config)
     rng = np.random.default_rng(seed)
     runs = []
     for ln in batches:
-        res = _run(backend, qlayers, heads, ln, rng)
+        res = run_batch(backend, qlayers, heads, ln, rng)
         runs.append([list(ln), energy_breakdown(res.counters, config)["total"]])
     base = BatchEnergy(lanes=config.rows, coef=(0.0,) * 4, fitted_on=runs, max_error=0.0)
     X = np.array([base.features(ln) for ln, _ in runs])

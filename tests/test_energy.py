@@ -45,7 +45,7 @@ def test_batch_energy_fits_the_golden_counters(tmp_path):
     """BatchEnergy, fitted to golden runs of a small 2-layer encoder, predicts other
     batches' modeled energy within 1 %; save and load round-trip."""
     from serrano.sim import transformer as tr
-    from serrano.sim.cycle_model import _run
+    from serrano.sim.cycle_model import run_batch
     from serrano.sim.encoder import layer_config, plan_layer
     from serrano.sim.energy import BatchEnergy, energy_breakdown, fit_batch_energy
     from serrano.sim.golden import GoldenBackend
@@ -59,7 +59,7 @@ def test_batch_energy_fits_the_golden_counters(tmp_path):
                                                        (8, 8, 8, 8), (2, 16, 1)])
     assert fitted.max_error < 0.01
     for ln in [(7,), (12, 3), (6, 6, 6, 6), (15, 2, 9)]:
-        res = _run(GoldenBackend(cfg), layers, 4, ln, rng)
+        res = run_batch(GoldenBackend(cfg), layers, 4, ln, rng)
         want = energy_breakdown(res.counters, cfg)["total"]
         assert abs(fitted(ln) - want) / want < 0.01, ln
     fitted.save(tmp_path / "e.json")
